@@ -1,0 +1,34 @@
+"""The broker: routing, AUTH arbitration with deadlines, muting, bounded channels.
+
+Errors: `ValueError` for misuse at set-up (duplicate subscriber, bad capacity or deadline); nothing on the
+event path raises to its caller.
+"""
+
+from ringfence.broker._auth import Arbiter, AuthStatistics, SubscriberAuthStatistics
+from ringfence.broker._broker import Broker, BrokerStatistics, DeadlineRunner, KindStatistics, Mutes
+from ringfence.broker._channel import BoundedChannel, ChannelClosed, ChannelStatistics, Overflow
+from ringfence.broker._inprocess import Handler, ThreadedSubscriber, ThreadedSubscriberStatistics
+from ringfence.broker._types import AuthPolicy, AuthTicket, FailurePolicy, Reply, Subscriber
+
+__all__ = [
+    "Arbiter",
+    "AuthPolicy",
+    "AuthStatistics",
+    "AuthTicket",
+    "BoundedChannel",
+    "Broker",
+    "BrokerStatistics",
+    "ChannelClosed",
+    "ChannelStatistics",
+    "DeadlineRunner",
+    "FailurePolicy",
+    "Handler",
+    "KindStatistics",
+    "Mutes",
+    "Overflow",
+    "Reply",
+    "Subscriber",
+    "SubscriberAuthStatistics",
+    "ThreadedSubscriber",
+    "ThreadedSubscriberStatistics",
+]

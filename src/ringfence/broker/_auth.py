@@ -1,0 +1,215 @@
+"""AUTH arbitration: DENY if any subscriber denies in time, else ALLOW; the broker answers at the deadline.
+
+Linux gives permission events no deadline of its own, so this is the only thing between a hung engine
+and a hung machine. Nothing here waits: answers arrive as calls from any thread, and `expire` (called by
+the deadline runner, or by a test with a fake clock) settles whatever is overdue. `respond` is called
+exactly once per request, outside the lock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from ringfence.broker._types import AuthTicket, FailurePolicy, Subscriber
+from ringfence.events import AuthAnswer, AuthRequest, Clock, Verdict
+
+log = logging.getLogger(__name__)
+
+Respond = Callable[[AuthAnswer], None]
+
+ALLOW_CACHEABLE = AuthAnswer(Verdict.ALLOW, cacheable=True)
+
+
+class SubscriberAuthStatistics(msgspec.Struct):
+    asked: int = 0
+    allowed: int = 0
+    denied: int = 0
+    deadline_misses: int = 0
+    refused: int = 0  # could not be queued (full): the failure policy applied at once
+    late_answers: int = 0
+
+
+class AuthStatistics(msgspec.Struct):
+    requests: int = 0
+    allowed: int = 0
+    denied: int = 0
+    cacheable: int = 0
+    unanswered_at_deadline: int = 0  # requests the broker settled itself, for at least one subscriber
+    pending: int = 0
+    max_latency_us: int = 0
+    total_latency_us: int = 0
+    subscribers: dict[str, SubscriberAuthStatistics] = msgspec.field(default_factory=dict)
+
+
+class _Pending:
+    __slots__ = ("cacheable", "missed", "respond", "started_ns", "ticket", "waiting")
+
+    def __init__(self, ticket: AuthTicket, respond: Respond, started_ns: int) -> None:
+        self.ticket = ticket
+        self.respond = respond
+        self.started_ns = started_ns
+        self.waiting: dict[str, Subscriber] = {}
+        self.cacheable = True
+        self.missed = False
+
+
+class Arbiter:
+    def __init__(self, clock: Clock, max_deadline_ms: int = 250) -> None:
+        if max_deadline_ms <= 0:
+            raise ValueError(f"AUTH deadline must be positive, got {max_deadline_ms} ms")
+        self._clock = clock
+        self.max_deadline_ms = max_deadline_ms
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._heap: list[tuple[int, int, str]] = []  # (deadline_ns, ticket id, subscriber name)
+        self._next_id = 0
+        self._stats = AuthStatistics()
+        self._wakeup: Callable[[], None] = lambda: None
+
+    def set_wakeup(self, wakeup: Callable[[], None]) -> None:
+        """Called after a new deadline is armed, so the deadline runner can re-check its sleep."""
+        self._wakeup = wakeup
+
+    def submit(self, request: AuthRequest, fd: int, subscribers: Sequence[Subscriber], respond: Respond) -> None:
+        """Ask `subscribers` about `request`; `respond` gets the combined answer, by the deadline at the latest."""
+        now = self._clock.monotonic_ns()
+        with self._lock:
+            self._next_id += 1
+            tid = self._next_id
+            self._stats.requests += 1
+        if not subscribers:
+            self._finish_unlocked(tid, None, ALLOW_CACHEABLE, respond, now)
+            return
+        ticket = AuthTicket(id=tid, request=request, fd=fd)
+        pending = _Pending(ticket, respond, now)
+        with self._lock:
+            for sub in subscribers:
+                policy = sub.auth_policy
+                assert policy is not None
+                deadline_ms = min(policy.deadline_ms, self.max_deadline_ms)
+                pending.waiting[sub.name] = sub
+                heapq.heappush(self._heap, (now + deadline_ms * 1_000_000, tid, sub.name))
+                self._sub_stats(sub.name).asked += 1
+            self._pending[tid] = pending
+        self._wakeup()
+        for sub in subscribers:
+            if not sub.request_auth(ticket, self._reply_for(tid, sub.name)):
+                self._fail(tid, sub.name, refused=True)
+
+    def _reply_for(self, tid: int, name: str) -> Respond:
+        def reply(answer: AuthAnswer) -> None:
+            self._on_answer(tid, name, answer)
+
+        return reply
+
+    def _sub_stats(self, name: str) -> SubscriberAuthStatistics:
+        st = self._stats.subscribers.get(name)
+        if st is None:
+            st = self._stats.subscribers[name] = SubscriberAuthStatistics()
+        return st
+
+    def _on_answer(self, tid: int, name: str, answer: AuthAnswer) -> None:
+        final: AuthAnswer | None = None
+        with self._lock:
+            pending = self._pending.get(tid)
+            st = self._sub_stats(name)
+            if pending is None or name not in pending.waiting:
+                st.late_answers += 1
+                return
+            del pending.waiting[name]
+            if answer.verdict is Verdict.DENY:
+                st.denied += 1
+                final = AuthAnswer(Verdict.DENY, cacheable=False, reason=answer.reason or name)
+            else:
+                st.allowed += 1
+                pending.cacheable = pending.cacheable and answer.cacheable
+                if not pending.waiting:
+                    final = AuthAnswer(Verdict.ALLOW, cacheable=pending.cacheable)
+            if final is not None:
+                del self._pending[tid]
+        if final is not None:
+            self._finish_unlocked(tid, pending, final, pending.respond, pending.started_ns)
+
+    def _fail(self, tid: int, name: str, *, refused: bool) -> None:
+        """`name` did not answer `tid` in time (or could not be asked): apply its failure policy."""
+        final: AuthAnswer | None = None
+        sub: Subscriber | None = None
+        with self._lock:
+            pending = self._pending.get(tid)
+            if pending is None or name not in pending.waiting:
+                return
+            sub = pending.waiting.pop(name)
+            st = self._sub_stats(name)
+            if refused:
+                st.refused += 1
+            else:
+                st.deadline_misses += 1
+            pending.missed = True
+            policy = sub.auth_policy
+            if policy is not None and policy.failure is FailurePolicy.FAIL_CLOSED:
+                final = AuthAnswer(Verdict.DENY, reason=f"{name}: no answer (fail-closed)")
+            else:
+                pending.cacheable = False
+                if not pending.waiting:
+                    final = AuthAnswer(Verdict.ALLOW, cacheable=False)
+            if final is not None:
+                del self._pending[tid]
+        if not refused:
+            log.debug("AUTH deadline missed by %s for %s", name, pending.ticket.request.path)
+            sub.auth_missed(tid)
+        if final is not None:
+            self._finish_unlocked(tid, pending, final, pending.respond, pending.started_ns)
+
+    def _finish_unlocked(
+        self, tid: int, pending: _Pending | None, answer: AuthAnswer, respond: Respond, started_ns: int
+    ) -> None:
+        latency_us = (self._clock.monotonic_ns() - started_ns) // 1000
+        with self._lock:
+            st = self._stats
+            if answer.verdict is Verdict.DENY:
+                st.denied += 1
+            else:
+                st.allowed += 1
+            if answer.cacheable:
+                st.cacheable += 1
+            if pending is not None and pending.missed:
+                st.unanswered_at_deadline += 1
+            st.total_latency_us += latency_us
+            st.max_latency_us = max(st.max_latency_us, latency_us)
+        try:
+            respond(answer)
+        except Exception:  # supervision boundary: the sensor's answer path must not take the arbiter down
+            log.exception("answering AUTH request %d failed", tid)
+
+    def expire(self, now_ns: int | None = None) -> int:
+        """Settle every subscriber whose deadline has passed. Returns how many were settled."""
+        now = self._clock.monotonic_ns() if now_ns is None else now_ns
+        due: list[tuple[int, str]] = []
+        with self._lock:
+            while self._heap and self._heap[0][0] <= now:
+                _, tid, name = heapq.heappop(self._heap)
+                if tid in self._pending:
+                    due.append((tid, name))
+        for tid, name in due:
+            self._fail(tid, name, refused=False)
+        return len(due)
+
+    def next_deadline_ns(self) -> int | None:
+        """The earliest armed deadline, or None. Stale entries (already answered) are dropped on the way."""
+        with self._lock:
+            while self._heap and self._heap[0][1] not in self._pending:
+                heapq.heappop(self._heap)
+            return self._heap[0][0] if self._heap else None
+
+    def statistics(self) -> AuthStatistics:
+        with self._lock:
+            self._stats.pending = len(self._pending)
+            return msgspec.structs.replace(
+                self._stats,
+                subscribers={k: msgspec.structs.replace(v) for k, v in self._stats.subscribers.items()},
+            )

@@ -1,0 +1,192 @@
+"""The broker: routes events to subscribers by kind, mutes what the operator muted, arbitrates AUTH.
+
+`publish` and `authorize` never block: they are called from sensor threads, and a sensor that waits is
+a sensor that drops kernel events (or, for permission events, holds an exec).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from ringfence.broker._auth import ALLOW_CACHEABLE, Arbiter, AuthStatistics, Respond
+from ringfence.broker._types import Subscriber
+from ringfence.events import AuthRequest, Clock, Event, EventKind, SystemClock, event_kind
+
+log = logging.getLogger(__name__)
+
+
+class Mutes(msgspec.Struct, frozen=True):
+    """Events the operator does not want: by path prefix, by executable, by kind.
+
+    A muted AUTH request is allowed at once (and may be cached) without asking anyone.
+    """
+
+    path_prefixes: tuple[str, ...] = ()
+    executables: frozenset[str] = frozenset()
+    kinds: frozenset[EventKind] = frozenset()
+
+    def mutes(self, event: Event, kind: EventKind) -> bool:
+        if kind in self.kinds:
+            return True
+        process = getattr(event, "process", None)
+        if process is not None and process.exe in self.executables:
+            return True
+        if self.path_prefixes:
+            path = getattr(event, "path", None)
+            if path is not None and path.startswith(self.path_prefixes):
+                return True
+        return False
+
+
+class KindStatistics(msgspec.Struct):
+    published: int = 0
+    muted: int = 0
+    delivered: int = 0
+    dropped: int = 0  # per subscriber that could not take it
+
+
+class BrokerStatistics(msgspec.Struct):
+    kinds: dict[str, KindStatistics]
+    auth: AuthStatistics
+    subscribers: list[str]
+
+
+class Broker:
+    def __init__(self, clock: Clock | None = None, *, auth_deadline_ms: int = 250, mutes: Mutes | None = None):
+        self.clock = clock or SystemClock()
+        self.arbiter = Arbiter(self.clock, auth_deadline_ms)
+        self.mutes = mutes or Mutes()
+        self._lock = threading.Lock()
+        self._routes: dict[EventKind, tuple[Subscriber, ...]] = {k: () for k in EventKind}
+        self._subscribers: dict[str, Subscriber] = {}
+        self._kind_stats = {k: KindStatistics() for k in EventKind}
+        self._invalidators: list[Callable[[], None]] = []
+
+    # -- subscribers -------------------------------------------------------------------------------------
+
+    def subscribe(self, sub: Subscriber) -> None:
+        with self._lock:
+            if sub.name in self._subscribers:
+                raise ValueError(f"a subscriber named {sub.name!r} is already subscribed")
+            self._subscribers[sub.name] = sub
+            self._rebuild_routes()
+        if sub.auth_policy is not None:
+            self.invalidate_auth_cache()
+
+    def unsubscribe(self, name: str) -> None:
+        with self._lock:
+            self._subscribers.pop(name, None)
+            self._rebuild_routes()
+
+    def _rebuild_routes(self) -> None:
+        subs = list(self._subscribers.values())
+        routes: dict[EventKind, tuple[Subscriber, ...]] = {}
+        for kind in EventKind:
+            chosen = [s for s in subs if kind in s.kinds]
+            if kind in (EventKind.AUTH_EXEC, EventKind.AUTH_OPEN):
+                chosen = [s for s in chosen if s.auth_policy is not None]
+            routes[kind] = tuple(chosen)
+        self._routes = routes  # swapped whole: readers never take the lock
+
+    def subscribers(self, kind: EventKind) -> tuple[Subscriber, ...]:
+        return self._routes[kind]
+
+    def wants(self, kind: EventKind) -> bool:
+        """Whether anyone subscribes to `kind`: sensors may skip work for kinds nobody reads."""
+        return bool(self._routes[kind])
+
+    # -- the verdict cache -------------------------------------------------------------------------------
+
+    def on_invalidate(self, callback: Callable[[], None]) -> None:
+        """Register a cache flush (the AUTH sensor's ignore marks), run when AUTH policy may have changed."""
+        self._invalidators.append(callback)
+
+    def invalidate_auth_cache(self) -> None:
+        """Forget every cached ALLOW: a new AUTH subscriber or new content must see every file again."""
+        for flush in list(self._invalidators):
+            try:
+                flush()
+            except Exception:  # supervision boundary: a failed flush is logged, the cache may be stale
+                log.exception("flushing the AUTH verdict cache failed")
+
+    # -- the event flow ----------------------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        kind = event_kind(event)
+        st = self._kind_stats[kind]
+        st.published += 1
+        if self.mutes.mutes(event, kind):
+            st.muted += 1
+            return
+        for sub in self._routes[kind]:
+            if sub.deliver(event):
+                st.delivered += 1
+            else:
+                st.dropped += 1
+
+    def publish_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.publish(event)
+
+    def authorize(self, request: AuthRequest, fd: int, respond: Respond) -> None:
+        """Decide `request`; `respond` is called exactly once, within the deadline."""
+        kind = event_kind(request)
+        st = self._kind_stats[kind]
+        st.published += 1
+        if self.mutes.mutes(request, kind):
+            st.muted += 1
+            respond(ALLOW_CACHEABLE)
+            return
+        subs = self._routes[kind]
+        st.delivered += len(subs)
+        self.arbiter.submit(request, fd, subs, respond)
+
+    def statistics(self) -> BrokerStatistics:
+        return BrokerStatistics(
+            kinds={str(k): msgspec.structs.replace(v) for k, v in self._kind_stats.items()},
+            auth=self.arbiter.statistics(),
+            subscribers=sorted(self._subscribers),
+        )
+
+
+class DeadlineRunner:
+    """A thread that calls `arbiter.expire()` at each armed deadline. It sleeps on a condition, not a poll."""
+
+    def __init__(self, arbiter: Arbiter) -> None:
+        self._arbiter = arbiter
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="ringfence-deadlines", daemon=True)
+        arbiter.set_wakeup(self.wake)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        clock = self._arbiter._clock  # noqa: SLF001 - the runner is the arbiter's own helper
+        while True:
+            with self._cond:
+                if self._stop:
+                    return
+                nxt = self._arbiter.next_deadline_ns()
+                timeout = None if nxt is None else max(0.0, (nxt - clock.monotonic_ns()) / 1e9)
+                if timeout is None or timeout > 0:
+                    self._cond.wait(timeout)
+                if self._stop:
+                    return
+            self._arbiter.expire()

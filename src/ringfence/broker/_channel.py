@@ -1,0 +1,104 @@
+"""A bounded, thread-safe channel with a named overflow policy and its own statistics."""
+
+from __future__ import annotations
+
+import collections
+import enum
+import threading
+from typing import Generic, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+
+class Overflow(enum.StrEnum):
+    """What `put` does when the channel is full. Either way the loss is counted in `dropped`."""
+
+    DROP_NEWEST = "drop-newest"  # refuse the new item; the consumer sees an unbroken prefix
+    DROP_OLDEST = "drop-oldest"  # evict the oldest item; the consumer sees the freshest items
+
+
+class ChannelStatistics(msgspec.Struct, frozen=True):
+    capacity: int
+    queued: int
+    put: int
+    dropped: int
+    overflow: str
+
+
+class ChannelClosed(Exception):
+    """`get` on a channel that is closed and empty."""
+
+
+class BoundedChannel(Generic[T]):
+    """Many producers, one consumer. `put` never blocks; `get` blocks up to a timeout."""
+
+    def __init__(self, capacity: int, overflow: Overflow = Overflow.DROP_NEWEST) -> None:
+        if capacity < 1:
+            raise ValueError(f"channel capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self.overflow = overflow
+        self._items: collections.deque[T] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._put = 0
+        self._dropped = 0
+        self._closed = False
+
+    def put(self, item: T) -> bool:
+        """Queue an item. Returns False when the item (or, for DROP_OLDEST, an older one) was dropped."""
+        with self._cond:
+            if self._closed:
+                self._dropped += 1
+                return False
+            self._put += 1
+            if len(self._items) >= self.capacity:
+                self._dropped += 1
+                if self.overflow is Overflow.DROP_NEWEST:
+                    return False
+                self._items.popleft()
+                self._items.append(item)
+                self._cond.notify()
+                return False
+            self._items.append(item)
+            self._cond.notify()
+            return True
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """The next item, or None after `timeout` seconds. Raises ChannelClosed once closed and drained."""
+        with self._cond:
+            if not self._items:
+                if self._closed:
+                    raise ChannelClosed
+                self._cond.wait(timeout)
+                if not self._items:
+                    if self._closed:
+                        raise ChannelClosed
+                    return None
+            return self._items.popleft()
+
+    def get_batch(self, limit: int, timeout: float | None = None) -> list[T]:
+        """Up to `limit` items, waiting up to `timeout` for the first. Raises ChannelClosed like `get`."""
+        first = self.get(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        with self._cond:
+            while self._items and len(batch) < limit:
+                batch.append(self._items.popleft())
+        return batch
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def statistics(self) -> ChannelStatistics:
+        with self._cond:
+            return ChannelStatistics(
+                capacity=self.capacity,
+                queued=len(self._items),
+                put=self._put,
+                dropped=self._dropped,
+                overflow=str(self.overflow),
+            )

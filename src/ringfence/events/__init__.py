@@ -1,0 +1,54 @@
+"""The event model: typed, immutable records aligned with OCSF, and their codecs.
+
+Pure: nothing here does I/O or imports another part of Ringfence. Every other layer speaks these types;
+dicts exist only inside the codec (`to_ocsf`).
+"""
+
+from ringfence.events._codec import OcsfEncoder, to_ocsf
+from ringfence.events._model import (
+    AuthAnswer,
+    AuthKind,
+    AuthRequest,
+    DetectionFinding,
+    Endpoint,
+    Event,
+    EventKind,
+    FileActivity,
+    FileActivityId,
+    Header,
+    NetworkActivity,
+    NetworkActivityId,
+    ProcessActivity,
+    ProcessActivityId,
+    ProcessRef,
+    Severity,
+    Verdict,
+    event_kind,
+)
+from ringfence.events._stamp import Clock, HeaderStamper, SystemClock
+
+__all__ = [
+    "AuthAnswer",
+    "AuthKind",
+    "AuthRequest",
+    "Clock",
+    "DetectionFinding",
+    "Endpoint",
+    "Event",
+    "EventKind",
+    "FileActivity",
+    "FileActivityId",
+    "Header",
+    "HeaderStamper",
+    "NetworkActivity",
+    "NetworkActivityId",
+    "OcsfEncoder",
+    "ProcessActivity",
+    "ProcessActivityId",
+    "ProcessRef",
+    "Severity",
+    "SystemClock",
+    "Verdict",
+    "event_kind",
+    "to_ocsf",
+]

@@ -1,0 +1,202 @@
+"""Typed event records. One Struct per OCSF class we produce, plus the AUTH request and verdict.
+
+All records are frozen msgspec Structs: cheap to build, safe to share between threads, and encodable to
+msgpack for the extension wire protocol without a dict in between. Field names follow OCSF where OCSF has
+one; `to_ocsf` in `_codec.py` maps the rest.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class EventKind(enum.StrEnum):
+    """What a subscriber can subscribe to. The routing key of the broker."""
+
+    PROCESS = "process"
+    FILE = "file"
+    NETWORK = "network"
+    AUTH_EXEC = "auth.exec"
+    AUTH_OPEN = "auth.open"
+    FINDING = "finding"
+
+
+class ProcessActivityId(enum.IntEnum):
+    """OCSF Process Activity (1007) activity_id, plus Fork which OCSF files under 99 (Other)."""
+
+    LAUNCH = 1
+    TERMINATE = 2
+    OPEN = 3
+    INJECT = 4
+    SET_USER_ID = 5
+    FORK = 99
+
+
+class FileActivityId(enum.IntEnum):
+    """OCSF File System Activity (1001) activity_id."""
+
+    CREATE = 1
+    READ = 2
+    UPDATE = 3
+    DELETE = 4
+    RENAME = 5
+    SET_ATTRIBUTES = 6
+    OPEN = 14
+    CLOSE_WRITE = 99
+
+
+class NetworkActivityId(enum.IntEnum):
+    """OCSF Network Activity (4001) activity_id. Connect is Open, accept is Traffic in OCSF terms is
+    wrong, so accept is reported as Open with direction inbound; bind is Other (99)."""
+
+    OPEN = 1
+    CLOSE = 2
+    FAIL = 4
+    REFUSE = 5
+    LISTEN = 7
+    BIND = 99
+
+
+class Severity(enum.IntEnum):
+    """OCSF severity_id."""
+
+    UNKNOWN = 0
+    INFORMATIONAL = 1
+    LOW = 2
+    MEDIUM = 3
+    HIGH = 4
+    CRITICAL = 5
+    FATAL = 6
+
+
+class AuthKind(enum.StrEnum):
+    EXEC = "exec"
+    OPEN = "open"
+
+
+class Verdict(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class AuthAnswer(msgspec.Struct, frozen=True):
+    """A verdict on an AUTH request. `cacheable`: the kernel may skip asking again until the file changes."""
+
+    verdict: Verdict
+    cacheable: bool = False
+    reason: str | None = None
+
+
+class Header(msgspec.Struct, frozen=True, kw_only=True):
+    """Every event's header. `seq` is per sensor and has no gaps unless the sensor counted a drop."""
+
+    id: str
+    time_ns: int  # wall clock, ns since the epoch
+    mono_ns: int  # CLOCK_MONOTONIC, ns
+    host: str
+    sensor: str
+    seq: int
+
+
+class ProcessRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A resolved process, as the process table cache knew it when the event was made."""
+
+    pid: int
+    ppid: int | None = None
+    exe: str | None = None
+    cmdline: tuple[str, ...] = ()
+    cwd: str | None = None
+    uid: int | None = None
+    user: str | None = None
+    gid: int | None = None
+    start_time_ns: int | None = None  # wall clock, ns since the epoch
+    container_id: str | None = None
+    cgroup: str | None = None
+    parent: ProcessRef | None = None
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A socket address: `ip` and `port` for inet families, `path` for unix sockets."""
+
+    family: str  # "inet", "inet6", "unix", "netlink", ...
+    ip: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+
+class ProcessActivity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="process"):
+    header: Header
+    activity: ProcessActivityId
+    process: ProcessRef
+    exit_code: int | None = None
+    new_uid: int | None = None
+    new_gid: int | None = None
+
+
+class FileActivity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="file"):
+    header: Header
+    activity: FileActivityId
+    path: str
+    new_path: str | None = None  # the target of a rename
+    is_dir: bool = False
+    process: ProcessRef | None = None
+
+
+class NetworkActivity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="network"):
+    header: Header
+    activity: NetworkActivityId
+    syscall: str  # connect, accept, accept4, bind, listen
+    success: bool
+    errno: int | None = None
+    local: Endpoint | None = None
+    remote: Endpoint | None = None
+    process: ProcessRef | None = None
+
+
+class AuthRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="auth"):
+    """A permission event waiting for a verdict. The kernel holds the process until it is answered."""
+
+    header: Header
+    kind: AuthKind
+    path: str
+    process: ProcessRef
+    dev: int = 0  # st_dev of the file, with ino and mtime_ns a cache key an extension may use
+    ino: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    deadline_ns: int = 0  # monotonic ns at which the broker answers by itself
+
+
+class DetectionFinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="finding"):
+    """OCSF Detection Finding (2004): what an engine concluded, with the evidence it concluded it from."""
+
+    header: Header
+    title: str
+    severity: Severity
+    source: str  # the extension id that raised it
+    rule: str | None = None
+    description: str | None = None
+    process: ProcessRef | None = None
+    file_path: str | None = None
+    file_sha256: str | None = None
+    action: str | None = None  # what was done about it: "denied", "killed", "quarantined", ...
+    related_event: str | None = None  # header.id of the event that triggered it
+
+
+Event = ProcessActivity | FileActivity | NetworkActivity | AuthRequest | DetectionFinding
+
+_KIND_OF: dict[type, EventKind] = {
+    ProcessActivity: EventKind.PROCESS,
+    FileActivity: EventKind.FILE,
+    NetworkActivity: EventKind.NETWORK,
+    DetectionFinding: EventKind.FINDING,
+}
+
+
+def event_kind(event: Event) -> EventKind:
+    """The routing kind of an event."""
+    if isinstance(event, AuthRequest):
+        return EventKind.AUTH_EXEC if event.kind is AuthKind.EXEC else EventKind.AUTH_OPEN
+    return _KIND_OF[type(event)]

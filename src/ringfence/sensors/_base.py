@@ -1,0 +1,90 @@
+"""What every sensor is: started and stopped by the agent, feeding typed events into sinks, counting.
+
+Errors (the tree):
+    SensorError                 anything a sensor raises
+      SensorUnavailable         the kernel interface is missing or refused; `.interface` names it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+
+from ringfence.events import AuthAnswer, AuthRequest, Event, ProcessRef
+
+EventSink = Callable[[Event], None]
+"""Takes one event. Never blocks (the broker's `publish`)."""
+
+AuthSink = Callable[[AuthRequest, int, Callable[[AuthAnswer], None]], None]
+"""Takes an AUTH request, the file's read-only fd (valid until answered) and the answer callback.
+Never blocks; the callback is called exactly once, from any thread (the broker's `authorize`)."""
+
+
+class SensorError(Exception):
+    """Root of every error a sensor raises."""
+
+
+class SensorUnavailable(SensorError):
+    """A kernel interface is missing or refused. The message says which, and what the kernel said."""
+
+    def __init__(self, interface: str, message: str) -> None:
+        super().__init__(f"{interface}: {message}")
+        self.interface = interface
+
+
+class SensorStatistics(msgspec.Struct):
+    """Counters every sensor reports. `dropped` counts every loss this sensor saw or caused."""
+
+    name: str
+    running: bool = False
+    received: int = 0  # raw kernel records read
+    emitted: int = 0  # typed events handed to the sink
+    dropped: int = 0  # losses: kernel overflow, undecodable records, ...
+    errors: int = 0
+    last_seq: int = 0
+    detail: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class Sensor(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def start(self) -> None:
+        """Open the kernel interface and start reading. Raises SensorUnavailable."""
+        ...
+
+    def stop(self) -> None:
+        """Stop reading and remove everything this sensor put into the kernel (marks, rules). Idempotent."""
+        ...
+
+    def statistics(self) -> SensorStatistics: ...
+
+
+class ProcessResolver(Protocol):
+    """Resolves a pid to what the process table cache knows of it (parent, exe, argv, user, ...)."""
+
+    def resolve(self, pid: int) -> ProcessRef: ...
+
+
+class AuditExec(msgspec.Struct, frozen=True, kw_only=True):
+    """One execve as audit saw it: the SYSCALL, EXECVE, CWD, PATH and PROCTITLE records of one event id,
+    decoded. Produced by the audit sensor, consumed by the process sensor."""
+
+    time_ns: int
+    serial: int
+    pid: int
+    ppid: int
+    uid: int
+    gid: int
+    euid: int
+    auid: int | None
+    exe: str | None
+    comm: str | None
+    cwd: str | None
+    argv: tuple[str, ...]
+    success: bool
+
+
+AuditExecSink = Callable[[AuditExec], None]
