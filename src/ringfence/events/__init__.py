@@ -4,6 +4,7 @@ Pure: nothing here does I/O or imports another part of Ringfence. Every other la
 dicts exist only inside the codec (`to_ocsf`).
 """
 
+from ringfence.events._actions import ActionKind, ActionRequest, ActionResult
 from ringfence.events._codec import OcsfEncoder, to_ocsf
 from ringfence.events._model import (
     AuthAnswer,
@@ -28,6 +29,9 @@ from ringfence.events._model import (
 from ringfence.events._stamp import Clock, HeaderStamper, SystemClock
 
 __all__ = [
+    "ActionKind",
+    "ActionRequest",
+    "ActionResult",
     "AuthAnswer",
     "AuthKind",
     "AuthRequest",
