@@ -1,0 +1,114 @@
+"""What an extension author writes: a subclass of `Extension` with a `manifest` and handlers.
+
+Contract, per entry point (who calls it, on which thread, who owns what):
+- `setup(ctx)`: required to exist (the default does nothing). Called once, before any event, on the
+  extension's main thread. `ctx` stays valid for the life of the process.
+- `on_event(event)`: optional. Called on the main thread, one event at a time, for each kind in
+  `manifest.subscribes`. The event is immutable and the extension may keep it.
+- `on_auth(request, file)`: required when `manifest.auth` is set. Called on the main thread; must return
+  an `AuthAnswer` (use `allow()` / `deny()`). The agent answers the kernel by itself at the deadline,
+  by the declared failure policy, if this is late: a late answer is discarded and counted. `file` is a
+  read-only handle owned by the SDK and closed after `on_auth` returns; never by path, so what is checked
+  is exactly what runs.
+- `teardown()`: optional, called once at a clean shutdown.
+Handlers run one at a time: no locking is needed inside an extension.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Protocol
+
+from ringfence.events import ActionRequest, AuthAnswer, AuthRequest, Event, ProcessRef, Severity, Verdict
+from ringfence.sdk._manifest import Manifest
+
+
+def allow(*, cacheable: bool = True) -> AuthAnswer:
+    """ALLOW. `cacheable`: the kernel may skip asking again about this file until it is written."""
+    return AuthAnswer(Verdict.ALLOW, cacheable=cacheable)
+
+
+def deny(reason: str) -> AuthAnswer:
+    """DENY, never cached: the next exec of the file is asked about again."""
+    return AuthAnswer(Verdict.DENY, cacheable=False, reason=reason)
+
+
+class AuthFile:
+    """A read-only view of the file an AUTH request is about, through the descriptor the agent passed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The file's bytes from the start, in chunks (pread: the shared offset is never moved)."""
+        offset = 0
+        while True:
+            chunk = os.pread(self.fd, size, offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for chunk in self.chunks():
+            digest.update(chunk)
+        return digest.hexdigest()
+
+
+class Context(Protocol):
+    """What the runtime gives an extension. All calls are non-blocking; none raises on a full queue
+    (a finding or action request over the agent's rate limit is dropped and counted by the agent)."""
+
+    @property
+    def log(self) -> logging.Logger: ...
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """This extension's table from the agent config (`[extensions.<id>]`), validated as TOML values."""
+        ...
+
+    @property
+    def content_dir(self) -> str | None:
+        """The directory of the extension's active content, readable in the sandbox, if any."""
+        ...
+
+    def emit_finding(
+        self,
+        title: str,
+        severity: Severity,
+        *,
+        rule: str | None = None,
+        description: str | None = None,
+        process: ProcessRef | None = None,
+        file_path: str | None = None,
+        file_sha256: str | None = None,
+        action: str | None = None,
+        related_event: str | None = None,
+    ) -> None: ...
+
+    def request_action(self, request: ActionRequest) -> None:
+        """Ask the agent to act (needs the `response` permission); the result comes to `on_action_result`."""
+        ...
+
+
+class Extension:
+    manifest: ClassVar[Manifest]
+
+    def setup(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def on_event(self, event: Event) -> None:
+        return None
+
+    def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
+        raise NotImplementedError(f"{type(self).__name__} declares auth but does not implement on_auth")
+
+    def on_action_result(self, result: Any) -> None:
+        return None
+
+    def teardown(self) -> None:
+        return None
