@@ -7,20 +7,12 @@ proxy. Both give the broker the same guarantees: a full queue is a counted drop,
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
 
-from ringfence.events import AuthAnswer, AuthRequest, Event, EventKind
-
-
-class FailurePolicy(enum.StrEnum):
-    """What a missing AUTH answer counts as when the subscriber's deadline passes."""
-
-    FAIL_OPEN = "fail-open"  # allow (never cached): a broken engine costs protection, not the host
-    FAIL_CLOSED = "fail-closed"  # deny: for paths where running unchecked code is worse than not running
+from ringfence.events import AuthAnswer, AuthRequest, Event, EventKind, FailurePolicy
 
 
 class AuthPolicy(msgspec.Struct, frozen=True):

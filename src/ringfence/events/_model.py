@@ -76,6 +76,13 @@ class AuthKind(enum.StrEnum):
     OPEN = "open"
 
 
+class FailurePolicy(enum.StrEnum):
+    """What a missing AUTH answer counts as when a subscriber's deadline passes."""
+
+    FAIL_OPEN = "fail-open"  # allow (never cached): a broken engine costs protection, not the host
+    FAIL_CLOSED = "fail-closed"  # deny: where running unchecked code is worse than not running
+
+
 class Verdict(enum.StrEnum):
     ALLOW = "allow"
     DENY = "deny"

@@ -14,6 +14,7 @@ from ringfence.events import (
     DetectionFinding,
     Event,
     EventKind,
+    FailurePolicy,
     FileActivity,
     NetworkActivity,
     ProcessActivity,
@@ -25,7 +26,6 @@ from ringfence.sdk._extension import AuthFile, Context, Extension, allow, deny
 from ringfence.sdk._manifest import (
     PROTOCOL_VERSION,
     AuthParticipation,
-    FailurePolicy,
     Manifest,
     ManifestError,
     Permission,

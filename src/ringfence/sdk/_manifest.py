@@ -7,7 +7,7 @@ import re
 
 import msgspec
 
-from ringfence.events import EventKind
+from ringfence.events import EventKind, FailurePolicy
 
 PROTOCOL_VERSION = 1
 """The wire protocol this SDK speaks. The agent accepts extensions whose version it supports and refuses
@@ -20,11 +20,6 @@ class Permission(enum.StrEnum):
     FILE_CONTENTS = "file-contents"  # AUTH requests carry a read-only descriptor of the file
     RESPONSE = "response"  # may ask the agent to kill, quarantine, isolate
     NETWORK = "network"  # may open network sockets (denied by the sandbox otherwise)
-
-
-class FailurePolicy(enum.StrEnum):
-    FAIL_OPEN = "fail-open"
-    FAIL_CLOSED = "fail-closed"
 
 
 class AuthParticipation(msgspec.Struct, frozen=True, kw_only=True):
