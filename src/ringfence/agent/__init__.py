@@ -1,0 +1,23 @@
+"""The composition root: config, daemon wiring, health. Only this package wires the layers together."""
+
+from ringfence.agent._config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_config
+from ringfence.agent._console import Console
+from ringfence.agent._daemon import Agent, AgentError
+from ringfence.agent._health import Health, summary_line
+from ringfence.agent._status import StatusServer, StatusUnavailable, read_status
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "Agent",
+    "AgentError",
+    "Config",
+    "ConfigError",
+    "Console",
+    "Health",
+    "StatusServer",
+    "StatusUnavailable",
+    "load_config",
+    "parse_config",
+    "read_status",
+    "summary_line",
+]

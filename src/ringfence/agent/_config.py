@@ -1,0 +1,164 @@
+"""The agent's configuration: a TOML file, validated on load against typed sections with safe defaults.
+
+Errors:
+    ConfigError     the file is missing, unreadable, not TOML, or a key or value is wrong; the message
+                    names the file and the key (`sensors.file_paths[0]`)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any
+
+import msgspec
+
+from ringfence.events import EventKind
+
+DEFAULT_CONFIG_PATH = "/etc/ringfence/ringfence.toml"
+DEFAULT_STATE_DIR = "/var/lib/ringfence"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. The message says which file and which key."""
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class AgentSection(_Section):
+    state_dir: str = DEFAULT_STATE_DIR
+    host_id: str = ""  # empty: the hostname
+    log_level: str = "info"  # debug, info, warning, error
+
+
+class SensorsSection(_Section):
+    process: bool = True  # netlink process connector (+ audit execve for full argv)
+    audit_exec: bool = True  # take exec details from audit (full argv even for 1 ms processes)
+    network: bool = True  # audit connect/accept/bind/listen
+    file: bool = True  # fanotify FID: create, delete, rename, modify, attrib
+    exec_auth: bool = True  # fanotify exec permission: AUTH decisions by extensions
+    file_paths: tuple[str, ...] = ("/",)  # filesystems watched by the file sensor
+    exec_mounts: tuple[str, ...] = ("/",)  # mounts whose execs are gated
+    open_auth_paths: tuple[str, ...] = ()  # paths whose opens are gated too (FAN_OPEN_PERM)
+    audit_key: str = "ringfence"
+    audit_backlog_limit: int = 8192  # records
+
+
+class BrokerSection(_Section):
+    auth_deadline_ms: int = 250
+    queue_capacity: int = 65536  # events per subscriber queue
+    mute_paths: tuple[str, ...] = ()  # path prefixes whose events are dropped (and whose AUTH is allowed)
+    mute_executables: tuple[str, ...] = ()
+    mute_kinds: tuple[EventKind, ...] = ()
+
+
+class OutputSection(_Section):
+    max_file_mb: int = 64  # events.jsonl rotates past this size
+    keep_files: int = 5
+    console_interval_s: float = 5.0  # live summary period; 0 turns it off
+
+
+class ExtensionsSection(_Section):
+    enabled: tuple[str, ...] = ("ringfence.reputation",)  # entry-point names (or module:attr specs)
+    disabled: tuple[str, ...] = ()
+    sandbox: bool = True
+    user: str = "ringfence-ext"
+    memory_mb: int = 256
+    cpu_percent: int = 50
+    config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)  # [extensions.config."<id>"]
+
+
+class ResponseSection(_Section):
+    management_addresses: tuple[str, ...] = ()  # reachable while the host is isolated
+
+
+class Config(_Section):
+    agent: AgentSection = msgspec.field(default_factory=AgentSection)
+    sensors: SensorsSection = msgspec.field(default_factory=SensorsSection)
+    broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
+    output: OutputSection = msgspec.field(default_factory=OutputSection)
+    extensions: ExtensionsSection = msgspec.field(default_factory=ExtensionsSection)
+    response: ResponseSection = msgspec.field(default_factory=ResponseSection)
+
+    @property
+    def host(self) -> str:
+        return self.agent.host_id or socket.gethostname()
+
+
+_PATH = re.compile(r"`\$\.?([^`]*)`")
+
+
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+
+
+def _key_of(message: str) -> str:
+    match = _PATH.search(message)
+    key = match.group(1) if match else ""
+    unknown = _UNKNOWN.search(message)
+    if unknown:
+        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+    return key or "(top level)"
+
+
+def parse_config(data: bytes, source: str) -> Config:
+    """Decode and check a config. Every error names `source` and the key."""
+    try:
+        config = msgspec.toml.decode(data, type=Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: key {_key_of(str(e))}: {e}") from e
+    except msgspec.DecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+    _check(config, source)
+    return config
+
+
+def _check(config: Config, source: str) -> None:
+    problems: list[str] = []
+    if not os.path.isabs(config.agent.state_dir):
+        problems.append(f"agent.state_dir: must be an absolute path, got {config.agent.state_dir!r}")
+    if config.agent.log_level not in ("debug", "info", "warning", "error"):
+        problems.append(f"agent.log_level: one of debug, info, warning, error; got {config.agent.log_level!r}")
+    if not 1 <= config.broker.auth_deadline_ms <= 10_000:
+        problems.append(f"broker.auth_deadline_ms: 1..10000, got {config.broker.auth_deadline_ms}")
+    if config.broker.queue_capacity < 16:
+        problems.append(f"broker.queue_capacity: at least 16, got {config.broker.queue_capacity}")
+    if config.output.max_file_mb < 1 or config.output.keep_files < 0:
+        problems.append("output: max_file_mb must be >= 1 and keep_files >= 0")
+    if not 16 <= config.extensions.memory_mb <= 65536:
+        problems.append(f"extensions.memory_mb: 16..65536, got {config.extensions.memory_mb}")
+    if not 1 <= config.extensions.cpu_percent <= 100 * (os.cpu_count() or 1):
+        problems.append(f"extensions.cpu_percent: 1..{100 * (os.cpu_count() or 1)}")
+    for key in ("file_paths", "exec_mounts", "open_auth_paths"):
+        for i, path in enumerate(getattr(config.sensors, key)):
+            if not os.path.isabs(path):
+                problems.append(f"sensors.{key}[{i}]: must be an absolute path, got {path!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,31}", config.sensors.audit_key):
+        problems.append(f"sensors.audit_key: 1-31 of [A-Za-z0-9_.-], got {config.sensors.audit_key!r}")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def load_config(path: str | None) -> Config:
+    """Load `path`; with None, the default path if it exists, else the defaults."""
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG_PATH):
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config: {e.strerror}") from e
+    return parse_config(data, path)
+
+
+def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of `config` with fields of sections replaced (for command-line flags)."""
+    out = config
+    for name, fields in sections.items():
+        if fields:
+            out = msgspec.structs.replace(out, **{name: msgspec.structs.replace(getattr(out, name), **fields)})
+    return out

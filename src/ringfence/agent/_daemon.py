@@ -1,0 +1,288 @@
+"""The composition root: builds the broker, sensors, outputs and extension supervisor, runs, shuts down.
+
+Errors:
+    AgentError          the agent cannot run at all (not root, state dir unusable, another agent running)
+A sensor whose kernel interface is missing does not stop the agent: it is reported as unavailable, with
+what the kernel said and what still works, and `status` shows the agent as degraded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+import psutil
+
+from ringfence import __version__
+from ringfence.agent._config import Config
+from ringfence.agent._console import Console
+from ringfence.agent._health import Health, summary_line
+from ringfence.agent._status import StatusServer
+from ringfence.broker import Broker, DeadlineRunner, Mutes
+from ringfence.events import EventKind, SystemClock
+from ringfence.outputs import JsonlSink
+from ringfence.sensors import Sensor, SensorStatistics, SensorUnavailable
+
+log = logging.getLogger(__name__)
+
+WHAT_STILL_WORKS = {
+    "exec-auth": "events are still recorded, but no exec can be blocked",
+    "file": "process, network and AUTH still work; file changes are not seen",
+    "audit": "process events come from the process connector (argv read from /proc, may miss 1 ms "
+    "processes); network events are not seen",
+    "process": "exec details from audit still arrive; fork, exit and uid changes are not seen",
+}
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message says why and what to do."""
+
+
+class _Supervised(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def statistics(self) -> list[dict[str, Any]]: ...
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        console: Console | None = None,
+        extensions: Callable[[Agent], _Supervised] | None = None,
+    ) -> None:
+        self.config = config
+        self.state_dir = config.agent.state_dir
+        self.console = console or Console()
+        self.clock = SystemClock()
+        self.broker = Broker(
+            self.clock,
+            auth_deadline_ms=config.broker.auth_deadline_ms,
+            mutes=Mutes(
+                path_prefixes=config.broker.mute_paths,
+                executables=frozenset(config.broker.mute_executables),
+                kinds=frozenset(config.broker.mute_kinds),
+            ),
+        )
+        self.deadlines = DeadlineRunner(self.broker.arbiter)
+        self.sensors: list[Sensor] = []
+        self.unavailable: dict[str, str] = {}
+        self.outputs: list[JsonlSink] = []
+        self._make_extensions = extensions
+        self.supervisor: _Supervised | None = None
+        self.status: StatusServer | None = None
+        self._lock_fd = -1
+        self._started_ns = time.time_ns()
+        self._stopped = threading.Event()
+        self._proc = psutil.Process()
+
+    # -- start -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if os.geteuid() != 0:
+            raise AgentError(
+                "ringfence run needs root: fanotify, audit and the process connector all need "
+                "CAP_SYS_ADMIN or CAP_AUDIT_*. Run it with sudo, or as the systemd unit in packaging/."
+            )
+        self._open_state_dir()
+        self._start_outputs()
+        self.deadlines.start()
+        try:
+            self._start_sensors()
+            if self._make_extensions is not None:
+                self.supervisor = self._make_extensions(self)
+                self.supervisor.start()
+            self.status = StatusServer(self.state_dir, self.render_status)
+            self.status.start()
+        except BaseException:
+            self.stop()
+            raise
+        for name, why in self.unavailable.items():
+            self.console.line(f"WARNING sensor {name} unavailable: {why}. {WHAT_STILL_WORKS.get(name, '')}")
+
+    def _open_state_dir(self) -> None:
+        try:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            os.chmod(self.state_dir, 0o700)
+            fd = os.open(os.path.join(self.state_dir, "agent.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise AgentError(f"state dir {self.state_dir}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise AgentError(f"another agent is running with state dir {self.state_dir}") from e
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _start_outputs(self) -> None:
+        out = self.config.output
+        kinds = frozenset({EventKind.PROCESS, EventKind.FILE, EventKind.NETWORK, EventKind.FINDING})
+        events = JsonlSink(
+            "events",
+            os.path.join(self.state_dir, "events.jsonl"),
+            kinds,
+            max_bytes=out.max_file_mb << 20,
+            keep=out.keep_files,
+            capacity=self.config.broker.queue_capacity,
+        )
+        findings = JsonlSink(
+            "findings",
+            os.path.join(self.state_dir, "findings.jsonl"),
+            frozenset({EventKind.FINDING}),
+            max_bytes=out.max_file_mb << 20,
+            keep=out.keep_files,
+            on_written=self.console.finding,
+        )
+        for sink in (events, findings):
+            sink.start()
+            self.broker.subscribe(sink)
+            self.outputs.append(sink)
+
+    def _start_sensors(self) -> None:
+        # Imported here: each sensor module binds kernel interfaces, and only the agent wires them.
+        from ringfence.sensors.audit import AuditSensor
+        from ringfence.sensors.fanotify import ExecAuthSensor, FileSensor
+        from ringfence.sensors.process import ProcessSensor, ProcessTable
+
+        cfg, host = self.config.sensors, self.config.host
+        table = ProcessTable()
+        table.seed()
+        self.table = table
+        audit_exec = cfg.process and cfg.audit_exec
+        if audit_exec or cfg.network:
+            process_sink = self._process_sensor_sink()
+            audit = AuditSensor(
+                self.broker.publish,
+                process_sink,
+                table,
+                host,
+                key=cfg.audit_key,
+                want_exec=audit_exec,
+                want_network=cfg.network,
+                backlog_limit=cfg.audit_backlog_limit,
+            )
+            if not self._try_start(audit):
+                audit_exec = False
+        if cfg.process:
+            process = ProcessSensor(self.broker.publish, table, host, audit_exec=audit_exec)
+            self._process = process
+            self._try_start(process)
+        if cfg.file:
+            files = FileSensor(
+                self.broker.publish, table, host, cfg.file_paths, exclude_prefixes=(self.state_dir,)
+            )
+            self._try_start(files)
+        if cfg.exec_auth:
+            auth = ExecAuthSensor(
+                self.broker.authorize,
+                table,
+                host,
+                mounts=cfg.exec_mounts,
+                open_paths=cfg.open_auth_paths,
+                deadline_ms=self.config.broker.auth_deadline_ms,
+            )
+            if self._try_start(auth):
+                self.broker.on_invalidate(auth.flush_cache)
+
+    def _process_sensor_sink(self) -> Callable[..., None]:
+        """Audit exec records go to the process sensor, which may start after audit: bind late."""
+
+        def sink(record: Any) -> None:
+            process = getattr(self, "_process", None)
+            if process is not None:
+                process.on_audit_exec(record)
+
+        return sink
+
+    def _try_start(self, sensor: Sensor) -> bool:
+        try:
+            sensor.start()
+        except SensorUnavailable as e:
+            self.unavailable[sensor.name] = str(e)
+            log.warning("sensor %s unavailable: %s", sensor.name, e)
+            return False
+        self.sensors.append(sensor)
+        return True
+
+    # -- run and stop ------------------------------------------------------------------------------------
+
+    def run_until_stopped(self, interval_s: float) -> None:
+        """Block until `request_stop`; print a summary line every `interval_s` seconds (0: never)."""
+        while not self._stopped.wait(interval_s if interval_s > 0 else None):
+            self.console.line(summary_line(self.health()))
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    def stop(self) -> None:
+        """Stop everything, exec gate first so no exec waits on a stopping agent. Idempotent."""
+        self._stopped.set()
+        for sensor in sorted(self.sensors, key=lambda s: s.name != "exec-auth"):
+            self._guard(f"stopping sensor {sensor.name}", sensor.stop)
+        self.sensors.clear()
+        if self.supervisor is not None:
+            self._guard("stopping extensions", self.supervisor.stop)
+            self.supervisor = None
+        self.deadlines.stop()
+        for sink in self.outputs:
+            self._guard(f"closing output {sink.name}", sink.stop)
+        self.outputs.clear()
+        if self.status is not None:
+            self._guard("closing the status socket", self.status.stop)
+            self.status = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    @staticmethod
+    def _guard(what: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception:  # supervision boundary: one failed shutdown step must not skip the others
+            log.exception("%s failed", what)
+
+    # -- health ------------------------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        sensors: list[SensorStatistics] = [s.statistics() for s in self.sensors]
+        extensions = self.supervisor.statistics() if self.supervisor is not None else []
+        problems = [f"sensor {n} unavailable" for n in self.unavailable]
+        problems += [f"sensor {s.name} stopped" for s in sensors if not s.running]
+        problems += [f"extension {e.get('id')} {e.get('state')}" for e in extensions if e.get("state") == "quarantined"]
+        with self._proc.oneshot():
+            mem = self._proc.memory_info().rss
+            cpu = self._proc.cpu_times()
+            threads = self._proc.num_threads()
+        return Health(
+            version=__version__,
+            pid=os.getpid(),
+            host=self.config.host,
+            state_dir=self.state_dir,
+            started_at_ns=self._started_ns,
+            uptime_s=(time.time_ns() - self._started_ns) / 1e9,
+            healthy=not problems,
+            problems=problems,
+            sensors=sensors,
+            unavailable=dict(self.unavailable),
+            broker=self.broker.statistics(),
+            outputs=[o.statistics() for o in self.outputs],
+            extensions=extensions,
+            memory_rss_bytes=mem,
+            cpu_user_s=cpu.user,
+            cpu_system_s=cpu.system,
+            threads=threads,
+        )
+
+    def render_status(self) -> bytes:
+        return msgspec.json.encode(self.health())

@@ -1,0 +1,252 @@
+"""The `ringfence` command line. Every failure a user can cause ends in one clear line and exit status 2
+(usage) or 1 (could not do it), never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ringfence import __version__
+from ringfence.agent import (
+    DEFAULT_CONFIG_PATH,
+    Agent,
+    AgentError,
+    Config,
+    ConfigError,
+    Console,
+    StatusUnavailable,
+    load_config,
+    read_status,
+)
+from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ringfence",
+        description="Ringfence: Linux endpoint security on the kernel's own interfaces (fanotify, the "
+        "process connector, audit), with every detection engine in its own sandboxed process.",
+        epilog="Run `ringfence COMMAND --help` for each command's options. Docs: README.md.",
+    )
+    p.add_argument("--version", action="version", version=f"ringfence {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run the agent in the foreground (root)",
+        description="Run the agent in the foreground: all sensors on, events as OCSF JSON lines to "
+        "STATE_DIR/events.jsonl (rotated), findings to STATE_DIR/findings.jsonl and to the terminal, "
+        "health on STATE_DIR/status.sock. Ctrl-C or SIGTERM stops it and removes every fanotify mark "
+        "and audit rule it added.",
+    )
+    _common(run)
+    run.add_argument("--blocklist", metavar="FILE", help="sha256 blocklist for the file-reputation engine")
+    run.add_argument("--no-extensions", action="store_true", help="run sensors and outputs only")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: config")
+
+    status = sub.add_parser(
+        "status",
+        help="health of the running agent; exit 0 only when up and healthy",
+        description="Ask the running agent for its health over STATE_DIR/status.sock (root only). Exit "
+        "status: 0 healthy, 1 degraded or not running.",
+    )
+    status.add_argument("--state-dir", default=None, help=f"default: from config, else {DEFAULT_STATE_DIR}")
+    status.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    status.add_argument("--json", action="store_true", help="print the full health document as JSON")
+
+    ext = sub.add_parser("extensions", help="installed extensions").add_subparsers(dest="ext_cmd", required=True)
+    ext_list = ext.add_parser("list", help="list extensions found through the ringfence.extensions entry points")
+    ext_list.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+
+    q = sub.add_parser("quarantine", help="the quarantine vault").add_subparsers(dest="q_cmd", required=True)
+    q_list = q.add_parser("list", help="list quarantined files")
+    q_restore = q.add_parser("restore", help="put a quarantined file back where it was")
+    q_restore.add_argument("id", help="the vault id from `quarantine list`")
+    for qp in (q_list, q_restore):
+        _common(qp)
+
+    iso = sub.add_parser(
+        "isolate",
+        help="cut the host off the network (loopback and management addresses stay)",
+        description="Install Ringfence's own nftables table that drops all traffic but loopback and the "
+        "configured management addresses. --undo removes exactly that table.",
+    )
+    _common(iso)
+    iso.add_argument("--undo", action="store_true", help="remove the isolation")
+    iso.add_argument("--reason", default="operator request")
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG_PATH} if present)")
+    p.add_argument("--state-dir", default=None, help=f"state directory (default {DEFAULT_STATE_DIR})")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if getattr(args, "state_dir", None):
+        config = with_overrides(config, agent={"state_dir": os.path.abspath(args.state_dir)})
+    return config
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.log_level:
+        config = with_overrides(config, agent={"log_level": args.log_level})
+    if args.blocklist:
+        path = os.path.abspath(args.blocklist)
+        if not os.path.isfile(path):
+            raise ConfigError(f"--blocklist {args.blocklist}: no such file")
+        settings = dict(config.extensions.config)
+        settings["ringfence.reputation"] = {**settings.get("ringfence.reputation", {}), "blocklist": path}
+        config = with_overrides(config, extensions={"config": settings})
+    logging.basicConfig(
+        level=config.agent.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    console = Console()
+    extensions = None if args.no_extensions else _extension_factory()
+    agent = Agent(config, console=console, extensions=extensions)
+    agent.start()
+    signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
+    signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
+    console.line(
+        f"ringfence {__version__} running on {config.host}: events -> {config.agent.state_dir}/events.jsonl; "
+        f"sensors: {', '.join(s.name for s in agent.sensors) or 'none'}; Ctrl-C to stop"
+    )
+    try:
+        agent.run_until_stopped(config.output.console_interval_s)
+    finally:
+        agent.stop()
+        console.line("ringfence stopped; marks and audit rules removed")
+    return 0
+
+
+def _extension_factory() -> Any:
+    from ringfence.agent._extensions import make_supervisor
+
+    return make_supervisor
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or _config(args).agent.state_dir
+    doc = json.loads(read_status(state_dir))
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(_render_status(doc))
+    return 0 if doc.get("healthy") else EXIT_FAILED
+
+
+def _render_status(doc: dict[str, Any]) -> str:
+    lines = [
+        f"ringfence {doc['version']} pid {doc['pid']} on {doc['host']}: "
+        + ("healthy" if doc["healthy"] else "DEGRADED (" + "; ".join(doc["problems"]) + ")"),
+        f"uptime {doc['uptime_s']:.0f} s, rss {doc['memory_rss_bytes'] >> 20} MiB, "
+        f"cpu {doc['cpu_user_s'] + doc['cpu_system_s']:.1f} s, threads {doc['threads']}",
+        "sensors:",
+    ]
+    for s in doc["sensors"]:
+        lines.append(
+            f"  {s['name']:<10} {'running' if s['running'] else 'STOPPED'} received={s['received']} "
+            f"emitted={s['emitted']} dropped={s['dropped']} errors={s['errors']}"
+        )
+    for name, why in doc["unavailable"].items():
+        lines.append(f"  {name:<10} UNAVAILABLE: {why}")
+    lines.append("broker:")
+    for kind, k in sorted(doc["broker"]["kinds"].items()):
+        lines.append(f"  {kind:<10} published={k['published']} delivered={k['delivered']} "
+                     f"dropped={k['dropped']} muted={k['muted']}")
+    a = doc["broker"]["auth"]
+    lines.append(f"auth: requests={a['requests']} allowed={a['allowed']} denied={a['denied']} "
+                 f"cached={a['cacheable']} settled-at-deadline={a['unanswered_at_deadline']} "
+                 f"max-latency={a['max_latency_us']} us")
+    for name, s in sorted(a["subscribers"].items()):
+        lines.append(f"  {name:<24} asked={s['asked']} allowed={s['allowed']} denied={s['denied']} "
+                     f"deadline-misses={s['deadline_misses']} late={s['late_answers']}")
+    if doc["extensions"]:
+        lines.append("extensions:")
+        for e in doc["extensions"]:
+            extra = " ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in ("id", "state"))
+            lines.append(f"  {e.get('id')}: {e.get('state')} {extra}")
+    for o in doc["outputs"]:
+        lines.append(f"output {o['path']}: written={o['written']} dropped={o['channel']['dropped']}")
+    return "\n".join(lines)
+
+
+def _cmd_extensions(args: argparse.Namespace) -> int:
+    from ringfence.agent._extensions import list_extensions
+
+    config = load_config(args.config)
+    for row in list_extensions(config):
+        print(row)
+    return 0
+
+
+def _response(args: argparse.Namespace) -> Any:
+    from ringfence.response import ResponseConfig, ResponseExecutor
+
+    if os.geteuid() != 0:
+        raise AgentError(f"ringfence {args.command} needs root")
+    config = _config(args)
+    return ResponseExecutor(
+        ResponseConfig(
+            state_dir=config.agent.state_dir,
+            management_addresses=config.response.management_addresses,
+        )
+    )
+
+
+def _cmd_quarantine(args: argparse.Namespace) -> int:
+    executor = _response(args)
+    if args.q_cmd == "list":
+        entries = executor.quarantine_list()
+        if not entries:
+            print("the quarantine vault is empty")
+        for e in entries:
+            print(json.dumps(msgspec.to_builtins(e), sort_keys=True))
+        return 0
+    result = executor.restore(args.id)
+    print(result.message)
+    return 0 if result.ok else EXIT_FAILED
+
+
+def _cmd_isolate(args: argparse.Namespace) -> int:
+    executor = _response(args)
+    result = executor.unisolate() if args.undo else executor.isolate(args.reason, "operator")
+    print(result.message)
+    return 0 if result.ok else EXIT_FAILED
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "extensions": _cmd_extensions,
+    "quarantine": _cmd_quarantine,
+    "isolate": _cmd_isolate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, AgentError, StatusUnavailable) as e:
+        print(f"ringfence: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ringfence.broker import AuthPolicy, Broker, DeadlineRunner, FailurePolicy, Mutes, ThreadedSubscriber
+from ringfence.events import (
+    AuthAnswer,
+    AuthKind,
+    AuthRequest,
+    EventKind,
+    HeaderStamper,
+    ProcessRef,
+    Verdict,
+)
+from tests.fakes import FakeClock, RecordingSubscriber
+
+AUTH = frozenset({EventKind.AUTH_EXEC})
+
+
+def _request(clock: FakeClock, path: str = "/usr/bin/x") -> AuthRequest:
+    stamp = HeaderStamper("exec-auth", "h", clock)
+    return AuthRequest(header=stamp.stamp(), kind=AuthKind.EXEC, path=path, process=ProcessRef(pid=42))
+
+
+class Answers:
+    def __init__(self) -> None:
+        self.got: list[AuthAnswer] = []
+
+    def __call__(self, answer: AuthAnswer) -> None:
+        self.got.append(answer)
+
+
+def _setup(*subs: RecordingSubscriber, deadline_ms: int = 250) -> tuple[FakeClock, Broker]:
+    clock = FakeClock()
+    broker = Broker(clock, auth_deadline_ms=deadline_ms)
+    for s in subs:
+        broker.subscribe(s)
+    return clock, broker
+
+
+def test_no_auth_subscriber_allows_at_once_and_cacheable() -> None:
+    clock, broker = _setup(RecordingSubscriber("events-only", frozenset({EventKind.PROCESS})))
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    assert answers.got == [AuthAnswer(Verdict.ALLOW, cacheable=True)]
+
+
+def test_one_deny_in_time_denies_without_waiting_for_others() -> None:
+    a = RecordingSubscriber("a", AUTH, AuthPolicy())
+    b = RecordingSubscriber("b", AUTH, AuthPolicy())
+    clock, broker = _setup(a, b)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    a.tickets[0][1](AuthAnswer(Verdict.DENY, reason="bad hash"))
+    assert [x.verdict for x in answers.got] == [Verdict.DENY]
+    assert answers.got[0].reason == "bad hash"
+    b.tickets[0][1](AuthAnswer(Verdict.ALLOW, cacheable=True))  # late: the request is settled
+    assert len(answers.got) == 1
+    assert broker.statistics().auth.subscribers["b"].late_answers == 1
+
+
+def test_allow_is_cacheable_only_if_every_subscriber_says_so() -> None:
+    a = RecordingSubscriber("a", AUTH, AuthPolicy())
+    b = RecordingSubscriber("b", AUTH, AuthPolicy())
+    clock, broker = _setup(a, b)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    a.tickets[0][1](AuthAnswer(Verdict.ALLOW, cacheable=True))
+    assert answers.got == []
+    b.tickets[0][1](AuthAnswer(Verdict.ALLOW, cacheable=False))
+    assert answers.got == [AuthAnswer(Verdict.ALLOW, cacheable=False)]
+
+
+def test_silent_subscriber_fail_open_allows_at_deadline_uncached_and_counts_miss() -> None:
+    silent = RecordingSubscriber("silent", AUTH, AuthPolicy(deadline_ms=100))
+    clock, broker = _setup(silent)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    clock.advance_ms(99)
+    assert broker.arbiter.expire() == 0
+    assert answers.got == []
+    clock.advance_ms(1)
+    assert broker.arbiter.expire() == 1
+    assert answers.got == [AuthAnswer(Verdict.ALLOW, cacheable=False)]
+    stats = broker.statistics().auth
+    assert stats.subscribers["silent"].deadline_misses == 1
+    assert stats.unanswered_at_deadline == 1
+    assert silent.missed == [silent.tickets[0][0].id]
+
+
+def test_silent_subscriber_fail_closed_denies_at_deadline() -> None:
+    silent = RecordingSubscriber("strict", AUTH, AuthPolicy(deadline_ms=50, failure=FailurePolicy.FAIL_CLOSED))
+    clock, broker = _setup(silent)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    clock.advance_ms(50)
+    broker.arbiter.expire()
+    assert [a.verdict for a in answers.got] == [Verdict.DENY]
+
+
+def test_subscriber_deadline_is_capped_by_broker_deadline() -> None:
+    slow = RecordingSubscriber("slow", AUTH, AuthPolicy(deadline_ms=5000))
+    clock, broker = _setup(slow, deadline_ms=250)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    clock.advance_ms(250)
+    broker.arbiter.expire()
+    assert len(answers.got) == 1
+
+
+def test_full_subscriber_queue_applies_failure_policy_at_once() -> None:
+    full = RecordingSubscriber("full", AUTH, AuthPolicy(failure=FailurePolicy.FAIL_CLOSED), accept_auth=False)
+    clock, broker = _setup(full)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    assert [a.verdict for a in answers.got] == [Verdict.DENY]
+    assert broker.statistics().auth.subscribers["full"].refused == 1
+
+
+def test_muted_path_is_allowed_without_asking() -> None:
+    sub = RecordingSubscriber("a", AUTH, AuthPolicy())
+    clock = FakeClock()
+    broker = Broker(clock, mutes=Mutes(path_prefixes=("/opt/trusted/",)))
+    broker.subscribe(sub)
+    answers = Answers()
+    broker.authorize(_request(clock, "/opt/trusted/tool"), -1, answers)
+    assert answers.got == [AuthAnswer(Verdict.ALLOW, cacheable=True)]
+    assert sub.tickets == []
+
+
+def test_answer_after_expiry_does_not_answer_twice() -> None:
+    sub = RecordingSubscriber("a", AUTH, AuthPolicy(deadline_ms=10))
+    clock, broker = _setup(sub)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    clock.advance_ms(10)
+    broker.arbiter.expire()
+    sub.tickets[0][1](AuthAnswer(Verdict.DENY))
+    assert len(answers.got) == 1
+
+
+def test_new_auth_subscriber_flushes_verdict_cache() -> None:
+    clock, broker = _setup()
+    flushed: list[int] = []
+    broker.on_invalidate(lambda: flushed.append(1))
+    broker.subscribe(RecordingSubscriber("events", frozenset({EventKind.FILE})))
+    assert flushed == []
+    broker.subscribe(RecordingSubscriber("auth", AUTH, AuthPolicy()))
+    assert flushed == [1]
+
+
+def test_duplicate_subscriber_name_rejected() -> None:
+    _, broker = _setup(RecordingSubscriber("a", AUTH, AuthPolicy()))
+    with pytest.raises(ValueError, match="already subscribed"):
+        broker.subscribe(RecordingSubscriber("a", AUTH, AuthPolicy()))
+
+
+def test_deadline_runner_answers_for_a_hung_threaded_subscriber() -> None:
+    """Real threads and the real clock: a handler stuck forever still gets its request answered."""
+    release = threading.Event()
+
+    class Hung:
+        def on_event(self, event: object) -> None:
+            return None
+
+        def on_auth(self, ticket: object) -> AuthAnswer | None:
+            release.wait(30)
+            return None
+
+    broker = Broker(auth_deadline_ms=50)
+    sub = ThreadedSubscriber("hung", Hung(), AUTH, auth_policy=AuthPolicy(deadline_ms=50)).start()
+    broker.subscribe(sub)
+    runner = DeadlineRunner(broker.arbiter)
+    runner.start()
+    done = threading.Event()
+    got: list[AuthAnswer] = []
+
+    def respond(answer: AuthAnswer) -> None:
+        got.append(answer)
+        done.set()
+
+    try:
+        broker.authorize(_request(FakeClock()), -1, respond)
+        assert done.wait(10), "the broker never answered for a hung subscriber"
+        assert got[0].verdict is Verdict.ALLOW
+        assert broker.statistics().auth.subscribers["hung"].deadline_misses == 1
+        assert sub.statistics().auth_misses == 1
+    finally:
+        release.set()
+        runner.stop()
+        sub.stop()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+
+from ringfence.broker import BoundedChannel, Broker, ChannelClosed, Mutes, Overflow
+from ringfence.events import EventKind, FileActivity, FileActivityId, HeaderStamper, ProcessActivity
+from ringfence.events import ProcessActivityId, ProcessRef
+from tests.fakes import FakeClock, RecordingSubscriber
+
+
+def _proc(exe: str = "/bin/true") -> ProcessActivity:
+    stamp = HeaderStamper("process", "h", FakeClock())
+    return ProcessActivity(
+        header=stamp.stamp(), activity=ProcessActivityId.LAUNCH, process=ProcessRef(pid=1, exe=exe)
+    )
+
+
+def _file(path: str) -> FileActivity:
+    stamp = HeaderStamper("file", "h", FakeClock())
+    return FileActivity(header=stamp.stamp(), activity=FileActivityId.CREATE, path=path)
+
+
+def test_events_reach_only_subscribers_of_their_kind() -> None:
+    procs = RecordingSubscriber("procs", frozenset({EventKind.PROCESS}))
+    files = RecordingSubscriber("files", frozenset({EventKind.FILE}))
+    broker = Broker(FakeClock())
+    broker.subscribe(procs)
+    broker.subscribe(files)
+    broker.publish(_proc())
+    broker.publish(_file("/tmp/a"))
+    assert [type(e).__name__ for e in procs.events] == ["ProcessActivity"]
+    assert [type(e).__name__ for e in files.events] == ["FileActivity"]
+
+
+def test_full_subscriber_drop_is_counted_not_waited_on() -> None:
+    small = RecordingSubscriber("small", frozenset({EventKind.PROCESS}), capacity=2)
+    broker = Broker(FakeClock())
+    broker.subscribe(small)
+    for _ in range(5):
+        broker.publish(_proc())
+    st = broker.statistics().kinds["process"]
+    assert (st.published, st.delivered, st.dropped) == (5, 2, 3)
+
+
+def test_mutes_by_path_prefix_executable_and_kind() -> None:
+    sub = RecordingSubscriber("all", frozenset({EventKind.PROCESS, EventKind.FILE}))
+    broker = Broker(
+        FakeClock(),
+        mutes=Mutes(path_prefixes=("/var/cache/",), executables=frozenset({"/usr/bin/noisy"})),
+    )
+    broker.subscribe(sub)
+    broker.publish(_file("/var/cache/x"))
+    broker.publish(_file("/etc/passwd"))
+    broker.publish(_proc("/usr/bin/noisy"))
+    broker.publish(_proc("/usr/bin/quiet"))
+    assert [getattr(e, "path", None) or e.process.exe for e in sub.events] == ["/etc/passwd", "/usr/bin/quiet"]
+    assert broker.statistics().kinds["file"].muted == 1
+
+
+def test_channel_drop_newest_keeps_prefix_and_counts() -> None:
+    ch: BoundedChannel[int] = BoundedChannel(2, Overflow.DROP_NEWEST)
+    assert [ch.put(i) for i in range(4)] == [True, True, False, False]
+    assert ch.get_batch(10, timeout=0) == [0, 1]
+    assert ch.statistics().dropped == 2
+
+
+def test_channel_drop_oldest_keeps_freshest() -> None:
+    ch: BoundedChannel[int] = BoundedChannel(2, Overflow.DROP_OLDEST)
+    for i in range(4):
+        ch.put(i)
+    assert ch.get_batch(10, timeout=0) == [2, 3]
+    assert ch.statistics().dropped == 2
+
+
+def test_channel_closed_and_drained_raises() -> None:
+    ch: BoundedChannel[int] = BoundedChannel(4)
+    ch.put(1)
+    ch.close()
+    assert ch.get(timeout=0) == 1
+    with pytest.raises(ChannelClosed):
+        ch.get(timeout=0)
+    assert ch.put(2) is False
+
+
+def test_channel_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        BoundedChannel(0)
