@@ -38,3 +38,10 @@ def test_bad_config_names_file_and_key(text: bytes, expected: str) -> None:
 def test_missing_config_file_is_a_clear_error(tmp_path: pytest.TempPathFactory) -> None:
     with pytest.raises(ConfigError, match="cannot read the config"):
         load_config(f"{tmp_path}/absent.toml")
+
+
+def test_packaged_config_is_valid_and_equals_the_defaults() -> None:
+    from pathlib import Path
+
+    packaged = Path(__file__).parents[2] / "packaging" / "ringfence.toml"
+    assert load_config(str(packaged)) == Config()
