@@ -1,0 +1,53 @@
+"""File reputation: deny the exec of files whose sha256 is on a blocklist.
+
+Entry point: `extension` (group `ringfence.extensions`, name `reputation`).
+
+Errors, raised by `setup` so that a broken configuration stops the extension instead of running empty:
+
+    ReputationError
+    ├── SettingsError    bad `[extensions."ringfence.reputation"]` settings; `problems` names every key
+    └── BlocklistError   an unusable blocklist file; `issues` holds every problem, each with file:line
+
+On the AUTH path nothing raises: an unreadable file is allowed uncached and counted, and a blocklist
+that breaks after start-up keeps the last good one in force.
+"""
+
+from ringfence.engines.reputation._blocklist import (
+    Blocklist,
+    BlocklistError,
+    BlocklistMatch,
+    Issue,
+    IssueSeverity,
+    ParseResult,
+    ReputationError,
+    parse_blocklist,
+    read_blocklist,
+)
+from ringfence.engines.reputation._config import CONTENT_BLOCKLIST_NAME, ReputationConfig, SettingsError
+from ringfence.engines.reputation._engine import RULE, ReputationEngine, ReputationStatistics
+from ringfence.engines.reputation._memo import HashMemo, MemoStatistics
+from ringfence.engines.reputation._watch import BlocklistStatistics
+
+extension = ReputationEngine
+
+__all__ = [
+    "CONTENT_BLOCKLIST_NAME",
+    "RULE",
+    "Blocklist",
+    "BlocklistError",
+    "BlocklistMatch",
+    "BlocklistStatistics",
+    "HashMemo",
+    "Issue",
+    "IssueSeverity",
+    "MemoStatistics",
+    "ParseResult",
+    "ReputationConfig",
+    "ReputationEngine",
+    "ReputationError",
+    "ReputationStatistics",
+    "SettingsError",
+    "extension",
+    "parse_blocklist",
+    "read_blocklist",
+]

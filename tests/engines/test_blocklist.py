@@ -1,0 +1,120 @@
+"""Blocklist parsing: strict, every bad line reported with file:line, nothing half-loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from ringfence.engines.reputation import (
+    Blocklist,
+    BlocklistError,
+    IssueSeverity,
+    parse_blocklist,
+    read_blocklist,
+)
+
+A = hashlib.sha256(b"a").hexdigest()
+B = hashlib.sha256(b"b").hexdigest()
+C = hashlib.sha256(b"c").hexdigest()
+
+
+def test_hashes_labels_and_comments_parsed() -> None:
+    data = f"""# a header comment
+
+{A}
+{B.upper()}   eicar test file   # trailing comment
+   {C}\t# only a comment after the hash
+""".encode()
+    result = parse_blocklist(data, "/etc/bl.txt")
+    assert result.ok
+    assert result.issues == ()
+    assert len(result.blocklist) == 3
+    match_a, match_b, match_c = (result.blocklist.match(h) for h in (A, B, C))
+    assert match_a is not None and match_a.label is None
+    assert match_b is not None and match_b.label == "eicar test file"
+    assert match_b.sha256 == B  # lowercase, whatever the file's case
+    assert match_c is not None and match_c.label is None
+
+
+def test_lookup_is_case_insensitive() -> None:
+    blocklist = parse_blocklist(A.encode(), "x").blocklist
+    assert A.upper() in blocklist
+    assert B not in blocklist
+    assert "not-hex" not in blocklist
+
+
+def test_every_bad_line_reported_with_file_and_line() -> None:
+    data = f"""{A}
+{A[:40]}
+zz{A[2:]}  label
+{A}0
+\xff\xfe
+{B}
+""".encode("latin-1")
+    result = parse_blocklist(data, "/etc/bl.txt")
+    assert not result.ok
+    errors = [i for i in result.issues if i.severity is IssueSeverity.ERROR]
+    assert [i.line for i in errors] == [2, 3, 4, 5]
+    rendered = [str(i) for i in errors]
+    assert rendered[0].startswith("/etc/bl.txt:2: error:") and "40 hex digits, expected 64" in rendered[0]
+    assert "non-hex character(s) 'z'" in rendered[1]
+    assert "65 hex digits" in rendered[2]
+    assert "not UTF-8" in rendered[3]
+
+
+def test_file_with_one_bad_line_rejected_whole(tmp_path: Path) -> None:
+    path = tmp_path / "bl.txt"
+    path.write_text(f"{A} good\nnot-a-hash\n{B} good too\nstill bad\n")
+    with pytest.raises(BlocklistError) as raised:
+        read_blocklist(str(path), max_bytes=1 << 20)
+    assert [(i.source, i.line) for i in raised.value.issues] == [(str(path), 2), (str(path), 4)]
+    assert f"{path}:2:" in str(raised.value) and f"{path}:4:" in str(raised.value)
+
+
+def test_empty_file_is_an_empty_blocklist(tmp_path: Path) -> None:
+    path = tmp_path / "bl.txt"
+    path.write_bytes(b"")
+    result = read_blocklist(str(path), max_bytes=1 << 20)
+    assert len(result.blocklist) == 0
+    assert result.issues == ()
+
+
+def test_duplicate_hash_warns_and_keeps_first_label() -> None:
+    result = parse_blocklist(f"{A} first\n{A.upper()} second\n".encode(), "bl")
+    assert result.ok
+    assert [(i.severity, i.line) for i in result.issues] == [(IssueSeverity.WARNING, 2)]
+    match = result.blocklist.match(A)
+    assert match is not None and match.label == "first"
+
+
+def test_missing_file_rejected_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "absent.txt"
+    with pytest.raises(BlocklistError, match="absent.txt: error: cannot open"):
+        read_blocklist(str(path), max_bytes=1 << 20)
+
+
+def test_fifo_at_blocklist_path_rejected_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    with pytest.raises(BlocklistError, match="not a regular file"):
+        read_blocklist(str(path), max_bytes=1 << 20)
+
+
+def test_oversized_file_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "bl.txt"
+    path.write_text(f"{A}\n{B}\n")
+    with pytest.raises(BlocklistError, match="larger than the limit of 100 bytes"):
+        read_blocklist(str(path), max_bytes=100)
+
+
+def test_merged_lists_keep_first_label() -> None:
+    first = parse_blocklist(f"{A} from-first\n".encode(), "1").blocklist
+    second = parse_blocklist(f"{A} from-second\n{B}\n".encode(), "2").blocklist
+    merged = first.merged(second)
+    assert len(merged) == 2
+    match = merged.match(A)
+    assert match is not None and match.label == "from-first"
+    assert len(Blocklist()) == 0
