@@ -1,0 +1,89 @@
+"""`ringfence run` and `ringfence status` as a user runs them: real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
+
+
+def _write_config(path: Path, tmpfs: Path, state: Path, key: str, extra: str = "") -> Path:
+    path.write_text(
+        f'[agent]\nstate_dir = "{state}"\n'
+        f'[sensors]\nfile_paths = ["{tmpfs}"]\nexec_mounts = ["{tmpfs}"]\naudit_key = "{key}"\n'
+        f"[output]\nconsole_interval_s = 0.5\n{extra}"
+    )
+    return path
+
+
+def _wait_for_status(state: Path, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        r = subprocess.run([*RINGFENCE, "status", "--json", "--state-dir", str(state)], capture_output=True)
+        if r.stdout:
+            return {"rc": r.returncode, **json.loads(r.stdout)}
+        time.sleep(0.2)
+    raise AssertionError("the agent never answered on its status socket")
+
+
+def test_run_status_and_clean_shutdown_on_sigint(tmpfs: Path, tmp_path: Path) -> None:
+    from ringfence.sensors.audit import list_rule_keys
+
+    state = tmp_path / "state"
+    config = _write_config(tmp_path / "rf.toml", tmpfs, state, "rf-cli-test", '[extensions]\nenabled = []\n')
+    proc = subprocess.Popen([*RINGFENCE, "run", "--config", str(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        doc = _wait_for_status(state, proc)
+        assert doc["healthy"] and doc["rc"] == 0, doc["problems"]
+        assert {s["name"] for s in doc["sensors"]} >= {"process", "audit", "file", "exec-auth"}
+        subprocess.run(["/bin/true", "cli-marker"], check=True)
+        human = subprocess.run([*RINGFENCE, "status", "--state-dir", str(state)], capture_output=True, text=True)
+        assert human.returncode == 0 and "healthy" in human.stdout and "exec-auth" in human.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    assert b"ringfence stopped" in out
+    assert "rf-cli-test" not in list_rule_keys()
+    assert not (state / "status.sock").exists()
+    lines = (state / "events.jsonl").read_text().splitlines()
+    assert any("cli-marker" in line for line in lines)
+    down = subprocess.run([*RINGFENCE, "status", "--state-dir", str(state)], capture_output=True, text=True)
+    assert down.returncode == 1 and "no agent is running" in down.stderr
+
+
+def test_bad_config_names_key_and_file_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[broker]\nauth_deadline_ms = \"soon\"\n")
+    r = subprocess.run([*RINGFENCE, "run", "--config", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert str(bad) in r.stderr and "broker.auth_deadline_ms" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_privilege_is_a_clear_error(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test drops from root to nobody to check the message")
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *RINGFENCE, "run",
+         "--state-dir", str(tmp_path / "s")],
+        capture_output=True, text=True, cwd="/",
+    )
+    assert r.returncode == 1, r.stderr
+    assert "needs root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_status_without_agent_fails_clearly(tmp_path: Path) -> None:
+    r = subprocess.run([*RINGFENCE, "status", "--state-dir", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1 and "no agent is running" in r.stderr
