@@ -1,0 +1,33 @@
+"""Run every benchmark and print one table per measurement, each against a baseline from the same run.
+
+    sudo .venv/bin/python bench/run.py [--quick] [--only agent|extensions]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import agent_bench  # noqa: E402
+from bench._common import require_root  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run, not a measurement")
+    p.add_argument("--only", choices=("agent", "extensions"), help="run one group")
+    args = p.parse_args()
+    require_root()
+    if args.only in (None, "agent"):
+        print(agent_bench.run(args.quick), flush=True)
+    if args.only in (None, "extensions"):
+        from bench import extensions_bench
+
+        print("\n" + extensions_bench.run(args.quick), flush=True)
+
+
+if __name__ == "__main__":
+    main()
