@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ringfence.events import AuthKind, Header
 from ringfence.sdk import (
     ActionRequest,
     AuthFile,
@@ -19,7 +20,6 @@ from ringfence.sdk import (
     ProcessRef,
     Severity,
 )
-from ringfence.events import AuthKind, Header
 
 
 @dataclass
