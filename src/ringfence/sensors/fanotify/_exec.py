@@ -1,0 +1,358 @@
+"""ExecAuthSensor: fanotify permission events (exec, optionally open) as AUTH requests with one answer each.
+
+The kernel holds the process until the event is answered and has no deadline of its own, so every path
+here ends in an answer: a request the sink accepted is answered by `respond` (the broker guarantees it by
+the deadline), an event that cannot be decoded or that the sink refuses is allowed at once, and `stop()`
+allows whatever is still pending before closing the group. `respond` runs on any thread, exactly once per
+event (later calls are counted and ignored), and never waits on more than one short lock and a write.
+
+Cacheable ALLOWs become kernel ignore marks through `CacheWorker` (see `_cache.py`), never on the
+answer path. `flush_cache()` removes them all when the AUTH policy changes.
+
+Processes in this one: the agent must not start children with vfork (or posix_spawn) while this sensor
+runs. A vfork parent keeps the GIL while the kernel holds its child's exec for an answer, and the answer
+needs the GIL: a deadlock no deadline breaks. `start()` turns off `subprocess`'s vfork for the process.
+
+Errors: `start()` raises SensorUnavailable("fanotify exec permission", <errno text>); nothing else raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import select
+import stat
+import subprocess
+import threading
+from collections.abc import Sequence
+
+from ringfence.events import AuthAnswer, AuthKind, AuthRequest, Clock, HeaderStamper, Verdict
+from ringfence.sensors._base import AuthSink, ProcessResolver, SensorStatistics
+from ringfence.sensors.fanotify import _libc as lc
+from ringfence.sensors.fanotify._cache import CACHE_COUNTERS, CacheCandidate, CacheWorker
+from ringfence.sensors.fanotify._counters import Counters
+
+log = logging.getLogger(__name__)
+
+INTERFACE = "fanotify exec permission"
+_READ_SIZE = 64 * 1024  # bytes per read(): 2,730 permission events
+_ALLOW_NOW = AuthAnswer(Verdict.ALLOW, cacheable=False, reason="allowed by the sensor")
+
+_COUNTERS = (
+    "requests",
+    "allowed",
+    "denied",
+    "own_pid_allowed",
+    "decode_errors",
+    "sink_errors",
+    "answer_errors",
+    "double_answers",
+    "allowed_at_stop",
+    "overflows",
+    "cache_flushes",
+    *CACHE_COUNTERS,
+)
+
+
+class _Pending:
+    """One permission event waiting for its answer. `answered` flips once, under the sensor's lock."""
+
+    __slots__ = ("answered", "dev", "fd", "generation", "ino", "mask")
+
+    def __init__(self, fd: int, mask: int, generation: int) -> None:
+        self.fd = fd
+        self.mask = mask
+        self.generation = generation
+        self.dev = 0
+        self.ino = 0
+        self.answered = False
+
+
+class ExecAuthSensor:
+    """Asks `auth_sink` about every exec on `mounts` (mount marks) and every open under `open_paths`."""
+
+    def __init__(
+        self,
+        auth_sink: AuthSink,
+        resolver: ProcessResolver,
+        host: str,
+        mounts: Sequence[str] = ("/",),
+        *,
+        open_paths: Sequence[str] = (),
+        deadline_ms: int = 250,
+        clock: Clock | None = None,
+        cache_capacity: int = 256,
+    ) -> None:
+        if deadline_ms <= 0:
+            raise ValueError(f"exec-auth deadline must be positive, got {deadline_ms} ms")
+        self._sink = auth_sink
+        self._resolver = resolver
+        self._mounts = tuple(mounts)
+        self._open_paths = tuple(open_paths)
+        self._deadline_ns = deadline_ms * 1_000_000
+        self._stamper = HeaderStamper(self.name, host, clock)
+        self._cache_capacity = cache_capacity
+        self._counters = Counters(_COUNTERS)
+        self._lock = threading.Lock()  # guards _fd, _pending, _generation, and every write to the group
+        self._fd = -1
+        self._pending: dict[int, _Pending] = {}
+        self._generation = 0
+        self._received = 0
+        self._own_pid = os.getpid()
+        self._ignore_flag = lc.FAN_MARK_IGNORE
+        self._stop_r = self._stop_w = -1
+        self._reader: threading.Thread | None = None
+        self._cache: CacheWorker | None = None
+
+    @property
+    def name(self) -> str:
+        return "exec-auth"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._reader is not None:
+            return
+        _disable_vfork()
+        fd = self._open_group()
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._own_pid = os.getpid()
+        with self._lock:
+            self._fd = fd
+        self._cache = CacheWorker(self._mark_cached, self._counters, capacity=self._cache_capacity)
+        self._cache.start()
+        self._reader = threading.Thread(target=self._read_loop, args=(fd,), name="fanotify-exec", daemon=True)
+        self._reader.start()
+        log.info("exec-auth watching exec on %s, open under %s", self._mounts, self._open_paths)
+
+    def _open_group(self) -> int:
+        flags = lc.FAN_CLASS_CONTENT | lc.FAN_CLOEXEC | lc.FAN_NONBLOCK
+        try:
+            fd = lc.fanotify_init(flags, os.O_RDONLY | lc.O_LARGEFILE)
+        except OSError as e:
+            raise lc.unavailable(INTERFACE, e) from e
+        try:
+            for mount in self._mounts:
+                lc.fanotify_mark(fd, lc.FAN_MARK_ADD | lc.FAN_MARK_MOUNT, lc.FAN_OPEN_EXEC_PERM, path=mount)
+            self._mark_open_paths(fd)
+        except OSError as e:
+            os.close(fd)
+            raise lc.unavailable(INTERFACE, e) from e
+        return fd
+
+    def _mark_open_paths(self, fd: int) -> None:
+        """A mount point gets a mount mark (its whole tree), a directory its children, a file itself."""
+        for path in self._open_paths:
+            if os.path.ismount(path):
+                lc.fanotify_mark(fd, lc.FAN_MARK_ADD | lc.FAN_MARK_MOUNT, lc.FAN_OPEN_PERM, path=path)
+                continue
+            mask = lc.FAN_OPEN_PERM
+            if stat.S_ISDIR(os.stat(path).st_mode):  # noqa: PTH116
+                mask |= lc.FAN_EVENT_ON_CHILD
+            lc.fanotify_mark(fd, lc.FAN_MARK_ADD | lc.FAN_MARK_INODE, mask, path=path)
+
+    def stop(self) -> None:
+        """Allow every pending event, close the group (its marks go with it), stop the threads. Idempotent."""
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        os.write(self._stop_w, b"x")
+        reader.join(timeout=10)
+        if reader.is_alive():
+            log.error("exec-auth reader did not stop; closing its group anyway")
+        self._close_group()
+        if self._cache is not None:
+            self._cache.stop()
+        for fd in (self._stop_r, self._stop_w):
+            os.close(fd)
+        self._stop_r = self._stop_w = -1
+        log.info("exec-auth stopped")
+
+    def _close_group(self) -> None:
+        with self._lock:
+            group, self._fd = self._fd, -1
+            pending = list(self._pending.values())
+            self._pending.clear()
+            for p in pending:
+                p.answered = True
+                self._write(group, p.fd, lc.FAN_ALLOW)
+            if group >= 0:
+                os.close(group)
+        for p in pending:
+            os.close(p.fd)
+        self._counters.add("allowed_at_stop", len(pending))
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def _read_loop(self, fd: int) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = {rfd for rfd, _ in poller.poll()}
+            if self._stop_r in ready:
+                return
+            try:
+                buf = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                continue
+            try:
+                self._handle_batch(buf)
+            except Exception:  # supervision boundary: fail open by closing the group, loudly
+                log.exception("exec-auth cannot walk a fanotify batch: closing the group, pending allowed")
+                self._counters.add("decode_errors")
+                self._close_group()
+                return
+
+    def _handle_batch(self, buf: bytes) -> None:
+        for event in lc.decode_events(buf):
+            self._received += 1
+            self._handle_event(event)
+
+    def _handle_event(self, event: lc.RawEvent) -> None:
+        if event.mask & lc.FAN_Q_OVERFLOW:
+            self._counters.add("overflows")
+            return
+        if event.fd < 0:
+            self._counters.add("decode_errors")
+            return
+        if event.pid == self._own_pid:
+            self._counters.add("own_pid_allowed")
+            self._answer_unregistered(event.fd, lc.FAN_ALLOW)
+            return
+        mask = event.mask & (lc.FAN_OPEN_PERM | lc.FAN_OPEN_EXEC_PERM)
+        with self._lock:
+            pending = _Pending(event.fd, mask, self._generation)
+            self._pending[event.fd] = pending
+        try:
+            request = self._build_request(pending, event.pid)
+        except Exception:  # supervision boundary: an event we cannot describe is allowed at once
+            log.exception("exec-auth could not decode an event of pid %d: allowed", event.pid)
+            self._counters.add("decode_errors")
+            self._respond(pending, _ALLOW_NOW)
+            return
+        self._ask(request, pending)
+
+    def _ask(self, request: AuthRequest, pending: _Pending) -> None:
+        self._counters.add("requests")
+        try:
+            self._sink(request, pending.fd, functools.partial(self._respond, pending))
+        except Exception:  # supervision boundary: a sink that raised will not answer; we do
+            log.exception("exec-auth sink failed on %s: allowed", request.path)
+            self._counters.add("sink_errors")
+            self._respond(pending, _ALLOW_NOW)
+
+    def _build_request(self, pending: _Pending, pid: int) -> AuthRequest:
+        path = lc.fd_path(pending.fd)
+        st = os.fstat(pending.fd)
+        pending.dev, pending.ino = st.st_dev, st.st_ino
+        process = self._resolver.resolve(pid)
+        header = self._stamper.stamp()
+        kind = AuthKind.EXEC if pending.mask & lc.FAN_OPEN_EXEC_PERM else AuthKind.OPEN
+        return AuthRequest(
+            header=header,
+            kind=kind,
+            path=path,
+            process=process,
+            dev=st.st_dev,
+            ino=st.st_ino,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            deadline_ns=header.mono_ns + self._deadline_ns,
+        )
+
+    # -- answering -----------------------------------------------------------------------------------------
+
+    def _respond(self, pending: _Pending, answer: AuthAnswer) -> None:
+        """The answer callback: from any thread, the first call per event counts."""
+        allow = answer.verdict is Verdict.ALLOW
+        with self._lock:
+            if pending.answered:
+                self._counters.add("double_answers")
+                return
+            pending.answered = True
+            self._pending.pop(pending.fd, None)
+            group = self._fd
+            written = self._write(group, pending.fd, lc.FAN_ALLOW if allow else lc.FAN_DENY)
+        self._counters.add("allowed" if allow else "denied")
+        if written and allow and answer.cacheable and self._offer(pending):
+            return  # the cache worker owns the descriptor now
+        os.close(pending.fd)
+
+    def _answer_unregistered(self, fd: int, response: int) -> None:
+        with self._lock:
+            self._write(self._fd, fd, response)
+        os.close(fd)
+
+    def _write(self, group: int, event_fd: int, response: int) -> bool:
+        """Write one response; the caller holds the lock, so `group` cannot be closed under us."""
+        if group < 0:
+            return False  # the group is closed: the kernel allowed the event when it went
+        try:
+            lc.write_response(group, event_fd, response)
+        except OSError as e:
+            self._counters.add("answer_errors")
+            log.error("exec-auth could not answer fd %d: %s", event_fd, e)  # noqa: TRY400 - errno says it
+            return False
+        return True
+
+    # -- the verdict cache ---------------------------------------------------------------------------------
+
+    def _offer(self, pending: _Pending) -> bool:
+        cache = self._cache
+        if cache is None:
+            return False
+        cand = CacheCandidate(pending.fd, pending.dev, pending.ino, pending.mask, pending.generation)
+        return cache.offer(cand)
+
+    def _mark_cached(self, cand: CacheCandidate) -> bool:
+        """Add the ignore mark, unless the cache was flushed since the request was made."""
+        with self._lock:
+            if cand.generation != self._generation or self._fd < 0:
+                return False
+            flags = lc.FAN_MARK_ADD | lc.FAN_MARK_INODE
+            try:
+                lc.fanotify_mark(self._fd, flags | self._ignore_flag, cand.mask, cand.fd)
+            except OSError:
+                if self._ignore_flag == lc.FAN_MARK_IGNORED_MASK:
+                    raise
+                self._ignore_flag = lc.FAN_MARK_IGNORED_MASK  # before Linux 6.0
+                lc.fanotify_mark(self._fd, flags | self._ignore_flag, cand.mask, cand.fd)
+        return True
+
+    def flush_cache(self) -> None:
+        """Forget every cached ALLOW: remove all inode marks (the ignore marks), re-add the open-path marks.
+        Requests made before the flush are not cached after it. A no-op while stopped."""
+        with self._lock:
+            self._generation += 1
+            if self._fd < 0:
+                return
+            lc.fanotify_mark(self._fd, lc.FAN_MARK_FLUSH | lc.FAN_MARK_INODE, 0)
+            self._mark_open_paths(self._fd)
+        self._counters.add("cache_flushes")
+
+    # -- statistics ----------------------------------------------------------------------------------------
+
+    def statistics(self) -> SensorStatistics:
+        detail = self._counters.snapshot()
+        with self._lock:
+            detail["pending"] = len(self._pending)
+            running = self._fd >= 0
+        return SensorStatistics(
+            name=self.name,
+            running=running,
+            received=self._received,
+            emitted=detail["requests"],
+            dropped=detail["overflows"],
+            errors=detail["decode_errors"] + detail["sink_errors"] + detail["answer_errors"],
+            last_seq=self._stamper.last_seq,
+            detail=detail,
+        )
+
+
+def _disable_vfork() -> None:
+    """subprocess's vfork keeps the GIL in the parent while the child's exec waits for our answer."""
+    if getattr(subprocess, "_USE_VFORK", False):
+        subprocess._USE_VFORK = False  # type: ignore[misc]  # a Final of subprocess: see module docstring
+        log.info("exec-auth turned off vfork in subprocess: a vfork parent would deadlock the answer path")

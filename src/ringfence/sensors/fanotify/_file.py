@@ -1,0 +1,301 @@
+"""FileSensor: file-system changes from a fanotify group in FID mode, as FileActivity events.
+
+A filesystem mark per configured path (FID mode refuses mount marks) reports create, delete, rename
+(old and new name in one event), modify, close-write and attribute changes with the acting pid and
+directory handles. Handles become paths through `HandleResolver`; only paths under a configured path,
+and not under an excluded prefix, are emitted. One kernel event may carry several change bits (unread
+events for the same name merge): it becomes one FileActivity per bit, in the order they happen.
+
+Losses are counted, never silent: kernel queue overflow, undecodable events, handles that no longer
+resolve and were never seen (those that were seen are emitted with their last known path, and counted).
+
+Errors: `start()` raises SensorUnavailable("fanotify FID", <errno text>); nothing else raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from collections.abc import Sequence
+
+from ringfence.events import Clock, FileActivity, FileActivityId, HeaderStamper, ProcessRef
+from ringfence.sensors._base import EventSink, ProcessResolver, SensorStatistics
+from ringfence.sensors.fanotify import _libc as lc
+from ringfence.sensors.fanotify._counters import Counters
+from ringfence.sensors.fanotify._handles import HandleResolver
+
+log = logging.getLogger(__name__)
+
+INTERFACE = "fanotify FID"
+_READ_SIZE = 256 * 1024  # bytes per read()
+_MASK = (
+    lc.FAN_CREATE
+    | lc.FAN_DELETE
+    | lc.FAN_RENAME
+    | lc.FAN_MODIFY
+    | lc.FAN_CLOSE_WRITE
+    | lc.FAN_ATTRIB
+    | lc.FAN_ONDIR
+)
+_ACTIVITIES = (  # the order in which merged bits of one event happened
+    (lc.FAN_CREATE, FileActivityId.CREATE),
+    (lc.FAN_MODIFY, FileActivityId.UPDATE),
+    (lc.FAN_ATTRIB, FileActivityId.SET_ATTRIBUTES),
+    (lc.FAN_CLOSE_WRITE, FileActivityId.CLOSE_WRITE),
+    (lc.FAN_RENAME, FileActivityId.RENAME),
+    (lc.FAN_DELETE, FileActivityId.DELETE),
+)
+_COUNTERS = ("overflows", "decode_errors", "sink_errors", "unresolved", "path_from_memory", "filtered")
+
+
+class FileSensor:
+    """Reports changes under `paths`. `exclude_prefixes`: paths never reported (the agent's own state)."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        resolver: ProcessResolver,
+        host: str,
+        paths: Sequence[str],
+        clock: Clock | None = None,
+        *,
+        exclude_prefixes: Sequence[str] = (),
+        report_pidfd: bool = False,
+    ) -> None:
+        if not paths:
+            raise ValueError("FileSensor needs at least one path to watch")
+        self._sink = sink
+        self._resolver = resolver
+        self._paths = tuple(os.path.realpath(p) for p in paths)
+        self._roots = tuple(_as_prefix(p) for p in self._paths)
+        self._excluded = tuple(_as_prefix(os.path.realpath(p)) for p in exclude_prefixes)
+        self._report_pidfd = report_pidfd
+        self._stamper = HeaderStamper(self.name, host, clock)
+        self._counters = Counters(_COUNTERS)
+        self._received = 0
+        self._emitted = 0
+        self._fd = -1
+        self._handles: HandleResolver | None = None
+        self._stop_r = self._stop_w = -1
+        self._reader: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        return "file"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._reader is not None:
+            return
+        fd = self._open_group()
+        try:
+            self._handles = HandleResolver(self._paths)
+        except OSError as e:
+            os.close(fd)
+            raise lc.unavailable(INTERFACE, e) from e
+        self._fd = fd
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._reader = threading.Thread(target=self._read_loop, name="fanotify-file", daemon=True)
+        self._reader.start()
+        log.info("file sensor watching %s (excluding %s)", self._paths, self._excluded)
+
+    def _open_group(self) -> int:
+        fd = self._init_group()
+        try:
+            for path in self._paths:
+                lc.fanotify_mark(fd, lc.FAN_MARK_ADD | lc.FAN_MARK_FILESYSTEM, _MASK, path=path)
+        except OSError as e:
+            os.close(fd)
+            raise lc.unavailable(INTERFACE, e) from e
+        return fd
+
+    def _init_group(self) -> int:
+        """The richest FID group the kernel accepts: target FID (5.17+) and pidfd (5.15+) are optional."""
+        base = (
+            lc.FAN_CLASS_NOTIF
+            | lc.FAN_CLOEXEC
+            | lc.FAN_NONBLOCK
+            | lc.FAN_REPORT_DFID_NAME
+            | lc.FAN_REPORT_FID
+        )
+        pidfd = lc.FAN_REPORT_PIDFD if self._report_pidfd else 0
+        tries = (base | lc.FAN_REPORT_TARGET_FID | pidfd, base | pidfd, base)
+        error: OSError | None = None
+        for flags in tries:
+            try:
+                return lc.fanotify_init(flags, os.O_RDONLY | lc.O_LARGEFILE)
+            except OSError as e:
+                error = e
+                log.debug("fanotify FID group with flags %#x refused: %s", flags, e)
+        assert error is not None
+        raise lc.unavailable(INTERFACE, error) from error
+
+    def stop(self) -> None:
+        """Stop the reader, close the group (its marks go with it) and the mount fds. Idempotent."""
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        os.write(self._stop_w, b"x")
+        reader.join(timeout=10)
+        if reader.is_alive():
+            log.error("file sensor reader did not stop; closing its group anyway")
+        for fd in (self._fd, self._stop_r, self._stop_w):
+            os.close(fd)
+        self._fd = self._stop_r = self._stop_w = -1
+        if self._handles is not None:
+            self._handles.close()
+        log.info("file sensor stopped")
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = {rfd for rfd, _ in poller.poll()}
+            if self._stop_r in ready:
+                return
+            try:
+                buf = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                continue
+            self._handle_batch(buf)
+
+    def _handle_batch(self, buf: bytes) -> None:
+        try:
+            for event in lc.decode_events(buf):
+                self._received += 1
+                self._handle_one(event)
+        except ValueError:
+            log.exception("file sensor cannot walk a batch of %d bytes: the rest is dropped", len(buf))
+            self._counters.add("decode_errors")
+
+    def _handle_one(self, event: lc.RawEvent) -> None:
+        try:
+            self._handle_event(event)
+        except Exception:  # supervision boundary: one bad event is lost, counted and logged
+            log.exception("file sensor failed on an event (mask %#x, pid %d)", event.mask, event.pid)
+            self._counters.add("decode_errors")
+        finally:
+            _close_pidfd(event)
+
+    def _handle_event(self, event: lc.RawEvent) -> None:
+        if event.mask & lc.FAN_Q_OVERFLOW:
+            self._counters.add("overflows")
+            log.warning("file sensor: fanotify queue overflowed, events lost")
+            return
+        process: ProcessRef | None = None
+        for activity, path, new_path in self._changes(event):
+            if not self._wanted(path) and not (new_path is not None and self._wanted(new_path)):
+                self._counters.add("filtered")
+                continue
+            if process is None and event.pid > 0:
+                process = self._resolver.resolve(event.pid)
+            self._emit(activity, path, new_path, bool(event.mask & lc.FAN_ONDIR), process)
+
+    def _emit(
+        self,
+        activity: FileActivityId,
+        path: str,
+        new_path: str | None,
+        is_dir: bool,
+        process: ProcessRef | None,
+    ) -> None:
+        header = self._stamper.stamp()
+        event = FileActivity(
+            header=header, activity=activity, path=path, new_path=new_path, is_dir=is_dir, process=process
+        )
+        try:
+            self._sink(event)
+        except Exception:  # supervision boundary: a failing sink loses this event, counted
+            log.exception("file sensor sink failed on %s", path)
+            self._counters.add("sink_errors")
+            return
+        self._emitted += 1
+
+    # -- decoding ------------------------------------------------------------------------------------------
+
+    def _changes(self, event: lc.RawEvent) -> list[tuple[FileActivityId, str, str | None]]:
+        """(activity, path, new path) for each change bit of `event` whose path resolved."""
+        path = self._event_path(event)
+        new_path = self._record_path(event.record(lc.FAN_EVENT_INFO_TYPE_NEW_DFID_NAME))
+        self._remember_dir(event, new_path or path)
+        out: list[tuple[FileActivityId, str, str | None]] = []
+        for bit, activity in _ACTIVITIES:
+            if not event.mask & bit:
+                continue
+            is_rename = bit == lc.FAN_RENAME
+            if path is None or (is_rename and new_path is None):
+                self._counters.add("unresolved")
+                continue
+            out.append((activity, path, new_path if is_rename else None))
+        return out
+
+    def _event_path(self, event: lc.RawEvent) -> str | None:
+        for info_type in (
+            lc.FAN_EVENT_INFO_TYPE_DFID_NAME,
+            lc.FAN_EVENT_INFO_TYPE_OLD_DFID_NAME,
+            lc.FAN_EVENT_INFO_TYPE_DFID,
+            lc.FAN_EVENT_INFO_TYPE_FID,
+        ):
+            record = event.record(info_type)
+            if record is not None:
+                return self._record_path(record)
+        return None
+
+    def _record_path(self, record: lc.InfoRecord | None) -> str | None:
+        if record is None or record.fid is None or self._handles is None:
+            return None
+        resolved = self._handles.resolve(record.fid)
+        if resolved.path is None:
+            return None
+        if resolved.from_memory:
+            self._counters.add("path_from_memory")
+        if not record.name or record.name == ".":
+            return resolved.path
+        return os.path.join(resolved.path, record.name)  # noqa: PTH118 - str paths from the kernel
+
+    def _remember_dir(self, event: lc.RawEvent, path: str | None) -> None:
+        """A directory created or renamed: keep its path, so its children resolve even after it is gone."""
+        target = event.record(lc.FAN_EVENT_INFO_TYPE_FID)
+        if path is None or target is None or target.fid is None or self._handles is None:
+            return
+        if event.mask & lc.FAN_ONDIR and event.mask & (lc.FAN_CREATE | lc.FAN_RENAME):
+            self._handles.remember(target.fid, path)
+
+    def _wanted(self, path: str) -> bool:
+        candidate = _as_prefix(path)
+        return candidate.startswith(self._roots) and not candidate.startswith(self._excluded)
+
+    # -- statistics ----------------------------------------------------------------------------------------
+
+    def statistics(self) -> SensorStatistics:
+        detail = self._counters.snapshot()
+        return SensorStatistics(
+            name=self.name,
+            running=self._reader is not None,
+            received=self._received,
+            emitted=self._emitted,
+            dropped=detail["overflows"]
+            + detail["decode_errors"]
+            + detail["sink_errors"]
+            + detail["unresolved"],
+            errors=detail["decode_errors"] + detail["sink_errors"],
+            last_seq=self._stamper.last_seq,
+            detail=detail,
+        )
+
+
+def _as_prefix(path: str) -> str:
+    """`path` with exactly one trailing slash, so "/a/b" is under "/a/" but "/a/bc" is not under "/a/b/"."""
+    return path.rstrip("/") + "/"
+
+
+def _close_pidfd(event: lc.RawEvent) -> None:
+    record = event.record(lc.FAN_EVENT_INFO_TYPE_PIDFD)
+    if record is not None and record.pidfd >= 0:
+        os.close(record.pidfd)
