@@ -1,0 +1,99 @@
+"""Killing one process, named by pid AND start time, through a pidfd so that a reused pid is never hit.
+
+The start time is the wall clock at which the process started, as the process table gives it:
+boot time (`btime` in /proc/stat) + `starttime` ticks (field 22 of /proc/<pid>/stat) / SC_CLK_TCK.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+
+from ringfence.response._errors import KillError
+
+logger = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+
+
+def clock_tick_ns() -> int:
+    return NS_PER_S // os.sysconf("SC_CLK_TCK")
+
+
+def boot_time_ns(proc: str = "/proc") -> int:
+    with open(f"{proc}/stat", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return int(line.split()[1]) * NS_PER_S
+    raise KillError(0, f"{proc}/stat has no btime line")
+
+
+def start_time_ns(pid: int, proc: str = "/proc") -> int:
+    """The wall-clock start time of `pid`, in ns since the epoch. Raises KillError if it is gone."""
+    path = f"{proc}/{pid}/stat"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+    except FileNotFoundError as e:
+        raise KillError(pid, "no such process") from e
+    # comm (field 2) may hold spaces and parentheses: the fields after it start after the last ')'
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[19])  # field 22, starttime; fields[0] is field 3
+    return boot_time_ns(proc) + ticks * NS_PER_S // os.sysconf("SC_CLK_TCK")
+
+
+class Killer:
+    """Checks a process's identity, then SIGKILLs it through a pidfd and waits for it to be gone."""
+
+    def __init__(self, protected: frozenset[int], tolerance_ticks: int, wait_ms: int) -> None:
+        self._protected = protected | {1, os.getpid()}
+        self._tolerance_ns = tolerance_ticks * clock_tick_ns()
+        self._wait_ms = wait_ms
+
+    def kill(self, pid: int, expected_start_ns: int) -> str:
+        """Kills the process; returns what happened. Raises KillError if refused or not gone in time."""
+        if pid <= 0:
+            raise KillError(pid, "not a process id")
+        if pid in self._protected:
+            raise KillError(pid, "protected process (pid 1, the agent itself, or configured as protected)")
+        pidfd = self._open(pid)
+        try:
+            self._check_identity(pid, pidfd, expected_start_ns)
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            logger.debug("sent SIGKILL to pid %d", pid)
+            if not self._wait_gone(pidfd):
+                raise KillError(pid, f"SIGKILL sent but the process was still there after {self._wait_ms} ms")
+        except ProcessLookupError as e:
+            raise KillError(pid, "the process exited before it could be killed") from e
+        finally:
+            os.close(pidfd)
+        return f"killed pid {pid}"
+
+    @staticmethod
+    def _open(pid: int) -> int:
+        try:
+            return os.pidfd_open(pid)
+        except ProcessLookupError as e:
+            raise KillError(pid, "no such process") from e
+        except OSError as e:
+            raise KillError(pid, f"pidfd_open failed: {os.strerror(e.errno or errno.EIO)}") from e
+
+    def _check_identity(self, pid: int, pidfd: int, expected_start_ns: int) -> None:
+        actual = start_time_ns(pid)
+        # /proc/<pid> was read after the pidfd pinned the process; if the process is still alive now,
+        # the pid was still its own when we read it, so `actual` is its start time (signal 0 checks)
+        signal.pidfd_send_signal(pidfd, 0)
+        if abs(actual - expected_start_ns) > self._tolerance_ns:
+            raise KillError(
+                pid,
+                f"start time mismatch (pid reused?): expected {expected_start_ns} ns, the process "
+                f"holding this pid started at {actual} ns",
+            )
+
+    def _wait_gone(self, pidfd: int) -> bool:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(self._wait_ms))
