@@ -1,0 +1,78 @@
+"""The reading thread: datagrams off the audit socket into a bounded queue, and nothing else.
+
+When we are the audit daemon, a slow reader stalls kauditd and then every audited syscall on the
+machine (KERNEL-FACTS.md). So this thread never parses, never resolves, never takes a lock held by
+anyone else: it copies each datagram into a queue that drops the newest (counted) when full.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import select
+import socket
+import threading
+
+log = logging.getLogger(__name__)
+
+_RECV_BYTES = 65536
+
+
+class DatagramReader:
+    """Reads `sock` on its own thread until `stop()`. Counters are written by that thread only."""
+
+    def __init__(self, sock: socket.socket, out: queue.Queue[bytes]) -> None:
+        self._sock = sock
+        self._out = out
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="ringfence-audit-reader", daemon=True)
+        self.received = 0
+        self.queue_drops = 0
+        self.socket_overflows = 0  # ENOBUFS: the kernel dropped datagrams for us (count unknown)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, datagram: bytes) -> None:
+        """Queue one datagram (also used for records read while a request waited for its reply)."""
+        self.received += 1
+        try:
+            self._out.put_nowait(datagram)
+        except queue.Full:
+            self.queue_drops += 1
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        if self._thread.is_alive():
+            os.write(self._wake_w, b"x")
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("audit reader thread did not stop within %.1f s", timeout_s)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        buf = bytearray(_RECV_BYTES)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self._wake_r in ready or not self._drain(buf):
+                return
+
+    def _drain(self, buf: bytearray) -> bool:
+        """Read until the socket is empty. False when it failed for good (the thread then ends)."""
+        while True:
+            try:
+                n = self._sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    log.exception("audit socket read failed, reader stops")
+                    return False
+                self.socket_overflows += 1
+                continue
+            self.offer(bytes(buf[:n]))

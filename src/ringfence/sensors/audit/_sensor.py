@@ -1,0 +1,410 @@
+"""AuditSensor: execve and socket syscalls from the kernel's audit subsystem.
+
+On start it reads the audit status. If another live process is the audit daemon, we leave its settings
+alone and read the multicast group (mode "multicast"); otherwise we register as the daemon on a socket
+with a 16 MiB receive buffer, raise the backlog limit and bound the backlog wait (mode "daemon"), and
+put every setting back on stop. Either way we add our own rules, each tagged with our key, and remove
+exactly those on stop (and a crashed run's on start).
+
+Two threads: a reader that only moves datagrams into a bounded queue (`_reader.py`), and a processor
+that assembles, decodes, resolves and hands events to the sinks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+from ringfence.events import Clock, Endpoint, HeaderStamper, NetworkActivity, ProcessRef, SystemClock
+from ringfence.sensors._base import (
+    AuditExecSink,
+    EventSink,
+    ProcessResolver,
+    SensorError,
+    SensorStatistics,
+    SensorUnavailable,
+)
+from ringfence.sensors.audit import _convert as cv
+from ringfence.sensors.audit import _netlink as nl
+from ringfence.sensors.audit._client import AuditClient, open_audit_socket
+from ringfence.sensors.audit._parse import AuditEvent, EventAssembler, SyscallInfo
+from ringfence.sensors.audit._peek import socket_names
+from ringfence.sensors.audit._reader import DatagramReader
+from ringfence.sensors.audit._rules import EXEC_SYSCALLS, NETWORK_SYSCALLS, build_rules, remove_keyed_rules
+
+log = logging.getLogger(__name__)
+
+_SETTINGS_MASK = nl.AUDIT_STATUS_ENABLED | nl.AUDIT_STATUS_BACKLOG_LIMIT | nl.AUDIT_STATUS_BACKLOG_WAIT_TIME
+_AUDIT_LOCKED = 2
+
+
+class Mode(enum.StrEnum):
+    DAEMON = "daemon"  # we are the registered audit daemon
+    MULTICAST = "multicast"  # another daemon owns audit; we read AUDIT_NLGRP_READLOG
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditTuning:
+    """Knobs with safe defaults. Units are in the names."""
+
+    rcvbuf_bytes: int = 16 * 1024 * 1024  # daemon socket; the default buffer stalled the machine
+    backlog_wait_jiffies: int = 10  # kernel default is 60 s; audited syscalls wait at most this
+    queue_datagrams: int = 65536  # reader -> processor; drop-newest when full, counted
+    max_open_events: int = 1024  # events waiting for their EOE; the oldest is evicted beyond
+    open_event_timeout_ns: int = 1_000_000_000
+    request_timeout_s: float = 2.0
+    exclude_self: bool = True  # no rule matches our own process (AUDIT_PID != ours)
+    include_i386: bool = True  # a second rule set for 32-bit compat syscalls
+    peek_local_address: bool = True  # read connect/accept's local address from the live socket
+
+
+class AuditSensor:
+    """Emits AuditExec per execve to `exec_sink` and NetworkActivity per connect, accept, bind and
+    listen to `network_sink`. Sinks are called from the processor thread and must not block."""
+
+    def __init__(
+        self,
+        network_sink: EventSink,
+        exec_sink: AuditExecSink,
+        resolver: ProcessResolver,
+        host: str,
+        *,
+        key: str = "ringfence",
+        clock: Clock | None = None,
+        want_exec: bool = True,
+        want_network: bool = True,
+        backlog_limit: int = 8192,
+        tuning: AuditTuning | None = None,
+    ) -> None:
+        clock = clock or SystemClock()
+        self._wiring = _Wiring(
+            network_sink=network_sink,
+            exec_sink=exec_sink,
+            resolver=resolver,
+            key=key,
+            clock=clock,
+            stamper=HeaderStamper("audit", host, clock),
+            want_exec=want_exec,
+            want_network=want_network,
+            backlog_limit=backlog_limit,
+            tuning=tuning or AuditTuning(),
+        )
+        self._lock = threading.Lock()
+        self._state: _Running | None = None
+        self._last = _Counters()
+
+    @property
+    def key(self) -> str:
+        return self._wiring.key
+
+    @property
+    def name(self) -> str:
+        return "audit"
+
+    @property
+    def mode(self) -> Mode | None:
+        state = self._state
+        return state.mode if state else None
+
+    def start(self) -> None:
+        """Raises SensorUnavailable with what the kernel said when audit netlink is refused."""
+        with self._lock:
+            if self._state is not None:
+                return
+            self._state = _Running.open(self._wiring)
+
+    def stop(self) -> None:
+        """Remove our rules, restore the settings found, close the sockets, join the threads."""
+        with self._lock:
+            state, self._state = self._state, None
+        if state is not None:
+            self._last = state.close()
+
+    def statistics(self) -> SensorStatistics:
+        state = self._state
+        counters = state.counters(refresh_lost=True) if state else self._last
+        return SensorStatistics(
+            name=self.name,
+            running=state is not None,
+            received=counters.received,
+            emitted=counters.emitted,
+            dropped=counters.lost_kernel + counters.queue_drops + counters.socket_overflows,
+            errors=counters.parse_errors + counters.sink_errors,
+            last_seq=self._wiring.stamper.last_seq,
+            detail=dataclasses.asdict(counters),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Wiring:
+    """What one sensor was built with; shared read-only with its running state."""
+
+    network_sink: EventSink
+    exec_sink: AuditExecSink
+    resolver: ProcessResolver
+    key: str
+    clock: Clock
+    stamper: HeaderStamper
+    want_exec: bool
+    want_network: bool
+    backlog_limit: int
+    tuning: AuditTuning
+
+
+@dataclasses.dataclass
+class _Counters:
+    received: int = 0
+    emitted: int = 0
+    lost_kernel: int = 0  # audit_status.lost since start
+    queue_drops: int = 0
+    socket_overflows: int = 0
+    evictions: int = 0
+    timeouts: int = 0
+    parse_errors: int = 0
+    sink_errors: int = 0
+    ignored: int = 0  # events without our key (multicast shows everyone's)
+    mode_daemon: int = 0
+    mode_multicast: int = 0
+
+
+class _Running:
+    """One start..stop of the sensor: the sockets, threads and what to undo."""
+
+    def __init__(self, wiring: _Wiring, control: AuditClient, found: nl.AuditStatus, mode: Mode) -> None:
+        self.wiring = wiring
+        self.tuning = wiring.tuning
+        self.control = control
+        self.found = found
+        self.mode = mode
+        self.events_socket = open_audit_socket(
+            rcvbuf_bytes=self.tuning.rcvbuf_bytes, multicast=mode is Mode.MULTICAST
+        )
+        self.queue: queue.Queue[bytes] = queue.Queue(self.tuning.queue_datagrams)
+        self.reader = DatagramReader(self.events_socket, self.queue)
+        self.daemon = AuditClient(
+            self.events_socket, timeout_s=self.tuning.request_timeout_s, records=self.reader.offer
+        )
+        self.assembler = EventAssembler(
+            max_open=self.tuning.max_open_events, max_age_ns=self.tuning.open_event_timeout_ns
+        )
+        self.processor = threading.Thread(target=self._process, name="ringfence-audit-events", daemon=True)
+        self.stopping = threading.Event()
+        self.registered = False
+        self.settings_changed = False
+        self.emitted = 0
+        self.sink_errors = 0
+        self.ignored = 0
+        self.lost_now = found.lost
+
+    @classmethod
+    def open(cls, wiring: _Wiring) -> _Running:
+        control = AuditClient(open_audit_socket(), timeout_s=wiring.tuning.request_timeout_s)
+        try:
+            found = control.status()
+            stale = remove_keyed_rules(control, wiring.key)
+        except SensorError as e:
+            control.sock.close()
+            raise SensorUnavailable("audit", str(e)) from e
+        if stale:
+            log.warning(
+                "removed %d stale audit rules with key %r (an earlier run did not stop)", stale, wiring.key
+            )
+        mode = Mode.MULTICAST if _other_daemon(found.pid) else Mode.DAEMON
+        try:
+            state = cls(wiring, control, found, mode)
+        except SensorError:
+            control.sock.close()
+            raise
+        state._begin()
+        return state
+
+    def _begin(self) -> None:
+        try:
+            self.processor.start()
+            if self.mode is Mode.DAEMON:
+                self._take_over()
+            self.reader.start()
+            for rule in self._rules():
+                self.control.add_rule(rule)
+        except (SensorError, OSError, ValueError) as e:
+            self.close()
+            raise SensorUnavailable("audit", str(e)) from e
+        log.info("audit sensor started as %s, key %r", self.mode, self.wiring.key)
+
+    def _take_over(self) -> None:
+        """Register as the audit daemon, enable audit, raise the backlog, bound the backlog wait."""
+        self.daemon.set_status(nl.AuditStatus(mask=nl.AUDIT_STATUS_PID, pid=os.getpid()))
+        self.registered = True
+        if self.found.enabled == _AUDIT_LOCKED:
+            log.warning("audit configuration is locked; keeping its settings")
+            return
+        wait = self.tuning.backlog_wait_jiffies
+        if self.found.backlog_wait_time:
+            wait = min(wait, self.found.backlog_wait_time)
+        self.settings_changed = True
+        self.control.set_status(
+            nl.AuditStatus(
+                mask=_SETTINGS_MASK,
+                enabled=1,
+                backlog_limit=max(self.found.backlog_limit, self.wiring.backlog_limit),
+                backlog_wait_time=wait,
+            )
+        )
+
+    def _rules(self) -> list[bytes]:
+        names = (EXEC_SYSCALLS if self.wiring.want_exec else ()) + (
+            NETWORK_SYSCALLS if self.wiring.want_network else ()
+        )
+        archs = [nl.AUDIT_ARCH_X86_64] + ([nl.AUDIT_ARCH_I386] if self.tuning.include_i386 else [])
+        exclude = os.getpid() if self.tuning.exclude_self else None
+        return build_rules(self.wiring.key, names, archs=archs, exclude_pid=exclude)
+
+    def close(self) -> _Counters:
+        """Undo everything, each step on its own so one failure does not skip the rest."""
+        self._undo("remove our rules", lambda: remove_keyed_rules(self.control, self.wiring.key))
+        self.reader.stop()
+        if self.registered:
+            self._undo("unregister as audit daemon", self._unregister)
+        if self.settings_changed:
+            self._undo("restore audit settings", self._restore)
+        self.stopping.set()
+        self.processor.join(5.0)
+        if self.processor.is_alive():
+            log.warning("audit processor thread did not stop within 5 s")
+        counters = self.counters(refresh_lost=True)
+        self.events_socket.close()
+        self.control.sock.close()
+        log.info("audit sensor stopped")
+        return counters
+
+    def _unregister(self) -> None:
+        self.daemon.set_status(nl.AuditStatus(mask=nl.AUDIT_STATUS_PID, pid=0))
+
+    def _restore(self) -> None:
+        self.control.set_status(
+            nl.AuditStatus(
+                mask=_SETTINGS_MASK,
+                enabled=self.found.enabled,
+                backlog_limit=self.found.backlog_limit,
+                backlog_wait_time=self.found.backlog_wait_time,
+            )
+        )
+
+    def _undo(self, what: str, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except (SensorError, OSError):
+            log.exception("audit sensor stop: could not %s", what)
+
+    def counters(self, *, refresh_lost: bool) -> _Counters:
+        if refresh_lost:
+            try:
+                self.lost_now = self.control.status().lost
+            except (SensorError, OSError) as e:
+                log.debug("audit status for statistics: %s", e)
+        stats = self.assembler.stats
+        return _Counters(
+            received=self.reader.received,
+            emitted=self.emitted,
+            lost_kernel=(self.lost_now - self.found.lost) & 0xFFFFFFFF,
+            queue_drops=self.reader.queue_drops,
+            socket_overflows=self.reader.socket_overflows,
+            evictions=stats.evictions,
+            timeouts=stats.timeouts,
+            parse_errors=stats.parse_errors,
+            sink_errors=self.sink_errors,
+            ignored=self.ignored,
+            mode_daemon=int(self.mode is Mode.DAEMON),
+            mode_multicast=int(self.mode is Mode.MULTICAST),
+        )
+
+    # -- the processor thread ------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        clock = self.wiring.clock
+        while True:
+            try:
+                datagram = self.queue.get(timeout=0.25)
+            except queue.Empty:
+                if self.stopping.is_set():
+                    break
+                datagram = None
+            if datagram is not None:
+                for msg in nl.split_datagram(datagram):
+                    if msg.type >= nl.AUDIT_FIRST_EVENT:
+                        text = msg.payload.rstrip(b"\0\n").decode("utf-8", "backslashreplace")
+                        self._dispatch_all(self.assembler.feed(msg.type, text, clock.monotonic_ns()))
+            self._dispatch_all(self.assembler.expire(clock.monotonic_ns()))
+        self._dispatch_all(self.assembler.flush())
+
+    def _dispatch_all(self, events: list[AuditEvent]) -> None:
+        for event in events:
+            try:
+                self._dispatch(event)
+            except Exception:  # supervision boundary: a sink or resolver bug costs this event only
+                self.sink_errors += 1
+                log.exception("audit event %d could not be delivered", event.serial)
+
+    def _dispatch(self, event: AuditEvent) -> None:
+        syscall = event.syscall
+        if syscall is None or syscall.name is None or self.wiring.key not in syscall.keys:
+            self.ignored += 1
+            return
+        if syscall.name in cv.EXEC_NAMES:
+            if self.wiring.want_exec:
+                self.wiring.exec_sink(cv.to_exec(event, syscall))
+                self.emitted += 1
+        elif syscall.name in cv.NETWORK_ACTIVITY and self.wiring.want_network:
+            self.wiring.network_sink(self._network(event, syscall))
+            self.emitted += 1
+
+    def _network(self, event: AuditEvent, syscall: SyscallInfo) -> NetworkActivity:
+        name = syscall.name or ""
+        local, remote = cv.addresses(event, name)
+        fd = cv.peek_target(syscall, name) if self.tuning.peek_local_address else None
+        if fd is not None:
+            local, remote = self._peek(syscall.pid, fd, name, remote, local)
+        return NetworkActivity(
+            header=self.wiring.stamper.stamp(),
+            activity=cv.NETWORK_ACTIVITY[name],
+            syscall=name,
+            success=syscall.success,
+            errno=cv.errno_of(syscall),
+            local=local,
+            remote=remote,
+            process=self._process_ref(event, syscall),
+        )
+
+    @staticmethod
+    def _peek(
+        pid: int, fd: int, name: str, remote: Endpoint | None, local: Endpoint | None
+    ) -> tuple[Endpoint | None, Endpoint | None]:
+        """Fill the local address from the live socket, if it is still the one the record names."""
+        seen_local, seen_peer = socket_names(pid, fd)
+        if remote is None and name != "connect":
+            return seen_local, seen_peer  # accept without an address buffer
+        if cv.same_endpoint(seen_peer, remote):
+            return seen_local, remote
+        return local, remote
+
+    def _process_ref(self, event: AuditEvent, syscall: SyscallInfo) -> ProcessRef:
+        ref = self.wiring.resolver.resolve(syscall.pid)
+        return cv.fallback_process(event, syscall) if cv.knows_nothing(ref) else ref
+
+
+def _other_daemon(pid: int) -> bool:
+    """Whether `pid` is a live audit daemon that is not us."""
+    if pid == 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
