@@ -92,7 +92,7 @@ def test_duplicate_hash_warns_and_keeps_first_label() -> None:
 
 def test_missing_file_rejected_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "absent.txt"
-    with pytest.raises(BlocklistError, match="absent.txt: error: cannot open"):
+    with pytest.raises(BlocklistError, match=r"absent\.txt: error: cannot open"):
         read_blocklist(str(path), max_bytes=1 << 20)
 
 

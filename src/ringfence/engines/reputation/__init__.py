@@ -5,7 +5,7 @@ Entry point: `extension` (group `ringfence.extensions`, name `reputation`).
 Errors, raised by `setup` so that a broken configuration stops the extension instead of running empty:
 
     ReputationError
-    ├── SettingsError    bad `[extensions."ringfence.reputation"]` settings; `problems` names every key
+    ├── SettingsError    bad settings (`ctx.settings`); `problems` names every key
     └── BlocklistError   an unusable blocklist file; `issues` holds every problem, each with file:line
 
 On the AUTH path nothing raises: an unreadable file is allowed uncached and counted, and a blocklist

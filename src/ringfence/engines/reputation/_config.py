@@ -1,6 +1,6 @@
-"""The engine's configuration, from `[extensions."ringfence.reputation"]` in the agent config.
+"""The engine's configuration: its table in the agent config, given to it as `ctx.settings`.
 
-    [extensions."ringfence.reputation"]
+    [extensions.config."ringfence.reputation"]
     blocklist = "/etc/ringfence/blocklist.txt"   # optional, absolute path
     memo_entries = 4096                          # optional, 1..1_000_000
 
