@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,11 @@ def test_entry_point_object_is_the_engine_class() -> None:
     assert manifest.permissions == frozenset({Permission.FILE_CONTENTS})
 
 
+def test_engine_published_under_its_manifest_id_entry_point() -> None:
+    found = {ep.name: ep for ep in entry_points(group="ringfence.extensions")}
+    assert found["ringfence.reputation"].load() is ReputationEngine
+
+
 def test_blocklisted_file_denied_with_finding(
     engine: ReputationEngine, ctx: Any, tmp_path: Path, open_ro: Open, make_exec_request: MakeRequest
 ) -> None:
@@ -85,6 +91,7 @@ def test_blocklisted_file_denied_with_finding(
     assert finding.fields["action"] == "denied"
     assert finding.fields["related_event"] == request.header.id
     assert engine.statistics().denied == 1
+    engine.teardown()
 
 
 def test_unlabelled_hash_finding_titled_with_basename(

@@ -95,6 +95,10 @@ class ReputationEngine(Extension):
             return allow(cacheable=True)
         return self._deny(request, match)
 
+    def teardown(self) -> None:
+        """Log the counters: the SDK has no channel for an extension's own statistics yet."""
+        self.ctx.log.info("reputation statistics at shutdown: %s", self.statistics())
+
     def statistics(self) -> ReputationStatistics:
         return ReputationStatistics(
             requests=self._requests,
