@@ -171,3 +171,28 @@ def test_quarantine_and_restore_both_in_action_log(tmp_path: Path, ex: ResponseE
         ("quarantine", True, str(path), None, vault_id),
         ("restore", True, None, vault_id, None),
     ]
+
+
+def test_quarantine_under_state_dir_or_protected_path_refused(tmp_path: Path) -> None:
+    system = tmp_path / "system"
+    system.mkdir()
+    libc = make_file(system / "libc.so")
+    ex = ResponseExecutor(ResponseConfig(state_dir=str(tmp_path / "state"), protected_paths=(str(system),)))
+    ex.quarantine(str(make_file(tmp_path / "evil.sh")), "", "")  # creates the action log
+    via_symlinked_dir = tmp_path / "alias"
+    via_symlinked_dir.symlink_to(system)
+    for path in (libc, via_symlinked_dir / "libc.so", tmp_path / "state" / "actions.jsonl"):
+        result = ex.quarantine(str(path), "", "")
+        assert not result.ok
+        assert "protected path" in result.message
+    assert_as_made(libc)
+    assert (tmp_path / "state" / "actions.jsonl").exists()
+
+
+def test_quarantine_of_hard_linked_file_says_other_links_remain(tmp_path: Path, ex: ResponseExecutor) -> None:
+    path = make_file(tmp_path / "evil.sh")
+    (tmp_path / "second-name").hardlink_to(path)
+    result = ex.quarantine(str(path), "", "")
+    assert result.ok
+    assert "1 other hard link(s) remain" in result.message
+    assert ex.quarantine_list()[0].other_links == 1

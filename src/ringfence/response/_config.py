@@ -15,6 +15,7 @@ class ResponseConfig(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: str  # vault at <state_dir>/quarantine (0700, root), action log at <state_dir>/actions.jsonl
     management_addresses: tuple[str, ...] = ()  # IPs or CIDRs, v4 and v6, still reachable while isolated
     protected_pids: frozenset[int] = frozenset()  # never killed (the agent itself); pid 1 always is
+    protected_paths: tuple[str, ...] = ()  # never quarantined, nor anything under them; state_dir always is
     kill_wait_ms: int = 5_000  # how long a kill waits for the process to be gone before it reports failure
     start_time_tolerance_ticks: int = 2  # clock ticks (SC_CLK_TCK) a kill's start time may be off by
     nft_command: tuple[str, ...] = ("nft",)  # tests prefix it: ("ip", "netns", "exec", ns, "nft")

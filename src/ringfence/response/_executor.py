@@ -30,7 +30,9 @@ class ResponseExecutor:
         self.config = config
         self._clock = clock or SystemClock()
         self._killer = Killer(config.protected_pids, config.start_time_tolerance_ticks, config.kill_wait_ms)
-        self._vault = Vault(Path(config.state_dir) / "quarantine")
+        self._vault = Vault(
+            Path(config.state_dir) / "quarantine", (config.state_dir, *config.protected_paths)
+        )
         self._log = ActionLog(Path(config.state_dir) / "actions.jsonl")
         self._nft = Nft(config.nft_command)
         self._management = parse_networks(config.management_addresses)
@@ -67,7 +69,8 @@ class ResponseExecutor:
     def quarantine(self, path: str, reason: str, requested_by: str) -> ActionResult:
         def act() -> Outcome:
             entry = self._vault.quarantine(path, reason, requested_by, self._clock.time_ns())
-            return f"quarantined {path} (sha256 {entry.sha256}) as {entry.id}", entry.id
+            links = f"; {entry.other_links} other hard link(s) remain" if entry.other_links else ""
+            return f"quarantined {path} (sha256 {entry.sha256}) as {entry.id}{links}", entry.id
 
         record = ActionRecord(
             time_ns=0,

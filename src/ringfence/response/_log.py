@@ -44,6 +44,7 @@ class ActionLog:
         line = self._encoder.encode(record) + b"\n"
         with self._lock:
             try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 try:
                     written = os.write(fd, line)

@@ -48,6 +48,7 @@ class QuarantineEntry(msgspec.Struct, frozen=True, kw_only=True):
     quarantined_at: int  # wall clock, ns since the epoch
     reason: str = ""
     requested_by: str = ""
+    other_links: int = 0  # hard links left behind: the content is still reachable through them
 
 
 class Vault:
@@ -56,12 +57,17 @@ class Vault:
     Every operation holds an exclusive flock on the vault directory, so the agent and the CLI (separate
     processes) and threads never interleave their steps."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, protected: tuple[str, ...]) -> None:
         self.root = root
+        self._protected = tuple(Path(p).resolve() for p in protected)
 
     def quarantine(self, path: str, reason: str, requested_by: str, now_ns: int) -> QuarantineEntry:
         if not Path(path).is_absolute():
             raise QuarantineError(path, "the path must be absolute")
+        resolved = Path(path).parent.resolve() / Path(path).name
+        for protected in self._protected:
+            if resolved == protected or protected in resolved.parents:
+                raise QuarantineError(path, f"under the protected path {protected}: never quarantined")
         with self._locked():
             fd = _open_regular(path)
             try:
@@ -192,6 +198,7 @@ def _describe(fd: int, path: str, reason: str, requested_by: str, now_ns: int) -
         quarantined_at=now_ns,
         reason=reason,
         requested_by=requested_by,
+        other_links=st.st_nlink - 1,
     )
 
 
