@@ -1,0 +1,186 @@
+"""One live extension process as the agent sees it: socket, outbound lanes, writer thread, tickets.
+
+A `Connection` lives from spawn to reap; the `ExtensionProxy` (the broker's subscriber) outlives it and
+gets a new one on each restart. The writer thread drains three bounded lanes, most urgent first:
+control frames (action results, Shutdown), AUTH calls (each with a dup of the file descriptor, closed
+after sending or dropping), then events in batches. A send that cannot finish within `io_timeout_s`
+drops that frame, counted: the writer never waits on the extension for longer than that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+import msgspec
+
+from ringfence.broker import BoundedChannel, ChannelClosed, Reply
+from ringfence.events import AuthRequest, Event
+from ringfence.extensions._policy import CpuBudget, TokenBucket
+from ringfence.extensions._process import Spawned
+from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
+from ringfence.sdk._protocol import AuthCall, EventBatch, ExtensionFrame, FrameTooLarge, Wire
+
+log = logging.getLogger(__name__)
+
+
+class AuthItem(msgspec.Struct):
+    ticket: int
+    request: AuthRequest
+    fd: int | None  # our dup, closed by whoever drops or sends it
+
+
+class Connection:
+    def __init__(
+        self, spec: ExtensionSpec, config: SupervisorConfig, spawned: Spawned, generation: int, now_ns: int
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.spawned = spawned
+        self.generation = generation
+        self.wire: Wire[ExtensionFrame] = Wire(spawned.sock, ExtensionFrame, config.max_frame_bytes)
+        self.events: BoundedChannel[Event] = BoundedChannel(config.event_queue)
+        self.auth: BoundedChannel[AuthItem] = BoundedChannel(config.auth_queue)
+        self.control: BoundedChannel[msgspec.Struct] = BoundedChannel(64)
+        self.doorbell = threading.Event()
+        self.lock = threading.Lock()
+        self.pending: dict[int, Reply] = {}
+        self.max_ticket = 0
+        self.consecutive_misses = 0
+        self.ready = False
+        self.closed = False
+        self.reaped = False
+        self.kill_reason: tuple[str, str] | None = None  # (category, reason) when we ended it
+        self.findings = TokenBucket(config.findings_per_s, config.findings_burst, now_ns)
+        self.logs = TokenBucket(config.logs_per_s, config.logs_burst, now_ns)
+        self.cpu = CpuBudget(spec.cpu_percent, config.cpu_over_budget_checks)
+        self.send_failures = 0  # frames the writer could not send in time
+        self.events_unsent = 0
+        self.threads: list[threading.Thread] = []
+
+    @property
+    def pid(self) -> int:
+        return self.spawned.proc.pid
+
+    def start_thread(self, target: Callable[[], None], role: str) -> None:
+        t = threading.Thread(target=target, name=f"ext-{self.spec.id}-{role}", daemon=True)
+        self.threads.append(t)
+        t.start()
+
+    # -- outbound ----------------------------------------------------------------------------------------
+
+    def put_control(self, frame: msgspec.Struct) -> bool:
+        ok = self.control.put(frame)
+        self.doorbell.set()
+        return ok
+
+    def put_auth(self, item: AuthItem) -> bool:
+        ok = self.auth.put(item)
+        if ok:
+            self.doorbell.set()
+        elif item.fd is not None:
+            os.close(item.fd)
+        return ok
+
+    def put_event(self, event: Event) -> bool:
+        ok = self.events.put(event)
+        self.doorbell.set()
+        return ok
+
+    def write_loop(self) -> None:
+        """The writer thread: until the connection closes."""
+        while not self.closed:
+            self.doorbell.wait(1.0)
+            self.doorbell.clear()
+            try:
+                while self._write_some():
+                    pass
+            except OSError as e:
+                log.debug("writer of %s stops: %s", self.spec.id, e)
+                return
+
+    def _write_some(self) -> bool:
+        """Send what is queued, most urgent first. False when all lanes are empty or closed."""
+        if self.closed:
+            return False
+        sent = False
+        try:
+            while (frame := self.control.get(0)) is not None:
+                self._send(frame)
+                sent = True
+            while (item := self.auth.get(0)) is not None:
+                self._send_auth(item)
+                sent = True
+            batch = self.events.get_batch(self.config.event_batch, 0)
+        except ChannelClosed:
+            return False
+        if batch:
+            self._send_events(batch)
+        return sent or bool(batch)
+
+    def _send(self, frame: msgspec.Struct, fd: int | None = None) -> bool:
+        try:
+            self.wire.send(frame, fd)
+        except (TimeoutError, BlockingIOError, FrameTooLarge):
+            self.send_failures += 1
+            return False
+        return True
+
+    def _send_auth(self, item: AuthItem) -> None:
+        try:
+            self._send(
+                AuthCall(ticket=item.ticket, request=item.request, has_file=item.fd is not None), item.fd
+            )
+        finally:
+            if item.fd is not None:
+                os.close(item.fd)
+
+    def _send_events(self, batch: list[Event]) -> None:
+        try:
+            self.wire.send(EventBatch(batch))
+        except FrameTooLarge:
+            if len(batch) == 1:
+                self.events_unsent += 1
+                return
+            half = len(batch) // 2
+            self._send_events(batch[:half])
+            self._send_events(batch[half:])
+        except (TimeoutError, BlockingIOError):
+            self.send_failures += 1
+            self.events_unsent += len(batch)
+
+    # -- teardown ----------------------------------------------------------------------------------------
+
+    def close(self) -> list[Reply]:
+        """Stop the threads, close the socket and every queued descriptor. Returns the replies of tickets
+        never answered (the broker settles them at their deadlines; nothing to do with them but drop)."""
+        with self.lock:
+            self.closed = True
+            pending = list(self.pending.values())
+            self.pending.clear()
+        self.doorbell.set()
+        for ch in (self.events, self.auth, self.control):
+            ch.close()
+        with contextlib.suppress(OSError):
+            self.spawned.sock.shutdown(socket.SHUT_RDWR)
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.join(timeout=2.0)
+        self._drain_fds()
+        self.spawned.sock.close()
+        return pending
+
+    def _drain_fds(self) -> None:
+        while True:
+            try:
+                item = self.auth.get(0)
+            except ChannelClosed:
+                return
+            if item is None:
+                return
+            if item.fd is not None:
+                os.close(item.fd)

@@ -1,0 +1,273 @@
+"""Extension processes, host side: spawn through the launcher, the agent's half of the handshake,
+resource readings from /proc, and the sandbox hand-off.
+
+Errors (the tree):
+    ExtensionError              anything this package raises; the message names the extension
+      LaunchError               the process could not be started (sandbox preparation, exec)
+      HandshakeFailed           no usable HelloAck by the deadline: EOF, timeout, refusal, bad frame,
+                                version mismatch (`.refused` is True when a retry cannot help)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+import ringfence
+from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
+from ringfence.sdk._manifest import Manifest
+from ringfence.sdk._protocol import (
+    ExtensionFrame,
+    Hello,
+    HelloAck,
+    PeerClosed,
+    ProtocolError,
+    Refusal,
+    Wire,
+    close_fds,
+)
+
+log = logging.getLogger(__name__)
+
+LAUNCH_ENV = "RINGFENCE_LAUNCH"
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux values; not in every Python's socket
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ExtensionError(Exception):
+    """Root of this package's errors."""
+
+    def __init__(self, extension_id: str, message: str) -> None:
+        super().__init__(f"extension {extension_id}: {message}")
+        self.extension_id = extension_id
+
+
+class LaunchError(ExtensionError):
+    pass
+
+
+class HandshakeFailed(ExtensionError):
+    def __init__(self, extension_id: str, message: str, *, refused: bool = False) -> None:
+        super().__init__(extension_id, message)
+        self.refused = refused
+
+
+class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What the launcher needs, passed in its environment. Policy and prepared sandbox are the sandbox
+    module's own records, carried as JSON."""
+
+    entry: str
+    socket_fd: int
+    sys_path: tuple[str, ...] = ()
+    sandbox: bool = True
+    policy: msgspec.Raw = msgspec.Raw(b"null")
+    prepared: msgspec.Raw = msgspec.Raw(b"null")
+
+
+def sandbox_module() -> Any:
+    """`ringfence.extensions._sandbox`, imported only when a sandbox is wanted."""
+    return importlib.import_module("ringfence.extensions._sandbox")
+
+
+def readable_paths(spec: ExtensionSpec) -> tuple[str, ...]:
+    """What the extension must read to run Python and its own code, plus its content."""
+    paths = {sys.prefix, sys.base_prefix, str(Path(ringfence.__file__).resolve().parent.parent)}
+    paths.update(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    paths.update(sys.path[1:])
+    paths.update(spec.sys_path)
+    if spec.content_dir:
+        paths.add(spec.content_dir)
+    return tuple(sorted(p for p in paths if p and Path(p).is_dir()))
+
+
+def sandbox_policy(spec: ExtensionSpec) -> Any:
+    return sandbox_module().SandboxPolicy(
+        extension_id=spec.id,
+        user=spec.user,
+        readable_paths=readable_paths(spec),
+        writable_paths=(spec.state_dir,) if spec.state_dir else (),
+        allow_network=spec.allow_network,
+        memory_mb=spec.memory_mb,
+        cpu_percent=spec.cpu_percent,
+        max_open_files=spec.max_open_files,
+        max_processes=spec.max_processes,
+    )
+
+
+@dataclasses.dataclass
+class Spawned:
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    pidfd: int
+    policy: Any = None
+    prepared: Any = None
+
+
+def _size_buffers(ours: socket.socket, theirs: socket.socket, max_frame_bytes: int) -> None:
+    """A SEQPACKET message must fit the sender's buffer: room for a few full frames each way."""
+    want = 4 * (max_frame_bytes + 4096)
+    for s in (ours, theirs):
+        for force, plain in (
+            (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
+            (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
+        ):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, force, want)
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, plain, want)
+
+
+def spawn(spec: ExtensionSpec, config: SupervisorConfig) -> Spawned:
+    """Start the launcher for `spec` (sandbox prepared first when wanted). Raises LaunchError."""
+    policy = prepared = None
+    if spec.sandbox:
+        try:
+            policy = sandbox_policy(spec)
+            prepared = sandbox_module().prepare_sandbox(policy)
+        except Exception as e:  # translated at the boundary: any sandbox failure is a failed launch
+            raise LaunchError(spec.id, f"preparing the sandbox failed: {e}") from e
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        _size_buffers(ours, theirs, config.max_frame_bytes)
+        proc = _popen(spec, config, theirs.fileno(), policy, prepared)
+    except (OSError, subprocess.SubprocessError) as e:
+        ours.close()
+        release(spec, policy, prepared)
+        raise LaunchError(spec.id, f"starting the launcher failed: {e}") from e
+    finally:
+        theirs.close()
+    return Spawned(proc, ours, os.pidfd_open(proc.pid), policy, prepared)
+
+
+def _popen(
+    spec: ExtensionSpec, config: SupervisorConfig, fd: int, policy: Any, prepared: Any
+) -> subprocess.Popen[bytes]:
+    launch = LaunchSpec(
+        entry=spec.entry,
+        socket_fd=fd,
+        sys_path=spec.sys_path,
+        sandbox=spec.sandbox,
+        policy=msgspec.Raw(msgspec.json.encode(policy)),
+        prepared=msgspec.Raw(msgspec.json.encode(prepared)),
+    )
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        LAUNCH_ENV: msgspec.json.encode(launch).decode(),
+    }
+    argv = [config.python or sys.executable, "-I", "-m", "ringfence.extensions._launch"]
+    return subprocess.Popen(
+        argv,
+        pass_fds=(fd,),
+        close_fds=True,
+        start_new_session=True,
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def release(spec: ExtensionSpec, policy: Any, prepared: Any) -> None:
+    if prepared is None:
+        return
+    try:
+        sandbox_module().release_sandbox(policy, prepared)
+    except Exception:  # supervision boundary: a leftover cgroup is logged, the agent goes on
+        log.exception("releasing the sandbox of %s failed", spec.id)
+
+
+def oom_killed(prepared: Any) -> bool:
+    """Whether the sandbox's cgroup saw an OOM kill (False when the sandbox cannot tell)."""
+    check = getattr(sandbox_module(), "cgroup_oom_killed", None) if prepared is not None else None
+    if check is None:
+        return False
+    try:
+        return bool(check(prepared))
+    except Exception:  # supervision boundary: only the exit reason's wording depends on it
+        log.exception("reading the OOM state failed")
+        return False
+
+
+def kill(spawned: Spawned) -> None:
+    """SIGKILL the process and its process group. Only before it is reaped (so the pid is still ours)."""
+    try:
+        signal.pidfd_send_signal(spawned.pidfd, signal.SIGKILL)
+        os.killpg(spawned.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError as e:
+        log.warning("killing extension process %d: %s", spawned.proc.pid, e)
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15 of stat)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def host_handshake(wire: Wire[ExtensionFrame], hello: Hello, timeout_s: float) -> Manifest:
+    """The agent's half: send Hello, expect HelloAck with a version we support. Raises HandshakeFailed."""
+    ext = hello.extension_id
+    wire.sock.settimeout(timeout_s)
+    try:
+        wire.send(hello)
+        frame, fds = wire.recv()
+    except TimeoutError as e:
+        raise HandshakeFailed(ext, f"no handshake within {timeout_s:g} s") from e
+    except PeerClosed as e:
+        raise HandshakeFailed(ext, "exited before the handshake") from e
+    except (ProtocolError, OSError) as e:
+        raise HandshakeFailed(ext, f"handshake: {e}") from e
+    close_fds(fds)
+    if fds:
+        raise HandshakeFailed(ext, "sent descriptors at the handshake")
+    if isinstance(frame, Refusal):
+        raise HandshakeFailed(ext, f"refused the handshake: {frame.reason}", refused=True)
+    if not isinstance(frame, HelloAck):
+        raise HandshakeFailed(ext, f"expected HelloAck, got {type(frame).__name__}")
+    if frame.protocol not in hello.protocols:
+        agent = list(hello.protocols)
+        reason = f"protocol version mismatch: the agent speaks {agent}, {ext} speaks {frame.protocol}"
+        _try_send(wire, Refusal(reason))
+        raise HandshakeFailed(ext, reason, refused=True)
+    return frame.manifest
+
+
+def _try_send(wire: Wire[ExtensionFrame], frame: msgspec.Struct) -> None:
+    try:
+        wire.send(frame)
+    except (OSError, ProtocolError) as e:
+        log.debug("sending %s failed: %s", type(frame).__name__, e)

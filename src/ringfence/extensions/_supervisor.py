@@ -1,0 +1,352 @@
+"""The supervisor: one process per extension; restart with backoff; quarantine a crash loop; budgets.
+
+Threads: one monitor thread for all extensions (it waits in `select` on every process's pidfd plus a
+wake-up pipe, with a timeout at the next restart or resource check: process exits are events, not
+polls); per extension a reader thread (handshake, then frames) and a writer thread (see _connection.py);
+one action worker that runs `action_handler` off the reader threads, fed by a bounded queue. Per
+extension threads rather than one selector for all: each extension's socket I/O is isolated by
+construction, a frame decode or a slow findings sink for one never delays another, and the count stays
+small (a handful of extensions).
+
+Why an extension is restarted (each counted by category in `restart_reasons`): "crash" (it exited or a
+signal not ours killed it), "handshake" (no usable HelloAck in time), "protocol-error" (malformed,
+oversized or out-of-place frame), "auth-misses" (`auth_miss_limit` AUTH deadlines missed in a row),
+"memory" (RSS over `memory_mb`), "cpu" (over `cpu_percent` for `cpu_over_budget_checks` checks),
+"launch" (the process could not be started). Every one of them counts toward the crash-loop window;
+a crash loop, a version mismatch or a changed manifest quarantines the extension and raises a
+DetectionFinding from source "ringfence.supervisor". The host and the other extensions go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import subprocess
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from ringfence.broker import BoundedChannel, ChannelClosed
+from ringfence.events import (
+    ActionRequest,
+    ActionResult,
+    Clock,
+    DetectionFinding,
+    HeaderStamper,
+    Severity,
+    SystemClock,
+)
+from ringfence.extensions._connection import Connection
+from ringfence.extensions._policy import ExtensionState
+from ringfence.extensions._process import (
+    LaunchError,
+    cpu_seconds,
+    exit_reason,
+    kill,
+    oom_killed,
+    release,
+    rss_bytes,
+    spawn,
+)
+from ringfence.extensions._proxy import ExtensionProxy, ExtensionStatistics
+from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
+from ringfence.sdk._protocol import ActionCall, Shutdown
+
+log = logging.getLogger(__name__)
+
+SUPERVISOR_SOURCE = "ringfence.supervisor"
+ActionHandler = Callable[[ActionRequest], ActionResult]
+
+
+class Supervisor:
+    """Runs `specs`. Findings (the extensions' and the supervisor's own) go to `findings_sink`.
+
+    `action_handler` carries out ActionRequests (None: every request is refused). `on_auth_ready(id)`
+    runs each time an AUTH extension (re)connects: flush the verdict cache. `on_first_ready(proxy)` runs
+    once per extension, when its manifest is first known: subscribe the proxy to the broker then (its
+    `kinds` and `auth_policy` come from the manifest). Callbacks run on the extension's reader thread.
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[ExtensionSpec],
+        *,
+        findings_sink: Callable[[DetectionFinding], None],
+        action_handler: ActionHandler | None = None,
+        on_auth_ready: Callable[[str], None] | None = None,
+        on_first_ready: Callable[[ExtensionProxy], None] | None = None,
+        config: SupervisorConfig | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config or SupervisorConfig()
+        self._clock = clock or SystemClock()
+        self._sink = findings_sink
+        self._action_handler = action_handler
+        self._on_auth_ready = on_auth_ready
+        self._on_first_ready = on_first_ready
+        self._proxies: dict[str, ExtensionProxy] = {}
+        for spec in specs:
+            if spec.id in self._proxies:
+                raise ValueError(f"extension {spec.id} is configured twice")
+            self._proxies[spec.id] = ExtensionProxy(
+                spec,
+                config=self.config,
+                clock=self._clock,
+                findings_sink=findings_sink,
+                submit_action=self._submit_action,
+                on_ready=self._ready,
+            )
+        self._stamper = HeaderStamper(SUPERVISOR_SOURCE, self.config.host, self._clock)
+        self._actions: BoundedChannel[tuple[ExtensionProxy, int, ActionCall]] = BoundedChannel(
+            self.config.action_queue
+        )
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector = selectors.DefaultSelector()
+        self._quarantine_reported: set[str] = set()
+        self._monitor = threading.Thread(target=self._run, name="ringfence-supervisor", daemon=True)
+        self._action_worker = threading.Thread(
+            target=self._run_actions, name="ringfence-actions", daemon=True
+        )
+        self._next_check_ns = 0
+
+    # -- public ------------------------------------------------------------------------------------------
+
+    def proxies(self) -> list[ExtensionProxy]:
+        return list(self._proxies.values())
+
+    def proxy(self, extension_id: str) -> ExtensionProxy:
+        return self._proxies[extension_id]
+
+    def start(self) -> None:
+        """Spawn every extension and start supervising. Returns at once; see `wait_ready`."""
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        for proxy in self._proxies.values():
+            self._launch(proxy, first=True)
+        self._monitor.start()
+        self._action_worker.start()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until no extension is still starting (each runs, backs off or is quarantined)."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: all(p.lifecycle.state is not ExtensionState.STARTING for p in self._proxies.values()),
+                timeout_s,
+            )
+
+    def statistics(self) -> list[dict[str, Any]]:
+        """Per extension, as builtins (for the status socket and health heartbeats)."""
+        return [msgspec.to_builtins(s) for s in self.extension_statistics()]
+
+    def extension_statistics(self) -> list[ExtensionStatistics]:
+        return [p.statistics() for p in self._proxies.values()]
+
+    def stop(self) -> None:
+        """Shutdown frame to each, `stop_grace_s` to exit, then SIGKILL; reap, release sandboxes."""
+        self._stopping = True
+        self._wake()
+        if self._monitor.is_alive():
+            self._monitor.join(timeout=10)
+        live = [p for p in self._proxies.values() if p.conn is not None and not p.conn.reaped]
+        for proxy in self._proxies.values():
+            with proxy.lock:
+                proxy.lifecycle.stopped()
+        for proxy in live:
+            assert proxy.conn is not None
+            proxy.conn.put_control(Shutdown("agent stopping"))
+        deadline = self._clock.monotonic_ns() + int(self.config.stop_grace_s * 1e9)
+        for proxy in live:
+            assert proxy.conn is not None
+            self._stop_one(proxy, proxy.conn, deadline)
+        self._actions.close()
+        if self._action_worker.is_alive():
+            self._action_worker.join(timeout=5)
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _stop_one(self, proxy: ExtensionProxy, conn: Connection, deadline_ns: int) -> None:
+        remaining = max(0.0, (deadline_ns - self._clock.monotonic_ns()) / 1e9)
+        try:
+            conn.spawned.proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            with proxy.lock:
+                kill(conn.spawned)
+            conn.spawned.proc.wait()
+        self._finish(proxy, conn)
+
+    # -- the monitor thread ------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: the monitor is due to wake anyway
+            os.write(self._wake_w, b"x")
+
+    def _run(self) -> None:
+        while not self._stopping:
+            for key, _ in self._selector.select(self._timeout_s()):
+                if key.data is None:
+                    self._drain_wake()
+                else:
+                    self._reap(key.data)
+            if self._stopping:
+                return
+            now = self._clock.monotonic_ns()
+            for proxy in self._proxies.values():
+                with proxy.lock:
+                    due = proxy.lifecycle.restart_due(now)
+                if due:
+                    self._launch(proxy, first=False)
+            if now >= self._next_check_ns:
+                self._check_resources(now)
+                self._next_check_ns = now + int(self.config.resource_check_interval_s * 1e9)
+
+    def _timeout_s(self) -> float:
+        now = self._clock.monotonic_ns()
+        due = [self._next_check_ns]
+        due += [
+            p.lifecycle.restart_at_ns for p in self._proxies.values() if p.lifecycle.restart_at_ns is not None
+        ]
+        return max(0.0, (min(due) - now) / 1e9)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            return
+
+    def _launch(self, proxy: ExtensionProxy, *, first: bool) -> None:
+        now = self._clock.monotonic_ns()
+        with proxy.lock:
+            if not first and proxy.lifecycle.state is not ExtensionState.BACKOFF:
+                return
+            proxy.lifecycle.starting(now)
+            generation = proxy.next_generation()
+        try:
+            spawned = spawn(proxy.spec, self.config)
+        except LaunchError as e:
+            log.exception("launching %s failed", proxy.spec.id)
+            self._failed(proxy, "launch", str(e), crashed=False)
+            return
+        conn = Connection(proxy.spec, self.config, spawned, generation, now)
+        with proxy.lock:
+            proxy.attach(conn)
+            if not first:
+                proxy.stats.restarts += 1
+        self._selector.register(spawned.pidfd, selectors.EVENT_READ, proxy)
+        self._notify()
+
+    def _reap(self, proxy: ExtensionProxy) -> None:
+        conn = proxy.conn
+        assert conn is not None
+        returncode = conn.spawned.proc.wait()
+        oom = oom_killed(conn.spawned.prepared)
+        self._finish(proxy, conn)
+        if conn.kill_reason is not None:
+            category, reason = conn.kill_reason
+        else:
+            category, reason = "crash", exit_reason(returncode) + (" (out of memory)" if oom else "")
+        log.warning("extension %s (pid %d) ended: %s", proxy.spec.id, conn.pid, reason)
+        self._failed(proxy, category, reason, crashed=conn.kill_reason is None)
+
+    def _finish(self, proxy: ExtensionProxy, conn: Connection) -> None:
+        """After the process is reaped: close its connection, pidfd and sandbox."""
+        with proxy.lock:
+            conn.reaped = True
+        with contextlib.suppress(KeyError, ValueError):  # not registered yet, or the selector is closed
+            self._selector.unregister(conn.spawned.pidfd)
+        os.close(conn.spawned.pidfd)
+        conn.close()
+        proxy.fold_connection(conn)
+        release(proxy.spec, conn.spawned.policy, conn.spawned.prepared)
+
+    def _failed(self, proxy: ExtensionProxy, category: str, reason: str, *, crashed: bool) -> None:
+        if self._stopping:
+            return
+        proxy.count_exit(category, reason, crashed=crashed)
+        with proxy.lock:
+            state = proxy.lifecycle.failed(self._clock.monotonic_ns(), reason)
+            why = proxy.lifecycle.quarantine_reason
+        if state is ExtensionState.QUARANTINED and proxy.spec.id not in self._quarantine_reported:
+            self._quarantine_reported.add(proxy.spec.id)
+            self._report_quarantine(proxy.spec.id, why or reason)
+        self._notify()
+
+    def _report_quarantine(self, extension_id: str, reason: str) -> None:
+        log.error("extension %s quarantined: %s", extension_id, reason)
+        finding = DetectionFinding(
+            header=self._stamper.stamp(),
+            title=f"extension {extension_id} quarantined",
+            severity=Severity.HIGH,
+            source=SUPERVISOR_SOURCE,
+            rule="extension-quarantined",
+            description=f"{extension_id} is stopped until the agent restarts: {reason}",
+        )
+        try:
+            self._sink(finding)
+        except Exception:  # supervision boundary: the quarantine stands; the report is logged above
+            log.exception("findings sink failed on the quarantine of %s", extension_id)
+
+    def _check_resources(self, now_ns: int) -> None:
+        for proxy in self._proxies.values():
+            conn = proxy.conn
+            if conn is None or conn.reaped or not conn.ready:
+                continue
+            limit = proxy.spec.memory_mb << 20
+            rss = rss_bytes(conn.pid)
+            if rss is not None and rss > limit:
+                proxy.end(conn, "memory", f"RSS {rss >> 20} MiB over the {proxy.spec.memory_mb} MiB budget")
+                continue
+            cpu = cpu_seconds(conn.pid)
+            over = conn.cpu.sample(now_ns, cpu) if cpu is not None else None
+            with proxy.lock:
+                proxy.stats.cpu_percent = conn.cpu.last_percent
+            if over is not None:
+                proxy.end(conn, "cpu", f"CPU {over:.0f} % over the {proxy.spec.cpu_percent} % budget")
+
+    # -- callbacks from reader threads -------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _ready(self, proxy: ExtensionProxy, first: bool) -> None:
+        if first and self._on_first_ready is not None:
+            self._guard(f"on_first_ready({proxy.name})", self._on_first_ready, proxy)
+        if proxy.auth_policy is not None and self._on_auth_ready is not None:
+            self._guard(f"on_auth_ready({proxy.name})", self._on_auth_ready, proxy.name)
+        self._notify()
+
+    @staticmethod
+    def _guard(what: str, fn: Callable[[Any], None], arg: Any) -> None:
+        try:
+            fn(arg)
+        except Exception:  # supervision boundary: the agent's callback; logged, the extension runs on
+            log.exception("%s failed", what)
+
+    def _submit_action(self, proxy: ExtensionProxy, generation: int, call: ActionCall) -> bool:
+        if self._action_handler is None:
+            return False
+        return self._actions.put((proxy, generation, call))
+
+    def _run_actions(self) -> None:
+        handler = self._action_handler
+        while True:
+            try:
+                item = self._actions.get(timeout=None)
+            except ChannelClosed:
+                return
+            if item is None or handler is None:
+                continue
+            proxy, generation, call = item
+            try:
+                result = handler(call.request)
+            except Exception as e:  # supervision boundary: the extension hears that it failed, and why
+                log.exception("action %s for %s failed", call.request.kind, proxy.name)
+                result = ActionResult(kind=call.request.kind, ok=False, message=f"failed: {e}")
+            proxy.send_result(generation, call.token, result)

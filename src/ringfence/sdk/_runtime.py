@@ -1,0 +1,438 @@
+"""The extension side of the wire: handshake, then dispatch frames to the author's handlers.
+
+Threads: a reader thread fills a bounded inbox (AUTH and action results ahead of events); the main
+thread runs every handler, one at a time, as `_extension.py` promises; a writer thread drains a bounded
+outbox of findings, action requests, stats and log lines. Verdicts skip the outbox: the main thread sends
+them at once.
+
+Failure policy, per handler (each counted in the stats the agent receives):
+- `setup` raises: the process exits with status 1 before acknowledging the handshake; the agent sees
+  a failed start and restarts it with backoff.
+- `on_event` raises: logged with the traceback, counted (`event_errors`), the next event is handled.
+- `on_auth` raises or returns something other than an AuthAnswer: no verdict is sent (counted as
+  `auth_errors`). The agent applies the extension's declared failure policy at the deadline; a crash
+  would cost every pending request the same, and a restart on top.
+- `on_action_result` / `teardown` raise: logged and counted; shutdown still exits 0.
+- The inbox is full: the event is dropped and counted (`events_dropped`); AUTH over its own bound is
+  dropped (`auth_dropped`, a deadline miss at the agent). The outbox is full: the finding, action or log
+  line is dropped and counted.
+
+Exit status: 0 after Shutdown; 1 setup failed; 2 bad handshake (including a protocol version the agent
+does not support: the reason, naming both versions, goes to the agent as a Refusal and to stderr);
+3 the agent broke the protocol or went away.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from ringfence.events import ActionRequest, AuthAnswer, Event, ProcessRef, Severity
+from ringfence.sdk._extension import AuthFile, Extension
+from ringfence.sdk._manifest import PROTOCOL_VERSION
+from ringfence.sdk._protocol import (
+    ActionCall,
+    ActionReply,
+    AuthCall,
+    AuthReply,
+    EventBatch,
+    FindingReport,
+    Hello,
+    HelloAck,
+    HostFrame,
+    LogLine,
+    PeerClosed,
+    ProtocolError,
+    Refusal,
+    Shutdown,
+    StatsReport,
+    Wire,
+    close_fds,
+)
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 30.0
+IO_TIMEOUT_S = 2.0
+INBOX_EVENTS = 4096
+INBOX_PRIORITY = 1024
+OUTBOX = 1024
+EXIT_OK, EXIT_SETUP, EXIT_HANDSHAKE, EXIT_WIRE = 0, 1, 2, 3
+
+
+class _Counters:
+    """Plain integer counters; each is written by one thread only."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = collections.defaultdict(int)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.values[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.values)
+
+
+class _Outbox:
+    """Bounded, drop-newest; a writer thread sends. Never blocks its callers."""
+
+    def __init__(self, wire: Wire[HostFrame], counters: _Counters) -> None:
+        self._wire = wire
+        self._counters = counters
+        self._items: collections.deque[msgspec.Struct] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ringfence-outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, frame: msgspec.Struct, kind: str) -> None:
+        with self._cond:
+            if self._closed or len(self._items) >= OUTBOX:
+                self._counters.add(f"{kind}_dropped")
+                return
+            self._items.append(frame)
+            self._cond.notify()
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop after sending what is queued (waiting up to `timeout`)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closed:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                frame = self._items.popleft()
+            try:
+                self._wire.send(frame)
+            except TimeoutError:
+                self._counters.add("outbox_send_timeouts")
+            except OSError:
+                return
+
+
+class _WireHandler(logging.Handler):
+    """Sends the extension's log records to the agent as LogLine frames (through the outbox)."""
+
+    def __init__(self, outbox: _Outbox) -> None:
+        super().__init__(logging.INFO)
+        self._outbox = outbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)[:8192]
+        self._outbox.put(LogLine(min(max(record.levelno, 0), 50), message), "logs")
+
+
+class _Context:
+    """The `Context` an extension gets (see `_extension.Context`)."""
+
+    def __init__(self, hello: Hello, outbox: _Outbox, counters: _Counters, logger: logging.Logger) -> None:
+        self._settings: Mapping[str, Any] = types.MappingProxyType(dict(hello.settings))
+        self._content_dir = hello.content_dir
+        self._outbox = outbox
+        self._counters = counters
+        self._log = logger
+        self._next_token = 0
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._log
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        return self._settings
+
+    @property
+    def content_dir(self) -> str | None:
+        return self._content_dir
+
+    def emit_finding(
+        self,
+        title: str,
+        severity: Severity,
+        *,
+        rule: str | None = None,
+        description: str | None = None,
+        process: ProcessRef | None = None,
+        file_path: str | None = None,
+        file_sha256: str | None = None,
+        action: str | None = None,
+        related_event: str | None = None,
+    ) -> None:
+        frame = FindingReport(
+            title=title,
+            severity=severity,
+            rule=rule,
+            description=description,
+            process=process,
+            file_path=file_path,
+            file_sha256=file_sha256,
+            action=action,
+            related_event=related_event,
+        )
+        self._counters.add("findings")
+        self._outbox.put(frame, "findings")
+
+    def request_action(self, request: ActionRequest) -> None:
+        self._next_token += 1
+        self._counters.add("actions")
+        self._outbox.put(ActionCall(self._next_token, request), "actions")
+
+
+class _Inbox:
+    """What the reader thread hands the main thread: priority items (AUTH, action results) first."""
+
+    def __init__(self, counters: _Counters) -> None:
+        self._counters = counters
+        self._cond = threading.Condition()
+        self._priority: collections.deque[tuple[AuthCall, int | None] | ActionReply] = collections.deque()
+        self._events: collections.deque[Event] = collections.deque()
+        self.stop_reason: str | None = None  # set once: "shutdown" or why the wire failed
+        self.clean = False
+
+    def add_events(self, events: list[Event]) -> None:
+        with self._cond:
+            room = max(0, INBOX_EVENTS - len(self._events))
+            self._events.extend(events[:room])
+            self._counters.add("events_received", len(events))
+            if len(events) > room:
+                self._counters.add("events_dropped", len(events) - room)
+            self._cond.notify()
+
+    def add_priority(self, item: tuple[AuthCall, int | None] | ActionReply) -> None:
+        with self._cond:
+            if len(self._priority) >= INBOX_PRIORITY:
+                self._counters.add("auth_dropped" if isinstance(item, tuple) else "action_results_dropped")
+                if isinstance(item, tuple) and item[1] is not None:
+                    os.close(item[1])
+                return
+            self._priority.append(item)
+            self._cond.notify()
+
+    def finish(self, reason: str, *, clean: bool) -> None:
+        with self._cond:
+            if self.stop_reason is None:
+                self.stop_reason, self.clean = reason, clean
+            self._cond.notify()
+
+    def next(self, timeout: float) -> tuple[AuthCall, int | None] | ActionReply | Event | None:
+        """The next item, None on timeout or once stopped (check `stop_reason`)."""
+        with self._cond:
+            if not self._priority and not self._events and self.stop_reason is None:
+                self._cond.wait(timeout)
+            if self.stop_reason is not None:
+                return None
+            if self._priority:
+                return self._priority.popleft()
+            if self._events:
+                return self._events.popleft()
+            return None
+
+    def drain_fds(self) -> None:
+        with self._cond:
+            for item in self._priority:
+                if isinstance(item, tuple) and item[1] is not None:
+                    os.close(item[1])
+            self._priority.clear()
+
+
+def _read_loop(wire: Wire[HostFrame], inbox: _Inbox) -> None:
+    while True:
+        try:
+            frame, fds = wire.recv()
+        except TimeoutError:
+            continue
+        except (PeerClosed, OSError) as e:
+            inbox.finish(f"the agent went away: {e}", clean=False)
+            return
+        except ProtocolError as e:
+            inbox.finish(f"the agent broke the protocol: {e}", clean=False)
+            return
+        if not _route(frame, fds, inbox):
+            return
+
+
+def _route(frame: HostFrame, fds: list[int], inbox: _Inbox) -> bool:
+    """Queue one frame. False: stop reading."""
+    if isinstance(frame, AuthCall) and len(fds) == int(frame.has_file):
+        inbox.add_priority((frame, fds[0] if fds else None))
+        return True
+    close_fds(fds)
+    if fds:
+        inbox.finish(f"{type(frame).__name__} frame came with {len(fds)} descriptors", clean=False)
+        return False
+    if isinstance(frame, EventBatch):
+        inbox.add_events(frame.events)
+    elif isinstance(frame, ActionReply):
+        inbox.add_priority(frame)
+    elif isinstance(frame, Shutdown):
+        inbox.finish("shutdown", clean=True)
+        return False
+    else:
+        inbox.finish(f"unexpected {type(frame).__name__} frame after the handshake", clean=False)
+        return False
+    return True
+
+
+class _Runner:
+    """One extension's life after the handshake."""
+
+    def __init__(self, ext: Extension, wire: Wire[HostFrame], hello: Hello) -> None:
+        self.ext = ext
+        self.wire = wire
+        self.counters = _Counters()
+        self.outbox = _Outbox(wire, self.counters)
+        self.inbox = _Inbox(self.counters)
+        self.stats_interval_s = max(hello.stats_interval_ms, 50) / 1000
+        self.logger = logging.getLogger(f"ringfence.ext.{hello.extension_id}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(_WireHandler(self.outbox))
+        self.ctx = _Context(hello, self.outbox, self.counters, self.logger)
+
+    def loop(self) -> int:
+        reader = threading.Thread(target=_read_loop, args=(self.wire, self.inbox), name="ringfence-reader")
+        reader.daemon = True
+        reader.start()
+        next_stats = time.monotonic() + self.stats_interval_s
+        while True:
+            item = self.inbox.next(max(0.0, next_stats - time.monotonic()))
+            if item is not None:
+                self._dispatch(item)
+            if time.monotonic() >= next_stats:
+                self._send_stats()
+                next_stats = time.monotonic() + self.stats_interval_s
+            if self.inbox.stop_reason is not None:
+                return self._stop()
+
+    def _dispatch(self, item: tuple[AuthCall, int | None] | ActionReply | Event) -> None:
+        if isinstance(item, tuple):
+            self._auth(*item)
+        elif isinstance(item, ActionReply):
+            self._guarded("action_result_errors", self.ext.on_action_result, item.result)
+        else:
+            self._guarded("event_errors", self.ext.on_event, item)
+            self.counters.add("events_handled")
+
+    def _guarded(self, counter: str, handler: Any, arg: Any) -> None:
+        try:
+            handler(arg)
+        except Exception:  # supervision boundary: the author's handler; logged, counted, next item
+            self.counters.add(counter)
+            self.logger.exception("%s failed", getattr(handler, "__name__", "handler"))
+
+    def _auth(self, call: AuthCall, fd: int | None) -> None:
+        self.counters.add("auth_received")
+        try:
+            answer = self.ext.on_auth(call.request, AuthFile(fd) if fd is not None else None)
+        except Exception:  # supervision boundary: no verdict; the agent applies the failure policy
+            self.counters.add("auth_errors")
+            self.logger.exception("on_auth failed for %s", call.request.path)
+            return
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if not isinstance(answer, AuthAnswer):
+            self.counters.add("auth_errors")
+            self.logger.error(
+                "on_auth returned %r, not an AuthAnswer: no verdict sent", type(answer).__name__
+            )
+            return
+        try:
+            self.wire.send(AuthReply(call.ticket, answer))
+            self.counters.add("auth_answered")
+        except TimeoutError:
+            self.counters.add("auth_send_timeouts")
+        except OSError as e:
+            self.inbox.finish(f"the agent went away: {e}", clean=False)
+
+    def _send_stats(self) -> None:
+        self.outbox.put(StatsReport(self.counters.snapshot()), "stats")
+
+    def _stop(self) -> int:
+        self.inbox.drain_fds()
+        if not self.inbox.clean:
+            log.error("extension stopping: %s", self.inbox.stop_reason)
+            return EXIT_WIRE
+        try:
+            self.ext.teardown()
+        except Exception:  # supervision boundary: a failed teardown still ends the process cleanly
+            self.counters.add("teardown_errors")
+            self.logger.exception("teardown failed")
+        self._send_stats()
+        self.outbox.close()
+        return EXIT_OK
+
+
+def _instantiate(obj: Any) -> Extension:
+    if isinstance(obj, type) and issubclass(obj, Extension):
+        return obj()
+    if isinstance(obj, Extension):
+        return obj
+    raise TypeError(f"{obj!r} is neither an Extension subclass nor an Extension instance")
+
+
+def _handshake(wire: Wire[HostFrame], ext: Extension) -> Hello | None:
+    """Wait for Hello and check the version. None: refused (the reason was sent and logged)."""
+    frame, fds = wire.recv()
+    close_fds(fds)
+    if not isinstance(frame, Hello):
+        log.error("handshake: expected Hello, got %s", type(frame).__name__)
+        return None
+    if PROTOCOL_VERSION not in frame.protocols:
+        reason = (
+            f"protocol version mismatch: extension {ext.manifest.id} speaks {PROTOCOL_VERSION}, "
+            f"the agent supports {list(frame.protocols)}"
+        )
+        log.error("%s", reason)
+        wire.send(Refusal(reason))
+        return None
+    wire.max_frame_bytes = min(wire.max_frame_bytes, frame.max_frame_bytes)
+    return frame
+
+
+def run_extension(ext_cls: type[Extension] | Extension, sock: socket.socket) -> int:
+    """Serve one extension over `sock` (the agent's end is on the other side) until Shutdown.
+
+    Returns the process exit status (see the module docstring)."""
+    ext = _instantiate(ext_cls)
+    wire: Wire[HostFrame] = Wire(sock, HostFrame)
+    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    try:
+        hello = _handshake(wire, ext)
+    except (ProtocolError, OSError):
+        log.exception("handshake with the agent failed")
+        return EXIT_HANDSHAKE
+    if hello is None:
+        return EXIT_HANDSHAKE
+    sock.settimeout(IO_TIMEOUT_S)
+    runner = _Runner(ext, wire, hello)
+    try:
+        ext.setup(runner.ctx)
+    except Exception:  # supervision boundary: a failed setup is a failed start; the agent restarts it
+        log.exception("setup of %s failed", ext.manifest.id)
+        return EXIT_SETUP
+    try:
+        wire.send(HelloAck(PROTOCOL_VERSION, ext.manifest))
+    except (ProtocolError, OSError):
+        log.exception("sending HelloAck failed")
+        return EXIT_HANDSHAKE
+    runner.outbox.start()
+    return runner.loop()
