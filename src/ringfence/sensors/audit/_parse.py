@@ -126,12 +126,13 @@ class EventAssembler:
         if pending is None:
             if len(self._open) >= self._max_open:
                 self.stats.evictions += 1
-                done.append(self._finish(self._open.popitem(last=False)[0], complete=False))
+                done.append(self._finish(next(iter(self._open)), complete=False))
             pending = self._open[serial] = _Open(int(header[1]) * 10**9 + int(header[2]) * 10**6, now_ns)
         if record_type == EOE:
             done.append(self._finish(serial, complete=True))
         else:
             pending.records.append((record_type, text[header.end() :]))
+        self.stats.open = len(self._open)
         return done
 
     def expire(self, now_ns: int) -> list[AuditEvent]:
