@@ -168,6 +168,9 @@ def do_orphan(args: list[str]) -> dict[str, str]:
     r, _w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):  # let the test's pipes reach EOF when the child exits
+            os.dup2(null, fd)
         os.read(r, 1)  # this process keeps `_w` open, so the read never returns
         os._exit(0)
     return {"orphan": str(pid)}
