@@ -176,6 +176,19 @@ def do_orphan(args: list[str]) -> dict[str, str]:
     return {"orphan": str(pid)}
 
 
+def do_signal(args: list[str]) -> dict[str, str]:
+    return {"signal": outcome(os.kill, int(args[0]), 0)}
+
+
+def connect_abstract(name: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect("\0" + name)
+
+
+def do_abstract_connect(args: list[str]) -> dict[str, str]:
+    return {"connect": outcome(connect_abstract, args[0])}
+
+
 def do_wait(args: list[str]) -> dict[str, str]:
     print("ready", flush=True)
     sys.stdin.read()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ import psutil
 import pytest
 
 import ringfence
+from ringfence.extensions import _sandbox_creds as creds
 from ringfence.extensions._sandbox import (
     PreparedSandbox,
     SandboxPolicy,
@@ -176,6 +178,34 @@ def test_mount_or_user_namespace_allowed(scratch: str) -> None:
     assert outcome(make_policy(scratch), "mount", scratch) == {"mount": "EPERM", "unshare_user": "EPERM"}
 
 
+def test_signal_reaches_same_user_process_outside_sandbox(scratch: str) -> None:
+    policy = make_policy(scratch)
+    with sandbox(policy) as prepared:
+        # same uid as the sandboxed child, so only Landlock's signal scoping can refuse
+        outsider = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read()"],
+            stdin=subprocess.PIPE,
+            user=prepared.uid,
+            group=prepared.gid,
+            extra_groups=[],
+        )
+        try:
+            done = run_child(policy, prepared, "signal", str(outsider.pid))
+        finally:
+            outsider.communicate(input=b"", timeout=CHILD_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"signal": "EPERM"}
+
+
+def test_abstract_unix_socket_outside_sandbox_reachable(scratch: str) -> None:
+    name = f"rf-sbx-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind("\0" + name)
+        listener.listen(1)
+        result = outcome(make_policy(scratch), "abstract_connect", name)
+    assert result == {"connect": "EPERM"}
+
+
 def test_exec_of_any_program_allowed(scratch: str) -> None:
     assert outcome(make_policy(scratch), "exec", "/bin/true") == {"exec": "EACCES"}
 
@@ -265,6 +295,19 @@ def test_enter_in_multithreaded_process_not_refused(scratch: str) -> None:
         done = run_child(policy, prepared, "threaded_enter")
     assert done.returncode == 3
     assert "single-threaded" in done.stderr
+
+
+def test_missing_user_not_created_or_created_twice() -> None:
+    name = f"rf-t{uuid.uuid4().hex[:10]}"
+    try:
+        first = creds.ensure_user(name)
+        assert creds.ensure_user(name) == first
+        entry = pwd.getpwnam(name)
+        assert entry.pw_shell == "/usr/sbin/nologin"
+        assert not Path(entry.pw_dir).exists()
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True, timeout=CHILD_TIMEOUT_S)
+        subprocess.run(["groupdel", name], check=False, capture_output=True, timeout=CHILD_TIMEOUT_S)
 
 
 def test_features_missing_landlock_seccomp_or_cgroups() -> None:
