@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +17,9 @@ import pytest
 from ringfence.events import Endpoint, NetworkActivityId, ProcessRef
 from ringfence.sensors import Sensor
 from ringfence.sensors.audit import AuditSensor, Mode
+from ringfence.sensors.audit import _netlink as nl
 from ringfence.sensors.audit._client import AuditClient
-from ringfence.sensors.audit._netlink import AUDIT_ARCH_X86_64
+from ringfence.sensors.audit._netlink import AUDIT_ARCH_X86_64, AuditStatus
 from ringfence.sensors.audit._rules import EXEC_SYSCALLS, build_rules, keyed_rules
 
 from .conftest import Running, settings
@@ -207,6 +209,7 @@ def test_stop_removes_every_rule_and_restores_settings(
     assert keyed_rules(control, key) == []
     assert settings(control.status()) == before
     assert not run.sensor.statistics().running
+    assert not [t for t in threading.enumerate() if t.name.startswith("ringfence-audit")]
 
 
 def test_stale_rules_of_a_crashed_run_are_removed_on_start(
@@ -298,3 +301,49 @@ def test_audit_sensor_satisfies_the_sensor_protocol() -> None:
     sensor: Sensor = AuditSensor(lambda e: None, lambda e: None, resolver=None, host="h")  # type: ignore[arg-type]
     assert sensor.name == "audit"
     sensor.stop()
+
+
+CRASHING = """
+import os, signal
+from ringfence.events import ProcessRef
+from ringfence.sensors.audit import AuditSensor
+class Unknown:
+    def resolve(self, pid):
+        return ProcessRef(pid=pid)
+AuditSensor(print, print, Unknown(), host="h", key=%r).start()
+print("started", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_start_after_a_killed_run_removes_its_rules_and_takes_over(
+    make_sensor: Callable[..., Running], control: AuditClient, key: str
+) -> None:
+    before = control.status()
+    if before.pid:
+        pytest.skip("a real audit daemon runs here")
+    try:
+        crashed = subprocess.run(
+            [sys.executable, "-c", CRASHING % key], check=False, capture_output=True, text=True
+        )
+        assert crashed.stdout.strip() == "started"
+        assert len(keyed_rules(control, key)) == 2  # left behind by the killed run
+        run = make_sensor()
+        run.sensor.start()
+        assert run.sensor.mode is Mode.DAEMON
+        assert len(keyed_rules(control, key)) == 2
+        marker = f"MARKER-{uuid.uuid4()}"
+        subprocess.run(["/bin/true", marker], check=True)
+        run.wait_exec(lambda e: marker in e.argv, marker)
+        run.sensor.stop()
+        assert keyed_rules(control, key) == []
+    finally:  # the killed run could not restore what it changed: put back what this test saw
+        fields = ("enabled", "backlog_limit", "backlog_wait_time")
+        control.set_status(
+            AuditStatus(
+                mask=nl.AUDIT_STATUS_ENABLED
+                | nl.AUDIT_STATUS_BACKLOG_LIMIT
+                | nl.AUDIT_STATUS_BACKLOG_WAIT_TIME,
+                **{f: getattr(before, f) for f in fields},
+            )
+        )
