@@ -7,6 +7,7 @@ Speaks NETLINK_AUDIT directly (no auditctl, no libaudit). Errors (the tree):
 """
 
 from ringfence.sensors.audit._client import AuditRequestError
+from ringfence.sensors.audit._rules import list_rule_keys
 from ringfence.sensors.audit._sensor import AuditSensor, AuditTuning, Mode
 
-__all__ = ["AuditRequestError", "AuditSensor", "AuditTuning", "Mode"]
+__all__ = ["AuditRequestError", "AuditSensor", "AuditTuning", "Mode", "list_rule_keys"]

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from ringfence.sensors.audit import _netlink as nl
-from ringfence.sensors.audit._client import AuditClient
+from ringfence.sensors.audit._client import AuditClient, open_audit_socket
 from ringfence.sensors.audit._parse import SYSCALLS
 
 log = logging.getLogger(__name__)
@@ -50,3 +50,10 @@ def remove_keyed_rules(client: AuditClient, key: str) -> int:
     if removed:
         log.debug("removed %d audit rules with key %r", removed, key)
     return removed
+
+
+def list_rule_keys() -> set[str]:
+    """Every key carried by an audit rule now in the kernel (for checks that nothing was left behind)."""
+    with open_audit_socket() as sock:
+        client = AuditClient(sock)
+        return {key for rule in client.list_rules() for key in rule.keys}
