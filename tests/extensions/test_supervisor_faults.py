@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ringfence.events import ActionKind, ActionResult, Verdict
-from ringfence.extensions import SUPERVISOR_SOURCE, RestartPolicy, SupervisorConfig
+from ringfence.extensions import SUPERVISOR_SOURCE, SupervisorConfig
 from tests.extensions.conftest import FAST_RESTART, Rig, fault_spec, wait_until
 
 
@@ -189,10 +189,3 @@ def test_stop_leaves_no_extension_process_behind(rig: Rig) -> None:
     for pid in pids:
         assert pid is not None
         assert not Path(f"/proc/{pid}").exists()
-
-
-def test_restart_policy_rejects_nonsense() -> None:
-    import pytest
-
-    with pytest.raises(ValueError, match="backoff"):
-        RestartPolicy(backoff_initial_s=0)

@@ -16,7 +16,7 @@ import subprocess
 
 import msgspec
 
-from ringfence.extensions._process import HandshakeFailed, host_handshake, kill, release, spawn
+from ringfence.extensions._process import host_handshake, kill, release, spawn
 from ringfence.extensions._spec import ENTRY_POINT_GROUP, ExtensionSpec, SupervisorConfig
 from ringfence.sdk._manifest import Manifest
 from ringfence.sdk._protocol import ExtensionFrame, Hello, Shutdown, Wire
@@ -59,7 +59,7 @@ def probe_manifest(
 ) -> Manifest:
     """Start `entry` (entry-point name or module:attr), take its manifest from the handshake, stop it.
 
-    Raises LaunchError or HandshakeFailed."""
+    Raises LaunchError or HandshakeFailed (its extension id is `probe-<entry>`)."""
     config = config or SupervisorConfig()
     spec = ExtensionSpec(id=_probe_id(entry), entry=entry, sandbox=sandbox, sys_path=sys_path)
     spawned = spawn(spec, config)
@@ -69,8 +69,6 @@ def probe_manifest(
         manifest = host_handshake(wire, hello, timeout_s)
         with contextlib.suppress(OSError):
             wire.send(Shutdown("probe done"))
-    except HandshakeFailed as e:
-        raise HandshakeFailed(entry, str(e), refused=e.refused) from e
     finally:
         try:
             spawned.proc.wait(timeout=config.stop_grace_s)

@@ -18,13 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-import ringfence
 from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
 from ringfence.sdk._manifest import Manifest
 from ringfence.sdk._protocol import (
@@ -83,11 +81,8 @@ def sandbox_module() -> Any:
 
 
 def readable_paths(spec: ExtensionSpec) -> tuple[str, ...]:
-    """What the extension must read to run Python and its own code, plus its content."""
-    paths = {sys.prefix, sys.base_prefix, str(Path(ringfence.__file__).resolve().parent.parent)}
-    paths.update(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))
-    paths.update(sys.path[1:])
-    paths.update(spec.sys_path)
+    """Beyond what the sandbox adds (Python, ringfence): the extension's import roots and content."""
+    paths = set(spec.sys_path)
     if spec.content_dir:
         paths.add(spec.content_dir)
     return tuple(sorted(p for p in paths if p and Path(p).is_dir()))

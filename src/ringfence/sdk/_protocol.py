@@ -202,7 +202,10 @@ class Wire(Generic[F]):
         """The next frame and the descriptors that came with it (the caller owns them).
 
         Raises PeerClosed, TimeoutError, or a ProtocolError (after closing any descriptors received)."""
-        n, anc, flags, _ = self.sock.recvmsg_into([self._buf], self._anc)
+        try:
+            n, anc, flags, _ = self.sock.recvmsg_into([self._buf], self._anc)
+        except ConnectionResetError as e:
+            raise PeerClosed("the peer reset the connection") from e
         fds = _fds_of(anc)
         if n == 0 and not fds:
             raise PeerClosed("the peer closed the socket")
