@@ -296,8 +296,13 @@ class ProcConnector:
                 parsed = parse(data)
                 if isinstance(parsed, Ack) and parsed.ack == ack:
                     if parsed.err:
+                        self._listening = False  # refused: the kernel counted no listener to undo
                         raise ConnectorRefused(parsed.err, f"PROC_CN_MCAST_LISTEN: {os.strerror(parsed.err)}")
                     return
                 if parsed is not None and not isinstance(parsed, Ack):
                     self._keep_pending(parsed)
-        raise TimeoutError(errno.ETIMEDOUT, f"no ack to PROC_CN_MCAST_LISTEN within {timeout_s} s")
+        raise TimeoutError(
+            errno.ETIMEDOUT,
+            f"no ack to PROC_CN_MCAST_LISTEN within {timeout_s} s (the kernel ignores listeners outside "
+            "the initial user and pid namespaces)",
+        )

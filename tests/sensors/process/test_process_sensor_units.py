@@ -1,0 +1,123 @@
+"""Pure-logic parts of the process sensor: audit exec handling, exit codes, datagram parsing, exports."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import ringfence.sensors.process as process_pkg
+from ringfence.events import Event, ProcessActivity, ProcessActivityId, ProcessRef
+from ringfence.sensors import AuditExec
+from ringfence.sensors._proctable import ProcReader
+from ringfence.sensors.process import ProcessSensor, ProcessTable, exit_code_of
+from ringfence.sensors.process._connector import Ack, Exit, Fork, IdChange, parse
+
+
+def _audit_exec(**changes: object) -> AuditExec:
+    fields: dict[str, object] = {
+        "time_ns": 1,
+        "serial": 42,
+        "pid": 200,
+        "ppid": 100,
+        "uid": 1000,
+        "gid": 1000,
+        "euid": 1000,
+        "auid": 1000,
+        "exe": "/usr/bin/curl",
+        "comm": "curl",
+        "cwd": "/home/u",
+        "argv": ("curl", "-s", "http://example.invalid"),
+        "success": True,
+    }
+    fields.update(changes)
+    return AuditExec(**fields)  # type: ignore[arg-type]
+
+
+def _sensor(tmp_path: Path) -> tuple[ProcessSensor, ProcessTable, list[Event]]:
+    events: list[Event] = []
+    table = ProcessTable(reader=ProcReader(proc=str(tmp_path)))
+    table.put(ProcessRef(pid=100, exe="/bin/bash", cmdline=("bash",)))
+    table.put(ProcessRef(pid=200, ppid=100, exe="/bin/bash", cmdline=("bash",), cgroup="/x"))
+    return ProcessSensor(events.append, table, "h", audit_exec=True), table, events
+
+
+def test_audit_exec_emits_launch_with_argv_and_parent(tmp_path: Path) -> None:
+    sensor, table, events = _sensor(tmp_path)
+    sensor.on_audit_exec(_audit_exec())
+    assert len(events) == 1
+    launch = events[0]
+    assert isinstance(launch, ProcessActivity)
+    assert launch.activity is ProcessActivityId.LAUNCH
+    assert launch.process.cmdline == ("curl", "-s", "http://example.invalid")
+    assert (launch.process.exe, launch.process.cwd, launch.process.cgroup) == (
+        "/usr/bin/curl",
+        "/home/u",
+        "/x",
+    )
+    assert launch.process.parent == ProcessRef(pid=100, exe="/bin/bash", cmdline=("bash",))
+    assert launch.header.seq == 1
+    assert table.get(200) == ProcessRef(
+        pid=200, ppid=100, exe="/usr/bin/curl", cmdline=launch.process.cmdline, cwd="/home/u",
+        uid=1000, gid=1000, cgroup="/x", user=table.user_name(1000),
+    )  # fmt: skip
+
+
+def test_failed_audit_exec_changes_nothing_and_is_counted(tmp_path: Path) -> None:
+    sensor, table, events = _sensor(tmp_path)
+    sensor.on_audit_exec(_audit_exec(success=False))
+    assert events == []
+    entry = table.get(200)
+    assert entry is not None
+    assert entry.exe == "/bin/bash"
+    assert sensor.statistics().detail["audit_exec_failed"] == 1
+
+
+def test_failing_sink_counted_not_raised_into_audit_thread(tmp_path: Path) -> None:
+    def broken(event: Event) -> None:
+        raise RuntimeError("sink down")
+
+    table = ProcessTable(reader=ProcReader(proc=str(tmp_path)))
+    sensor = ProcessSensor(broken, table, "h", audit_exec=True)
+    sensor.on_audit_exec(_audit_exec())
+    assert sensor.statistics().errors == 1
+
+
+def test_exit_code_is_status_or_minus_signal() -> None:
+    assert exit_code_of(7 << 8) == 7
+    assert exit_code_of(0) == 0
+    assert exit_code_of(15) == -15
+    assert exit_code_of(0x80 | 11) == -11  # core dumped
+
+
+def _datagram(what: int, union: bytes, ack: int = 0) -> bytes:
+    event = struct.pack("=IIQ", what, 0, 99) + union
+    cn = struct.pack("=IIIIHH", 1, 1, 5, ack, len(event), 0)
+    return struct.pack("=IHHII", 16 + len(cn) + len(event), 3, 0, 0, 0) + cn + event
+
+
+def test_connector_datagrams_decoded() -> None:
+    assert parse(_datagram(1, struct.pack("=iiii", 10, 10, 11, 11))) == Fork(99, 10, 10, 11, 11)
+    exit_event = parse(_datagram(0x80000000, struct.pack("=iiIIii", 11, 11, 7 << 8, 17, 10, 10)))
+    assert exit_event == Exit(99, 11, 11, 7 << 8, 17, 10, 10)
+    assert parse(_datagram(0x40, struct.pack("=iiII", 11, 11, 5, 6))) == IdChange(99, 11, 11, False, 5, 6)
+    assert parse(_datagram(0, struct.pack("=I", 1), ack=8)) == Ack(8, 1)
+
+
+def test_short_or_foreign_datagram_rejected() -> None:
+    assert parse(b"\0" * 20) is None
+    foreign = bytearray(_datagram(1, struct.pack("=iiii", 1, 1, 2, 2)))
+    foreign[16] = 9  # another connector index
+    assert parse(bytes(foreign)) is None
+    assert parse(_datagram(1, b"\0\0")) is None  # truncated union
+
+
+def test_exported_names_pinned() -> None:
+    assert sorted(process_pkg.__all__) == [
+        "ExecImage",
+        "ProcessSensor",
+        "ProcessTable",
+        "ProcessTableConfig",
+        "ProcessTableStatistics",
+        "exit_code_of",
+        "parse_container_id",
+    ]
