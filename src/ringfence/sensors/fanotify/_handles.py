@@ -38,7 +38,8 @@ class HandleResolver:
             for path in paths:
                 fsid = lc.fsid_of(path)
                 if fsid not in self._mounts:
-                    self._mounts[fsid] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    # not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF)
+                    self._mounts[fsid] = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             self.close()
             raise
