@@ -100,7 +100,7 @@ class ProcReader:
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
         self._boot_ns = boot_time_ns()
-        self._tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        self.tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
         self._users: dict[int, str | None] = {}
 
     def read(self, pid: int) -> ProcessRef | None:
@@ -122,7 +122,7 @@ class ProcReader:
             uid=uid,
             user=self.user_name(uid),
             gid=gid,
-            start_time_ns=None if start_ticks is None else self._boot_ns + start_ticks * self._tick_ns,
+            start_time_ns=None if start_ticks is None else self._boot_ns + start_ticks * self.tick_ns,
             container_id=parse_container_id(cgroup) if cgroup else None,
             cgroup=cgroup,
         )
@@ -244,14 +244,20 @@ class ProcessTable:
             return self._with_parent(ref)
 
     def load(self, pid: int) -> ProcessRef | None:
-        """Read pid from /proc and store it (replacing what the table had). None when it is gone."""
+        """Read pid from /proc and store it (replacing what the table had). None when it is gone.
+
+        When the table already holds this process (live, same start time to within the /proc tick),
+        its start time is kept, so every event of one process carries the same start_time_ns."""
         ref = self._reader.read(pid)
         with self._lock:
             self._proc_reads += 1
             if ref is None:
                 self._proc_misses += 1
                 return None
-        self.put(ref)
+            old = self._live(pid)
+            if old is not None and self._same_start(old, ref):
+                ref = msgspec.structs.replace(ref, start_time_ns=old.start_time_ns)
+            self._store(ref)
         return ref
 
     def put(self, ref: ProcessRef) -> None:
@@ -259,15 +265,18 @@ class ProcessTable:
         if ref.parent is not None:
             ref = msgspec.structs.replace(ref, parent=None)
         with self._lock:
-            self._exited.pop(ref.pid, None)
-            self._entries.pop(ref.pid, None)  # re-insert at the end: dict order is the age order
-            self._entries[ref.pid] = ref
-            self._enforce_cap()
+            self._store(ref)
 
     def fork(self, parent_pid: int, child_pid: int, start_time_ns: int | None) -> ProcessRef:
-        """A new process: a copy of its parent (same image, cwd, ids), or /proc when the parent is unknown."""
+        """A new process: a copy of its parent (same image, cwd, ids), or /proc when the parent is unknown.
+
+        A live entry for the child with this parent is kept: audit or a /proc read got there first
+        (the fork event raced them), and what they saw is newer than the parent's image."""
         with self._lock:
             parent = self._entries.get(parent_pid)
+            known = self._live(child_pid)
+            if known is not None and known.ppid == parent_pid:
+                return known
         if parent is None:
             ref = self._reader.read(child_pid) or ProcessRef(pid=child_pid, ppid=parent_pid)
         else:
@@ -345,6 +354,22 @@ class ProcessTable:
                 proc_reads=self._proc_reads,
                 proc_misses=self._proc_misses,
             )
+
+    def _live(self, pid: int) -> ProcessRef | None:
+        """The entry of a process not marked exited. Caller holds the lock."""
+        return None if pid in self._exited else self._entries.get(pid)
+
+    def _same_start(self, old: ProcessRef, new: ProcessRef) -> bool:
+        if old.start_time_ns is None or new.start_time_ns is None:
+            return False
+        return abs(old.start_time_ns - new.start_time_ns) <= 2 * self._reader.tick_ns
+
+    def _store(self, ref: ProcessRef) -> None:
+        """Insert or replace, live, newest last (dict order is the age order). Caller holds the lock."""
+        self._exited.pop(ref.pid, None)
+        self._entries.pop(ref.pid, None)
+        self._entries[ref.pid] = ref
+        self._enforce_cap()
 
     def _with_parent(self, ref: ProcessRef) -> ProcessRef:
         if not ref.ppid:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ringfence.events import ProcessActivityId
+from ringfence.events import ProcessActivity, ProcessActivityId
 from ringfence.sensors.process import ProcessSensor, ProcessTable
 
 from .conftest import Running
@@ -45,6 +45,9 @@ def test_launch_carries_exact_argv_cwd_and_parent(running_sensor: Running, tmp_p
     argv = [SH, "-c", "read line", f"MARKER-{uuid.uuid4()}"]
     child = subprocess.Popen(argv, cwd=tmp_path, stdin=subprocess.PIPE)
     try:
+        fork = running_sensor.wait_for(
+            lambda e: e.activity is ProcessActivityId.FORK and e.process.pid == child.pid, "FORK of the child"
+        )
         launch = running_sensor.wait_for(
             lambda e: e.activity is ProcessActivityId.LAUNCH and e.process.cmdline == tuple(argv),
             "LAUNCH with the marker argv",
@@ -60,6 +63,7 @@ def test_launch_carries_exact_argv_cwd_and_parent(running_sensor: Running, tmp_p
     assert process.parent.pid == os.getpid()
     assert process.parent.cmdline == tuple(sys.orig_argv)
     assert launch.header.sensor == "process"
+    assert process.start_time_ns == fork.process.start_time_ns  # one process, one identity
 
 
 def test_fork_and_exit_code_reported(running_sensor: Running) -> None:
@@ -127,9 +131,9 @@ def test_thread_creation_not_reported_as_fork(running_sensor: Running) -> None:
     child.wait()
     seen: list[int] = []
 
-    def until_marker_exit(e: object) -> bool:
-        seen.append(getattr(getattr(e, "process", None), "pid", -1))
-        return e.activity is ProcessActivityId.TERMINATE and e.process.pid == child.pid  # type: ignore[attr-defined]
+    def until_marker_exit(e: ProcessActivity) -> bool:
+        seen.append(e.process.pid)
+        return e.activity is ProcessActivityId.TERMINATE and e.process.pid == child.pid
 
     running_sensor.wait_for(until_marker_exit, "TERMINATE of the marker child")
     assert thread_ids
@@ -154,14 +158,19 @@ def test_stop_ends_thread_and_closes_socket() -> None:
 def test_statistics_count_events_with_gap_free_sequence(running_sensor: Running) -> None:
     child = subprocess.Popen([SH, "-c", "exit 0"])
     child.wait()
-    end = running_sensor.wait_for(
-        lambda e: e.activity is ProcessActivityId.TERMINATE and e.process.pid == child.pid, "TERMINATE"
-    )
+    seqs: list[int] = []
+
+    def until_child_exit(e: ProcessActivity) -> bool:
+        seqs.append(e.header.seq)
+        return e.activity is ProcessActivityId.TERMINATE and e.process.pid == child.pid
+
+    end = running_sensor.wait_for(until_child_exit, "TERMINATE of the child")
+    assert seqs == list(range(1, end.header.seq + 1))
     stats = running_sensor.sensor.statistics()
     assert stats.name == "process"
+    assert stats.running
     assert stats.received >= 3
-    assert stats.emitted >= end.header.seq
-    assert stats.last_seq == stats.emitted
+    assert stats.last_seq >= end.header.seq
     assert stats.detail["table_size"] > 0
 
 

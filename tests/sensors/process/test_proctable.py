@@ -179,3 +179,12 @@ def test_audit_exec_replaces_image_keeps_cgroup(tmp_path: Path) -> None:
     image = ExecImage(ppid=1, exe="/usr/bin/id", cmdline=("id", "-u"), cwd="/tmp", uid=0, gid=0)
     ref = table.apply_exec(60, image)
     assert (ref.exe, ref.cmdline, ref.cwd, ref.container_id) == ("/usr/bin/id", ("id", "-u"), "/tmp", ID)
+
+
+def test_late_fork_event_keeps_image_audit_already_recorded(tmp_path: Path) -> None:
+    table = _offline_table(tmp_path, FakeClock())
+    table.put(ProcessRef(pid=70, exe="/bin/bash", cmdline=("bash",)))
+    image = ExecImage(ppid=70, exe="/usr/bin/id", cmdline=("id",), cwd="/", uid=0, gid=0)
+    table.apply_exec(71, image)
+    child = table.fork(70, 71, start_time_ns=5)
+    assert (child.exe, child.cmdline) == ("/usr/bin/id", ("id",))
