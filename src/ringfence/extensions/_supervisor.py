@@ -147,7 +147,9 @@ class Supervisor:
         return [p.statistics() for p in self._proxies.values()]
 
     def stop(self) -> None:
-        """Shutdown frame to each, `stop_grace_s` to exit, then SIGKILL; reap, release sandboxes."""
+        """Shutdown to each, `stop_grace_s` to exit, then SIGKILL; reap, release sandboxes. Idempotent."""
+        if self._stopping:
+            return
         self._stopping = True
         self._wake()
         if self._monitor.is_alive():
@@ -188,22 +190,28 @@ class Supervisor:
 
     def _run(self) -> None:
         while not self._stopping:
-            for key, _ in self._selector.select(self._timeout_s()):
-                if key.data is None:
-                    self._drain_wake()
-                else:
-                    self._reap(key.data)
-            if self._stopping:
-                return
-            now = self._clock.monotonic_ns()
-            for proxy in self._proxies.values():
-                with proxy.lock:
-                    due = proxy.lifecycle.restart_due(now)
-                if due:
-                    self._launch(proxy, first=False)
-            if now >= self._next_check_ns:
-                self._check_resources(now)
-                self._next_check_ns = now + int(self.config.resource_check_interval_s * 1e9)
+            try:
+                self._tick()
+            except Exception:  # supervision boundary: one bad turn must not end all supervision
+                log.exception("supervisor loop failed; going on")
+
+    def _tick(self) -> None:
+        for key, _ in self._selector.select(self._timeout_s()):
+            if key.data is None:
+                self._drain_wake()
+            else:
+                self._reap(key.data)
+        if self._stopping:
+            return
+        now = self._clock.monotonic_ns()
+        for proxy in self._proxies.values():
+            with proxy.lock:
+                due = proxy.lifecycle.restart_due(now)
+            if due:
+                self._launch(proxy, first=False)
+        if now >= self._next_check_ns:
+            self._next_check_ns = now + int(self.config.resource_check_interval_s * 1e9)
+            self._check_resources(now)
 
     def _timeout_s(self) -> float:
         now = self._clock.monotonic_ns()
