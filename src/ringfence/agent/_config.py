@@ -62,7 +62,7 @@ class OutputSection(_Section):
 
 
 class ExtensionsSection(_Section):
-    enabled: tuple[str, ...] = ("ringfence.reputation",)  # entry-point names (or module:attr specs)
+    enabled: tuple[str, ...] = ("ringfence.reputation",)  # entry-point names, or "id=module:attr"
     disabled: tuple[str, ...] = ()
     sandbox: bool = True
     user: str = "ringfence-ext"

@@ -157,7 +157,8 @@ class Agent:
 
         cfg, host = self.config.sensors, self.config.host
         table = ProcessTable()
-        table.seed()
+        if not cfg.process:
+            table.seed()  # else the process sensor seeds it, once it listens, so no process falls between
         self.table = table
         audit_exec = cfg.process and cfg.audit_exec
         if audit_exec or cfg.network:
@@ -175,7 +176,7 @@ class Agent:
             if not self._try_start(audit):
                 audit_exec = False
         if cfg.process:
-            process = ProcessSensor(self.broker.publish, table, host, audit_exec=audit_exec)
+            process = ProcessSensor(self.broker.publish, table, host, audit_exec=audit_exec, skip_own_process=True)
             self._process = process
             self._try_start(process)
         if cfg.file:

@@ -81,8 +81,8 @@ def sandbox_module() -> Any:
 
 
 def readable_paths(spec: ExtensionSpec) -> tuple[str, ...]:
-    """Beyond what the sandbox adds (Python, ringfence): the extension's import roots and content."""
-    paths = set(spec.sys_path)
+    """Beyond what the sandbox adds (Python, ringfence): import roots, content, granted directories."""
+    paths = set(spec.sys_path) | set(spec.read_paths)
     if spec.content_dir:
         paths.add(spec.content_dir)
     return tuple(sorted(p for p in paths if p and Path(p).is_dir()))

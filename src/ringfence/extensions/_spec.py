@@ -38,6 +38,7 @@ class ExtensionSpec:
     content_dir: str | None = None  # readable in the sandbox
     state_dir: str | None = None  # the only writable directory in the sandbox
     sys_path: tuple[str, ...] = ()  # extra import roots (readable in the sandbox)
+    read_paths: tuple[str, ...] = ()  # more directories readable in the sandbox (e.g. a blocklist's)
     sandbox: bool = True  # False only for tests and development: vendor code then runs as root
     user: str = "ringfence-ext"
     allow_network: bool = False  # the operator's grant; the sandbox denies sockets otherwise

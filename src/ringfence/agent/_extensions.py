@@ -1,0 +1,114 @@
+"""From config to running extensions: specs for the supervisor, wiring to the broker and responses."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from ringfence.agent._config import Config
+from ringfence.events import ActionRequest, ActionResult
+from ringfence.extensions import ExtensionSpec, Supervisor, discover
+from ringfence.response import ResponseConfig, ResponseExecutor
+
+if TYPE_CHECKING:
+    from ringfence.agent._daemon import Agent
+
+log = logging.getLogger(__name__)
+
+PROTECTED_PATHS = ("/boot", "/lib", "/lib64", "/usr/lib", "/usr/lib64")
+"""Never quarantined on an extension's request: losing these can stop the host from booting."""
+
+READY_TIMEOUT_S = 20.0
+
+
+def granted_dirs(settings: dict[str, Any]) -> tuple[str, ...]:
+    """Directories an extension may read because its settings name files in them (a blocklist, say).
+    The directory, not the file: Landlock rules hold an inode, and a file updated by rename is a new one."""
+    dirs = set()
+    for value in settings.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and os.path.isabs(item) and os.path.exists(item):
+                dirs.add(item if os.path.isdir(item) else os.path.dirname(item))
+    return tuple(sorted(dirs))
+
+
+def extension_specs(config: Config) -> list[ExtensionSpec]:
+    ext = config.extensions
+    specs = []
+    for name in ext.enabled:
+        if name in ext.disabled:
+            continue
+        ext_id, _, entry = name.partition("=")  # "id=module:attr" names a class outside entry points
+        settings = ext.config.get(ext_id, {})
+        specs.append(
+            ExtensionSpec(
+                id=ext_id,
+                entry=entry or ext_id,
+                settings=settings,
+                state_dir=os.path.join(config.agent.state_dir, "extensions", ext_id),
+                read_paths=granted_dirs(settings),
+                sandbox=ext.sandbox,
+                user=ext.user,
+                memory_mb=ext.memory_mb,
+                cpu_percent=ext.cpu_percent,
+                auth_deadline_cap_ms=config.broker.auth_deadline_ms,
+            )
+        )
+    return specs
+
+
+class _Extensions:
+    """The supervisor as the agent sees it: start (and wait, bounded, for the first handshakes), stop."""
+
+    def __init__(self, agent: Agent) -> None:
+        config = agent.config
+        self.responder = ResponseExecutor(
+            ResponseConfig(
+                state_dir=config.agent.state_dir,
+                management_addresses=config.response.management_addresses,
+                protected_pids=frozenset({os.getpid(), 1}),
+                protected_paths=PROTECTED_PATHS,
+            )
+        )
+        for spec in extension_specs(config):
+            if spec.state_dir:
+                os.makedirs(spec.state_dir, mode=0o700, exist_ok=True)
+        broker = agent.broker
+        self.supervisor = Supervisor(
+            extension_specs(config),
+            findings_sink=broker.publish,
+            action_handler=self._act,
+            on_auth_ready=lambda _id: broker.invalidate_auth_cache(),
+            on_first_ready=broker.subscribe,
+        )
+
+    def _act(self, request: ActionRequest) -> ActionResult:
+        return self.responder.execute(request)
+
+    def start(self) -> None:
+        self.supervisor.start()
+        if not self.supervisor.wait_ready(READY_TIMEOUT_S):
+            log.warning("not every extension was ready within %.0f s; see `ringfence status`", READY_TIMEOUT_S)
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+
+    def statistics(self) -> list[dict[str, Any]]:
+        return self.supervisor.statistics()
+
+
+def make_supervisor(agent: Agent) -> _Extensions:
+    return _Extensions(agent)
+
+
+def list_extensions(config: Config) -> list[str]:
+    """One line per installed extension: name, distribution and version, enabled or not, entry."""
+    enabled = set(config.extensions.enabled) - set(config.extensions.disabled)
+    rows = []
+    for info in discover():
+        state = "enabled" if info.name in enabled else "disabled"
+        rows.append(f"{info.name:<32} {state:<9} {info.dist or '?'} {info.version or '?'}  ({info.value})")
+    for name in sorted(enabled - {i.name for i in discover()}):
+        rows.append(f"{name:<32} enabled   NOT INSTALLED (configured in extensions.enabled)")
+    return rows or ["no extensions installed (entry point group ringfence.extensions)"]
