@@ -15,7 +15,8 @@ from ringfence.events import AuthAnswer, Event
 
 
 def scoped_config(tmpfs: Path, state_dir: Path, *, deadline_ms: int = 250, extensions: tuple[str, ...] = (),
-                  settings: dict[str, dict[str, object]] | None = None) -> Config:
+                  settings: dict[str, dict[str, object]] | None = None,
+                  import_paths: tuple[str, ...] = ()) -> Config:
     """All sensors on; fanotify marks only on the test's tmpfs; a unique audit key."""
     return Config(
         agent=AgentSection(state_dir=str(state_dir)),
@@ -24,7 +25,7 @@ def scoped_config(tmpfs: Path, state_dir: Path, *, deadline_ms: int = 250, exten
         ),
         broker=BrokerSection(auth_deadline_ms=deadline_ms),
         output=OutputSection(console_interval_s=0),
-        extensions=ExtensionsSection(enabled=extensions, config=settings or {}),
+        extensions=ExtensionsSection(enabled=extensions, config=settings or {}, import_paths=import_paths),
     )
 
 

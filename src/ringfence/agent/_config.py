@@ -64,6 +64,7 @@ class OutputSection(_Section):
 class ExtensionsSection(_Section):
     enabled: tuple[str, ...] = ("ringfence.reputation",)  # entry-point names, or "id=module:attr"
     disabled: tuple[str, ...] = ()
+    import_paths: tuple[str, ...] = ()  # extra import roots for "id=module:attr" extensions
     sandbox: bool = True
     user: str = "ringfence-ext"
     memory_mb: int = 256

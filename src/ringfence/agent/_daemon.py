@@ -111,8 +111,10 @@ class Agent:
 
     def _open_state_dir(self) -> None:
         try:
-            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-            os.chmod(self.state_dir, 0o700)
+            # 0711: others may pass through (to an extension's own scratch dir) but not list; every
+            # file of the agent's own is 0600 and the quarantine vault 0700.
+            os.makedirs(self.state_dir, mode=0o711, exist_ok=True)
+            os.chmod(self.state_dir, 0o711)
             fd = os.open(os.path.join(self.state_dir, "agent.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise AgentError(f"state dir {self.state_dir}: {e.strerror}") from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from typing import TYPE_CHECKING, Any
 
 from ringfence.agent._config import Config
@@ -33,6 +34,28 @@ def granted_dirs(settings: dict[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(dirs))
 
 
+def reachable_by_others(path: str) -> bool:
+    """Whether an unprivileged user can reach `path` (every ancestor searchable by others)."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(1, len(parts)):
+        ancestor = os.sep.join(parts[:i]) or os.sep
+        try:
+            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                return False
+        except FileNotFoundError:
+            return True  # created below by us, with a searchable mode
+    return True
+
+
+def _scratch_dir(config: Config, ext_id: str) -> str | None:
+    """The extension's own writable directory, if its user can reach it (else it gets none)."""
+    base = os.path.join(config.agent.state_dir, "extensions")
+    if not reachable_by_others(config.agent.state_dir):
+        log.warning("extension %s gets no scratch dir: %s is not searchable by its user", ext_id, base)
+        return None
+    return os.path.join(base, ext_id)
+
+
 def extension_specs(config: Config) -> list[ExtensionSpec]:
     ext = config.extensions
     specs = []
@@ -46,8 +69,9 @@ def extension_specs(config: Config) -> list[ExtensionSpec]:
                 id=ext_id,
                 entry=entry or ext_id,
                 settings=settings,
-                state_dir=os.path.join(config.agent.state_dir, "extensions", ext_id),
+                state_dir=_scratch_dir(config, ext_id),
                 read_paths=granted_dirs(settings),
+                sys_path=ext.import_paths,
                 sandbox=ext.sandbox,
                 user=ext.user,
                 memory_mb=ext.memory_mb,
@@ -73,7 +97,8 @@ class _Extensions:
         )
         for spec in extension_specs(config):
             if spec.state_dir:
-                os.makedirs(spec.state_dir, mode=0o700, exist_ok=True)
+                os.makedirs(os.path.dirname(spec.state_dir), mode=0o711, exist_ok=True)
+                os.makedirs(spec.state_dir, mode=0o700, exist_ok=True)  # the sandbox gives it to the user
         broker = agent.broker
         self.supervisor = Supervisor(
             extension_specs(config),

@@ -1,0 +1,171 @@
+"""The extension platform end to end: the real agent, sandboxed extension processes, real execs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ringfence.agent import Agent, Console
+from ringfence.agent._extensions import make_supervisor
+from tests.agent.helpers import scoped_config
+
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the unprivileged extension user can reach (pytest's tmp dirs are root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="rf-e2e-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.fixture
+def start_agent(tmpfs: Path, shared_dir: Path) -> Iterator[Callable[..., Agent]]:
+    agents: list[Agent] = []
+
+    def start(enabled: tuple[str, ...], settings: dict | None = None, deadline_ms: int = 250) -> Agent:
+        config = scoped_config(tmpfs, shared_dir / "state", deadline_ms=deadline_ms, extensions=enabled,
+                               settings=settings, import_paths=(REPO,))
+        agent = Agent(config, console=Console(io.StringIO()), extensions=make_supervisor)
+        agents.append(agent)
+        agent.start()
+        states = {e["id"]: e["state"] for e in agent.health().extensions}
+        assert all(s == "running" for s in states.values()), states
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _findings(agent: Agent, wait_for: Callable[[dict], bool], timeout_s: float = 10) -> dict:
+    path = Path(agent.state_dir) / "findings.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                doc = json.loads(line)
+                if wait_for(doc):
+                    return doc
+        time.sleep(0.1)
+    raise AssertionError(f"no matching finding in {path} within {timeout_s} s")
+
+
+def _runs(path: Path) -> bool:
+    try:
+        return subprocess.run([str(path)], check=False, timeout=30).returncode in (0, 1)
+    except PermissionError:
+        return False
+
+
+def _eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_blocklisted_binary_denied_under_any_name_until_removed(start_agent, tmpfs: Path, shared_dir: Path) -> None:
+    evil = tmpfs / "evil"
+    shutil.copy2("/bin/true", evil)
+    other_name = tmpfs / "sub" / "renamed-copy"
+    other_name.parent.mkdir()
+    shutil.copy2(evil, other_name)
+    fine = tmpfs / "fine"
+    shutil.copy2("/bin/false", fine)
+    blocklist = shared_dir / "blocklist.txt"
+    blocklist.write_text(f"# test list\n{_sha256(evil)}  test-evil\n")
+    agent = start_agent(("ringfence.reputation",), {"ringfence.reputation": {"blocklist": str(blocklist)}})
+
+    with pytest.raises(PermissionError):
+        subprocess.run([str(evil)], check=False)
+    with pytest.raises(PermissionError):
+        subprocess.run([str(other_name)], check=False)
+    assert _runs(fine)
+    finding = _findings(agent, lambda d: d["class_uid"] == 2004 and "test-evil" in d["finding_info"]["title"])
+    assert finding["evidences"][0]["file"]["hashes"][0]["value"] == _sha256(evil)
+    assert finding["disposition"] == "Denied"
+
+    blocklist.write_text("# emptied\n")
+    assert _eventually(lambda: _runs(evil)), "still denied after the hash left the blocklist"
+
+
+def test_file_edited_after_it_was_allowed_is_checked_again(start_agent, tmpfs: Path, shared_dir: Path) -> None:
+    bad_source = tmpfs / "bad-source"
+    shutil.copy2("/bin/true", bad_source)
+    tool = tmpfs / "tool"
+    shutil.copy2("/bin/false", tool)
+    blocklist = shared_dir / "blocklist.txt"
+    blocklist.write_text(f"{_sha256(bad_source)}\n")
+    start_agent(("ringfence.reputation",), {"ringfence.reputation": {"blocklist": str(blocklist)}})
+    assert _runs(tool) and _runs(tool)  # allowed, then (maybe) from the kernel's cache
+    with tool.open("r+b") as f:  # rewritten in place: same inode, new content
+        f.write(bad_source.read_bytes())
+        f.truncate()
+    with pytest.raises(PermissionError):
+        subprocess.run([str(tool)], check=False)
+
+
+def test_vendor_extension_is_discovered_sandboxed_and_delivers_findings(start_agent, tmpfs: Path) -> None:
+    from ringfence.extensions import discover
+
+    assert "acme.suspicious-tmp-exec" in {e.name for e in discover()}, "pip install ./examples/vendor-extension"
+    agent = start_agent(("acme.suspicious-tmp-exec",))
+    ext = agent.health().extensions[0]
+    with open(f"/proc/{ext['pid']}/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines())
+    assert status["Uid"].split()[0] != "0" and status["CapEff"].strip() == "0000000000000000"
+    assert status["NoNewPrivs"].strip() == "1"
+    prog = tmpfs / "dropper"
+    shutil.copy2("/bin/true", prog)
+    subprocess.run([str(prog)], check=True)
+    finding = _findings(agent, lambda d: d["finding_info"]["product"]["name"] == "acme.suspicious-tmp-exec"
+                        and d["evidences"][0]["process"]["file"]["path"] == str(prog))
+    assert finding["class_uid"] == 2004
+
+
+def test_faulty_extensions_cost_only_themselves(start_agent, tmpfs: Path) -> None:
+    agent = start_agent(
+        (
+            "fault.silent=tests.extensions.fault_extensions:NeverAnswers",
+            "fault.aborter=tests.extensions.fault_extensions:Aborter",
+            "fault.good=tests.extensions.fault_extensions:WellBehaved",
+        )
+    )
+    prog = tmpfs / "prog"
+    shutil.copy2("/bin/true", prog)
+    for _ in range(3):
+        assert subprocess.run([str(prog)], check=False, timeout=30).returncode == 0
+    (tmpfs / "x.boom").write_text("abort, please")
+    (tmpfs / "after.marker").write_text("still watched")
+    _findings(agent, lambda d: d["finding_info"]["product"]["name"] == "fault.good"
+              and d["evidences"][0]["file"]["path"] == str(tmpfs / "after.marker"))
+
+    def aborter_restarted() -> bool:
+        ext = {e["id"]: e for e in agent.health().extensions}
+        return ext["fault.aborter"]["crashes"] >= 1
+
+    assert _eventually(aborter_restarted)
+    health = agent.health()
+    misses = health.broker.auth.subscribers["fault.silent"].deadline_misses
+    late_or_missed = misses + health.broker.auth.subscribers["fault.silent"].refused
+    assert late_or_missed >= 1
+    assert agent.status is not None and os.path.exists(agent.status.path)
