@@ -20,25 +20,34 @@ RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
 def write_config(state: Path, extra: str = "") -> Path:
     path = state.parent / "bench.toml"
-    path.write_text(f'[agent]\nstate_dir = "{state}"\nlog_level = "warning"\n[output]\nconsole_interval_s = 0\n{extra}')
+    path.write_text(
+        f'[agent]\nstate_dir = "{state}"\nlog_level = "warning"\n[output]\nconsole_interval_s = 0\n{extra}'
+    )
     return path
 
 
 def status(state: Path) -> dict:
-    r = subprocess.run([*RINGFENCE, "status", "--json", "--state-dir", str(state)], capture_output=True, check=False)
+    r = subprocess.run(
+        [*RINGFENCE, "status", "--json", "--state-dir", str(state)], capture_output=True, check=False
+    )
     if not r.stdout:
         raise RuntimeError(f"status: {r.stderr.decode().strip()}")
     return json.loads(r.stdout)
 
 
 @contextmanager
-def running_agent(extra_config: str = "", args: tuple[str, ...] = ()) -> Iterator[tuple[psutil.Process, Path]]:
+def running_agent(
+    extra_config: str = "", args: tuple[str, ...] = ()
+) -> Iterator[tuple[psutil.Process, Path]]:
     """The agent as `ringfence run`, ready (status answers), stopped with SIGINT afterwards."""
     with tempfile.TemporaryDirectory(prefix="rf-bench-") as tmp:
         state = Path(tmp) / "state"
         config = write_config(state, extra_config)
-        proc = subprocess.Popen([*RINGFENCE, "run", "--config", str(config), *args],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*RINGFENCE, "run", "--config", str(config), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             deadline = time.monotonic() + 60
             while True:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench._common import cpu_seconds, running_agent, status, table
 
-EXEC_LOOP = 'i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done'
+EXEC_LOOP = "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
 
 
 def exec_loop_seconds(n: int) -> float:
@@ -36,11 +36,16 @@ def exec_overhead(n: int, rounds: int) -> list[tuple[object, ...]]:
     ]
 
 
-BURST = 'end=$(( $(date +%s) + {secs} )); n=0; while [ $(date +%s) -lt $end ]; do ' \
-        '/bin/true {marker}; /bin/true {marker}; /bin/true {marker}; /bin/true {marker}; n=$((n+4)); done; echo $n'
+BURST = (
+    "end=$(( $(date +%s) + {secs} )); n=0; while [ $(date +%s) -lt $end ]; do "
+    "/bin/true {marker}; /bin/true {marker}; /bin/true {marker}; /bin/true {marker}; "
+    "n=$((n+4)); done; echo $n"
+)
 
 
-def capture_under_load(seconds: int, workers: int) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+def capture_under_load(
+    seconds: int, workers: int
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     marker = f"rf-burst-{uuid.uuid4().hex[:12]}"
     with running_agent() as (agent, state):
         idle_rss = agent.memory_info().rss
@@ -48,8 +53,14 @@ def capture_under_load(seconds: int, workers: int) -> tuple[list[tuple[object, .
         time.sleep(3)
         idle_cpu = (cpu_seconds(agent) - cpu0) / (time.monotonic() - t0)
         cpu0, t0 = cpu_seconds(agent), time.monotonic()
-        procs = [subprocess.Popen(["/bin/sh", "-c", BURST.format(secs=seconds, marker=marker)],
-                                  stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+        procs = [
+            subprocess.Popen(
+                ["/bin/sh", "-c", BURST.format(secs=seconds, marker=marker)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(workers)
+        ]
         peak_rss = idle_rss
         while any(p.poll() is None for p in procs):
             peak_rss = max(peak_rss, agent.memory_info().rss)
@@ -58,10 +69,20 @@ def capture_under_load(seconds: int, workers: int) -> tuple[list[tuple[object, .
         busy_cpu = (cpu_seconds(agent) - cpu0) / (time.monotonic() - t0)
         captured = _wait_captured(state, marker, made)
         doc = status(state)
-    drops = sum(s["dropped"] for s in doc["sensors"]) + sum(k["dropped"] for k in doc["broker"]["kinds"].values())
+    drops = sum(s["dropped"] for s in doc["sensors"]) + sum(
+        k["dropped"] for k in doc["broker"]["kinds"].values()
+    )
     ratio = captured / made if made else 0.0
-    capture = [(f"short-lived execs in {seconds} s ({workers} workers)", made, captured, f"{ratio * 100:.3f} %",
-                drops, ">= 99.99 %")]
+    capture = [
+        (
+            f"short-lived execs in {seconds} s ({workers} workers)",
+            made,
+            captured,
+            f"{ratio * 100:.3f} %",
+            drops,
+            ">= 99.99 %",
+        )
+    ]
     resources = [
         ("idle", f"{idle_rss / 2**20:.1f} MB", f"{idle_cpu * 100:.1f} %", "RSS <= 60 MB"),
         ("during burst (peak)", f"{peak_rss / 2**20:.1f} MB", f"{busy_cpu * 100:.1f} %", "RSS <= 60 MB"),
@@ -77,8 +98,11 @@ def _wait_captured(state: Path, marker: str, made: int) -> int:
         n = 0
         for path in state.glob("events.jsonl*"):
             with path.open("rb") as f:
-                n += sum(1 for line in f if needle in line and b'"class_uid":1007' in line
-                         and b'"activity_id":1,' in line)
+                n += sum(
+                    1
+                    for line in f
+                    if needle in line and b'"class_uid":1007' in line and b'"activity_id":1,' in line
+                )
         if n != count:
             count, last_change = n, time.monotonic()
         if count >= made:
@@ -92,7 +116,12 @@ def run(quick: bool) -> str:
     secs, workers = (3, 2) if quick else (10, 2)
     out = [table("exec overhead", ("case", "execs", "per exec", "ratio", "goal"), exec_overhead(n, rounds))]
     capture, resources = capture_under_load(secs, workers)
-    out.append(table("capture under load", ("case", "execs made", "launch events", "captured", "drops counted",
-                                            "goal"), capture))
+    out.append(
+        table(
+            "capture under load",
+            ("case", "execs made", "launch events", "captured", "drops counted", "goal"),
+            capture,
+        )
+    )
     out.append(table("agent resources", ("phase", "RSS", "CPU (of one core)", "goal"), resources))
     return "\n\n".join(out)

@@ -1,6 +1,6 @@
 """Run every benchmark and print one table per measurement, each against a baseline from the same run.
 
-    sudo .venv/bin/python bench/run.py [--quick] [--only agent|extensions]
+sudo .venv/bin/python bench/run.py [--quick] [--only agent|extensions]
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import agent_bench  # noqa: E402
-from bench._common import require_root  # noqa: E402
+from bench import agent_bench
+from bench._common import require_root
 
 
 def main() -> None:

@@ -65,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG_PATH})")
     status.add_argument("--json", action="store_true", help="print the full health document as JSON")
 
-    ext = sub.add_parser("extensions", help="installed extensions").add_subparsers(dest="ext_cmd", required=True)
-    ext_list = ext.add_parser("list", help="list extensions found through the ringfence.extensions entry points")
+    ext = sub.add_parser("extensions", help="installed extensions").add_subparsers(
+        dest="ext_cmd", required=True
+    )
+    ext_list = ext.add_parser(
+        "list", help="list extensions found through the ringfence.extensions entry points"
+    )
     ext_list.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG_PATH})")
 
     q = sub.add_parser("quarantine", help="the quarantine vault").add_subparsers(dest="q_cmd", required=True)
@@ -165,15 +169,21 @@ def _render_status(doc: dict[str, Any]) -> str:
         lines.append(f"  {name:<10} UNAVAILABLE: {why}")
     lines.append("broker:")
     for kind, k in sorted(doc["broker"]["kinds"].items()):
-        lines.append(f"  {kind:<10} published={k['published']} delivered={k['delivered']} "
-                     f"dropped={k['dropped']} muted={k['muted']}")
+        lines.append(
+            f"  {kind:<10} published={k['published']} delivered={k['delivered']} "
+            f"dropped={k['dropped']} muted={k['muted']}"
+        )
     a = doc["broker"]["auth"]
-    lines.append(f"auth: requests={a['requests']} allowed={a['allowed']} denied={a['denied']} "
-                 f"cached={a['cacheable']} settled-at-deadline={a['unanswered_at_deadline']} "
-                 f"max-latency={a['max_latency_us']} us")
+    lines.append(
+        f"auth: requests={a['requests']} allowed={a['allowed']} denied={a['denied']} "
+        f"cached={a['cacheable']} settled-at-deadline={a['unanswered_at_deadline']} "
+        f"max-latency={a['max_latency_us']} us"
+    )
     for name, s in sorted(a["subscribers"].items()):
-        lines.append(f"  {name:<24} asked={s['asked']} allowed={s['allowed']} denied={s['denied']} "
-                     f"deadline-misses={s['deadline_misses']} late={s['late_answers']}")
+        lines.append(
+            f"  {name:<24} asked={s['asked']} allowed={s['allowed']} denied={s['denied']} "
+            f"deadline-misses={s['deadline_misses']} late={s['late_answers']}"
+        )
     if doc["extensions"]:
         lines.append("extensions:")
         for e in doc["extensions"]:

@@ -9,14 +9,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ringfence.agent import Config
-from ringfence.agent._config import AgentSection, BrokerSection, ExtensionsSection, OutputSection, SensorsSection
+from ringfence.agent._config import (
+    AgentSection,
+    BrokerSection,
+    ExtensionsSection,
+    OutputSection,
+    SensorsSection,
+)
 from ringfence.broker import AuthTicket
 from ringfence.events import AuthAnswer, Event
 
 
-def scoped_config(tmpfs: Path, state_dir: Path, *, deadline_ms: int = 250, extensions: tuple[str, ...] = (),
-                  settings: dict[str, dict[str, object]] | None = None,
-                  import_paths: tuple[str, ...] = ()) -> Config:
+def scoped_config(
+    tmpfs: Path,
+    state_dir: Path,
+    *,
+    deadline_ms: int = 250,
+    extensions: tuple[str, ...] = (),
+    settings: dict[str, dict[str, object]] | None = None,
+    import_paths: tuple[str, ...] = (),
+) -> Config:
     """All sensors on; fanotify marks only on the test's tmpfs; a unique audit key."""
     return Config(
         agent=AgentSection(state_dir=str(state_dir)),

@@ -48,7 +48,9 @@ def agent_with(tmpfs: Path, tmp_path: Path) -> Iterator:
     agents: list[Agent] = []
 
     def start(collector: Collector, *, auth: AuthPolicy | None = None, deadline_ms: int = 250) -> Agent:
-        agent = Agent(scoped_config(tmpfs, tmp_path / "state", deadline_ms=deadline_ms), console=Console(io.StringIO()))
+        agent = Agent(
+            scoped_config(tmpfs, tmp_path / "state", deadline_ms=deadline_ms), console=Console(io.StringIO())
+        )
         kinds = ALL | ({EventKind.AUTH_EXEC} if auth else set())
         sub = ThreadedSubscriber("test", collector, frozenset(kinds), auth_policy=auth).start()
         agent.broker.subscribe(sub)
@@ -68,8 +70,13 @@ def test_exec_of_short_process_has_exact_argv_cwd_and_parent(agent_with, tmp_pat
     marker = f"MARKER-{uuid.uuid4().hex}"
     argv = ["/bin/sh", "-c", "exit 0", marker]
     subprocess.run(argv, cwd=tmp_path, check=True)
-    e = c.wait_for(lambda e: isinstance(e, ProcessActivity) and e.activity is ProcessActivityId.LAUNCH
-                   and marker in e.process.cmdline)
+    e = c.wait_for(
+        lambda e: (
+            isinstance(e, ProcessActivity)
+            and e.activity is ProcessActivityId.LAUNCH
+            and marker in e.process.cmdline
+        )
+    )
     assert isinstance(e, ProcessActivity)
     assert list(e.process.cmdline) == argv
     assert e.process.cwd == str(tmp_path)
@@ -106,8 +113,14 @@ def test_loopback_connect_gives_network_event_with_addresses_and_pid(agent_with)
         conn, _ = srv.accept()
         conn.close()
         child.wait(timeout=30)
-    e = c.wait_for(lambda e: isinstance(e, NetworkActivity) and e.syscall == "connect"
-                   and e.remote is not None and e.remote.port == port)
+    e = c.wait_for(
+        lambda e: (
+            isinstance(e, NetworkActivity)
+            and e.syscall == "connect"
+            and e.remote is not None
+            and e.remote.port == port
+        )
+    )
     assert isinstance(e, NetworkActivity)
     assert e.remote is not None and e.remote.ip == "127.0.0.1"
     assert e.process is not None and e.process.pid == child.pid
@@ -130,7 +143,9 @@ def test_auth_subscriber_denies_one_path_others_run(agent_with, true_copy: Path)
     assert subprocess.run([str(true_copy)], check=False).returncode == 0
 
 
-def test_silent_auth_subscriber_exec_completes_at_deadline_and_miss_counted(agent_with, true_copy: Path) -> None:
+def test_silent_auth_subscriber_exec_completes_at_deadline_and_miss_counted(
+    agent_with, true_copy: Path
+) -> None:
     c = Collector(decide=None)  # never answers
     agent = agent_with(c, auth=AuthPolicy(deadline_ms=100), deadline_ms=100)
     assert subprocess.run([str(true_copy)], check=False, timeout=30).returncode == 0

@@ -39,15 +39,18 @@ def test_run_status_and_clean_shutdown_on_sigint(tmpfs: Path, tmp_path: Path) ->
     from ringfence.sensors.audit import list_rule_keys
 
     state = tmp_path / "state"
-    config = _write_config(tmp_path / "rf.toml", tmpfs, state, "rf-cli-test", '[extensions]\nenabled = []\n')
-    proc = subprocess.Popen([*RINGFENCE, "run", "--config", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    config = _write_config(tmp_path / "rf.toml", tmpfs, state, "rf-cli-test", "[extensions]\nenabled = []\n")
+    proc = subprocess.Popen(
+        [*RINGFENCE, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         doc = _wait_for_status(state, proc)
         assert doc["healthy"] and doc["rc"] == 0, doc["problems"]
         assert {s["name"] for s in doc["sensors"]} >= {"process", "audit", "file", "exec-auth"}
         subprocess.run(["/bin/true", "cli-marker"], check=True)
-        human = subprocess.run([*RINGFENCE, "status", "--state-dir", str(state)], capture_output=True, text=True)
+        human = subprocess.run(
+            [*RINGFENCE, "status", "--state-dir", str(state)], capture_output=True, text=True
+        )
         assert human.returncode == 0 and "healthy" in human.stdout and "exec-auth" in human.stdout
     finally:
         proc.send_signal(signal.SIGINT)
@@ -65,7 +68,7 @@ def test_run_status_and_clean_shutdown_on_sigint(tmpfs: Path, tmp_path: Path) ->
 
 def test_bad_config_names_key_and_file_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text("[broker]\nauth_deadline_ms = \"soon\"\n")
+    bad.write_text('[broker]\nauth_deadline_ms = "soon"\n')
     r = subprocess.run([*RINGFENCE, "run", "--config", str(bad)], capture_output=True, text=True)
     assert r.returncode == 1
     assert str(bad) in r.stderr and "broker.auth_deadline_ms" in r.stderr
@@ -76,9 +79,19 @@ def test_missing_privilege_is_a_clear_error(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("this test drops from root to nobody to check the message")
     r = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *RINGFENCE, "run",
-         "--state-dir", str(tmp_path / "s")],
-        capture_output=True, text=True, cwd="/",
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *RINGFENCE,
+            "run",
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
     )
     assert r.returncode == 1, r.stderr
     assert "needs root" in r.stderr and "Traceback" not in r.stderr

@@ -36,8 +36,14 @@ def start_agent(tmpfs: Path, shared_dir: Path) -> Iterator[Callable[..., Agent]]
     agents: list[Agent] = []
 
     def start(enabled: tuple[str, ...], settings: dict | None = None, deadline_ms: int = 250) -> Agent:
-        config = scoped_config(tmpfs, shared_dir / "state", deadline_ms=deadline_ms, extensions=enabled,
-                               settings=settings, import_paths=(REPO,))
+        config = scoped_config(
+            tmpfs,
+            shared_dir / "state",
+            deadline_ms=deadline_ms,
+            extensions=enabled,
+            settings=settings,
+            import_paths=(REPO,),
+        )
         agent = Agent(config, console=Console(io.StringIO()), extensions=make_supervisor)
         agents.append(agent)
         agent.start()
@@ -83,7 +89,9 @@ def _eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
     return False
 
 
-def test_blocklisted_binary_denied_under_any_name_until_removed(start_agent, tmpfs: Path, shared_dir: Path) -> None:
+def test_blocklisted_binary_denied_under_any_name_until_removed(
+    start_agent, tmpfs: Path, shared_dir: Path
+) -> None:
     evil = tmpfs / "evil"
     shutil.copy2("/bin/true", evil)
     other_name = tmpfs / "sub" / "renamed-copy"
@@ -108,7 +116,9 @@ def test_blocklisted_binary_denied_under_any_name_until_removed(start_agent, tmp
     assert _eventually(lambda: _runs(evil)), "still denied after the hash left the blocklist"
 
 
-def test_file_edited_after_it_was_allowed_is_checked_again(start_agent, tmpfs: Path, shared_dir: Path) -> None:
+def test_file_edited_after_it_was_allowed_is_checked_again(
+    start_agent, tmpfs: Path, shared_dir: Path
+) -> None:
     bad_source = tmpfs / "bad-source"
     shutil.copy2("/bin/true", bad_source)
     tool = tmpfs / "tool"
@@ -127,7 +137,9 @@ def test_file_edited_after_it_was_allowed_is_checked_again(start_agent, tmpfs: P
 def test_vendor_extension_is_discovered_sandboxed_and_delivers_findings(start_agent, tmpfs: Path) -> None:
     from ringfence.extensions import discover
 
-    assert "acme.suspicious-tmp-exec" in {e.name for e in discover()}, "pip install ./examples/vendor-extension"
+    assert "acme.suspicious-tmp-exec" in {e.name for e in discover()}, (
+        "pip install ./examples/vendor-extension"
+    )
     agent = start_agent(("acme.suspicious-tmp-exec",))
     ext = agent.health().extensions[0]
     with open(f"/proc/{ext['pid']}/status") as f:
@@ -137,8 +149,13 @@ def test_vendor_extension_is_discovered_sandboxed_and_delivers_findings(start_ag
     prog = tmpfs / "dropper"
     shutil.copy2("/bin/true", prog)
     subprocess.run([str(prog)], check=True)
-    finding = _findings(agent, lambda d: d["finding_info"]["product"]["name"] == "acme.suspicious-tmp-exec"
-                        and d["evidences"][0]["process"]["file"]["path"] == str(prog))
+    finding = _findings(
+        agent,
+        lambda d: (
+            d["finding_info"]["product"]["name"] == "acme.suspicious-tmp-exec"
+            and d["evidences"][0]["process"]["file"]["path"] == str(prog)
+        ),
+    )
     assert finding["class_uid"] == 2004
 
 
@@ -156,8 +173,13 @@ def test_faulty_extensions_cost_only_themselves(start_agent, tmpfs: Path) -> Non
         assert subprocess.run([str(prog)], check=False, timeout=30).returncode == 0
     (tmpfs / "x.boom").write_text("abort, please")
     (tmpfs / "after.marker").write_text("still watched")
-    _findings(agent, lambda d: d["finding_info"]["product"]["name"] == "fault.good"
-              and d["evidences"][0]["file"]["path"] == str(tmpfs / "after.marker"))
+    _findings(
+        agent,
+        lambda d: (
+            d["finding_info"]["product"]["name"] == "fault.good"
+            and d["evidences"][0]["file"]["path"] == str(tmpfs / "after.marker")
+        ),
+    )
 
     def aborter_restarted() -> bool:
         ext = {e["id"]: e for e in agent.health().extensions}

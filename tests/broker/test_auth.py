@@ -91,7 +91,9 @@ def test_silent_subscriber_fail_open_allows_at_deadline_uncached_and_counts_miss
 
 
 def test_silent_subscriber_fail_closed_denies_at_deadline() -> None:
-    silent = RecordingSubscriber("strict", AUTH, AuthPolicy(deadline_ms=50, failure=FailurePolicy.FAIL_CLOSED))
+    silent = RecordingSubscriber(
+        "strict", AUTH, AuthPolicy(deadline_ms=50, failure=FailurePolicy.FAIL_CLOSED)
+    )
     clock, broker = _setup(silent)
     answers = Answers()
     broker.authorize(_request(clock), -1, answers)
@@ -142,7 +144,7 @@ def test_answer_after_expiry_does_not_answer_twice() -> None:
 
 
 def test_new_auth_subscriber_flushes_verdict_cache() -> None:
-    clock, broker = _setup()
+    _clock, broker = _setup()
     flushed: list[int] = []
     broker.on_invalidate(lambda: flushed.append(1))
     broker.subscribe(RecordingSubscriber("events", frozenset({EventKind.FILE})))
@@ -152,7 +154,7 @@ def test_new_auth_subscriber_flushes_verdict_cache() -> None:
 
 
 def test_duplicate_subscriber_name_rejected() -> None:
-    _, broker = _setup(RecordingSubscriber("a", AUTH, AuthPolicy()))
+    _clock, broker = _setup(RecordingSubscriber("a", AUTH, AuthPolicy()))
     with pytest.raises(ValueError, match="already subscribed"):
         broker.subscribe(RecordingSubscriber("a", AUTH, AuthPolicy()))
 

@@ -3,8 +3,15 @@ from __future__ import annotations
 import pytest
 
 from ringfence.broker import BoundedChannel, Broker, ChannelClosed, Mutes, Overflow
-from ringfence.events import EventKind, FileActivity, FileActivityId, HeaderStamper, ProcessActivity
-from ringfence.events import ProcessActivityId, ProcessRef
+from ringfence.events import (
+    EventKind,
+    FileActivity,
+    FileActivityId,
+    HeaderStamper,
+    ProcessActivity,
+    ProcessActivityId,
+    ProcessRef,
+)
 from tests.fakes import FakeClock, RecordingSubscriber
 
 
@@ -53,7 +60,10 @@ def test_mutes_by_path_prefix_executable_and_kind() -> None:
     broker.publish(_file("/etc/passwd"))
     broker.publish(_proc("/usr/bin/noisy"))
     broker.publish(_proc("/usr/bin/quiet"))
-    assert [getattr(e, "path", None) or e.process.exe for e in sub.events] == ["/etc/passwd", "/usr/bin/quiet"]
+    assert [getattr(e, "path", None) or e.process.exe for e in sub.events] == [
+        "/etc/passwd",
+        "/usr/bin/quiet",
+    ]
     assert broker.statistics().kinds["file"].muted == 1
 
 

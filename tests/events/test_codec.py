@@ -23,8 +23,16 @@ from ringfence.events import (
 from tests.fakes import FakeClock
 
 STAMP = HeaderStamper("test", "host-1", FakeClock())
-PROC = ProcessRef(pid=10, ppid=1, exe="/usr/bin/curl", cmdline=("curl", "-s", "x"), cwd="/root", uid=0,
-                  user="root", parent=ProcessRef(pid=1, exe="/sbin/init"))
+PROC = ProcessRef(
+    pid=10,
+    ppid=1,
+    exe="/usr/bin/curl",
+    cmdline=("curl", "-s", "x"),
+    cwd="/root",
+    uid=0,
+    user="root",
+    parent=ProcessRef(pid=1, exe="/sbin/init"),
+)
 
 
 def test_sequence_numbers_are_per_sensor_and_gapless() -> None:
@@ -52,8 +60,13 @@ def test_file_rename_maps_old_and_new_path() -> None:
 
 def test_network_connect_maps_endpoints_and_status() -> None:
     e = NetworkActivity(
-        header=STAMP.stamp(), activity=NetworkActivityId.OPEN, syscall="connect", success=False, errno=111,
-        remote=Endpoint(family="inet6", ip="::1", port=8080), process=PROC,
+        header=STAMP.stamp(),
+        activity=NetworkActivityId.OPEN,
+        syscall="connect",
+        success=False,
+        errno=111,
+        remote=Endpoint(family="inet6", ip="::1", port=8080),
+        process=PROC,
     )
     d = to_ocsf(e)
     assert d["class_uid"] == 4001 and d["status"] == "Failure" and d["status_code"] == "111"
@@ -61,8 +74,15 @@ def test_network_connect_maps_endpoints_and_status() -> None:
 
 
 def test_finding_maps_to_2004_with_hash_evidence() -> None:
-    e = DetectionFinding(header=STAMP.stamp(), title="Blocked", severity=Severity.HIGH, source="rep",
-                         file_path="/tmp/m", file_sha256="ab" * 32, action="denied")
+    e = DetectionFinding(
+        header=STAMP.stamp(),
+        title="Blocked",
+        severity=Severity.HIGH,
+        source="rep",
+        file_path="/tmp/m",
+        file_sha256="ab" * 32,
+        action="denied",
+    )
     d = to_ocsf(e)
     assert d["class_uid"] == 2004 and d["severity_id"] == 4
     assert d["evidences"][0]["file"]["hashes"][0]["value"] == "ab" * 32
@@ -70,8 +90,9 @@ def test_finding_maps_to_2004_with_hash_evidence() -> None:
 
 
 def test_encoder_writes_one_json_line() -> None:
-    line = OcsfEncoder().encode(ProcessActivity(header=STAMP.stamp(), activity=ProcessActivityId.FORK,
-                                                process=PROC))
+    line = OcsfEncoder().encode(
+        ProcessActivity(header=STAMP.stamp(), activity=ProcessActivityId.FORK, process=PROC)
+    )
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line)["activity_id"] == 99
 

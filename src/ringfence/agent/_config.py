@@ -28,13 +28,13 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class AgentSection(_Section):
+class AgentSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = DEFAULT_STATE_DIR
     host_id: str = ""  # empty: the hostname
     log_level: str = "info"  # debug, info, warning, error
 
 
-class SensorsSection(_Section):
+class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     process: bool = True  # netlink process connector (+ audit execve for full argv)
     audit_exec: bool = True  # take exec details from audit (full argv even for 1 ms processes)
     network: bool = True  # audit connect/accept/bind/listen
@@ -47,7 +47,7 @@ class SensorsSection(_Section):
     audit_backlog_limit: int = 8192  # records
 
 
-class BrokerSection(_Section):
+class BrokerSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     auth_deadline_ms: int = 250
     queue_capacity: int = 65536  # events per subscriber queue
     mute_paths: tuple[str, ...] = ()  # path prefixes whose events are dropped (and whose AUTH is allowed)
@@ -55,13 +55,13 @@ class BrokerSection(_Section):
     mute_kinds: tuple[EventKind, ...] = ()
 
 
-class OutputSection(_Section):
+class OutputSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_file_mb: int = 64  # events.jsonl rotates past this size
     keep_files: int = 5
     console_interval_s: float = 5.0  # live summary period; 0 turns it off
 
 
-class ExtensionsSection(_Section):
+class ExtensionsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: tuple[str, ...] = ("ringfence.reputation",)  # entry-point names, or "id=module:attr"
     disabled: tuple[str, ...] = ()
     import_paths: tuple[str, ...] = ()  # extra import roots for "id=module:attr" extensions
@@ -72,11 +72,11 @@ class ExtensionsSection(_Section):
     config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)  # [extensions.config."<id>"]
 
 
-class ResponseSection(_Section):
+class ResponseSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     management_addresses: tuple[str, ...] = ()  # reachable while the host is isolated
 
 
-class Config(_Section):
+class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     sensors: SensorsSection = msgspec.field(default_factory=SensorsSection)
     broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
@@ -121,7 +121,9 @@ def _check(config: Config, source: str) -> None:
     if not os.path.isabs(config.agent.state_dir):
         problems.append(f"agent.state_dir: must be an absolute path, got {config.agent.state_dir!r}")
     if config.agent.log_level not in ("debug", "info", "warning", "error"):
-        problems.append(f"agent.log_level: one of debug, info, warning, error; got {config.agent.log_level!r}")
+        problems.append(
+            f"agent.log_level: one of debug, info, warning, error; got {config.agent.log_level!r}"
+        )
     if not 1 <= config.broker.auth_deadline_ms <= 10_000:
         problems.append(f"broker.auth_deadline_ms: 1..10000, got {config.broker.auth_deadline_ms}")
     if config.broker.queue_capacity < 16:
@@ -161,5 +163,7 @@ def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
     out = config
     for name, fields in sections.items():
         if fields:
-            out = msgspec.structs.replace(out, **{name: msgspec.structs.replace(getattr(out, name), **fields)})
+            out = msgspec.structs.replace(
+                out, **{name: msgspec.structs.replace(getattr(out, name), **fields)}
+            )
     return out

@@ -114,7 +114,9 @@ class _Extensions:
     def start(self) -> None:
         self.supervisor.start()
         if not self.supervisor.wait_ready(READY_TIMEOUT_S):
-            log.warning("not every extension was ready within %.0f s; see `ringfence status`", READY_TIMEOUT_S)
+            log.warning(
+                "not every extension was ready within %.0f s; see `ringfence status`", READY_TIMEOUT_S
+            )
 
     def stop(self) -> None:
         self.supervisor.stop()

@@ -43,5 +43,6 @@ def summary_line(h: Health) -> str:
     state = "healthy" if h.healthy else "DEGRADED: " + "; ".join(h.problems)
     return (
         f"events {ev} | auth {auth.requests} allow={auth.allowed} deny={auth.denied} "
-        f"misses={misses} | drops {drops} | findings {findings} | rss {h.memory_rss_bytes >> 20} MiB | {state}"
+        f"misses={misses} | drops {drops} | findings {findings} | "
+        f"rss {h.memory_rss_bytes >> 20} MiB | {state}"
     )

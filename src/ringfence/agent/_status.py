@@ -66,7 +66,7 @@ class StatusServer:
     def _run(self) -> None:
         assert self._sock is not None
         while True:
-            ready, _, _ = select.select([self._sock, self._stop_r], [], [])
+            ready, _, _ = select.select([self._sock.fileno(), self._stop_r], [], [])
             if self._stop_r in ready:
                 return
             conn, _ = self._sock.accept()

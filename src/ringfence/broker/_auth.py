@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from ringfence.broker._types import AuthTicket, FailurePolicy, Subscriber
-from ringfence.events import AuthAnswer, AuthRequest, Clock, Verdict
+from ringfence.broker._types import AuthTicket, Subscriber
+from ringfence.events import AuthAnswer, AuthRequest, Clock, FailurePolicy, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ class Arbiter:
         """Called after a new deadline is armed, so the deadline runner can re-check its sleep."""
         self._wakeup = wakeup
 
-    def submit(self, request: AuthRequest, fd: int, subscribers: Sequence[Subscriber], respond: Respond) -> None:
-        """Ask `subscribers` about `request`; `respond` gets the combined answer, by the deadline at the latest."""
+    def submit(
+        self, request: AuthRequest, fd: int, subscribers: Sequence[Subscriber], respond: Respond
+    ) -> None:
+        """Ask `subscribers` about `request`; `respond` gets the combined answer, by the deadline at most."""
         now = self._clock.monotonic_ns()
         with self._lock:
             self._next_id += 1

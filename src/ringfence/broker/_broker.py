@@ -56,12 +56,14 @@ class BrokerStatistics(msgspec.Struct):
 
 
 class Broker:
-    def __init__(self, clock: Clock | None = None, *, auth_deadline_ms: int = 250, mutes: Mutes | None = None):
+    def __init__(
+        self, clock: Clock | None = None, *, auth_deadline_ms: int = 250, mutes: Mutes | None = None
+    ):
         self.clock = clock or SystemClock()
         self.arbiter = Arbiter(self.clock, auth_deadline_ms)
         self.mutes = mutes or Mutes()
         self._lock = threading.Lock()
-        self._routes: dict[EventKind, tuple[Subscriber, ...]] = {k: () for k in EventKind}
+        self._routes: dict[EventKind, tuple[Subscriber, ...]] = dict.fromkeys(EventKind, ())
         self._subscribers: dict[str, Subscriber] = {}
         self._kind_stats = {k: KindStatistics() for k in EventKind}
         self._invalidators: list[Callable[[], None]] = []
@@ -178,7 +180,7 @@ class DeadlineRunner:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        clock = self._arbiter._clock  # noqa: SLF001 - the runner is the arbiter's own helper
+        clock = self._arbiter._clock
         while True:
             with self._cond:
                 if self._stop:

@@ -8,6 +8,7 @@ finding_info). Fields OCSF has no slot for go under `unmapped`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -181,7 +182,8 @@ _TO_OCSF = {
 
 def to_ocsf(event: Event) -> dict[str, Any]:
     """The OCSF form of an event, as a dict ready for JSON."""
-    return _TO_OCSF[type(event)](event)  # type: ignore[operator]
+    convert: Callable[[Event], dict[str, Any]] = _TO_OCSF[type(event)]  # type: ignore[assignment]
+    return convert(event)
 
 
 class OcsfEncoder:

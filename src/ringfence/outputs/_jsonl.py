@@ -13,8 +13,15 @@ from collections.abc import Callable
 
 import msgspec
 
-from ringfence.broker import BoundedChannel, ChannelClosed, ChannelStatistics, Overflow, Reply
-from ringfence.broker import AuthPolicy, AuthTicket
+from ringfence.broker import (
+    AuthPolicy,
+    AuthTicket,
+    BoundedChannel,
+    ChannelClosed,
+    ChannelStatistics,
+    Overflow,
+    Reply,
+)
 from ringfence.events import Event, EventKind, OcsfEncoder
 
 log = logging.getLogger(__name__)
