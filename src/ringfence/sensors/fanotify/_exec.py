@@ -148,7 +148,7 @@ class ExecAuthSensor:
                 lc.fanotify_mark(fd, lc.FAN_MARK_ADD | lc.FAN_MARK_MOUNT, lc.FAN_OPEN_PERM, path=path)
                 continue
             mask = lc.FAN_OPEN_PERM
-            if stat.S_ISDIR(os.stat(path).st_mode):  # noqa: PTH116
+            if stat.S_ISDIR(os.stat(path).st_mode):
                 mask |= lc.FAN_EVENT_ON_CHILD
             lc.fanotify_mark(fd, lc.FAN_MARK_ADD | lc.FAN_MARK_INODE, mask, path=path)
 

@@ -257,7 +257,7 @@ class FileSensor:
             self._counters.add("path_from_memory")
         if not record.name or record.name == ".":
             return resolved.path
-        return os.path.join(resolved.path, record.name)  # noqa: PTH118 - str paths from the kernel
+        return os.path.join(resolved.path, record.name)
 
     def _remember_dir(self, event: lc.RawEvent, path: str | None) -> None:
         """A directory created or renamed: keep its path, so its children resolve even after it is gone."""

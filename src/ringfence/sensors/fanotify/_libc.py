@@ -202,7 +202,7 @@ def fsid_of(path: str) -> int:
 
 def fd_path(fd: int) -> str:
     """The path the kernel shows for an open descriptor (" (deleted)" appended when unlinked)."""
-    return os.readlink(f"/proc/self/fd/{fd}")  # noqa: PTH115 - one syscall, str in and out
+    return os.readlink(f"/proc/self/fd/{fd}")
 
 
 # -- decoding ------------------------------------------------------------------------------------------------

@@ -34,12 +34,12 @@ def find_writers(targets: Collection[FileKey], proc: str = "/proc") -> set[FileK
 def _fd_writers(pid_dir: str, wanted: set[FileKey]) -> set[FileKey]:
     found: set[FileKey] = set()
     try:
-        fds = os.listdir(f"{pid_dir}/fd")  # noqa: PTH208 - hot loop over /proc: plain syscalls
+        fds = os.listdir(f"{pid_dir}/fd")
     except OSError:  # gone, or a kernel thread
         return found
     for fd in fds:
         try:
-            st = os.stat(f"{pid_dir}/fd/{fd}")  # noqa: PTH116 - hot loop over /proc
+            st = os.stat(f"{pid_dir}/fd/{fd}")
         except OSError:
             continue
         key = (st.st_dev, st.st_ino)

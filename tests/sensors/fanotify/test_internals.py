@@ -1,0 +1,98 @@
+"""The pure parts of the fanotify sensors: the record decoder, and the /proc writer scan on real files."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+import ringfence.sensors.fanotify as fan
+from ringfence.sensors.fanotify import _libc as lc
+from ringfence.sensors.fanotify._procscan import find_writers
+
+
+def _metadata(event_len: int, mask: int, fd: int = -1, pid: int = 42) -> bytes:
+    version, size = lc.FANOTIFY_METADATA_VERSION, lc.METADATA_SIZE
+    return struct.pack("=IBBHQii", event_len, version, 0, size, mask, fd, pid)
+
+
+def _dfid_name(info_type: int, fsid: tuple[int, int], handle: bytes, name: str) -> bytes:
+    body = struct.pack("=ii", *fsid) + struct.pack("=Ii", len(handle), 1) + handle + name.encode() + b"\0"
+    body += b"\0" * (-(len(body) + 4) % 4)
+    return struct.pack("=BBH", info_type, 0, len(body) + 4) + body
+
+
+def test_exported_names_are_pinned() -> None:
+    assert fan.__all__ == ["ExecAuthSensor", "FileSensor"]
+
+
+def test_rename_record_decodes_both_names_and_fsid() -> None:
+    old = _dfid_name(lc.FAN_EVENT_INFO_TYPE_OLD_DFID_NAME, (-1, 7), b"\x01" * 8, "a.txt")
+    new = _dfid_name(lc.FAN_EVENT_INFO_TYPE_NEW_DFID_NAME, (-1, 7), b"\x02" * 8, "b.txt")
+    buf = _metadata(lc.METADATA_SIZE + len(old) + len(new), lc.FAN_RENAME) + old + new
+    (event,) = lc.decode_events(buf)
+    old_rec = event.record(lc.FAN_EVENT_INFO_TYPE_OLD_DFID_NAME)
+    new_rec = event.record(lc.FAN_EVENT_INFO_TYPE_NEW_DFID_NAME)
+    assert old_rec is not None and new_rec is not None
+    assert (old_rec.name, new_rec.name) == ("a.txt", "b.txt")
+    assert old_rec.fid is not None and old_rec.fid.fsid == 0xFFFF_FFFF | (7 << 32)
+    assert old_rec.fid.handle == struct.pack("=Ii", 8, 1) + b"\x01" * 8
+
+
+def test_event_length_past_the_buffer_is_refused() -> None:
+    buf = _metadata(lc.METADATA_SIZE, lc.FAN_OPEN_EXEC_PERM, fd=5) + _metadata(1000, lc.FAN_OPEN_EXEC_PERM)
+    events = lc.decode_events(buf)
+    assert next(events).fd == 5
+    with pytest.raises(ValueError, match="bad length 1000"):
+        next(events)
+
+
+def test_handle_overrunning_its_record_is_refused() -> None:
+    record = bytearray(_dfid_name(lc.FAN_EVENT_INFO_TYPE_DFID_NAME, (1, 2), b"\x01" * 8, "x"))
+    struct.pack_into("=I", record, 12, 4096)  # handle_bytes, after header (4) and fsid (8)
+    buf = _metadata(lc.METADATA_SIZE + len(record), lc.FAN_CREATE) + bytes(record)
+    with pytest.raises(ValueError, match="overruns"):
+        list(lc.decode_events(buf))
+
+
+def _key(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def test_file_open_for_writing_is_found(tmp_path: Path) -> None:
+    target = tmp_path / "w"
+    target.write_bytes(b"x")
+    with target.open("r+b"):
+        assert find_writers([_key(target)]) == {_key(target)}
+
+
+def test_file_open_read_only_is_not_a_writer(tmp_path: Path) -> None:
+    target = tmp_path / "r"
+    target.write_bytes(b"x")
+    with target.open("rb"):
+        assert find_writers([_key(target)]) == set()
+
+
+def test_shared_writable_mapping_without_a_descriptor_is_found(tmp_path: Path) -> None:
+    target = tmp_path / "m"
+    target.write_bytes(b"\0" * 4096)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    c = ctypes
+    libc.mmap.argtypes = (c.c_void_p, c.c_size_t, c.c_int, c.c_int, c.c_int, c.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    fd = os.open(target, os.O_RDWR)
+    # libc's mmap, not Python's: mmap.mmap keeps a dup of the descriptor, and here there must be none
+    addr = libc.mmap(None, 4096, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    os.close(fd)
+    assert addr not in (None, ctypes.c_void_p(-1).value)
+    try:
+        assert find_writers([_key(target)]) == {_key(target)}
+    finally:
+        libc.munmap(addr, 4096)
+    assert find_writers([_key(target)]) == set()
