@@ -76,7 +76,7 @@ CLONE_NAMESPACE_FLAGS = (
 def load_module() -> ModuleType:
     """pyseccomp, imported on first use so that `sandbox_features` can report a missing libseccomp."""
     try:
-        import pyseccomp  # noqa: PLC0415  (loads libseccomp.so; see docstring)
+        import pyseccomp
     except (ImportError, OSError) as e:
         raise SandboxUnavailable("seccomp", f"cannot load pyseccomp/libseccomp: {e}") from e
     module: ModuleType = pyseccomp

@@ -169,7 +169,7 @@ def _read_text(path: str) -> str | None:
 
 def _readlink(path: str) -> str | None:
     try:
-        return os.readlink(path)  # noqa: PTH115 (str in, str out, one syscall)
+        return os.readlink(path)
     except OSError:
         return None
 

@@ -6,4 +6,10 @@ import ringfence.sensors.audit as audit
 
 
 def test_exported_names_are_pinned() -> None:
-    assert sorted(audit.__all__) == ["AuditRequestError", "AuditSensor", "AuditTuning", "Mode", "list_rule_keys"]
+    assert sorted(audit.__all__) == [
+        "AuditRequestError",
+        "AuditSensor",
+        "AuditTuning",
+        "Mode",
+        "list_rule_keys",
+    ]
