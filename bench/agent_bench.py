@@ -91,18 +91,14 @@ def capture_under_load(
 
 
 def _wait_captured(state: Path, marker: str, made: int) -> int:
-    """Count launch events with the marker, waiting (bounded) for the agent to drain its queues."""
-    needle = marker.encode()
+    """Count launch events of exactly `/bin/true <marker>`, waiting (bounded) for the agent to drain."""
+    needle = f'"args":["/bin/true","{marker}"]'.encode()
     count, last_change = -1, time.monotonic()
     while time.monotonic() - last_change < 5:
         n = 0
         for path in state.glob("events.jsonl*"):
             with path.open("rb") as f:
-                n += sum(
-                    1
-                    for line in f
-                    if needle in line and b'"class_uid":1007' in line and b'"activity_id":1,' in line
-                )
+                n += sum(1 for line in f if needle in line and b'"type_uid":100701' in line)
         if n != count:
             count, last_change = n, time.monotonic()
         if count >= made:

@@ -158,6 +158,20 @@ def test_excluded_prefix_is_not_emitted(watch: Any, tmpfs: Path) -> None:
     assert not any(p.startswith(str(state)) for p in events.paths())
 
 
+def test_excluded_dir_children_are_dropped_in_kernel_not_read(watch: Any, tmpfs: Path) -> None:
+    """The agent's own log writes would feed back into the sensor: the kernel must drop them."""
+    state = tmpfs / "state"
+    state.mkdir()
+    events, sensor = watch(exclude_prefixes=[str(state)])
+    assert sensor.statistics().detail["excluded_in_kernel"] == 1
+    for i in range(50):
+        with (state / "events.jsonl").open("a") as f:
+            f.write(f"line {i}\n")
+    (tmpfs / "user.txt").write_text("x")
+    events.wait(A.CLOSE_WRITE, tmpfs / "user.txt")
+    assert sensor.statistics().detail["filtered"] == 0  # nothing of state/ reached user space
+
+
 def test_pidfd_reporting_leaks_no_descriptor(watch: Any, tmpfs: Path) -> None:
     before = len(os.listdir("/proc/self/fd"))
     events, sensor = watch(report_pidfd=True)

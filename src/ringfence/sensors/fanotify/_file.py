@@ -47,7 +47,15 @@ _ACTIVITIES = (  # the order in which merged bits of one event happened
     (lc.FAN_RENAME, FileActivityId.RENAME),
     (lc.FAN_DELETE, FileActivityId.DELETE),
 )
-_COUNTERS = ("overflows", "decode_errors", "sink_errors", "unresolved", "path_from_memory", "filtered")
+_COUNTERS = (
+    "overflows",
+    "decode_errors",
+    "sink_errors",
+    "unresolved",
+    "path_from_memory",
+    "filtered",
+    "excluded_in_kernel",
+)
 
 
 class FileSensor:
@@ -110,7 +118,24 @@ class FileSensor:
         except OSError as e:
             os.close(fd)
             raise lc.unavailable(INTERFACE, e) from e
+        self._ignore_excluded(fd)
         return fd
+
+    def _ignore_excluded(self, fd: int) -> None:
+        """Ignore marks on the excluded directories, so their children's events (the agent's own log
+        writes, a feedback loop otherwise) are dropped in the kernel, not read and filtered here. Best
+        effort: the prefix filter stays; a kernel without FAN_MARK_IGNORE (6.0) just costs more CPU."""
+        flags = lc.FAN_MARK_ADD | lc.FAN_MARK_IGNORE | lc.FAN_MARK_IGNORED_SURV_MODIFY
+        mask = _MASK | lc.FAN_EVENT_ON_CHILD | lc.FAN_ONDIR
+        for prefix in self._excluded:
+            path = prefix.rstrip("/") or "/"
+            if not os.path.isdir(path):
+                continue
+            try:
+                lc.fanotify_mark(fd, flags, mask, path=path)
+                self._counters.add("excluded_in_kernel")
+            except OSError as e:
+                log.info("file sensor: no kernel ignore mark on %s (%s); filtering in user space", path, e)
 
     def _init_group(self) -> int:
         """The richest FID group the kernel accepts: target FID (5.17+) and pidfd (5.15+) are optional."""
