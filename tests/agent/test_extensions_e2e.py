@@ -191,3 +191,23 @@ def test_faulty_extensions_cost_only_themselves(start_agent, tmpfs: Path) -> Non
     late_or_missed = misses + health.broker.auth.subscribers["fault.silent"].refused
     assert late_or_missed >= 1
     assert agent.status is not None and os.path.exists(agent.status.path)
+
+
+def test_hash_added_to_blocklist_applies_to_an_already_cached_file(
+    start_agent, tmpfs: Path, shared_dir: Path
+) -> None:
+    tool = tmpfs / "cached-tool"
+    shutil.copy2("/bin/true", tool)
+    blocklist = shared_dir / "blocklist.txt"
+    blocklist.write_text("# nothing yet\n")
+    agent = start_agent(("ringfence.reputation",), {"ringfence.reputation": {"blocklist": str(blocklist)}})
+    assert _runs(tool)
+
+    def cached() -> bool:
+        return _runs(tool) and agent.sensors_by_name()["exec-auth"].statistics().detail["cached"] >= 1
+
+    assert _eventually(cached), "the kernel never cached the ALLOW"
+    blocklist.write_text(f"{_sha256(tool)}  now-known-bad\n")
+    assert _eventually(lambda: not _runs(tool)), "a cached file stayed allowed after its hash was listed"
+    ext = {e["id"]: e for e in agent.health().extensions}["ringfence.reputation"]
+    assert ext["verdict_flushes"] >= 1

@@ -37,6 +37,7 @@ class FakeContext:
     content_directory: str | None = None
     findings: list[EmittedFinding] = field(default_factory=list)
     actions: list[ActionRequest] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
 
     @property
     def log(self) -> logging.Logger:
@@ -55,6 +56,9 @@ class FakeContext:
 
     def request_action(self, request: ActionRequest) -> None:
         self.actions.append(request)
+
+    def invalidate_verdicts(self, reason: str) -> None:
+        self.stale.append(reason)
 
 
 def _conforms(ctx: FakeContext) -> Context:

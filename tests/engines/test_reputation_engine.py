@@ -223,6 +223,20 @@ def test_hash_added_to_blocklist_takes_effect_after_recheck_interval(
     assert (stats.blocklist_reloads, stats.blocklist.entries) == (1, 2)
 
 
+def test_reload_noticed_on_tick_flushes_cached_verdicts(
+    engine: ReputationEngine, ctx: Any, clock: Any, blocklist: Path
+) -> None:
+    """Cached files raise no AUTH request: a tick must notice the new list and say verdicts are stale."""
+    engine.on_tick()
+    assert ctx.stale == []
+    with open(blocklist, "a") as f:
+        f.write(f"{sha(BENIGN)}\n")
+    clock.advance(1)
+    engine.on_tick()
+    assert ctx.stale == ["blocklist reloaded"]
+    assert engine.statistics().blocklist_reloads == 1
+
+
 def test_blocklist_edited_in_place_reloaded(
     engine: ReputationEngine,
     clock: Any,

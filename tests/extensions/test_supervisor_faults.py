@@ -120,7 +120,7 @@ def test_finding_flood_is_rate_limited_and_counted(rig: Rig) -> None:
     config = SupervisorConfig(restart=FAST_RESTART, findings_per_s=100, findings_burst=200)
     rig.start([fault_spec("fault.good", "WellBehaved"), fault_spec("fault.flood", "Flooder")], config=config)
     rig.wait_running("fault.flood")
-    wait_until("rate limiting", lambda: rig.stats("fault.flood").findings_rate_limited > 10_000)
+    wait_until("rate limiting", lambda: rig.stats("fault.flood").findings_rate_limited > 2_000)
     st = rig.stats("fault.flood")
     assert st.findings_emitted >= 200
     assert len(rig.found("flood")) <= rig.stats("fault.flood").findings_emitted

@@ -222,6 +222,9 @@ class Agent:
         self.sensors.append(sensor)
         return True
 
+    def sensors_by_name(self) -> dict[str, Sensor]:
+        return {s.name: s for s in self.sensors}
+
     # -- run and stop ------------------------------------------------------------------------------------
 
     def run_until_stopped(self, interval_s: float) -> None:

@@ -48,6 +48,7 @@ from ringfence.sdk._protocol import (
     PeerClosed,
     ProtocolError,
     StatsReport,
+    VerdictsStale,
     close_fds,
 )
 
@@ -80,6 +81,8 @@ class ExtensionStatistics(msgspec.Struct):
     actions_refused: int = 0
     logs_rate_limited: int = 0
     protocol_errors: int = 0
+    verdict_flushes: int = 0  # the extension said its verdicts changed: cached ALLOWs forgotten
+    verdict_flushes_limited: int = 0
     frames_unsent: int = 0  # frames the writer dropped after io_timeout_s
     rss_bytes: int | None = None
     cpu_percent: float | None = None
@@ -96,6 +99,7 @@ class ExtensionProxy:
         findings_sink: Callable[[DetectionFinding], None],
         submit_action: ActionSubmit,
         on_ready: Callable[[ExtensionProxy, bool], None],
+        on_verdicts_stale: Callable[[str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
@@ -103,6 +107,8 @@ class ExtensionProxy:
         self._sink = findings_sink
         self._submit_action = submit_action
         self._on_ready = on_ready
+        self._on_stale = on_verdicts_stale
+        self._last_stale_ns: int | None = None
         self.lock = threading.Lock()
         self.lifecycle = Lifecycle(config.restart)
         self.manifest: Manifest | None = None
@@ -300,8 +306,25 @@ class ExtensionProxy:
                 self.stats.extension = dict(frame.counters)
         elif isinstance(frame, LogLine):
             self._log_line(conn, frame)
+        elif isinstance(frame, VerdictsStale):
+            self._verdicts_stale(frame)
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__} frame after the handshake")
+
+    def _verdicts_stale(self, frame: VerdictsStale) -> None:
+        """Forget cached ALLOWs for this extension's sake: at most once a second, or it is a DoS lever."""
+        if self._auth_policy is None:
+            raise ProtocolError("verdicts-stale from an extension that takes no part in AUTH")
+        now = self._clock.monotonic_ns()
+        with self._count_lock:
+            if self._last_stale_ns is not None and now - self._last_stale_ns < 1_000_000_000:
+                self.stats.verdict_flushes_limited += 1
+                return
+            self._last_stale_ns = now
+            self.stats.verdict_flushes += 1
+        log.info("extension %s: verdicts stale (%s): flushing the verdict cache", self.name, frame.reason)
+        if self._on_stale is not None:
+            self._on_stale(self.name)
 
     def _verdict(self, conn: Connection, frame: AuthReply) -> None:
         if self._auth_policy is None:

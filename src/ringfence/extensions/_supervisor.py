@@ -66,7 +66,8 @@ class Supervisor:
     """Runs `specs`. Findings (the extensions' and the supervisor's own) go to `findings_sink`.
 
     `action_handler` carries out ActionRequests (None: every request is refused). `on_auth_ready(id)`
-    runs each time an AUTH extension (re)connects: flush the verdict cache. `on_first_ready(proxy)` runs
+    runs each time an AUTH extension (re)connects, or says its verdicts went stale (new content): flush
+    the verdict cache. `on_first_ready(proxy)` runs
     once per extension, when its manifest is first known: subscribe the proxy to the broker then (its
     `kinds` and `auth_policy` come from the manifest). Callbacks run on the extension's reader thread.
     """
@@ -99,6 +100,7 @@ class Supervisor:
                 findings_sink=findings_sink,
                 submit_action=self._submit_action,
                 on_ready=self._ready,
+                on_verdicts_stale=on_auth_ready,
             )
         self._stamper = HeaderStamper(SUPERVISOR_SOURCE, self.config.host, self._clock)
         self._actions: BoundedChannel[tuple[ExtensionProxy, int, ActionCall]] = BoundedChannel(

@@ -10,6 +10,8 @@ Contract, per entry point (who calls it, on which thread, who owns what):
   by the declared failure policy, if this is late: a late answer is discarded and counted. `file` is a
   read-only handle owned by the SDK and closed after `on_auth` returns; never by path, so what is checked
   is exactly what runs.
+- `on_tick()`: optional, called on the main thread about once a second (between other handlers), for
+  periodic work such as noticing that content changed on disk.
 - `teardown()`: optional, called once at a clean shutdown.
 Handlers run one at a time: no locking is needed inside an extension.
 """
@@ -90,6 +92,12 @@ class Context(Protocol):
         related_event: str | None = None,
     ) -> None: ...
 
+    def invalidate_verdicts(self, reason: str) -> None:
+        """Say that verdicts given so far may be wrong now (new content, a reloaded list): the agent
+        forgets every cached ALLOW, so each file is asked about again. Needs AUTH participation; the agent
+        honours it at most once a second per extension."""
+        ...
+
     def request_action(self, request: ActionRequest) -> None:
         """Ask the agent to act (needs the `response` permission); the result comes to `on_action_result`."""
         ...
@@ -108,6 +116,9 @@ class Extension:
         raise NotImplementedError(f"{type(self).__name__} declares auth but does not implement on_auth")
 
     def on_action_result(self, result: Any) -> None:
+        return None
+
+    def on_tick(self) -> None:
         return None
 
     def teardown(self) -> None:

@@ -156,13 +156,21 @@ class StatsReport(msgspec.Struct, frozen=True, tag="stats", tag_field="t"):
     counters: Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Id], msgspec.Meta(max_length=64)]
 
 
+class VerdictsStale(msgspec.Struct, frozen=True, tag="verdicts-stale", tag_field="t"):
+    """The extension's verdicts changed (new content): the agent forgets every cached ALLOW."""
+
+    reason: Short
+
+
 class LogLine(msgspec.Struct, frozen=True, tag="log", tag_field="t"):
     level: Annotated[int, msgspec.Meta(ge=0, le=50)]
     message: Text
 
 
 HostFrame = Hello | EventBatch | AuthCall | ActionReply | Shutdown | Refusal
-ExtensionFrame = HelloAck | AuthReply | FindingReport | ActionCall | StatsReport | LogLine | Refusal
+ExtensionFrame = (
+    HelloAck | AuthReply | FindingReport | ActionCall | StatsReport | LogLine | VerdictsStale | Refusal
+)
 
 F = TypeVar("F")
 

@@ -55,6 +55,7 @@ from ringfence.sdk._protocol import (
     Refusal,
     Shutdown,
     StatsReport,
+    VerdictsStale,
     Wire,
     close_fds,
 )
@@ -190,6 +191,10 @@ class _Context:
         self._counters.add("findings")
         self._outbox.put(frame, "findings")
 
+    def invalidate_verdicts(self, reason: str) -> None:
+        self._counters.add("verdicts_stale")
+        self._outbox.put(VerdictsStale(reason[:200]), "control")
+
     def request_action(self, request: ActionRequest) -> None:
         self._next_token += 1
         self._counters.add("actions")
@@ -317,6 +322,7 @@ class _Runner:
             if item is not None:
                 self._dispatch(item)
             if time.monotonic() >= next_stats:
+                self._guarded("tick_errors", lambda _: self.ext.on_tick(), None)
                 self._send_stats()
                 next_stats = time.monotonic() + self.stats_interval_s
             if self.inbox.stop_reason is not None:

@@ -23,13 +23,13 @@ from ringfence.sdk import (
     Extension,
     Manifest,
     ProcessActivity,
+    ProcessActivityId,
     Severity,
 )
 
 RULE = "acme.suspicious-tmp-exec"
 DEFAULT_DIRECTORIES = ("/tmp", "/var/tmp", "/dev/shm")
 _DELETED = " (deleted)"
-_OCSF_LAUNCH = 1  # OCSF Process Activity activity_id "Launch" (an exec)
 
 
 class SettingsError(ValueError):
@@ -51,7 +51,7 @@ class SuspiciousTmpExec(Extension):
         ctx.log.info("watching launches from %s", ", ".join(str(d) for d in self.directories))
 
     def on_event(self, event: Event) -> None:
-        if not isinstance(event, ProcessActivity) or event.activity != _OCSF_LAUNCH:
+        if not isinstance(event, ProcessActivity) or event.activity is not ProcessActivityId.LAUNCH:
             return
         exe = event.process.exe
         if not exe or (directory := self.staging_directory(exe)) is None:

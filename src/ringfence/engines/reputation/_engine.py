@@ -79,10 +79,7 @@ class ReputationEngine(Extension):
 
     def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
         self._requests += 1
-        if self._watched.poll():
-            # Verdicts cached before this reload may now be wrong; the SDK has no call to flush the
-            # agent's verdict cache, so this is only counted (and logged by the watcher).
-            self._reloads += 1
+        self._reload_if_changed()
         if file is None:
             self._no_descriptor += 1
             return allow(cacheable=False)
@@ -98,6 +95,16 @@ class ReputationEngine(Extension):
     def teardown(self) -> None:
         """Log the counters: the SDK has no channel for an extension's own statistics yet."""
         self.ctx.log.info("reputation statistics at shutdown: %s", self.statistics())
+
+    def on_tick(self) -> None:
+        """A new list must apply to files the kernel already caches as allowed: AUTH requests alone would
+        never notice, since cached files raise none."""
+        self._reload_if_changed()
+
+    def _reload_if_changed(self) -> None:
+        if self._watched.poll():
+            self._reloads += 1
+            self.ctx.invalidate_verdicts("blocklist reloaded")
 
     def statistics(self) -> ReputationStatistics:
         return ReputationStatistics(
