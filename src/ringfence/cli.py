@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from ringfence.agent import (
     read_status,
 )
 from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
+from ringfence.response import ResponseError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quarantine", help="the quarantine vault").add_subparsers(dest="q_cmd", required=True)
     q_list = q.add_parser("list", help="list quarantined files")
+    q_list.add_argument("--json", action="store_true", help="one JSON document per entry")
     q_restore = q.add_parser("restore", help="put a quarantined file back where it was")
     q_restore.add_argument("id", help="the vault id from `quarantine list`")
     for qp in (q_list, q_restore):
@@ -224,7 +227,11 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
         if not entries:
             print("the quarantine vault is empty")
         for e in entries:
-            print(json.dumps(msgspec.to_builtins(e), sort_keys=True))
+            if args.json:
+                print(json.dumps(msgspec.to_builtins(e), sort_keys=True))
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.quarantined_at / 1e9))
+                print(f"{e.id}  {when}  sha256:{e.sha256[:16]}  {e.path}  ({e.requested_by}: {e.reason})")
         return 0
     result = executor.restore(args.id)
     print(result.message)
@@ -251,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AgentError, StatusUnavailable) as e:
+    except (ConfigError, AgentError, StatusUnavailable, ResponseError) as e:
         print(f"ringfence: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

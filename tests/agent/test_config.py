@@ -50,3 +50,8 @@ def test_packaged_config_is_valid_and_equals_the_defaults() -> None:
     assert loaded.extensions.config == {"ringfence.reputation": {}}  # the commented-out example table
     no_tables = msgspec.structs.replace(loaded.extensions, config={})
     assert msgspec.structs.replace(loaded, extensions=no_tables) == Config()
+
+
+def test_bad_management_address_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"response.management_addresses: .*'10.0.0.300'"):
+        parse_config(b'[response]\nmanagement_addresses = ["10.0.0.300"]\n', "r.toml")

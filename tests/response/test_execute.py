@@ -85,6 +85,7 @@ def test_exported_names_pinned() -> None:
             "ResponseConfigError",
             "ResponseError",
             "ResponseExecutor",
+            "parse_networks",
             "start_time_ns",
         ]
     )

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ringfence.events import EventKind
+from ringfence.response import parse_networks
 
 DEFAULT_CONFIG_PATH = "/etc/ringfence/ringfence.toml"
 DEFAULT_STATE_DIR = "/var/lib/ringfence"
@@ -117,6 +118,17 @@ def parse_config(data: bytes, source: str) -> Config:
 
 
 def _check(config: Config, source: str) -> None:
+    """Every problem at once, so an operator fixes the file in one go."""
+    problems = _range_problems(config) + _path_problems(config)
+    try:
+        parse_networks(config.response.management_addresses)
+    except ValueError as e:
+        problems.append(f"response.management_addresses: {e}")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def _range_problems(config: Config) -> list[str]:
     problems: list[str] = []
     if not os.path.isabs(config.agent.state_dir):
         problems.append(f"agent.state_dir: must be an absolute path, got {config.agent.state_dir!r}")
@@ -134,14 +146,18 @@ def _check(config: Config, source: str) -> None:
         problems.append(f"extensions.memory_mb: 16..65536, got {config.extensions.memory_mb}")
     if not 1 <= config.extensions.cpu_percent <= 100 * (os.cpu_count() or 1):
         problems.append(f"extensions.cpu_percent: 1..{100 * (os.cpu_count() or 1)}")
+    return problems
+
+
+def _path_problems(config: Config) -> list[str]:
+    problems: list[str] = []
     for key in ("file_paths", "exec_mounts", "open_auth_paths"):
         for i, path in enumerate(getattr(config.sensors, key)):
             if not os.path.isabs(path):
                 problems.append(f"sensors.{key}[{i}]: must be an absolute path, got {path!r}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,31}", config.sensors.audit_key):
         problems.append(f"sensors.audit_key: 1-31 of [A-Za-z0-9_.-], got {config.sensors.audit_key!r}")
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return problems
 
 
 def load_config(path: str | None) -> Config:

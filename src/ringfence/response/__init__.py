@@ -16,7 +16,7 @@ Errors (the tree); the action methods turn them into `ActionResult(ok=False, mes
       ActionLogError            the action log could not be written or read; `.path`
 """
 
-from ringfence.response._config import ResponseConfig
+from ringfence.response._config import ResponseConfig, parse_networks
 from ringfence.response._errors import (
     ActionLogError,
     KillError,
@@ -43,5 +43,6 @@ __all__ = [
     "ResponseConfigError",
     "ResponseError",
     "ResponseExecutor",
+    "parse_networks",
     "start_time_ns",
 ]
