@@ -211,3 +211,32 @@ def test_hash_added_to_blocklist_applies_to_an_already_cached_file(
     assert _eventually(lambda: not _runs(tool)), "a cached file stayed allowed after its hash was listed"
     ext = {e["id"]: e for e in agent.health().extensions}["ringfence.reputation"]
     assert ext["verdict_flushes"] >= 1
+
+
+def test_extension_kills_a_process_through_the_agent_by_pid_and_start_time(start_agent, tmpfs: Path) -> None:
+    agent = start_agent(("e2e.responder=tests.agent.e2e_extensions:KillOnSight",))
+    victim = tmpfs / "kill-me"
+    shutil.copy2("/bin/sleep", victim)
+    proc = subprocess.Popen([str(victim), "60"])
+    try:
+        import time
+
+        time.sleep(3)
+        print(
+            agent.health().extensions,
+            (Path(agent.state_dir) / "findings.jsonl").read_text()
+            if (Path(agent.state_dir) / "findings.jsonl").exists()
+            else None,
+            (Path(agent.state_dir) / "actions.jsonl").read_text()
+            if (Path(agent.state_dir) / "actions.jsonl").exists()
+            else None,
+        )
+        assert proc.wait(timeout=20) == -9  # SIGKILL, from the agent, on the extension's request
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    finding = _findings(agent, lambda d: d["finding_info"]["title"].startswith("action kill"))
+    assert finding["finding_info"]["title"] == "action kill ok=True"
+    log = (Path(agent.state_dir) / "actions.jsonl").read_text()
+    assert "e2e.responder" in log and str(proc.pid) in log

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 
 import ringfence.response
 from ringfence.events import ActionKind, ActionRequest
 from ringfence.response import ResponseConfig, ResponseExecutor
+from ringfence.sensors.process import ProcessTable
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_incomplete_request_refused_and_logged(ex: ResponseExecutor, request_: A
 def test_kill_request_executed(ex: ResponseExecutor) -> None:
     proc = subprocess.Popen(["sleep", "60"])
     try:
-        start = int(psutil.Process(proc.pid).create_time() * 1_000_000_000)
+        start = ProcessTable().resolve(proc.pid).start_time_ns  # as an extension gets it from an event
         result = ex.execute(ActionRequest(kind=ActionKind.KILL, pid=proc.pid, start_time_ns=start))
         assert result.ok, result.message
         assert proc.poll() == -9

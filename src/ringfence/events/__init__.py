@@ -27,6 +27,12 @@ from ringfence.events._model import (
     Verdict,
     event_kind,
 )
+from ringfence.events._proctime import (
+    boot_time_ns,
+    clock_tick_ns,
+    start_time_from_kernel_ns,
+    start_time_from_ticks,
+)
 from ringfence.events._stamp import Clock, HeaderStamper, SystemClock
 
 __all__ = [
@@ -55,6 +61,10 @@ __all__ = [
     "Severity",
     "SystemClock",
     "Verdict",
+    "boot_time_ns",
+    "clock_tick_ns",
     "event_kind",
+    "start_time_from_kernel_ns",
+    "start_time_from_ticks",
     "to_ocsf",
 ]

@@ -1,7 +1,7 @@
 """Killing one process, named by pid AND start time, through a pidfd so that a reused pid is never hit.
 
-The start time is the wall clock at which the process started, as the process table gives it:
-boot time (`btime` in /proc/stat) + `starttime` ticks (field 22 of /proc/<pid>/stat) / SC_CLK_TCK.
+The start time is the wall clock at which the process started, derived exactly as the process table
+derives it (`ringfence.events.start_time_from_ticks` on field 22 of /proc/<pid>/stat).
 """
 
 from __future__ import annotations
@@ -12,23 +12,10 @@ import os
 import select
 import signal
 
+from ringfence.events import clock_tick_ns, start_time_from_ticks
 from ringfence.response._errors import KillError
 
 logger = logging.getLogger(__name__)
-
-NS_PER_S = 1_000_000_000
-
-
-def clock_tick_ns() -> int:
-    return NS_PER_S // os.sysconf("SC_CLK_TCK")
-
-
-def boot_time_ns(proc: str = "/proc") -> int:
-    with open(f"{proc}/stat", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("btime "):
-                return int(line.split()[1]) * NS_PER_S
-    raise KillError(0, f"{proc}/stat has no btime line")
 
 
 def start_time_ns(pid: int, proc: str = "/proc") -> int:
@@ -42,7 +29,7 @@ def start_time_ns(pid: int, proc: str = "/proc") -> int:
     # comm (field 2) may hold spaces and parentheses: the fields after it start after the last ')'
     fields = stat[stat.rindex(")") + 2 :].split()
     ticks = int(fields[19])  # field 22, starttime; fields[0] is field 3
-    return boot_time_ns(proc) + ticks * NS_PER_S // os.sysconf("SC_CLK_TCK")
+    return start_time_from_ticks(ticks)
 
 
 class Killer:

@@ -22,12 +22,11 @@ import os
 import pwd
 import re
 import threading
-import time
 from collections.abc import Iterator
 
 import msgspec
 
-from ringfence.events import Clock, ProcessRef, SystemClock
+from ringfence.events import Clock, ProcessRef, SystemClock, clock_tick_ns, start_time_from_ticks
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +88,12 @@ def pick_cgroup(cgroup_file: str) -> str | None:
     return v1_paths[0] if v1_paths else v2_path
 
 
-def boot_time_ns() -> int:
-    """Wall-clock time of boot, ns since the epoch (the base of /proc/<pid>/stat starttime)."""
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-
-
 class ProcReader:
     """Reads one process from /proc. Best effort: fields that cannot be read are None."""
 
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
-        self._boot_ns = boot_time_ns()
-        self.tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        self.tick_ns = clock_tick_ns()
         self._users: dict[int, str | None] = {}
 
     def read(self, pid: int) -> ProcessRef | None:
@@ -122,7 +115,7 @@ class ProcReader:
             uid=uid,
             user=self.user_name(uid),
             gid=gid,
-            start_time_ns=None if start_ticks is None else self._boot_ns + start_ticks * self.tick_ns,
+            start_time_ns=None if start_ticks is None else start_time_from_ticks(start_ticks),
             container_id=parse_container_id(cgroup) if cgroup else None,
             cgroup=cgroup,
         )

@@ -24,9 +24,15 @@ import logging
 import os
 import select
 import threading
-import time
 
-from ringfence.events import Clock, HeaderStamper, ProcessActivity, ProcessActivityId, ProcessRef
+from ringfence.events import (
+    Clock,
+    HeaderStamper,
+    ProcessActivity,
+    ProcessActivityId,
+    ProcessRef,
+    start_time_from_kernel_ns,
+)
 from ringfence.sensors._base import AuditExec, EventSink, SensorStatistics, SensorUnavailable
 from ringfence.sensors._proctable import ExecImage, ProcessTable
 from ringfence.sensors.process._connector import Exec, Exit, Fork, IdChange, ProcConnector, ProcEvent
@@ -191,7 +197,7 @@ class ProcessSensor:
     def _on_fork(self, event: Fork) -> None:
         if event.child_pid != event.child_tgid:
             return  # a new thread, not a new process
-        start_ns = time.time_ns() - time.monotonic_ns() + event.timestamp_ns
+        start_ns = start_time_from_kernel_ns(event.timestamp_ns)
         self._table.fork(event.parent_tgid, event.child_tgid, start_ns)
         self._emit(ProcessActivityId.FORK, self._table.resolve(event.child_tgid))
 
