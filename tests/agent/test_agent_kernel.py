@@ -28,19 +28,9 @@ from ringfence.events import (
     Verdict,
 )
 from tests.agent.helpers import Collector, scoped_config
+from tests.kernel import fanotify_fds
 
 ALL = frozenset({EventKind.PROCESS, EventKind.FILE, EventKind.NETWORK})
-
-
-def _fanotify_fds() -> int:
-    n = 0
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                n += "fanotify" in f.read()
-        except OSError:
-            continue
-    return n
 
 
 @pytest.fixture
@@ -159,14 +149,14 @@ def test_stop_leaves_no_fanotify_fd_audit_rule_or_child(tmpfs: Path, tmp_path: P
     from ringfence.sensors.audit import list_rule_keys
 
     config = scoped_config(tmpfs, tmp_path / "state")
-    before = _fanotify_fds()
+    before = fanotify_fds()
     threads_before = threading.active_count()
     agent = Agent(config, console=Console(io.StringIO()))
     agent.start()
-    assert _fanotify_fds() > before
+    assert fanotify_fds() > before
     assert config.sensors.audit_key in list_rule_keys()
     agent.stop()
-    assert _fanotify_fds() == before
+    assert fanotify_fds() == before
     assert config.sensors.audit_key not in list_rule_keys()
     assert threading.active_count() == threads_before, threading.enumerate()
     assert psutil.Process().children() == []

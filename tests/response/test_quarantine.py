@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ringfence.response import ResponseConfig, ResponseExecutor
+from tests.kernel import mounted_tmpfs
 
 pytestmark = pytest.mark.kernel
 
@@ -27,13 +27,8 @@ def ex(tmp_path: Path) -> ResponseExecutor:
 @pytest.fixture
 def other_fs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of its own, so that a move into the vault crosses filesystems."""
-    mnt = tmp_path / "otherfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "rf-test", str(mnt)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "otherfs", size="4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def make_file(path: Path) -> Path:

@@ -5,27 +5,10 @@ Every fanotify mark in these tests is on the test's tmpfs; every sensor is stopp
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs mounted under the test's temp dir (exec allowed), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.fail("fanotify tests need root: they mount a tmpfs and open fanotify groups")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0755", "rf-fan-test", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture

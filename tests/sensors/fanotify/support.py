@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -10,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.kernel import fanotify_fds  # noqa: F401 - re-exported for the tests here
 
 from ringfence.events import AuthAnswer, AuthRequest, ProcessRef, Verdict
 
@@ -66,14 +66,3 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str
 def run(path: Path | str, *args: str) -> subprocess.CompletedProcess[bytes]:
     """Exec a program; the timeout only guards against a hung test, it asserts nothing."""
     return subprocess.run([str(path), *args], check=False, timeout=30, capture_output=True)
-
-
-def fanotify_fds() -> int:
-    n = 0
-    for name in os.listdir("/proc/self/fdinfo"):
-        try:
-            with open(f"/proc/self/fdinfo/{name}") as f:
-                n += "fanotify" in f.read()
-        except OSError:
-            continue
-    return n
