@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
+
+from tests.fakes import FakeClock
 
 import ringfence.sensors.process as process_pkg
 from ringfence.events import Event, ProcessActivity, ProcessActivityId, ProcessRef
 from ringfence.sensors import AuditExec
 from ringfence.sensors._proctable import ProcReader
 from ringfence.sensors.process import ProcessSensor, ProcessTable, exit_code_of
-from ringfence.sensors.process._connector import Ack, Exit, Fork, IdChange, parse
+from ringfence.sensors.process._connector import Ack, Exec, Exit, Fork, IdChange, parse
 
 
 def _audit_exec(**changes: object) -> AuditExec:
@@ -121,3 +124,32 @@ def test_exported_names_pinned() -> None:
         "exit_code_of",
         "parse_container_id",
     ]
+
+
+def _exec_sensor() -> tuple[ProcessSensor, FakeClock]:
+    clock = FakeClock()
+    return ProcessSensor(lambda e: None, ProcessTable(), "h", audit_exec=True, clock=clock), clock
+
+
+def test_exec_without_audit_record_is_read_from_proc_after_grace() -> None:
+    """A process audit never describes (created before audit was enabled) still gets its new image."""
+    sensor, clock = _exec_sensor()
+    me = os.getpid()
+    sensor._handle(Exec(1, me, me))
+    sensor._sweep_awaiting_audit()
+    assert sensor.statistics().detail["exec_from_proc"] == 0  # still waiting for audit
+    clock.advance_ms(300)
+    sensor._sweep_awaiting_audit()
+    assert sensor.statistics().detail["exec_from_proc"] == 1
+
+
+def test_exec_described_by_audit_is_never_read_from_proc_whichever_comes_first() -> None:
+    sensor, clock = _exec_sensor()
+    me = os.getpid()
+    sensor._handle(Exec(1, me, me))  # connector first
+    sensor.on_audit_exec(_audit_exec(pid=me))
+    sensor.on_audit_exec(_audit_exec(pid=me + 1))  # audit first
+    sensor._handle(Exec(2, me + 1, me + 1))
+    clock.advance_ms(300)
+    sensor._sweep_awaiting_audit()
+    assert sensor.statistics().detail["exec_from_proc"] == 0

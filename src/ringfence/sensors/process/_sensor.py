@@ -19,6 +19,7 @@ A sink that raises is logged with its traceback and counted in `errors`; the rea
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -31,6 +32,7 @@ from ringfence.events import (
     ProcessActivity,
     ProcessActivityId,
     ProcessRef,
+    SystemClock,
     start_time_from_kernel_ns,
 )
 from ringfence.sensors._base import AuditExec, EventSink, SensorStatistics, SensorUnavailable
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 
 _INTERFACE = "netlink process connector"
 _JOIN_TIMEOUT_S = 10.0
+_AWAIT_GRACE_NS = 250_000_000  # how long an exec waits for its audit record before /proc is read
+_AWAIT_SWEEP_MS = 100
+_AWAIT_MAX = 4096  # execs awaiting audit, and audit records awaiting their connector event
 
 
 def exit_code_of(wait_status: int) -> int:
@@ -69,7 +74,8 @@ class ProcessSensor:
         self._sink = sink
         self._table = table
         self._audit_exec = audit_exec
-        self._stamper = HeaderStamper(self.name, host, clock)
+        self._clock = clock or SystemClock()
+        self._stamper = HeaderStamper(self.name, host, self._clock)
         self._own_pid = os.getpid() if skip_own_process else None
         self._seed_table = seed_table
         self._conn = ProcConnector(rcvbuf_bytes)
@@ -77,8 +83,11 @@ class ProcessSensor:
         self._stop_fd: int | None = None
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
-            ("received", "emitted", "errors", "exec_unresolved", "audit_exec_failed"), 0
+            ("received", "emitted", "errors", "exec_unresolved", "audit_exec_failed", "exec_from_proc"), 0
         )
+        # Execs the connector saw and audit has not described yet: tgid -> when to read /proc instead.
+        self._awaiting_audit: dict[int, int] = {}
+        self._recent_audit: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     def start(self) -> None:
         """Listen to the process connector, seed the table and start the reader thread."""
@@ -133,6 +142,7 @@ class ProcessSensor:
                 "undecodable": undecodable,
                 "exec_unresolved": counts["exec_unresolved"],
                 "audit_exec_failed": counts["audit_exec_failed"],
+                "exec_from_proc": counts["exec_from_proc"],
                 "table_size": table.size,
                 "table_exited": table.exited,
                 "table_evictions": table.evictions,
@@ -149,6 +159,11 @@ class ProcessSensor:
         image = ExecImage(
             ppid=rec.ppid, exe=rec.exe, cmdline=rec.argv, cwd=rec.cwd, uid=rec.euid, gid=rec.gid
         )
+        with self._lock:
+            if self._awaiting_audit.pop(rec.pid, None) is None:
+                self._recent_audit[rec.pid] = None  # audit came first: the connector's exec needs nothing
+                if len(self._recent_audit) > _AWAIT_MAX:
+                    self._recent_audit.popitem(last=False)
         try:
             self._table.apply_exec(rec.pid, image)
             self._emit(ProcessActivityId.LAUNCH, self._table.resolve(rec.pid))
@@ -162,9 +177,12 @@ class ProcessSensor:
         poller.register(self._conn.fileno(), select.POLLIN)
         poller.register(self._stop_fd, select.POLLIN)
         while True:
-            ready = {fd for fd, _ in poller.poll()}
+            ready = {fd for fd, _ in poller.poll(_AWAIT_SWEEP_MS if self._awaiting_audit else None)}
             if self._stop_fd in ready:
                 return
+            self._sweep_awaiting_audit()
+            if not ready:
+                continue
             before = self._conn.overruns
             for event in self._conn.read():
                 self._handle_guarded(event)
@@ -202,13 +220,36 @@ class ProcessSensor:
         self._emit(ProcessActivityId.FORK, self._table.resolve(event.child_tgid))
 
     def _on_exec(self, event: Exec) -> None:
-        loaded = self._table.load(event.tgid)
         if self._audit_exec:
+            self._await_audit(event.tgid)
             return
+        loaded = self._table.load(event.tgid)
         if loaded is None:
             self._count("exec_unresolved")
             self._table.forget_image(event.tgid)
         self._emit(ProcessActivityId.LAUNCH, self._table.resolve(event.tgid))
+
+    def _await_audit(self, tgid: int) -> None:
+        """Audit's record of this exec (full argv) normally follows within milliseconds and updates the
+        table; reading /proc now would be work thrown away. A process audit never sees (one created
+        before audit was enabled) is read from /proc after a grace period instead."""
+        with self._lock:
+            if tgid in self._recent_audit:
+                del self._recent_audit[tgid]
+                return  # audit already described it
+            if len(self._awaiting_audit) >= _AWAIT_MAX:
+                self._awaiting_audit.pop(next(iter(self._awaiting_audit)))
+            self._awaiting_audit[tgid] = self._clock.monotonic_ns() + _AWAIT_GRACE_NS
+
+    def _sweep_awaiting_audit(self) -> None:
+        now = self._clock.monotonic_ns()
+        with self._lock:
+            due = [pid for pid, deadline in self._awaiting_audit.items() if deadline <= now]
+            for pid in due:
+                del self._awaiting_audit[pid]
+        for pid in due:
+            if self._table.load(pid) is not None:
+                self._count("exec_from_proc")
 
     def _on_id_change(self, event: IdChange) -> None:
         uid, gid = (event.effective, None) if event.is_uid else (None, event.effective)
@@ -217,6 +258,8 @@ class ProcessSensor:
         self._emit(ProcessActivityId.SET_USER_ID, self._table.resolve(event.tgid), new_uid=uid, new_gid=gid)
 
     def _on_exit(self, event: Exit) -> None:
+        with self._lock:
+            self._awaiting_audit.pop(event.tgid, None)
         process = self._table.resolve(event.tgid)
         self._emit(ProcessActivityId.TERMINATE, process, exit_code=exit_code_of(event.exit_code))
         self._table.mark_exited(event.tgid)
