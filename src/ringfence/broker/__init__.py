@@ -8,7 +8,7 @@ from ringfence.broker._auth import Arbiter, AuthStatistics, SubscriberAuthStatis
 from ringfence.broker._broker import Broker, BrokerStatistics, DeadlineRunner, KindStatistics, Mutes
 from ringfence.broker._channel import BoundedChannel, ChannelClosed, ChannelStatistics, Overflow
 from ringfence.broker._inprocess import Handler, ThreadedSubscriber, ThreadedSubscriberStatistics
-from ringfence.broker._types import AuthPolicy, AuthTicket, Reply, Subscriber
+from ringfence.broker._types import AuthPolicy, AuthTicket, FixedSubscription, Reply, Subscriber
 from ringfence.events import FailurePolicy
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ChannelStatistics",
     "DeadlineRunner",
     "FailurePolicy",
+    "FixedSubscription",
     "Handler",
     "KindStatistics",
     "Mutes",

@@ -13,7 +13,7 @@ from typing import Protocol
 import msgspec
 
 from ringfence.broker._channel import BoundedChannel, ChannelClosed, ChannelStatistics, Overflow
-from ringfence.broker._types import AuthPolicy, AuthTicket, Reply
+from ringfence.broker._types import AuthPolicy, AuthTicket, FixedSubscription, Reply
 from ringfence.events import AuthAnswer, Event, EventKind
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class ThreadedSubscriberStatistics(msgspec.Struct, frozen=True):
     auth_misses: int
 
 
-class ThreadedSubscriber:
+class ThreadedSubscriber(FixedSubscription):
     def __init__(
         self,
         name: str,
@@ -47,27 +47,13 @@ class ThreadedSubscriber:
         capacity: int = 8192,
         overflow: Overflow = Overflow.DROP_NEWEST,
     ) -> None:
-        self._name = name
-        self._kinds = kinds
-        self._auth_policy = auth_policy
+        super().__init__(name, kinds, auth_policy)
         self._handler = handler
         self._channel: BoundedChannel[Event | tuple[AuthTicket, Reply]] = BoundedChannel(capacity, overflow)
         self._handled = 0
         self._errors = 0
         self._auth_misses = 0
         self._thread = threading.Thread(target=self._run, name=f"sub-{name}", daemon=True)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kinds(self) -> frozenset[EventKind]:
-        return self._kinds
-
-    @property
-    def auth_policy(self) -> AuthPolicy | None:
-        return self._auth_policy
 
     def start(self) -> ThreadedSubscriber:
         self._thread.start()

@@ -59,3 +59,24 @@ class Subscriber(Protocol):
     def auth_missed(self, ticket_id: int) -> None:
         """Told by the broker when this subscriber let an AUTH deadline pass. Never blocks."""
         ...
+
+
+class FixedSubscription:
+    """The part of a Subscriber that most implementations fix at construction: name, kinds, AUTH policy."""
+
+    def __init__(self, name: str, kinds: frozenset[EventKind], auth_policy: AuthPolicy | None = None) -> None:
+        self._name = name
+        self._kinds = kinds
+        self._auth_policy = auth_policy
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def kinds(self) -> frozenset[EventKind]:
+        return self._kinds
+
+    @property
+    def auth_policy(self) -> AuthPolicy | None:
+        return self._auth_policy

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import msgspec
 
 from ringfence.broker import (
-    AuthPolicy,
     AuthTicket,
     BoundedChannel,
     ChannelClosed,
     ChannelStatistics,
+    FixedSubscription,
     Overflow,
     Reply,
 )
@@ -80,7 +80,7 @@ class JsonlStatistics(msgspec.Struct, frozen=True):
     errors: int
 
 
-class JsonlSink:
+class JsonlSink(FixedSubscription):
     """Writes every event of `kinds` as an OCSF JSON line. `on_written` (optional) sees each event after it
     is written: the console uses it to show findings live."""
 
@@ -95,8 +95,7 @@ class JsonlSink:
         capacity: int = 65536,
         on_written: Callable[[Event], None] | None = None,
     ) -> None:
-        self._name = name
-        self._kinds = kinds
+        super().__init__(name, kinds)
         self._file = RotatingFile(path, max_bytes, keep)
         self._channel: BoundedChannel[Event] = BoundedChannel(capacity, Overflow.DROP_NEWEST)
         self._encoder = OcsfEncoder()
@@ -104,18 +103,6 @@ class JsonlSink:
         self._written = 0
         self._errors = 0
         self._thread = threading.Thread(target=self._run, name=f"out-{name}", daemon=True)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kinds(self) -> frozenset[EventKind]:
-        return self._kinds
-
-    @property
-    def auth_policy(self) -> AuthPolicy | None:
-        return None
 
     def deliver(self, event: Event) -> bool:
         return self._channel.put(event)
