@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from ringfence.broker import BoundedChannel, Broker, ChannelClosed, Mutes, Overflow
@@ -95,3 +97,17 @@ def test_channel_closed_and_drained_raises() -> None:
 def test_channel_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         BoundedChannel(0)
+
+
+def test_channel_batch_lingers_for_items_that_arrive_after_the_first() -> None:
+    ch: BoundedChannel[int] = BoundedChannel(100)
+    ch.put(0)
+    threading.Timer(0.05, lambda: [ch.put(i) for i in range(1, 10)]).start()
+    assert ch.get_batch(10, timeout=5, linger=30) == list(range(10))  # the 10th item ends the linger
+
+
+def test_channel_batch_linger_ends_on_close() -> None:
+    ch: BoundedChannel[int] = BoundedChannel(100)
+    ch.put(1)
+    threading.Timer(0.05, ch.close).start()
+    assert ch.get_batch(10, timeout=5, linger=30) == [1]

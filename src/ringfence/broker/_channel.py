@@ -44,6 +44,7 @@ class BoundedChannel(Generic[T]):
         self._put = 0
         self._dropped = 0
         self._closed = False
+        self._wake_at = 1  # queued items at which `put` wakes the consumer (raised while it lingers)
 
     def put(self, item: T) -> bool:
         """Queue an item. Returns False when the item (or, for DROP_OLDEST, an older one) was dropped."""
@@ -61,7 +62,8 @@ class BoundedChannel(Generic[T]):
                 self._cond.notify()
                 return False
             self._items.append(item)
-            self._cond.notify()
+            if len(self._items) == 1 or len(self._items) >= self._wake_at:
+                self._cond.notify()
             return True
 
     def get(self, timeout: float | None = None) -> T | None:
@@ -77,13 +79,19 @@ class BoundedChannel(Generic[T]):
                     return None
             return self._items.popleft()
 
-    def get_batch(self, limit: int, timeout: float | None = None) -> list[T]:
-        """Up to `limit` items, waiting up to `timeout` for the first. Raises ChannelClosed like `get`."""
+    def get_batch(self, limit: int, timeout: float | None = None, linger: float = 0.0) -> list[T]:
+        """Up to `limit` items, waiting up to `timeout` for the first and then up to `linger` seconds for
+        the batch to fill (one wake-up per batch instead of one per item). Raises ChannelClosed like
+        `get`."""
         first = self.get(timeout)
         if first is None:
             return []
         batch = [first]
         with self._cond:
+            if linger > 0 and len(self._items) < limit - 1 and not self._closed:
+                self._wake_at = limit - 1
+                self._cond.wait(linger)
+                self._wake_at = 1
             while self._items and len(batch) < limit:
                 batch.append(self._items.popleft())
         return batch

@@ -26,6 +26,8 @@ from ringfence.events import Event, EventKind, OcsfEncoder
 
 log = logging.getLogger(__name__)
 
+LINGER_S = 0.05  # a line reaches the file at most this late; in return one write (and wake-up) per batch
+
 
 class RotatingFile:
     """Appends lines to `path`; past `max_bytes` it shifts path -> path.1 -> ... -> path.<keep> (dropped)."""
@@ -127,7 +129,7 @@ class JsonlSink(FixedSubscription):
     def _run(self) -> None:
         while True:
             try:
-                batch = self._channel.get_batch(1024, timeout=1.0)
+                batch = self._channel.get_batch(1024, timeout=1.0, linger=LINGER_S)
             except ChannelClosed:
                 return
             if batch:

@@ -34,7 +34,7 @@ from ringfence.sensors.audit import _netlink as nl
 from ringfence.sensors.audit._client import AuditClient, open_audit_socket
 from ringfence.sensors.audit._parse import AuditEvent, EventAssembler, SyscallInfo
 from ringfence.sensors.audit._peek import socket_names
-from ringfence.sensors.audit._reader import DatagramReader
+from ringfence.sensors.audit._reader import BATCH, DatagramReader
 from ringfence.sensors.audit._rules import EXEC_SYSCALLS, NETWORK_SYSCALLS, build_rules, remove_keyed_rules
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,8 @@ class _Running:
         self.events_socket = open_audit_socket(
             rcvbuf_bytes=self.tuning.rcvbuf_bytes, multicast=mode is Mode.MULTICAST
         )
-        self.queue: queue.Queue[bytes] = queue.Queue(self.tuning.queue_datagrams)
+        # Items are batches of up to BATCH datagrams: the bound stays about queue_datagrams datagrams.
+        self.queue: queue.Queue[list[bytes]] = queue.Queue(max(1, self.tuning.queue_datagrams // BATCH))
         self.reader = DatagramReader(self.events_socket, self.queue)
         self.daemon = AuditClient(
             self.events_socket, timeout_s=self.tuning.request_timeout_s, records=self.reader.offer
@@ -329,16 +330,17 @@ class _Running:
         clock = self.wiring.clock
         while True:
             try:
-                datagram = self.queue.get(timeout=0.25)
+                batch = self.queue.get(timeout=0.25)
             except queue.Empty:
                 if self.stopping.is_set():
                     break
-                datagram = None
-            if datagram is not None:
+                batch = []
+            now = clock.monotonic_ns()
+            for datagram in batch:
                 for msg in nl.split_datagram(datagram):
                     if msg.type >= nl.AUDIT_FIRST_EVENT:
                         text = msg.payload.rstrip(b"\0\n").decode("utf-8", "backslashreplace")
-                        self._dispatch_all(self.assembler.feed(msg.type, text, clock.monotonic_ns()))
+                        self._dispatch_all(self.assembler.feed(msg.type, text, now))
             self._dispatch_all(self.assembler.expire(clock.monotonic_ns()))
         self._dispatch_all(self.assembler.flush())
 
