@@ -190,11 +190,31 @@ def _render_status(doc: dict[str, Any]) -> str:
     if doc["extensions"]:
         lines.append("extensions:")
         for e in doc["extensions"]:
-            extra = " ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in ("id", "state"))
-            lines.append(f"  {e.get('id')}: {e.get('state')} {extra}")
+            lines.append(_render_extension(e))
     for o in doc["outputs"]:
         lines.append(f"output {o['path']}: written={o['written']} dropped={o['channel']['dropped']}")
     return "\n".join(lines)
+
+
+_EXTENSION_FIELDS = (
+    ("pid", "pid"),
+    ("restarts", "restarts"),
+    ("crashes", "crashes"),
+    ("auth_answered", "auth-answered"),
+    ("auth_misses", "deadline-misses"),
+    ("events_delivered", "events"),
+    ("events_dropped", "events-dropped"),
+    ("findings_emitted", "findings"),
+    ("findings_rate_limited", "findings-rate-limited"),
+    ("protocol_errors", "protocol-errors"),
+)
+
+
+def _render_extension(e: dict[str, Any]) -> str:
+    fields = " ".join(f"{label}={e[key]}" for key, label in _EXTENSION_FIELDS if e.get(key) is not None)
+    rss = f" rss={e['rss_bytes'] >> 20}MiB" if e.get("rss_bytes") else ""
+    why = e.get("quarantine_reason") or e.get("last_exit_reason")
+    return f"  {e.get('id'):<24} {e.get('state'):<11} {fields}{rss}" + (f"\n    last: {why}" if why else "")
 
 
 def _cmd_extensions(args: argparse.Namespace) -> int:

@@ -100,3 +100,36 @@ def test_missing_privilege_is_a_clear_error(tmp_path: Path) -> None:
 def test_status_without_agent_fails_clearly(tmp_path: Path) -> None:
     r = subprocess.run([*RINGFENCE, "status", "--state-dir", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 1 and "no agent is running" in r.stderr
+
+
+def test_status_tells_which_extension_missed_deadlines(tmpfs: Path, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    state = tmp_path / "state"
+    extra = (
+        '[extensions]\nenabled = ["fault.silent=tests.extensions.fault_extensions:NeverAnswers"]\n'
+        f'import_paths = ["{repo}"]\n'
+    )
+    config = _write_config(tmp_path / "rf.toml", tmpfs, state, "rf-cli-ext", extra)
+    prog = tmpfs / "prog"
+    prog.write_bytes(Path("/bin/true").read_bytes())
+    prog.chmod(0o755)
+    proc = subprocess.Popen(
+        [*RINGFENCE, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_for_status(state, proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert subprocess.run([str(prog)], timeout=30).returncode == 0  # never held past the deadline
+            doc = _wait_for_status(state, proc)
+            if any(e["id"] == "fault.silent" and e["auth_misses"] >= 1 for e in doc["extensions"]):
+                break
+        human = subprocess.run(
+            [*RINGFENCE, "status", "--state-dir", str(state)], capture_output=True, text=True
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    section = human.stdout.split("extensions:", 1)[1]
+    line = next(x for x in section.splitlines() if "fault.silent" in x)
+    assert "deadline-misses=" in line and "deadline-misses=0" not in line, human.stdout
