@@ -133,3 +133,30 @@ def test_status_tells_which_extension_missed_deadlines(tmpfs: Path, tmp_path: Pa
     section = human.stdout.split("extensions:", 1)[1]
     line = next(x for x in section.splitlines() if "fault.silent" in x)
     assert "deadline-misses=" in line and "deadline-misses=0" not in line, human.stdout
+
+
+def test_missing_kernel_interface_is_named_with_what_still_works(tmpfs: Path, tmp_path: Path) -> None:
+    """A sensor the kernel refuses (here: exec gating on a path that does not exist) degrades the agent,
+    says which interface and what still works, and status exits non-zero."""
+    state = tmp_path / "state"
+    config = _write_config(
+        tmp_path / "rf.toml", tmpfs, state, "rf-cli-degraded", "[extensions]\nenabled = []\n"
+    )
+    config.write_text(
+        config.read_text().replace(f'exec_mounts = ["{tmpfs}"]', 'exec_mounts = ["/nonexistent-rf"]')
+    )
+    proc = subprocess.Popen(
+        [*RINGFENCE, "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        doc = _wait_for_status(state, proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert doc["rc"] == 1 and not doc["healthy"]
+    assert "fanotify exec permission" in doc["unavailable"]["exec-auth"]
+    assert "sensor exec-auth unavailable" in out and "no exec can be blocked" in out
+    assert "Traceback" not in err and proc.returncode == 0
