@@ -69,9 +69,9 @@ def capture_under_load(
         busy_cpu = (cpu_seconds(agent) - cpu0) / (time.monotonic() - t0)
         captured = _wait_captured(state, marker, made)
         doc = status(state)
-    drops = sum(s["dropped"] for s in doc["sensors"]) + sum(
-        k["dropped"] for k in doc["broker"]["kinds"].values()
-    )
+    where = {f"sensor {s['name']}": s["dropped"] for s in doc["sensors"]}
+    where |= {f"to {k} subscribers": v["dropped"] for k, v in doc["broker"]["kinds"].items()}
+    drops = ", ".join(f"{n} ({w})" for w, n in where.items() if n) or "0"
     ratio = captured / made if made else 0.0
     capture = [
         (
