@@ -66,6 +66,7 @@ class Broker:
         self._routes: dict[EventKind, tuple[Subscriber, ...]] = dict.fromkeys(EventKind, ())
         self._subscribers: dict[str, Subscriber] = {}
         self._kind_stats = {k: KindStatistics() for k in EventKind}
+        self._stats_lock = threading.Lock()
         self._invalidators: list[Callable[[], None]] = []
 
     # -- subscribers -------------------------------------------------------------------------------------
@@ -119,16 +120,24 @@ class Broker:
 
     def publish(self, event: Event) -> None:
         kind = event_kind(event)
+        muted = self.mutes.mutes(event, kind)
+        delivered = dropped = 0
+        if not muted:
+            for sub in self._routes[kind]:
+                if sub.deliver(event):
+                    delivered += 1
+                else:
+                    dropped += 1
+        self._count(kind, muted, delivered, dropped)
+
+    def _count(self, kind: EventKind, muted: bool, delivered: int, dropped: int) -> None:
+        """Under a lock: sensors publish from several threads, and a lost increment is a silent drop."""
         st = self._kind_stats[kind]
-        st.published += 1
-        if self.mutes.mutes(event, kind):
-            st.muted += 1
-            return
-        for sub in self._routes[kind]:
-            if sub.deliver(event):
-                st.delivered += 1
-            else:
-                st.dropped += 1
+        with self._stats_lock:
+            st.published += 1
+            st.muted += muted
+            st.delivered += delivered
+            st.dropped += dropped
 
     def publish_many(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -137,19 +146,21 @@ class Broker:
     def authorize(self, request: AuthRequest, fd: int, respond: Respond) -> None:
         """Decide `request`; `respond` is called exactly once, within the deadline."""
         kind = event_kind(request)
-        st = self._kind_stats[kind]
-        st.published += 1
         if self.mutes.mutes(request, kind):
-            st.muted += 1
+            self._count(kind, True, 0, 0)
             respond(ALLOW_CACHEABLE)
             return
         subs = self._routes[kind]
-        st.delivered += len(subs)
+        self._count(kind, False, len(subs), 0)
         self.arbiter.submit(request, fd, subs, respond)
+
+    def _kind_snapshot(self) -> dict[str, KindStatistics]:
+        with self._stats_lock:
+            return {str(k): msgspec.structs.replace(v) for k, v in self._kind_stats.items()}
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(
-            kinds={str(k): msgspec.structs.replace(v) for k, v in self._kind_stats.items()},
+            kinds=self._kind_snapshot(),
             auth=self.arbiter.statistics(),
             subscribers=sorted(self._subscribers),
         )
