@@ -53,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         "and audit rule it added.",
     )
     _common(run)
-    run.add_argument("--blocklist", metavar="FILE", help="blocklist for the file-reputation engine: one sha256 per line, # comments, optional label")
+    run.add_argument(
+        "--blocklist",
+        metavar="FILE",
+        help="blocklist for the file-reputation engine: one sha256 per line, # comments, optional label",
+    )
     run.add_argument("--no-extensions", action="store_true", help="run sensors and outputs only")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: config")
 
