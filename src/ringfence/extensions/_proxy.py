@@ -287,10 +287,17 @@ class ExtensionProxy:
             if conn.closed:
                 return
             conn.ready = True
-            self.lifecycle.running()
         conn.start_thread(conn.write_loop, "writer")
         log.info("extension %s %s ready (pid %d)", manifest.id, manifest.version, conn.pid)
         self._on_ready(self, first)
+
+    def mark_running(self) -> None:
+        """Called by the supervisor once this proxy is subscribed to the broker: only then is it running,
+        so that whoever waits for 'running' and then publishes is sure the extension gets the event."""
+        with self.lock:
+            conn = self.conn
+            if conn is not None and conn.ready and not conn.closed:
+                self.lifecycle.running()
 
     # -- frames from the extension -----------------------------------------------------------------------
 

@@ -330,6 +330,7 @@ class Supervisor:
             self._guard(f"on_first_ready({proxy.name})", self._on_first_ready, proxy)
         if proxy.auth_policy is not None and self._on_auth_ready is not None:
             self._guard(f"on_auth_ready({proxy.name})", self._on_auth_ready, proxy.name)
+        proxy.mark_running()
         self._notify()
 
     @staticmethod
