@@ -95,13 +95,14 @@ class _Extensions:
                 protected_paths=PROTECTED_PATHS,
             )
         )
-        for spec in extension_specs(config):
+        specs = extension_specs(config)
+        for spec in specs:
             if spec.state_dir:
                 os.makedirs(os.path.dirname(spec.state_dir), mode=0o711, exist_ok=True)
                 os.makedirs(spec.state_dir, mode=0o700, exist_ok=True)  # the sandbox gives it to the user
         broker = agent.broker
         self.supervisor = Supervisor(
-            extension_specs(config),
+            specs,
             findings_sink=broker.publish,
             action_handler=self._act,
             on_auth_ready=lambda _id: broker.invalidate_auth_cache(),
