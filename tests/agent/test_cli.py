@@ -154,7 +154,7 @@ def test_missing_kernel_interface_is_named_with_what_still_works(tmpfs: Path, tm
     try:
         doc = _wait_for_status(state, proc)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # systemd stops it this way
         out, err = proc.communicate(timeout=60)
     assert doc["rc"] == 1 and not doc["healthy"]
     assert "fanotify exec permission" in doc["unavailable"]["exec-auth"]
