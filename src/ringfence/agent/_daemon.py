@@ -164,12 +164,18 @@ class Agent:
         if not cfg.process:
             table.seed()  # else the process sensor seeds it, once it listens, so no process falls between
         self.table = table
+
+        def process_sensor(audit_exec: bool) -> ProcessSensor:
+            return ProcessSensor(
+                self.broker.publish, table, host, audit_exec=audit_exec, skip_own_process=True
+            )
+
         audit_exec = cfg.process and cfg.audit_exec
+        process = process_sensor(audit_exec)  # started after audit, but takes audit's exec records at once
         if audit_exec or cfg.network:
-            process_sink = self._process_sensor_sink()
             audit = AuditSensor(
                 self.broker.publish,
-                process_sink,
+                process.on_audit_exec,
                 table,
                 host,
                 key=cfg.audit_key,
@@ -177,13 +183,9 @@ class Agent:
                 want_network=cfg.network,
                 backlog_limit=cfg.audit_backlog_limit,
             )
-            if not self._try_start(audit):
-                audit_exec = False
+            if not self._try_start(audit) and audit_exec:
+                process = process_sensor(False)  # argv from /proc, best effort
         if cfg.process:
-            process = ProcessSensor(
-                self.broker.publish, table, host, audit_exec=audit_exec, skip_own_process=True
-            )
-            self._process = process
             self._try_start(process)
         if cfg.file:
             files = FileSensor(
@@ -201,16 +203,6 @@ class Agent:
             )
             if self._try_start(auth):
                 self.broker.on_invalidate(auth.flush_cache)
-
-    def _process_sensor_sink(self) -> Callable[..., None]:
-        """Audit exec records go to the process sensor, which may start after audit: bind late."""
-
-        def sink(record: Any) -> None:
-            process = getattr(self, "_process", None)
-            if process is not None:
-                process.on_audit_exec(record)
-
-        return sink
 
     def _try_start(self, sensor: Sensor) -> bool:
         try:
