@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="list extensions found through the ringfence.extensions entry points"
     )
     ext_list.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    ext_list.add_argument(
+        "--manifests",
+        action="store_true",
+        help="also show each manifest (vendor, subscriptions, AUTH, permissions): each extension is started "
+        "once in its sandbox for it (root)",
+    )
 
     q = sub.add_parser("quarantine", help="the quarantine vault").add_subparsers(dest="q_cmd", required=True)
     q_list = q.add_parser("list", help="list quarantined files")
@@ -225,7 +231,7 @@ def _cmd_extensions(args: argparse.Namespace) -> int:
     from ringfence.agent._extensions import list_extensions
 
     config = load_config(args.config)
-    for row in list_extensions(config):
+    for row in list_extensions(config, manifests=args.manifests):
         print(row)
     return 0
 

@@ -160,3 +160,16 @@ def test_missing_kernel_interface_is_named_with_what_still_works(tmpfs: Path, tm
     assert "fanotify exec permission" in doc["unavailable"]["exec-auth"]
     assert "sensor exec-auth unavailable" in out and "no exec can be blocked" in out
     assert "Traceback" not in err and proc.returncode == 0
+
+
+def test_extensions_list_shows_pip_installed_vendor_with_its_manifest(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [*RINGFENCE, "extensions", "list", "--manifests"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    acme = next(i for i, x in enumerate(lines) if x.startswith("acme.suspicious-tmp-exec"))
+    assert "acme-ringfence-extension" in lines[acme]
+    assert "vendor Acme Security" in lines[acme + 1] and "subscribes process" in lines[acme + 1]
+    rep = next(i for i, x in enumerate(lines) if x.startswith("ringfence.reputation"))
+    assert "enabled" in lines[rep] and "auth auth.exec" in lines[rep + 1]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ringfence.agent._config import Config
 from ringfence.events import ActionRequest, ActionResult
-from ringfence.extensions import ExtensionSpec, Supervisor, discover
+from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
 from ringfence.response import ResponseConfig, ResponseExecutor
 
 if TYPE_CHECKING:
@@ -130,13 +130,34 @@ def make_supervisor(agent: Agent) -> _Extensions:
     return _Extensions(agent)
 
 
-def list_extensions(config: Config) -> list[str]:
-    """One line per installed extension: name, distribution and version, enabled or not, entry."""
+def list_extensions(config: Config, *, manifests: bool = False) -> list[str]:
+    """One line per installed extension: name, distribution and version, enabled or not, entry. With
+    `manifests`, each is started once in its sandbox (never imported here, as root) for its manifest."""
     enabled = set(config.extensions.enabled) - set(config.extensions.disabled)
     rows = []
     for info in discover():
         state = "enabled" if info.name in enabled else "disabled"
         rows.append(f"{info.name:<32} {state:<9} {info.dist or '?'} {info.version or '?'}  ({info.value})")
+        if manifests:
+            rows.append("    " + _describe_manifest(info.name, config.extensions.sandbox))
     for name in sorted(enabled - {i.name for i in discover()}):
         rows.append(f"{name:<32} enabled   NOT INSTALLED (configured in extensions.enabled)")
     return rows or ["no extensions installed (entry point group ringfence.extensions)"]
+
+
+def _describe_manifest(entry: str, sandbox: bool) -> str:
+    try:
+        m = probe_manifest(entry, sandbox=sandbox, timeout_s=READY_TIMEOUT_S)
+    except ExtensionError as e:
+        return f"manifest unavailable: {e}"
+    auth = (
+        f"auth {','.join(sorted(m.auth.kinds))} {m.auth.deadline_ms} ms {m.auth.failure}"
+        if m.auth
+        else "no auth"
+    )
+    subscribes = ",".join(sorted(m.subscribes)) or "nothing"
+    permissions = ",".join(sorted(m.permissions)) or "none"
+    return (
+        f"id {m.id}, vendor {m.vendor}, version {m.version}; subscribes {subscribes}; {auth}; "
+        f"permissions {permissions}"
+    )
