@@ -42,7 +42,7 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     file: bool = True  # fanotify FID: create, delete, rename, modify, attrib
     exec_auth: bool = True  # fanotify exec permission: AUTH decisions by extensions
     file_paths: tuple[str, ...] = ("/",)  # filesystems watched by the file sensor
-    exec_mounts: tuple[str, ...] = ("/",)  # mounts whose execs are gated
+    exec_mounts: tuple[str, ...] = ("/*",)  # mounts whose execs are gated; "X/*": X and all below, later too
     open_auth_paths: tuple[str, ...] = ()  # paths whose opens are gated too (FAN_OPEN_PERM)
     audit_key: str = "ringfence"
     audit_backlog_limit: int = 8192  # records

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from ringfence.events import AuthAnswer, AuthKind, AuthRequest, Clock, HeaderStamper, Verdict
 from ringfence.sensors._base import AuthSink, ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
+from ringfence.sensors.fanotify import _mounts as mounts
 from ringfence.sensors.fanotify._cache import CACHE_COUNTERS, CacheCandidate, CacheWorker
 from ringfence.sensors.fanotify._counters import Counters
 
@@ -51,6 +52,8 @@ _COUNTERS = (
     "allowed_at_stop",
     "overflows",
     "cache_flushes",
+    "mounts_marked",
+    "mounts_unmarked",
     *CACHE_COUNTERS,
 )
 
@@ -70,7 +73,8 @@ class _Pending:
 
 
 class ExecAuthSensor:
-    """Asks `auth_sink` about every exec on `mounts` (mount marks) and every open under `open_paths`."""
+    """Asks `auth_sink` about every exec on `mounts` (mount marks) and every open under `open_paths`.
+    A mount spec "X/*" is the mount at X and every exec-capable mount below it, including later ones."""
 
     def __init__(
         self,
@@ -89,6 +93,8 @@ class ExecAuthSensor:
         self._sink = auth_sink
         self._resolver = resolver
         self._mounts = tuple(mounts)
+        self._watch_mounts = any(m.endswith("/*") for m in self._mounts)
+        self._marked: set[str] = set()
         self._open_paths = tuple(open_paths)
         self._deadline_ns = deadline_ms * 1_000_000
         self._stamper = HeaderStamper(self.name, host, clock)
@@ -132,14 +138,47 @@ class ExecAuthSensor:
             fd = lc.fanotify_init(flags, os.O_RDONLY | lc.O_LARGEFILE)
         except OSError as e:
             raise lc.unavailable(INTERFACE, e) from e
+        self._marked = set()
         try:
-            for mount in self._mounts:
-                lc.fanotify_mark(fd, lc.FAN_MARK_ADD | lc.FAN_MARK_MOUNT, lc.FAN_OPEN_EXEC_PERM, path=mount)
+            explicit, expanded = mounts.expand(self._mounts)
+            for mount in explicit:
+                self._mark_mount(fd, mount)
             self._mark_open_paths(fd)
         except OSError as e:
             os.close(fd)
             raise lc.unavailable(INTERFACE, e) from e
+        self._mark_mounts(fd, expanded)
         return fd
+
+    def _mark_mount(self, fd: int, mount: str) -> None:
+        lc.fanotify_mark(fd, lc.FAN_MARK_ADD | lc.FAN_MARK_MOUNT, lc.FAN_OPEN_EXEC_PERM, path=mount)
+        self._marked.add(mount)
+        self._counters.add("mounts_marked")
+
+    def _mark_mounts(self, fd: int, found: list[str]) -> None:
+        """Marks for mounts found by a "/*" spec. One the kernel refuses is skipped, logged and counted:
+        the others are still gated."""
+        for mount in found:
+            if mount in self._marked:
+                continue
+            try:
+                self._mark_mount(fd, mount)
+            except OSError as e:
+                self._marked.add(mount)  # do not retry it on every mount-table change
+                self._counters.add("mounts_unmarked")
+                log.warning("exec-auth cannot gate execs on mount %s: %s", mount, e.strerror)
+
+    def _on_mount_change(self, mountinfo_fd: int) -> None:
+        """The mount table changed: gate the new mounts. Reading the whole file re-arms the poll."""
+        os.lseek(mountinfo_fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(mountinfo_fd, 65536):
+            chunks.append(chunk)
+        text = b"".join(chunks).decode("utf-8", "surrogateescape")
+        _, expanded = mounts.expand(self._mounts, text)
+        with self._lock:
+            if self._fd >= 0:
+                self._mark_mounts(self._fd, expanded)
 
     def _mark_open_paths(self, fd: int) -> None:
         """A mount point gets a mount mark (its whole tree), a directory its children, a file itself."""
@@ -189,10 +228,29 @@ class ExecAuthSensor:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
+        mountinfo = -1
+        if self._watch_mounts:
+            mountinfo = os.open(mounts.MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
+            poller.register(mountinfo, select.POLLPRI | select.POLLERR)
+        try:
+            self._read_events(fd, poller, mountinfo)
+        finally:
+            if mountinfo >= 0:
+                os.close(mountinfo)
+
+    def _read_events(self, fd: int, poller: select.poll, mountinfo: int) -> None:
         while True:
             ready = {rfd for rfd, _ in poller.poll()}
             if self._stop_r in ready:
                 return
+            if mountinfo in ready:
+                try:
+                    self._on_mount_change(mountinfo)
+                except Exception:  # supervision boundary: this thread must keep reading permission events
+                    log.exception("exec-auth could not gate new mounts")
+                    self._counters.add("mounts_unmarked")
+                if fd not in ready:
+                    continue
             try:
                 buf = os.read(fd, _READ_SIZE)
             except BlockingIOError:
