@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ringfence.sensors.audit import list_rule_keys
+
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
 
@@ -36,7 +38,6 @@ def _wait_for_status(state: Path, proc: subprocess.Popen[bytes], timeout_s: floa
 
 
 def test_run_status_and_clean_shutdown_on_sigint(tmpfs: Path, tmp_path: Path) -> None:
-    from ringfence.sensors.audit import list_rule_keys
 
     state = tmp_path / "state"
     config = _write_config(tmp_path / "rf.toml", tmpfs, state, "rf-cli-test", "[extensions]\nenabled = []\n")
@@ -173,3 +174,27 @@ def test_extensions_list_shows_pip_installed_vendor_with_its_manifest(tmp_path: 
     assert "vendor Acme Security" in lines[acme + 1] and "subscribes process" in lines[acme + 1]
     rep = next(i for i, x in enumerate(lines) if x.startswith("ringfence.reputation"))
     assert "enabled" in lines[rep] and "auth auth.exec" in lines[rep + 1]
+
+
+def test_signals_in_quick_succession_still_stop_the_agent(tmpfs: Path, tmp_path: Path) -> None:
+    """SIGINT then SIGTERM (Ctrl-C, then systemd) while the console loop is busy: a signal handler that
+    takes a lock deadlocked the agent here once."""
+    state = tmp_path / "state"
+    config = _write_config(
+        tmp_path / "rf.toml", tmpfs, state, "rf-cli-signals", "[extensions]\nenabled = []\n"
+    )
+    config.write_text(config.read_text().replace("console_interval_s = 0.5", "console_interval_s = 0.001"))
+    proc = subprocess.Popen(
+        [*RINGFENCE, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_for_status(state, proc)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "rf-cli-signals" not in list_rule_keys()

@@ -8,10 +8,11 @@ what the kernel said and what still works, and `status` shows the agent as degra
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
-import threading
+import select
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -82,7 +83,10 @@ class Agent:
         self.status: StatusServer | None = None
         self._lock_fd = -1
         self._started_ns = time.time_ns()
-        self._stopped = threading.Event()
+        # A pipe, not a threading.Event: request_stop runs in signal handlers, and Event.set takes a lock
+        # that the interrupted main thread may be holding inside Event.wait (a deadlock, seen).
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
         self._proc = psutil.Process()
 
     # -- start -------------------------------------------------------------------------------------------
@@ -221,15 +225,22 @@ class Agent:
 
     def run_until_stopped(self, interval_s: float) -> None:
         """Block until `request_stop`; print a summary line every `interval_s` seconds (0: never)."""
-        while not self._stopped.wait(interval_s if interval_s > 0 else None):
+        while not self._stopping and self._stop_r >= 0:
+            ready, _, _ = select.select([self._stop_r], [], [], interval_s if interval_s > 0 else None)
+            if ready:
+                return
             self.console.line(summary_line(self.health()))
 
     def request_stop(self) -> None:
-        self._stopped.set()
+        """Safe from a signal handler: sets a flag and writes a byte, takes no lock."""
+        self._stopping = True
+        if self._stop_w >= 0:
+            with contextlib.suppress(BlockingIOError):  # the pipe is full: stop was asked already
+                os.write(self._stop_w, b"x")
 
     def stop(self) -> None:
         """Stop everything, exec gate first so no exec waits on a stopping agent. Idempotent."""
-        self._stopped.set()
+        self.request_stop()
         for sensor in sorted(self.sensors, key=lambda s: s.name != "exec-auth"):
             self._guard(f"stopping sensor {sensor.name}", sensor.stop)
         self.sensors.clear()
@@ -246,6 +257,11 @@ class Agent:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        write_end, self._stop_w = self._stop_w, -1  # a handler running after this line writes nothing
+        for fd in (write_end, self._stop_r):
+            if fd >= 0:
+                os.close(fd)
+        self._stop_r = -1
 
     @staticmethod
     def _guard(what: str, step: Callable[[], None]) -> None:

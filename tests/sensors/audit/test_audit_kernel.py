@@ -347,3 +347,23 @@ def test_start_after_a_killed_run_removes_its_rules_and_takes_over(
                 **{f: getattr(before, f) for f in fields},
             )
         )
+
+
+def test_exec_matched_first_by_another_daemons_rule_is_still_reported(
+    make_sensor: Callable[..., Running], control: AuditClient
+) -> None:
+    """The kernel records only the key of the first matching rule: beside an auditd whose execve rule
+    was loaded first, every exec carries its key, and Ringfence must report them all the same."""
+    foreign = f"rf-foreign-{uuid.uuid4().hex[:8]}"
+    for rule in build_rules(foreign, EXEC_SYSCALLS, archs=(AUDIT_ARCH_X86_64,)):
+        control.add_rule(rule)
+    try:
+        run = make_sensor()
+        run.sensor.start()
+        marker = f"MARKER-{uuid.uuid4()}"
+        subprocess.run(["/bin/true", marker], check=True)
+        assert run.wait_exec(lambda e: marker in e.argv, marker).argv == ("/bin/true", marker)
+        assert run.sensor.statistics().detail["foreign_key"] >= 1
+    finally:
+        for rule in keyed_rules(control, foreign):
+            control.delete_rule(rule.raw)

@@ -167,7 +167,8 @@ class _Counters:
     timeouts: int = 0
     parse_errors: int = 0
     sink_errors: int = 0
-    ignored: int = 0  # events without our key (multicast shows everyone's)
+    ignored: int = 0  # events that are no syscall we know
+    foreign_key: int = 0  # ours to report, but recorded under another rule's key
     mode_daemon: int = 0
     mode_multicast: int = 0
 
@@ -200,6 +201,8 @@ class _Running:
         self.emitted = 0
         self.sink_errors = 0
         self.ignored = 0
+        self.foreign_key = 0
+        self.own_pid = os.getpid() if self.tuning.exclude_self else -1
         self.lost_now = found.lost
 
     @classmethod
@@ -320,6 +323,7 @@ class _Running:
             parse_errors=stats.parse_errors,
             sink_errors=self.sink_errors,
             ignored=self.ignored,
+            foreign_key=self.foreign_key,
             mode_daemon=int(self.mode is Mode.DAEMON),
             mode_multicast=int(self.mode is Mode.MULTICAST),
         )
@@ -354,9 +358,14 @@ class _Running:
 
     def _dispatch(self, event: AuditEvent) -> None:
         syscall = event.syscall
-        if syscall is None or syscall.name is None or self.wiring.key not in syscall.keys:
-            self.ignored += 1
+        # Not filtered by our key: the kernel records only the key of the FIRST rule that matched, so an
+        # execve that another daemon's (or a crashed run's) earlier rule also matches carries its key, not
+        # ours. The syscall says whether it is ours to report; each syscall is recorded once either way.
+        if syscall is None or syscall.name is None or syscall.pid == self.own_pid:
+            self.ignored += 1  # not a syscall we know, or our own (another daemon's rules do not skip us)
             return
+        if self.wiring.key not in syscall.keys:
+            self.foreign_key += 1
         if syscall.name in cv.EXEC_NAMES:
             if self.wiring.want_exec:
                 self.wiring.exec_sink(cv.to_exec(event, syscall))
