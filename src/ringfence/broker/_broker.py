@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import msgspec
 
@@ -80,11 +80,6 @@ class Broker:
         if sub.auth_policy is not None:
             self.invalidate_auth_cache()
 
-    def unsubscribe(self, name: str) -> None:
-        with self._lock:
-            self._subscribers.pop(name, None)
-            self._rebuild_routes()
-
     def _rebuild_routes(self) -> None:
         subs = list(self._subscribers.values())
         routes: dict[EventKind, tuple[Subscriber, ...]] = {}
@@ -94,13 +89,6 @@ class Broker:
                 chosen = [s for s in chosen if s.auth_policy is not None]
             routes[kind] = tuple(chosen)
         self._routes = routes  # swapped whole: readers never take the lock
-
-    def subscribers(self, kind: EventKind) -> tuple[Subscriber, ...]:
-        return self._routes[kind]
-
-    def wants(self, kind: EventKind) -> bool:
-        """Whether anyone subscribes to `kind`: sensors may skip work for kinds nobody reads."""
-        return bool(self._routes[kind])
 
     # -- the verdict cache -------------------------------------------------------------------------------
 
@@ -138,10 +126,6 @@ class Broker:
             st.muted += muted
             st.delivered += delivered
             st.dropped += dropped
-
-    def publish_many(self, events: Iterable[Event]) -> None:
-        for event in events:
-            self.publish(event)
 
     def authorize(self, request: AuthRequest, fd: int, respond: Respond) -> None:
         """Decide `request`; `respond` is called exactly once, within the deadline."""
