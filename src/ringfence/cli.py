@@ -28,6 +28,7 @@ from ringfence.agent import (
     read_status,
 )
 from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
+from ringfence.events import ExtensionStatistics, Health
 from ringfence.response import ResponseError
 
 EXIT_FAILED = 1
@@ -157,57 +158,72 @@ def _extension_factory() -> Any:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or _config(args).agent.state_dir
-    doc = json.loads(read_status(state_dir))
+    raw = read_status(state_dir)
+    try:
+        health = msgspec.json.decode(raw, type=Health)
+    except msgspec.DecodeError as e:
+        raise StatusUnavailable(f"{state_dir}: the agent's health document does not decode: {e}") from e
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(json.dumps(msgspec.to_builtins(health), indent=2, sort_keys=True))
     else:
-        print(_render_status(doc))
-    return 0 if doc.get("healthy") else EXIT_FAILED
+        print(_render_status(health))
+    return 0 if health.healthy else EXIT_FAILED
 
 
-def _render_status(doc: dict[str, Any]) -> str:
+def _render_status(h: Health) -> str:
     lines = [
-        f"ringfence {doc['version']} pid {doc['pid']} on {doc['host']}: "
-        + ("healthy" if doc["healthy"] else "DEGRADED (" + "; ".join(doc["problems"]) + ")"),
-        f"uptime {doc['uptime_s']:.0f} s, rss {doc['memory_rss_bytes'] >> 20} MiB, "
-        f"cpu {doc['cpu_user_s'] + doc['cpu_system_s']:.1f} s, threads {doc['threads']}",
+        f"ringfence {h.version} pid {h.pid} on {h.host}: "
+        + ("healthy" if h.healthy else "DEGRADED (" + "; ".join(h.problems) + ")"),
+        f"uptime {h.uptime_s:.0f} s, rss {h.memory_rss_bytes >> 20} MiB, "
+        f"cpu {h.cpu_user_s + h.cpu_system_s:.1f} s, threads {h.threads}",
         "sensors:",
     ]
-    for s in doc["sensors"]:
+    for s in h.sensors:
         lines.append(
-            f"  {s['name']:<10} {'running' if s['running'] else 'STOPPED'} received={s['received']} "
-            f"emitted={s['emitted']} dropped={s['dropped']} errors={s['errors']}"
+            f"  {s.name:<10} {'running' if s.running else 'STOPPED'} received={s.received} "
+            f"emitted={s.emitted} dropped={s.dropped} errors={s.errors}"
         )
-    for name, why in doc["unavailable"].items():
+    for name, why in h.unavailable.items():
         lines.append(f"  {name:<10} UNAVAILABLE: {why}")
     lines.append("broker:")
-    for kind, k in sorted(doc["broker"]["kinds"].items()):
+    for kind, k in sorted(h.broker.kinds.items()):
         lines.append(
-            f"  {kind:<10} published={k['published']} delivered={k['delivered']} "
-            f"dropped={k['dropped']} muted={k['muted']}"
+            f"  {kind:<10} published={k.published} delivered={k.delivered} "
+            f"dropped={k.dropped} muted={k.muted}"
         )
-    a = doc["broker"]["auth"]
-    lines.append(
-        f"auth: requests={a['requests']} allowed={a['allowed']} denied={a['denied']} "
-        f"cached={a['cacheable']} settled-at-deadline={a['unanswered_at_deadline']} "
-        f"max-latency={a['max_latency_us']} us"
-    )
-    for name, s in sorted(a["subscribers"].items()):
-        lines.append(
-            f"  {name:<24} asked={s['asked']} allowed={s['allowed']} denied={s['denied']} "
-            f"deadline-misses={s['deadline_misses']} late={s['late_answers']}"
-        )
-    if doc["extensions"]:
+    lines += _render_auth(h)
+    if h.extensions:
         lines.append("extensions:")
-        for e in doc["extensions"]:
-            lines.append(_render_extension(e))
-    for o in doc["outputs"]:
-        lines.append(f"output {o['path']}: written={o['written']} dropped={o['channel']['dropped']}")
+        lines += [_render_extension(e) for e in h.extensions]
+    for o in h.outputs:
+        lines.append(f"output {o.path}: written={o.written} dropped={o.channel.dropped}")
+    if h.drops:
+        lines.append(f"drops (degraded for {h.drop_window_s:g} s after each):")
+        lines += [f"  {d.stage}: {d.total} in all, the last {d.last_s:.0f} s ago" for d in h.drops]
     return "\n".join(lines)
+
+
+def _render_auth(h: Health) -> list[str]:
+    a = h.broker.auth
+    lines = [
+        f"auth: requests={a.requests} allowed={a.allowed} denied={a.denied} "
+        f"cached={a.cacheable} settled-at-deadline={a.unanswered_at_deadline} "
+        f"max-latency={a.max_latency_us} us"
+    ]
+    for name, s in sorted(a.subscribers.items()):
+        lines.append(
+            f"  {name:<24} asked={s.asked} allowed={s.allowed} denied={s.denied} "
+            f"deadline-misses={s.deadline_misses} late={s.late_answers}"
+        )
+    for name, gone in sorted(a.absent.items()):
+        lines.append(f"  {name:<24} LEFT AUTH ({gone.reason}): {gone.failure}, denied={gone.denied}")
+    return lines
 
 
 _EXTENSION_FIELDS = (
     ("pid", "pid"),
+    ("engine_version", "version"),
+    ("content_version", "content"),
     ("restarts", "restarts"),
     ("crashes", "crashes"),
     ("auth_answered", "auth-answered"),
@@ -220,11 +236,12 @@ _EXTENSION_FIELDS = (
 )
 
 
-def _render_extension(e: dict[str, Any]) -> str:
-    fields = " ".join(f"{label}={e[key]}" for key, label in _EXTENSION_FIELDS if e.get(key) is not None)
-    rss = f" rss={e['rss_bytes'] >> 20}MiB" if e.get("rss_bytes") else ""
-    why = e.get("quarantine_reason") or e.get("last_exit_reason")
-    return f"  {e.get('id'):<24} {e.get('state'):<11} {fields}{rss}" + (f"\n    last: {why}" if why else "")
+def _render_extension(e: ExtensionStatistics) -> str:
+    values = ((label, getattr(e, key)) for key, label in _EXTENSION_FIELDS)
+    fields = " ".join(f"{label}={value}" for label, value in values if value is not None)
+    rss = f" rss={e.rss_bytes >> 20}MiB" if e.rss_bytes else ""
+    why = e.quarantine_reason or e.last_error or e.last_exit_reason
+    return f"  {e.id:<24} {e.state:<11} {fields}{rss}" + (f"\n    last: {why}" if why else "")
 
 
 def _cmd_extensions(args: argparse.Namespace) -> int:

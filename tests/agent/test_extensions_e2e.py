@@ -47,7 +47,7 @@ def start_agent(tmpfs: Path, shared_dir: Path) -> Iterator[Callable[..., Agent]]
         agent = Agent(config, console=Console(io.StringIO()), extensions=make_supervisor)
         agents.append(agent)
         agent.start()
-        states = {e["id"]: e["state"] for e in agent.health().extensions}
+        states = {e.id: e.state for e in agent.health().extensions}
         assert all(s == "running" for s in states.values()), states
         return agent
 
@@ -142,7 +142,7 @@ def test_vendor_extension_is_discovered_sandboxed_and_delivers_findings(start_ag
     )
     agent = start_agent(("acme.suspicious-tmp-exec",))
     ext = agent.health().extensions[0]
-    with open(f"/proc/{ext['pid']}/status") as f:
+    with open(f"/proc/{ext.pid}/status") as f:
         status = dict(line.split(":", 1) for line in f.read().splitlines())
     assert status["Uid"].split()[0] != "0" and status["CapEff"].strip() == "0000000000000000"
     assert status["NoNewPrivs"].strip() == "1"
@@ -182,8 +182,8 @@ def test_faulty_extensions_cost_only_themselves(start_agent, tmpfs: Path) -> Non
     )
 
     def aborter_restarted() -> bool:
-        ext = {e["id"]: e for e in agent.health().extensions}
-        return ext["fault.aborter"]["crashes"] >= 1
+        ext = {e.id: e for e in agent.health().extensions}
+        return ext["fault.aborter"].crashes >= 1
 
     assert _eventually(aborter_restarted)
     health = agent.health()
@@ -209,8 +209,8 @@ def test_hash_added_to_blocklist_applies_to_an_already_cached_file(
     assert _eventually(cached), "the kernel never cached the ALLOW"
     blocklist.write_text(f"{_sha256(tool)}  now-known-bad\n")
     assert _eventually(lambda: not _runs(tool)), "a cached file stayed allowed after its hash was listed"
-    ext = {e["id"]: e for e in agent.health().extensions}["ringfence.reputation"]
-    assert ext["verdict_flushes"] >= 1
+    ext = {e.id: e for e in agent.health().extensions}["ringfence.reputation"]
+    assert ext.verdict_flushes >= 1
 
 
 def test_extension_kills_a_process_through_the_agent_by_pid_and_start_time(start_agent, tmpfs: Path) -> None:

@@ -3,8 +3,9 @@
 from ringfence.agent._config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_config
 from ringfence.agent._console import Console
 from ringfence.agent._daemon import Agent, AgentError
-from ringfence.agent._health import Health, summary_line
+from ringfence.agent._health import summary_line
 from ringfence.agent._status import StatusServer, StatusUnavailable, read_status
+from ringfence.events import Health
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

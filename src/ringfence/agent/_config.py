@@ -33,6 +33,9 @@ class AgentSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     state_dir: str = DEFAULT_STATE_DIR
     host_id: str = ""  # empty: the hostname
     log_level: str = "info"  # debug, info, warning, error
+    drop_window_s: float = 300.0  # a stage that dropped events this recently makes the agent degraded
+    metrics_listen: str = ""  # "127.0.0.1:9477": Prometheus metrics over HTTP; empty: off
+    metrics_allow_remote: bool = False  # let metrics_listen name a non-loopback address
 
 
 class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

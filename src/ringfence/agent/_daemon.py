@@ -15,7 +15,7 @@ import os
 import select
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 import psutil
@@ -23,12 +23,12 @@ import psutil
 from ringfence import __version__
 from ringfence.agent._config import Config
 from ringfence.agent._console import Console
-from ringfence.agent._health import Health, summary_line
+from ringfence.agent._health import DropTracker, drop_totals, problems_of, summary_line
 from ringfence.agent._status import StatusServer
 from ringfence.broker import Broker, DeadlineRunner, Mutes
-from ringfence.events import EventKind, SystemClock
+from ringfence.events import EventKind, ExtensionStatistics, Health, SensorStatistics, SystemClock
 from ringfence.outputs import JsonlSink
-from ringfence.sensors import Sensor, SensorStatistics, SensorUnavailable
+from ringfence.sensors import Sensor, SensorUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class _Supervised(Protocol):
 
     def stop(self) -> None: ...
 
-    def statistics(self) -> list[dict[str, Any]]: ...
+    def statistics(self) -> list[ExtensionStatistics]: ...
 
 
 class Agent:
@@ -88,6 +88,7 @@ class Agent:
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._proc = psutil.Process()
+        self._drops = DropTracker(self.clock)
 
     # -- start -------------------------------------------------------------------------------------------
 
@@ -275,11 +276,18 @@ class Agent:
     def health(self) -> Health:
         sensors: list[SensorStatistics] = [s.statistics() for s in self.sensors]
         extensions = self.supervisor.statistics() if self.supervisor is not None else []
-        problems = [f"sensor {n} unavailable" for n in self.unavailable]
-        problems += [f"sensor {s.name} stopped" for s in sensors if not s.running]
-        problems += [
-            f"extension {e.get('id')} {e.get('state')}" for e in extensions if e.get("state") == "quarantined"
-        ]
+        broker = self.broker.statistics()
+        outputs = [o.statistics() for o in self.outputs]
+        drops = self._drops.observe(drop_totals(sensors, broker, outputs, extensions))
+        window = self.config.agent.drop_window_s
+        problems = problems_of(
+            sensors=sensors,
+            unavailable=self.unavailable,
+            broker=broker,
+            extensions=extensions,
+            drops=drops,
+            drop_window_s=window,
+        )
         with self._proc.oneshot():
             mem = self._proc.memory_info().rss
             cpu = self._proc.cpu_times()
@@ -295,9 +303,11 @@ class Agent:
             problems=problems,
             sensors=sensors,
             unavailable=dict(self.unavailable),
-            broker=self.broker.statistics(),
-            outputs=[o.statistics() for o in self.outputs],
+            broker=broker,
+            outputs=outputs,
             extensions=extensions,
+            drops=drops,
+            drop_window_s=window,
             memory_rss_bytes=mem,
             cpu_user_s=cpu.user,
             cpu_system_s=cpu.system,

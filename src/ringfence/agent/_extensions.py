@@ -8,7 +8,7 @@ import stat
 from typing import TYPE_CHECKING, Any
 
 from ringfence.agent._config import Config
-from ringfence.events import ActionRequest, ActionResult
+from ringfence.events import ActionRequest, ActionResult, ExtensionStatistics
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
 from ringfence.response import ResponseConfig, ResponseExecutor
 
@@ -122,7 +122,7 @@ class _Extensions:
     def stop(self) -> None:
         self.supervisor.stop()
 
-    def statistics(self) -> list[dict[str, Any]]:
+    def statistics(self) -> list[ExtensionStatistics]:
         return self.supervisor.statistics()
 
 

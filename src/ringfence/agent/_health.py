@@ -1,34 +1,110 @@
-"""The agent's health document: what `ringfence status` prints and what decides its exit status."""
+"""What makes the agent degraded, in one line per problem; and the console's summary line.
+
+The records (`Health` and the statistics it holds) are in `ringfence.events`; this module decides.
+The agent is degraded while any of these holds:
+- a sensor is unavailable or stopped;
+- an enabled extension is not running (starting past the ready timeout, restarting, backing off,
+  quarantined, stopped): the line carries the extension's own error;
+- a stage (a sensor, a broker kind, an output, an extension's queue) dropped events within the last
+  `drop_window_s` seconds. A drop is seen when health is assessed (every status request, metrics
+  scrape and console line), so "within the window" is up to one assessment late; the total since the
+  start stays in `Health.drops` after the window has passed.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import threading
 
-import msgspec
+from ringfence.events import (
+    BrokerStatistics,
+    Clock,
+    ExtensionStatistics,
+    Health,
+    JsonlStatistics,
+    SensorStatistics,
+    StageDrops,
+)
 
-from ringfence.broker import BrokerStatistics
-from ringfence.outputs import JsonlStatistics
-from ringfence.sensors import SensorStatistics
+DEFAULT_DROP_WINDOW_S = 300.0
 
 
-class Health(msgspec.Struct, kw_only=True):
-    version: str
-    pid: int
-    host: str
-    state_dir: str
-    started_at_ns: int
-    uptime_s: float
-    healthy: bool
-    problems: list[str]
-    sensors: list[SensorStatistics]
-    unavailable: dict[str, str]  # sensor -> why it is not running
-    broker: BrokerStatistics
-    outputs: list[JsonlStatistics]
-    extensions: list[dict[str, Any]]
-    memory_rss_bytes: int
-    cpu_user_s: float
-    cpu_system_s: float
-    threads: int
+class DropTracker:
+    """Per stage: the drop total last seen and when it last grew, on the injected monotonic clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[int, int]] = {}  # stage -> (total, mono ns it last grew)
+
+    def observe(self, totals: dict[str, int]) -> list[StageDrops]:
+        """Every stage that has ever dropped, with how long ago it last dropped (as far as seen)."""
+        now = self._clock.monotonic_ns()
+        out = []
+        with self._lock:
+            for stage, total in totals.items():
+                last_total, grew_ns = self._seen.get(stage, (0, now))
+                if total != last_total:
+                    grew_ns = now
+                self._seen[stage] = (total, grew_ns)
+                if total > 0:
+                    out.append(StageDrops(stage=stage, total=total, last_s=(now - grew_ns) / 1e9))
+        return out
+
+
+def drop_totals(
+    sensors: list[SensorStatistics],
+    broker: BrokerStatistics,
+    outputs: list[JsonlStatistics],
+    extensions: list[ExtensionStatistics],
+) -> dict[str, int]:
+    totals = {f"sensor {s.name}": s.dropped for s in sensors}
+    totals |= {f"broker {kind}": k.dropped for kind, k in broker.kinds.items()}
+    totals |= {f"output {o.path}": o.channel.dropped for o in outputs}
+    totals |= {f"extension {e.id}": e.events_dropped for e in extensions}
+    return totals
+
+
+def extension_problem(e: ExtensionStatistics) -> str | None:
+    """None for a running extension, else one line: what it is doing and its own error."""
+    if e.state == "running":
+        return None
+    if e.state == "quarantined":
+        why = e.quarantine_reason or e.last_error
+    elif e.state == "starting" and not e.failures:
+        why = "no handshake yet (past the ready timeout)"
+    else:
+        why = e.last_error or e.last_exit_reason or "not running"
+    return f"extension {e.id} {e.state}: {why}"
+
+
+def auth_problems(broker: BrokerStatistics) -> list[str]:
+    return [
+        f"extension {name} left AUTH ({a.reason}): fail-closed, every exec is denied ({a.denied} so far)"
+        for name, a in sorted(broker.auth.absent.items())
+        if a.failure == "fail-closed"
+    ]
+
+
+def problems_of(
+    *,
+    sensors: list[SensorStatistics],
+    unavailable: dict[str, str],
+    broker: BrokerStatistics,
+    extensions: list[ExtensionStatistics],
+    drops: list[StageDrops],
+    drop_window_s: float,
+) -> list[str]:
+    problems = [f"sensor {n} unavailable: {why}" for n, why in unavailable.items()]
+    problems += [f"sensor {s.name} stopped" for s in sensors if not s.running]
+    problems += [p for p in map(extension_problem, extensions) if p is not None]
+    problems += auth_problems(broker)
+    problems += [
+        f"{d.stage} dropped events {d.last_s:.0f} s ago ({d.total} in all; degraded for {drop_window_s:g} s "
+        "after a drop)"
+        for d in drops
+        if d.last_s <= drop_window_s
+    ]
+    return problems
 
 
 def summary_line(h: Health) -> str:

@@ -16,34 +16,21 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from ringfence.broker._types import AuthTicket, Subscriber
-from ringfence.events import AuthAnswer, AuthRequest, Clock, FailurePolicy, Verdict
+from ringfence.events import (
+    AuthAnswer,
+    AuthRequest,
+    AuthStatistics,
+    Clock,
+    FailurePolicy,
+    SubscriberAuthStatistics,
+    Verdict,
+)
 
 log = logging.getLogger(__name__)
 
 Respond = Callable[[AuthAnswer], None]
 
 ALLOW_CACHEABLE = AuthAnswer(Verdict.ALLOW, cacheable=True)
-
-
-class SubscriberAuthStatistics(msgspec.Struct):
-    asked: int = 0
-    allowed: int = 0
-    denied: int = 0
-    deadline_misses: int = 0
-    refused: int = 0  # could not be queued (full): the failure policy applied at once
-    late_answers: int = 0
-
-
-class AuthStatistics(msgspec.Struct):
-    requests: int = 0
-    allowed: int = 0
-    denied: int = 0
-    cacheable: int = 0
-    unanswered_at_deadline: int = 0  # requests the broker settled itself, for at least one subscriber
-    pending: int = 0
-    max_latency_us: int = 0
-    total_latency_us: int = 0
-    subscribers: dict[str, SubscriberAuthStatistics] = msgspec.field(default_factory=dict)
 
 
 class _Pending:

@@ -12,9 +12,18 @@ from collections.abc import Callable
 
 import msgspec
 
-from ringfence.broker._auth import ALLOW_CACHEABLE, Arbiter, AuthStatistics, Respond
+from ringfence.broker._auth import ALLOW_CACHEABLE, Arbiter, Respond
 from ringfence.broker._types import Subscriber
-from ringfence.events import AuthRequest, Clock, Event, EventKind, SystemClock, event_kind
+from ringfence.events import (
+    AuthRequest,
+    BrokerStatistics,
+    Clock,
+    Event,
+    EventKind,
+    KindStatistics,
+    SystemClock,
+    event_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +49,6 @@ class Mutes(msgspec.Struct, frozen=True):
             if path is not None and path.startswith(self.path_prefixes):
                 return True
         return False
-
-
-class KindStatistics(msgspec.Struct):
-    published: int = 0
-    muted: int = 0
-    delivered: int = 0
-    dropped: int = 0  # per subscriber that could not take it
-
-
-class BrokerStatistics(msgspec.Struct):
-    kinds: dict[str, KindStatistics]
-    auth: AuthStatistics
-    subscribers: list[str]
 
 
 class Broker:

@@ -7,7 +7,7 @@ import enum
 import threading
 from typing import Generic, TypeVar
 
-import msgspec
+from ringfence.events import ChannelStatistics
 
 T = TypeVar("T")
 
@@ -17,14 +17,6 @@ class Overflow(enum.StrEnum):
 
     DROP_NEWEST = "drop-newest"  # refuse the new item; the consumer sees an unbroken prefix
     DROP_OLDEST = "drop-oldest"  # evict the oldest item; the consumer sees the freshest items
-
-
-class ChannelStatistics(msgspec.Struct, frozen=True):
-    capacity: int
-    queued: int
-    put: int
-    dropped: int
-    overflow: str
 
 
 class ChannelClosed(Exception):

@@ -12,9 +12,9 @@ from typing import Protocol
 
 import msgspec
 
-from ringfence.broker._channel import BoundedChannel, ChannelClosed, ChannelStatistics, Overflow
+from ringfence.broker._channel import BoundedChannel, ChannelClosed, Overflow
 from ringfence.broker._types import AuthPolicy, AuthTicket, FixedSubscription, Reply
-from ringfence.events import AuthAnswer, Event, EventKind
+from ringfence.events import AuthAnswer, ChannelStatistics, Event, EventKind
 
 log = logging.getLogger(__name__)
 

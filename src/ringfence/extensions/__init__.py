@@ -14,10 +14,11 @@ Errors (the tree):
 Nothing on the event path (deliver, request_auth, auth_missed) raises.
 """
 
+from ringfence.events import ExtensionStatistics
 from ringfence.extensions._discovery import ExtensionInfo, discover, probe_manifest
 from ringfence.extensions._policy import ExtensionState, RestartPolicy
 from ringfence.extensions._process import ExtensionError, HandshakeFailed, LaunchError
-from ringfence.extensions._proxy import ExtensionProxy, ExtensionStatistics
+from ringfence.extensions._proxy import ExtensionProxy
 from ringfence.extensions._spec import ENTRY_POINT_GROUP, ExtensionSpec, SupervisorConfig
 from ringfence.extensions._supervisor import SUPERVISOR_SOURCE, ActionHandler, Supervisor
 

@@ -30,6 +30,7 @@ from ringfence.events import (
     DetectionFinding,
     Event,
     EventKind,
+    ExtensionStatistics,
     HeaderStamper,
 )
 from ringfence.extensions._connection import AuthItem, Connection
@@ -57,36 +58,6 @@ ext_log = logging.getLogger("ringfence.extensions.ext")
 
 ActionSubmit = Callable[["ExtensionProxy", int, ActionCall], bool]
 
-
-class ExtensionStatistics(msgspec.Struct):
-    id: str
-    state: str
-    pid: int | None = None
-    restarts: int = 0
-    crashes: int = 0  # ended by itself (exit, signal not ours)
-    failures: int = 0  # crashes + ended by us for cause; what the crash-loop window counts
-    restart_reasons: dict[str, int] = msgspec.field(default_factory=dict)  # category -> count
-    last_exit_reason: str | None = None
-    quarantine_reason: str | None = None
-    events_delivered: int = 0
-    events_dropped: int = 0  # not running, lane full, or could not be sent in time
-    auth_asked: int = 0
-    auth_refused: int = 0  # not running or lane full: the broker applied the failure policy at once
-    auth_answered: int = 0
-    auth_late: int = 0
-    auth_misses: int = 0
-    findings_emitted: int = 0
-    findings_rate_limited: int = 0
-    actions_requested: int = 0
-    actions_refused: int = 0
-    logs_rate_limited: int = 0
-    protocol_errors: int = 0
-    verdict_flushes: int = 0  # the extension said its verdicts changed: cached ALLOWs forgotten
-    verdict_flushes_limited: int = 0
-    frames_unsent: int = 0  # frames the writer dropped after io_timeout_s
-    rss_bytes: int | None = None
-    cpu_percent: float | None = None
-    extension: dict[str, int] = msgspec.field(default_factory=dict)  # its own counters (StatsReport)
 
 
 class ExtensionProxy:
@@ -420,6 +391,8 @@ class ExtensionProxy:
             )
         st.state = str(self.lifecycle.state)
         st.quarantine_reason = self.lifecycle.quarantine_reason
+        if self.manifest is not None:
+            st.engine_version = self.manifest.version
         if conn is not None and not conn.reaped:
             st.events_dropped += conn.events_unsent
             st.events_delivered -= min(st.events_delivered, conn.events_unsent)

@@ -28,14 +28,13 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import msgspec
-
 from ringfence.broker import BoundedChannel, ChannelClosed
 from ringfence.events import (
     ActionRequest,
     ActionResult,
     Clock,
     DetectionFinding,
+    ExtensionStatistics,
     HeaderStamper,
     Severity,
     SystemClock,
@@ -52,7 +51,7 @@ from ringfence.extensions._process import (
     rss_bytes,
     spawn,
 )
-from ringfence.extensions._proxy import ExtensionProxy, ExtensionStatistics
+from ringfence.extensions._proxy import ExtensionProxy
 from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
 from ringfence.sdk._protocol import ActionCall, Shutdown
 
@@ -141,11 +140,8 @@ class Supervisor:
                 timeout_s,
             )
 
-    def statistics(self) -> list[dict[str, Any]]:
-        """Per extension, as builtins (for the status socket and health heartbeats)."""
-        return [msgspec.to_builtins(s) for s in self.extension_statistics()]
-
-    def extension_statistics(self) -> list[ExtensionStatistics]:
+    def statistics(self) -> list[ExtensionStatistics]:
+        """Per extension (for the status socket, metrics and heartbeats)."""
         return [p.statistics() for p in self._proxies.values()]
 
     def stop(self) -> None:

@@ -1,5 +1,6 @@
 """Sinks for events and findings."""
 
-from ringfence.outputs._jsonl import JsonlSink, JsonlStatistics, RotatingFile
+from ringfence.events import JsonlStatistics
+from ringfence.outputs._jsonl import JsonlSink, RotatingFile
 
 __all__ = ["JsonlSink", "JsonlStatistics", "RotatingFile"]

@@ -11,18 +11,15 @@ import os
 import threading
 from collections.abc import Callable
 
-import msgspec
-
 from ringfence.broker import (
     AuthTicket,
     BoundedChannel,
     ChannelClosed,
-    ChannelStatistics,
     FixedSubscription,
     Overflow,
     Reply,
 )
-from ringfence.events import Event, EventKind, OcsfEncoder
+from ringfence.events import Event, EventKind, JsonlStatistics, OcsfEncoder
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +69,6 @@ class RotatingFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-class JsonlStatistics(msgspec.Struct, frozen=True):
-    path: str
-    channel: ChannelStatistics
-    written: int
-    rotations: int
-    errors: int
 
 
 class JsonlSink(FixedSubscription):

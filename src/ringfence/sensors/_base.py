@@ -13,6 +13,7 @@ from typing import Protocol
 import msgspec
 
 from ringfence.events import AuthAnswer, AuthRequest, Event, ProcessRef
+from ringfence.events import SensorStatistics as SensorStatistics  # noqa: PLC0414 - re-exported to the sensors
 
 EventSink = Callable[[Event], None]
 """Takes one event. Never blocks (the broker's `publish`)."""
@@ -32,19 +33,6 @@ class SensorUnavailable(SensorError):
     def __init__(self, interface: str, message: str) -> None:
         super().__init__(f"{interface}: {message}")
         self.interface = interface
-
-
-class SensorStatistics(msgspec.Struct):
-    """Counters every sensor reports. `dropped` counts every loss this sensor saw or caused."""
-
-    name: str
-    running: bool = False
-    received: int = 0  # raw kernel records read
-    emitted: int = 0  # typed events handed to the sink
-    dropped: int = 0  # losses: kernel overflow, undecodable records, ...
-    errors: int = 0
-    last_seq: int = 0
-    detail: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Sensor(Protocol):

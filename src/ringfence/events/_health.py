@@ -1,0 +1,179 @@
+"""Health records: what each stage counts, the agent's health document, and the heartbeat that carries it.
+
+They live here, beside the event model, because more than one layer speaks them: the stages fill them
+(sensors, broker, outputs, extensions), the agent assembles `Health`, the CLI decodes it from the status
+socket, and the fleet layer will read `Heartbeat`s without importing anything of the host side.
+
+Pure records, no I/O. `decode_heartbeat` refuses a schema version it does not know (ValueError).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+HEARTBEAT_SCHEMA_VERSION = 1
+
+
+class SensorStatistics(msgspec.Struct):
+    """Counters every sensor reports. `dropped` counts every loss this sensor saw or caused."""
+
+    name: str
+    running: bool = False
+    received: int = 0  # raw kernel records read
+    emitted: int = 0  # typed events handed to the sink
+    dropped: int = 0  # losses: kernel overflow, undecodable records, ...
+    errors: int = 0
+    last_seq: int = 0
+    detail: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class ChannelStatistics(msgspec.Struct, frozen=True):
+    capacity: int
+    queued: int
+    put: int
+    dropped: int
+    overflow: str
+
+
+class KindStatistics(msgspec.Struct):
+    published: int = 0
+    muted: int = 0
+    delivered: int = 0
+    dropped: int = 0  # per subscriber that could not take it
+
+
+class SubscriberAuthStatistics(msgspec.Struct):
+    asked: int = 0
+    allowed: int = 0
+    denied: int = 0
+    deadline_misses: int = 0
+    refused: int = 0  # could not be queued (full): the failure policy applied at once
+    late_answers: int = 0
+
+
+class AbsentAuthStatistics(msgspec.Struct):
+    """An AUTH extension that left the AUTH set (quarantined, stopped): its failure policy, applied once."""
+
+    failure: str  # fail-open: execs go on without it; fail-closed: every AUTH request is denied
+    reason: str
+    since_ns: int  # wall clock
+    denied: int = 0  # requests denied because of it (fail-closed only)
+
+
+class AuthStatistics(msgspec.Struct):
+    requests: int = 0
+    allowed: int = 0
+    denied: int = 0
+    cacheable: int = 0
+    unanswered_at_deadline: int = 0  # requests the broker settled itself, for at least one subscriber
+    pending: int = 0
+    max_latency_us: int = 0
+    total_latency_us: int = 0
+    subscribers: dict[str, SubscriberAuthStatistics] = msgspec.field(default_factory=dict)
+    absent: dict[str, AbsentAuthStatistics] = msgspec.field(default_factory=dict)
+
+
+class BrokerStatistics(msgspec.Struct):
+    kinds: dict[str, KindStatistics]
+    auth: AuthStatistics
+    subscribers: list[str]
+
+
+class JsonlStatistics(msgspec.Struct, frozen=True):
+    path: str
+    channel: ChannelStatistics
+    written: int
+    rotations: int
+    errors: int
+
+
+class ExtensionStatistics(msgspec.Struct):
+    id: str
+    state: str
+    pid: int | None = None
+    engine_version: str | None = None  # the manifest's version, once it has been seen
+    content_version: str | None = None  # the active content's version (filled by the content pipeline)
+    restarts: int = 0
+    crashes: int = 0  # ended by itself (exit, signal not ours)
+    failures: int = 0  # crashes + ended by us for cause; what the crash-loop window counts
+    restart_reasons: dict[str, int] = msgspec.field(default_factory=dict)  # category -> count
+    last_exit_reason: str | None = None
+    last_error: str = ""  # the extension's own error for its last failure, one line
+    quarantine_reason: str | None = None
+    events_delivered: int = 0
+    events_dropped: int = 0  # not running, lane full, or could not be sent in time
+    auth_asked: int = 0
+    auth_refused: int = 0  # not running or lane full: the broker applied the failure policy at once
+    auth_answered: int = 0
+    auth_late: int = 0
+    auth_misses: int = 0
+    findings_emitted: int = 0
+    findings_rate_limited: int = 0
+    actions_requested: int = 0
+    actions_refused: int = 0
+    logs_rate_limited: int = 0
+    protocol_errors: int = 0
+    verdict_flushes: int = 0  # the extension said its verdicts changed: cached ALLOWs forgotten
+    verdict_flushes_limited: int = 0
+    frames_unsent: int = 0  # frames the writer dropped after io_timeout_s
+    rss_bytes: int | None = None
+    cpu_percent: float | None = None
+    extension: dict[str, int] = msgspec.field(default_factory=dict)  # its own counters (StatsReport)
+
+
+class StageDrops(msgspec.Struct, frozen=True):
+    """One stage that has dropped events: `total` since the start, the last new drop `last_s` ago."""
+
+    stage: str  # "sensor file", "broker kind file", "output events", "extension ringfence.reputation"
+    total: int
+    last_s: float
+
+
+class Health(msgspec.Struct, kw_only=True):
+    version: str
+    pid: int
+    host: str
+    state_dir: str
+    started_at_ns: int
+    uptime_s: float
+    healthy: bool
+    problems: list[str]  # one line each; empty when healthy
+    sensors: list[SensorStatistics]
+    unavailable: dict[str, str]  # sensor -> why it is not running
+    broker: BrokerStatistics
+    outputs: list[JsonlStatistics]
+    extensions: list[ExtensionStatistics]
+    drops: list[StageDrops] = msgspec.field(default_factory=list)
+    drop_window_s: float = 300.0  # a stage that dropped within this window makes the agent degraded
+    memory_rss_bytes: int
+    cpu_user_s: float
+    cpu_system_s: float
+    threads: int
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    """What a host sends its control plane: its health, numbered, with the schema version first."""
+
+    schema_version: int = HEARTBEAT_SCHEMA_VERSION
+    host_id: str
+    sequence: int  # per agent run, from 1; a gap is a lost heartbeat
+    sent_at_ns: int  # wall clock
+    health: Health
+
+
+def decode_heartbeat(data: bytes) -> Heartbeat:
+    """A heartbeat from JSON. Raises ValueError for bad JSON, a bad record or an unknown schema version."""
+    try:
+        version = msgspec.json.decode(data, type=_Versioned).schema_version
+    except msgspec.DecodeError as e:
+        raise ValueError(f"heartbeat: {e}") from e
+    if version != HEARTBEAT_SCHEMA_VERSION:
+        raise ValueError(f"heartbeat: schema version {version}, this side reads {HEARTBEAT_SCHEMA_VERSION}")
+    try:
+        return msgspec.json.decode(data, type=Heartbeat)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"heartbeat: {e}") from e
+
+
+class _Versioned(msgspec.Struct):
+    schema_version: int

@@ -1,0 +1,177 @@
+"""Health tells the truth: what makes the agent degraded, and the typed records that carry it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+from ringfence.agent._health import DropTracker, drop_totals, extension_problem, problems_of
+from ringfence.events import (
+    HEARTBEAT_SCHEMA_VERSION,
+    AbsentAuthStatistics,
+    AuthStatistics,
+    BrokerStatistics,
+    ChannelStatistics,
+    ExtensionStatistics,
+    Health,
+    Heartbeat,
+    JsonlStatistics,
+    KindStatistics,
+    SensorStatistics,
+    decode_heartbeat,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000_000
+
+    def monotonic_ns(self) -> int:
+        return self.now
+
+    def time_ns(self) -> int:
+        return self.now
+
+
+def _broker(dropped: int = 0) -> BrokerStatistics:
+    return BrokerStatistics(
+        kinds={"file": KindStatistics(dropped=dropped)}, auth=AuthStatistics(), subscribers=[]
+    )
+
+
+def _health(**kw: object) -> Health:
+    fields: dict[str, object] = {
+        "version": "0",
+        "pid": 1,
+        "host": "h",
+        "state_dir": "/s",
+        "started_at_ns": 0,
+        "uptime_s": 1.0,
+        "healthy": True,
+        "problems": [],
+        "sensors": [SensorStatistics(name="file", running=True, dropped=3)],
+        "unavailable": {},
+        "broker": _broker(),
+        "outputs": [
+            JsonlStatistics("/s/events.jsonl", ChannelStatistics(8, 0, 1, 0, "drop-newest"), 1, 0, 0)
+        ],
+        "extensions": [
+            ExtensionStatistics(id="x", state="running", engine_version="1.2", content_version="c7")
+        ],
+        "memory_rss_bytes": 1,
+        "cpu_user_s": 0.0,
+        "cpu_system_s": 0.0,
+        "threads": 1,
+    }
+    fields.update(kw)
+    return Health(**fields)  # type: ignore[arg-type]
+
+
+def test_drops_degrade_for_the_window_then_only_the_total_remains() -> None:
+    clock = FakeClock()
+    tracker = DropTracker(clock)
+    sensors = [SensorStatistics(name="file", running=True, dropped=0)]
+
+    def problems(dropped: int) -> list[str]:
+        sensors[0].dropped = dropped
+        drops = tracker.observe(drop_totals(sensors, _broker(), [], []))
+        return problems_of(
+            sensors=sensors, unavailable={}, broker=_broker(), extensions=[], drops=drops, drop_window_s=60
+        )
+
+    assert problems(0) == []
+    clock.now += 10**9
+    [line] = problems(847)
+    assert line.startswith("sensor file dropped events 0 s ago (847 in all")
+    clock.now += 59 * 10**9
+    assert problems(847), "a drop 59 s ago is inside a 60 s window"
+    clock.now += 2 * 10**9
+    assert problems(847) == []  # no new drop for 61 s: healthy, the total still reported
+    assert tracker.observe({"sensor file": 847})[0].total == 847
+    clock.now += 10**9
+    assert problems(848), "a new drop degrades again"
+
+
+@pytest.mark.parametrize(
+    ("stats", "expected"),
+    [
+        (ExtensionStatistics(id="r", state="running"), None),
+        (
+            ExtensionStatistics(
+                id="r",
+                state="backoff",
+                failures=1,
+                last_exit_reason="exited with status 1",
+                last_error="setup failed: FileNotFoundError: /x/bl.txt",
+            ),
+            "extension r backoff: setup failed: FileNotFoundError: /x/bl.txt",
+        ),
+        (
+            ExtensionStatistics(
+                id="r", state="quarantined", quarantine_reason="5 failures, the last: killed: oom"
+            ),
+            "extension r quarantined: 5 failures, the last: killed: oom",
+        ),
+        (ExtensionStatistics(id="r", state="starting"), "extension r starting: no handshake yet"),
+        (ExtensionStatistics(id="r", state="stopped"), "extension r stopped: not running"),
+    ],
+)
+def test_an_enabled_extension_that_is_not_running_is_a_problem_with_its_own_error(
+    stats: ExtensionStatistics, expected: str | None
+) -> None:
+    problem = extension_problem(stats)
+    if expected is None:
+        assert problem is None
+    else:
+        assert problem is not None and problem.startswith(expected)
+
+
+def test_fail_closed_auth_extension_that_left_is_named_in_the_problems() -> None:
+    broker = _broker()
+    broker.auth.absent["strict"] = AbsentAuthStatistics(
+        failure="fail-closed", reason="quarantined", since_ns=0, denied=4
+    )
+    broker.auth.absent["lenient"] = AbsentAuthStatistics(
+        failure="fail-open", reason="quarantined", since_ns=0
+    )
+    problems = problems_of(
+        sensors=[], unavailable={}, broker=broker, extensions=[], drops=[], drop_window_s=1
+    )
+    assert problems == [
+        "extension strict left AUTH (quarantined): fail-closed, every exec is denied (4 so far)"
+    ]
+
+
+def test_health_round_trips_typed_through_json() -> None:
+    h = _health()
+    back = msgspec.json.decode(msgspec.json.encode(h), type=Health)
+    assert back == h
+    assert back.extensions[0].engine_version == "1.2" and back.extensions[0].content_version == "c7"
+
+
+def test_heartbeat_carries_its_schema_version_and_refuses_an_unknown_one() -> None:
+    beat = Heartbeat(host_id="h1", sequence=1, sent_at_ns=5, health=_health())
+    data = msgspec.json.encode(beat)
+    assert msgspec.json.decode(data)["schema_version"] == HEARTBEAT_SCHEMA_VERSION
+    assert decode_heartbeat(data) == beat
+    future = data.replace(b'"schema_version":1', b'"schema_version":2')
+    with pytest.raises(ValueError, match="schema version 2"):
+        decode_heartbeat(future)
+    with pytest.raises(ValueError, match="heartbeat"):
+        decode_heartbeat(b'{"schema_version":1,"host_id":"h1"}')
+    with pytest.raises(ValueError, match="heartbeat"):
+        decode_heartbeat(b"not json")
+
+
+def test_health_records_import_without_the_host_side() -> None:
+    """The fleet layer reads heartbeats: importing the records must not pull in agent, sensors, extensions."""
+    code = (
+        "import sys, ringfence.events as e; e.Heartbeat; "
+        "bad = [m for m in sys.modules if m.startswith(('ringfence.agent', 'ringfence.sensors', "
+        "'ringfence.extensions', 'ringfence.broker'))]; print(bad); sys.exit(bool(bad))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
