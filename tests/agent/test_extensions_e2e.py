@@ -110,7 +110,7 @@ def test_blocklisted_binary_denied_under_any_name_until_removed(
     assert _runs(fine)
     finding = _findings(agent, lambda d: d["class_uid"] == 2004 and "test-evil" in d["finding_info"]["title"])
     assert finding["evidences"][0]["file"]["hashes"][0]["value"] == _sha256(evil)
-    assert finding["disposition"] == "Denied"
+    assert (finding["action"], finding["disposition"]) == ("Denied", "Blocked")  # OCSF 1.8.0 captions
 
     blocklist.write_text("# emptied\n")
     assert _eventually(lambda: _runs(evil)), "still denied after the hash left the blocklist"

@@ -3,8 +3,11 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 
 from ringfence.events import (
+    AuthKind,
+    AuthRequest,
     DetectionFinding,
     Endpoint,
     Event,
@@ -21,6 +24,7 @@ from ringfence.events import (
     to_ocsf,
 )
 from tests.fakes import FakeClock
+from tests.ocsf.validator import problems
 
 STAMP = HeaderStamper("test", "host-1", FakeClock())
 PROC = ProcessRef(
@@ -31,70 +35,231 @@ PROC = ProcessRef(
     cwd="/root",
     uid=0,
     user="root",
+    gid=0,
+    start_time_ns=1_700_000_000_123_456_789,
+    cgroup="/user.slice",
     parent=ProcessRef(pid=1, exe="/sbin/init"),
 )
+IN_CONTAINER = ProcessRef(pid=11, ppid=10, exe="/bin/sh", container_id="c0ffee", parent=PROC)
+BARE = ProcessRef(pid=12)
+LO4, LO6 = Endpoint(family="inet", ip="127.0.0.1", port=40000), Endpoint(family="inet6", ip="::1", port=8080)
+UNIX = Endpoint(family="unix", path="/run/x.sock")
+
+
+def _process(activity: ProcessActivityId, process: ProcessRef = PROC, **kw: int) -> ProcessActivity:
+    return ProcessActivity(header=STAMP.stamp(), activity=activity, process=process, **kw)  # type: ignore[arg-type]
+
+
+def _net(
+    syscall: str, local: Endpoint | None, remote: Endpoint | None, success: bool = True
+) -> NetworkActivity:
+    activity = {"listen": NetworkActivityId.LISTEN, "bind": NetworkActivityId.BIND}.get(
+        syscall, NetworkActivityId.OPEN if success else NetworkActivityId.REFUSE
+    )
+    return NetworkActivity(
+        header=STAMP.stamp(),
+        activity=activity,
+        syscall=syscall,
+        success=success,
+        errno=None if success else 111,
+        local=local,
+        remote=remote,
+        process=PROC,
+    )
+
+
+def _finding(action: str | None, **kw: object) -> DetectionFinding:
+    return DetectionFinding(
+        header=STAMP.stamp(), title="Blocked", severity=Severity.HIGH, source="rep", action=action, **kw
+    )  # type: ignore[arg-type]
+
+
+HAND_BUILT: list[Event] = [
+    *(_process(a) for a in ProcessActivityId),
+    _process(ProcessActivityId.TERMINATE, exit_code=3),
+    _process(ProcessActivityId.SET_USER_ID, new_uid=1000, new_gid=1000),
+    _process(ProcessActivityId.LAUNCH, IN_CONTAINER),
+    _process(ProcessActivityId.LAUNCH, BARE),
+    _process(ProcessActivityId.FORK, ProcessRef(pid=13, ppid=12)),
+    *(FileActivity(header=STAMP.stamp(), activity=a, path="/a/x", process=PROC) for a in FileActivityId),
+    FileActivity(header=STAMP.stamp(), activity=FileActivityId.RENAME, path="/a/x", new_path="/b/y"),
+    FileActivity(header=STAMP.stamp(), activity=FileActivityId.CREATE, path="/a/d", is_dir=True),
+    _net("connect", LO4, LO4),
+    _net("connect", None, LO6, success=False),
+    _net("accept4", LO4, LO4),
+    _net("bind", LO4, None),
+    _net("listen", LO6, None),
+    _net("connect", None, UNIX),
+    _net("bind", Endpoint(family="netlink"), None),
+    _net("listen", None, None),
+    _finding("denied", file_path="/tmp/m", file_sha256="ab" * 32, rule="r1", related_event="e1"),
+    _finding("killed", process=IN_CONTAINER, description="why"),
+    _finding(None),
+    *(_finding(a) for a in ("allowed", "quarantined", "isolated", "deleted", "observed", "")),
+    AuthRequest(header=STAMP.stamp(), kind=AuthKind.EXEC, path="/tmp/m", process=PROC),
+    AuthRequest(header=STAMP.stamp(), kind=AuthKind.OPEN, path="/etc/shadow", process=BARE),
+]
+
+
+@pytest.mark.parametrize("event", HAND_BUILT, ids=lambda e: f"{type(e).__name__}-{e.header.seq}")
+def test_every_hand_built_record_is_valid_ocsf_1_8_0_without_warnings(event: Event) -> None:
+    assert problems(to_ocsf(event)) == []
+
+
+def test_every_record_declares_ocsf_1_8_0_and_the_host_profile() -> None:
+    for event in HAND_BUILT:
+        metadata = to_ocsf(event)["metadata"]
+        assert metadata["version"] == "1.8.0" and "host" in metadata["profiles"]
+
+
+def test_process_launch_has_its_parent_as_actor_and_no_argv_list() -> None:
+    d = to_ocsf(_process(ProcessActivityId.LAUNCH))
+    assert (d["class_uid"], d["activity_id"], d["type_uid"], d["launch_type"]) == (1007, 1, 100701, "Exec")
+    assert d["actor"]["process"]["file"]["path"] == "/sbin/init"
+    assert d["process"]["parent_process"]["pid"] == 1
+    assert d["process"]["cmd_line"] == "curl -s x" and "args" not in d["process"]
+    assert d["process"]["working_directory"] == "/root"
+    assert d["process"]["file"]["type_id"] == 1 and d["process"]["user"] == {"uid": "0", "name": "root"}
+    assert d["process"]["created_time"] == 1_700_000_000_123
+    assert d["device"]["hostname"] == "host-1" and "type_id" in d["device"]
+
+
+def test_fork_is_a_launch_of_type_fork() -> None:
+    d = to_ocsf(_process(ProcessActivityId.FORK))
+    assert (d["activity_id"], d["launch_type_id"], d["launch_type"]) == (1, 2, "Fork")
+
+
+def test_terminate_is_reflexive_the_process_is_its_own_actor() -> None:
+    d = to_ocsf(_process(ProcessActivityId.TERMINATE, exit_code=3))
+    assert d["actor"]["process"]["pid"] == 10 and d["exit_code"] == 3
+
+
+def test_launch_with_parent_pid_only_names_the_parent_by_pid() -> None:
+    d = to_ocsf(_process(ProcessActivityId.FORK, ProcessRef(pid=13, ppid=12)))
+    assert d["actor"] == {"process": {"pid": 12}}
+
+
+def test_container_id_declares_the_container_profile() -> None:
+    d = to_ocsf(_process(ProcessActivityId.LAUNCH, IN_CONTAINER))
+    assert d["process"]["container"] == {"uid": "c0ffee"}
+    assert d["metadata"]["profiles"] == ["container", "host"]
+
+
+def test_file_rename_maps_old_and_new_path_with_type_ids() -> None:
+    e = FileActivity(header=STAMP.stamp(), activity=FileActivityId.RENAME, path="/a/x", new_path="/a/y")
+    d = to_ocsf(e)
+    assert (d["class_uid"], d["activity_id"], d["activity_name"]) == (1001, 5, "Rename")
+    assert d["file"] == {"path": "/a/x", "name": "x", "type_id": 1, "type": "Regular File"}
+    assert d["file_result"]["path"] == "/a/y"
+    assert d["actor"] == {"process": {"pid": 0}}  # the schema requires an actor; the kernel gave none
+
+
+def test_folder_is_type_2() -> None:
+    e = FileActivity(header=STAMP.stamp(), activity=FileActivityId.CREATE, path="/a/d", is_dir=True)
+    assert to_ocsf(e)["file"]["type_id"] == 2
+
+
+def test_connect_source_is_us_destination_the_server() -> None:
+    local, remote = (
+        Endpoint(family="inet", ip="10.0.0.2", port=5555),
+        Endpoint(family="inet", ip="10.0.0.1", port=80),
+    )
+    d = to_ocsf(_net("connect", local, remote))
+    assert d["src_endpoint"] == {"ip": "10.0.0.2", "port": 5555}
+    assert d["dst_endpoint"] == {"ip": "10.0.0.1", "port": 80}
+    assert d["connection_info"] == {"direction_id": 2, "direction": "Outbound", "protocol_ver_id": 4}
+    assert d["actor"]["process"]["pid"] == 10 and d["unmapped"] == {"syscall": "connect", "family": "inet"}
+
+
+def test_accept_source_is_the_remote_client() -> None:
+    local, remote = (
+        Endpoint(family="inet", ip="10.0.0.1", port=80),
+        Endpoint(family="inet", ip="10.0.0.2", port=5555),
+    )
+    d = to_ocsf(_net("accept4", local, remote))
+    assert d["src_endpoint"]["port"] == 5555 and d["dst_endpoint"]["port"] == 80
+    assert d["connection_info"]["direction"] == "Inbound"
+
+
+def test_loopback_peer_is_local_direction() -> None:
+    assert to_ocsf(_net("connect", LO4, LO4))["connection_info"]["direction_id"] == 4
+
+
+@pytest.mark.parametrize("syscall", ["bind", "listen"])
+def test_bind_and_listen_name_the_local_socket_as_destination(syscall: str) -> None:
+    d = to_ocsf(_net(syscall, LO6, None))
+    assert d["dst_endpoint"] == {"ip": "::1", "port": 8080} and "src_endpoint" not in d
+    assert d["activity_name"] == syscall.title()
+
+
+def test_refused_connect_has_status_failure_and_errno() -> None:
+    d = to_ocsf(_net("connect", None, LO6, success=False))
+    assert (d["activity_id"], d["status_id"], d["status_code"], d["status_detail"]) == (
+        5,
+        2,
+        "111",
+        "ECONNREFUSED",
+    )
+
+
+def test_unix_and_netlink_sockets_are_named_endpoints() -> None:
+    assert to_ocsf(_net("connect", None, UNIX))["dst_endpoint"] == {"name": "/run/x.sock"}
+    assert to_ocsf(_net("bind", Endpoint(family="netlink"), None))["dst_endpoint"] == {"name": "netlink"}
+
+
+def test_denied_finding_is_blocked_with_security_control_profile_and_hash_evidence() -> None:
+    d = to_ocsf(_finding("denied", file_path="/tmp/m", file_sha256="ab" * 32))
+    assert d["class_uid"] == 2004 and (d["severity_id"], d["severity"]) == (4, "High")
+    assert d["evidences"][0]["file"]["hashes"][0] == {
+        "algorithm_id": 3,
+        "algorithm": "SHA-256",
+        "value": "ab" * 32,
+    }
+    assert (d["action_id"], d["action"], d["disposition_id"], d["disposition"]) == (2, "Denied", 2, "Blocked")
+    assert d["metadata"]["profiles"] == ["host", "security_control"]
+    assert (
+        d["finding_info"]["product"] == {"name": "rep"} and d["finding_info"]["uid"] == d["metadata"]["uid"]
+    )
+
+
+def test_unknown_action_is_other_with_its_own_words() -> None:
+    d = to_ocsf(_finding("killed"))
+    assert (d["action_id"], d["action"], d["disposition_id"], d["disposition"]) == (
+        99,
+        "Killed",
+        99,
+        "Killed",
+    )
+
+
+def test_finding_without_action_has_no_security_control() -> None:
+    d = to_ocsf(_finding(None))
+    assert "disposition" not in d and d["metadata"]["profiles"] == ["host"]
+
+
+def test_exec_auth_request_is_a_launch_of_the_path_by_the_process() -> None:
+    d = to_ocsf(AuthRequest(header=STAMP.stamp(), kind=AuthKind.EXEC, path="/tmp/m", process=PROC))
+    assert (d["class_uid"], d["activity_id"]) == (1007, 1)
+    assert (
+        d["process"]["file"]["path"] == "/tmp/m" and d["actor"]["process"]["file"]["path"] == "/usr/bin/curl"
+    )
+
+
+def test_open_auth_request_is_a_file_open() -> None:
+    d = to_ocsf(AuthRequest(header=STAMP.stamp(), kind=AuthKind.OPEN, path="/etc/shadow", process=PROC))
+    assert (d["class_uid"], d["activity_id"], d["file"]["path"]) == (1001, 14, "/etc/shadow")
+
+
+def test_encoder_writes_one_json_line() -> None:
+    line = OcsfEncoder().encode(_process(ProcessActivityId.FORK))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line)["launch_type"] == "Fork"
 
 
 def test_sequence_numbers_are_per_sensor_and_gapless() -> None:
     s = HeaderStamper("a", "h", FakeClock())
     assert [s.stamp().seq for _ in range(3)] == [1, 2, 3]
     assert s.last_seq == 3
-
-
-def test_process_launch_maps_to_ocsf_1007_with_parent() -> None:
-    e = ProcessActivity(header=STAMP.stamp(), activity=ProcessActivityId.LAUNCH, process=PROC)
-    d = to_ocsf(e)
-    assert (d["class_uid"], d["activity_id"], d["type_uid"]) == (1007, 1, 100701)
-    assert d["process"]["args"] == ["curl", "-s", "x"]
-    assert d["process"]["working_directory"] == "/root"
-    assert d["process"]["parent_process"]["file"]["path"] == "/sbin/init"
-    assert d["device"]["hostname"] == "host-1"
-
-
-def test_file_rename_maps_old_and_new_path() -> None:
-    e = FileActivity(header=STAMP.stamp(), activity=FileActivityId.RENAME, path="/a/x", new_path="/a/y")
-    d = to_ocsf(e)
-    assert (d["class_uid"], d["activity_id"]) == (1001, 5)
-    assert d["file"]["path"] == "/a/x" and d["file_result"]["path"] == "/a/y"
-
-
-def test_network_connect_maps_endpoints_and_status() -> None:
-    e = NetworkActivity(
-        header=STAMP.stamp(),
-        activity=NetworkActivityId.OPEN,
-        syscall="connect",
-        success=False,
-        errno=111,
-        remote=Endpoint(family="inet6", ip="::1", port=8080),
-        process=PROC,
-    )
-    d = to_ocsf(e)
-    assert d["class_uid"] == 4001 and d["status"] == "Failure" and d["status_code"] == "111"
-    assert d["dst_endpoint"]["ip"] == "::1" and d["dst_endpoint"]["port"] == 8080
-
-
-def test_finding_maps_to_2004_with_hash_evidence() -> None:
-    e = DetectionFinding(
-        header=STAMP.stamp(),
-        title="Blocked",
-        severity=Severity.HIGH,
-        source="rep",
-        file_path="/tmp/m",
-        file_sha256="ab" * 32,
-        action="denied",
-    )
-    d = to_ocsf(e)
-    assert d["class_uid"] == 2004 and d["severity_id"] == 4
-    assert d["evidences"][0]["file"]["hashes"][0]["value"] == "ab" * 32
-    assert d["disposition"] == "Denied"
-
-
-def test_encoder_writes_one_json_line() -> None:
-    line = OcsfEncoder().encode(
-        ProcessActivity(header=STAMP.stamp(), activity=ProcessActivityId.FORK, process=PROC)
-    )
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert json.loads(line)["activity_id"] == 99
 
 
 def test_events_roundtrip_through_msgpack_as_tagged_union() -> None:
