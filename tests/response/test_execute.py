@@ -74,9 +74,12 @@ def test_torn_last_log_line_skipped_not_fatal(tmp_path: Path, ex: ResponseExecut
 def test_exported_names_pinned() -> None:
     assert sorted(ringfence.response.__all__) == sorted(
         [
+            "DEFAULT_SCOPE",
             "ISOLATION_TABLE",
             "ActionLogError",
             "ActionRecord",
+            "ActionRefused",
+            "ActionScope",
             "KillError",
             "NftError",
             "QuarantineEntry",
@@ -85,6 +88,7 @@ def test_exported_names_pinned() -> None:
             "ResponseConfigError",
             "ResponseError",
             "ResponseExecutor",
+            "default_protected_paths",
             "parse_networks",
             "start_time_ns",
         ]

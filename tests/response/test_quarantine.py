@@ -182,12 +182,3 @@ def test_quarantine_under_state_dir_or_protected_path_refused(tmp_path: Path) ->
         assert "protected path" in result.message
     assert_as_made(libc)
     assert (tmp_path / "state" / "actions.jsonl").exists()
-
-
-def test_quarantine_of_hard_linked_file_says_other_links_remain(tmp_path: Path, ex: ResponseExecutor) -> None:
-    path = make_file(tmp_path / "evil.sh")
-    (tmp_path / "second-name").hardlink_to(path)
-    result = ex.quarantine(str(path), "", "")
-    assert result.ok
-    assert "1 other hard link(s) remain" in result.message
-    assert ex.quarantine_list()[0].other_links == 1

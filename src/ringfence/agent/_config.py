@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from ringfence.events import EventKind
-from ringfence.response import parse_networks
+from ringfence.response import ActionScope, parse_networks
 
 DEFAULT_CONFIG_PATH = "/etc/ringfence/ringfence.toml"
 DEFAULT_STATE_DIR = "/var/lib/ringfence"
@@ -78,6 +78,14 @@ class ExtensionsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class ResponseSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     management_addresses: tuple[str, ...] = ()  # reachable while the host is isolated
+    protected_paths: tuple[str, ...] = ()  # never quarantined, beside the built-in ones (system, ours)
+    # [response.scope."<extension id>" or "*"]: actions, paths; decoded entry by entry (see `scopes`) so
+    # that an error names the extension
+    scope: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+    def scopes(self) -> dict[str, ActionScope]:
+        """Raises msgspec.ValidationError; `parse_config` has checked every entry already."""
+        return {ext_id: msgspec.convert(raw, ActionScope) for ext_id, raw in self.scope.items()}
 
 
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -127,8 +135,30 @@ def _check(config: Config, source: str) -> None:
         parse_networks(config.response.management_addresses)
     except ValueError as e:
         problems.append(f"response.management_addresses: {e}")
+    problems += _response_problems(config)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def _response_problems(config: Config) -> list[str]:
+    problems = [
+        f"response.protected_paths[{i}]: must be an absolute path, got {p!r}"
+        for i, p in enumerate(config.response.protected_paths)
+        if not os.path.isabs(p)
+    ]
+    for ext_id, raw in config.response.scope.items():
+        key = f'response.scope."{ext_id}"'
+        if ext_id != "*" and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", ext_id):
+            problems.append(f'{key}: not an extension id (nor "*")')
+        try:
+            msgspec.convert(raw, ActionScope)
+        except msgspec.ValidationError as e:
+            where = _PATH.search(str(e))
+            field = f".{where.group(1)}" if where and where.group(1) else ""
+            unknown = _UNKNOWN.search(str(e))
+            field += f".{unknown.group(1)}" if unknown else ""
+            problems.append(f"{key}{field}: {re.sub(r' - at `[^`]*`', '', str(e))}")
+    return problems
 
 
 def _range_problems(config: Config) -> list[str]:

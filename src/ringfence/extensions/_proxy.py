@@ -25,6 +25,7 @@ import msgspec
 from ringfence.broker import AuthPolicy, AuthTicket, Reply
 from ringfence.events import (
     ActionKind,
+    ActionRequest,
     ActionResult,
     Clock,
     DetectionFinding,
@@ -71,8 +72,10 @@ class ExtensionProxy:
         submit_action: ActionSubmit,
         on_ready: Callable[[ExtensionProxy, bool], None],
         on_verdicts_stale: Callable[[str], None] | None = None,
+        on_action_refused: Callable[[ActionRequest, str], object] | None = None,
     ) -> None:
         self.spec = spec
+        self._on_refused = on_action_refused  # a refusal decided here reaches the action log too
         self.config = config
         self._clock = clock
         self._sink = findings_sink
@@ -342,15 +345,17 @@ class ExtensionProxy:
         with self._count_lock:
             self.stats.actions_requested += 1
         manifest = self.manifest
+        request = msgspec.structs.replace(frame.request, requested_by=self.spec.id)
         if manifest is None or Permission.RESPONSE not in manifest.permissions:
             refused = f"{self.spec.id} lacks the response permission"
         else:
-            request = msgspec.structs.replace(frame.request, requested_by=self.spec.id)
             if self._submit_action(self, conn.generation, msgspec.structs.replace(frame, request=request)):
                 return
             refused = "the action queue is full"
         with self._count_lock:
             self.stats.actions_refused += 1
+        if self._on_refused is not None:
+            self._on_refused(request, refused)
         self.send_action_result(conn.generation, frame.token, frame.request.kind, ok=False, message=refused)
 
     def send_action_result(

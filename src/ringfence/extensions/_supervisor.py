@@ -68,7 +68,9 @@ class Supervisor:
     runs each time an AUTH extension (re)connects, or says its verdicts went stale (new content): flush
     the verdict cache. `on_first_ready(proxy)` runs
     once per extension, when its manifest is first known: subscribe the proxy to the broker then (its
-    `kinds` and `auth_policy` come from the manifest). Callbacks run on the extension's reader thread.
+    `kinds` and `auth_policy` come from the manifest). `on_action_refused(request, why)` runs for each
+    request refused before it reaches `action_handler` (no `response` permission, queue full), so that it
+    is logged too. Callbacks run on the extension's reader thread.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Supervisor:
         action_handler: ActionHandler | None = None,
         on_auth_ready: Callable[[str], None] | None = None,
         on_first_ready: Callable[[ExtensionProxy], None] | None = None,
+        on_action_refused: Callable[[ActionRequest, str], object] | None = None,
         config: SupervisorConfig | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -100,6 +103,7 @@ class Supervisor:
                 submit_action=self._submit_action,
                 on_ready=self._ready,
                 on_verdicts_stale=on_auth_ready,
+                on_action_refused=on_action_refused,
             )
         self._stamper = HeaderStamper(SUPERVISOR_SOURCE, self.config.host, self._clock)
         self._actions: BoundedChannel[tuple[ExtensionProxy, int, ActionCall]] = BoundedChannel(
@@ -123,6 +127,12 @@ class Supervisor:
 
     def proxy(self, extension_id: str) -> ExtensionProxy:
         return self._proxies[extension_id]
+
+    def pids(self) -> frozenset[int]:
+        """The pids of the extension processes running now (they change as extensions restart)."""
+        return frozenset(
+            conn.pid for p in self._proxies.values() if (conn := p.conn) is not None and not conn.reaped
+        )
 
     def start(self) -> None:
         """Spawn every extension and start supervising. Returns at once; see `wait_ready`."""

@@ -7,6 +7,7 @@ import ipaddress
 import msgspec
 
 from ringfence.response._errors import ResponseConfigError
+from ringfence.response._scope import ActionScope
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -14,8 +15,9 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class ResponseConfig(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: str  # vault at <state_dir>/quarantine (0700, root), action log at <state_dir>/actions.jsonl
     management_addresses: tuple[str, ...] = ()  # IPs or CIDRs, v4 and v6, still reachable while isolated
-    protected_pids: frozenset[int] = frozenset()  # never killed (the agent itself); pid 1 always is
-    protected_paths: tuple[str, ...] = ()  # never quarantined, nor anything under them; state_dir always is
+    protected_pids: frozenset[int] = frozenset()  # never killed; pid 1, kernel threads, the agent always are
+    protected_paths: tuple[str, ...] = ()  # never quarantined, nor anything under them; added to the defaults
+    scopes: dict[str, ActionScope] = msgspec.field(default_factory=dict)  # extension id (or "*") -> scope
     kill_wait_ms: int = 5_000  # how long a kill waits for the process to be gone before it reports failure
     start_time_tolerance_ticks: int = 2  # clock ticks (SC_CLK_TCK) a kill's start time may be off by
     nft_command: tuple[str, ...] = ("nft",)  # tests prefix it: ("ip", "netns", "exec", ns, "nft")

@@ -13,6 +13,11 @@ class ResponseConfigError(ResponseError, ValueError):
     A ValueError too, so that msgspec reports it as a validation error when it decodes a config."""
 
 
+class ActionRefused(ResponseError):
+    """A request refused by policy before anything was done: out of the requester's scope, a protected
+    path or process, a request missing what it needs. The action log records it as "refused"."""
+
+
 class KillError(ResponseError):
     """A kill was refused (protected, pid reused, already gone) or did not take effect in time."""
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import msgspec
 
 from ringfence.events import ActionKind, ActionRequest, ActionResult, Clock, SystemClock
 from ringfence.response._config import ResponseConfig, parse_networks
-from ringfence.response._errors import ResponseError
+from ringfence.response._errors import ActionRefused, ResponseError
 from ringfence.response._isolation import FAMILY, TABLE, Nft, isolation_script, management_update_script
 from ringfence.response._log import ActionLog, ActionRecord
 from ringfence.response._process import Killer
+from ringfence.response._scope import default_protected_paths, scope_for
 from ringfence.response._vault import QuarantineEntry, Vault
 
 logger = logging.getLogger(__name__)
@@ -26,12 +27,22 @@ class ResponseExecutor:
     """Every action method returns an ActionResult and never raises for a refused or failed action;
     each action and its result is appended to the action log. Thread-safe."""
 
-    def __init__(self, config: ResponseConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: ResponseConfig,
+        clock: Clock | None = None,
+        *,
+        protected_pids: Callable[[], Collection[int]] | None = None,
+    ) -> None:
+        """`protected_pids` is asked on every kill for the pids that change (the extensions')."""
         self.config = config
         self._clock = clock or SystemClock()
-        self._killer = Killer(config.protected_pids, config.start_time_tolerance_ticks, config.kill_wait_ms)
+        self._killer = Killer(
+            config.protected_pids, config.start_time_tolerance_ticks, config.kill_wait_ms, protected_pids
+        )
         self._vault = Vault(
-            Path(config.state_dir) / "quarantine", (config.state_dir, *config.protected_paths)
+            Path(config.state_dir) / "quarantine",
+            (*default_protected_paths(config.state_dir), *config.protected_paths),
         )
         self._log = ActionLog(Path(config.state_dir) / "actions.jsonl")
         self._nft = Nft(config.nft_command)
@@ -39,15 +50,20 @@ class ResponseExecutor:
         self._nft_lock = threading.Lock()
 
     def execute(self, request: ActionRequest) -> ActionResult:
-        """Carries out a brokered request (from an extension: `requested_by` is set by the agent)."""
+        """Carries out a brokered request (from an extension: `requested_by` is set by the agent) if
+        the extension's scope allows it; refused and logged otherwise."""
+        scope = scope_for(self.config.scopes, request.requested_by)
+        if request.kind not in scope.actions:
+            allowed = ", ".join(sorted(scope.actions)) or "none"
+            return self.refuse(request, f"not in the scope of {request.requested_by!r} (allowed: {allowed})")
         if request.kind is ActionKind.KILL:
             if request.pid is None or request.start_time_ns is None:
-                return self._refuse(request, "kill needs both pid and start_time_ns")
+                return self.refuse(request, "kill needs both pid and start_time_ns")
             return self.kill(request.pid, request.start_time_ns, request.reason, request.requested_by)
         if request.kind is ActionKind.QUARANTINE:
             if not request.path:
-                return self._refuse(request, "quarantine needs a path")
-            return self.quarantine(request.path, request.reason, request.requested_by)
+                return self.refuse(request, "quarantine needs a path")
+            return self.quarantine(request.path, request.reason, request.requested_by, within=scope.paths)
         return self.isolate(request.reason, request.requested_by)
 
     def kill(self, pid: int, start_time_ns: int, reason: str, requested_by: str) -> ActionResult:
@@ -66,9 +82,14 @@ class ResponseExecutor:
         )
         return self._run(ActionKind.KILL, record, act)
 
-    def quarantine(self, path: str, reason: str, requested_by: str) -> ActionResult:
+    def quarantine(
+        self, path: str, reason: str, requested_by: str, *, within: tuple[str, ...] | None = None
+    ) -> ActionResult:
+        """`within`: only at or below these directories (an extension's scope); None: anywhere that is
+        not protected (the operator)."""
+
         def act() -> Outcome:
-            entry = self._vault.quarantine(path, reason, requested_by, self._clock.time_ns())
+            entry = self._vault.quarantine(path, reason, requested_by, self._clock.time_ns(), within=within)
             links = f"; {entry.other_links} other hard link(s) remain" if entry.other_links else ""
             return f"quarantined {path} (sha256 {entry.sha256}) as {entry.id}{links}", entry.id
 
@@ -148,7 +169,9 @@ class ResponseExecutor:
         """The last `limit` actions, oldest first. Raises ActionLogError if the log is unreadable."""
         return self._log.tail(limit)
 
-    def _refuse(self, request: ActionRequest, message: str) -> ActionResult:
+    def refuse(self, request: ActionRequest, message: str) -> ActionResult:
+        """Refuses `request` for `message` and logs it (also for refusals decided before the request
+        reached us: a missing permission, a full queue)."""
         record = ActionRecord(
             time_ns=0,
             action=request.kind.value,
@@ -162,7 +185,7 @@ class ResponseExecutor:
         )
 
         def act() -> Outcome:
-            raise ResponseError(f"{request.kind.value}: {message}")
+            raise ActionRefused(f"{request.kind.value}: {message}")
 
         return self._run(request.kind, record, act)
 
@@ -171,12 +194,16 @@ class ResponseExecutor:
         try:
             message, undo = act()
             result = ActionResult(kind=kind, ok=True, message=message, undo=undo)
+        except ActionRefused as e:
+            result = ActionResult(kind=kind, ok=False, message=str(e))
+            record = msgspec.structs.replace(record, decision="refused")
         except (ResponseError, OSError) as e:
             result = ActionResult(kind=kind, ok=False, message=str(e))
         except Exception as e:
             logger.exception("%s failed unexpectedly", record.action)
             result = ActionResult(kind=kind, ok=False, message=f"{record.action}: internal error: {e!r}")
-        logger.info("%s: ok=%s %s", record.action, result.ok, result.message)
+        logger.info("%s for %r: %s ok=%s %s", record.action, record.requested_by, record.decision,
+                    result.ok, result.message)  # fmt: skip
         return self._logged(record, result)
 
     def _logged(self, record: ActionRecord, result: ActionResult) -> ActionResult:

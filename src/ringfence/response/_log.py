@@ -18,12 +18,14 @@ logger = logging.getLogger(__name__)
 
 class ActionRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One action asked for and what came of it. `action` is an ActionKind value or restore/unisolate/
-    management; the other fields are those the action takes."""
+    management; the other fields are those the action takes. `decision` is "refused" when policy said
+    no before anything was done (the message says why), else "granted" (then `ok` says if it worked)."""
 
     time_ns: int  # wall clock, ns since the epoch
     action: str
     ok: bool
     message: str
+    decision: str = "granted"
     requested_by: str = ""
     reason: str = ""
     pid: int | None = None

@@ -11,44 +11,83 @@ import logging
 import os
 import select
 import signal
+from collections.abc import Callable, Collection
 
 from ringfence.events import clock_tick_ns, start_time_from_ticks
-from ringfence.response._errors import KillError
+from ringfence.extensions._sandbox_cgroup import PARENT_DIR
+from ringfence.response._errors import ActionRefused, KillError
 
 logger = logging.getLogger(__name__)
 
 
 def start_time_ns(pid: int, proc: str = "/proc") -> int:
     """The wall-clock start time of `pid`, in ns since the epoch. Raises KillError if it is gone."""
-    path = f"{proc}/{pid}/stat"
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            stat = f.read()
-    except FileNotFoundError as e:
-        raise KillError(pid, "no such process") from e
-    # comm (field 2) may hold spaces and parentheses: the fields after it start after the last ')'
-    fields = stat[stat.rindex(")") + 2 :].split()
-    ticks = int(fields[19])  # field 22, starttime; fields[0] is field 3
+    ticks = int(_stat_fields(pid, proc)[19])  # field 22, starttime; fields[0] is field 3
     return start_time_from_ticks(ticks)
 
 
-class Killer:
-    """Checks a process's identity, then SIGKILLs it through a pidfd and waits for it to be gone."""
+PF_KTHREAD = 0x00200000  # /proc/<pid>/stat field 9 (flags)
+EXTENSION_CGROUP = f"/{PARENT_DIR}/"  # every extension and all it forks run in a cgroup below this
 
-    def __init__(self, protected: frozenset[int], tolerance_ticks: int, wait_ms: int) -> None:
-        self._protected = protected | {1, os.getpid()}
+
+def _stat_fields(pid: int, proc: str = "/proc") -> list[str]:
+    """Fields 3.. of /proc/<pid>/stat: comm (field 2) may hold spaces and parentheses, so they start
+    after the last ')'."""
+    try:
+        with open(f"{proc}/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+    except FileNotFoundError as e:
+        raise KillError(pid, "no such process") from e
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def protection_of(pid: int) -> str | None:
+    """Why the process is never killed, whoever asks: a kernel thread, or one in an extension's cgroup
+    (an extension, or anything it forked, of any vendor). None if neither."""
+    fields = _stat_fields(pid)
+    if int(fields[6]) & PF_KTHREAD:
+        return "a kernel thread"
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError as e:
+        raise KillError(pid, "no such process") from e
+    if any(line.split(":", 2)[-1].startswith(EXTENSION_CGROUP) for line in lines):
+        return "an extension's process (it runs in a Ringfence extension cgroup)"
+    return None
+
+
+class Killer:
+    """Checks a process's identity, then SIGKILLs it through a pidfd and waits for it to be gone.
+
+    `protected` is called on every kill: the live set of pids never killed (the extensions', which
+    change as they restart), beside `static`, pid 1 and the agent itself."""
+
+    def __init__(
+        self,
+        static: frozenset[int],
+        tolerance_ticks: int,
+        wait_ms: int,
+        protected: Callable[[], Collection[int]] | None = None,
+    ) -> None:
+        self._static = static | {1, os.getpid()}
+        self._live = protected or frozenset
         self._tolerance_ns = tolerance_ticks * clock_tick_ns()
         self._wait_ms = wait_ms
 
     def kill(self, pid: int, expected_start_ns: int) -> str:
-        """Kills the process; returns what happened. Raises KillError if refused or not gone in time."""
+        """Kills the process; returns what happened. Raises ActionRefused for a protected process,
+        KillError if it is gone, reused or still there after the wait."""
         if pid <= 0:
-            raise KillError(pid, "not a process id")
-        if pid in self._protected:
-            raise KillError(pid, "protected process (pid 1, the agent itself, or configured as protected)")
+            raise ActionRefused(f"kill pid {pid}: not a process id")
+        if pid in self._static or pid in self._live():
+            raise ActionRefused(f"kill pid {pid}: protected process (pid 1, the agent, or an extension)")
         pidfd = self._open(pid)
         try:
             self._check_identity(pid, pidfd, expected_start_ns)
+            why = protection_of(pid)  # the pidfd pins the process: this is still the one we checked
+            if why is not None:
+                raise ActionRefused(f"kill pid {pid}: protected process ({why})")
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             logger.debug("sent SIGKILL to pid %d", pid)
             if not self._wait_gone(pidfd):

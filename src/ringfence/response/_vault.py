@@ -22,10 +22,12 @@ import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
-from ringfence.response._errors import QuarantineError
+from ringfence.response._errors import ActionRefused, QuarantineError
+from ringfence.response._scope import resolved, under
 
 logger = logging.getLogger(__name__)
 
@@ -59,23 +61,54 @@ class Vault:
 
     def __init__(self, root: Path, protected: tuple[str, ...]) -> None:
         self.root = root
-        self._protected = tuple(Path(p).resolve() for p in protected)
+        self._protected = resolved(protected)
 
-    def quarantine(self, path: str, reason: str, requested_by: str, now_ns: int) -> QuarantineEntry:
-        if not Path(path).is_absolute():
-            raise QuarantineError(path, "the path must be absolute")
-        resolved = Path(path).parent.resolve() / Path(path).name
-        for protected in self._protected:
-            if resolved == protected or protected in resolved.parents:
-                raise QuarantineError(path, f"under the protected path {protected}: never quarantined")
+    def quarantine(
+        self, path: str, reason: str, requested_by: str, now_ns: int, *, within: tuple[str, ...] | None = None
+    ) -> QuarantineEntry:
+        """Moves `path` into the vault. `within`: the requester's scope (None: anywhere not protected).
+        Raises ActionRefused (protected, out of scope, hard-linked) or QuarantineError."""
+        parent, name = os.path.split(path)
+        if not os.path.isabs(path) or name in ("", ".", ".."):
+            raise QuarantineError(path, "the path must be absolute and name a file")
         with self._locked():
-            fd = _open_regular(path)
+            dirfd = _open_dir(path, parent)
             try:
-                entry = _describe(fd, path, reason, requested_by, now_ns)
-                self._store(fd, entry)
+                real = os.path.join(os.readlink(f"/proc/self/fd/{dirfd}"), name)
+                self._check_place(path, real, within)
+                fd = _open_regular(path, name, dirfd)
+                try:
+                    self._check_links(path, os.fstat(fd))
+                    entry = _describe(fd, real, reason, requested_by, now_ns)
+                    self._store(fd, entry, dirfd, name)
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
+                os.close(dirfd)
         return entry
+
+    def _check_place(self, path: str, real: str, within: tuple[str, ...] | None) -> None:
+        """`real` is where the file is: its directory as opened, so no symlink or `..` hides it."""
+        shown = path if path == real else f"{path} (really {real})"
+        protected = under(real, self._protected)
+        if protected is not None:
+            raise ActionRefused(f"{shown}: under the protected path {protected}: never quarantined")
+        if within is not None and under(real, resolved(within)) is None:
+            raise ActionRefused(f"{shown}: outside the requester's scope ({', '.join(within) or 'no paths'})")
+
+    def _check_links(self, path: str, st: os.stat_result) -> None:
+        """A file with other names on a filesystem that holds a protected path may be a protected file
+        (a hard link to /etc/passwd, say): quarantine would take it from every name and lock its mode,
+        and which names it has cannot be found without walking the filesystem. Refused."""
+        if st.st_nlink <= 1:
+            return
+        for root in self._protected:
+            with contextlib.suppress(OSError):
+                if os.stat(root).st_dev == st.st_dev:
+                    raise ActionRefused(
+                        f"{path}: has {st.st_nlink - 1} other hard link(s) on the filesystem of the "
+                        f"protected path {root}; one may be a protected file: never quarantined"
+                    )
 
     def entries(self) -> list[QuarantineEntry]:
         with self._locked():
@@ -86,6 +119,7 @@ class Vault:
         with self._locked():
             entry = self._entry(vault_id)
             blob = self._blob(vault_id)
+            _check_still_there(entry.path)
             if os.path.lexists(entry.path):
                 raise QuarantineError(
                     entry.path, "a file exists there: restore never overwrites; move it away"
@@ -136,18 +170,18 @@ class Vault:
     def _blob(self, vault_id: str) -> Path:
         return self.root / vault_id / BLOB
 
-    def _store(self, fd: int, entry: QuarantineEntry) -> None:
+    def _store(self, fd: int, entry: QuarantineEntry, dirfd: int, name: str) -> None:
         entry_dir = self.root / entry.id
         entry_dir.mkdir(0o700)
         _write_atomic(entry_dir / METADATA, msgspec.json.encode(entry))
         try:
-            _move_in(fd, entry.path, self._blob(entry.id))
+            _move_in(fd, _Source(entry.path, dirfd, name), self._blob(entry.id))
         except BaseException:
             self._remove_entry(entry.id)
             raise
         _lock_down(self._blob(entry.id))
         _fsync_dir(entry_dir)
-        _fsync_dir(Path(entry.path).parent)
+        os.fsync(dirfd)
 
     def _remove_entry(self, vault_id: str) -> None:
         shutil.rmtree(self.root / vault_id)
@@ -167,9 +201,24 @@ def _lock_down(blob: Path) -> None:
     blob.chmod(0o400)
 
 
-def _open_regular(path: str) -> int:
+def _open_dir(path: str, parent: str) -> int:
+    """The file's directory, symlinks followed: what is checked is the directory the kernel gave us."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise QuarantineError(path, f"cannot open its directory: {os.strerror(e.errno or errno.EIO)}") from e
+
+
+def _check_still_there(path: str) -> None:
+    """Restore goes back to the directory the file was taken from, not where a symlink now leads."""
+    parent = os.path.dirname(path)
+    if os.path.realpath(parent) != parent:
+        raise QuarantineError(path, f"its directory now resolves to {os.path.realpath(parent)}: not restored")
+
+
+def _open_regular(path: str, name: str, dirfd: int) -> int:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise QuarantineError(path, "is a symbolic link: only regular files are quarantined") from e
@@ -202,25 +251,32 @@ def _describe(fd: int, path: str, reason: str, requested_by: str, now_ns: int) -
     )
 
 
-def _move_in(fd: int, path: str, blob: Path) -> None:
+class _Source(NamedTuple):
+    path: str  # for messages
+    dirfd: int  # the directory opened (and checked)
+    name: str
+
+
+def _move_in(fd: int, source: _Source, blob: Path) -> None:
     """Renames the file into the vault, or copies and unlinks it across filesystems; checks it is the
-    file we opened (same device and inode) before anything is removed."""
+    file we opened (same device and inode) before anything is removed. Every step is relative to the
+    directory that was checked, so a swapped symlink cannot redirect it."""
     opened = os.fstat(fd)
-    source = Path(path)
-    if not _same_file(source.lstat(), opened):
+    path, dirfd, name = source
+    if not _same_file(os.lstat(name, dir_fd=dirfd), opened):
         raise QuarantineError(path, "the file was replaced while it was being quarantined")
     try:
-        source.rename(blob)
+        os.rename(name, blob, src_dir_fd=dirfd)
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise QuarantineError(path, f"cannot move into the vault: {e.strerror}") from e
         _copy_from_fd(fd, blob)
-        if not _same_file(source.lstat(), opened):
+        if not _same_file(os.lstat(name, dir_fd=dirfd), opened):
             raise QuarantineError(path, "the file was replaced while it was being copied") from None
-        source.unlink()
+        os.unlink(name, dir_fd=dirfd)
         return
     if not _same_file(blob.lstat(), opened):
-        blob.rename(source)  # a swap between lstat and rename: put back what we took
+        os.rename(blob, name, dst_dir_fd=dirfd)  # a swap between lstat and rename: put back what we took
         raise QuarantineError(path, "the file was replaced while it was being quarantined")
 
 
