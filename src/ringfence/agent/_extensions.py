@@ -5,18 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ringfence.agent._config import Config
-from ringfence.agent._content import (
-    ContentError,
-    ContentStore,
-    ContentWatcher,
-    StagedContent,
-    migrate_settings,
-)
-from ringfence.agent._daemon import AgentError
 from ringfence.events import ActionRequest, ActionResult, ExtensionStatistics
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
 from ringfence.response import ResponseConfig, ResponseExecutor
@@ -27,6 +18,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 20.0
+
+
+def granted_dirs(settings: dict[str, Any]) -> tuple[str, ...]:
+    """Directories an extension may read because its settings name files in them (a blocklist, say).
+    The directory, not the file: Landlock rules hold an inode, and a file updated by rename is a new one."""
+    dirs = set()
+    for value in settings.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and os.path.isabs(item) and os.path.exists(item):
+                dirs.add(item if os.path.isdir(item) else os.path.dirname(item))
+    return tuple(sorted(dirs))
 
 
 def reachable_by_others(path: str) -> bool:
@@ -51,29 +53,21 @@ def _scratch_dir(config: Config, ext_id: str) -> str | None:
     return os.path.join(base, ext_id)
 
 
-def extension_specs(
-    config: Config, contents: Mapping[str, StagedContent] | None = None
-) -> list[ExtensionSpec]:
-    """One spec per enabled extension. `contents`: what the agent staged for each; an extension gets its
-    content directory to read, and nothing of the operator's paths."""
+def extension_specs(config: Config) -> list[ExtensionSpec]:
     ext = config.extensions
-    contents = contents or {}
-    _, all_settings = migrate_settings({}, ext.config)
     specs = []
     for name in ext.enabled:
         if name in ext.disabled:
             continue
         ext_id, _, entry = name.partition("=")  # "id=module:attr" names a class outside entry points
-        content = contents.get(ext_id)
+        settings = ext.config.get(ext_id, {})
         specs.append(
             ExtensionSpec(
                 id=ext_id,
                 entry=entry or ext_id,
-                settings=all_settings.get(ext_id, {}),
-                content_dir=content.content_dir if content else None,
-                content_origins=content.staged_paths() if content else {},
+                settings=settings,
                 state_dir=_scratch_dir(config, ext_id),
-                read_paths=(content.root,) if content else (),
+                read_paths=granted_dirs(settings),
                 sys_path=ext.import_paths,
                 sandbox=ext.sandbox,
                 user=ext.user,
@@ -83,35 +77,6 @@ def extension_specs(
             )
         )
     return specs
-
-
-def _enabled_ids(config: Config) -> set[str]:
-    ext = config.extensions
-    return {name.partition("=")[0] for name in ext.enabled if name not in ext.disabled}
-
-
-def stage_content(config: Config) -> tuple[ContentStore, dict[str, StagedContent]]:
-    """Read every enabled extension's content files (as root) into the state dir. Raises AgentError, one
-    line naming each file at fault, before anything is started."""
-    try:
-        content, _ = migrate_settings(config.extensions.content, config.extensions.config)
-    except ContentError as e:
-        raise AgentError(str(e)) from e
-    enabled = _enabled_ids(config)
-    for ext_id in sorted(set(content) - enabled):
-        log.warning("content configured for %s, which is not enabled: not staged", ext_id)
-    wanted = {ext_id: files for ext_id, files in content.items() if ext_id in enabled and files}
-    state_dir = config.agent.state_dir
-    if wanted and config.extensions.sandbox and not reachable_by_others(state_dir):
-        raise AgentError(
-            f"state dir {state_dir}: extensions cannot reach their content there (a parent directory is "
-            "not searchable by others, o+x); choose a state dir whose parents are"
-        )
-    store = ContentStore(state_dir)
-    try:
-        return store, store.stage_all(wanted)
-    except ContentError as e:
-        raise AgentError(str(e)) from e
 
 
 class _Extensions:
@@ -129,9 +94,7 @@ class _Extensions:
             ),
             protected_pids=self._extension_pids,
         )
-        self.content_store, self.contents = stage_content(config)
-        self.content = ContentWatcher(self.content_store, self.contents)
-        specs = extension_specs(config, self.contents)
+        specs = extension_specs(config)
         for spec in specs:
             if spec.state_dir:
                 os.makedirs(os.path.dirname(spec.state_dir), mode=0o711, exist_ok=True)
@@ -143,7 +106,6 @@ class _Extensions:
             action_handler=self._act,
             on_auth_ready=lambda _id: broker.invalidate_auth_cache(),
             on_first_ready=broker.subscribe,
-            on_gone=broker.withdraw,
             on_action_refused=self.responder.refuse,
         )
 
@@ -155,24 +117,13 @@ class _Extensions:
         return self.responder.execute(request)
 
     def start(self) -> None:
-        """Start every extension and wait (bounded) for its setup. Raises AgentError if one that was
-        given content failed: its content did not load, and the agent must not run as if it had."""
         self.supervisor.start()
         if not self.supervisor.wait_ready(READY_TIMEOUT_S):
             log.warning(
                 "not every extension was ready within %.0f s; see `ringfence status`", READY_TIMEOUT_S
             )
-        self._refuse_failed_content()
-        self.content.start()
-
-    def _refuse_failed_content(self) -> None:
-        for st in self.supervisor.statistics():
-            if st.id in self.contents and st.state in ("backoff", "quarantined"):
-                why = st.last_error or st.quarantine_reason or st.last_exit_reason or st.state
-                raise AgentError(f"extension {st.id} cannot load its content: {why}")
 
     def stop(self) -> None:
-        self.content.stop()
         self.supervisor.stop()
 
     def statistics(self) -> list[ExtensionStatistics]:
