@@ -102,6 +102,11 @@ class Context(Protocol):
         """Ask the agent to act (needs the `response` permission); the result comes to `on_action_result`."""
         ...
 
+    def report_problem(self, message: str | None) -> None:
+        """Say in one line what is wrong while the extension goes on (new content rejected, the last good
+        in force), or None once it is fixed. The agent shows it as this extension's `last_error`."""
+        ...
+
 
 class Extension:
     manifest: ClassVar[Manifest]

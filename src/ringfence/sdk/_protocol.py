@@ -8,11 +8,13 @@ nothing (a timed-out write never leaves half a frame behind to desynchronise the
 Frame: a 4-byte big-endian length, then that many bytes of msgpack of one of the Structs below (a tagged
 union, tag field `t`). The length must equal the rest of the message and be at most `max_frame_bytes`.
 
-Handshake: the agent sends `Hello` (the protocol versions it supports); the extension answers `HelloAck`
-(the version it speaks, and its manifest) or `Refusal`. Either side refuses a version it does not speak,
-naming both. Then:
+Handshake: the agent sends `Hello` (the protocol versions it supports); the extension runs its `setup`
+and answers `HelloAck` (the version it speaks, and its manifest), `Refusal`, or `SetupFailed` (setup
+raised: the exception's one-line message; then it exits). Either side refuses a version it does not
+speak, naming both. Then:
     agent -> extension: EventBatch, AuthCall (+ one fd when `has_file`), ActionReply, Shutdown
-    extension -> agent: AuthReply, FindingReport, ActionCall, StatsReport, LogLine
+    extension -> agent: AuthReply, FindingReport, ActionCall, StatsReport, LogLine, VerdictsStale,
+                        Problem
 Each side decodes only the frames the other side may send: anything else is a protocol error.
 
 Errors (the tree):
@@ -46,11 +48,12 @@ from ringfence.events import (
 from ringfence.sdk._manifest import Manifest
 
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
+MAX_TEXT = 8192
 _LEN = struct.Struct(">I")
 _MAX_FDS = 1
 
 Short = Annotated[str, msgspec.Meta(max_length=512)]
-Text = Annotated[str, msgspec.Meta(max_length=8192)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 Id = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 
@@ -167,9 +170,30 @@ class LogLine(msgspec.Struct, frozen=True, tag="log", tag_field="t"):
     message: Text
 
 
+class SetupFailed(msgspec.Struct, frozen=True, tag="setup-failed", tag_field="t"):
+    """At the handshake, instead of HelloAck: `setup` raised. One line: the exception's type and message."""
+
+    message: Text
+
+
+class Problem(msgspec.Struct, frozen=True, tag="problem", tag_field="t"):
+    """What is wrong now while the extension runs on (e.g. new content rejected), None once fixed."""
+
+    message: Text | None
+
+
 HostFrame = Hello | EventBatch | AuthCall | ActionReply | Shutdown | Refusal
 ExtensionFrame = (
-    HelloAck | AuthReply | FindingReport | ActionCall | StatsReport | LogLine | VerdictsStale | Refusal
+    HelloAck
+    | AuthReply
+    | FindingReport
+    | ActionCall
+    | StatsReport
+    | LogLine
+    | VerdictsStale
+    | Problem
+    | SetupFailed
+    | Refusal
 )
 
 F = TypeVar("F")
@@ -247,6 +271,12 @@ def _fds_of(anc: list[tuple[int, int, bytes]]) -> list[int]:
             arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
             fds.extend(arr)
     return fds
+
+
+def one_line(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` on one line (its lines joined by '; '), at most `limit` characters."""
+    line = "; ".join(part.strip() for part in text.splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def close_fds(fds: Sequence[int]) -> None:

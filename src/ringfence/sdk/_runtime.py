@@ -6,8 +6,9 @@ outbox of findings, action requests, stats and log lines. Verdicts skip the outb
 them at once.
 
 Failure policy, per handler (each counted in the stats the agent receives):
-- `setup` raises: the process exits with status 1 before acknowledging the handshake; the agent sees
-  a failed start and restarts it with backoff.
+- `setup` raises: the exception's one-line message goes to the agent in a `SetupFailed` frame (in place
+  of HelloAck), the traceback to stderr once, and the process exits with status 1; the agent records the
+  message as the extension's `last_error` (and refuses to start if it concerns staged content).
 - `on_event` raises: logged with the traceback, counted (`event_errors`), the next event is handled.
 - `on_auth` raises or returns something other than an AuthAnswer: no verdict is sent (counted as
   `auth_errors`). The agent applies the extension's declared failure policy at the deadline; a crash
@@ -51,13 +52,16 @@ from ringfence.sdk._protocol import (
     HostFrame,
     LogLine,
     PeerClosed,
+    Problem,
     ProtocolError,
     Refusal,
+    SetupFailed,
     Shutdown,
     StatsReport,
     VerdictsStale,
     Wire,
     close_fds,
+    one_line,
 )
 
 log = logging.getLogger(__name__)
@@ -199,6 +203,10 @@ class _Context:
         self._next_token += 1
         self._counters.add("actions")
         self._outbox.put(ActionCall(self._next_token, request), "actions")
+
+    def report_problem(self, message: str | None) -> None:
+        self._counters.add("problems_reported")
+        self._outbox.put(Problem(None if message is None else one_line(message)), "control")
 
 
 class _Inbox:
@@ -414,6 +422,18 @@ def _handshake(wire: Wire[HostFrame], ext: Extension) -> Hello | None:
     return frame
 
 
+def setup_failure_message(e: BaseException) -> str:
+    """The line the agent gets for a failed setup: the exception's type and its message, on one line."""
+    return one_line(f"{type(e).__name__}: {e}" if str(e).strip() else type(e).__name__)
+
+
+def _report_setup_failure(wire: Wire[HostFrame], e: BaseException) -> None:
+    try:
+        wire.send(SetupFailed(setup_failure_message(e)))
+    except (ProtocolError, OSError):
+        log.exception("could not tell the agent that setup failed")
+
+
 def run_extension(ext_cls: type[Extension] | Extension, sock: socket.socket) -> int:
     """Serve one extension over `sock` (the agent's end is on the other side) until Shutdown.
 
@@ -432,8 +452,9 @@ def run_extension(ext_cls: type[Extension] | Extension, sock: socket.socket) -> 
     runner = _Runner(ext, wire, hello)
     try:
         ext.setup(runner.ctx)
-    except Exception:  # supervision boundary: a failed setup is a failed start; the agent restarts it
+    except Exception as e:  # supervision boundary: a failed setup is a failed start, reported in a line
         log.exception("setup of %s failed", ext.manifest.id)
+        _report_setup_failure(wire, e)
         return EXIT_SETUP
     try:
         wire.send(HelloAck(PROTOCOL_VERSION, ext.manifest))
