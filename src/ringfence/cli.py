@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -28,6 +27,7 @@ from ringfence.agent import (
     read_status,
 )
 from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
+from ringfence.agent._console import configure_logging
 from ringfence.events import ExtensionStatistics, Health
 from ringfence.response import ResponseError
 
@@ -129,9 +129,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         settings = dict(config.extensions.config)
         settings["ringfence.reputation"] = {**settings.get("ringfence.reputation", {}), "blocklist": path}
         config = with_overrides(config, extensions={"config": settings})
-    logging.basicConfig(
-        level=config.agent.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.agent.log_level, config.agent.state_dir)
     console = Console()
     extensions = None if args.no_extensions else _extension_factory()
     agent = Agent(config, console=console, extensions=extensions)

@@ -72,6 +72,7 @@ class Rig:
             specs,
             findings_sink=self.sink,
             on_first_ready=self.broker.subscribe,
+            on_gone=self.broker.withdraw,
             on_auth_ready=self.auth_ready.append,
             **kw,
         )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from pathlib import Path
+
+import pytest
 
 from ringfence.events import ActionKind, ActionResult, Verdict
 from ringfence.extensions import SUPERVISOR_SOURCE, SupervisorConfig
@@ -189,3 +192,91 @@ def test_stop_leaves_no_extension_process_behind(rig: Rig) -> None:
     for pid in pids:
         assert pid is not None
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_setup_failure_is_reported_with_its_own_message_once_per_failure_not_as_exited_before_handshake(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ringfence.extensions")
+    policy = dataclasses.replace(FAST_RESTART, crash_loop_failures=2)
+    rig.start([fault_spec("fault.setup", "SetupFails")], config=SupervisorConfig(restart=policy))
+    wait_until("quarantine", lambda: rig.stats("fault.setup").state == "quarantined")
+    st = rig.stats("fault.setup")
+    own = "PermissionError: cannot open the blocklist /root/x/bl.txt: Permission denied"
+    assert st.last_error == f"setup failed: {own}"
+    assert own in (st.quarantine_reason or "")
+    assert st.restart_reasons == {"handshake": 2}
+    ended = [r for r in caplog.records if "ended:" in r.getMessage() and "fault.setup" in r.getMessage()]
+    assert len(ended) == 2, [r.getMessage() for r in ended]  # one line per failure
+    for record in ended:
+        assert own in record.getMessage() and "\n" not in record.getMessage()
+        assert getattr(record, "detail", "").count("Traceback (most recent call last)") == 1
+
+
+def test_memory_kill_by_the_kernel_says_out_of_memory_with_the_limit(rig: Rig) -> None:
+    config = SupervisorConfig(restart=FAST_RESTART, resource_check_interval_s=3600)  # only the kernel acts
+    rig.start([fault_spec("fault.hog", "MemoryHog", sandbox=True, memory_mb=64)], config=config)
+    rig.wait_running("fault.hog")
+    rig.publish("/x/now.grow")
+    wait_until("the kill", lambda: rig.stats("fault.hog").failures >= 1)
+    st = rig.stats("fault.hog")
+    assert st.last_error == "killed: out of memory (limit 64 MiB)", st
+    assert st.restart_reasons == {"memory": 1}
+
+
+def test_extension_that_cannot_be_imported_is_reported_with_the_import_error(rig: Rig) -> None:
+    policy = dataclasses.replace(FAST_RESTART, crash_loop_failures=1)
+    rig.start([fault_spec("fault.missing", "NoSuchClass")], config=SupervisorConfig(restart=policy))
+    wait_until("quarantine", lambda: rig.stats("fault.missing").state == "quarantined")
+    st = rig.stats("fault.missing")
+    # Reaped before or after the reader saw the socket close: either way, the exit and its own error.
+    assert st.last_error.startswith("exited with status 66"), st.last_error
+    assert st.last_error.endswith("AttributeError: module 'fault_extensions' has no attribute 'NoSuchClass'")
+
+
+def _quarantine_by_abort(rig: Rig, ext_id: str) -> None:
+    rig.wait_running(ext_id)
+    rig.publish("/x/now.boom")
+    wait_until(f"{ext_id} quarantined", lambda: rig.stats(ext_id).state == "quarantined")
+
+
+def test_quarantined_fail_open_auth_extension_leaves_auth_and_the_others_verdicts_are_cacheable_again(
+    rig: Rig,
+) -> None:
+    policy = dataclasses.replace(FAST_RESTART, crash_loop_failures=1)
+    rig.start(
+        [fault_spec("fault.lenient", "LenientAborter"), fault_spec("fault.allower", "Allower")],
+        config=SupervisorConfig(restart=policy),
+    )
+    rig.wait_running("fault.allower")
+    _quarantine_by_abort(rig, "fault.lenient")
+    before = rig.broker.statistics().auth
+    assert before.absent["fault.lenient"].failure == "fail-open"
+    assert before.absent["fault.lenient"].reason == "quarantined"
+    for i in range(20):
+        answer = rig.authorize(f"/x/after-{i}")
+        assert answer.verdict is Verdict.ALLOW and answer.cacheable, answer  # the kernel may cache again
+    after = rig.broker.statistics().auth
+    # Nobody settles at the deadline and nothing is refused on its account: its absence applied once.
+    assert after.unanswered_at_deadline == before.unanswered_at_deadline
+    lenient = after.subscribers.get("fault.lenient")
+    assert lenient is None or lenient.refused == 0
+    assert after.subscribers["fault.allower"].asked == 20
+    assert rig.stats("fault.lenient").auth_asked == rig.stats("fault.lenient").auth_answered
+
+
+def test_quarantined_fail_closed_auth_extension_denies_every_later_request_at_once(rig: Rig) -> None:
+    policy = dataclasses.replace(FAST_RESTART, crash_loop_failures=1)
+    rig.start([fault_spec("fault.strict", "StrictAborter")], config=SupervisorConfig(restart=policy))
+    rig.wait_running("fault.strict")
+    assert rig.authorize("/x/before").verdict is Verdict.ALLOW
+    _quarantine_by_abort(rig, "fault.strict")
+    answers = [rig.authorize(f"/x/after-{i}") for i in range(5)]
+    assert all(a.verdict is Verdict.DENY and not a.cacheable for a in answers)
+    assert answers[0].reason == "fault.strict: not running (fail-closed)"
+    auth = rig.broker.statistics().auth
+    assert auth.absent["fault.strict"].failure == "fail-closed"
+    assert auth.absent["fault.strict"].denied == 5
+    assert auth.unanswered_at_deadline == 0  # denied without waiting for any deadline
+    rig.publish("/x/events-still-flow.marker")  # its event routes are gone too: not counted as drops
+    assert rig.broker.statistics().kinds["file"].dropped == 0

@@ -106,6 +106,7 @@ class _Extensions:
             action_handler=self._act,
             on_auth_ready=lambda _id: broker.invalidate_auth_cache(),
             on_first_ready=broker.subscribe,
+            on_gone=broker.withdraw,
             on_action_refused=self.responder.refuse,
         )
 

@@ -17,6 +17,7 @@ import msgspec
 
 from ringfence.broker._types import AuthTicket, Subscriber
 from ringfence.events import (
+    AbsentAuthStatistics,
     AuthAnswer,
     AuthRequest,
     AuthStatistics,
@@ -89,6 +90,26 @@ class Arbiter:
         for sub in subscribers:
             if not sub.request_auth(ticket, self._reply_for(tid, sub.name)):
                 self._fail(tid, sub.name, refused=True)
+
+    def record_absent(self, name: str, failure: FailurePolicy, reason: str) -> None:
+        """`name` left the AUTH set (the broker withdrew it); shown in statistics from now on."""
+        with self._lock:
+            self._stats.absent[name] = AbsentAuthStatistics(
+                failure=str(failure), reason=reason, since_ns=self._clock.time_ns()
+            )
+
+    def deny_for_absent(self, names: Sequence[str], respond: Respond) -> None:
+        """Deny at once, for fail-closed subscribers that are gone: nobody is asked, nothing waits."""
+        answer = AuthAnswer(Verdict.DENY, cacheable=False, reason=f"{names[0]}: not running (fail-closed)")
+        now = self._clock.monotonic_ns()
+        with self._lock:
+            self._next_id += 1
+            tid = self._next_id
+            self._stats.requests += 1
+            for name in names:
+                if name in self._stats.absent:
+                    self._stats.absent[name].denied += 1
+        self._finish_unlocked(tid, None, answer, respond, now)
 
     def _reply_for(self, tid: int, name: str) -> Respond:
         def reply(answer: AuthAnswer) -> None:
@@ -201,4 +222,5 @@ class Arbiter:
             return msgspec.structs.replace(
                 self._stats,
                 subscribers={k: msgspec.structs.replace(v) for k, v in self._stats.subscribers.items()},
+                absent={k: msgspec.structs.replace(v) for k, v in self._stats.absent.items()},
             )

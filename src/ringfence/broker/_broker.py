@@ -20,12 +20,15 @@ from ringfence.events import (
     Clock,
     Event,
     EventKind,
+    FailurePolicy,
     KindStatistics,
     SystemClock,
     event_kind,
 )
 
 log = logging.getLogger(__name__)
+
+_AUTH_KINDS = frozenset({EventKind.AUTH_EXEC, EventKind.AUTH_OPEN})
 
 
 class Mutes(msgspec.Struct, frozen=True):
@@ -64,6 +67,7 @@ class Broker:
         self._kind_stats = {k: KindStatistics() for k in EventKind}
         self._stats_lock = threading.Lock()
         self._invalidators: list[Callable[[], None]] = []
+        self._closed_by: dict[EventKind, tuple[str, ...]] = {}  # AUTH kind -> absent fail-closed subscribers
 
     # -- subscribers -------------------------------------------------------------------------------------
 
@@ -76,12 +80,38 @@ class Broker:
         if sub.auth_policy is not None:
             self.invalidate_auth_cache()
 
+    def withdraw(self, name: str, reason: str) -> None:
+        """Take `name` out of routing for good (quarantined, stopped). Its AUTH failure policy applies once,
+        here, not per request: fail-open, AUTH goes on without it (cacheable answers included); fail-closed,
+        every later AUTH request of its kinds is denied at once. Unknown names are ignored."""
+        with self._lock:
+            sub = self._subscribers.pop(name, None)
+            if sub is None:
+                return
+            policy = sub.auth_policy
+            if policy is not None and policy.failure is FailurePolicy.FAIL_CLOSED:
+                closed = dict(self._closed_by)
+                for kind in sub.kinds & _AUTH_KINDS:
+                    closed[kind] = (*closed.get(kind, ()), name)
+                self._closed_by = closed  # swapped whole, like the routes
+            self._rebuild_routes()
+        if policy is None:
+            log.info("%s left the broker (%s)", name, reason)
+            return
+        self.arbiter.record_absent(name, policy.failure, reason)
+        later = (
+            "every later AUTH request is denied"
+            if policy.failure is FailurePolicy.FAIL_CLOSED
+            else ("AUTH goes on without it")
+        )
+        log.warning("%s left AUTH (%s): %s, %s", name, reason, policy.failure, later)
+
     def _rebuild_routes(self) -> None:
         subs = list(self._subscribers.values())
         routes: dict[EventKind, tuple[Subscriber, ...]] = {}
         for kind in EventKind:
             chosen = [s for s in subs if kind in s.kinds]
-            if kind in (EventKind.AUTH_EXEC, EventKind.AUTH_OPEN):
+            if kind in _AUTH_KINDS:
                 chosen = [s for s in chosen if s.auth_policy is not None]
             routes[kind] = tuple(chosen)
         self._routes = routes  # swapped whole: readers never take the lock
@@ -129,6 +159,11 @@ class Broker:
         if self.mutes.mutes(request, kind):
             self._count(kind, True, 0, 0)
             respond(ALLOW_CACHEABLE)
+            return
+        closed = self._closed_by.get(kind)
+        if closed:
+            self._count(kind, False, 0, 0)
+            self.arbiter.deny_for_absent(closed, respond)
             return
         subs = self._routes[kind]
         self._count(kind, False, len(subs), 0)

@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,9 +59,19 @@ class LaunchError(ExtensionError):
 
 
 class HandshakeFailed(ExtensionError):
-    def __init__(self, extension_id: str, message: str, *, refused: bool = False) -> None:
+    """`.refused`: a retry cannot help. `.exited`: the process went away first (its exit says why)."""
+
+    def __init__(
+        self,
+        extension_id: str,
+        message: str,
+        *,
+        refused: bool = False,
+        exited: bool = False,
+    ) -> None:
         super().__init__(extension_id, message)
         self.refused = refused
+        self.exited = exited
 
 
 class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +113,54 @@ def sandbox_policy(spec: ExtensionSpec) -> Any:
     )
 
 
+class StderrTail:
+    """The read end of an extension's stderr, non-blocking: the last `limit` bytes are kept, the rest
+    dropped, so a chatty extension can neither block on a full pipe nor fill the agent's memory."""
+
+    def __init__(self, fd: int, limit: int = 16384) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.limit = limit
+        self._tail = b""
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read_available(self) -> bool:
+        """Read what is there. False at EOF (or once closed)."""
+        while self.fd >= 0:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            self._tail = (self._tail + chunk)[-self.limit :]
+        return False
+
+    def text(self) -> str:
+        return self._tail.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Failed|Fault)\b.*")
+
+
+def own_error(stderr: str) -> str | None:
+    """The exception a Python traceback in `stderr` ended with (its last line), if there is one."""
+    if "Traceback (most recent call last)" not in stderr:
+        return None
+    tail = stderr.rsplit("Traceback (most recent call last)", 1)[1]
+    for line in reversed(tail.splitlines()):
+        if _EXCEPTION_LINE.match(line.strip()):
+            return line.strip()[:500]
+    return None
+
+
 @dataclasses.dataclass
 class Spawned:
     proc: subprocess.Popen[bytes]
@@ -109,6 +168,7 @@ class Spawned:
     pidfd: int
     policy: Any = None
     prepared: Any = None
+    stderr: StderrTail | None = None  # captured (the supervisor logs it once, when the process ends)
 
 
 def _size_buffers(ours: socket.socket, theirs: socket.socket, max_frame_bytes: int) -> None:
@@ -125,8 +185,9 @@ def _size_buffers(ours: socket.socket, theirs: socket.socket, max_frame_bytes: i
                 s.setsockopt(socket.SOL_SOCKET, plain, want)
 
 
-def spawn(spec: ExtensionSpec, config: SupervisorConfig) -> Spawned:
-    """Start the launcher for `spec` (sandbox prepared first when wanted). Raises LaunchError."""
+def spawn(spec: ExtensionSpec, config: SupervisorConfig, *, capture_stderr: bool = False) -> Spawned:
+    """Start the launcher for `spec` (sandbox prepared first when wanted). Raises LaunchError.
+    With `capture_stderr`, the process's stderr is a pipe (`Spawned.stderr`) that the caller drains."""
     policy = prepared = None
     if spec.sandbox:
         try:
@@ -137,18 +198,28 @@ def spawn(spec: ExtensionSpec, config: SupervisorConfig) -> Spawned:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         _size_buffers(ours, theirs, config.max_frame_bytes)
-        proc = _popen(spec, config, theirs.fileno(), policy, prepared)
+        proc = _popen(spec, config, theirs.fileno(), policy, prepared, capture_stderr=capture_stderr)
     except (OSError, subprocess.SubprocessError) as e:
         ours.close()
         release(spec, policy, prepared)
         raise LaunchError(spec.id, f"starting the launcher failed: {e}") from e
     finally:
         theirs.close()
-    return Spawned(proc, ours, os.pidfd_open(proc.pid), policy, prepared)
+    stderr = None
+    if proc.stderr is not None:
+        stderr = StderrTail(os.dup(proc.stderr.fileno()))
+        proc.stderr.close()
+    return Spawned(proc, ours, os.pidfd_open(proc.pid), policy, prepared, stderr)
 
 
 def _popen(
-    spec: ExtensionSpec, config: SupervisorConfig, fd: int, policy: Any, prepared: Any
+    spec: ExtensionSpec,
+    config: SupervisorConfig,
+    fd: int,
+    policy: Any,
+    prepared: Any,
+    *,
+    capture_stderr: bool,
 ) -> subprocess.Popen[bytes]:
     launch = LaunchSpec(
         entry=spec.entry,
@@ -172,6 +243,7 @@ def _popen(
         env=env,
         cwd="/",
         stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if capture_stderr else None,
     )
 
 
@@ -243,7 +315,7 @@ def host_handshake(wire: Wire[ExtensionFrame], hello: Hello, timeout_s: float) -
     except TimeoutError as e:
         raise HandshakeFailed(ext, f"no handshake within {timeout_s:g} s") from e
     except PeerClosed as e:
-        raise HandshakeFailed(ext, "exited before the handshake") from e
+        raise HandshakeFailed(ext, "exited before the handshake", exited=True) from e
     except (ProtocolError, OSError) as e:
         raise HandshakeFailed(ext, f"handshake: {e}") from e
     close_fds(fds)

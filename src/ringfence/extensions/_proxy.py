@@ -15,8 +15,10 @@ error); the supervisor restarts it with backoff. The proxy never raises into the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import threading
 from collections.abc import Callable
 
@@ -58,7 +60,7 @@ log = logging.getLogger(__name__)
 ext_log = logging.getLogger("ringfence.extensions.ext")
 
 ActionSubmit = Callable[["ExtensionProxy", int, ActionCall], bool]
-
+HANDSHAKE_EXIT = "handshake-exit"  # kill_reason category: it went away first; its exit tells why
 
 
 class ExtensionProxy:
@@ -91,6 +93,7 @@ class ExtensionProxy:
         self.conn: Connection | None = None
         self.stats = ExtensionStatistics(id=spec.id, state=str(ExtensionState.STOPPED))
         self._count_lock = threading.Lock()
+        self._own_error: str | None = None
         self._stamper = HeaderStamper(f"ext:{spec.id}", config.host, clock)
         self._generation = 0
 
@@ -179,7 +182,7 @@ class ExtensionProxy:
                 return
             conn.kill_reason = (category, reason)
             kill(conn.spawned)
-        log.warning("extension %s (pid %d) ended: %s", self.spec.id, conn.pid, reason)
+        log.debug("extension %s (pid %d): ending it: %s", self.spec.id, conn.pid, reason)
 
     def _read_loop(self, conn: Connection) -> None:
         if not self._handshake(conn):
@@ -233,7 +236,10 @@ class ExtensionProxy:
         if e.refused:
             with self.lock:
                 self.lifecycle.quarantine(str(e))
-        self.end(conn, "handshake", str(e))
+        if e.exited:  # it is going away by itself: let it finish (its stderr, its exit status) first
+            with contextlib.suppress(OSError):  # reaped and closed meanwhile: end() sees that
+                select.select([conn.spawned.pidfd], [], [], self.config.stop_grace_s)
+        self.end(conn, HANDSHAKE_EXIT if e.exited else "handshake", str(e))
 
     def _check_manifest(self, manifest: Manifest) -> None:
         if manifest.id != self.spec.id:
@@ -379,12 +385,24 @@ class ExtensionProxy:
 
     # -- statistics --------------------------------------------------------------------------------------
 
+    def record_error(self, message: str) -> None:
+        """The extension's own account of why it is failing (its setup exception, say): the next exit's
+        `last_error` is this, rather than what the agent could tell from the outside."""
+        with self._count_lock:
+            self._own_error = message.splitlines()[0][:500] if message.strip() else None
+
+    def take_error(self) -> str | None:
+        with self._count_lock:
+            own, self._own_error = self._own_error, None
+            return own
+
     def count_exit(self, category: str, reason: str, *, crashed: bool) -> None:
         with self._count_lock:
             self.stats.failures += 1
             self.stats.crashes += int(crashed)
             self.stats.restart_reasons[category] = self.stats.restart_reasons.get(category, 0) + 1
             self.stats.last_exit_reason = reason
+            self.stats.last_error = reason
 
     def statistics(self) -> ExtensionStatistics:
         conn = self.conn

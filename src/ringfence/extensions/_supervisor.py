@@ -43,15 +43,17 @@ from ringfence.extensions._connection import Connection
 from ringfence.extensions._policy import ExtensionState
 from ringfence.extensions._process import (
     LaunchError,
+    StderrTail,
     cpu_seconds,
     exit_reason,
     kill,
     oom_killed,
+    own_error,
     release,
     rss_bytes,
     spawn,
 )
-from ringfence.extensions._proxy import ExtensionProxy
+from ringfence.extensions._proxy import HANDSHAKE_EXIT, ExtensionProxy
 from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
 from ringfence.sdk._protocol import ActionCall, Shutdown
 
@@ -70,7 +72,10 @@ class Supervisor:
     once per extension, when its manifest is first known: subscribe the proxy to the broker then (its
     `kinds` and `auth_policy` come from the manifest). `on_action_refused(request, why)` runs for each
     request refused before it reaches `action_handler` (no `response` permission, queue full), so that it
-    is logged too. Callbacks run on the extension's reader thread.
+    is logged too. `on_gone(id, reason)` runs once when an extension leaves for good (quarantined, or
+    stopped with the supervisor): withdraw it from the broker, so that its AUTH failure policy applies
+    once rather than on every request. Callbacks run on the extension's reader thread (on_gone: the
+    monitor thread, or the caller of `stop`).
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class Supervisor:
         action_handler: ActionHandler | None = None,
         on_auth_ready: Callable[[str], None] | None = None,
         on_first_ready: Callable[[ExtensionProxy], None] | None = None,
+        on_gone: Callable[[str, str], None] | None = None,
         on_action_refused: Callable[[ActionRequest, str], object] | None = None,
         config: SupervisorConfig | None = None,
         clock: Clock | None = None,
@@ -91,6 +97,7 @@ class Supervisor:
         self._action_handler = action_handler
         self._on_auth_ready = on_auth_ready
         self._on_first_ready = on_first_ready
+        self._on_gone = on_gone
         self._proxies: dict[str, ExtensionProxy] = {}
         for spec in specs:
             if spec.id in self._proxies:
@@ -166,6 +173,8 @@ class Supervisor:
         for proxy in self._proxies.values():
             with proxy.lock:
                 proxy.lifecycle.stopped()
+            if proxy.spec.id not in self._quarantine_reported:
+                self._gone(proxy.name, "stopped")
         for proxy in live:
             assert proxy.conn is not None
             proxy.conn.put_control(Shutdown("agent stopping"))
@@ -207,6 +216,9 @@ class Supervisor:
         for key, _ in self._selector.select(self._timeout_s()):
             if key.data is None:
                 self._drain_wake()
+            elif isinstance(key.data, StderrTail):
+                if not key.data.read_available():
+                    self._selector.unregister(key.fd)  # EOF: the rest is read when it is reaped
             else:
                 self._reap(key.data)
         if self._stopping:
@@ -244,7 +256,7 @@ class Supervisor:
             proxy.lifecycle.starting(now)
             generation = proxy.next_generation()
         try:
-            spawned = spawn(proxy.spec, self.config)
+            spawned = spawn(proxy.spec, self.config, capture_stderr=True)
         except LaunchError as e:
             log.exception("launching %s failed", proxy.spec.id)
             self._failed(proxy, "launch", str(e), crashed=False)
@@ -255,20 +267,43 @@ class Supervisor:
             if not first:
                 proxy.stats.restarts += 1
         self._selector.register(spawned.pidfd, selectors.EVENT_READ, proxy)
+        if spawned.stderr is not None:
+            self._selector.register(spawned.stderr.fd, selectors.EVENT_READ, spawned.stderr)
         self._notify()
 
     def _reap(self, proxy: ExtensionProxy) -> None:
+        """One line on the terminal per failure; the extension's stderr (its traceback) once, in the log."""
         conn = proxy.conn
         assert conn is not None
         returncode = conn.spawned.proc.wait()
+        stderr = conn.spawned.stderr
+        if stderr is not None:
+            stderr.read_available()
+        tail = stderr.text() if stderr is not None else ""
         oom = oom_killed(conn.spawned.prepared)
         self._finish(proxy, conn)
-        if conn.kill_reason is not None:
-            category, reason = conn.kill_reason
-        else:
-            category, reason = "crash", exit_reason(returncode) + (" (out of memory)" if oom else "")
-        log.warning("extension %s (pid %d) ended: %s", proxy.spec.id, conn.pid, reason)
-        self._failed(proxy, category, reason, crashed=conn.kill_reason is None)
+        category, reason, crashed = self._why_it_ended(proxy, conn, returncode, oom=oom, stderr=tail)
+        detail = {"detail": tail} if tail.strip() else None
+        log.warning("extension %s (pid %d) ended: %s", proxy.spec.id, conn.pid, reason, extra=detail)
+        self._failed(proxy, category, reason, crashed=crashed)
+
+    @staticmethod
+    def _why_it_ended(
+        proxy: ExtensionProxy, conn: Connection, returncode: int, *, oom: bool, stderr: str
+    ) -> tuple[str, str, bool]:
+        """(category, one-line reason, whether it ended by itself). The reason is the extension's own
+        error where there is one: its setup exception, a memory kill, our reason for ending it."""
+        ended = conn.kill_reason
+        if ended is not None and ended[0] != HANDSHAKE_EXIT:
+            return ended[0], ended[1], False
+        if oom:
+            return "memory", f"killed: out of memory (limit {proxy.spec.memory_mb} MiB)", True
+        said = proxy.take_error()  # its SetupFailed frame
+        if said is not None:
+            return "handshake", f"setup failed: {said}", True
+        how = exit_reason(returncode) + (" before the handshake" if ended is not None else "")
+        own = own_error(stderr)
+        return ("handshake" if ended is not None else "crash"), f"{how}: {own}" if own else how, True
 
     def _finish(self, proxy: ExtensionProxy, conn: Connection) -> None:
         """After the process is reaped: close its connection, pidfd and sandbox."""
@@ -277,6 +312,10 @@ class Supervisor:
         with contextlib.suppress(KeyError, ValueError):  # not registered yet, or the selector is closed
             self._selector.unregister(conn.spawned.pidfd)
         os.close(conn.spawned.pidfd)
+        if conn.spawned.stderr is not None:
+            with contextlib.suppress(KeyError, ValueError):  # unregistered at EOF already
+                self._selector.unregister(conn.spawned.stderr.fd)
+            conn.spawned.stderr.close()
         conn.close()
         proxy.fold_connection(conn)
         release(proxy.spec, conn.spawned.policy, conn.spawned.prepared)
@@ -290,8 +329,14 @@ class Supervisor:
             why = proxy.lifecycle.quarantine_reason
         if state is ExtensionState.QUARANTINED and proxy.spec.id not in self._quarantine_reported:
             self._quarantine_reported.add(proxy.spec.id)
+            self._gone(proxy.name, "quarantined")
             self._report_quarantine(proxy.spec.id, why or reason)
         self._notify()
+
+    def _gone(self, extension_id: str, reason: str) -> None:
+        on_gone = self._on_gone
+        if on_gone is not None:
+            self._guard(f"on_gone({extension_id})", lambda name: on_gone(name, reason), extension_id)
 
     def _report_quarantine(self, extension_id: str, reason: str) -> None:
         log.error("extension %s quarantined: %s", extension_id, reason)

@@ -211,3 +211,54 @@ class Escaper(Extension):
             attempts["write-inside"] = lambda: os.close(os.open(inside, os.O_WRONLY | os.O_CREAT, 0o600))
         for name, attempt in attempts.items():
             self.ctx.emit_finding(f"escape:{name}", Severity.INFORMATIONAL, description=_outcome(attempt))
+
+
+class SetupFails(Extension):
+    """Its setup raises, as an engine whose content cannot be read does: it never completes a handshake."""
+
+    manifest = _manifest(
+        "fault.setup",
+        auth=AuthParticipation(deadline_ms=200, failure=FailurePolicy.FAIL_OPEN),
+    )
+
+    def setup(self, ctx: Context) -> None:
+        raise PermissionError("cannot open the blocklist /root/x/bl.txt: Permission denied")
+
+
+class StrictAborter(Extension):
+    """A fail-closed AUTH extension that aborts on `.boom` (and on every AUTH request, once told to)."""
+
+    manifest = _manifest(
+        "fault.strict",
+        subscribes=frozenset({EventKind.FILE}),
+        auth=AuthParticipation(deadline_ms=2000, failure=FailurePolicy.FAIL_CLOSED),
+    )
+
+    def on_event(self, event: Event) -> None:
+        if _marker(event, ".boom"):
+            os.abort()
+
+    def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
+        return allow(cacheable=True)
+
+
+class LenientAborter(StrictAborter):
+    """The same, fail-open."""
+
+    manifest = _manifest(
+        "fault.lenient",
+        subscribes=frozenset({EventKind.FILE}),
+        auth=AuthParticipation(deadline_ms=2000, failure=FailurePolicy.FAIL_OPEN),
+    )
+
+
+class Allower(Extension):
+    """AUTH, fail-open: allows everything, cacheable (as a reputation engine does for clean files)."""
+
+    manifest = _manifest(
+        "fault.allower",
+        auth=AuthParticipation(deadline_ms=2000, failure=FailurePolicy.FAIL_OPEN),
+    )
+
+    def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
+        return allow(cacheable=True)
