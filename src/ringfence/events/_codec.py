@@ -252,7 +252,9 @@ def _network_activity(e: NetworkActivity) -> dict[str, Any]:
     out.update(_endpoints(e))
     out["is_src_dst_assignment_known"] = True
     out["connection_info"] = _connection_info(e)
-    out["unmapped"] = {"syscall": e.syscall, "family": _family(e)}
+    out["unmapped"] = {"syscall": e.syscall}
+    if (family := _family(e)) is not None:
+        out["unmapped"]["family"] = family
     if e.process is not None:
         out["actor"] = {"process": _process(e.process, profiles)}
     return _done(out)
