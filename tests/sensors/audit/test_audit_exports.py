@@ -9,7 +9,10 @@ def test_exported_names_are_pinned() -> None:
     assert sorted(audit.__all__) == [
         "AuditRequestError",
         "AuditSensor",
+        "AuditSweep",
         "AuditTuning",
         "Mode",
+        "SavedSettings",
         "list_rule_keys",
+        "sweep_audit",
     ]

@@ -1,6 +1,7 @@
 """The audit sensor: execve and socket syscalls (connect, accept, bind, listen) from kernel audit.
 
-Speaks NETLINK_AUDIT directly (no auditctl, no libaudit). Errors (the tree):
+Speaks NETLINK_AUDIT directly (no auditctl, no libaudit). `sweep_audit` removes what a crashed run left:
+rules by key, and the settings recorded before its first take-over. Errors (the tree):
     SensorError                      (ringfence.sensors)
       SensorUnavailable              audit netlink missing or refused; the message says what the kernel said
       AuditRequestError              one audit request refused, with `.operation` and `.errno`
@@ -8,6 +9,17 @@ Speaks NETLINK_AUDIT directly (no auditctl, no libaudit). Errors (the tree):
 
 from ringfence.sensors.audit._client import AuditRequestError
 from ringfence.sensors.audit._rules import list_rule_keys
+from ringfence.sensors.audit._saved import AuditSweep, SavedSettings
+from ringfence.sensors.audit._saved import sweep as sweep_audit
 from ringfence.sensors.audit._sensor import AuditSensor, AuditTuning, Mode
 
-__all__ = ["AuditRequestError", "AuditSensor", "AuditTuning", "Mode", "list_rule_keys"]
+__all__ = [
+    "AuditRequestError",
+    "AuditSensor",
+    "AuditSweep",
+    "AuditTuning",
+    "Mode",
+    "SavedSettings",
+    "list_rule_keys",
+    "sweep_audit",
+]

@@ -3,8 +3,9 @@
 On start it reads the audit status. If another live process is the audit daemon, we leave its settings
 alone and read the multicast group (mode "multicast"); otherwise we register as the daemon on a socket
 with a 16 MiB receive buffer, raise the backlog limit and bound the backlog wait (mode "daemon"), and
-put every setting back on stop. Either way we add our own rules, each tagged with our key, and remove
-exactly those on stop (and a crashed run's on start).
+put every setting back on stop: those found before the first run, kept in `settings_record` so that a
+crash does not lose them (`_saved.py`). Either way we add our own rules, each tagged with our key, and
+remove exactly those on stop (and a crashed run's on start).
 
 Two threads: a reader that only moves datagrams into a bounded queue (`_reader.py`), and a processor
 that assembles, decodes, resolves and hands events to the sinks.
@@ -36,10 +37,10 @@ from ringfence.sensors.audit._parse import AuditEvent, EventAssembler, SyscallIn
 from ringfence.sensors.audit._peek import socket_names
 from ringfence.sensors.audit._reader import BATCH, DatagramReader
 from ringfence.sensors.audit._rules import EXEC_SYSCALLS, NETWORK_SYSCALLS, build_rules, remove_keyed_rules
+from ringfence.sensors.audit._saved import SETTINGS_MASK, SavedSettings, forget, live_daemon, record_once
 
 log = logging.getLogger(__name__)
 
-_SETTINGS_MASK = nl.AUDIT_STATUS_ENABLED | nl.AUDIT_STATUS_BACKLOG_LIMIT | nl.AUDIT_STATUS_BACKLOG_WAIT_TIME
 _AUDIT_LOCKED = 2
 
 
@@ -80,7 +81,11 @@ class AuditSensor:
         want_network: bool = True,
         backlog_limit: int = 8192,
         tuning: AuditTuning | None = None,
+        settings_record: str | None = None,
     ) -> None:
+        """`settings_record`: a file (in the state dir) that keeps the audit settings found before the
+        first run changed them, so that the next start or `ringfence cleanup` restores them after a
+        crash (see `_saved.py`)."""
         clock = clock or SystemClock()
         self._wiring = _Wiring(
             network_sink=network_sink,
@@ -93,6 +98,7 @@ class AuditSensor:
             want_network=want_network,
             backlog_limit=backlog_limit,
             tuning=tuning or AuditTuning(),
+            settings_record=settings_record,
         )
         self._lock = threading.Lock()
         self._state: _Running | None = None
@@ -154,6 +160,7 @@ class _Wiring:
     want_network: bool
     backlog_limit: int
     tuning: AuditTuning
+    settings_record: str | None = None
 
 
 @dataclasses.dataclass
@@ -181,6 +188,12 @@ class _Running:
         self.tuning = wiring.tuning
         self.control = control
         self.found = found
+        # what stop puts back; taken from the record instead if a crashed run left one
+        self.original = SavedSettings(
+            enabled=found.enabled,
+            backlog_limit=found.backlog_limit,
+            backlog_wait_time=found.backlog_wait_time,
+        )
         self.mode = mode
         self.events_socket = open_audit_socket(
             rcvbuf_bytes=self.tuning.rcvbuf_bytes, multicast=mode is Mode.MULTICAST
@@ -218,7 +231,7 @@ class _Running:
             log.warning(
                 "removed %d stale audit rules with key %r (an earlier run did not stop)", stale, wiring.key
             )
-        mode = Mode.MULTICAST if _other_daemon(found.pid) else Mode.DAEMON
+        mode = Mode.MULTICAST if live_daemon(found.pid) else Mode.DAEMON
         try:
             state = cls(wiring, control, found, mode)
         except SensorError:
@@ -247,13 +260,15 @@ class _Running:
         if self.found.enabled == _AUDIT_LOCKED:
             log.warning("audit configuration is locked; keeping its settings")
             return
+        if self.wiring.settings_record is not None:
+            self.original = record_once(self.wiring.settings_record, self.found)
         wait = self.tuning.backlog_wait_jiffies
         if self.found.backlog_wait_time:
             wait = min(wait, self.found.backlog_wait_time)
         self.settings_changed = True
         self.control.set_status(
             nl.AuditStatus(
-                mask=_SETTINGS_MASK,
+                mask=SETTINGS_MASK,
                 enabled=1,
                 backlog_limit=max(self.found.backlog_limit, self.wiring.backlog_limit),
                 backlog_wait_time=wait,
@@ -290,14 +305,9 @@ class _Running:
         self.daemon.set_status(nl.AuditStatus(mask=nl.AUDIT_STATUS_PID, pid=0))
 
     def _restore(self) -> None:
-        self.control.set_status(
-            nl.AuditStatus(
-                mask=_SETTINGS_MASK,
-                enabled=self.found.enabled,
-                backlog_limit=self.found.backlog_limit,
-                backlog_wait_time=self.found.backlog_wait_time,
-            )
-        )
+        self.control.set_status(self.original.as_status())
+        if self.wiring.settings_record is not None:
+            forget(self.wiring.settings_record)
 
     def _undo(self, what: str, step: Callable[[], object]) -> None:
         try:
@@ -406,16 +416,3 @@ class _Running:
     def _process_ref(self, event: AuditEvent, syscall: SyscallInfo) -> ProcessRef:
         ref = self.wiring.resolver.resolve(syscall.pid)
         return cv.fallback_process(event, syscall) if cv.knows_nothing(ref) else ref
-
-
-def _other_daemon(pid: int) -> bool:
-    """Whether `pid` is a live audit daemon that is not us."""
-    if pid == 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
