@@ -174,6 +174,10 @@ class AuthRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     size: int = 0
     mtime_ns: int = 0
     deadline_ns: int = 0  # monotonic ns at which the broker answers by itself
+    # The agent's sha256 (hex) of the file when the kernel asked, where its metadata cannot show every
+    # change (tmpfs and other filesystems that keep their times on a mapped write; a file changed in the
+    # last seconds). When set, a cache keyed on (dev, ino, size, mtime) must not be trusted for it.
+    sha256: str | None = None
 
 
 class DetectionFinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="finding"):

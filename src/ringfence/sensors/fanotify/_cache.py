@@ -1,10 +1,10 @@
-"""The verdict cache worker: turns cacheable ALLOWs into kernel ignore marks, off the answer path.
+"""The verdict cache worker: hands cacheable ALLOWs to the marker, off the answer path.
 
-An ignore mark makes the kernel stop asking about a file until it is written, but writes through a
-shared mmap do not clear it (KERNEL-FACTS.md). So a candidate is marked only after a /proc scan shows
-that no process holds the file open for writing or maps it shared and writable. Candidates wait in a
-bounded queue (overflow: refuse the newest, counted, the file is simply asked about again); one scan
-covers a whole batch. The worker owns each candidate's descriptor and closes it.
+Making a cached ALLOW safe takes a lease, a state check (which may hash the file) and a mark
+(`_exec.py`, `_verdicts.py`): too slow for the answer path, so candidates wait here in a bounded queue
+(overflow: refuse the newest, counted; the file is simply asked about again) and one thread works them
+off in batches. Each candidate's descriptor passes to the marker, which keeps it (a cached file) or
+closes it; candidates never handed over are closed here.
 """
 
 from __future__ import annotations
@@ -13,49 +13,50 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ringfence.sensors.fanotify._counters import Counters
-from ringfence.sensors.fanotify._procscan import FileKey, find_writers
+from ringfence.sensors.fanotify._identity import FileIdentity, FileKey
 
 log = logging.getLogger(__name__)
 
 
 class CacheCandidate(NamedTuple):
-    fd: int  # read-only descriptor of the file, owned by the worker once offered
-    dev: int
-    ino: int
+    fd: int  # read-only descriptor of the file, owned by the worker once offered, then by the marker
+    identity: FileIdentity  # the file's state when the kernel asked about it
     mask: int  # the permission event bit to ignore from now on
     generation: int  # the sensor's cache generation when the request was made
 
+    @property
+    def key(self) -> FileKey:
+        return self.identity.dev, self.identity.ino
 
-Marker = Callable[[CacheCandidate], bool]
-"""Adds the ignore mark for a candidate if its generation is still current. True: marked; False: the
-cache was flushed since the request (stale); OSError: the kernel refused the mark."""
 
-Scanner = Callable[[Collection[FileKey]], set[FileKey]]
+Marker = Callable[[CacheCandidate], str]
+"""Caches a candidate if it is still valid, taking ownership of its descriptor whatever happens;
+returns what happened, one of MARK_OUTCOMES (a counter name). Raises only OSError, fd already closed."""
 
-CACHE_COUNTERS = ("cached", "cache_refused_open_for_write", "cache_queue_full", "cache_stale", "cache_errors")
+MARK_OUTCOMES = (
+    "cached",
+    "cache_stale",
+    "cache_refused_changed",
+    "cache_refused_open_for_write",
+    "cache_refused_no_lease",
+    "cache_revoked_during_check",
+)
+
+CACHE_COUNTERS = (*MARK_OUTCOMES, "cache_queue_full", "cache_errors")
 
 
 class CacheWorker:
-    def __init__(
-        self,
-        marker: Marker,
-        counters: Counters,
-        *,
-        capacity: int = 256,
-        batch: int = 64,
-        scanner: Scanner = find_writers,
-    ) -> None:
+    def __init__(self, marker: Marker, counters: Counters, *, capacity: int = 256, batch: int = 64) -> None:
         if capacity <= 0 or batch <= 0:
             raise ValueError(f"cache queue capacity and batch must be positive, got {capacity}, {batch}")
         self._marker = marker
         self._counters = counters
         self._capacity = capacity
         self._batch = batch
-        self._scanner = scanner
         self._cond = threading.Condition()
         self._queue: deque[CacheCandidate] = deque()
         self._stopped = False
@@ -97,28 +98,21 @@ class CacheWorker:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            try:
-                self._handle(batch)
-            except Exception:  # supervision boundary: a failed batch is not cached, counted and logged
-                self._counters.add("cache_errors", len(batch))
-                log.exception("verdict cache batch of %d failed; those files stay uncached", len(batch))
-            finally:
-                for cand in batch:
-                    os.close(cand.fd)
-
-    def _handle(self, batch: list[CacheCandidate]) -> None:
-        writers = self._scanner({(c.dev, c.ino) for c in batch})
-        for cand in batch:
-            if (cand.dev, cand.ino) in writers:
-                self._counters.add("cache_refused_open_for_write")
-            else:
-                self._mark(cand)
+            for i, cand in enumerate(batch):
+                try:
+                    self._mark(cand)
+                except Exception:  # supervision boundary: the rest of the batch is not cached, counted
+                    self._counters.add("cache_errors", len(batch) - i)
+                    log.exception("verdict cache failed on a batch; %d files stay uncached", len(batch) - i)
+                    for rest in batch[i + 1 :]:
+                        os.close(rest.fd)
+                    break
 
     def _mark(self, cand: CacheCandidate) -> None:
         try:
-            marked = self._marker(cand)
+            outcome = self._marker(cand)
         except OSError as e:
             self._counters.add("cache_errors")
-            log.warning("ignore mark for dev %d ino %d refused: %s", cand.dev, cand.ino, e)
+            log.warning("ignore mark for dev %d ino %d refused: %s", *cand.key, e)
             return
-        self._counters.add("cached" if marked else "cache_stale")
+        self._counters.add(outcome)

@@ -7,7 +7,12 @@ allows whatever is still pending before closing the group. `respond` runs on any
 event (later calls are counted and ignored), and never waits on more than one short lock and a write.
 
 Cacheable ALLOWs become kernel ignore marks through `CacheWorker` (see `_cache.py`), never on the
-answer path. `flush_cache()` removes them all when the AUTH policy changes.
+answer path. A cached ALLOW must never outlive a change of the file made after the verdict was computed,
+by any write path: the file's state is recorded before the request goes out (`_identity.py`); the cache
+worker takes a read lease on the file (refused while anyone holds it open for writing or maps it shared
+and writable; once held, every later open for writing or truncate waits for this sensor, see
+`_leases.py`), checks the state again, and only then adds the ignore mark. A lease break revokes the
+mark before the writer may go on. `flush_cache()` removes every mark when the AUTH policy changes.
 
 Processes in this one: the agent must not start children with vfork (or posix_spawn) while this sensor
 runs. A vfork parent keeps the GIL while the kernel holds its child's exec for an answer, and the answer
@@ -21,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import resource
 import select
 import stat
 import subprocess
@@ -29,15 +35,19 @@ from collections.abc import Sequence
 
 from ringfence.events import AuthAnswer, AuthKind, AuthRequest, Clock, HeaderStamper, Verdict
 from ringfence.sensors._base import AuthSink, ProcessResolver, SensorStatistics
+from ringfence.sensors.fanotify import _leases as leases
 from ringfence.sensors.fanotify import _libc as lc
 from ringfence.sensors.fanotify import _mounts as mounts
 from ringfence.sensors.fanotify._cache import CACHE_COUNTERS, CacheCandidate, CacheWorker
 from ringfence.sensors.fanotify._counters import Counters
+from ringfence.sensors.fanotify._identity import FileIdentity, identity_of, same_state
+from ringfence.sensors.fanotify._verdicts import CachedFile, VerdictTable
 
 log = logging.getLogger(__name__)
 
 INTERFACE = "fanotify exec permission"
 _READ_SIZE = 64 * 1024  # bytes per read(): 2,730 permission events
+_FD_HEADROOM = 1024  # descriptors left for everything else when the cached files take theirs
 _ALLOW_NOW = AuthAnswer(Verdict.ALLOW, cacheable=False, reason="allowed by the sensor")
 
 _COUNTERS = (
@@ -52,6 +62,11 @@ _COUNTERS = (
     "allowed_at_stop",
     "overflows",
     "cache_flushes",
+    "cache_not_cacheable",
+    "cache_revoked_write_open",
+    "cache_revoked_signal_overflow",
+    "cache_evicted",
+    "cache_unavailable",
     "mounts_marked",
     "mounts_unmarked",
     *CACHE_COUNTERS,
@@ -61,14 +76,13 @@ _COUNTERS = (
 class _Pending:
     """One permission event waiting for its answer. `answered` flips once, under the sensor's lock."""
 
-    __slots__ = ("answered", "dev", "fd", "generation", "ino", "mask")
+    __slots__ = ("answered", "fd", "generation", "identity", "mask")
 
     def __init__(self, fd: int, mask: int, generation: int) -> None:
         self.fd = fd
         self.mask = mask
         self.generation = generation
-        self.dev = 0
-        self.ino = 0
+        self.identity: FileIdentity | None = None  # the file's state when asked; None: never cached
         self.answered = False
 
 
@@ -87,6 +101,7 @@ class ExecAuthSensor:
         deadline_ms: int = 250,
         clock: Clock | None = None,
         cache_capacity: int = 256,
+        cached_files_max: int = 4096,
     ) -> None:
         if deadline_ms <= 0:
             raise ValueError(f"exec-auth deadline must be positive, got {deadline_ms} ms")
@@ -110,6 +125,8 @@ class ExecAuthSensor:
         self._stop_r = self._stop_w = -1
         self._reader: threading.Thread | None = None
         self._cache: CacheWorker | None = None
+        self._verdicts = VerdictTable(cached_files_max)
+        self._lease_tid: int | None = None  # the reader thread, once it listens for lease breaks
 
     @property
     def name(self) -> str:
@@ -126,6 +143,7 @@ class ExecAuthSensor:
         self._own_pid = os.getpid()
         with self._lock:
             self._fd = fd
+        self._make_room_for_leases()
         self._cache = CacheWorker(self._mark_cached, self._counters, capacity=self._cache_capacity)
         self._cache.start()
         self._reader = threading.Thread(target=self._read_loop, args=(fd,), name="fanotify-exec", daemon=True)
@@ -208,6 +226,19 @@ class ExecAuthSensor:
         self._stop_r = self._stop_w = -1
         log.info("exec-auth stopped")
 
+    def _make_room_for_leases(self) -> None:
+        """Each cached file holds a descriptor (its lease): raise the soft fd limit to make room for
+        them, or cache fewer files if the hard limit is too low."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir("/proc/self/fd"))
+        want = in_use + self._verdicts.capacity + _FD_HEADROOM
+        if hard != resource.RLIM_INFINITY and want > hard:
+            self._verdicts.capacity = max(0, hard - in_use - _FD_HEADROOM)
+            log.warning("exec-auth caches at most %d files (RLIMIT_NOFILE %d)", self._verdicts.capacity, hard)
+            want = hard
+        if want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
     def _close_group(self) -> None:
         with self._lock:
             group, self._fd = self._fd, -1
@@ -218,6 +249,7 @@ class ExecAuthSensor:
                 self._write(group, p.fd, lc.FAN_ALLOW)
             if group >= 0:
                 os.close(group)
+            self._verdicts.drop_all()  # the marks went with the group
         for p in pending:
             os.close(p.fd)
         self._counters.add("allowed_at_stop", len(pending))
@@ -232,17 +264,34 @@ class ExecAuthSensor:
         if self._watch_mounts:
             mountinfo = os.open(mounts.MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
             poller.register(mountinfo, select.POLLPRI | select.POLLERR)
+        sfd = self._listen_for_lease_breaks()
+        if sfd >= 0:
+            poller.register(sfd, select.POLLIN)
         try:
-            self._read_events(fd, poller, mountinfo)
+            self._read_events(fd, poller, mountinfo, sfd)
         finally:
-            if mountinfo >= 0:
-                os.close(mountinfo)
+            for extra in (mountinfo, sfd):
+                if extra >= 0:
+                    os.close(extra)
 
-    def _read_events(self, fd: int, poller: select.poll, mountinfo: int) -> None:
+    def _listen_for_lease_breaks(self) -> int:
+        """This thread receives lease breaks; without them nothing is cached (every exec is asked)."""
+        leases.block_signals()
+        try:
+            sfd = leases.open_signalfd()
+        except OSError as e:
+            log.warning("exec-auth caches no verdicts: %s", e.strerror)
+            return -1
+        self._lease_tid = threading.get_native_id()
+        return sfd
+
+    def _read_events(self, fd: int, poller: select.poll, mountinfo: int, sfd: int) -> None:
         while True:
             ready = {rfd for rfd, _ in poller.poll()}
             if self._stop_r in ready:
                 return
+            if sfd in ready:
+                self._on_lease_signals(sfd)  # first: a writer is waiting on it
             if mountinfo in ready:
                 try:
                     self._on_mount_change(mountinfo)
@@ -304,7 +353,7 @@ class ExecAuthSensor:
     def _build_request(self, pending: _Pending, pid: int) -> AuthRequest:
         path = lc.fd_path(pending.fd)
         st = os.fstat(pending.fd)
-        pending.dev, pending.ino = st.st_dev, st.st_ino
+        identity = pending.identity = identity_of(pending.fd, st)  # before any extension reads the file
         process = self._resolver.resolve(pid)
         header = self._stamper.stamp()
         kind = AuthKind.EXEC if pending.mask & lc.FAN_OPEN_EXEC_PERM else AuthKind.OPEN
@@ -318,6 +367,7 @@ class ExecAuthSensor:
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,
             deadline_ns=header.mono_ns + self._deadline_ns,
+            sha256=identity.digest.hex() if identity is not None and identity.digest else None,
         )
 
     # -- answering -----------------------------------------------------------------------------------------
@@ -361,34 +411,122 @@ class ExecAuthSensor:
         cache = self._cache
         if cache is None:
             return False
-        cand = CacheCandidate(pending.fd, pending.dev, pending.ino, pending.mask, pending.generation)
+        if pending.identity is None:
+            self._counters.add("cache_not_cacheable")
+            return False
+        cand = CacheCandidate(pending.fd, pending.identity, pending.mask, pending.generation)
         return cache.offer(cand)
 
-    def _mark_cached(self, cand: CacheCandidate) -> bool:
-        """Add the ignore mark, unless the cache was flushed since the request was made."""
+    def _mark_cached(self, cand: CacheCandidate) -> str:
+        """Runs on the cache worker and owns `cand.fd`. Lease first (no writer now, none later unseen),
+        then the state check (unchanged since the kernel asked), then the ignore mark."""
+        entry = self._reserve(cand)
+        if isinstance(entry, str):
+            os.close(cand.fd)
+            return entry
+        try:
+            unchanged = same_state(cand.fd, cand.identity)
+        except OSError:
+            unchanged = False
         with self._lock:
-            if cand.generation != self._generation or self._fd < 0:
-                return False
-            flags = lc.FAN_MARK_ADD | lc.FAN_MARK_INODE
+            if self._verdicts.by_fd(cand.fd) is not entry:
+                return "cache_revoked_during_check"  # a lease break, a flush or stop dropped it
+            if not unchanged or cand.generation != self._generation:
+                self._verdicts.drop(entry)
+                return "cache_refused_changed" if not unchanged else "cache_stale"
             try:
-                lc.fanotify_mark(self._fd, flags | self._ignore_flag, cand.mask, cand.fd)
+                self._add_ignore(self._fd, cand.fd, cand.mask)
             except OSError:
-                if self._ignore_flag == lc.FAN_MARK_IGNORED_MASK:
-                    raise
-                self._ignore_flag = lc.FAN_MARK_IGNORED_MASK  # before Linux 6.0
-                lc.fanotify_mark(self._fd, flags | self._ignore_flag, cand.mask, cand.fd)
-        return True
+                self._verdicts.drop(entry)
+                raise
+            entry.committed = True
+        return "cached"
+
+    def _reserve(self, cand: CacheCandidate) -> CachedFile | str:
+        with self._lock:
+            if self._lease_tid is None or self._verdicts.capacity == 0:
+                return "cache_unavailable"
+            if cand.generation != self._generation or self._fd < 0:
+                return "cache_stale"
+            known = self._verdicts.by_key(cand.key)
+            if known is not None:
+                return self._widen(known, cand.mask)
+            if len(self._verdicts) >= self._verdicts.capacity:
+                self._evict_oldest()
+            return self._verdicts.reserve(cand.fd, cand.key, cand.mask, self._lease_tid)
+
+    def _widen(self, known: CachedFile, mask: int) -> str:
+        """A second candidate for a cached file (exec and open, say): its bit joins the ignore mark."""
+        if not known.committed:
+            return "cache_stale"  # the first candidate is still being checked; the next one will do
+        if mask & ~known.mask:
+            self._add_ignore(self._fd, known.fd, mask)
+            known.mask |= mask
+        return "cached"
+
+    def _evict_oldest(self) -> None:
+        oldest = self._verdicts.oldest_committed()
+        if oldest is not None:
+            self._remove_ignore(oldest)
+            self._verdicts.drop(oldest)
+            self._counters.add("cache_evicted")
+
+    def _add_ignore(self, group: int, fd: int, mask: int) -> None:
+        flags = lc.FAN_MARK_ADD | lc.FAN_MARK_INODE
+        try:
+            lc.fanotify_mark(group, flags | self._ignore_flag, mask, fd)
+        except OSError:
+            if self._ignore_flag == lc.FAN_MARK_IGNORED_MASK:
+                raise
+            self._ignore_flag = lc.FAN_MARK_IGNORED_MASK  # before Linux 6.0
+            lc.fanotify_mark(group, flags | self._ignore_flag, mask, fd)
+
+    def _remove_ignore(self, entry: CachedFile) -> None:
+        """Take the ignore bits off the entry's file; the caller holds the lock. Gone already is fine."""
+        if self._fd < 0 or not entry.committed:
+            return
+        flags = lc.FAN_MARK_REMOVE | lc.FAN_MARK_INODE | self._ignore_flag
+        try:
+            lc.fanotify_mark(self._fd, flags, entry.mask, entry.fd)
+        except FileNotFoundError:
+            return
+
+    def _on_lease_signals(self, sfd: int) -> None:
+        """Writers are waiting to open cached files: revoke each ALLOW, then let the writer go on."""
+        for sig in leases.read_signals(sfd):
+            if sig.signo != leases.BREAK_SIGNAL:  # the signal queue overflowed: which files is unknown
+                self._counters.add("cache_revoked_signal_overflow")
+                self.flush_cache()
+                continue
+            with self._lock:
+                entry = self._verdicts.by_fd(sig.fd)
+                if entry is None:
+                    continue
+                try:
+                    self._remove_ignore(entry)
+                except OSError as e:
+                    log.error("exec-auth cannot revoke a cached ALLOW (%s): flushing", e.strerror)  # noqa: TRY400
+                    self._flush_locked()
+                    continue
+                self._verdicts.drop(entry)
+            self._counters.add("cache_revoked_write_open")
 
     def flush_cache(self) -> None:
         """Forget every cached ALLOW: remove all inode marks (the ignore marks), re-add the open-path marks.
         Requests made before the flush are not cached after it. A no-op while stopped."""
         with self._lock:
-            self._generation += 1
-            if self._fd < 0:
+            if not self._flush_locked():
                 return
-            lc.fanotify_mark(self._fd, lc.FAN_MARK_FLUSH | lc.FAN_MARK_INODE, 0)
-            self._mark_open_paths(self._fd)
         self._counters.add("cache_flushes")
+
+    def _flush_locked(self) -> bool:
+        self._generation += 1
+        if self._fd < 0:
+            return False
+        lc.fanotify_mark(self._fd, lc.FAN_MARK_FLUSH | lc.FAN_MARK_INODE, 0)
+        self._mark_open_paths(self._fd)
+        self._verdicts.drop_all()  # marks first, then leases: a waiting writer goes on after both
+        return True
 
     # -- statistics ----------------------------------------------------------------------------------------
 
@@ -396,6 +534,7 @@ class ExecAuthSensor:
         detail = self._counters.snapshot()
         with self._lock:
             detail["pending"] = len(self._pending)
+            detail["cached_files"] = len(self._verdicts)
             running = self._fd >= 0
         return SensorStatistics(
             name=self.name,

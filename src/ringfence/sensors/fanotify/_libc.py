@@ -151,6 +151,9 @@ _libc.fanotify_mark.argtypes = (ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ct
 _libc.fanotify_mark.restype = ctypes.c_int
 _libc.open_by_handle_at.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
 _libc.open_by_handle_at.restype = ctypes.c_int
+_libc.fstatfs.argtypes = (ctypes.c_int, ctypes.c_void_p)
+_libc.fstatfs.restype = ctypes.c_int
+_STATFS_SIZE = 256  # bytes: more than struct statfs on every Linux ABI; f_type is its first word
 
 AT_FDCWD = -100
 
@@ -182,6 +185,15 @@ def open_by_handle_at(mount_fd: int, handle: bytes, flags: int) -> int:
     if fd < 0:
         _raise_errno("open_by_handle_at")
     return fd
+
+
+def fs_magic(fd: int) -> int:
+    """The statfs f_type of the filesystem holding `fd` (TMPFS_MAGIC, EXT4_SUPER_MAGIC, ...)."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) < 0:
+        _raise_errno("fstatfs")
+    magic: int = struct.unpack_from("=l", buf)[0]
+    return magic & 0xFFFF_FFFF
 
 
 def write_response(group_fd: int, event_fd: int, response: int) -> None:
