@@ -266,3 +266,25 @@ def test_events_roundtrip_through_msgpack_as_tagged_union() -> None:
     e = FileActivity(header=STAMP.stamp(), activity=FileActivityId.DELETE, path="/x", process=PROC)
     back = msgspec.msgpack.decode(msgspec.msgpack.encode(e), type=Event)
     assert back == e
+
+
+def test_names_and_argv_that_are_not_utf8_encode_as_escaped_text() -> None:
+    odd = b"/t/\xff\xfe.bin".decode("utf-8", "surrogateescape")  # as the sensors decode paths
+    proc = ProcessRef(pid=5, exe=odd, cmdline=("sh", b"-\xff".decode("utf-8", "surrogateescape")))
+    e = FileActivity(header=STAMP.stamp(), activity=FileActivityId.CREATE, path=odd, process=proc)
+    d = json.loads(OcsfEncoder().encode(e))
+    assert d["file"]["path"] == "/t/\\xff\\xfe.bin" and d["file"]["name"] == "\\xff\\xfe.bin"
+    assert d["actor"]["process"]["cmd_line"] == "sh -\\xff"
+    assert problems(d) == []
+
+
+def test_a_lone_surrogate_not_from_surrogateescape_is_escaped_too() -> None:
+    e = FileActivity(header=STAMP.stamp(), activity=FileActivityId.CREATE, path="/t/\ud800")
+    assert json.loads(OcsfEncoder().encode(e))["file"]["path"] == "/t/\\ud800"
+
+
+def test_sequence_beyond_integer_t_is_kept_in_unmapped() -> None:
+    header = msgspec.structs.replace(STAMP.stamp(), seq=2**31)
+    d = to_ocsf(FileActivity(header=header, activity=FileActivityId.CREATE, path="/x"))
+    assert "sequence" not in d["metadata"] and d["unmapped"]["sequence"] == 2**31
+    assert problems(d) == []

@@ -1,7 +1,8 @@
 """A real agent's events.jsonl and findings.jsonl, line by line, against the OCSF 1.8.0 schema.
 
 The agent runs on the real kernel (marks on the test's tmpfs, a unique audit key) with the reputation
-engine; the test execs programs, creates/renames/deletes files, makes a loopback server bind, listen and
+engine; the test execs programs, creates/renames/deletes files (and a name and an argv that are not
+UTF-8), makes a loopback server bind, listen and
 accept a client's connect, and runs a blocklisted binary. Whatever else the machine does meanwhile is
 recorded too, and every line must be valid.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -117,6 +119,8 @@ def _expected(tmpfs: Path, marker: str, pids: tuple[int, int]) -> dict[str, Call
 
     return {
         "launch": lambda d: d["class_uid"] == 1007 and marker in d["process"].get("cmd_line", ""),
+        "odd argv": lambda d: d["class_uid"] == 1007 and f"{marker}\\xff" in d["process"].get("cmd_line", ""),
+        "odd name": lambda d: d["class_uid"] == 1001 and d["file"]["path"] == f"{tmpfs}/\\xff-odd",
         "create": lambda d: d["class_uid"] == 1001 and d["activity_id"] == 1 and d["file"]["path"] == a,
         "rename": lambda d: d["type_uid"] == 100105 and d.get("file_result", {}).get("path") == b,
         "delete": lambda d: d["class_uid"] == 1001 and d["activity_id"] == 4 and d["file"]["path"] == b,
@@ -131,6 +135,8 @@ def test_every_line_a_real_agent_writes_is_valid_ocsf_1_8_0(agent, tmpfs: Path) 
     state = Path(running.state_dir)
     marker = f"MARKER-{uuid.uuid4().hex}"
     subprocess.run(["/bin/sh", "-c", "exit 0", marker], check=True)
+    subprocess.run([b"/bin/sh", b"-c", b"exit 0", marker.encode() + b"\xff"], check=True)  # not UTF-8
+    os.close(os.open(bytes(tmpfs) + b"/\xff-odd", os.O_CREAT | os.O_WRONLY, 0o600))
     (tmpfs / "a.txt").write_text("hello")
     (tmpfs / "a.txt").rename(tmpfs / "b.txt")
     (tmpfs / "b.txt").unlink()

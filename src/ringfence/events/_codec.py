@@ -51,6 +51,7 @@ _CLASSES = {
 }
 _SEVERITY = ("Unknown", "Informational", "Low", "Medium", "High", "Critical", "Fatal")
 _OTHER = 99
+_INT32_MAX = 2**31 - 1
 
 _FILE_TYPE = {False: (1, "Regular File"), True: (2, "Folder")}
 # OCSF 1.8.0 reports both steps of process creation as Launch, told apart by launch_type_id
@@ -126,7 +127,7 @@ def _base(
     class_name, category_uid, category_name = _CLASSES[class_uid]
     type_caption = activity_name if activity_id != _OTHER else "Other"
     profiles.add("host")
-    return {
+    out: dict[str, Any] = {
         "class_uid": class_uid,
         "class_name": class_name,
         "category_uid": category_uid,
@@ -143,11 +144,20 @@ def _base(
             "version": OCSF_VERSION,
             "product": _PRODUCT,
             "profiles": profiles,
-            "sequence": header.seq,
             "log_name": header.sensor,
         },
         "device": {"hostname": header.host, **_DEVICE_TYPE, "os": _OS},
     }
+    if header.seq <= _INT32_MAX:
+        out["metadata"]["sequence"] = header.seq
+    else:  # metadata.sequence is a 32-bit integer_t; a long-lived sensor's count is not lost
+        _unmapped(out)["sequence"] = header.seq
+    return out
+
+
+def _unmapped(out: dict[str, Any]) -> dict[str, Any]:
+    unmapped: dict[str, Any] = out.setdefault("unmapped", {})
+    return unmapped
 
 
 def _done(out: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +182,7 @@ def _process_activity(e: ProcessActivity) -> dict[str, Any]:
     if e.exit_code is not None:
         out["exit_code"] = e.exit_code
     if e.new_uid is not None or e.new_gid is not None:
-        out["unmapped"] = {"new_uid": e.new_uid, "new_gid": e.new_gid}
+        _unmapped(out)["new_uid"], out["unmapped"]["new_gid"] = e.new_uid, e.new_gid
     return _done(out)
 
 
@@ -252,7 +262,7 @@ def _network_activity(e: NetworkActivity) -> dict[str, Any]:
     out.update(_endpoints(e))
     out["is_src_dst_assignment_known"] = True
     out["connection_info"] = _connection_info(e)
-    out["unmapped"] = {"syscall": e.syscall}
+    _unmapped(out)["syscall"] = e.syscall
     if (family := _family(e)) is not None:
         out["unmapped"]["family"] = family
     if e.process is not None:
@@ -271,7 +281,7 @@ def _auth_request(e: AuthRequest) -> dict[str, Any]:
         out = _base(1001, int(FileActivityId.OPEN), "Open", e.header, profiles)
         out["file"] = _file(e.path)
     out["actor"] = _actor(e.process, profiles)
-    out["unmapped"] = {"auth": str(e.kind)}
+    _unmapped(out)["auth"] = str(e.kind)
     return _done(out)
 
 
@@ -335,16 +345,40 @@ _TO_OCSF = {
 
 
 def to_ocsf(event: Event) -> dict[str, Any]:
-    """The OCSF 1.8.0 form of an event, as a dict ready for JSON."""
+    """The OCSF 1.8.0 form of an event, as a dict ready for JSON. Strings are as the sensors decoded
+    them: a path or argv that was not UTF-8 holds lone surrogates (`surrogateescape`) until `valid_text`
+    (which `OcsfEncoder` applies when it has to) turns them into text."""
     convert: Callable[[Event], dict[str, Any]] = _TO_OCSF[type(event)]  # type: ignore[assignment]
     return convert(event)
 
 
+def _text(s: str) -> str:
+    try:  # the bytes that surrogateescape kept, as \xNN: how the name looked to the kernel
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # another lone surrogate: \udXXX
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def valid_text(value: Any) -> Any:
+    """`value` (an OCSF dict) with every string valid Unicode, so that any JSON encoder takes it."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {k: valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [valid_text(v) for v in value]
+    return value
+
+
 class OcsfEncoder:
-    """Encodes events as OCSF JSON lines (bytes ending in a newline)."""
+    """Encodes events as OCSF JSON lines (bytes ending in a newline), always valid UTF-8."""
 
     def __init__(self) -> None:
         self._json = msgspec.json.Encoder()
 
     def encode(self, event: Event) -> bytes:
-        return self._json.encode(to_ocsf(event)) + b"\n"
+        doc = to_ocsf(event)
+        try:
+            return self._json.encode(doc) + b"\n"
+        except UnicodeEncodeError:  # a name or argv that was not UTF-8: rare, so cleaned only then
+            return self._json.encode(valid_text(doc)) + b"\n"

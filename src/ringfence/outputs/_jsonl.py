@@ -124,10 +124,21 @@ class JsonlSink(FixedSubscription):
             if batch:
                 self._write(batch)
 
+    def _encode(self, batch: list[Event]) -> list[bytes]:
+        lines = []
+        for event in batch:
+            try:
+                lines.append(self._encoder.encode(event))
+            except Exception:  # supervision boundary: one event the codec fails on, not the writer thread
+                self._errors += 1
+                log.exception("%s: cannot encode a %s; dropped", self._file.path, type(event).__name__)
+        return lines
+
     def _write(self, batch: list[Event]) -> None:
         try:
-            self._file.write(b"".join(self._encoder.encode(e) for e in batch))
-            self._written += len(batch)
+            lines = self._encode(batch)
+            self._file.write(b"".join(lines))
+            self._written += len(lines)
         except OSError:
             self._errors += 1
             log.exception("writing %d events to %s failed", len(batch), self._file.path)
