@@ -21,6 +21,7 @@ from ringfence.agent import (
     AgentError,
     Config,
     ConfigError,
+    ConfigProblem,
     Console,
     StatusUnavailable,
     load_config,
@@ -114,7 +115,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
     if getattr(args, "state_dir", None):
-        config = with_overrides(config, agent={"state_dir": os.path.abspath(args.state_dir)})
+        config = with_overrides(config, agent={"state_dir": args.state_dir})  # checked like the file
     return config
 
 
@@ -125,7 +126,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.blocklist:
         path = os.path.abspath(args.blocklist)
         if not os.path.isfile(path):
-            raise ConfigError(f"--blocklist {args.blocklist}: no such file")
+            raise ConfigError(
+                [ConfigProblem(source="command line", key="--blocklist", message=f"no such file: {path}")]
+            )
         settings = dict(config.extensions.config)
         settings["ringfence.reputation"] = {**settings.get("ringfence.reputation", {}), "blocklist": path}
         config = with_overrides(config, extensions={"config": settings})

@@ -20,8 +20,8 @@ def test_good_config_parses() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (b"[sensors]\nbogus = 1\n", "r.toml: key sensors.bogus"),
-        (b"[sensors]\nfile_paths = [1]\n", "r.toml: key sensors.file_paths[0]"),
+        (b"[sensors]\nbogus = 1\n", "r.toml:2: key sensors.bogus"),
+        (b"[sensors]\nfile_paths = [1]\n", "r.toml:2: key sensors.file_paths[0]"),
         (b"[broker]\nauth_deadline_ms = 0\n", "broker.auth_deadline_ms"),
         (b'[sensors]\nfile_paths = ["relative"]\n', "sensors.file_paths[0]: must be an absolute path"),
         (b'[broker]\nmute_kinds = ["nope"]\n', "key broker.mute_kinds[0]"),
@@ -55,3 +55,60 @@ def test_packaged_config_is_valid_and_equals_the_defaults() -> None:
 def test_bad_management_address_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"response.management_addresses: .*'10.0.0.300'"):
         parse_config(b'[response]\nmanagement_addresses = ["10.0.0.300"]\n', "r.toml")
+
+
+def test_every_unknown_section_and_key_is_reported_at_once_with_its_line() -> None:
+    text = (
+        b"[nosuchsection]\nx = 1\n"
+        b"[sensors]\nbogus = 1\nfile_paths = [1]\n"
+        b"[broker]\nauth_deadline_ms = 0\nalso_bogus = true\n"
+        b'[agent]\nstate_dir = "relative/dir"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "r.toml")
+    got = {(p.key, p.line) for p in caught.value.problems}
+    assert got == {
+        ("nosuchsection", 1),
+        ("sensors.bogus", 4),
+        ("sensors.file_paths[0]", 5),
+        ("broker.also_bogus", 8),
+        ("broker.auth_deadline_ms", 7),  # a range check, made on what the wrong keys left
+        ("agent.state_dir", 10),
+    }
+    assert all(p.source == "r.toml" for p in caught.value.problems)
+    assert len(str(caught.value).splitlines()) == 6  # one line each
+    assert "unknown section" in str(caught.value) and "unknown key" in str(caught.value)
+
+
+def test_command_line_overrides_are_checked_like_the_file() -> None:
+    from ringfence.agent._config import with_overrides
+
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(Config(), agent={"state_dir": "relative/dir"})
+    [problem] = caught.value.problems
+    assert (problem.source, problem.key) == ("command line", "agent.state_dir")
+    assert "must be an absolute path" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("listen", "allow", "expected"),
+    [
+        ("0.0.0.0:9477", False, "not a loopback address"),
+        ("10.1.2.3:9477", False, "not a loopback address"),
+        ("127.0.0.1", False, "not HOST:PORT"),
+        ("127.0.0.1:99999", False, "not HOST:PORT"),
+        ("example.com:9477", True, "IP address or localhost"),
+    ],
+)
+def test_metrics_listener_refuses_bad_or_non_loopback_addresses(
+    listen: str, allow: bool, expected: str
+) -> None:
+    text = f'[agent]\nmetrics_listen = "{listen}"\nmetrics_allow_remote = {str(allow).lower()}\n'.encode()
+    with pytest.raises(ConfigError, match=f"agent.metrics_listen: .*{expected}"):
+        parse_config(text, "r.toml")
+
+
+def test_metrics_listener_on_loopback_or_explicitly_remote_is_accepted() -> None:
+    assert parse_config(b'[agent]\nmetrics_listen = "[::1]:9477"\n', "r.toml").agent.metrics_listen
+    text = b'[agent]\nmetrics_listen = "0.0.0.0:9477"\nmetrics_allow_remote = true\n'
+    assert parse_config(text, "r.toml").agent.metrics_allow_remote

@@ -1,8 +1,10 @@
 """The agent's configuration: a TOML file, validated on load against typed sections with safe defaults.
 
-Errors:
-    ConfigError     the file is missing, unreadable, not TOML, or a key or value is wrong; the message
-                    names the file and the key (`sensors.file_paths[0]`)
+Errors (see agent/_errors.py):
+    ConfigError     the file is missing, unreadable, not TOML, or keys or values are wrong: every problem
+                    at once, each with the file, the key (`sensors.file_paths[0]`) and the line where known.
+                    Unknown sections and keys are found by walking the TOML against the Struct
+                    definitions, so a section or key added to a Struct is checked with no change here.
 """
 
 from __future__ import annotations
@@ -10,19 +12,19 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tomllib
+import typing
 from typing import Any
 
 import msgspec
 
+from ringfence.agent._errors import ConfigError, ConfigProblem
+from ringfence.agent._metrics import MetricsAddressError, parse_listen
 from ringfence.events import EventKind
 from ringfence.response import ActionScope, parse_networks
 
 DEFAULT_CONFIG_PATH = "/etc/ringfence/ringfence.toml"
 DEFAULT_STATE_DIR = "/var/lib/ringfence"
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used. The message says which file and which key."""
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -107,37 +109,124 @@ _PATH = re.compile(r"`\$\.?([^`]*)`")
 _UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 
 
-def _key_of(message: str) -> str:
-    match = _PATH.search(message)
-    key = match.group(1) if match else ""
-    unknown = _UNKNOWN.search(message)
-    if unknown:
-        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
-    return key or "(top level)"
-
-
 def parse_config(data: bytes, source: str) -> Config:
-    """Decode and check a config. Every error names `source` and the key."""
+    """Decode and check a config. Raises ConfigError with every problem, each naming `source` and the key."""
+    text = data.decode("utf-8", "replace")
     try:
-        config = msgspec.toml.decode(data, type=Config)
-    except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: key {_key_of(str(e))}: {e}") from e
-    except msgspec.DecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from e
-    _check(config, source)
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([ConfigProblem(source=source, key="", message=f"not valid TOML: {e}")]) from e
+    found: list[tuple[str, str]] = []
+    _walk(raw, Config, "", found)
+    problems = [_problem(source, key, message, text) for key, message in found]
+    try:  # what is left, without the keys found wrong, still gets every other check
+        config = msgspec.convert(_without(raw, [key for key, _ in found]), Config)
+        _check(config, source, text)
+    except ConfigError as e:
+        problems += e.problems
+    except msgspec.ValidationError as e:  # the walk and msgspec disagree: say so rather than guess
+        problems.append(ConfigProblem(source=source, key="", message=str(e)))
+    if problems:
+        raise ConfigError(problems)
     return config
 
 
-def _check(config: Config, source: str) -> None:
+def _without(raw: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """`raw` without the sections or section keys that `keys` (problem keys) fall in."""
+    out = {name: dict(v) if isinstance(v, dict) else v for name, v in raw.items()}
+    for key in keys:
+        section, _, rest = key.partition(".")
+        field = re.split(r"[.\[]", rest, maxsplit=1)[0]
+        if not field or not isinstance(out.get(section), dict):
+            out.pop(section, None)
+        else:
+            out[section].pop(field, None)
+    return out
+
+
+def _walk(value: Any, tp: Any, key: str, found: list[tuple[str, str]]) -> None:
+    """Every unknown section or key and every ill-typed value under `key`, driven by the Struct types."""
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        if not isinstance(value, dict):
+            found.append((key, f"must be a table, got {type(value).__name__}"))
+            return
+        fields = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
+        for name, item in value.items():
+            sub = f"{key}.{name}" if key else name
+            if name not in fields:
+                found.append((sub, f"unknown {'key' if key else 'section'}; known: {', '.join(fields)}"))
+            else:
+                _walk(item, fields[name], sub, found)
+        return
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict and isinstance(value, dict) and len(args) == 2:
+        inner = args[1]
+        if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+            for name, item in value.items():
+                _walk(item, inner, f'{key}."{name}"', found)
+            return
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError as e:
+        where = _PATH.search(str(e))
+        suffix = where.group(1) if where else ""
+        suffix = suffix if suffix.startswith("[") or not suffix else f".{suffix}"
+        found.append((key + suffix, re.sub(r" - at `[^`]*`", "", str(e))))
+
+
+def _problem(source: str, key: str, message: str, text: str | None) -> ConfigProblem:
+    return ConfigProblem(source=source, key=key, message=message, line=_line_of(text, key) if text else None)
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """Where `key` (`section.name[...]`) is set in TOML `text`: the section's header, then the name in it."""
+    section, _, rest = key.partition(".")
+    name = re.split(r"[.\[]", rest, maxsplit=1)[0].strip('"')
+    header = re.compile(rf"^\s*\[\s*{re.escape(section)}\s*(\]|\.)")
+    assignment = re.compile(rf"^\s*\"?{re.escape(name)}\"?\s*=") if name else None
+    line_no = None
+    for i, line in enumerate(text.splitlines(), 1):
+        if line_no is None:
+            if header.match(line):
+                line_no = i
+                if assignment is None:
+                    return i
+        elif re.match(r"^\s*\[", line) and not header.match(line):
+            return line_no
+        elif assignment is not None and assignment.match(line):
+            return i
+    return line_no
+
+
+def _check(config: Config, source: str, text: str | None = None) -> None:
     """Every problem at once, so an operator fixes the file in one go."""
-    problems = _range_problems(config) + _path_problems(config)
+    problems = _range_problems(config) + _path_problems(config) + _agent_problems(config)
     try:
         parse_networks(config.response.management_addresses)
     except ValueError as e:
         problems.append(f"response.management_addresses: {e}")
     problems += _response_problems(config)
     if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
+        raise ConfigError([_problem(source, *_split(p), text) for p in problems])
+
+
+def _split(problem: str) -> tuple[str, str]:
+    """`"key: message"` (how the checks below say it) -> (key, message)."""
+    key, sep, message = problem.partition(": ")
+    return (key, message) if sep and " " not in key.split('"')[0] else ("", problem)
+
+
+def _agent_problems(config: Config) -> list[str]:
+    agent = config.agent
+    problems = (
+        [] if agent.drop_window_s > 0 else [f"agent.drop_window_s: must be > 0, got {agent.drop_window_s}"]
+    )
+    if agent.metrics_listen:
+        try:
+            parse_listen(agent.metrics_listen, allow_remote=agent.metrics_allow_remote)
+        except MetricsAddressError as e:
+            problems.append(f"agent.metrics_listen: {e}")
+    return problems
 
 
 def _response_problems(config: Config) -> list[str]:
@@ -203,16 +292,20 @@ def load_config(path: str | None) -> Config:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config: {e.strerror}") from e
+        raise ConfigError(
+            [ConfigProblem(source=path, key="", message=f"cannot read the config: {e.strerror}")]
+        ) from e
     return parse_config(data, path)
 
 
 def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of `config` with fields of sections replaced (for command-line flags)."""
+    """A copy of `config` with fields of sections replaced (for command-line flags), checked by the same
+    rules as the file: `--state-dir relative/dir` is refused like `state_dir = "relative/dir"`."""
     out = config
     for name, fields in sections.items():
         if fields:
             out = msgspec.structs.replace(
                 out, **{name: msgspec.structs.replace(getattr(out, name), **fields)}
             )
+    _check(out, "command line")
     return out

@@ -23,7 +23,9 @@ import psutil
 from ringfence import __version__
 from ringfence.agent._config import Config
 from ringfence.agent._console import Console
+from ringfence.agent._errors import AgentError as AgentError  # noqa: PLC0414 - where callers import it
 from ringfence.agent._health import DropTracker, drop_totals, problems_of, summary_line
+from ringfence.agent._metrics import MetricsAddressError, MetricsServer, parse_listen
 from ringfence.agent._status import StatusServer
 from ringfence.broker import Broker, DeadlineRunner, Mutes
 from ringfence.events import EventKind, ExtensionStatistics, Health, SensorStatistics, SystemClock
@@ -39,10 +41,6 @@ WHAT_STILL_WORKS = {
     "processes); network events are not seen",
     "process": "exec details from audit still arrive; fork, exit and uid changes are not seen",
 }
-
-
-class AgentError(Exception):
-    """The agent cannot start; the message says why and what to do."""
 
 
 class _Supervised(Protocol):
@@ -81,6 +79,7 @@ class Agent:
         self._make_extensions = extensions
         self.supervisor: _Supervised | None = None
         self.status: StatusServer | None = None
+        self.metrics: MetricsServer | None = None
         self._lock_fd = -1
         self._started_ns = time.time_ns()
         # A pipe, not a threading.Event: request_stop runs in signal handlers, and Event.set takes a lock
@@ -108,6 +107,7 @@ class Agent:
                 self.supervisor.start()
             self.status = StatusServer(self.state_dir, self.render_status)
             self.status.start()
+            self._start_metrics()
         except BaseException:
             self.stop()
             raise
@@ -219,6 +219,21 @@ class Agent:
         self.sensors.append(sensor)
         return True
 
+    def _start_metrics(self) -> None:
+        listen = self.config.agent.metrics_listen
+        if not listen:
+            return
+        try:
+            address, port = parse_listen(listen, allow_remote=self.config.agent.metrics_allow_remote)
+        except MetricsAddressError as e:
+            raise AgentError(f"agent.metrics_listen: {e}") from e
+        server = MetricsServer(self.health, address, port)
+        try:
+            server.start()
+        except OSError as e:
+            raise AgentError(f"agent.metrics_listen {listen}: {e.strerror or e}") from e
+        self.metrics = server
+
     def sensors_by_name(self) -> dict[str, Sensor]:
         return {s.name: s for s in self.sensors}
 
@@ -255,6 +270,9 @@ class Agent:
         if self.status is not None:
             self._guard("closing the status socket", self.status.stop)
             self.status = None
+        if self.metrics is not None:
+            self._guard("closing the metrics listener", self.metrics.stop)
+            self.metrics = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

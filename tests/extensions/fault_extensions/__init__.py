@@ -262,3 +262,12 @@ class Allower(Extension):
 
     def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
         return allow(cacheable=True)
+
+
+class Stuck(Extension):
+    """Takes file events and never returns from the first: its queues fill and the agent drops, counted."""
+
+    manifest = _manifest("fault.stuck", subscribes=frozenset({EventKind.FILE}))
+
+    def on_event(self, event: Event) -> None:
+        threading.Event().wait()
