@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from ringfence._linux import read_proc_stat
 from ringfence.events import Clock, ProcessRef, SystemClock, clock_tick_ns, start_time_from_ticks
 
 log = logging.getLogger(__name__)
@@ -99,23 +100,22 @@ class ProcReader:
     def read(self, pid: int) -> ProcessRef | None:
         """The process as /proc shows it now, or None when it is gone (or a thread id, not a process)."""
         base = f"{self._proc}/{pid}"
-        stat = _read_text(f"{base}/stat")
+        stat = read_proc_stat(pid, self._proc)
         status = _read_text(f"{base}/status")
         if stat is None or status is None:
             return None
-        ppid, start_ticks = _parse_stat(stat)
         uid, gid = _status_ids(status, "Uid:"), _status_ids(status, "Gid:")
         cgroup = pick_cgroup(_read_text(f"{base}/cgroup") or "")
         return ProcessRef(
             pid=pid,
-            ppid=ppid,
+            ppid=stat.ppid,
             exe=_readlink(f"{base}/exe"),
             cmdline=self.cmdline(pid),
             cwd=_readlink(f"{base}/cwd"),
             uid=uid,
             user=self.user_name(uid),
             gid=gid,
-            start_time_ns=None if start_ticks is None else start_time_from_ticks(start_ticks),
+            start_time_ns=start_time_from_ticks(stat.start_ticks),
             container_id=parse_container_id(cgroup) if cgroup else None,
             cgroup=cgroup,
         )
@@ -165,14 +165,6 @@ def _readlink(path: str) -> str | None:
         return os.readlink(path)
     except OSError:
         return None
-
-
-def _parse_stat(stat: str) -> tuple[int | None, int | None]:
-    """(ppid, starttime ticks) from /proc/<pid>/stat. comm may hold ')': split after the last one."""
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if len(fields) < 20:
-        return None, None
-    return int(fields[1]), int(fields[19])
 
 
 def _status_ids(status: str, key: str) -> int | None:

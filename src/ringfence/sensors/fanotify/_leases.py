@@ -26,6 +26,8 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from ringfence._linux import libc, raise_errno
+
 F_SETSIG = 10
 F_SETOWN_EX = 15
 F_SETLEASE = 1024
@@ -37,10 +39,6 @@ BREAK_SIGNAL = signal.SIGRTMIN + 5  # glibc keeps the first few real-time signal
 OVERFLOW_SIGNAL = signal.SIGIO
 _SIGINFO = struct.Struct("=IiiIIi")  # ssi_signo, ssi_errno, ssi_code, ssi_pid, ssi_uid, ssi_fd
 _SIGINFO_SIZE = 128
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.signalfd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
-_libc.signalfd.restype = ctypes.c_int
 
 
 class Signal(NamedTuple):
@@ -59,10 +57,12 @@ def open_signalfd() -> int:
     mask = (ctypes.c_uint64 * 16)()  # sigset_t: 1024 bits
     for signo in (BREAK_SIGNAL, OVERFLOW_SIGNAL):
         mask[(signo - 1) // 64] |= 1 << ((signo - 1) % 64)
-    fd: int = _libc.signalfd(-1, ctypes.byref(mask), SFD_NONBLOCK | SFD_CLOEXEC)
+    signalfd = libc().signalfd
+    signalfd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+    signalfd.restype = ctypes.c_int
+    fd: int = signalfd(-1, ctypes.byref(mask), SFD_NONBLOCK | SFD_CLOEXEC)
     if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"signalfd: {os.strerror(err)}")
+        raise_errno("signalfd")
     return fd
 
 

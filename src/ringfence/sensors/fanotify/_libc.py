@@ -13,7 +13,6 @@ Errors (the tree):
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from ringfence._linux import libc, raise_errno
 from ringfence.sensors._base import SensorUnavailable
 
 # -- fanotify_init flags ------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class RawEvent(msgspec.Struct, frozen=True):
 
 # -- syscalls ------------------------------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc()
 _libc.fanotify_init.argtypes = (ctypes.c_uint, ctypes.c_uint)
 _libc.fanotify_init.restype = ctypes.c_int
 _libc.fanotify_mark.argtypes = (ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p)
@@ -158,16 +158,11 @@ _STATFS_SIZE = 256  # bytes: more than struct statfs on every Linux ABI; f_type 
 AT_FDCWD = -100
 
 
-def _raise_errno(what: str) -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
 def fanotify_init(flags: int, event_f_flags: int) -> int:
     """A new fanotify group. Raises OSError."""
     fd: int = _libc.fanotify_init(flags, event_f_flags)
     if fd < 0:
-        _raise_errno(f"fanotify_init(flags={flags:#x}, event_f_flags={event_f_flags:#x})")
+        raise_errno(f"fanotify_init(flags={flags:#x}, event_f_flags={event_f_flags:#x})")
     return fd
 
 
@@ -175,7 +170,7 @@ def fanotify_mark(fd: int, flags: int, mask: int, dirfd: int = AT_FDCWD, path: s
     """Add, remove or flush a mark. With `path` None, `dirfd` is the object marked. Raises OSError."""
     raw = None if path is None else os.fsencode(path)
     if _libc.fanotify_mark(fd, flags, mask, dirfd, raw) < 0:
-        _raise_errno(f"fanotify_mark(flags={flags:#x}, mask={mask:#x}, path={path!r})")
+        raise_errno(f"fanotify_mark(flags={flags:#x}, mask={mask:#x}, path={path!r})")
 
 
 def open_by_handle_at(mount_fd: int, handle: bytes, flags: int) -> int:
@@ -183,7 +178,7 @@ def open_by_handle_at(mount_fd: int, handle: bytes, flags: int) -> int:
     CAP_DAC_READ_SEARCH. Raises OSError (ESTALE: the object is gone)."""
     fd: int = _libc.open_by_handle_at(mount_fd, handle, flags)
     if fd < 0:
-        _raise_errno("open_by_handle_at")
+        raise_errno("open_by_handle_at")
     return fd
 
 
@@ -191,7 +186,7 @@ def fs_magic(fd: int) -> int:
     """The statfs f_type of the filesystem holding `fd` (TMPFS_MAGIC, EXT4_SUPER_MAGIC, ...)."""
     buf = ctypes.create_string_buffer(_STATFS_SIZE)
     if _libc.fstatfs(fd, buf) < 0:
-        _raise_errno("fstatfs")
+        raise_errno("fstatfs")
     magic: int = struct.unpack_from("=l", buf)[0]
     return magic & 0xFFFF_FFFF
 

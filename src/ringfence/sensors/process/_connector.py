@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from ringfence._linux import NLMSG_HEADER, force_rcvbuf
+
 log = logging.getLogger(__name__)
 
 NETLINK_CONNECTOR = 11
@@ -33,7 +35,6 @@ CN_VAL_PROC = 1
 NLMSG_DONE = 3
 PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
-SO_RCVBUFFORCE = 33
 
 PROC_EVENT_NONE = 0x00000000
 PROC_EVENT_FORK = 0x00000001
@@ -45,10 +46,9 @@ PROC_EVENT_PTRACE = 0x00000100
 PROC_EVENT_COMM = 0x00000200
 PROC_EVENT_EXIT = 0x80000000
 
-_NLMSGHDR = struct.Struct("=IHHII")
 _CN_MSG = struct.Struct("=IIIIHH")
 _EVENT_HEAD = struct.Struct("=IIQ")
-_PAYLOAD_AT = _NLMSGHDR.size + _CN_MSG.size
+_PAYLOAD_AT = NLMSG_HEADER.size + _CN_MSG.size
 _UNION_AT = _PAYLOAD_AT + _EVENT_HEAD.size
 _FORK = struct.Struct("=iiii")
 _TWO_IDS = struct.Struct("=ii")
@@ -131,7 +131,7 @@ def parse(data: bytes) -> ProcEvent | Ack | None:
     """Decode one datagram. None when it is not a process-connector message or is too short."""
     if len(data) < _UNION_AT:
         return None
-    idx, val, _seq, ack, _length, _flags = _CN_MSG.unpack_from(data, _NLMSGHDR.size)
+    idx, val, _seq, ack, _length, _flags = _CN_MSG.unpack_from(data, NLMSG_HEADER.size)
     if (idx, val) != (CN_IDX_PROC, CN_VAL_PROC):
         return None
     what, _cpu, ts = _EVENT_HEAD.unpack_from(data, _PAYLOAD_AT)
@@ -191,8 +191,8 @@ def _parse_union(data: bytes, what: int, ts: int, ack: int) -> ProcEvent | Ack:
 def _control_message(op: int, cookie: int) -> bytes:
     payload = struct.pack("=I", op)
     cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, cookie, len(payload), 0)
-    total = _NLMSGHDR.size + len(cn) + len(payload)
-    return _NLMSGHDR.pack(total, NLMSG_DONE, 0, 0, 0) + cn + payload
+    total = NLMSG_HEADER.size + len(cn) + len(payload)
+    return NLMSG_HEADER.pack(total, NLMSG_DONE, 0, 0, 0) + cn + payload
 
 
 class ProcConnector:
@@ -258,11 +258,8 @@ class ProcConnector:
         sock.close()
 
     def _set_rcvbuf(self, sock: socket.socket) -> None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self._rcvbuf_bytes)
-        except PermissionError:
-            log.warning("process connector: SO_RCVBUFFORCE refused, falling back to SO_RCVBUF")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf_bytes)
+        if not force_rcvbuf(sock, self._rcvbuf_bytes):
+            log.warning("process connector: SO_RCVBUFFORCE refused, fell back to SO_RCVBUF")
 
     def _keep_pending(self, event: ProcEvent) -> None:
         if len(self._pending) >= _PENDING_MAX:

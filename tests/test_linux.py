@@ -1,0 +1,48 @@
+"""The shared Linux primitives: /proc/<pid>/stat parsing and the netlink receive buffer."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from ringfence._linux import PF_KTHREAD, force_rcvbuf, parse_proc_stat, read_proc_stat
+
+
+def test_comm_with_spaces_and_parentheses_does_not_shift_the_fields() -> None:
+    line = "4242 (a) (b c)) S 17 4242 4242 0 -1 4194560 " + " ".join(["0"] * 12) + " 987654 0 0"
+    stat = parse_proc_stat(line)
+    assert (stat.pid, stat.comm, stat.state, stat.ppid) == (4242, "a) (b c)", "S", 17)
+    assert stat.flags == 4194560 and stat.start_ticks == 987654
+
+
+def test_own_stat_matches_what_the_kernel_says() -> None:
+    stat = read_proc_stat(os.getpid())
+    assert stat is not None
+    assert stat.ppid == os.getppid() and stat.pid == os.getpid()
+    assert not stat.flags & PF_KTHREAD
+
+
+def test_kernel_thread_is_flagged() -> None:
+    stat = read_proc_stat(2)  # kthreadd
+    assert stat is not None and stat.flags & PF_KTHREAD
+
+
+def test_gone_process_reads_as_none() -> None:
+    child = subprocess.Popen(["/bin/true"])
+    child.wait()
+    assert read_proc_stat(child.pid) is None
+
+
+@pytest.mark.parametrize("text", ["", "12 (x S 1", "12 (x) S 1 2"])
+def test_truncated_stat_line_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a /proc"):
+        parse_proc_stat(text)
+
+
+def test_forced_receive_buffer_passes_the_cap_as_root() -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        assert force_rcvbuf(sock, 16 << 20)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 16 << 20
