@@ -13,8 +13,7 @@ has no attribute for goes under `unmapped`, and argv is dropped because `cmd_lin
 from __future__ import annotations
 
 import errno as errnos
-import ipaddress
-import os
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -75,15 +74,26 @@ _ACTIONS: dict[str, tuple[int, str, int, str]] = {
 }
 
 
+# activity captions, keyed by (enum, member): IntEnums compare by value, and RENAME == SET_USER_ID
+_CAPTIONS: dict[tuple[type, int], str] = {
+    (type(a), a): "Set User ID" if a is ProcessActivityId.SET_USER_ID else a.name.replace("_", " ").title()
+    for enum in (ProcessActivityId, FileActivityId, NetworkActivityId)
+    for a in enum
+}
+
+
 def _caption(activity: ProcessActivityId | FileActivityId | NetworkActivityId) -> str:
-    if activity is ProcessActivityId.SET_USER_ID:  # IntEnums compare by value: RENAME == SET_USER_ID
-        return "Set User ID"
-    return activity.name.replace("_", " ").title()
+    return _CAPTIONS[type(activity), activity]
+
+
+def _name(path: str) -> str:
+    """The last component (os.path.basename, faster); the path itself when that is empty, as for /."""
+    return path.rpartition("/")[2] or path
 
 
 def _file(path: str, is_dir: bool = False) -> dict[str, Any]:
     type_id, type_name = _FILE_TYPE[is_dir]
-    return {"path": path, "name": os.path.basename(path) or path, "type_id": type_id, "type": type_name}
+    return {"path": path, "name": _name(path), "type_id": type_id, "type": type_name}
 
 
 def _user(p: ProcessRef) -> dict[str, Any] | None:
@@ -98,8 +108,8 @@ def _user(p: ProcessRef) -> dict[str, Any] | None:
 def _process(p: ProcessRef, profiles: set[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"pid": p.pid}
     if p.exe is not None:
-        out["file"] = _file(p.exe)
-        out["name"] = os.path.basename(p.exe) or p.exe
+        out["file"] = exe = _file(p.exe)
+        out["name"] = exe["name"]
     if p.cmdline:
         out["cmd_line"] = " ".join(p.cmdline)
     if p.cwd is not None:
@@ -120,14 +130,12 @@ def _process(p: ProcessRef, profiles: set[str]) -> dict[str, Any]:
     return out
 
 
-def _base(
-    class_uid: int, activity_id: int, activity_name: str, header: Header, profiles: set[str]
-) -> dict[str, Any]:
-    """The attributes every class shares. `metadata.profiles` is the set itself, filled in as we go."""
+@functools.lru_cache(maxsize=256)
+def _head(class_uid: int, activity_id: int, activity_name: str) -> dict[str, Any]:
+    """The classification attributes of one class and activity: the same for every event of it."""
     class_name, category_uid, category_name = _CLASSES[class_uid]
     type_caption = activity_name if activity_id != _OTHER else "Other"
-    profiles.add("host")
-    out: dict[str, Any] = {
+    return {
         "class_uid": class_uid,
         "class_name": class_name,
         "category_uid": category_uid,
@@ -136,18 +144,31 @@ def _base(
         "activity_name": activity_name,
         "type_uid": class_uid * 100 + activity_id,
         "type_name": f"{class_name}: {type_caption}",
-        "time": header.time_ns // 1_000_000,
-        "severity_id": 1,
-        "severity": "Informational",
-        "metadata": {
-            "uid": header.id,
-            "version": OCSF_VERSION,
-            "product": _PRODUCT,
-            "profiles": profiles,
-            "log_name": header.sensor,
-        },
-        "device": {"hostname": header.host, **_DEVICE_TYPE, "os": _OS},
     }
+
+
+@functools.lru_cache(maxsize=16)
+def _device(host: str) -> dict[str, Any]:
+    return {"hostname": host, **_DEVICE_TYPE, "os": _OS}
+
+
+def _base(
+    class_uid: int, activity_id: int, activity_name: str, header: Header, profiles: set[str]
+) -> dict[str, Any]:
+    """The attributes every class shares. `metadata.profiles` is the set itself, filled in as we go.
+    The cached parts are shared between events: nothing may change them in place."""
+    profiles.add("host")
+    out = dict(_head(class_uid, activity_id, activity_name))
+    out["time"] = header.time_ns // 1_000_000
+    out["severity_id"], out["severity"] = 1, "Informational"
+    out["metadata"] = {
+        "uid": header.id,
+        "version": OCSF_VERSION,
+        "product": _PRODUCT,
+        "profiles": profiles,
+        "log_name": header.sensor,
+    }
+    out["device"] = _device(header.host)
     if header.seq <= _INT32_MAX:
         out["metadata"]["sequence"] = header.seq
     else:  # metadata.sequence is a 32-bit integer_t; a long-lived sensor's count is not lost
@@ -172,12 +193,9 @@ def _process_activity(e: ProcessActivity) -> dict[str, Any]:
     out["process"] = _process(e.process, profiles)
     if e.activity in _LAUNCH_TYPE:
         out["launch_type_id"], out["launch_type"] = _LAUNCH_TYPE[e.activity]
-    parent = e.process.parent
     if e.activity in _REFLEXIVE:
         out["actor"] = {"process": out["process"]}
-    elif parent is not None:
-        out["actor"] = {"process": _process(parent, profiles)}
-    else:  # the parent by pid alone, or none known: then the process, as execve is its own act
+    else:  # the parent (in full, or by pid alone); none known: the process, as execve is its own act
         out["actor"] = {"process": out["process"].get("parent_process", out["process"])}
     if e.exit_code is not None:
         out["exit_code"] = e.exit_code
@@ -214,10 +232,8 @@ def _endpoint(e: Endpoint) -> dict[str, Any]:
 
 
 def _is_loopback(ip: str | None) -> bool:
-    try:
-        return ip is not None and ipaddress.ip_address(ip.split("%")[0]).is_loopback
-    except ValueError:
-        return False
+    """127.0.0.0/8 or ::1, as inet_ntop writes them (ipaddress would cost more than the rest)."""
+    return ip is not None and (ip.startswith("127.") or ip == "::1")
 
 
 def _direction(e: NetworkActivity) -> tuple[int, str]:
