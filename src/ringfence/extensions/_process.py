@@ -33,6 +33,7 @@ from ringfence.sdk._protocol import (
     PeerClosed,
     ProtocolError,
     Refusal,
+    SetupFailed,
     Wire,
     close_fds,
 )
@@ -68,10 +69,12 @@ class HandshakeFailed(ExtensionError):
         *,
         refused: bool = False,
         exited: bool = False,
+        own_error: str | None = None,
     ) -> None:
         super().__init__(extension_id, message)
         self.refused = refused
         self.exited = exited
+        self.own_error = own_error  # the extension's own one-line account (its setup exception)
 
 
 class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -323,6 +326,8 @@ def host_handshake(wire: Wire[ExtensionFrame], hello: Hello, timeout_s: float) -
         raise HandshakeFailed(ext, "sent descriptors at the handshake")
     if isinstance(frame, Refusal):
         raise HandshakeFailed(ext, f"refused the handshake: {frame.reason}", refused=True)
+    if isinstance(frame, SetupFailed):
+        raise HandshakeFailed(ext, f"setup failed: {frame.message}", exited=True, own_error=frame.message)
     if not isinstance(frame, HelloAck):
         raise HandshakeFailed(ext, f"expected HelloAck, got {type(frame).__name__}")
     if frame.protocol not in hello.protocols:

@@ -50,6 +50,7 @@ from ringfence.sdk._protocol import (
     Hello,
     LogLine,
     PeerClosed,
+    Problem,
     ProtocolError,
     StatsReport,
     VerdictsStale,
@@ -94,6 +95,7 @@ class ExtensionProxy:
         self.stats = ExtensionStatistics(id=spec.id, state=str(ExtensionState.STOPPED))
         self._count_lock = threading.Lock()
         self._own_error: str | None = None
+        self._problem_reported: str | None = None  # the last Problem frame's message
         self._stamper = HeaderStamper(f"ext:{spec.id}", config.host, clock)
         self._generation = 0
 
@@ -236,6 +238,8 @@ class ExtensionProxy:
         if e.refused:
             with self.lock:
                 self.lifecycle.quarantine(str(e))
+        if e.own_error:
+            self.record_error(self.spec.name_origins(e.own_error))
         if e.exited:  # it is going away by itself: let it finish (its stderr, its exit status) first
             with contextlib.suppress(OSError):  # reaped and closed meanwhile: end() sees that
                 select.select([conn.spawned.pidfd], [], [], self.config.stop_grace_s)
@@ -295,8 +299,25 @@ class ExtensionProxy:
             self._log_line(conn, frame)
         elif isinstance(frame, VerdictsStale):
             self._verdicts_stale(frame)
+        elif isinstance(frame, Problem):
+            self._problem(frame)
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__} frame after the handshake")
+
+    def _problem(self, frame: Problem) -> None:
+        """The extension runs on but says what is wrong (new content rejected): `last_error` until fixed."""
+        if frame.message is not None:
+            frame = Problem(self.spec.name_origins(frame.message))
+        with self._count_lock:
+            if frame.message is not None:
+                self.stats.last_error = frame.message
+            elif self.stats.last_error == self._problem_reported:
+                self.stats.last_error = ""
+            self._problem_reported = frame.message
+        if frame.message is None:
+            log.info("extension %s: its problem is solved", self.name)
+        else:
+            log.error("extension %s: %s", self.name, frame.message)
 
     def _verdicts_stale(self, frame: VerdictsStale) -> None:
         """Forget cached ALLOWs for this extension's sake: at most once a second, or it is a DoS lever."""

@@ -35,10 +35,11 @@ class ExtensionSpec:
     id: str
     entry: str
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    content_dir: str | None = None  # readable in the sandbox
+    content_dir: str | None = None  # readable in the sandbox (the agent's read-only copy of its content)
+    content_origins: Mapping[str, str] = dataclasses.field(default_factory=dict)  # staged path -> operator's
     state_dir: str | None = None  # the only writable directory in the sandbox
     sys_path: tuple[str, ...] = ()  # extra import roots (readable in the sandbox)
-    read_paths: tuple[str, ...] = ()  # more directories readable in the sandbox (e.g. a blocklist's)
+    read_paths: tuple[str, ...] = ()  # more directories readable in the sandbox (its content store)
     sandbox: bool = True  # False only for tests and development: vendor code then runs as root
     user: str = "ringfence-ext"
     allow_network: bool = False  # the operator's grant; the sandbox denies sockets otherwise
@@ -48,6 +49,13 @@ class ExtensionSpec:
     max_processes: int = 64  # threads count: RLIMIT_NPROC is per user
     handshake_timeout_s: float = 30.0
     auth_deadline_cap_ms: int | None = None  # lower the manifest's AUTH deadline
+
+    def name_origins(self, text: str) -> str:
+        """`text` (an extension's error) with each staged content path replaced by the operator's file it
+        was copied from: the operator fixes that file, not the copy."""
+        for staged, origin in self.content_origins.items():
+            text = text.replace(staged, origin)
+        return text
 
     def __post_init__(self) -> None:
         if not self.entry.strip():
