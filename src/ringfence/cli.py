@@ -27,6 +27,8 @@ from ringfence.agent import (
     load_config,
     read_status,
 )
+from ringfence.agent._cleanup import CleanupError, holding_state_dir
+from ringfence.agent._cleanup import sweep as sweep_leftovers
 from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
 from ringfence.agent._console import configure_logging
 from ringfence.events import ExtensionStatistics, Health
@@ -104,6 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     _common(iso)
     iso.add_argument("--undo", action="store_true", help="remove the isolation")
     iso.add_argument("--reason", default="operator request")
+
+    clean = sub.add_parser(
+        "cleanup",
+        help="remove what a crashed agent left: cgroups and their processes, audit rules and settings (root)",
+        description="What the agent does at every start, for systemd's ExecStopPost: kill what is left in "
+        "Ringfence's extension cgroups and remove them, remove the audit rules of every key this state dir "
+        "has used, and restore the audit settings found before the first run. Refused while an agent holds "
+        "the state dir.",
+    )
+    _common(clean)
     return p
 
 
@@ -293,12 +305,24 @@ def _cmd_isolate(args: argparse.Namespace) -> int:
     return 0 if result.ok else EXIT_FAILED
 
 
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if os.geteuid() != 0:
+        raise CleanupError("ringfence cleanup needs root: it removes cgroups and audit rules")
+    with holding_state_dir(config.agent.state_dir):
+        lines = sweep_leftovers(config)
+    for line in lines or ["cleanup: nothing left by an earlier run"]:
+        print(line)
+    return EXIT_FAILED if any(line.startswith("cleanup: could not") for line in lines) else 0
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "status": _cmd_status,
     "extensions": _cmd_extensions,
     "quarantine": _cmd_quarantine,
     "isolate": _cmd_isolate,
+    "cleanup": _cmd_cleanup,
 }
 
 
@@ -306,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AgentError, StatusUnavailable, ResponseError) as e:
+    except (ConfigError, AgentError, StatusUnavailable, ResponseError, CleanupError) as e:
         print(f"ringfence: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

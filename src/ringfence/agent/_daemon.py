@@ -21,6 +21,8 @@ import msgspec
 import psutil
 
 from ringfence import __version__
+from ringfence.agent._cleanup import AUDIT_SETTINGS, record_run
+from ringfence.agent._cleanup import sweep as sweep_leftovers
 from ringfence.agent._config import Config
 from ringfence.agent._console import Console
 from ringfence.agent._errors import AgentError as AgentError  # noqa: PLC0414 - where callers import it
@@ -98,6 +100,7 @@ class Agent:
                 "CAP_SYS_ADMIN or CAP_AUDIT_*. Run it with sudo, or as the systemd unit in packaging/."
             )
         self._open_state_dir()
+        self._clean_up_after_earlier_runs()
         self._start_outputs()
         self.deadlines.start()
         try:
@@ -133,6 +136,16 @@ class Agent:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+
+    def _clean_up_after_earlier_runs(self) -> None:
+        """Before anything is armed: what a crashed run left (cgroups and what is in them, audit rules
+        and settings), one console line per kind cleaned; then this run is recorded for the next."""
+        for line in sweep_leftovers(self.config):
+            self.console.line(line)
+        try:
+            record_run(self.config)
+        except OSError as e:
+            self.console.line(f"WARNING {self.state_dir}: cannot record this run for a later cleanup: {e}")
 
     def _start_outputs(self) -> None:
         out = self.config.output
@@ -187,6 +200,7 @@ class Agent:
                 want_exec=audit_exec,
                 want_network=cfg.network,
                 backlog_limit=cfg.audit_backlog_limit,
+                settings_record=os.path.join(self.state_dir, AUDIT_SETTINGS),
             )
             if not self._try_start(audit) and audit_exec:
                 process = process_sensor(False)  # argv from /proc, best effort

@@ -5,6 +5,13 @@ mounts it, else nowhere (the rlimits set in the child then carry the limit alone
 `<mount>/ringfence/<extension id>`. The host creates them and writes the limits; the child joins by
 writing its pid to each `cgroup.procs`; the host removes them after the child is gone.
 
+After a crash (the agent killed with SIGKILL), `sweep` finds every cgroup under `<mount>/ringfence/` that
+no live process launched any more: what is in it was reparented (to pid 1) when its launcher died. It
+kills what is left there (double-forked grandchildren too: they stay in the cgroup) and removes it. A
+cgroup with a member whose parent is alive outside it belongs to a running launcher (another agent, a
+test) and is left alone; so is an empty one made less than `SETTLE_S` ago that is not one of ours, since a
+launcher makes the cgroup before its child joins it.
+
 Errors: every failure is a SandboxError naming the file and the errno text.
 """
 
@@ -16,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import msgspec
@@ -30,6 +37,7 @@ CPU_PERIOD_US = 100_000
 PARENT_DIR = "ringfence"
 _RMDIR_ATTEMPTS = 20  # a reaped child leaves the cgroup a moment later; 20 x 25 ms bounds the wait
 _RMDIR_PAUSE_S = 0.025
+SETTLE_S = 30.0  # an empty cgroup younger than this may be one a running launcher is setting up
 
 
 class Hierarchy(msgspec.Struct, frozen=True):
@@ -197,18 +205,105 @@ def remove(cg: CgroupDir) -> None:
             return
 
 
-def _kill_members(path: Path) -> None:
-    """SIGKILL every process still in the cgroup: only the extension and its descendants join it."""
+def _members(path: Path) -> list[int]:
     try:
-        pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
     except FileNotFoundError:
-        return
+        return []
     except OSError as e:
         raise SandboxError(f"cannot list {path}/cgroup.procs: {os_error_text(e)}") from e
-    for pid in pids:
-        log.info("killing pid %d left in cgroup %s", pid, path)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+
+
+def _kill_members(path: Path) -> list[int]:
+    """SIGKILL every process still in the cgroup: only the extension and its descendants join it. Through
+    a pidfd, checked to be in the cgroup still, so that a pid reused meanwhile is never hit."""
+    killed = []
+    for pid in _members(path):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if pid in _members(path):
+                log.info("killing pid %d left in cgroup %s", pid, path)
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    killed.append(pid)
+        finally:
+            os.close(pidfd)
+    return killed
+
+
+class Leftovers(msgspec.Struct, frozen=True, kw_only=True):
+    """What `sweep` did: cgroup directories removed, pids killed in them, and those left (`dir: why`)."""
+
+    removed: tuple[str, ...] = ()
+    killed: tuple[int, ...] = ()
+    left: tuple[str, ...] = ()
+
+
+def sweep(
+    ours: Collection[str] = (),
+    *,
+    settle_s: float = SETTLE_S,
+    hierarchies: dict[str, Hierarchy] | None = None,
+) -> Leftovers:
+    """Kills what is in, and removes, every Ringfence cgroup that no live launcher owns (see the module
+    docstring). `ours`: extension ids this state dir has run; empty ones of these go whatever their age."""
+    found = discover_here() if hierarchies is None else hierarchies
+    removed: list[str] = []
+    killed: list[int] = []
+    left: list[str] = []
+    for hierarchy in sorted(set(found.values()), key=lambda h: h.mount):
+        for path in _children(Path(hierarchy.mount) / PARENT_DIR):
+            why = _in_use(path, path.name in ours, settle_s)
+            if why is not None:
+                left.append(f"{path}: {why}")
+                continue
+            killed += _kill_members(path)
+            try:
+                remove(CgroupDir(version=hierarchy.version, path=str(path), controllers=()))
+            except SandboxError as e:
+                left.append(str(e))
+                continue
+            removed.append(str(path))
+    return Leftovers(removed=tuple(removed), killed=tuple(sorted(set(killed))), left=tuple(left))
+
+
+def _children(parent: Path) -> list[Path]:
+    try:
+        return sorted(p for p in parent.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise SandboxError(f"cannot list {parent}: {os_error_text(e)}") from e
+
+
+def _in_use(path: Path, ours: bool, settle_s: float) -> str | None:
+    """Why the cgroup belongs to a live launcher (or may), or None if it is a leftover."""
+    members = _members(path)
+    for pid in members:
+        parent = _parent_of(pid)
+        if parent is not None and parent != 1 and parent not in members:
+            return f"in use: pid {pid} in it is a child of the live pid {parent}"
+    if members or ours:
+        return None
+    try:
+        age_s = time.time() - path.stat().st_ctime
+    except FileNotFoundError:
+        return "gone meanwhile"
+    if age_s < settle_s:
+        return f"empty, made {age_s:.0f} s ago: it may be a running launcher's, being set up"
+    return None
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid (field 4 of /proc/<pid>/stat), or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
 
 
 def memory_peak(cg: CgroupDir) -> int | None:
