@@ -361,7 +361,8 @@ _TO_OCSF = {
 
 
 def to_ocsf(event: Event) -> dict[str, Any]:
-    """The OCSF 1.8.0 form of an event, as a dict ready for JSON. Strings are as the sensors decoded
+    """The OCSF 1.8.0 form of an event, as a dict ready for JSON; read-only: parts of it (device,
+    metadata.product) are shared between events. Strings are as the sensors decoded
     them: a path or argv that was not UTF-8 holds lone surrogates (`surrogateescape`) until `valid_text`
     (which `OcsfEncoder` applies when it has to) turns them into text."""
     convert: Callable[[Event], dict[str, Any]] = _TO_OCSF[type(event)]  # type: ignore[assignment]

@@ -24,7 +24,8 @@ class EventKind(enum.StrEnum):
 
 
 class ProcessActivityId(enum.IntEnum):
-    """OCSF Process Activity (1007) activity_id, plus Fork which OCSF files under 99 (Other)."""
+    """OCSF Process Activity (1007) activity_id, plus Fork (99 here: the codec writes fork and exec
+    as Launch, 1, with launch_type_id 2 Fork or 3 Exec, as OCSF 1.8.0 does)."""
 
     LAUNCH = 1
     TERMINATE = 2
@@ -48,8 +49,8 @@ class FileActivityId(enum.IntEnum):
 
 
 class NetworkActivityId(enum.IntEnum):
-    """OCSF Network Activity (4001) activity_id. Connect is Open, accept is Traffic in OCSF terms is
-    wrong, so accept is reported as Open with direction inbound; bind is Other (99)."""
+    """OCSF Network Activity (4001) activity_id. Connect and accept are Open (on accept the remote
+    client is the OCSF source); bind is Other (99)."""
 
     OPEN = 1
     CLOSE = 2
