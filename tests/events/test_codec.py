@@ -23,6 +23,7 @@ from ringfence.events import (
     Severity,
     to_ocsf,
 )
+from ringfence.events import _codec as codec
 from tests.fakes import FakeClock
 from tests.ocsf.validator import problems
 
@@ -288,3 +289,20 @@ def test_sequence_beyond_integer_t_is_kept_in_unmapped() -> None:
     d = to_ocsf(FileActivity(header=header, activity=FileActivityId.CREATE, path="/x"))
     assert "sequence" not in d["metadata"] and d["unmapped"]["sequence"] == 2**31
     assert problems(d) == []
+
+
+@pytest.mark.parametrize(
+    ("class_uid", "activity_id", "activity_name", "body"),
+    [
+        (4003, 1, "Query", lambda p: {"query": {"hostname": "example.org"}, "dst_endpoint": {"ip": "::1"}}),
+        (3002, 1, "Logon", lambda p: {"user": {"name": "root"}, "service": {"name": "sshd"}}),
+        (3001, 3, "Password Change", lambda p: {"user": {"uid": "1000"}, "actor": {"process": p}}),
+    ],
+)
+def test_shared_parts_fit_the_classes_the_detection_issue_adds(
+    class_uid: int, activity_id: int, activity_name: str, body
+) -> None:
+    profiles: set[str] = set()
+    d = codec._base(class_uid, activity_id, activity_name, STAMP.stamp(), profiles)
+    d.update(body(codec._process(PROC, profiles)))
+    assert problems(codec._done(d)) == []
