@@ -287,3 +287,13 @@ def test_request_carries_the_agents_hash_where_times_hide_mapped_writes(tmpfs: P
     finally:
         r.sensor.stop()
     assert r.policy.hashes == [hashlib.sha256(r.good).hexdigest(), hashlib.sha256(r.bad).hexdigest()]
+
+
+def test_deleted_cached_file_does_not_keep_its_blocks(race: Race) -> None:
+    """A package upgrade replaces a binary by rename: the cache must not pin the old one forever."""
+    assert race.runs()
+    wait_until(lambda: race.detail("cached") == 1, what="the ignore mark")
+    replace_by_rename(race)
+    race.sensor.drop_deleted()  # the cache worker's idle sweep
+    assert race.detail("cache_dropped_deleted") == 1
+    assert race.detail("cached_files") == 0

@@ -131,3 +131,19 @@ def test_file_of_another_size_than_stated_has_no_digest(tmp_path: Path) -> None:
         assert content_digest(fd, 10) == hashlib.sha256(b"a" * 10).digest()
     finally:
         os.close(fd)
+
+
+def test_idle_cache_worker_sweeps_and_stops() -> None:
+    from ringfence.sensors.fanotify._cache import CACHE_COUNTERS, CacheWorker
+    from ringfence.sensors.fanotify._counters import Counters
+
+    swept = threading.Event()
+    worker = CacheWorker(
+        lambda cand: "cached", Counters(CACHE_COUNTERS), on_idle=swept.set, idle_interval_s=0.01
+    )
+    worker.start()
+    try:
+        assert swept.wait(10), "no idle sweep"
+    finally:
+        worker.stop()
+    assert not worker._thread.is_alive()

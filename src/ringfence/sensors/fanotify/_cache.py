@@ -4,7 +4,8 @@ Making a cached ALLOW safe takes a lease, a state check (which may hash the file
 (`_exec.py`, `_verdicts.py`): too slow for the answer path, so candidates wait here in a bounded queue
 (overflow: refuse the newest, counted; the file is simply asked about again) and one thread works them
 off in batches. Each candidate's descriptor passes to the marker, which keeps it (a cached file) or
-closes it; candidates never handed over are closed here.
+closes it; candidates never handed over are closed here. When idle for `idle_interval_s` it calls
+`on_idle` (the sensor drops cached files that were deleted, whose descriptors would keep their blocks).
 """
 
 from __future__ import annotations
@@ -50,10 +51,23 @@ CACHE_COUNTERS = (*MARK_OUTCOMES, "cache_queue_full", "cache_errors")
 
 
 class CacheWorker:
-    def __init__(self, marker: Marker, counters: Counters, *, capacity: int = 256, batch: int = 64) -> None:
-        if capacity <= 0 or batch <= 0:
-            raise ValueError(f"cache queue capacity and batch must be positive, got {capacity}, {batch}")
+    def __init__(
+        self,
+        marker: Marker,
+        counters: Counters,
+        *,
+        capacity: int = 256,
+        batch: int = 64,
+        on_idle: Callable[[], None] | None = None,
+        idle_interval_s: float = 30.0,
+    ) -> None:
+        if capacity <= 0 or batch <= 0 or idle_interval_s <= 0:
+            raise ValueError(
+                f"cache queue capacity, batch and idle interval must be positive, got {capacity}, {batch}"
+            )
         self._marker = marker
+        self._on_idle = on_idle
+        self._idle_interval_s = idle_interval_s
         self._counters = counters
         self._capacity = capacity
         self._batch = batch
@@ -88,9 +102,10 @@ class CacheWorker:
             os.close(cand.fd)
 
     def _take(self) -> list[CacheCandidate] | None:
+        """The next batch; an empty one when idle for the interval; None once stopped."""
         with self._cond:
-            while not self._queue and not self._stopped:
-                self._cond.wait()
+            if not self._queue and not self._stopped:
+                self._cond.wait(self._idle_interval_s)
             if self._stopped:
                 return None
             n = min(self._batch, len(self._queue))
@@ -98,6 +113,9 @@ class CacheWorker:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
+            if not batch:
+                self._idle()
+                continue
             for i, cand in enumerate(batch):
                 try:
                     self._mark(cand)
@@ -107,6 +125,15 @@ class CacheWorker:
                     for rest in batch[i + 1 :]:
                         os.close(rest.fd)
                     break
+
+    def _idle(self) -> None:
+        if self._on_idle is None:
+            return
+        try:
+            self._on_idle()
+        except Exception:  # supervision boundary: the worker must go on caching
+            self._counters.add("cache_errors")
+            log.exception("verdict cache idle sweep failed")
 
     def _mark(self, cand: CacheCandidate) -> None:
         try:

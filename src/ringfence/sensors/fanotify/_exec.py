@@ -66,6 +66,7 @@ _COUNTERS = (
     "cache_revoked_write_open",
     "cache_revoked_signal_overflow",
     "cache_evicted",
+    "cache_dropped_deleted",
     "cache_unavailable",
     "mounts_marked",
     "mounts_unmarked",
@@ -144,7 +145,9 @@ class ExecAuthSensor:
         with self._lock:
             self._fd = fd
         self._make_room_for_leases()
-        self._cache = CacheWorker(self._mark_cached, self._counters, capacity=self._cache_capacity)
+        self._cache = CacheWorker(
+            self._mark_cached, self._counters, capacity=self._cache_capacity, on_idle=self.drop_deleted
+        )
         self._cache.start()
         self._reader = threading.Thread(target=self._read_loop, args=(fd,), name="fanotify-exec", daemon=True)
         self._reader.start()
@@ -490,6 +493,16 @@ class ExecAuthSensor:
             lc.fanotify_mark(self._fd, flags, entry.mask, entry.fd)
         except FileNotFoundError:
             return
+
+    def drop_deleted(self) -> None:
+        """Forget cached files that were deleted (replaced by a package upgrade, say): their descriptors
+        would keep the disk blocks of a file nobody can reach."""
+        with self._lock:
+            for entry in self._verdicts.entries():
+                if os.fstat(entry.fd).st_nlink == 0:
+                    self._remove_ignore(entry)
+                    self._verdicts.drop(entry)
+                    self._counters.add("cache_dropped_deleted")
 
     def _on_lease_signals(self, sfd: int) -> None:
         """Writers are waiting to open cached files: revoke each ALLOW, then let the writer go on."""

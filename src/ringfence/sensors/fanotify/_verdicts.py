@@ -60,6 +60,9 @@ class VerdictTable:
         self._by_key[key] = entry
         return entry
 
+    def entries(self) -> list[CachedFile]:
+        return list(self._by_fd.values())
+
     def oldest_committed(self) -> CachedFile | None:
         return next((e for e in self._by_fd.values() if e.committed), None)
 
