@@ -193,3 +193,34 @@ def test_deadline_runner_answers_for_a_hung_threaded_subscriber() -> None:
         release.set()
         runner.stop()
         sub.stop()
+
+
+def test_withdrawn_fail_open_subscriber_is_not_asked_and_the_rest_stay_cacheable() -> None:
+    gone = RecordingSubscriber("gone", AUTH, AuthPolicy(failure=FailurePolicy.FAIL_OPEN))
+    stays = RecordingSubscriber("stays", AUTH, AuthPolicy())
+    clock, broker = _setup(gone, stays)
+    broker.withdraw("gone", "quarantined")
+    broker.withdraw("never-subscribed", "quarantined")  # ignored
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    assert not gone.tickets
+    stays.tickets[0][1](AuthAnswer(Verdict.ALLOW, cacheable=True))
+    assert answers.got == [AuthAnswer(Verdict.ALLOW, cacheable=True)]
+    auth = broker.statistics().auth
+    assert auth.absent["gone"].failure == "fail-open" and auth.unanswered_at_deadline == 0
+
+
+def test_withdrawn_fail_closed_subscriber_denies_at_once_and_flushes_the_verdict_cache() -> None:
+    gone = RecordingSubscriber("gone", AUTH, AuthPolicy(failure=FailurePolicy.FAIL_CLOSED))
+    stays = RecordingSubscriber("stays", AUTH, AuthPolicy())
+    clock, broker = _setup(gone, stays)
+    flushes: list[int] = []
+    broker.on_invalidate(lambda: flushes.append(1))
+    broker.withdraw("gone", "quarantined")
+    assert flushes == [1]
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    assert [(a.verdict, a.cacheable) for a in answers.got] == [(Verdict.DENY, False)]
+    assert answers.got[0].reason == "gone: not running (fail-closed)"
+    assert not stays.tickets  # nobody is asked: nothing can make it an ALLOW
+    assert broker.statistics().auth.absent["gone"].denied == 1

@@ -99,6 +99,8 @@ class Broker:
             log.info("%s left the broker (%s)", name, reason)
             return
         self.arbiter.record_absent(name, policy.failure, reason)
+        if policy.failure is FailurePolicy.FAIL_CLOSED:
+            self.invalidate_auth_cache()  # a cached ALLOW must not let an exec past the denial
         later = (
             "every later AUTH request is denied"
             if policy.failure is FailurePolicy.FAIL_CLOSED
