@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from tests.ocsf import schema as schema_module
-from tests.ocsf.schema import SchemaError, load
+from tests.ocsf import validator as validator_module
+from tests.ocsf.schema import Item, SchemaError, load
 from tests.ocsf.validator import validate
 
 
@@ -213,3 +214,23 @@ def test_schema_compiles_extends_includes_and_profile_resets() -> None:
 def test_missing_schema_directory_fails_with_its_path(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=str(tmp_path)):
         schema_module._Compiler(tmp_path).compile()
+
+
+@pytest.mark.parametrize(
+    ("value", "codes"),
+    [
+        ({"a": 1}, []),
+        ({}, ["constraint_failed"]),
+        ({"a": 1, "b": 2}, ["constraint_failed"]),  # just one, not two
+    ],
+)
+def test_just_one_constraint_needs_exactly_one(value: dict, codes: list[str]) -> None:
+    run = validator_module._Run(load(), {})
+    run.constraints(value, "x", Item("thing", "Thing", {}, {"just_one": ["a", "b"]}))
+    assert [i.code for i in run.issues] == codes
+
+
+def test_constraint_the_validator_does_not_know_is_an_error_not_a_pass() -> None:
+    run = validator_module._Run(load(), {})
+    run.constraints({"a": 1}, "x", Item("thing", "Thing", {}, {"at_most_two": ["a"]}))
+    assert [i.code for i in run.issues] == ["constraint_unknown"]
