@@ -21,7 +21,6 @@ from ringfence.agent import (
     AgentError,
     Config,
     ConfigError,
-    ConfigProblem,
     Console,
     StatusUnavailable,
     load_config,
@@ -60,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--blocklist",
         metavar="FILE",
-        help="blocklist for the file-reputation engine: one sha256 per line, # comments, optional label",
+        help="blocklist for the file-reputation engine: one sha256 per line, # comments, optional label; "
+        "read by the agent and handed to the engine (any owner or mode works)",
     )
     run.add_argument("--no-extensions", action="store_true", help="run sensors and outputs only")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: config")
@@ -135,15 +135,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.log_level:
         config = with_overrides(config, agent={"log_level": args.log_level})
-    if args.blocklist:
-        path = os.path.abspath(args.blocklist)
-        if not os.path.isfile(path):
-            raise ConfigError(
-                [ConfigProblem(source="command line", key="--blocklist", message=f"no such file: {path}")]
-            )
-        settings = dict(config.extensions.config)
-        settings["ringfence.reputation"] = {**settings.get("ringfence.reputation", {}), "blocklist": path}
-        config = with_overrides(config, extensions={"config": settings})
+    if args.blocklist:  # content of the reputation engine: the agent reads it (as root) and hands it over
+        content = {ext_id: dict(files) for ext_id, files in config.extensions.content.items()}
+        content.setdefault("ringfence.reputation", {})["blocklist.txt"] = os.path.abspath(args.blocklist)
+        config = with_overrides(config, extensions={"content": content})
     configure_logging(config.agent.log_level, config.agent.state_dir)
     console = Console()
     extensions = None if args.no_extensions else _extension_factory()

@@ -38,6 +38,7 @@ class FakeContext:
     findings: list[EmittedFinding] = field(default_factory=list)
     actions: list[ActionRequest] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
+    problems: list[str | None] = field(default_factory=list)
 
     @property
     def log(self) -> logging.Logger:
@@ -59,6 +60,9 @@ class FakeContext:
 
     def invalidate_verdicts(self, reason: str) -> None:
         self.stale.append(reason)
+
+    def report_problem(self, message: str | None) -> None:
+        self.problems.append(message)
 
 
 def _conforms(ctx: FakeContext) -> Context:

@@ -10,11 +10,13 @@ import pytest
 
 from ringfence.engines.reputation import (
     Blocklist,
+    BlocklistBuilder,
     BlocklistError,
     IssueSeverity,
     parse_blocklist,
     read_blocklist,
 )
+from ringfence.engines.reputation._blocklist import read_into
 
 A = hashlib.sha256(b"a").hexdigest()
 B = hashlib.sha256(b"b").hexdigest()
@@ -110,11 +112,59 @@ def test_oversized_file_rejected(tmp_path: Path) -> None:
         read_blocklist(str(path), max_bytes=100)
 
 
-def test_merged_lists_keep_first_label() -> None:
-    first = parse_blocklist(f"{A} from-first\n".encode(), "1").blocklist
-    second = parse_blocklist(f"{A} from-second\n{B}\n".encode(), "2").blocklist
-    merged = first.merged(second)
+def test_lists_from_several_files_merged_first_file_wins(tmp_path: Path) -> None:
+    (tmp_path / "1.txt").write_text(f"{A} from-first\n")
+    (tmp_path / "2.txt").write_text(f"{A} from-second\n{B}\n")
+    builder = BlocklistBuilder()
+    issues: list = []
+    for name in ("1.txt", "2.txt"):
+        read_into(builder, str(tmp_path / name), name, max_bytes=1 << 20, issues=issues)
+    merged = builder.build(issues)
     assert len(merged) == 2
     match = merged.match(A)
     assert match is not None and match.label == "from-first"
+    assert [(i.severity, i.source, i.line) for i in issues] == [(IssueSeverity.WARNING, "2.txt", 1)]
     assert len(Blocklist()) == 0
+
+
+def test_unlabelled_first_entry_keeps_no_label_over_a_later_labelled_duplicate() -> None:
+    result = parse_blocklist(f"{A}\n{A} late-label\n".encode(), "bl")
+    match = result.blocklist.match(A)
+    assert match is not None and match.label is None
+
+
+def test_compact_list_finds_every_entry_and_nothing_else() -> None:
+    digests = [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(5000)]
+    data = "\n".join(d.hex() + (" lbl" if i % 7 == 0 else "") for i, d in enumerate(digests)).encode()
+    blocklist = parse_blocklist(data, "bl").blocklist
+    assert len(blocklist) == 5000
+    labelled = len(range(0, 5000, 7))
+    assert blocklist.nbytes == 5000 * 32 + labelled * 3 + 5000 * 4  # flat buffers, no object per entry
+    for i, d in enumerate(digests):
+        match = blocklist.match(d.hex())
+        assert match is not None and match.label == ("lbl" if i % 7 == 0 else None)
+    for i in range(5000, 5500):
+        assert hashlib.sha256(i.to_bytes(4, "little")).hexdigest() not in blocklist
+    assert "00" * 32 not in blocklist and "ff" * 32 not in blocklist and "ab" not in blocklist
+
+
+def test_equal_lists_compare_equal_and_a_changed_label_does_not() -> None:
+    one = parse_blocklist(f"{B}\n{A} x\n".encode(), "1").blocklist
+    same = parse_blocklist(f"{A} x\n{B}\n".encode(), "2").blocklist
+    relabelled = parse_blocklist(f"{A} y\n{B}\n".encode(), "3").blocklist
+    assert one == same
+    assert one != relabelled
+
+
+def test_error_message_is_one_line_with_every_error() -> None:
+    result = parse_blocklist(b"bad one\n" + A.encode() + b"\nbad two\n", "/etc/bl.txt")
+    message = str(BlocklistError(result.issues))
+    assert "\n" not in message
+    assert message.startswith("/etc/bl.txt:1: error: 'bad' is not a sha256")
+    assert "; /etc/bl.txt:3: error: 'bad' is not a sha256" in message
+
+
+def test_error_message_shows_twenty_errors_then_a_count() -> None:
+    result = parse_blocklist(b"x\n" * 25, "bl")
+    message = str(BlocklistError(result.issues))
+    assert "bl:20:" in message and "bl:21:" not in message and message.endswith("; and 5 more")

@@ -36,23 +36,58 @@ def write(path: Path, data: bytes) -> str:
     return str(path)
 
 
-@pytest.fixture
-def blocklist(tmp_path: Path) -> Path:
-    path = tmp_path / "blocklist.txt"
-    path.write_text(f"# test list\n{sha(EVIL)}  evil-script\n")
-    return path
+class Content:
+    """A content directory as the agent lays it out: `active` -> slots/<n>, each slot complete before the
+    symlink is swapped."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.slot = 0
+        (root / "slots").mkdir(parents=True)
+
+    @property
+    def dir(self) -> str:
+        return str(self.root / "active")
+
+    def publish(self, files: dict[str, str]) -> None:
+        self.slot += 1
+        slot = self.root / "slots" / str(self.slot)
+        slot.mkdir()
+        for name, text in files.items():
+            (slot / name).write_text(text)
+        link = self.root / ".active-new"
+        link.symlink_to(f"slots/{self.slot}")
+        link.replace(self.root / "active")
+
+
+def sync(work: Callable[[], None]) -> None:
+    work()
 
 
 @pytest.fixture
-def ctx(make_ctx: Callable[..., Any], blocklist: Path) -> Any:
-    return make_ctx(settings={"blocklist": str(blocklist)})
+def content(tmp_path: Path) -> Content:
+    c = Content(tmp_path / "content")
+    c.publish({"blocklist.txt": f"# test list\n{sha(EVIL)}  evil-script\n"})
+    return c
+
+
+@pytest.fixture
+def ctx(make_ctx: Callable[..., Any], content: Content) -> Any:
+    return make_ctx(content_dir=content.dir)
 
 
 @pytest.fixture
 def engine(ctx: Any, clock: Any) -> ReputationEngine:
-    eng = ReputationEngine(clock=clock)
+    eng = ReputationEngine(clock=clock, background=sync)
     eng.setup(ctx)
     return eng
+
+
+def tick(engine: ReputationEngine, clock: Any) -> None:
+    """A second passes: one tick starts the reload (run at once by `sync`), the next takes it."""
+    clock.advance(1)
+    engine.on_tick()
+    engine.on_tick()
 
 
 def test_entry_point_object_is_the_engine_class() -> None:
@@ -97,10 +132,10 @@ def test_blocklisted_file_denied_with_finding(
 def test_unlabelled_hash_finding_titled_with_basename(
     make_ctx: Callable[..., Any], clock: Any, tmp_path: Path, open_ro: Open, make_exec_request: MakeRequest
 ) -> None:
-    bl = tmp_path / "bl.txt"
-    bl.write_text(sha(EVIL) + "\n")
-    eng = ReputationEngine(clock=clock)
-    ctx = make_ctx(settings={"blocklist": str(bl)})
+    c = Content(tmp_path / "c")
+    c.publish({"bl.txt": sha(EVIL) + "\n"})
+    eng = ReputationEngine(clock=clock, background=sync)
+    ctx = make_ctx(content_dir=c.dir)
     eng.setup(ctx)
     path = write(tmp_path / "payload", EVIL)
     assert eng.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.DENY
@@ -195,167 +230,207 @@ def test_file_larger_than_one_chunk_hashed_whole(
         f.seek(-4, os.SEEK_END)
         f.write(b"tail")
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
-    bl = tmp_path / "bl.txt"
-    bl.write_text(f"{digest} big\n")
-    eng = ReputationEngine(clock=clock)
-    eng.setup(make_ctx(settings={"blocklist": str(bl)}))
+    c = Content(tmp_path / "c")
+    c.publish({"bl.txt": f"{digest} big\n"})
+    eng = ReputationEngine(clock=clock, background=sync)
+    eng.setup(make_ctx(content_dir=c.dir))
     assert eng.on_auth(make_exec_request(str(big)), open_ro(str(big))).verdict is Verdict.DENY
 
 
-def test_hash_added_to_blocklist_takes_effect_after_recheck_interval(
+def test_hash_added_to_content_takes_effect_on_the_next_tick_after_the_interval(
     engine: ReputationEngine,
     clock: Any,
-    blocklist: Path,
+    content: Content,
     tmp_path: Path,
     open_ro: Open,
     make_exec_request: MakeRequest,
 ) -> None:
     path = write(tmp_path / "tool.sh", BENIGN)
     assert engine.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.ALLOW
-    new = tmp_path / "blocklist.new"
-    new.write_text(blocklist.read_text() + f"{sha(BENIGN)} now-bad\n")
-    new.replace(blocklist)
-    clock.advance(0.5)  # not yet due: the AUTH path stats the list at most once a second
+    content.publish({"blocklist.txt": f"{sha(EVIL)}\n{sha(BENIGN)} now-bad\n"})
+    clock.advance(0.5)  # not yet due: the content is checked at most once a second
+    engine.on_tick()
+    engine.on_tick()
     assert engine.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.ALLOW
-    clock.advance(0.5)
+    tick(engine, clock)
     assert engine.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.DENY
     stats = engine.statistics()
     assert (stats.blocklist_reloads, stats.blocklist.entries) == (1, 2)
 
 
+def test_auth_path_never_reloads_content(
+    engine: ReputationEngine,
+    clock: Any,
+    content: Content,
+    tmp_path: Path,
+    open_ro: Open,
+    make_exec_request: MakeRequest,
+) -> None:
+    """A reload of a million entries takes seconds: it must never run inside an AUTH answer."""
+    path = write(tmp_path / "tool.sh", BENIGN)
+    content.publish({"blocklist.txt": f"{sha(BENIGN)}\n"})
+    clock.advance(5)
+    for _ in range(3):
+        assert engine.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.ALLOW
+    assert engine.statistics().blocklist.checks == 0
+
+
+def test_reload_runs_in_the_background_while_the_old_list_answers(
+    make_ctx: Callable[..., Any],
+    clock: Any,
+    content: Content,
+    tmp_path: Path,
+    open_ro: Open,
+    make_exec_request: MakeRequest,
+) -> None:
+    queued: list[Callable[[], None]] = []
+    eng = ReputationEngine(clock=clock, background=queued.append)
+    eng.setup(make_ctx(content_dir=content.dir))
+    evil = write(tmp_path / "dropper.sh", EVIL)
+    content.publish({"blocklist.txt": f"{sha(BENIGN)}\n"})
+    clock.advance(1)
+    eng.on_tick()
+    assert len(queued) == 1  # the load was handed off, not run on this thread
+    clock.advance(1)
+    eng.on_tick()
+    assert len(queued) == 1  # one load at a time
+    assert eng.on_auth(make_exec_request(evil), open_ro(evil)).verdict is Verdict.DENY
+    queued.pop()()
+    eng.on_tick()
+    assert eng.on_auth(make_exec_request(evil), open_ro(evil)).verdict is Verdict.ALLOW
+
+
 def test_reload_noticed_on_tick_flushes_cached_verdicts(
-    engine: ReputationEngine, ctx: Any, clock: Any, blocklist: Path
+    engine: ReputationEngine, ctx: Any, clock: Any, content: Content
 ) -> None:
     """Cached files raise no AUTH request: a tick must notice the new list and say verdicts are stale."""
-    engine.on_tick()
+    tick(engine, clock)
     assert ctx.stale == []
-    with open(blocklist, "a") as f:
-        f.write(f"{sha(BENIGN)}\n")
-    clock.advance(1)
-    engine.on_tick()
+    content.publish({"blocklist.txt": f"{sha(EVIL)}\n{sha(BENIGN)}\n"})
+    tick(engine, clock)
     assert ctx.stale == ["blocklist reloaded"]
     assert engine.statistics().blocklist_reloads == 1
 
 
-def test_blocklist_edited_in_place_reloaded(
-    engine: ReputationEngine,
-    clock: Any,
-    blocklist: Path,
-    tmp_path: Path,
-    open_ro: Open,
-    make_exec_request: MakeRequest,
+def test_same_list_staged_again_does_not_flush_verdicts(
+    engine: ReputationEngine, ctx: Any, clock: Any, content: Content
 ) -> None:
-    path = write(tmp_path / "tool.sh", BENIGN)
-    with open(blocklist, "a") as f:
-        f.write(f"{sha(BENIGN)}\n")
-    clock.advance(1)
-    assert engine.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.DENY
+    content.publish({"blocklist.txt": f"# reordered, same entries\n{sha(EVIL)}  evil-script\n"})
+    tick(engine, clock)
+    assert ctx.stale == []
+    assert engine.statistics().blocklist.unchanged_reloads == 1
 
 
-def test_broken_blocklist_reload_keeps_last_good_list(
+def test_broken_new_content_keeps_last_good_list_and_is_reported_until_fixed(
     engine: ReputationEngine,
+    ctx: Any,
     clock: Any,
-    blocklist: Path,
+    content: Content,
     tmp_path: Path,
     open_ro: Open,
     make_exec_request: MakeRequest,
 ) -> None:
     evil = write(tmp_path / "dropper.sh", EVIL)
-    blocklist.write_text(f"{sha(BENIGN)}\nthis line is not a hash\n")
-    clock.advance(1)
+    content.publish({"blocklist.txt": f"{sha(BENIGN)}\nthis line is not a hash\n"})
+    tick(engine, clock)
     assert engine.on_auth(make_exec_request(evil), open_ro(evil)).verdict is Verdict.DENY
-    clock.advance(1)  # unchanged broken file: not re-parsed, not counted again
-    engine.on_auth(make_exec_request(evil), open_ro(evil))
-    assert engine.statistics().blocklist.reload_errors == 1
-    blocklist.write_text(f"{sha(BENIGN)}\n")  # fixed
-    clock.advance(1)
+    [problem] = ctx.problems
+    assert problem is not None and f"{content.dir}/blocklist.txt:2: error:" in problem
+    assert "1 entries stay in force" in problem
+    tick(engine, clock)  # unchanged broken content: not re-read, not counted or reported again
+    assert engine.statistics().blocklist.reload_errors == 1 and len(ctx.problems) == 1
+    content.publish({"blocklist.txt": f"{sha(BENIGN)}\n"})  # fixed
+    tick(engine, clock)
     assert engine.on_auth(make_exec_request(evil), open_ro(evil)).verdict is Verdict.ALLOW
+    assert ctx.problems[-1] is None
+    assert ctx.stale == ["blocklist reloaded"]
 
 
-def test_deleted_blocklist_keeps_last_good_list(
+def test_vanished_content_dir_keeps_last_good_list(
     engine: ReputationEngine,
     clock: Any,
-    blocklist: Path,
+    content: Content,
     tmp_path: Path,
     open_ro: Open,
     make_exec_request: MakeRequest,
 ) -> None:
     evil = write(tmp_path / "dropper.sh", EVIL)
-    blocklist.unlink()
-    clock.advance(1)
+    (content.root / "active").unlink()
+    tick(engine, clock)
     assert engine.on_auth(make_exec_request(evil), open_ro(evil)).verdict is Verdict.DENY
     assert engine.statistics().blocklist.reload_errors == 1
 
 
-def test_content_dir_blocklist_used_with_settings_blocklist(
-    make_ctx: Callable[..., Any],
-    clock: Any,
-    blocklist: Path,
-    tmp_path: Path,
-    open_ro: Open,
-    make_exec_request: MakeRequest,
+def test_every_file_of_the_content_is_a_blocklist(
+    make_ctx: Callable[..., Any], clock: Any, tmp_path: Path, open_ro: Open, make_exec_request: MakeRequest
 ) -> None:
-    content = tmp_path / "content"
-    content.mkdir()
-    (content / "blocklist.txt").write_text(f"{sha(BENIGN)} from-content\n")
-    eng = ReputationEngine(clock=clock)
-    ctx = make_ctx(settings={"blocklist": str(blocklist)}, content_dir=str(content))
+    c = Content(tmp_path / "c")
+    c.publish({"a.txt": f"{sha(EVIL)}\n", "b.txt": f"{sha(BENIGN)} from-b\n"})
+    eng = ReputationEngine(clock=clock, background=sync)
+    ctx = make_ctx(content_dir=c.dir)
     eng.setup(ctx)
     for data in (EVIL, BENIGN):
         path = write(tmp_path / sha(data)[:8], data)
         assert eng.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.DENY
-    assert ctx.findings[1].title == "Blocked execution of from-content"
+    assert ctx.findings[1].title == "Blocked execution of from-b"
 
 
-def test_content_dir_blocklist_appearing_later_loaded(
+def test_no_content_dir_runs_with_an_empty_list_and_says_so(
     make_ctx: Callable[..., Any], clock: Any, tmp_path: Path, open_ro: Open, make_exec_request: MakeRequest
 ) -> None:
-    content = tmp_path / "content"
-    content.mkdir()
-    eng = ReputationEngine(clock=clock)
-    eng.setup(make_ctx(content_dir=str(content)))
+    eng = ReputationEngine(clock=clock, background=sync)
+    eng.setup(make_ctx())
     path = write(tmp_path / "dropper.sh", EVIL)
     assert eng.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.ALLOW
-    (content / "blocklist.txt").write_text(sha(EVIL) + "\n")
-    clock.advance(1)
-    assert eng.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.DENY
 
 
-def test_bad_blocklist_at_setup_raises_with_every_issue(make_ctx: Callable[..., Any], tmp_path: Path) -> None:
-    bl = tmp_path / "bl.txt"
-    bl.write_text("bad one\n\nbad two\n")
+def test_bad_content_at_setup_raises_one_line_with_every_issue(
+    make_ctx: Callable[..., Any], tmp_path: Path
+) -> None:
+    c = Content(tmp_path / "c")
+    c.publish({"bl.txt": "bad one\n\nbad two\n"})
     with pytest.raises(BlocklistError) as raised:
-        ReputationEngine().setup(make_ctx(settings={"blocklist": str(bl)}))
+        ReputationEngine(background=sync).setup(make_ctx(content_dir=c.dir))
     assert [i.line for i in raised.value.issues] == [1, 3]
+    message = str(raised.value)
+    assert "\n" not in message and f"{c.dir}/bl.txt:1: error:" in message and f"{c.dir}/bl.txt:3:" in message
 
 
-def test_missing_configured_blocklist_at_setup_raises(make_ctx: Callable[..., Any], tmp_path: Path) -> None:
-    with pytest.raises(BlocklistError, match="cannot open"):
-        ReputationEngine().setup(make_ctx(settings={"blocklist": str(tmp_path / "nope.txt")}))
+def test_missing_content_dir_at_setup_raises(make_ctx: Callable[..., Any], tmp_path: Path) -> None:
+    with pytest.raises(BlocklistError, match="content directory missing or unreadable"):
+        ReputationEngine(background=sync).setup(make_ctx(content_dir=str(tmp_path / "nope")))
+
+
+def test_blocklist_setting_naming_an_operator_path_refused_naming_the_content_key(
+    make_ctx: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The old `blocklist` setting made the sandbox open the operator's path: refused, never read."""
+    bl = tmp_path / "bl.txt"
+    bl.write_text(sha(EVIL) + "\n")
+    with pytest.raises(SettingsError, match=r'extensions\.content\."ringfence\.reputation"'):
+        ReputationEngine(background=sync).setup(make_ctx(settings={"blocklist": str(bl)}))
 
 
 def test_bad_settings_rejected_with_every_problem(make_ctx: Callable[..., Any]) -> None:
     with pytest.raises(SettingsError) as raised:
-        ReputationEngine().setup(
-            make_ctx(settings={"blocklst": "/x", "blocklist": "relative.txt", "memo_entries": 0})
-        )
+        ReputationEngine().setup(make_ctx(settings={"blocklst": "/x", "blocklist": "/y", "memo_entries": 0}))
     problems = raised.value.problems
     assert len(problems) == 3
     assert any("unknown key 'blocklst'" in p for p in problems)
-    assert any(p.startswith("blocklist: must be an absolute path") for p in problems)
+    assert any(p.startswith("blocklist: the engine reads no operator path") for p in problems)
     assert any(p.startswith("memo_entries:") for p in problems)
 
 
 def test_memo_bounded_by_setting(
     make_ctx: Callable[..., Any],
     clock: Any,
-    blocklist: Path,
+    content: Content,
     tmp_path: Path,
     open_ro: Open,
     make_exec_request: MakeRequest,
 ) -> None:
-    eng = ReputationEngine(clock=clock)
-    eng.setup(make_ctx(settings={"blocklist": str(blocklist), "memo_entries": 2}))
+    eng = ReputationEngine(clock=clock, background=sync)
+    eng.setup(make_ctx(settings={"memo_entries": 2}, content_dir=content.dir))
     for n in range(3):
         path = write(tmp_path / f"f{n}", b"x" * (n + 1))
         eng.on_auth(make_exec_request(path), open_ro(path))

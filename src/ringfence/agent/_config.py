@@ -76,6 +76,9 @@ class ExtensionsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
     memory_mb: int = 256
     cpu_percent: int = 50
     config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)  # [extensions.config."<id>"]
+    # [extensions.content."<id>"]: content file name -> the operator's file; the agent (root) reads it and
+    # hands the extension a read-only copy in STATE_DIR/content/<id>/active/ (see agent/_content.py)
+    content: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
 
 
 class ResponseSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -206,6 +209,7 @@ def _check(config: Config, source: str, text: str | None = None) -> None:
     except ValueError as e:
         problems.append(f"response.management_addresses: {e}")
     problems += _response_problems(config)
+    problems += _content_problems(config)
     if problems:
         raise ConfigError([_problem(source, *_split(p), text) for p in problems])
 
@@ -226,6 +230,21 @@ def _agent_problems(config: Config) -> list[str]:
             parse_listen(agent.metrics_listen, allow_remote=agent.metrics_allow_remote)
         except MetricsAddressError as e:
             problems.append(f"agent.metrics_listen: {e}")
+    return problems
+
+
+_CONTENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def _content_problems(config: Config) -> list[str]:
+    problems: list[str] = []
+    for ext_id, files in config.extensions.content.items():
+        for name, path in files.items():
+            key = f'extensions.content."{ext_id}"."{name}"'
+            if not _CONTENT_NAME.fullmatch(name):
+                problems.append(f"{key}: a content file name is 1-128 of [A-Za-z0-9_.-], not starting with .")
+            if not os.path.isabs(path):
+                problems.append(f"{key}: must be an absolute path, got {path!r}")
     return problems
 
 

@@ -104,10 +104,12 @@ class Agent:
         self._start_outputs()
         self.deadlines.start()
         try:
-            self._start_sensors()
+            # Extensions first, sensors after: content that does not load refuses the start before any
+            # sensor is armed, and the blocking engines are in the AUTH set when the exec gate opens.
             if self._make_extensions is not None:
                 self.supervisor = self._make_extensions(self)
                 self.supervisor.start()
+            self._start_sensors()
             self.status = StatusServer(self.state_dir, self.render_status)
             self.status.start()
             self._start_metrics()

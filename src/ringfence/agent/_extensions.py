@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ringfence.agent._config import Config
+from ringfence.agent._content import ContentStore, ContentWatcher, StagedContent, migrate_settings
+from ringfence.agent._errors import AgentError
 from ringfence.events import ActionRequest, ActionResult, ExtensionStatistics
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
 from ringfence.response import ResponseConfig, ResponseExecutor
@@ -18,17 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 20.0
-
-
-def granted_dirs(settings: dict[str, Any]) -> tuple[str, ...]:
-    """Directories an extension may read because its settings name files in them (a blocklist, say).
-    The directory, not the file: Landlock rules hold an inode, and a file updated by rename is a new one."""
-    dirs = set()
-    for value in settings.values():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and os.path.isabs(item) and os.path.exists(item):
-                dirs.add(item if os.path.isdir(item) else os.path.dirname(item))
-    return tuple(sorted(dirs))
 
 
 def reachable_by_others(path: str) -> bool:
@@ -53,21 +45,29 @@ def _scratch_dir(config: Config, ext_id: str) -> str | None:
     return os.path.join(base, ext_id)
 
 
-def extension_specs(config: Config) -> list[ExtensionSpec]:
+def extension_specs(
+    config: Config, contents: Mapping[str, StagedContent] | None = None
+) -> list[ExtensionSpec]:
+    """One spec per enabled extension. `contents`: what the agent staged for each; an extension gets its
+    content directory to read, and nothing of the operator's paths."""
     ext = config.extensions
+    contents = contents or {}
+    _, all_settings = migrate_settings({}, ext.config)
     specs = []
     for name in ext.enabled:
         if name in ext.disabled:
             continue
         ext_id, _, entry = name.partition("=")  # "id=module:attr" names a class outside entry points
-        settings = ext.config.get(ext_id, {})
+        content = contents.get(ext_id)
         specs.append(
             ExtensionSpec(
                 id=ext_id,
                 entry=entry or ext_id,
-                settings=settings,
+                settings=all_settings.get(ext_id, {}),
+                content_dir=content.content_dir if content else None,
+                content_origins=content.staged_paths() if content else {},
                 state_dir=_scratch_dir(config, ext_id),
-                read_paths=granted_dirs(settings),
+                read_paths=(content.root,) if content else (),
                 sys_path=ext.import_paths,
                 sandbox=ext.sandbox,
                 user=ext.user,
@@ -77,6 +77,29 @@ def extension_specs(config: Config) -> list[ExtensionSpec]:
             )
         )
     return specs
+
+
+def _enabled_ids(config: Config) -> set[str]:
+    ext = config.extensions
+    return {name.partition("=")[0] for name in ext.enabled if name not in ext.disabled}
+
+
+def stage_content(config: Config) -> tuple[ContentStore, dict[str, StagedContent]]:
+    """Read every enabled extension's content files (as root) into the state dir. Raises AgentError, one
+    line naming each file at fault, before anything is started (ContentError is one)."""
+    content, _ = migrate_settings(config.extensions.content, config.extensions.config)
+    enabled = _enabled_ids(config)
+    for ext_id in sorted(set(content) - enabled):
+        log.warning("content configured for %s, which is not enabled: not staged", ext_id)
+    wanted = {ext_id: files for ext_id, files in content.items() if ext_id in enabled and files}
+    state_dir = config.agent.state_dir
+    if wanted and config.extensions.sandbox and not reachable_by_others(state_dir):
+        raise AgentError(
+            f"state dir {state_dir}: extensions cannot reach their content there (a parent directory is "
+            "not searchable by others, o+x); choose a state dir whose parents are"
+        )
+    store = ContentStore(state_dir)
+    return store, store.stage_all(wanted)
 
 
 class _Extensions:
@@ -94,7 +117,9 @@ class _Extensions:
             ),
             protected_pids=self._extension_pids,
         )
-        specs = extension_specs(config)
+        self.content_store, self.contents = stage_content(config)
+        self.content = ContentWatcher(self.content_store, self.contents)
+        specs = extension_specs(config, self.contents)
         for spec in specs:
             if spec.state_dir:
                 os.makedirs(os.path.dirname(spec.state_dir), mode=0o711, exist_ok=True)
@@ -118,13 +143,24 @@ class _Extensions:
         return self.responder.execute(request)
 
     def start(self) -> None:
+        """Start every extension and wait (bounded) for its setup. Raises AgentError if one that was
+        given content failed: its content did not load, and the agent must not run as if it had."""
         self.supervisor.start()
         if not self.supervisor.wait_ready(READY_TIMEOUT_S):
             log.warning(
                 "not every extension was ready within %.0f s; see `ringfence status`", READY_TIMEOUT_S
             )
+        self._refuse_failed_content()
+        self.content.start()
+
+    def _refuse_failed_content(self) -> None:
+        for st in self.supervisor.statistics():
+            if st.id in self.contents and st.state in ("backoff", "quarantined"):
+                why = st.last_error or st.quarantine_reason or st.last_exit_reason or st.state
+                raise AgentError(f"extension {st.id} cannot load its content: {why}")
 
     def stop(self) -> None:
+        self.content.stop()
         self.supervisor.stop()
 
     def statistics(self) -> list[ExtensionStatistics]:

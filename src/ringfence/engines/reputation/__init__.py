@@ -2,18 +2,23 @@
 
 Entry point: `extension` (group `ringfence.extensions`, name `reputation`).
 
-Errors, raised by `setup` so that a broken configuration stops the extension instead of running empty:
+Content: every file in `ctx.content_dir` is a blocklist; the agent stages them there (read-only, swapped
+atomically), so the engine never opens an operator's path.
+
+Errors, raised by `setup` so that a broken configuration stops the extension instead of running empty
+(the message is one line, which the SDK hands to the agent):
 
     ReputationError
     ├── SettingsError    bad settings (`ctx.settings`); `problems` names every key
     └── BlocklistError   an unusable blocklist file; `issues` holds every problem, each with file:line
 
-On the AUTH path nothing raises: an unreadable file is allowed uncached and counted, and a blocklist
-that breaks after start-up keeps the last good one in force.
+On the AUTH path nothing raises: an unreadable file is allowed uncached and counted. Content that breaks
+after start-up keeps the last good list in force and is reported (`ctx.report_problem`).
 """
 
 from ringfence.engines.reputation._blocklist import (
     Blocklist,
+    BlocklistBuilder,
     BlocklistError,
     BlocklistMatch,
     Issue,
@@ -34,6 +39,7 @@ __all__ = [
     "CONTENT_BLOCKLIST_NAME",
     "RULE",
     "Blocklist",
+    "BlocklistBuilder",
     "BlocklistError",
     "BlocklistMatch",
     "BlocklistStatistics",

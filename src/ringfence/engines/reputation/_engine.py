@@ -1,6 +1,7 @@
 """The file reputation engine: deny the exec of a file whose sha256 is on the blocklist.
 
-On each AUTH_EXEC request it hashes the file through the descriptor the agent passed (never by path, so
+Its blocklists are its content (`ctx.content_dir`, filled by the agent); see _watch.py for reloads. On
+each AUTH_EXEC request it hashes the file through the descriptor the agent passed (never by path, so
 what is checked is exactly what runs), with a memo keyed on (dev, ino, size, mtime, ctime) so that a file
 is hashed once per version. Huge files are hashed anyway, streaming; the first exec of such a file may
 outlast the deadline and then fails open (the declared policy), and the memo makes the next one cheap.
@@ -17,7 +18,12 @@ from pathlib import PurePosixPath
 from ringfence.engines.reputation._blocklist import BlocklistMatch
 from ringfence.engines.reputation._config import ReputationConfig
 from ringfence.engines.reputation._memo import HashMemo, MemoStatistics, file_key
-from ringfence.engines.reputation._watch import BlocklistStatistics, WatchedBlocklist
+from ringfence.engines.reputation._watch import (
+    Background,
+    BlocklistStatistics,
+    WatchedBlocklist,
+    run_in_thread,
+)
 from ringfence.sdk import (
     AuthAnswer,
     AuthFile,
@@ -61,25 +67,31 @@ class ReputationEngine(Extension):
         description="Denies the execution of files whose sha256 is on a blocklist.",
     )
 
-    def __init__(self, *, clock: Callable[[], int] = time.monotonic_ns) -> None:
+    def __init__(
+        self, *, clock: Callable[[], int] = time.monotonic_ns, background: Background = run_in_thread
+    ) -> None:
         self._clock = clock
+        self._background = background
         self._requests = self._denied = self._allowed = 0
         self._no_descriptor = self._hash_errors = self._reloads = 0
 
     def setup(self, ctx: Context) -> None:
-        """Validate settings and load the blocklist; raises `SettingsError` or `BlocklistError` (every
-        issue at once), so that a broken configuration stops the extension instead of running empty."""
+        """Validate settings and load the blocklists of the content directory; raises `SettingsError` or
+        `BlocklistError` (every issue at once, in one line), so that broken content stops the extension
+        instead of running empty, and the agent refuses to start with that line."""
         super().setup(ctx)
         config = ReputationConfig.from_settings(ctx.settings, ctx.content_dir)
         self._memo = HashMemo(config.memo_entries)
-        self._watched = WatchedBlocklist(config, self._clock, ctx.log)
+        self._watched = WatchedBlocklist(config, self._clock, ctx.log, self._background)
         self._watched.load()
-        if not self._watched.paths:
-            ctx.log.warning("no blocklist configured (settings `blocklist` or content blocklist.txt)")
+        self._problem: str | None = None
+        if not self._watched.configured:
+            ctx.log.warning(
+                'no blocklist: give one with --blocklist or [extensions.content."ringfence.reputation"]'
+            )
 
     def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
         self._requests += 1
-        self._reload_if_changed()
         if file is None:
             self._no_descriptor += 1
             return allow(cacheable=False)
@@ -97,14 +109,15 @@ class ReputationEngine(Extension):
         self.ctx.log.info("reputation statistics at shutdown: %s", self.statistics())
 
     def on_tick(self) -> None:
-        """A new list must apply to files the kernel already caches as allowed: AUTH requests alone would
-        never notice, since cached files raise none."""
-        self._reload_if_changed()
-
-    def _reload_if_changed(self) -> None:
+        """Reloads happen here, never on the AUTH path. A new list must apply to files the kernel already
+        caches as allowed (they raise no AUTH request): the verdict cache is flushed when it really
+        changed. A rejected version is reported to the agent, and the last good list stays."""
         if self._watched.poll():
             self._reloads += 1
             self.ctx.invalidate_verdicts("blocklist reloaded")
+        if self._watched.problem != self._problem:
+            self._problem = self._watched.problem
+            self.ctx.report_problem(self._problem)
 
     def statistics(self) -> ReputationStatistics:
         return ReputationStatistics(

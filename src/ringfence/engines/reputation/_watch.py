@@ -1,20 +1,39 @@
-"""The active blocklist, re-read when one of its files changes, checked at most once per interval.
+"""The active blocklist: every file of the content directory, reloaded off the AUTH path when it changes.
 
-A reload that fails keeps the last good blocklist (and counts the failure): a bad edit must not empty
-the list. The same bad version is not re-parsed at every check, only when the files change again.
+The agent swaps the content directory (a symlink to a complete, never-modified slot) atomically, so a
+load reads one version: the directory is resolved once per load and the files are read from there.
+
+A reload runs on a background thread (a million entries take seconds; the main thread keeps answering
+AUTH with the list in force) and is picked up by the next `poll`. A reload that fails keeps the last
+good blocklist, counts the failure and keeps its one-line `problem` until a good version comes; the same
+bad version is not re-read until the content changes again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from ringfence.engines.reputation._blocklist import Blocklist, BlocklistError, Issue, read_blocklist
+from ringfence.engines.reputation._blocklist import (
+    Blocklist,
+    BlocklistBuilder,
+    BlocklistError,
+    Issue,
+    IssueSeverity,
+    read_into,
+)
 from ringfence.engines.reputation._config import ReputationConfig
 
-_Signature = tuple[tuple[int, ...] | None, ...]
+_FileSig = tuple[str, int, int, int, int]  # name, inode, size, mtime ns, ctime ns
+Signature = tuple[str, tuple[_FileSig, ...]] | None  # resolved directory and its files; None: no content
+Background = Callable[[Callable[[], None]], None]
+
+
+def run_in_thread(work: Callable[[], None]) -> None:
+    threading.Thread(target=work, name="reputation-reload", daemon=True).start()
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,94 +41,144 @@ class BlocklistStatistics:
     entries: int
     loads: int  # successful loads, the first one included
     reload_errors: int
-    checks: int  # stats of the files (at most one round per interval)
+    checks: int  # signature checks (at most one per interval)
+    unchanged_reloads: int  # new files, same list: no verdict flush
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    signature: Signature
+    blocklist: Blocklist | None
+    issues: tuple[Issue, ...]
 
 
 class WatchedBlocklist:
-    def __init__(self, config: ReputationConfig, clock: Callable[[], int], log: logging.Logger) -> None:
-        self._sources: list[tuple[str, bool]] = []  # (path, required)
-        if config.blocklist_path:
-            self._sources.append((config.blocklist_path, True))
-        if config.content_blocklist_path:
-            self._sources.append((config.content_blocklist_path, False))
+    def __init__(
+        self,
+        config: ReputationConfig,
+        clock: Callable[[], int],
+        log: logging.Logger,
+        background: Background = run_in_thread,
+    ) -> None:
+        self._dir = config.content_dir
         self._max_bytes = config.max_blocklist_bytes
         self._interval_ns = config.recheck_interval_ns
         self._clock = clock
         self._log = log
+        self._background = background
         self.current = Blocklist()
-        self._signature: _Signature = ()
+        self.problem: str | None = None  # why the newest content is not in force; None: it is
+        self._signature: Signature = None
         self._next_check_ns = 0
-        self._loads = 0
-        self._reload_errors = 0
-        self._checks = 0
+        self._loading = False
+        self._done: _Loaded | None = None  # set by the loader thread, taken by `poll`
+        self._loads = self._reload_errors = self._checks = self._unchanged = 0
 
     @property
-    def paths(self) -> tuple[str, ...]:
-        return tuple(path for path, _ in self._sources)
+    def configured(self) -> bool:
+        return self._dir is not None
 
     def load(self) -> None:
-        """The first load. Raises `BlocklistError` with every issue of every file."""
-        self._signature = self._stat_all()
+        """The first load, synchronous. Raises `BlocklistError` with every issue of every file."""
+        loaded = self._read()
+        self._signature = loaded.signature
         self._next_check_ns = self._clock() + self._interval_ns
-        self._install(self._read_all())
+        if loaded.blocklist is None:
+            raise BlocklistError(loaded.issues)
+        self._install(loaded)
 
     def poll(self) -> bool:
-        """Reload if the interval has passed and a file changed. True when a new blocklist is active."""
+        """Take a finished reload, or start one if the interval passed and the content changed. True when
+        a blocklist different from the one in force became active."""
+        done, self._done = self._done, None
+        if done is not None:
+            self._loading = False
+            return self._take(done)
         now = self._clock()
-        if now < self._next_check_ns:
+        if self._loading or self._dir is None or now < self._next_check_ns:
             return False
         self._next_check_ns = now + self._interval_ns
         self._checks += 1
-        signature = self._stat_all()
-        if signature == self._signature:
+        if _signature(self._dir) == self._signature:
             return False
-        self._signature = signature
-        try:
-            blocklist = self._read_all()
-        except BlocklistError as e:
-            self._reload_errors += 1
-            self._log.error(
-                "blocklist reload failed, keeping the last good one (%d entries): %s", len(self.current), e
-            )
-            return False
-        self._install(blocklist)
-        return True
+        self._loading = True
+        self._background(self._load_in_background)
+        return False
 
     def statistics(self) -> BlocklistStatistics:
-        return BlocklistStatistics(len(self.current), self._loads, self._reload_errors, self._checks)
+        return BlocklistStatistics(
+            len(self.current), self._loads, self._reload_errors, self._checks, self._unchanged
+        )
 
-    def _install(self, blocklist: Blocklist) -> None:
-        self.current = blocklist
+    def _load_in_background(self) -> None:
+        log = self._log
+        try:
+            loaded = self._read()
+        except Exception:  # supervision boundary: the loader thread; the last good list stays
+            log.exception("blocklist reload crashed")
+            issue = Issue(IssueSeverity.ERROR, str(self._dir), None, "the reload crashed (see the log)")
+            loaded = _Loaded(self._signature, None, (issue,))
+        self._done = loaded
+
+    def _take(self, loaded: _Loaded) -> bool:
+        self._signature = loaded.signature
+        if loaded.blocklist is None:
+            self._reload_errors += 1
+            self.problem = f"new blocklist rejected, {len(self.current)} entries stay in force: " + str(
+                BlocklistError(loaded.issues)
+            )
+            self._log.error("%s", self.problem)
+            return False
+        self.problem = None
+        if loaded.blocklist == self.current:
+            self._unchanged += 1
+            self._loads += 1
+            return False
+        self._install(loaded)
+        return True
+
+    def _install(self, loaded: _Loaded) -> None:
+        assert loaded.blocklist is not None
+        for issue in loaded.issues:
+            self._log.warning("%s", issue)
+        self.current = loaded.blocklist
         self._loads += 1
-        self._log.info("blocklist active: %d entries from %s", len(blocklist), ", ".join(self.paths) or "-")
+        self._log.info("blocklist active: %d entries from %s", len(self.current), self._dir or "-")
 
-    def _read_all(self) -> Blocklist:
-        merged = Blocklist()
+    def _read(self) -> _Loaded:
+        """Every file of one version of the content directory. Issues name `content_dir/<file>`."""
+        if self._dir is None:
+            return _Loaded(None, Blocklist(), ())
+        signature = _signature(self._dir)
+        if signature is None:
+            issue = Issue(IssueSeverity.ERROR, self._dir, None, "content directory missing or unreadable")
+            return _Loaded(None, None, (issue,))
+        resolved, files = signature
+        builder = BlocklistBuilder()
         issues: list[Issue] = []
-        for path, required in self._sources:
-            if not required and not Path(path).exists():
-                continue
-            try:
-                result = read_blocklist(path, max_bytes=self._max_bytes)
-            except BlocklistError as e:
-                issues.extend(e.issues)
-                continue
-            for issue in result.issues:
-                self._log.warning("%s", issue)
-            merged = merged.merged(result.blocklist)
-        if issues:
-            raise BlocklistError(issues)
-        return merged
-
-    def _stat_all(self) -> _Signature:
-        return tuple(_stat(path) for path, _ in self._sources)
+        for name, *_ in files:
+            source = os.path.join(self._dir, name)
+            read_into(builder, os.path.join(resolved, name), source, max_bytes=self._max_bytes, issues=issues)
+        blocklist = builder.build(issues)
+        ok = not any(i.severity is IssueSeverity.ERROR for i in issues)
+        return _Loaded(signature, blocklist if ok else None, tuple(issues))
 
 
-def _stat(path: str) -> tuple[int, ...] | None:
+def _signature(content_dir: str) -> Signature:
+    """The resolved slot and its visible files; None if the directory cannot be read."""
+    resolved = os.path.realpath(content_dir)
     try:
-        st = Path(path).stat()
-    except FileNotFoundError:
+        with os.scandir(resolved) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+            files = tuple(_file_sig(e) for e in entries)
+    except OSError:
         return None
-    except OSError as e:
-        return (-1, e.errno or 0)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return resolved, files
+
+
+def _file_sig(entry: os.DirEntry[str]) -> _FileSig:
+    try:
+        st = entry.stat()
+    except OSError:
+        return (entry.name, -1, -1, -1, -1)
+    return (entry.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

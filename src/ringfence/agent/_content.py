@@ -1,0 +1,326 @@
+"""Extension content from the agent: the operator's files, read as root, handed over as read-only slots.
+
+An extension never opens a path the operator typed (ARCHITECTURE.md section 2): the agent copies each
+content file into the extension's own directory in the state dir, and the extension reads it there as
+`ctx.content_dir`. The agent copies bytes and never parses them; whether they load is the engine's own
+verdict, given from its sandbox (a failed setup, or a `Problem` frame for a rejected new version).
+
+Layout, the seam the content pipeline (issue 8) builds on:
+
+    STATE_DIR/content/                    0711 root: searchable, not listable
+      <ext-id>/                           0755 root: the only tree the extension's sandbox may read
+        active -> slots/<n>               the version in force: a symlink, replaced atomically
+        slots/<n>/<name>                  one complete version (dirs 0755, files 0644), never modified
+        slots/.new-<n>/                   a version being written; renamed to slots/<n> once complete
+
+`ExtensionSpec.content_dir` is `<ext-id>/active`; the engine resolves it once per load, so it reads one
+version whole. The newest `KEEP_SLOTS` versions stay on disk (the previous ones are what a
+last-known-good revert will swap back to).
+
+Operator files are named in `[extensions.content."<ext-id>"]` (name -> path) or, for the reputation
+engine, by `--blocklist` and its old `blocklist` setting (migrated here, with a warning). A file that
+changes is staged again once it has been stable for one check (about a second), so a file caught halfway
+through an in-place write is not handed over.
+
+Errors (under the agent's root, `AgentError`):
+    ContentError    content that cannot be staged; one line naming the extension and every file at fault
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ringfence.agent._errors import AgentError
+
+log = logging.getLogger(__name__)
+
+KEEP_SLOTS = 3
+MAX_CONTENT_BYTES = 1 << 30  # per file
+CHECK_INTERVAL_S = 1.0
+ACTIVE = "active"
+SLOTS = "slots"
+LEGACY_SETTINGS = {"ringfence.reputation": {"blocklist": "blocklist.txt"}}
+"""Settings keys that once named content files: extension id -> {key: content file name}."""
+
+_Signature = tuple[int, int, int, int, int]  # dev, ino, size, mtime ns, ctime ns
+_SLOT = re.compile(r"^[0-9]+$")
+
+
+class ContentError(AgentError):
+    """Content that cannot be staged. The message names the extension and each file with its problem."""
+
+
+@dataclass
+class StagedContent:
+    """One extension's content: where its operator files are, and the slot in force."""
+
+    ext_id: str
+    root: str  # STATE_DIR/content/<ext-id>
+    origins: dict[str, str]  # content file name -> the operator's path
+    signatures: dict[str, _Signature] = field(default_factory=dict)  # of the origins, as staged
+    slot: int = 0
+    stages: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+    @property
+    def content_dir(self) -> str:
+        return os.path.join(self.root, ACTIVE)
+
+    def staged_paths(self) -> dict[str, str]:
+        """The path the extension sees for each file -> the operator's path (to name the operator's file
+        in the extension's error messages)."""
+        return {os.path.join(self.content_dir, name): path for name, path in self.origins.items()}
+
+
+def migrate_settings(
+    content: Mapping[str, Mapping[str, str]], settings: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]]]:
+    """Content tables with the old path-naming settings keys moved in, and the settings without them.
+    Raises ContentError when a key and the content table name the same file."""
+    content_out = {ext_id: dict(files) for ext_id, files in content.items()}
+    settings_out = {ext_id: dict(table) for ext_id, table in settings.items()}
+    for ext_id, keys in LEGACY_SETTINGS.items():
+        table = settings_out.get(ext_id, {})
+        for key, name in keys.items():
+            if key not in table:
+                continue
+            path = table.pop(key)
+            files = content_out.setdefault(ext_id, {})
+            if name in files:
+                raise ContentError(
+                    f'extensions.config."{ext_id}".{key} and extensions.content."{ext_id}"."{name}" both '
+                    f"name the file {name}: keep the content entry only"
+                )
+            if not isinstance(path, str) or not os.path.isabs(path):
+                raise ContentError(
+                    f'extensions.config."{ext_id}".{key}: must be an absolute path, got {path!r}'
+                )
+            log.warning(
+                'extensions.config."%s".%s is deprecated: use [extensions.content."%s"] "%s" = "%s"',
+                ext_id,
+                key,
+                ext_id,
+                name,
+                path,
+            )
+            files[name] = path
+    return content_out, settings_out
+
+
+class ContentStore:
+    """STATE_DIR/content: stages operator files as slots and swaps them in. Runs as root."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.root = os.path.join(state_dir, "content")
+
+    def stage_all(self, content: Mapping[str, Mapping[str, str]]) -> dict[str, StagedContent]:
+        """Stage every extension's files (at start). Raises ContentError naming every file at fault."""
+        if content:
+            _mkdir(self.root, 0o711)
+        staged: dict[str, StagedContent] = {}
+        problems: list[str] = []
+        for ext_id, files in sorted(content.items()):
+            item = StagedContent(ext_id, os.path.join(self.root, ext_id), dict(files))
+            try:
+                self.stage(item)
+            except ContentError as e:
+                problems.append(str(e))
+                continue
+            staged[ext_id] = item
+        if problems:
+            raise ContentError("; ".join(problems))
+        return staged
+
+    def stage(self, item: StagedContent) -> None:
+        """Copy every file of `item` into a new slot and make it active. Raises ContentError (nothing
+        changes then: the slot in force stays)."""
+        _mkdir(item.root, 0o755)
+        slots = os.path.join(item.root, SLOTS)
+        _mkdir(slots, 0o755)
+        number = max(_slot_numbers(slots), default=0) + 1
+        tmp = os.path.join(slots, f".new-{number}")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-write
+        os.mkdir(tmp, 0o755)
+        try:
+            signatures = self._copy_all(item, tmp)
+            _fsync_dir(tmp)
+            os.rename(tmp, os.path.join(slots, str(number)))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _swap_active(item.root, number)
+        item.slot, item.signatures = number, signatures
+        item.stages += 1
+        _prune(slots, keep=KEEP_SLOTS)
+
+    def _copy_all(self, item: StagedContent, slot_dir: str) -> dict[str, _Signature]:
+        signatures: dict[str, _Signature] = {}
+        problems: list[str] = []
+        for name, origin in sorted(item.origins.items()):
+            try:
+                signatures[name] = _copy(origin, os.path.join(slot_dir, name))
+            except ContentError as e:
+                problems.append(str(e))
+        if problems:
+            raise ContentError(f"content of extension {item.ext_id}: " + "; ".join(problems))
+        return signatures
+
+
+def _copy(origin: str, dest: str) -> _Signature:
+    """Copy one operator file (root reads it) to `dest` (0644), fsync'd. Raises ContentError."""
+    try:
+        fd = os.open(origin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ContentError(f"{origin}: cannot open: {e.strerror}") from e
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise ContentError(f"{origin}: not a regular file")
+        if before.st_size > MAX_CONTENT_BYTES:
+            raise ContentError(f"{origin}: larger than the limit of {MAX_CONTENT_BYTES} bytes")
+        _copy_fd(fd, dest, before.st_size)
+        after = os.fstat(fd)
+    except OSError as e:
+        raise ContentError(f"{origin}: cannot read: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if _sig(before) != _sig(after):
+        raise ContentError(f"{origin}: changed while it was being copied")
+    return _sig(after)
+
+
+def _copy_fd(fd: int, dest: str, size: int) -> None:
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        copied = 0
+        while copied <= size:  # one read past the size: a file that grew is caught by the fstat after
+            n = os.sendfile(out, fd, copied, 1 << 20)
+            if n == 0:
+                break
+            copied += n
+        os.fchmod(out, 0o644)
+        os.fsync(out)
+    finally:
+        os.close(out)
+
+
+def origin_signature(path: str) -> _Signature | None:
+    try:
+        return _sig(os.stat(path))
+    except OSError:
+        return None
+
+
+def _sig(st: os.stat_result) -> _Signature:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _swap_active(root: str, number: int) -> None:
+    link = os.path.join(root, f".{ACTIVE}-new")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(link)
+    os.symlink(os.path.join(SLOTS, str(number)), link)
+    os.replace(link, os.path.join(root, ACTIVE))
+    _fsync_dir(root)
+
+
+def _slot_numbers(slots: str) -> list[int]:
+    return [int(name) for name in os.listdir(slots) if _SLOT.match(name)]
+
+
+def _prune(slots: str, *, keep: int) -> None:
+    for number in sorted(_slot_numbers(slots))[:-keep]:
+        shutil.rmtree(os.path.join(slots, str(number)), ignore_errors=True)
+
+
+def _mkdir(path: str, mode: int) -> None:
+    os.makedirs(path, mode=mode, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or (st.st_uid != 0 and os.geteuid() == 0):
+        raise ContentError(f"{path}: not a root-owned directory; remove it and start again")
+    os.chmod(path, mode)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ContentWatcher:
+    """Re-stages an extension's content when an operator file changes: checked every `interval_s` on a
+    thread of its own (off every hot path); a change is staged once the file has been stable for one
+    check. A file that cannot be staged any more (gone, unreadable) keeps the slot in force, and is
+    logged and counted (`StagedContent.errors`, `last_error`)."""
+
+    def __init__(
+        self,
+        store: ContentStore,
+        contents: Mapping[str, StagedContent],
+        *,
+        interval_s: float = CHECK_INTERVAL_S,
+        on_staged: Callable[[StagedContent], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._contents = dict(contents)
+        self._interval_s = interval_s
+        self._on_staged = on_staged
+        self._seen: dict[str, dict[str, _Signature | None]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ringfence-content", daemon=True)
+
+    def start(self) -> None:
+        if self._contents:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def check(self) -> None:
+        """One round over every extension's files (the thread calls it; tests may too)."""
+        for item in self._contents.values():
+            self._check_one(item)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.check()
+            except Exception:  # supervision boundary: one bad round must not end the watching
+                log.exception("checking extension content failed; going on")
+
+    def _check_one(self, item: StagedContent) -> None:
+        now = {name: origin_signature(path) for name, path in item.origins.items()}
+        previous, self._seen[item.ext_id] = self._seen.get(item.ext_id), now
+        if all(now[name] == item.signatures.get(name) for name in item.origins):
+            return  # what is staged is what is there
+        if now != previous:
+            return  # changed since the last check: wait until it has been stable for one
+        try:
+            self._store.stage(item)
+        except (ContentError, OSError) as e:
+            failure = str(e)
+        else:
+            failure = ""
+        item.last_error = failure
+        if failure:
+            item.errors += 1
+            item.signatures = {name: sig for name, sig in now.items() if sig is not None}  # not retried
+            log.error("content of %s not updated, slot %d stays active: %s", item.ext_id, item.slot, failure)
+            return
+        log.info("content of %s staged as slot %d", item.ext_id, item.slot)
+        if self._on_staged is not None:
+            self._on_staged(item)
