@@ -25,7 +25,7 @@ class ActionRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     action: str
     ok: bool
     message: str
-    decision: str = "granted"
+    decision: str = ""  # "granted" or "refused"; empty in records written before it existed
     requested_by: str = ""
     reason: str = ""
     pid: int | None = None
