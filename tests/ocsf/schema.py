@@ -3,8 +3,9 @@
 The release is read from `../shared/data/ocsf-schema-<version>` beside the checkout (never copied in).
 Compiling follows the server: a file's `$include` list merges the included attributes under its own
 (a profile's attributes carry `profile: <name>`, which a class or object may reset with `profile: null`);
-`extends` merges the parent's resolved attributes under the child's; every attribute is merged over its
-`dictionary.json` entry (type, is_array, enum, sibling); a child's `constraints` replace its parent's;
+`extends` merges the parent's resolved attributes under the child's (an attribute set to null is
+removed); every attribute is merged over its `dictionary.json` entry (type, is_array, enum, sibling);
+a child's `constraints` replace its parent's (`{}` removes them);
 each `timestamp_t` attribute gets a `<name>_dt` twin in the `datetime` profile; and a class's
 `class_uid`, `category_uid` and `type_uid` enums hold only that class's values.
 """
@@ -103,7 +104,7 @@ class _Compiler:
             attrs, constraints = self.included(raw), raw.get("constraints")
             if parent := raw.get("extends"):
                 parent_attrs, parent_constraints = self.resolve(kind, parent)
-                attrs = deep_merge(parent_attrs, attrs)
+                attrs = {k: v for k, v in deep_merge(parent_attrs, attrs).items() if v is not None}
                 constraints = parent_constraints if constraints is None else constraints
             self._resolved[key] = (attrs, constraints or {})
         return self._resolved[key]

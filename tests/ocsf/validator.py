@@ -8,7 +8,11 @@ other than `class_uid * 100 + activity_id`; a `metadata.version` that is malform
 schema; and the `at_least_one` / `just_one` constraints of classes and objects.
 Warnings: deprecated classes, objects, attributes and enum values; an enum sibling (`activity_name`,
 `type`, ...) that is not its value's caption; a string that misses its type's regex; another version.
-Not checked (the server does not either, or we do not emit it): observables, recommended attributes.
+Not checked (the server does not either, or we do not emit it): observables (and the `observable`
+object's type_id enum, which the compiler generates), recommended attributes, extensions' attributes.
+Cross-checked once against ocsf-lib 0.10.4's compile of 1.8.0: the same attributes, types, requirements
+and enums everywhere; it differs only where it ignores `"profile": null` and a child's `constraints`,
+which the OCSF server honours (`Map.merge` of the child over its parent).
 """
 
 from __future__ import annotations
