@@ -233,9 +233,10 @@ def test_unknown_action_is_other_with_its_own_words() -> None:
     )
 
 
-def test_finding_without_action_has_no_security_control() -> None:
+def test_finding_without_action_has_no_disposition_but_is_from_a_security_control() -> None:
     d = to_ocsf(_finding(None))
-    assert "disposition" not in d and d["metadata"]["profiles"] == ["host"]
+    assert "disposition" not in d and "action_id" not in d
+    assert d["metadata"]["profiles"] == ["host", "security_control"] and d["is_alert"] is True
 
 
 def test_exec_auth_request_is_a_launch_of_the_path_by_the_process() -> None:

@@ -3,7 +3,9 @@
 Every event is OCSF 1.8.0 (`metadata.version`) and passes that release's schema with the rules of the
 OCSF server's validator (tests/ocsf). `metadata.profiles` names each profile whose attributes the event
 uses: always `host` (`device`, and `actor` where the class does not have it of its own), `container`
-when a process carries a container id, `security_control` when a finding says what was done about it.
+when a process carries a container id, `security_control` on every finding (Ringfence is a security
+control, as the Detection Finding class asks; it also covers `is_alert` for validators that ignore the
+class's `"profile": null`).
 Conventions: `actor` is who did it (the parent of a launched process, the process that touched a file or
 a socket); in a connection the source is the initiator, so on accept the remote client is
 `src_endpoint`, and a bind or listen names its local socket as `dst_endpoint` (the responder); what OCSF
@@ -347,11 +349,11 @@ def _finding(e: DetectionFinding) -> dict[str, Any]:
     out["severity"] = _SEVERITY[int(e.severity)]
     out["finding_info"] = _finding_info(e)
     out["is_alert"] = True
+    profiles.add("security_control")
     if evidence := _evidence(e, profiles):
         out["evidences"] = [evidence]
     if e.action is not None:
         out.update(_disposition(e.action))
-        profiles.add("security_control")
     return _done(out)
 
 
