@@ -68,11 +68,18 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+def _no_null_profile(attr: Any) -> Any:
+    if not isinstance(attr, dict):  # the $include list
+        return attr
+    return {k: v for k, v in attr.items() if not (k == "profile" and v is None)}
+
+
 class _Compiler:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, null_profile_resets: bool = True) -> None:
         if not (root / "version.json").is_file():
             raise SchemaError(f"{root}: no OCSF schema here (expected version.json); see shared/data")
         self.root = root
+        self.null_profile_resets = null_profile_resets
         dictionary = _read(root / "dictionary.json")
         self.dictionary: Attrs = dictionary["attributes"]
         self.types: dict[str, dict[str, Any]] = dictionary["types"]["attributes"]
@@ -85,6 +92,8 @@ class _Compiler:
     def included(self, data: dict[str, Any]) -> Attrs:
         """A file's attributes with its `$include` files merged under them."""
         attrs = dict(data.get("attributes", {}))
+        if not self.null_profile_resets:  # read as ocsf-lib does: `"profile": null` changes nothing
+            attrs = {k: _no_null_profile(d) for k, d in attrs.items()}
         includes = attrs.pop("$include", [])
         for rel in [includes] if isinstance(includes, str) else includes:
             inc = _read(self.root / rel)
@@ -166,6 +175,8 @@ class _Compiler:
 
 
 @functools.cache
-def load(release: str = RELEASE) -> Schema:
-    """The compiled schema of an OCSF release from shared/data (cached: compiling takes ~1 s)."""
-    return _Compiler(SHARED / f"ocsf-schema-{release}").compile()
+def load(release: str = RELEASE, *, null_profile_resets: bool = True) -> Schema:
+    """The compiled schema of an OCSF release from shared/data (cached). `null_profile_resets=False`
+    compiles it as ocsf-lib does, where a class's `"profile": null` leaves the attribute in its profile
+    (a stricter reading than the server's, which events that must pass both validators meet too)."""
+    return _Compiler(SHARED / f"ocsf-schema-{release}", null_profile_resets).compile()

@@ -12,7 +12,7 @@ import pytest
 from tests.ocsf import schema as schema_module
 from tests.ocsf import validator as validator_module
 from tests.ocsf.schema import Item, SchemaError, load
-from tests.ocsf.validator import validate
+from tests.ocsf.validator import problems, validate
 
 
 def _file(path: str) -> dict[str, Any]:
@@ -234,3 +234,12 @@ def test_constraint_the_validator_does_not_know_is_an_error_not_a_pass() -> None
     run = validator_module._Run(load(), {})
     run.constraints({"a": 1}, "x", Item("thing", "Thing", {}, {"at_most_two": ["a"]}))
     assert [i.code for i in run.issues] == ["constraint_unknown"]
+
+
+def test_ocsf_lib_reading_keeps_host_profile_on_system_classes() -> None:
+    """ocsf-lib ignores `"profile": null`: there, System Activity's actor and device need `host`."""
+    strict = load(null_profile_resets=False)
+    assert ("attribute_unknown", "actor") in {(i.code, i.path) for i in validate(PROCESS_LAUNCH, strict)}
+    declared = _with(PROCESS_LAUNCH, _set("metadata.profiles", ["host"]))
+    assert validate(declared, strict) == [] and problems(declared) == []
+    assert any("ocsf-lib" in p for p in problems(PROCESS_LAUNCH))
