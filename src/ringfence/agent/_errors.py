@@ -4,6 +4,7 @@ AgentError              the agent cannot do what was asked; the message says why
   ConfigError           a configuration that cannot be used: every problem at once (`.problems`),
                         each with the file (or "command line"), the key, the line where known, and
                         what is wrong
+  StatusUnavailable     no agent answers on the status socket (agent/_status.py)
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Every scrape assesses health afresh (the same `Health` that `ringfence status` p
 the status never disagree. The listener binds loopback only unless `metrics_allow_remote` says otherwise:
 the metrics name paths, extensions and rates an attacker would like to know.
 
-Errors: `MetricsError` (an AgentError) when the address cannot be parsed or bound.
+Errors: `parse_listen` raises MetricsAddressError (a ValueError; the config reports it as a problem of
+`agent.metrics_listen`); `MetricsServer.start` raises OSError (the agent translates both to AgentError).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The agent's side (`StatusServer`) answers each connection with one JSON document and closes it; the
 CLI's side (`read_status`) connects, reads to EOF with a deadline, and decodes.
 
-Errors:
+Errors (an AgentError, see agent/_errors.py):
     StatusUnavailable   no agent answers at that socket (not running, wrong state dir, not root)
 """
 
@@ -17,13 +17,15 @@ import struct
 import threading
 from collections.abc import Callable
 
+from ringfence.agent._errors import AgentError
+
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "status.sock"
 MAX_STATUS_BYTES = 4 << 20
 
 
-class StatusUnavailable(Exception):
+class StatusUnavailable(AgentError):
     """No healthy answer from the status socket; the message says why."""
 
 
