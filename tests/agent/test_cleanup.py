@@ -263,23 +263,28 @@ def test_cgroup_of_a_live_launcher_swept(pids_cgroup: Callable[[], Path]) -> Non
     child = subprocess.Popen(["sleep", "60"])  # our child: its launcher (this test) is alive
     try:
         (path / "cgroup.procs").write_text(str(child.pid))
-        result = cgroup.sweep({path.name})
-        assert any(f"{path}: in use: pid {child.pid}" in why for why in result.left)
+        result = cgroup.sweep({path.name}, settle_s=0)
+        assert result.left == (
+            f"{path.name}: in use: pid {child.pid} in it is a child of the live pid {os.getpid()}",
+        )
         assert path.is_dir() and child.poll() is None
     finally:
         child.kill()
         child.wait(timeout=10)
 
 
-def test_young_empty_cgroup_of_another_launcher_swept(pids_cgroup: Callable[[], Path]) -> None:
+def test_young_empty_cgroup_swept(pids_cgroup: Callable[[], Path]) -> None:
     path = pids_cgroup()
-    result = cgroup.sweep()  # not ours, just made: a launcher may be about to put its child in
-    assert any(why.startswith(f"{path}: empty, made") for why in result.left)
+    result = cgroup.sweep({path.name})  # just made: a launcher may be about to put its child in
+    [why] = result.left
+    assert why.startswith(f"{path.name}: empty, made ") and why.endswith(
+        "it may be a running launcher's, being set up"
+    )
     assert path.is_dir()
 
 
-def test_empty_cgroup_left_by_an_earlier_run_of_ours_kept(pids_cgroup: Callable[[], Path]) -> None:
+def test_empty_cgroup_past_the_settling_time_kept(pids_cgroup: Callable[[], Path]) -> None:
     path = pids_cgroup()
-    result = cgroup.sweep({path.name})
-    assert str(path) in result.removed
+    result = cgroup.sweep({path.name}, settle_s=0)
+    assert result.removed == (str(path),)
     assert not path.exists()

@@ -2,9 +2,11 @@
 audit rules, and the audit settings it changed. Run at every start, before any sensor, and by
 `ringfence cleanup` (systemd's ExecStopPost), which refuses while an agent holds the state dir.
 
-What a run may leave is known from the state dir: `cleanup.json` lists every extension id and audit key
-run from it (written before they are used), and `audit-settings.json` the audit settings found before
-the first run changed them (written by the audit sensor). Each kind cleaned is one line for the console,
+Cgroups are found under every controller's `ringfence/` directory, whoever made them (see
+extensions/_sandbox_cgroup.py for how one still in use is told apart). Audit rules are found by key:
+`cleanup.json` lists every audit key run from the state dir (written before it is used), beside the
+config's; `audit-settings.json` keeps the audit settings found before the first run changed them
+(written by the audit sensor). Each kind cleaned is one line for the console,
 and goes to the log.
 """
 
@@ -37,15 +39,9 @@ class CleanupError(Exception):
 
 
 class Ledger(msgspec.Struct, frozen=True, kw_only=True):
-    """What runs from one state dir may have left behind."""
+    """What runs from one state dir may have left behind that cannot be found without it."""
 
-    extension_ids: tuple[str, ...] = ()
     audit_keys: tuple[str, ...] = ()
-
-
-def enabled_ids(config: Config) -> set[str]:
-    ext = config.extensions
-    return {name.partition("=")[0] for name in ext.enabled if name not in ext.disabled}
 
 
 def sweep(config: Config) -> list[str]:
@@ -53,7 +49,7 @@ def sweep(config: Config) -> list[str]:
     logged). Never raises for what it cannot clean: that is a line too."""
     state_dir = config.agent.state_dir
     ledger = read_ledger(state_dir)
-    lines = _sweep_cgroups(set(ledger.extension_ids) | enabled_ids(config))
+    lines = _sweep_cgroups()
     lines += _sweep_audit({*ledger.audit_keys, config.sensors.audit_key}, state_dir)
     for line in lines:
         log.info("%s", line)
@@ -62,13 +58,10 @@ def sweep(config: Config) -> list[str]:
 
 def record_run(config: Config) -> None:
     """Adds, before anything is started, what this run may leave: a crash from now on is covered. The
-    ids and keys of earlier runs stay (a few names): what a sweep had to leave is swept next time."""
+    keys of earlier runs stay (a few names): rules a sweep could not remove are tried again next time."""
     state_dir = config.agent.state_dir
     before = read_ledger(state_dir)
-    ledger = Ledger(
-        extension_ids=tuple(sorted(set(before.extension_ids) | enabled_ids(config))),
-        audit_keys=tuple(sorted({*before.audit_keys, config.sensors.audit_key})),
-    )
+    ledger = Ledger(audit_keys=tuple(sorted({*before.audit_keys, config.sensors.audit_key})))
     if ledger != before:
         _write_atomic(os.path.join(state_dir, LEDGER), msgspec.json.encode(ledger))
 
@@ -85,9 +78,9 @@ def read_ledger(state_dir: str) -> Ledger:
         return Ledger()
 
 
-def _sweep_cgroups(ours: set[str]) -> list[str]:
+def _sweep_cgroups() -> list[str]:
     try:
-        found = cgroups.sweep(ours)
+        found = cgroups.sweep()
     except SandboxError as e:
         return [f"cleanup: could not sweep extension cgroups: {e}"]
     lines = []
@@ -98,17 +91,8 @@ def _sweep_cgroups(ours: set[str]) -> list[str]:
             + (killed if found.killed else "")
         )
     if found.left:
-        lines.append(f"cleanup: left {len(found.left)} cgroup(s): {_grouped(found.left)}")
+        lines.append(f"cleanup: left the cgroups of {len(found.left)} extension(s): {'; '.join(found.left)}")
     return lines
-
-
-def _grouped(left: tuple[str, ...]) -> str:
-    """`<mount>/ringfence/<id>: why` per hierarchy, as `<id> (why)` once per id and reason."""
-    seen: dict[str, None] = {}
-    for entry in left:
-        path, _, why = entry.partition(": ")
-        seen[f"{os.path.basename(path)} ({why})" if why else entry] = None
-    return "; ".join(seen)
 
 
 def _pids(pids: tuple[int, ...]) -> str:

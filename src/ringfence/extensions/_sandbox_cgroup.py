@@ -9,8 +9,8 @@ After a crash (the agent killed with SIGKILL), `sweep` finds every cgroup under 
 no live process launched any more: what is in it was reparented (to pid 1) when its launcher died. It
 kills what is left there (double-forked grandchildren too: they stay in the cgroup) and removes it. A
 cgroup with a member whose parent is alive outside it belongs to a running launcher (another agent, a
-test) and is left alone; so is an empty one made less than `SETTLE_S` ago that is not one of ours, since a
-launcher makes the cgroup before its child joins it.
+test) and is left alone; so is an empty one made less than `SETTLE_S` ago, since a launcher makes the
+cgroup before its child joins it (the extension id tells nothing: another agent may run the same one).
 
 Errors: every failure is a SandboxError naming the file and the errno text.
 """
@@ -235,7 +235,8 @@ def _kill_members(path: Path) -> list[int]:
 
 
 class Leftovers(msgspec.Struct, frozen=True, kw_only=True):
-    """What `sweep` did: cgroup directories removed, pids killed in them, and those left (`dir: why`)."""
+    """What `sweep` did: cgroup directories removed, pids killed in them, and the extension ids whose
+    cgroups were left (`id: why`)."""
 
     removed: tuple[str, ...] = ()
     killed: tuple[int, ...] = ()
@@ -243,30 +244,36 @@ class Leftovers(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def sweep(
-    ours: Collection[str] = (),
+    only: Collection[str] | None = None,
     *,
     settle_s: float = SETTLE_S,
     hierarchies: dict[str, Hierarchy] | None = None,
 ) -> Leftovers:
     """Kills what is in, and removes, every Ringfence cgroup that no live launcher owns (see the module
-    docstring). `ours`: extension ids this state dir has run; empty ones of these go whatever their age."""
+    docstring); `only`: just the cgroups of these extension ids (None: all). An extension's directories
+    in every hierarchy are judged together, before anything in them is killed."""
     found = discover_here() if hierarchies is None else hierarchies
+    by_id: dict[str, list[CgroupDir]] = {}
+    for hierarchy in sorted(set(found.values()), key=lambda h: h.mount):
+        for path in _children(Path(hierarchy.mount) / PARENT_DIR):
+            if only is None or path.name in only:
+                by_id.setdefault(path.name, []).append(CgroupDir(hierarchy.version, str(path), ()))
     removed: list[str] = []
     killed: list[int] = []
     left: list[str] = []
-    for hierarchy in sorted(set(found.values()), key=lambda h: h.mount):
-        for path in _children(Path(hierarchy.mount) / PARENT_DIR):
-            why = _in_use(path, path.name in ours, settle_s)
-            if why is not None:
-                left.append(f"{path}: {why}")
-                continue
-            killed += _kill_members(path)
+    for ext_id, dirs in sorted(by_id.items()):
+        why = _in_use([Path(cg.path) for cg in dirs], settle_s)
+        if why is not None:
+            left.append(f"{ext_id}: {why}")
+            continue
+        for cg in dirs:
+            killed += _kill_members(Path(cg.path))
             try:
-                remove(CgroupDir(version=hierarchy.version, path=str(path), controllers=()))
+                remove(cg)
             except SandboxError as e:
-                left.append(str(e))
+                left.append(f"{ext_id}: {e}")
                 continue
-            removed.append(str(path))
+            removed.append(cg.path)
     return Leftovers(removed=tuple(removed), killed=tuple(sorted(set(killed))), left=tuple(left))
 
 
@@ -279,21 +286,21 @@ def _children(parent: Path) -> list[Path]:
         raise SandboxError(f"cannot list {parent}: {os_error_text(e)}") from e
 
 
-def _in_use(path: Path, ours: bool, settle_s: float) -> str | None:
-    """Why the cgroup belongs to a live launcher (or may), or None if it is a leftover."""
-    members = _members(path)
-    for pid in members:
+def _in_use(paths: list[Path], settle_s: float) -> str | None:
+    """Why one extension's cgroups belong to a live launcher (or may), or None if they are leftovers."""
+    members = {pid for path in paths for pid in _members(path)}
+    for pid in sorted(members):
         parent = _parent_of(pid)
         if parent is not None and parent != 1 and parent not in members:
             return f"in use: pid {pid} in it is a child of the live pid {parent}"
-    if members or ours:
+    if members:
         return None
-    try:
-        age_s = time.time() - path.stat().st_ctime
-    except FileNotFoundError:
-        return "gone meanwhile"
-    if age_s < settle_s:
-        return f"empty, made {age_s:.0f} s ago: it may be a running launcher's, being set up"
+    ages = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            ages.append(time.time() - path.stat().st_ctime)
+    if ages and min(ages) < settle_s:
+        return f"empty, made {min(ages):.0f} s ago: it may be a running launcher's, being set up"
     return None
 
 
