@@ -175,3 +175,53 @@ def test_health_records_import_without_the_host_side() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_metrics_show_the_same_health_with_stable_names() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from ringfence.agent._metrics import HealthCollector
+
+    h = _health(
+        healthy=False,
+        problems=["extension x backoff: setup failed: E"],
+        extensions=[ExtensionStatistics(id="x", state="backoff", restarts=2, engine_version="1.2")],
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HealthCollector(lambda: h))
+    text = generate_latest(registry).decode()
+    for line in (
+        "ringfence_healthy 0.0",
+        "ringfence_problems 1.0",
+        'ringfence_dropped_events_total{stage="sensor file"} 3.0',
+        'ringfence_extension_state{extension="x",state="backoff"} 1.0',
+        'ringfence_extension_state{extension="x",state="running"} 0.0',
+        'ringfence_extension_restarts_total{extension="x"} 2.0',
+        'ringfence_extension_info{content="",engine="1.2",extension="x"} 1.0',
+        'ringfence_sensor_running{sensor="file"} 1.0',
+    ):
+        assert line in text, line
+
+
+def test_terminal_gets_one_line_per_record_and_the_log_file_the_traceback_and_detail() -> None:
+    import logging
+
+    from ringfence.agent._console import LogFileFormatter, TerminalFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        exc = sys.exc_info()
+    record = logging.LogRecord(
+        "ringfence.x", logging.ERROR, __file__, 1, "failed: %s\nsecond line", ("it",), exc
+    )
+    record.detail = "Traceback (most recent call last):\n  ...\nPermissionError: no"
+    terminal = TerminalFormatter("/s/agent.log").format(record)
+    assert "\n" not in terminal and terminal.endswith("failed: it (details in /s/agent.log)")
+    full = LogFileFormatter().format(record)
+    assert "second line" in full and "ValueError: boom" in full and "    | PermissionError: no" in full
+    plain = logging.LogRecord("ringfence.x", logging.INFO, __file__, 1, "all well", (), None)
+    assert TerminalFormatter("/s/agent.log").format(plain).endswith("ringfence.x: all well")
