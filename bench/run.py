@@ -18,7 +18,7 @@ from bench._common import require_root
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run, not a measurement")
-    p.add_argument("--only", choices=("agent", "extensions"), help="run one group")
+    p.add_argument("--only", choices=("agent", "extensions", "content"), help="run one group")
     args = p.parse_args()
     require_root()
     if args.only in (None, "agent"):
@@ -27,6 +27,10 @@ def main() -> None:
         from bench import extensions_bench
 
         print("\n" + extensions_bench.run(args.quick), flush=True)
+    if args.only in (None, "content"):
+        from bench import content_bench
+
+        print("\n" + content_bench.run(args.quick), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ Blank lines are skipped. A file with any bad line is rejected as a whole, and ev
 at once (`BlocklistError.issues`, each naming file:line): a half-loaded blocklist would be a silent gap.
 Duplicates are warnings; the first occurrence (and its label) wins.
 
-Storage: the digests sit in one sorted buffer, 32 bytes each, searched by bisection; the labels' bytes
-in another, with one 4-byte offset per entry. A million entries cost 36 MB plus their labels' text,
-where a set of bytes objects costs over 100 MB (bench/content_bench.py). Building sorts per leading
-byte, so the peak stays near twice the list.
+Storage: 256 shards by the digest's first byte, each a sorted buffer of 32-byte digests searched by
+bisection, its labels' bytes back to back and one 4-byte offset per entry: no Python object per entry.
+A million entries cost 36 MB plus their labels' text, where a set of bytes objects costs over 100 MB
+(bench/content_bench.py). Each shard is sorted and packed on its own, so building needs little more
+than the parsed list.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import io
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _SHA256_HEX_DIGITS = 64
 DIGEST_BYTES = 32
@@ -78,7 +79,7 @@ class _Records:
 
     __slots__ = ("_buf", "_n")
 
-    def __init__(self, buf: bytes | bytearray) -> None:
+    def __init__(self, buf: bytes) -> None:
         self._buf = buf
         self._n = len(buf) // DIGEST_BYTES
 
@@ -86,34 +87,46 @@ class _Records:
         return self._n
 
     def __getitem__(self, i: int) -> bytes:
-        return bytes(self._buf[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES])
+        return self._buf[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
+
+
+@dataclass(frozen=True, slots=True, eq=True)
+class _Shard:
+    """The entries whose digest starts with one byte: sorted digests, their labels' UTF-8 bytes back to
+    back, and where each entry's label ends (empty when no entry of the shard has a label)."""
+
+    digests: bytes = b""
+    labels: bytes = b""
+    ends: array.array[int] = field(default_factory=lambda: array.array("I"))
+
+    def label(self, i: int) -> str | None:
+        if not self.labels:
+            return None
+        start = self.ends[i - 1] if i else 0
+        return self.labels[start : self.ends[i]].decode("utf-8") or None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.digests) + len(self.labels) + self.ends.itemsize * len(self.ends)
+
+
+_EMPTY = _Shard()
 
 
 class Blocklist:
     """An immutable set of sha256 digests, each with an optional label.
 
-    Three flat buffers: the sorted digests (32 bytes each), the labels' UTF-8 bytes back to back in the
-    same order, and where each entry's label ends (an entry without one has an empty label)."""
+    256 shards by the digest's first byte, each three flat buffers (see `_Shard`): no object per entry.
+    A lookup picks the shard and bisects it."""
 
-    __slots__ = ("_digests", "_label_blob", "_label_ends", "_records")
+    __slots__ = ("_count", "_shards")
 
-    def __init__(
-        self,
-        digests: bytes | bytearray = b"",
-        label_blob: bytes | bytearray = b"",
-        label_ends: array.array[int] | None = None,
-    ) -> None:
-        """`digests`: sorted, without duplicates, 32 bytes each (what `BlocklistBuilder` makes); the
-        buffers are taken over, not copied: nothing may change them afterwards."""
-        if len(digests) % DIGEST_BYTES:
-            raise ValueError(f"digest buffer of {len(digests)} bytes is not a multiple of {DIGEST_BYTES}")
-        ends = label_ends if label_ends is not None else array.array("I")
-        if len(ends) not in (0, len(digests) // DIGEST_BYTES):
-            raise ValueError("one label end per digest, or none at all")
-        self._digests = digests
-        self._label_blob = label_blob
-        self._label_ends = ends
-        self._records = _Records(digests)
+    def __init__(self, shards: list[_Shard] | None = None) -> None:
+        """`shards`: 256 of them, as `BlocklistBuilder` makes them (sorted, no duplicates)."""
+        self._shards = shards if shards is not None else [_EMPTY] * 256
+        if len(self._shards) != 256:
+            raise ValueError(f"a blocklist has 256 shards, not {len(self._shards)}")
+        self._count = sum(len(s.digests) // DIGEST_BYTES for s in self._shards)
 
     @classmethod
     def of(cls, entries: Mapping[bytes, str | None]) -> Blocklist:
@@ -124,46 +137,37 @@ class Blocklist:
         return builder.build([])
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._count
 
     def __contains__(self, sha256_hex: object) -> bool:
         return isinstance(sha256_hex, str) and self._find(self._key(sha256_hex)) is not None
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Blocklist)
-            and self._digests == other._digests
-            and self._label_blob == other._label_blob
-            and (self._label_ends == other._label_ends or not (self._label_blob or other._label_blob))
-        )
+        return isinstance(other, Blocklist) and self._shards == other._shards
 
     __hash__ = None  # type: ignore[assignment]
 
     @property
     def nbytes(self) -> int:
         """What the entries take: digests, labels and their offsets."""
-        return len(self._digests) + len(self._label_blob) + self._label_ends.itemsize * len(self._label_ends)
+        return sum(s.nbytes for s in self._shards)
 
     def match(self, sha256_hex: str) -> BlocklistMatch | None:
         """The entry for a digest (hex, any case), or None if it is not listed."""
         key = self._key(sha256_hex)
-        i = self._find(key)
-        if i is None:
+        found = self._find(key)
+        if found is None:
             return None
-        return BlocklistMatch(key.hex(), self._label(i))
+        shard, i = found
+        return BlocklistMatch(key.hex(), shard.label(i))
 
-    def _label(self, i: int) -> str | None:
-        if not self._label_blob:
-            return None
-        start = self._label_ends[i - 1] if i else 0
-        end = self._label_ends[i]
-        return bytes(self._label_blob[start:end]).decode("utf-8") if end > start else None
-
-    def _find(self, key: bytes) -> int | None:
+    def _find(self, key: bytes) -> tuple[_Shard, int] | None:
         if len(key) != DIGEST_BYTES:
             return None
-        i = bisect.bisect_left(self._records, key)
-        return i if i < len(self._records) and self._records[i] == key else None
+        shard = self._shards[key[0]]
+        records = _Records(shard.digests)
+        i = bisect.bisect_left(records, key)
+        return (shard, i) if i < len(records) and records[i] == key else None
 
     @staticmethod
     def _key(sha256_hex: str) -> bytes:
@@ -173,16 +177,44 @@ class Blocklist:
             return b""
 
 
+_CHUNK_ENTRIES = 1024  # digests per parse chunk: every chunk the same size, so freed ones are reused
+
+
+class _Bucket:
+    """The entries of one leading byte while parsing: fixed-size chunks (a growing buffer per byte would
+    fragment the heap), and each entry's index in parse order."""
+
+    __slots__ = ("chunks", "fill", "indices")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytearray] = []
+        self.fill = _CHUNK_ENTRIES
+        self.indices = array.array("I")
+
+    def add(self, digest: bytes, index: int) -> None:
+        if self.fill == _CHUNK_ENTRIES:
+            self.chunks.append(bytearray(_CHUNK_ENTRIES * DIGEST_BYTES))
+            self.fill = 0
+        self.chunks[-1][self.fill * DIGEST_BYTES : (self.fill + 1) * DIGEST_BYTES] = digest
+        self.fill += 1
+        self.indices.append(index)
+
+    def take(self) -> bytes:
+        """The digests in order of arrival; the chunks are freed."""
+        data = b"".join(self.chunks)[: len(self.indices) * DIGEST_BYTES]
+        self.chunks.clear()
+        return data
+
+
 class BlocklistBuilder:
     """Collects digests from one or more files, then sorts them into a `Blocklist`, warning of duplicates.
 
-    Digests go into one growing buffer (one block: no heap fragmentation) and labels into another, with
-    each entry's index filed under its first byte, so the sort works on 256 small pieces."""
+    Each leading byte's entries are sorted and packed on their own, and their parse chunks freed, so the
+    peak stays near the parsed list plus one shard."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._origins = array.array("Q")  # per entry: (source index << 32) | line
-        self._by_first = [array.array("I") for _ in range(256)]  # entry indices per leading byte
+        self._buckets = [_Bucket() for _ in range(256)]
+        self._origins = array.array("Q")  # per entry, in parse order: (source index << 32) | line
         self._label_blob = bytearray()
         self._label_ends = array.array("I")  # per entry: where its label ends in the blob
         self._sources: list[str] = []
@@ -193,10 +225,8 @@ class BlocklistBuilder:
         if index is None:
             index = self._source_index[source] = len(self._sources)
             self._sources.append(source)
-        n = len(self._origins)
-        self._buf += digest
+        self._buckets[digest[0]].add(digest, len(self._origins))
         self._origins.append((index << 32) | line)
-        self._by_first[digest[0]].append(n)
         if label:
             self._label_blob += label.encode("utf-8")
         self._label_ends.append(len(self._label_blob))
@@ -204,38 +234,33 @@ class BlocklistBuilder:
     def build(self, issues: list[Issue]) -> Blocklist:
         """The sorted list; a warning goes to `issues` for each duplicate (the first occurrence wins).
         The builder is empty afterwards."""
-        out = _Out()
-        for b in range(256):
-            self._sort_bucket(self._by_first[b], out, issues)
-            self._by_first[b] = array.array("I")
-        self._buf, self._origins = bytearray(), array.array("Q")
-        self._label_blob, self._label_ends = bytearray(), array.array("I")
-        return Blocklist(out.digests, out.labels, out.ends if out.labels else None)
+        shards = [self._shard(bucket, issues) for bucket in self._buckets]
+        self._buckets = [_Bucket() for _ in range(256)]
+        self._origins, self._label_blob, self._label_ends = array.array("Q"), bytearray(), array.array("I")
+        return Blocklist(shards)
 
-    def _sort_bucket(self, indices: array.array[int], out: _Out, issues: list[Issue]) -> None:
-        buf, ends, blob = self._buf, self._label_ends, self._label_blob
-        order = sorted(indices, key=lambda i: buf[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES])  # stable
+    def _shard(self, bucket: _Bucket, issues: list[Issue]) -> _Shard:
+        data, indices = bucket.take(), bucket.indices
+        if not data:
+            return _EMPTY
+        order = sorted(range(len(indices)), key=lambda j: data[j * DIGEST_BYTES : (j + 1) * DIGEST_BYTES])
+        digests, labels, ends = bytearray(), bytearray(), array.array("I")
+        blob, blob_ends = self._label_blob, self._label_ends
         previous = b""
-        for i in order:
-            digest = bytes(buf[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES])
+        for j in order:  # stable: equal digests come in parse order, the first one is kept
+            digest = data[j * DIGEST_BYTES : (j + 1) * DIGEST_BYTES]
+            i = indices[j]
             if digest == previous:
                 origin = self._origins[i]
                 source, line = self._sources[origin >> 32], origin & 0xFFFFFFFF
                 issues.append(_warning(source, line, f"duplicate sha256 {digest.hex()}, first entry kept"))
                 continue
             previous = digest
-            out.digests += digest
-            out.labels += blob[ends[i - 1] if i else 0 : ends[i]]
-            out.ends.append(len(out.labels))
-
-
-class _Out:
-    __slots__ = ("digests", "ends", "labels")
-
-    def __init__(self) -> None:
-        self.digests = bytearray()
-        self.labels = bytearray()
-        self.ends = array.array("I")
+            digests += digest
+            labels += blob[blob_ends[i - 1] if i else 0 : blob_ends[i]]
+            ends.append(len(labels))
+        bucket.indices = array.array("I")
+        return _Shard(bytes(digests), bytes(labels), ends if labels else array.array("I"))
 
 
 @dataclass(frozen=True, slots=True)
