@@ -8,7 +8,9 @@ import errno
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -272,3 +274,27 @@ def test_extension_cannot_read_the_operators_path_only_its_staged_copy(
 
     assert _eventually(lambda: probed() is not None)
     assert probed() == f"probe operator=refused({errno.EACCES}) content=read"
+
+
+def test_engine_restarted_after_a_rejected_update_comes_back_with_the_last_good_list(
+    start_agent: Callable[[Config], Agent], tmpfs: Path, shared_dir: Path, root_only_dir: Path
+) -> None:
+    """The engine keeps the last good list in memory; a restart must not load the rejected one (its setup
+    would fail at every restart, into quarantine, and the binary would run)."""
+    evil, _ = binaries(tmpfs)
+    blocklist = root_only_dir / "bl.txt"
+    blocklist.write_text(f"{sha(evil)}\n")
+    agent = start_agent(config_for(tmpfs, shared_dir, {REPUTATION: {"blocklist.txt": str(blocklist)}}))
+    blocklist.write_text("garbage\n")
+    assert _eventually(lambda: f"{blocklist}:1: error" in _extension(agent, REPUTATION).last_error)
+    pid = _extension(agent, REPUTATION).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the engine process this test's agent started: a crash, say
+
+    def back() -> bool:
+        ext = _extension(agent, REPUTATION)
+        return ext.state == "running" and ext.pid not in (None, pid)
+
+    assert _eventually(back, timeout_s=30), _extension(agent, REPUTATION)
+    assert not _runs(evil)
+    assert _extension(agent, REPUTATION).state == "running"

@@ -176,3 +176,74 @@ def test_old_setting_and_content_entry_for_the_same_file_refused() -> None:
 def test_old_setting_with_a_relative_path_refused() -> None:
     with pytest.raises(ContentError, match="must be an absolute path"):
         migrate_settings({}, {EXT: {"blocklist": "bl.txt"}})
+
+
+class FakeExtension:
+    """The watcher's view of one extension: its state and failure count, set by the test."""
+
+    def __init__(self) -> None:
+        self.state, self.failures = "running", 0
+
+    def __call__(self, ext_id: str) -> tuple[str, int] | None:
+        return (self.state, self.failures) if ext_id == EXT else None
+
+
+def _staged_and_watched(
+    store: ContentStore, origin: Path
+) -> tuple[StagedContent, ContentWatcher, FakeExtension]:
+    contents = store.stage_all({EXT: {"blocklist.txt": str(origin)}})
+    ext = FakeExtension()
+    return contents[EXT], ContentWatcher(store, contents, extension_state=ext), ext
+
+
+def _stage_new_version(watcher: ContentWatcher, origin: Path, text: str) -> None:
+    origin.write_text(text)
+    watcher.check()
+    watcher.check()
+
+
+def test_extension_failing_with_a_new_slot_gets_the_last_good_one_back(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    """A restart with content the engine rejects would crash-loop it into quarantine: revert first."""
+    origin = tmp_path / "bl.txt"
+    origin.write_text("good\n")
+    item, watcher, ext = _staged_and_watched(store, origin)
+    _stage_new_version(watcher, origin, "bad\n")
+    assert (item.slot, item.good_slot) == (2, 1)
+    ext.state, ext.failures = "backoff", 1  # it failed (its setup rejected slot 2)
+    watcher.check()
+    assert (Path(item.content_dir) / "blocklist.txt").read_text() == "good\n"
+    assert item.slot == 1 and item.reverts == 1
+    assert "slot 2 failed while active" in item.last_error and str(origin) in item.last_error
+    ext.state = "running"
+    watcher.check()
+    watcher.check()  # the rejected file is not staged again until it changes
+    assert item.slot == 1
+    _stage_new_version(watcher, origin, "fixed\n")
+    assert (Path(item.content_dir) / "blocklist.txt").read_text() == "fixed\n"
+
+
+def test_new_slot_the_extension_came_back_with_becomes_the_last_good(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    origin = tmp_path / "bl.txt"
+    origin.write_text("v1\n")
+    item, watcher, ext = _staged_and_watched(store, origin)
+    _stage_new_version(watcher, origin, "v2\n")
+    ext.failures = 1  # it failed and restarted with slot 2 active, and runs: slot 2 is proven
+    watcher.check()
+    assert item.good_slot == 2
+    ext.state, ext.failures = "backoff", 2
+    watcher.check()
+    assert item.slot == 2 and item.reverts == 0  # nothing newer than the good slot to blame
+
+
+def test_last_good_slot_survives_pruning(store: ContentStore, tmp_path: Path) -> None:
+    origin = tmp_path / "bl.txt"
+    origin.write_text("v1\n")
+    item, watcher, _ = _staged_and_watched(store, origin)
+    for n in range(2, 8):
+        _stage_new_version(watcher, origin, f"v{n}\n")
+    assert item.good_slot == 1
+    assert (Path(item.root) / "slots" / "1" / "blocklist.txt").read_text() == "v1\n"

@@ -67,9 +67,12 @@ class StagedContent:
     root: str  # STATE_DIR/content/<ext-id>
     origins: dict[str, str]  # content file name -> the operator's path
     signatures: dict[str, _Signature] = field(default_factory=dict)  # of the origins, as staged
-    slot: int = 0
+    slot: int = 0  # the active slot
+    good_slot: int = 0  # the last slot the extension was seen to start with (last-known-good)
+    failures_at_stage: int = 0  # the extension's failure count when `slot` was staged
     stages: int = 0
     errors: int = 0
+    reverts: int = 0
     last_error: str = ""
 
     @property
@@ -161,7 +164,13 @@ class ContentStore:
         _swap_active(item.root, number)
         item.slot, item.signatures = number, signatures
         item.stages += 1
-        _prune(slots, keep=KEEP_SLOTS)
+        _prune(slots, keep=KEEP_SLOTS, also=item.good_slot)
+
+    def revert(self, item: StagedContent) -> None:
+        """Make the last-known-good slot active again."""
+        _swap_active(item.root, item.good_slot)
+        item.slot = item.good_slot
+        item.reverts += 1
 
     def _copy_all(self, item: StagedContent, slot_dir: str) -> dict[str, _Signature]:
         signatures: dict[str, _Signature] = {}
@@ -238,9 +247,10 @@ def _slot_numbers(slots: str) -> list[int]:
     return [int(name) for name in os.listdir(slots) if _SLOT.match(name)]
 
 
-def _prune(slots: str, *, keep: int) -> None:
+def _prune(slots: str, *, keep: int, also: int) -> None:
     for number in sorted(_slot_numbers(slots))[:-keep]:
-        shutil.rmtree(os.path.join(slots, str(number)), ignore_errors=True)
+        if number != also:
+            shutil.rmtree(os.path.join(slots, str(number)), ignore_errors=True)
 
 
 def _mkdir(path: str, mode: int) -> None:
@@ -259,11 +269,21 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+ExtensionState = Callable[[str], "tuple[str, int] | None"]
+"""Extension id -> (its state, its failure count), None if unknown."""
+
+
 class ContentWatcher:
     """Re-stages an extension's content when an operator file changes: checked every `interval_s` on a
     thread of its own (off every hot path); a change is staged once the file has been stable for one
     check. A file that cannot be staged any more (gone, unreadable) keeps the slot in force, and is
-    logged and counted (`StagedContent.errors`, `last_error`)."""
+    logged and counted (`StagedContent.errors`, `last_error`).
+
+    Last-known-good: the slot active when the agent started (its setup loaded it) is good, and so is a
+    newer one once the extension is seen running after a failure or restart with it. If the extension
+    fails (and waits in backoff) while an unproven slot is active, the good slot is made active again
+    before its restart, so that content the engine rejected cannot crash-loop it into quarantine; the
+    rejected file is not staged again until it changes."""
 
     def __init__(
         self,
@@ -272,11 +292,15 @@ class ContentWatcher:
         *,
         interval_s: float = CHECK_INTERVAL_S,
         on_staged: Callable[[StagedContent], None] | None = None,
+        extension_state: ExtensionState | None = None,
     ) -> None:
         self._store = store
         self._contents = dict(contents)
         self._interval_s = interval_s
         self._on_staged = on_staged
+        self._extension_state = extension_state
+        for item in self._contents.values():
+            item.good_slot = item.slot
         self._seen: dict[str, dict[str, _Signature | None]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ringfence-content", daemon=True)
@@ -303,6 +327,36 @@ class ContentWatcher:
                 log.exception("checking extension content failed; going on")
 
     def _check_one(self, item: StagedContent) -> None:
+        self._check_good(item)
+        self._check_origins(item)
+
+    def _check_good(self, item: StagedContent) -> None:
+        state = self._extension_state(item.ext_id) if self._extension_state is not None else None
+        if state is None or item.slot == item.good_slot:
+            return
+        name, failures = state
+        if failures <= item.failures_at_stage:
+            return
+        if name == "running":  # failed since the slot was staged, and came back with it: proven
+            item.good_slot = item.slot
+            item.failures_at_stage = failures
+            return
+        if name != "backoff":
+            return
+        bad = item.slot
+        try:
+            self._store.revert(item)
+        except OSError:
+            log.exception("content of %s: restoring slot %d failed", item.ext_id, item.good_slot)
+            return
+        item.failures_at_stage = failures
+        item.last_error = (
+            f"content of {item.ext_id}: slot {bad} failed while active ({', '.join(item.origins.values())}); "
+            f"slot {item.good_slot}, the last known good, is active again"
+        )
+        log.error("%s", item.last_error)
+
+    def _check_origins(self, item: StagedContent) -> None:
         now = {name: origin_signature(path) for name, path in item.origins.items()}
         previous, self._seen[item.ext_id] = self._seen.get(item.ext_id), now
         if all(now[name] == item.signatures.get(name) for name in item.origins):
@@ -321,6 +375,8 @@ class ContentWatcher:
             item.signatures = {name: sig for name, sig in now.items() if sig is not None}  # not retried
             log.error("content of %s not updated, slot %d stays active: %s", item.ext_id, item.slot, failure)
             return
+        state = self._extension_state(item.ext_id) if self._extension_state is not None else None
+        item.failures_at_stage = state[1] if state is not None else 0
         log.info("content of %s staged as slot %d", item.ext_id, item.slot)
         if self._on_staged is not None:
             self._on_staged(item)

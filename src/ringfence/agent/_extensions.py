@@ -118,7 +118,9 @@ class _Extensions:
             protected_pids=self._extension_pids,
         )
         self.content_store, self.contents = stage_content(config)
-        self.content = ContentWatcher(self.content_store, self.contents)
+        self.content = ContentWatcher(
+            self.content_store, self.contents, extension_state=self._extension_state
+        )
         specs = extension_specs(config, self.contents)
         for spec in specs:
             if spec.state_dir:
@@ -134,6 +136,13 @@ class _Extensions:
             on_gone=broker.withdraw,
             on_action_refused=self.responder.refuse,
         )
+
+    def _extension_state(self, ext_id: str) -> tuple[str, int] | None:
+        """(state, failures) of one extension, for the content watcher's last-known-good check."""
+        for st in self.supervisor.statistics():
+            if st.id == ext_id:
+                return st.state, st.failures
+        return None
 
     def _extension_pids(self) -> frozenset[int]:
         """Never killed on an extension's request: every extension's process, as they restart."""
