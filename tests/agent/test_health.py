@@ -101,6 +101,12 @@ def test_drops_degrade_for_the_window_then_only_the_total_remains() -> None:
         (ExtensionStatistics(id="r", state="running"), None),
         (
             ExtensionStatistics(
+                id="r", state="running", last_error="bl.txt:3: not a sha256 (last good kept)"
+            ),
+            "extension r running with a problem: bl.txt:3: not a sha256 (last good kept)",
+        ),
+        (
+            ExtensionStatistics(
                 id="r",
                 state="backoff",
                 failures=1,

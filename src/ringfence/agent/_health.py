@@ -4,7 +4,8 @@ The records (`Health` and the statistics it holds) are in `ringfence.events`; th
 The agent is degraded while any of these holds:
 - a sensor is unavailable or stopped;
 - an enabled extension is not running (starting past the ready timeout, restarting, backing off,
-  quarantined, stopped): the line carries the extension's own error;
+  quarantined, stopped): the line carries the extension's own error; or it runs but says something is
+  wrong (a Problem frame: new content rejected, the last good content still in force);
 - a stage (a sensor, a broker kind, an output, an extension's queue) dropped events within the last
   `drop_window_s` seconds. A drop is seen when health is assessed (every status request, metrics
   scrape and console line), so "within the window" is up to one assessment late; the total since the
@@ -67,7 +68,7 @@ def drop_totals(
 def extension_problem(e: ExtensionStatistics) -> str | None:
     """None for a running extension, else one line: what it is doing and its own error."""
     if e.state == "running":
-        return None
+        return f"extension {e.id} running with a problem: {e.last_error}" if e.last_error else None
     if e.state == "quarantined":
         why = e.quarantine_reason or e.last_error
     elif e.state == "starting" and not e.failures:

@@ -280,8 +280,12 @@ class ExtensionProxy:
         so that whoever waits for 'running' and then publishes is sure the extension gets the event."""
         with self.lock:
             conn = self.conn
-            if conn is not None and conn.ready and not conn.closed:
+            started = conn is not None and conn.ready and not conn.closed
+            if started:
                 self.lifecycle.running()
+        if started:  # while it runs, last_error is what it says is wrong now (a Problem), else empty
+            with self._count_lock:
+                self.stats.last_error = ""
 
     # -- frames from the extension -----------------------------------------------------------------------
 
