@@ -144,12 +144,9 @@ def test_binary_open_for_writing_is_not_cached(make_sensor: MakeSensor, binaries
     sink = PolicySink(cacheable=True)
     sensor = make_sensor(sink)
 
-    with target.open("r+b"):
-        try:
-            run(target)
-        except OSError as e:  # ETXTBSY: the kernel asks us first, then refuses to run a file open for writing
-            assert e.errno == errno.ETXTBSY
-        wait_until(lambda: _detail(sensor, "cache_refused_open_for_write") == 1, what="the cache refusal")
+    with target.open("r+b"), pytest.raises(PermissionError):  # denied, and nothing offered to the cache
+        run(target)
+    assert _detail(sensor, "cached") == 0
     assert run(target).returncode == 0
     assert sink.paths() == [str(target), str(target)]
     wait_until(lambda: _detail(sensor, "cached") == 1, what="caching once no writer is left")
@@ -337,3 +334,57 @@ def test_new_auth_subscriber_flushes_the_kernel_cache(
     finally:
         late.stop()
     assert broker.statistics().auth.subscribers["late"].asked == 1
+
+
+def test_exec_of_a_file_open_for_writing_is_denied(
+    make_sensor: MakeSensor, binaries: dict[str, Path]
+) -> None:
+    """The writer could change it between the verdict and the kernel's load: never allowed."""
+    target = binaries["true-a"]
+    sensor = make_sensor(PolicySink(cacheable=True))
+    with target.open("r+b"), pytest.raises(PermissionError):
+        run(target)
+    assert _detail(sensor, "denied_written_while_judged") == 1
+    assert run(target).returncode == 0
+
+
+def test_file_rewritten_while_it_is_judged_does_not_run(make_sensor: MakeSensor, tmpfs: Path) -> None:
+    """The time-of-check race of the gate itself: the engine reads B, a writer swaps in M before the kernel
+    loads the file. The writer's open waits on the sensor's lease and counts as a writer, so the answer
+    becomes DENY: neither B's verdict nor M runs."""
+    target = tmpfs / "tool"
+    good = Path("/bin/true").read_bytes()
+    target.write_bytes(good)
+    target.chmod(0o755)
+    marker = tmpfs / "m-ran"
+    evil = f"#!/bin/sh\ntouch {marker}\n".encode()
+    writers: list[threading.Thread] = []
+    sensor: list[ExecAuthSensor] = []
+
+    def swap_in_evil() -> None:
+        with target.open("r+b") as f:  # waits for the lease break to be answered
+            f.write(evil)
+            f.truncate()
+
+    def judge_then_swap(fd: int, respond: Callable[[AuthAnswer], None]) -> None:
+        assert os.pread(fd, len(good), 0) == good  # judged: harmless
+        writer = threading.Thread(target=swap_in_evil)
+        writer.start()
+        writers.append(writer)
+        wait_until(lambda: _detail(sensor[0], "written_while_judged") == 1, what="the writer's open")
+        respond(AuthAnswer(Verdict.ALLOW, cacheable=True))
+
+    class JudgeThenSwap:  # an engine that answers from its own thread, as the broker's subscribers do
+        def __call__(self, request: AuthRequest, fd: int, respond: Callable[[AuthAnswer], None]) -> None:
+            judge = threading.Thread(target=judge_then_swap, args=(fd, respond))
+            judge.start()
+            writers.append(judge)
+
+    sensor.append(make_sensor(JudgeThenSwap()))
+    with pytest.raises(PermissionError):
+        run(target)
+    for writer in writers:
+        writer.join(timeout=30)
+    assert target.read_bytes() == evil  # the writer was let through, after the answer
+    assert not marker.exists()
+    assert _detail(sensor[0], "denied_written_while_judged") == 1

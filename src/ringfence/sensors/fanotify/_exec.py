@@ -23,6 +23,7 @@ Errors: `start()` raises SensorUnavailable("fanotify exec permission", <errno te
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -67,6 +68,8 @@ _COUNTERS = (
     "cache_revoked_signal_overflow",
     "cache_evicted",
     "cache_dropped_deleted",
+    "written_while_judged",
+    "denied_written_while_judged",
     "cache_unavailable",
     "mounts_marked",
     "mounts_unmarked",
@@ -77,13 +80,15 @@ _COUNTERS = (
 class _Pending:
     """One permission event waiting for its answer. `answered` flips once, under the sensor's lock."""
 
-    __slots__ = ("answered", "fd", "generation", "identity", "mask")
+    __slots__ = ("answered", "contested", "fd", "generation", "identity", "leased", "mask")
 
     def __init__(self, fd: int, mask: int, generation: int) -> None:
         self.fd = fd
         self.mask = mask
         self.generation = generation
         self.identity: FileIdentity | None = None  # the file's state when asked; None: never cached
+        self.leased = False  # a read lease on `fd` while the request is judged
+        self.contested: str | None = None  # why the judged content may not be what runs
         self.answered = False
 
 
@@ -357,6 +362,7 @@ class ExecAuthSensor:
         path = lc.fd_path(pending.fd)
         st = os.fstat(pending.fd)
         identity = pending.identity = identity_of(pending.fd, st)  # before any extension reads the file
+        self._lease_while_judged(pending)
         process = self._resolver.resolve(pid)
         header = self._stamper.stamp()
         kind = AuthKind.EXEC if pending.mask & lc.FAN_OPEN_EXEC_PERM else AuthKind.OPEN
@@ -373,6 +379,23 @@ class ExecAuthSensor:
             sha256=identity.digest.hex() if identity is not None and identity.digest else None,
         )
 
+    def _lease_while_judged(self, pending: _Pending) -> None:
+        """A writer that opens the file while it is judged could change it before the kernel loads it.
+        Under a read lease such a writer waits for the answer, and already counts as a writer, so the exec
+        would fail with ETXTBSY: the answer becomes DENY instead. A writer present when asked is the same
+        case. (The lease is on the event's descriptor, which extensions hold too: one could release it,
+        which only loses this check for its own request.)"""
+        if self._lease_tid is None:
+            return
+        try:
+            leases.take_read_lease(pending.fd, self._lease_tid)
+        except BlockingIOError:
+            pending.contested = "it was open for writing when the kernel asked"
+        except OSError:
+            return  # a filesystem without leases: judged as it is
+        else:
+            pending.leased = True
+
     # -- answering -----------------------------------------------------------------------------------------
 
     def _respond(self, pending: _Pending, answer: AuthAnswer) -> None:
@@ -384,12 +407,26 @@ class ExecAuthSensor:
                 return
             pending.answered = True
             self._pending.pop(pending.fd, None)
+            contested = pending.contested
+            if allow and contested and pending.mask & lc.FAN_OPEN_EXEC_PERM:
+                allow = False
+                self._counters.add("denied_written_while_judged")
             group = self._fd
             written = self._write(group, pending.fd, lc.FAN_ALLOW if allow else lc.FAN_DENY)
+        if pending.leased:
+            self._release_request_lease(pending.fd)  # after the answer: a waiting writer may go on
         self._counters.add("allowed" if allow else "denied")
-        if written and allow and answer.cacheable and self._offer(pending):
+        if allow != (answer.verdict is Verdict.ALLOW):
+            log.warning("exec-auth denied an exec that was allowed: %s", contested)
+        if written and allow and answer.cacheable and not contested and self._offer(pending):
             return  # the cache worker owns the descriptor now
         os.close(pending.fd)
+
+    def _release_request_lease(self, fd: int) -> None:
+        try:
+            leases.release_lease(fd)
+        except OSError as e:  # closing the descriptor releases it as well
+            log.debug("exec-auth: releasing a request lease: %s", e.strerror)
 
     def _answer_unregistered(self, fd: int, response: int) -> None:
         with self._lock:
@@ -423,6 +460,12 @@ class ExecAuthSensor:
     def _mark_cached(self, cand: CacheCandidate) -> str:
         """Runs on the cache worker and owns `cand.fd`. Lease first (no writer now, none later unseen),
         then the state check (unchanged since the kernel asked), then the ignore mark."""
+        try:
+            cand = _own_description(cand)
+        except OSError as e:
+            os.close(cand.fd)
+            log.debug("exec-auth cannot reopen a file to cache it: %s", e.strerror)
+            return "cache_refused_no_lease"
         entry = self._reserve(cand)
         if isinstance(entry, str):
             os.close(cand.fd)
@@ -446,6 +489,7 @@ class ExecAuthSensor:
         return "cached"
 
     def _reserve(self, cand: CacheCandidate) -> CachedFile | str:
+        """Called with the descriptor of a fresh open (see _own_description)."""
         with self._lock:
             if self._lease_tid is None or self._verdicts.capacity == 0:
                 return "cache_unavailable"
@@ -512,6 +556,11 @@ class ExecAuthSensor:
                 self.flush_cache()
                 continue
             with self._lock:
+                judged = self._pending.get(sig.fd)
+                if judged is not None and judged.leased:
+                    judged.contested = "it was opened for writing while it was judged"
+                    self._counters.add("written_while_judged")
+                    continue  # the writer waits for the answer, then the lease goes
                 entry = self._verdicts.by_fd(sig.fd)
                 if entry is None:
                     continue
@@ -559,6 +608,19 @@ class ExecAuthSensor:
             last_seq=self._stamper.last_seq,
             detail=detail,
         )
+
+
+def _own_description(cand: CacheCandidate) -> CacheCandidate:
+    """The candidate on a fresh open of its file. The event's descriptor was passed to extensions, and
+    one of them could release a lease taken on it; a cached file's lease must be the agent's alone.
+    Non-blocking, so another holder's lease makes this fail instead of wait."""
+    fd = os.open(f"/proc/self/fd/{cand.fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | lc.O_LARGEFILE)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != cand.key:
+        os.close(fd)
+        raise OSError(errno.ESTALE, "the reopened descriptor is another file")
+    os.close(cand.fd)
+    return cand._replace(fd=fd)
 
 
 def _disable_vfork() -> None:
