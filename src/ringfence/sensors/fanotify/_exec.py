@@ -7,12 +7,10 @@ allows whatever is still pending before closing the group. `respond` runs on any
 event (later calls are counted and ignored), and never waits on more than one short lock and a write.
 
 Cacheable ALLOWs become kernel ignore marks through `CacheWorker` (see `_cache.py`), never on the
-answer path. A cached ALLOW must never outlive a change of the file made after the verdict was computed,
-by any write path: the file's state is recorded before the request goes out (`_identity.py`); the cache
-worker takes a read lease on the file (refused while anyone holds it open for writing or maps it shared
-and writable; once held, every later open for writing or truncate waits for this sensor, see
-`_leases.py`), checks the state again, and only then adds the ignore mark. A lease break revokes the
-mark before the writer may go on. `flush_cache()` removes every mark when the AUTH policy changes.
+answer path, and only as `_caching.py` says: a read lease while a request is judged (a writer then
+makes the answer DENY), and for a cached file a lease of its own, a check of the state the kernel was
+asked about, and a revocation before any writer may go on. `flush_cache()` removes every mark when the
+AUTH policy changes.
 
 Processes in this one: the agent must not start children with vfork (or posix_spawn) while this sensor
 runs. A vfork parent keeps the GIL while the kernel holds its child's exec for an answer, and the answer
@@ -23,11 +21,9 @@ Errors: `start()` raises SensorUnavailable("fanotify exec permission", <errno te
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
-import resource
 import select
 import stat
 import subprocess
@@ -36,19 +32,18 @@ from collections.abc import Sequence
 
 from ringfence.events import AuthAnswer, AuthKind, AuthRequest, Clock, HeaderStamper, Verdict
 from ringfence.sensors._base import AuthSink, ProcessResolver, SensorStatistics
-from ringfence.sensors.fanotify import _leases as leases
 from ringfence.sensors.fanotify import _libc as lc
 from ringfence.sensors.fanotify import _mounts as mounts
-from ringfence.sensors.fanotify._cache import CACHE_COUNTERS, CacheCandidate, CacheWorker
+from ringfence.sensors.fanotify._cache import CACHE_COUNTERS, CacheWorker
+from ringfence.sensors.fanotify._caching import PendingEvent, VerdictCaching
 from ringfence.sensors.fanotify._counters import Counters
-from ringfence.sensors.fanotify._identity import FileIdentity, identity_of, same_state
-from ringfence.sensors.fanotify._verdicts import CachedFile, VerdictTable
+from ringfence.sensors.fanotify._identity import identity_of
+from ringfence.sensors.fanotify._verdicts import VerdictTable
 
 log = logging.getLogger(__name__)
 
 INTERFACE = "fanotify exec permission"
 _READ_SIZE = 64 * 1024  # bytes per read(): 2,730 permission events
-_FD_HEADROOM = 1024  # descriptors left for everything else when the cached files take theirs
 _ALLOW_NOW = AuthAnswer(Verdict.ALLOW, cacheable=False, reason="allowed by the sensor")
 
 _COUNTERS = (
@@ -77,22 +72,7 @@ _COUNTERS = (
 )
 
 
-class _Pending:
-    """One permission event waiting for its answer. `answered` flips once, under the sensor's lock."""
-
-    __slots__ = ("answered", "contested", "fd", "generation", "identity", "leased", "mask")
-
-    def __init__(self, fd: int, mask: int, generation: int) -> None:
-        self.fd = fd
-        self.mask = mask
-        self.generation = generation
-        self.identity: FileIdentity | None = None  # the file's state when asked; None: never cached
-        self.leased = False  # a read lease on `fd` while the request is judged
-        self.contested: str | None = None  # why the judged content may not be what runs
-        self.answered = False
-
-
-class ExecAuthSensor:
+class ExecAuthSensor(VerdictCaching):
     """Asks `auth_sink` about every exec on `mounts` (mount marks) and every open under `open_paths`.
     A mount spec "X/*" is the mount at X and every exec-capable mount below it, including later ones."""
 
@@ -123,7 +103,7 @@ class ExecAuthSensor:
         self._counters = Counters(_COUNTERS)
         self._lock = threading.Lock()  # guards _fd, _pending, _generation, and every write to the group
         self._fd = -1
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, PendingEvent] = {}
         self._generation = 0
         self._received = 0
         self._own_pid = os.getpid()
@@ -234,19 +214,6 @@ class ExecAuthSensor:
         self._stop_r = self._stop_w = -1
         log.info("exec-auth stopped")
 
-    def _make_room_for_leases(self) -> None:
-        """Each cached file holds a descriptor (its lease): raise the soft fd limit to make room for
-        them, or cache fewer files if the hard limit is too low."""
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        in_use = len(os.listdir("/proc/self/fd"))
-        want = in_use + self._verdicts.capacity + _FD_HEADROOM
-        if hard != resource.RLIM_INFINITY and want > hard:
-            self._verdicts.capacity = max(0, hard - in_use - _FD_HEADROOM)
-            log.warning("exec-auth caches at most %d files (RLIMIT_NOFILE %d)", self._verdicts.capacity, hard)
-            want = hard
-        if want > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
     def _close_group(self) -> None:
         with self._lock:
             group, self._fd = self._fd, -1
@@ -281,17 +248,6 @@ class ExecAuthSensor:
             for extra in (mountinfo, sfd):
                 if extra >= 0:
                     os.close(extra)
-
-    def _listen_for_lease_breaks(self) -> int:
-        """This thread receives lease breaks; without them nothing is cached (every exec is asked)."""
-        leases.block_signals()
-        try:
-            sfd = leases.open_signalfd()
-        except OSError as e:
-            log.warning("exec-auth caches no verdicts: %s", e.strerror)
-            return -1
-        self._lease_tid = threading.get_native_id()
-        return sfd
 
     def _read_events(self, fd: int, poller: select.poll, mountinfo: int, sfd: int) -> None:
         while True:
@@ -338,7 +294,7 @@ class ExecAuthSensor:
             return
         mask = event.mask & (lc.FAN_OPEN_PERM | lc.FAN_OPEN_EXEC_PERM)
         with self._lock:
-            pending = _Pending(event.fd, mask, self._generation)
+            pending = PendingEvent(event.fd, mask, self._generation)
             self._pending[event.fd] = pending
         try:
             request = self._build_request(pending, event.pid)
@@ -349,7 +305,7 @@ class ExecAuthSensor:
             return
         self._ask(request, pending)
 
-    def _ask(self, request: AuthRequest, pending: _Pending) -> None:
+    def _ask(self, request: AuthRequest, pending: PendingEvent) -> None:
         self._counters.add("requests")
         try:
             self._sink(request, pending.fd, functools.partial(self._respond, pending))
@@ -358,7 +314,7 @@ class ExecAuthSensor:
             self._counters.add("sink_errors")
             self._respond(pending, _ALLOW_NOW)
 
-    def _build_request(self, pending: _Pending, pid: int) -> AuthRequest:
+    def _build_request(self, pending: PendingEvent, pid: int) -> AuthRequest:
         path = lc.fd_path(pending.fd)
         st = os.fstat(pending.fd)
         identity = pending.identity = identity_of(pending.fd, st)  # before any extension reads the file
@@ -379,26 +335,9 @@ class ExecAuthSensor:
             sha256=identity.digest.hex() if identity is not None and identity.digest else None,
         )
 
-    def _lease_while_judged(self, pending: _Pending) -> None:
-        """A writer that opens the file while it is judged could change it before the kernel loads it.
-        Under a read lease such a writer waits for the answer, and already counts as a writer, so the exec
-        would fail with ETXTBSY: the answer becomes DENY instead. A writer present when asked is the same
-        case. (The lease is on the event's descriptor, which extensions hold too: one could release it,
-        which only loses this check for its own request.)"""
-        if self._lease_tid is None:
-            return
-        try:
-            leases.take_read_lease(pending.fd, self._lease_tid)
-        except BlockingIOError:
-            pending.contested = "it was open for writing when the kernel asked"
-        except OSError:
-            return  # a filesystem without leases: judged as it is
-        else:
-            pending.leased = True
-
     # -- answering -----------------------------------------------------------------------------------------
 
-    def _respond(self, pending: _Pending, answer: AuthAnswer) -> None:
+    def _respond(self, pending: PendingEvent, answer: AuthAnswer) -> None:
         """The answer callback: from any thread, the first call per event counts."""
         allow = answer.verdict is Verdict.ALLOW
         with self._lock:
@@ -422,12 +361,6 @@ class ExecAuthSensor:
             return  # the cache worker owns the descriptor now
         os.close(pending.fd)
 
-    def _release_request_lease(self, fd: int) -> None:
-        try:
-            leases.release_lease(fd)
-        except OSError as e:  # closing the descriptor releases it as well
-            log.debug("exec-auth: releasing a request lease: %s", e.strerror)
-
     def _answer_unregistered(self, fd: int, response: int) -> None:
         with self._lock:
             self._write(self._fd, fd, response)
@@ -443,151 +376,6 @@ class ExecAuthSensor:
             self._counters.add("answer_errors")
             log.error("exec-auth could not answer fd %d: %s", event_fd, e)  # noqa: TRY400 - errno says it
             return False
-        return True
-
-    # -- the verdict cache ---------------------------------------------------------------------------------
-
-    def _offer(self, pending: _Pending) -> bool:
-        cache = self._cache
-        if cache is None:
-            return False
-        if pending.identity is None:
-            self._counters.add("cache_not_cacheable")
-            return False
-        cand = CacheCandidate(pending.fd, pending.identity, pending.mask, pending.generation)
-        return cache.offer(cand)
-
-    def _mark_cached(self, cand: CacheCandidate) -> str:
-        """Runs on the cache worker and owns `cand.fd`. Lease first (no writer now, none later unseen),
-        then the state check (unchanged since the kernel asked), then the ignore mark."""
-        try:
-            cand = _own_description(cand)
-        except OSError as e:
-            os.close(cand.fd)
-            log.debug("exec-auth cannot reopen a file to cache it: %s", e.strerror)
-            return "cache_refused_no_lease"
-        entry = self._reserve(cand)
-        if isinstance(entry, str):
-            os.close(cand.fd)
-            return entry
-        try:
-            unchanged = same_state(cand.fd, cand.identity)
-        except OSError:
-            unchanged = False
-        with self._lock:
-            if self._verdicts.by_fd(cand.fd) is not entry:
-                return "cache_revoked_during_check"  # a lease break, a flush or stop dropped it
-            if not unchanged or cand.generation != self._generation:
-                self._verdicts.drop(entry)
-                return "cache_refused_changed" if not unchanged else "cache_stale"
-            try:
-                self._add_ignore(self._fd, cand.fd, cand.mask)
-            except OSError:
-                self._verdicts.drop(entry)
-                raise
-            entry.committed = True
-        return "cached"
-
-    def _reserve(self, cand: CacheCandidate) -> CachedFile | str:
-        """Called with the descriptor of a fresh open (see _own_description)."""
-        with self._lock:
-            if self._lease_tid is None or self._verdicts.capacity == 0:
-                return "cache_unavailable"
-            if cand.generation != self._generation or self._fd < 0:
-                return "cache_stale"
-            known = self._verdicts.by_key(cand.key)
-            if known is not None:
-                return self._widen(known, cand.mask)
-            if len(self._verdicts) >= self._verdicts.capacity:
-                self._evict_oldest()
-            return self._verdicts.reserve(cand.fd, cand.key, cand.mask, self._lease_tid)
-
-    def _widen(self, known: CachedFile, mask: int) -> str:
-        """A second candidate for a cached file (exec and open, say): its bit joins the ignore mark."""
-        if not known.committed:
-            return "cache_stale"  # the first candidate is still being checked; the next one will do
-        if mask & ~known.mask:
-            self._add_ignore(self._fd, known.fd, mask)
-            known.mask |= mask
-        return "cached"
-
-    def _evict_oldest(self) -> None:
-        oldest = self._verdicts.oldest_committed()
-        if oldest is not None:
-            self._remove_ignore(oldest)
-            self._verdicts.drop(oldest)
-            self._counters.add("cache_evicted")
-
-    def _add_ignore(self, group: int, fd: int, mask: int) -> None:
-        flags = lc.FAN_MARK_ADD | lc.FAN_MARK_INODE
-        try:
-            lc.fanotify_mark(group, flags | self._ignore_flag, mask, fd)
-        except OSError:
-            if self._ignore_flag == lc.FAN_MARK_IGNORED_MASK:
-                raise
-            self._ignore_flag = lc.FAN_MARK_IGNORED_MASK  # before Linux 6.0
-            lc.fanotify_mark(group, flags | self._ignore_flag, mask, fd)
-
-    def _remove_ignore(self, entry: CachedFile) -> None:
-        """Take the ignore bits off the entry's file; the caller holds the lock. Gone already is fine."""
-        if self._fd < 0 or not entry.committed:
-            return
-        flags = lc.FAN_MARK_REMOVE | lc.FAN_MARK_INODE | self._ignore_flag
-        try:
-            lc.fanotify_mark(self._fd, flags, entry.mask, entry.fd)
-        except FileNotFoundError:
-            return
-
-    def drop_deleted(self) -> None:
-        """Forget cached files that were deleted (replaced by a package upgrade, say): their descriptors
-        would keep the disk blocks of a file nobody can reach."""
-        with self._lock:
-            for entry in self._verdicts.entries():
-                if os.fstat(entry.fd).st_nlink == 0:
-                    self._remove_ignore(entry)
-                    self._verdicts.drop(entry)
-                    self._counters.add("cache_dropped_deleted")
-
-    def _on_lease_signals(self, sfd: int) -> None:
-        """Writers are waiting to open cached files: revoke each ALLOW, then let the writer go on."""
-        for sig in leases.read_signals(sfd):
-            if sig.signo != leases.BREAK_SIGNAL:  # the signal queue overflowed: which files is unknown
-                self._counters.add("cache_revoked_signal_overflow")
-                self.flush_cache()
-                continue
-            with self._lock:
-                judged = self._pending.get(sig.fd)
-                if judged is not None and judged.leased:
-                    judged.contested = "it was opened for writing while it was judged"
-                    self._counters.add("written_while_judged")
-                    continue  # the writer waits for the answer, then the lease goes
-                entry = self._verdicts.by_fd(sig.fd)
-                if entry is None:
-                    continue
-                try:
-                    self._remove_ignore(entry)
-                except OSError as e:
-                    log.error("exec-auth cannot revoke a cached ALLOW (%s): flushing", e.strerror)  # noqa: TRY400
-                    self._flush_locked()
-                    continue
-                self._verdicts.drop(entry)
-            self._counters.add("cache_revoked_write_open")
-
-    def flush_cache(self) -> None:
-        """Forget every cached ALLOW: remove all inode marks (the ignore marks), re-add the open-path marks.
-        Requests made before the flush are not cached after it. A no-op while stopped."""
-        with self._lock:
-            if not self._flush_locked():
-                return
-        self._counters.add("cache_flushes")
-
-    def _flush_locked(self) -> bool:
-        self._generation += 1
-        if self._fd < 0:
-            return False
-        lc.fanotify_mark(self._fd, lc.FAN_MARK_FLUSH | lc.FAN_MARK_INODE, 0)
-        self._mark_open_paths(self._fd)
-        self._verdicts.drop_all()  # marks first, then leases: a waiting writer goes on after both
         return True
 
     # -- statistics ----------------------------------------------------------------------------------------
@@ -608,19 +396,6 @@ class ExecAuthSensor:
             last_seq=self._stamper.last_seq,
             detail=detail,
         )
-
-
-def _own_description(cand: CacheCandidate) -> CacheCandidate:
-    """The candidate on a fresh open of its file. The event's descriptor was passed to extensions, and
-    one of them could release a lease taken on it; a cached file's lease must be the agent's alone.
-    Non-blocking, so another holder's lease makes this fail instead of wait."""
-    fd = os.open(f"/proc/self/fd/{cand.fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | lc.O_LARGEFILE)
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != cand.key:
-        os.close(fd)
-        raise OSError(errno.ESTALE, "the reopened descriptor is another file")
-    os.close(cand.fd)
-    return cand._replace(fd=fd)
 
 
 def _disable_vfork() -> None:
