@@ -298,3 +298,17 @@ def test_engine_restarted_after_a_rejected_update_comes_back_with_the_last_good_
     assert _eventually(back, timeout_s=30), _extension(agent, REPUTATION)
     assert not _runs(evil)
     assert _extension(agent, REPUTATION).state == "running"
+
+
+def test_blocklist_deleted_while_running_keeps_the_staged_copy_in_force_and_says_so(
+    start_agent: Callable[[Config], Agent], tmpfs: Path, shared_dir: Path, root_only_dir: Path
+) -> None:
+    evil, _ = binaries(tmpfs)
+    blocklist = root_only_dir / "bl.txt"
+    blocklist.write_text(f"{sha(evil)}\n")
+    agent = start_agent(config_for(tmpfs, shared_dir, {REPUTATION: {"blocklist.txt": str(blocklist)}}))
+    assert _extension(agent, REPUTATION).content_version == "slot 1"
+    blocklist.unlink()
+    assert _eventually(lambda: f"{blocklist}: cannot open" in _extension(agent, REPUTATION).last_error)
+    assert not _runs(evil)
+    assert _extension(agent, REPUTATION).content_version == "slot 1"

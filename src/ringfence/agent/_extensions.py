@@ -173,7 +173,16 @@ class _Extensions:
         self.supervisor.stop()
 
     def statistics(self) -> list[ExtensionStatistics]:
-        return self.supervisor.statistics()
+        """The supervisor's, with each extension's active content slot, and the agent's own content
+        problem (a file it could not stage again, a revert to the last good slot) when the extension
+        reports none."""
+        stats = self.supervisor.statistics()
+        for st in stats:
+            item = self.contents.get(st.id)
+            if item is not None:
+                st.content_version = f"slot {item.slot}"
+                st.last_error = st.last_error or item.last_error
+        return stats
 
 
 def make_supervisor(agent: Agent) -> _Extensions:
