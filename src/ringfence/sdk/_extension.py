@@ -75,7 +75,10 @@ class Context(Protocol):
 
     @property
     def content_dir(self) -> str | None:
-        """The directory of the extension's active content, readable in the sandbox, if any."""
+        """The directory of the extension's active content, readable in the sandbox, if any: read-only
+        copies the agent made of the operator's files (`[extensions.content."<id>"]`), swapped whole
+        when they change. Resolve it (os.path.realpath) once per load to read one version; name files
+        as `content_dir/<name>` in errors, and the agent shows the operator's own path instead."""
         ...
 
     def emit_finding(
