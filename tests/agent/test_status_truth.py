@@ -188,3 +188,22 @@ def test_drops_make_status_degraded_then_healthy_once_the_window_passes(
     doc = _status(state)[1]
     assert any(d["stage"] == stage and d["total"] >= 1 for d in doc["drops"]), doc["drops"]
     _stop(proc)
+
+
+def test_extension_not_started_after_the_ready_timeout_degrades_status(
+    tmp_path: Path, tmpfs: Path, run_agent: Callable[[Path], subprocess.Popen[str]]
+) -> None:
+    config = _config(
+        tmp_path,
+        tmpfs,
+        "rf-t-truth3",
+        extensions=["fault.hangs=tests.extensions.fault_extensions:SetupHangs"],
+    )
+    state = tmp_path / "state"
+    proc = run_agent(config)
+    _until("status answers (after the ready timeout)", lambda: bool(_status(state)[1]), proc)
+    rc, doc = _status(state)
+    assert rc == 1
+    line = next(p for p in doc["problems"] if p.startswith("extension fault.hangs "))
+    assert "no handshake" in line, line  # still starting, or just timed out at the handshake deadline
+    _stop(proc)

@@ -271,3 +271,12 @@ class Stuck(Extension):
 
     def on_event(self, event: Event) -> None:
         threading.Event().wait()
+
+
+class SetupHangs(Extension):
+    """Its setup never returns (a content load that hangs): it never completes the handshake."""
+
+    manifest = _manifest("fault.hangs", subscribes=frozenset({EventKind.FILE}))
+
+    def setup(self, ctx: Context) -> None:
+        threading.Event().wait()
