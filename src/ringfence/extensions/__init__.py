@@ -3,7 +3,7 @@
 Usage (the agent):
     sup = Supervisor(specs, findings_sink=broker.publish, action_handler=responder.run,
                      on_auth_ready=lambda _id: broker.invalidate_auth_cache(),
-                     on_first_ready=broker.subscribe)
+                     on_first_ready=broker.subscribe, on_gone=broker.withdraw)
     sup.start(); sup.wait_ready(30); ...; sup.stop()
 
 Errors (the tree):

@@ -11,10 +11,17 @@ small (a handful of extensions).
 Why an extension is restarted (each counted by category in `restart_reasons`): "crash" (it exited or a
 signal not ours killed it), "handshake" (no usable HelloAck in time), "protocol-error" (malformed,
 oversized or out-of-place frame), "auth-misses" (`auth_miss_limit` AUTH deadlines missed in a row),
-"memory" (RSS over `memory_mb`), "cpu" (over `cpu_percent` for `cpu_over_budget_checks` checks),
-"launch" (the process could not be started). Every one of them counts toward the crash-loop window;
-a crash loop, a version mismatch or a changed manifest quarantines the extension and raises a
-DetectionFinding from source "ringfence.supervisor". The host and the other extensions go on.
+"memory" (RSS over `memory_mb`, or killed by the kernel's OOM killer in its cgroup), "cpu" (over
+`cpu_percent` for `cpu_over_budget_checks` checks), "launch" (the process could not be started). Every
+one of them counts toward the crash-loop window; a crash loop, a version mismatch or a changed manifest
+quarantines the extension and raises a DetectionFinding from source "ringfence.supervisor"; a
+quarantined extension leaves the broker (`on_gone`). The host and the other extensions go on.
+
+What an operator sees of a failure: one WARNING line whose message is the reason in the extension's own
+terms (`setup failed: <its exception>`, `killed: out of memory (limit N MiB)`, `exited with status S:
+<the last exception line of its stderr>`, our reason for ending it); the process's stderr (its last
+16 KiB, captured through a pipe this monitor drains) rides on that record as `detail`, which only the
+log file shows. The same reason is `last_error` in its statistics.
 """
 
 from __future__ import annotations
