@@ -122,6 +122,12 @@ def test_drops_degrade_for_the_window_then_only_the_total_remains() -> None:
             "extension r quarantined: 5 failures, the last: killed: oom",
         ),
         (ExtensionStatistics(id="r", state="starting"), "extension r starting: no handshake yet"),
+        (
+            ExtensionStatistics(
+                id="r", state="quarantined", quarantine_reason="extension r: refused the handshake: wrong id"
+            ),
+            "extension r quarantined: refused the handshake: wrong id",
+        ),
         (ExtensionStatistics(id="r", state="stopped"), "extension r stopped: not running"),
     ],
 )

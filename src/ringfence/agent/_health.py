@@ -75,7 +75,7 @@ def extension_problem(e: ExtensionStatistics) -> str | None:
         why = "no handshake yet (past the ready timeout)"
     else:
         why = e.last_error or e.last_exit_reason or "not running"
-    return f"extension {e.id} {e.state}: {why}"
+    return f"extension {e.id} {e.state}: " + (why or "").removeprefix(f"extension {e.id}: ")
 
 
 def auth_problems(broker: BrokerStatistics) -> list[str]:
