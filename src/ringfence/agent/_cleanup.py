@@ -78,16 +78,17 @@ def read_ledger(state_dir: str) -> Ledger:
         return Ledger()
 
 
-def _sweep_cgroups() -> list[str]:
+def _sweep_cgroups(only: set[str] | None = None) -> list[str]:
     try:
-        found = cgroups.sweep()
+        found = cgroups.sweep(only)
     except SandboxError as e:
         return [f"cleanup: could not sweep extension cgroups: {e}"]
     lines = []
     if found.removed:
+        ids = ", ".join(sorted({os.path.basename(path) for path in found.removed}))
         killed = f", killed {len(found.killed)} process(es) left in them ({_pids(found.killed)})"
         lines.append(
-            f"cleanup: removed {len(found.removed)} extension cgroup(s) of earlier runs"
+            f"cleanup: removed {len(found.removed)} extension cgroup(s) of earlier runs ({ids})"
             + (killed if found.killed else "")
         )
     if found.left:
