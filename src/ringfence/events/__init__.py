@@ -5,7 +5,7 @@ dicts exist only inside the codec (`to_ocsf`).
 """
 
 from ringfence.events._actions import ActionKind, ActionRequest, ActionResult
-from ringfence.events._codec import OcsfEncoder, to_ocsf
+from ringfence.events._codec import OcsfEncoder, to_ocsf, valid_text
 from ringfence.events._health import (
     HEARTBEAT_SCHEMA_VERSION,
     AbsentAuthStatistics,
@@ -97,4 +97,5 @@ __all__ = [
     "start_time_from_kernel_ns",
     "start_time_from_ticks",
     "to_ocsf",
+    "valid_text",
 ]

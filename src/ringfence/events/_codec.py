@@ -383,12 +383,13 @@ def _text(s: str) -> str:
 
 
 def valid_text(value: Any) -> Any:
-    """`value` (an OCSF dict) with every string valid Unicode, so that any JSON encoder takes it."""
+    """`value` (an OCSF dict, or any builtins) with every string valid Unicode, so that any JSON or
+    msgpack encoder takes it."""
     if isinstance(value, str):
         return _text(value)
     if isinstance(value, dict):
         return {k: valid_text(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [valid_text(v) for v in value]
     return value
 

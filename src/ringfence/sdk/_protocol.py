@@ -44,6 +44,7 @@ from ringfence.events import (
     Event,
     ProcessRef,
     Severity,
+    valid_text,
 )
 from ringfence.sdk._manifest import Manifest
 
@@ -215,7 +216,13 @@ class Wire(Generic[F]):
         self._anc = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 
     def encode(self, frame: msgspec.Struct) -> bytes:
-        payload = self._encoder.encode(frame)
+        try:
+            payload = self._encoder.encode(frame)
+        except UnicodeEncodeError:
+            # A path or argv that was not UTF-8 (the sensors keep its bytes as lone surrogates) cannot
+            # go into msgpack as it is: send it as the same text the event log shows (\xNN). Rare, so
+            # only then. Without this the sender's thread died and every later AUTH missed its deadline.
+            payload = self._encoder.encode(valid_text(msgspec.to_builtins(frame)))
         if len(payload) > self.max_frame_bytes:
             raise FrameTooLarge(
                 f"{type(frame).__name__} frame of {len(payload)} bytes > {self.max_frame_bytes}"
