@@ -52,3 +52,23 @@ def test_event_batch_with_a_non_utf8_name_keeps_its_other_events(wires) -> None:
     frame, _ = ext.recv()
     assert isinstance(frame, EventBatch)
     assert [e.path for e in frame.events] == ["/tmp/a", "/tmp/evil-\\xff\\xfe"]
+
+
+def test_a_writer_thread_that_fails_restarts_its_extension_instead_of_starving_it(rig, monkeypatch) -> None:
+    """Whatever a frame does to the encoder, the extension must not go deaf while it looks alive."""
+    from tests.extensions.conftest import fault_spec, wait_until
+
+    rig.start([fault_spec("fault.good", "WellBehaved")])
+    rig.wait_running("fault.good")
+    real_encode = Wire.encode
+
+    def encode(self, frame):
+        if isinstance(frame, EventBatch) and any(getattr(e, "path", "") == "/boom" for e in frame.events):
+            raise RuntimeError("an encoder bug")
+        return real_encode(self, frame)
+
+    monkeypatch.setattr(Wire, "encode", encode)
+    rig.publish("/boom")
+    wait_until("a restart after the writer failed", lambda: rig.stats("fault.good").restarts >= 1)
+    monkeypatch.setattr(Wire, "encode", real_encode)
+    rig.wait_running("fault.good")

@@ -102,6 +102,13 @@ class Connection:
             except OSError as e:
                 log.debug("writer of %s stops: %s", self.spec.id, e)
                 return
+            except Exception:  # supervision boundary: a dead writer would starve the extension in silence
+                log.exception(
+                    "writer of %s failed: ending the connection so the extension restarts", self.spec.id
+                )
+                with contextlib.suppress(OSError):
+                    self.spawned.sock.shutdown(socket.SHUT_RDWR)  # its reader sees the end, the proxy reaps
+                return
 
     def _write_some(self) -> bool:
         """Send what is queued, most urgent first. False when all lanes are empty or closed."""
