@@ -130,6 +130,27 @@ def test_hard_linked_file_on_a_filesystem_without_protected_paths_quarantined_wi
     assert "1 other hard link(s) remain" in message
 
 
+def test_restore_follows_a_directory_swapped_for_a_symlink(tmp_path: Path, ex: ResponseExecutor) -> None:
+    directory = tmp_path / "downloads"
+    directory.mkdir()
+    (directory / "dropper").write_text("x")
+    ok, message = quarantine(ex, str(directory / "dropper"))
+    assert ok, message
+    [entry] = ex.quarantine_list()
+    directory.rmdir()
+    elsewhere = tmp_path / "elsewhere"  # /etc/cron.d, say
+    elsewhere.mkdir()
+    directory.symlink_to(elsewhere)
+    result = ex.restore(entry.id)
+    assert not result.ok
+    assert f"now resolves to {elsewhere}" in result.message
+    assert not (elsewhere / "dropper").exists()
+    directory.unlink()
+    directory.mkdir()  # the directory is back: so is the file
+    assert ex.restore(entry.id).ok
+    assert (directory / "dropper").read_text() == "x"
+
+
 def test_action_outside_the_extensions_scope_refused_and_logged(tmp_path: Path) -> None:
     ex = executor(tmp_path, **{"acme.av": ActionScope(actions=frozenset({ActionKind.QUARANTINE}))})
     result = ex.execute(
@@ -172,6 +193,16 @@ def test_default_scope_quarantines_outside_the_drop_locations(tmp_path: Path) ->
         ok, message = quarantine(ex, str(victim))
         assert not ok
         assert "outside the requester's scope" in message
+        assert victim.exists()
+
+
+def test_scope_escaped_through_a_symlinked_directory(tmp_path: Path) -> None:
+    ex = executor(tmp_path, **{"acme.av": ActionScope(paths=("/tmp",))})
+    for victim in planted("/srv"):
+        (tmp_path / "inside-tmp").symlink_to("/srv")
+        ok, message = quarantine(ex, str(tmp_path / "inside-tmp" / victim.name))
+        assert not ok
+        assert f"really {victim}" in message and "outside the requester's scope (/tmp)" in message
         assert victim.exists()
 
 
