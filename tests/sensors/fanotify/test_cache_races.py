@@ -297,3 +297,18 @@ def test_deleted_cached_file_does_not_keep_its_blocks(race: Race) -> None:
     race.sensor.drop_deleted()  # the cache worker's idle sweep
     assert race.detail("cache_dropped_deleted") == 1
     assert race.detail("cached_files") == 0
+
+
+def test_failed_revocation_closes_the_gate_loudly_and_lets_the_writer_go(race: Race, monkeypatch) -> None:
+    """A revocation that raises must neither hang the writer nor keep a stale mark: the group closes."""
+    assert race.runs()
+    wait_until(lambda: race.detail("cached") == 1, what="the ignore mark")
+
+    def broken(sfd: int) -> None:
+        raise RuntimeError("revocation bug")
+
+    monkeypatch.setattr(race.sensor, "_on_lease_signals", broken)
+    overwrite_in_place(race)  # waits on the lease until the group is closed, then writes
+    wait_until(lambda: not race.sensor.statistics().running, what="the group to close")
+    assert race.detail("cache_errors") == 1
+    assert race.runs()  # nothing gates it any more: allowed, and visible as a stopped sensor

@@ -254,8 +254,8 @@ class ExecAuthSensor(VerdictCaching):
             ready = {rfd for rfd, _ in poller.poll()}
             if self._stop_r in ready:
                 return
-            if sfd in ready:
-                self._on_lease_signals(sfd)  # first: a writer is waiting on it
+            if sfd in ready and not self._lease_signals_handled(sfd):
+                return
             if mountinfo in ready:
                 try:
                     self._on_mount_change(mountinfo)
@@ -275,6 +275,18 @@ class ExecAuthSensor(VerdictCaching):
                 self._counters.add("decode_errors")
                 self._close_group()
                 return
+
+    def _lease_signals_handled(self, sfd: int) -> bool:
+        """First of all: a writer is waiting on a lease. If a revocation fails the cache cannot be
+        trusted, and this thread must not die with events pending: close the group (all allowed), loudly."""
+        try:
+            self._on_lease_signals(sfd)
+        except Exception:  # supervision boundary: fail open by closing the group, counted and logged
+            log.exception("exec-auth cannot revoke cached verdicts: closing the group, pending allowed")
+            self._counters.add("cache_errors")
+            self._close_group()
+            return False
+        return True
 
     def _handle_batch(self, buf: bytes) -> None:
         for event in lc.decode_events(buf):
