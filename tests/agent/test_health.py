@@ -237,3 +237,28 @@ def test_terminal_gets_one_line_per_record_and_the_log_file_the_traceback_and_de
     assert "second line" in full and "ValueError: boom" in full and "    | PermissionError: no" in full
     plain = logging.LogRecord("ringfence.x", logging.INFO, __file__, 1, "all well", (), None)
     assert TerminalFormatter("/s/agent.log").format(plain).endswith("ringfence.x: all well")
+
+
+def test_human_status_shows_problems_first_then_drops_and_auth_absence() -> None:
+    from ringfence.cli import _render_status
+    from ringfence.events import StageDrops
+
+    broker = _broker(dropped=5)
+    broker.auth.absent["strict"] = AbsentAuthStatistics(
+        failure="fail-closed", reason="quarantined", since_ns=0, denied=2
+    )
+    h = _health(
+        healthy=False,
+        problems=[
+            "extension strict quarantined: setup failed: E",
+            "sensor file dropped events 1 s ago (3 in all)",
+        ],
+        broker=broker,
+        drops=[StageDrops(stage="sensor file", total=3, last_s=1.0)],
+    )
+    text = _render_status(h)
+    first = text.splitlines()[0]
+    assert "DEGRADED (extension strict quarantined: setup failed: E; sensor file dropped" in first
+    assert "strict                   LEFT AUTH (quarantined): fail-closed, denied=2" in text
+    assert "  sensor file: 3 in all, the last 1 s ago" in text
+    assert "version=1.2 content=c7" in text
