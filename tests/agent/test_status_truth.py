@@ -207,3 +207,25 @@ def test_extension_not_started_after_the_ready_timeout_degrades_status(
     line = next(p for p in doc["problems"] if p.startswith("extension fault.hangs "))
     assert "no handshake" in line, line  # still starting, or just timed out at the handshake deadline
     _stop(proc)
+
+
+def test_metrics_port_in_use_is_a_one_line_error_and_the_agent_leaves_nothing_behind(
+    tmp_path: Path, tmpfs: Path
+) -> None:
+    from ringfence.sensors.audit import list_rule_keys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = _config(
+            tmp_path, tmpfs, "rf-t-truth4", extensions=[], agent=f'metrics_listen = "127.0.0.1:{port}"\n'
+        )
+        r = subprocess.run(
+            [*RINGFENCE, "run", "--config", str(config)], capture_output=True, text=True, timeout=120
+        )
+    assert r.returncode == 1, r.stderr
+    assert f"agent.metrics_listen 127.0.0.1:{port}: Address already in use" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "rf-t-truth4" not in list_rule_keys()
+    assert not (tmp_path / "state" / "status.sock").exists()
