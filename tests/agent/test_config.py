@@ -112,3 +112,26 @@ def test_metrics_listener_on_loopback_or_explicitly_remote_is_accepted() -> None
     assert parse_config(b'[agent]\nmetrics_listen = "[::1]:9477"\n', "r.toml").agent.metrics_listen
     text = b'[agent]\nmetrics_listen = "0.0.0.0:9477"\nmetrics_allow_remote = true\n'
     assert parse_config(text, "r.toml").agent.metrics_allow_remote
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (b"agent = 5\n", "agent", "must be a table, got int"),
+        (b'[extensions]\nconfig = "x"\n', "extensions.config", "Expected `object`, got `str`"),
+        (b'[extensions.config."a"]\nk = 1\n[extensions]\nenabled = "a"\n', "extensions.enabled", "Expected"),
+        (b"[agent]\ndrop_window_s = 0\n", "agent.drop_window_s", "must be > 0"),
+    ],
+)
+def test_wrong_shapes_are_problems_of_their_key(text: bytes, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "r.toml")
+    [problem] = caught.value.problems
+    assert problem.key == key and message in problem.message, problem
+
+
+def test_toml_syntax_error_says_where() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(b"[agent]\nstate_dir = \n", "r.toml")
+    [problem] = caught.value.problems
+    assert problem.key == "" and "not valid TOML" in problem.message and "line 2" in problem.message
