@@ -13,6 +13,7 @@ from ringfence.agent._content import (
     ContentError,
     ContentStore,
     ContentWatcher,
+    ExtensionView,
     StagedContent,
     migrate_settings,
 )
@@ -179,13 +180,13 @@ def test_old_setting_with_a_relative_path_refused() -> None:
 
 
 class FakeExtension:
-    """The watcher's view of one extension: its state and failure count, set by the test."""
+    """The watcher's view of one extension, set by the test."""
 
     def __init__(self) -> None:
-        self.state, self.failures = "running", 0
+        self.view = ExtensionView("running", restarts=0, start_failures=0)
 
-    def __call__(self, ext_id: str) -> tuple[str, int] | None:
-        return (self.state, self.failures) if ext_id == EXT else None
+    def __call__(self, ext_id: str) -> ExtensionView | None:
+        return self.view if ext_id == EXT else None
 
 
 def _staged_and_watched(
@@ -202,7 +203,7 @@ def _stage_new_version(watcher: ContentWatcher, origin: Path, text: str) -> None
     watcher.check()
 
 
-def test_extension_failing_with_a_new_slot_gets_the_last_good_one_back(
+def test_extension_failing_to_start_with_a_new_slot_gets_the_last_good_one_back(
     store: ContentStore, tmp_path: Path
 ) -> None:
     """A restart with content the engine rejects would crash-loop it into quarantine: revert first."""
@@ -211,12 +212,12 @@ def test_extension_failing_with_a_new_slot_gets_the_last_good_one_back(
     item, watcher, ext = _staged_and_watched(store, origin)
     _stage_new_version(watcher, origin, "bad\n")
     assert (item.slot, item.good_slot) == (2, 1)
-    ext.state, ext.failures = "backoff", 1  # it failed (its setup rejected slot 2)
+    ext.view = ExtensionView("backoff", restarts=1, start_failures=1)  # its setup rejected slot 2
     watcher.check()
     assert (Path(item.content_dir) / "blocklist.txt").read_text() == "good\n"
     assert item.slot == 1 and item.reverts == 1
-    assert "slot 2 failed while active" in item.last_error and str(origin) in item.last_error
-    ext.state = "running"
+    assert "slot 2 (" in item.last_error and str(origin) in item.last_error
+    ext.view = ExtensionView("running", restarts=2, start_failures=1)
     watcher.check()
     watcher.check()  # the rejected file is not staged again until it changes
     assert item.slot == 1
@@ -224,17 +225,28 @@ def test_extension_failing_with_a_new_slot_gets_the_last_good_one_back(
     assert (Path(item.content_dir) / "blocklist.txt").read_text() == "fixed\n"
 
 
-def test_new_slot_the_extension_came_back_with_becomes_the_last_good(
+def test_crash_while_running_with_a_new_slot_does_not_revert(store: ContentStore, tmp_path: Path) -> None:
+    """A crash (or a kill from outside) says nothing about content: only a failed start does."""
+    origin = tmp_path / "bl.txt"
+    origin.write_text("v1\n")
+    item, watcher, ext = _staged_and_watched(store, origin)
+    _stage_new_version(watcher, origin, "v2\n")
+    ext.view = ExtensionView("backoff", restarts=0, start_failures=0)
+    watcher.check()
+    assert item.slot == 2 and item.reverts == 0
+
+
+def test_new_slot_the_extension_restarted_with_becomes_the_last_good(
     store: ContentStore, tmp_path: Path
 ) -> None:
     origin = tmp_path / "bl.txt"
     origin.write_text("v1\n")
     item, watcher, ext = _staged_and_watched(store, origin)
     _stage_new_version(watcher, origin, "v2\n")
-    ext.failures = 1  # it failed and restarted with slot 2 active, and runs: slot 2 is proven
+    ext.view = ExtensionView("running", restarts=1, start_failures=0)  # restarted with slot 2, runs
     watcher.check()
     assert item.good_slot == 2
-    ext.state, ext.failures = "backoff", 2
+    ext.view = ExtensionView("backoff", restarts=1, start_failures=1)
     watcher.check()
     assert item.slot == 2 and item.reverts == 0  # nothing newer than the good slot to blame
 

@@ -37,7 +37,7 @@ import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ringfence.agent._errors import AgentError
 
@@ -59,6 +59,12 @@ class ContentError(AgentError):
     """Content that cannot be staged. The message names the extension and each file with its problem."""
 
 
+class ExtensionView(NamedTuple):
+    state: str  # "running", "backoff", ...
+    restarts: int
+    start_failures: int  # starts that failed before or at the handshake (its setup raised or hung)
+
+
 @dataclass
 class StagedContent:
     """One extension's content: where its operator files are, and the slot in force."""
@@ -69,7 +75,7 @@ class StagedContent:
     signatures: dict[str, _Signature] = field(default_factory=dict)  # of the origins, as staged
     slot: int = 0  # the active slot
     good_slot: int = 0  # the last slot the extension was seen to start with (last-known-good)
-    failures_at_stage: int = 0  # the extension's failure count when `slot` was staged
+    seen_at_stage: ExtensionView | None = None  # the extension when `slot` was staged
     stages: int = 0
     errors: int = 0
     reverts: int = 0
@@ -269,8 +275,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-ExtensionState = Callable[[str], "tuple[str, int] | None"]
-"""Extension id -> (its state, its failure count), None if unknown."""
+ExtensionState = Callable[[str], "ExtensionView | None"]
+"""Extension id -> what the watcher needs to know of it, None if unknown."""
 
 
 class ContentWatcher:
@@ -280,10 +286,11 @@ class ContentWatcher:
     logged and counted (`StagedContent.errors`, `last_error`).
 
     Last-known-good: the slot active when the agent started (its setup loaded it) is good, and so is a
-    newer one once the extension is seen running after a failure or restart with it. If the extension
-    fails (and waits in backoff) while an unproven slot is active, the good slot is made active again
-    before its restart, so that content the engine rejected cannot crash-loop it into quarantine; the
-    rejected file is not staged again until it changes."""
+    newer one once the extension is seen running after a restart with it. If the extension fails to
+    start (its setup raised or hung) while an unproven slot is active, the good slot is made active
+    again before the next restart, so that content the engine rejected cannot crash-loop it into
+    quarantine; the rejected file is not staged again until it changes. A crash while running changes
+    nothing: the restart tells whether the content loads."""
 
     def __init__(
         self,
@@ -331,28 +338,25 @@ class ContentWatcher:
         self._check_origins(item)
 
     def _check_good(self, item: StagedContent) -> None:
-        state = self._extension_state(item.ext_id) if self._extension_state is not None else None
-        if state is None or item.slot == item.good_slot:
+        view = self._extension_state(item.ext_id) if self._extension_state is not None else None
+        staged = item.seen_at_stage
+        if view is None or staged is None or item.slot == item.good_slot:
             return
-        name, failures = state
-        if failures <= item.failures_at_stage:
+        if view.state == "running" and view.restarts > staged.restarts:
+            item.good_slot = item.slot  # it started again with this slot active, and runs: proven
             return
-        if name == "running":  # failed since the slot was staged, and came back with it: proven
-            item.good_slot = item.slot
-            item.failures_at_stage = failures
-            return
-        if name != "backoff":
-            return
+        if view.state != "backoff" or view.start_failures <= staged.start_failures:
+            return  # a crash while running says nothing about content: the restart will tell
         bad = item.slot
         try:
             self._store.revert(item)
         except OSError:
             log.exception("content of %s: restoring slot %d failed", item.ext_id, item.good_slot)
             return
-        item.failures_at_stage = failures
+        item.seen_at_stage = view
         item.last_error = (
-            f"content of {item.ext_id}: slot {bad} failed while active ({', '.join(item.origins.values())}); "
-            f"slot {item.good_slot}, the last known good, is active again"
+            f"content of {item.ext_id}: slot {bad} ({', '.join(item.origins.values())}) failed the "
+            f"extension's start; slot {item.good_slot}, the last known good, is active again"
         )
         log.error("%s", item.last_error)
 
@@ -375,8 +379,7 @@ class ContentWatcher:
             item.signatures = {name: sig for name, sig in now.items() if sig is not None}  # not retried
             log.error("content of %s not updated, slot %d stays active: %s", item.ext_id, item.slot, failure)
             return
-        state = self._extension_state(item.ext_id) if self._extension_state is not None else None
-        item.failures_at_stage = state[1] if state is not None else 0
+        item.seen_at_stage = self._extension_state(item.ext_id) if self._extension_state is not None else None
         log.info("content of %s staged as slot %d", item.ext_id, item.slot)
         if self._on_staged is not None:
             self._on_staged(item)

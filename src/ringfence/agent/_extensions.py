@@ -9,7 +9,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ringfence.agent._config import Config
-from ringfence.agent._content import ContentStore, ContentWatcher, StagedContent, migrate_settings
+from ringfence.agent._content import (
+    ContentStore,
+    ContentWatcher,
+    ExtensionView,
+    StagedContent,
+    migrate_settings,
+)
 from ringfence.agent._errors import AgentError
 from ringfence.events import ActionRequest, ActionResult, ExtensionStatistics
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
@@ -137,11 +143,11 @@ class _Extensions:
             on_action_refused=self.responder.refuse,
         )
 
-    def _extension_state(self, ext_id: str) -> tuple[str, int] | None:
-        """(state, failures) of one extension, for the content watcher's last-known-good check."""
+    def _extension_state(self, ext_id: str) -> ExtensionView | None:
+        """One extension as the content watcher's last-known-good check needs it."""
         for st in self.supervisor.statistics():
             if st.id == ext_id:
-                return st.state, st.failures
+                return ExtensionView(st.state, st.restarts, st.restart_reasons.get("handshake", 0))
         return None
 
     def _extension_pids(self) -> frozenset[int]:
