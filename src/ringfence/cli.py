@@ -26,7 +26,7 @@ from ringfence.agent import (
     load_config,
     read_status,
 )
-from ringfence.agent._cleanup import CleanupError, holding_state_dir
+from ringfence.agent._cleanup import SETTLE_S, CleanupError, holding_state_dir
 from ringfence.agent._cleanup import sweep as sweep_leftovers
 from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
 from ringfence.agent._console import configure_logging
@@ -116,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "the state dir.",
     )
     _common(clean)
+    clean.add_argument(
+        "--empty-now",
+        action="store_true",
+        help="also remove empty cgroups made in the last 30 s (by default left: a launcher may be setting "
+        "one up). Safe when no other Ringfence process runs, as in systemd's ExecStopPost",
+    )
     return p
 
 
@@ -305,7 +311,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise CleanupError("ringfence cleanup needs root: it removes cgroups and audit rules")
     with holding_state_dir(config.agent.state_dir):
-        lines = sweep_leftovers(config)
+        lines = sweep_leftovers(config, settle_s=0 if args.empty_now else SETTLE_S)
     for line in lines or ["cleanup: nothing left by an earlier run"]:
         print(line)
     return EXIT_FAILED if any(line.startswith("cleanup: could not") for line in lines) else 0

@@ -29,6 +29,8 @@ from ringfence.sensors.audit import sweep_audit
 
 log = logging.getLogger(__name__)
 
+SETTLE_S = cgroups.SETTLE_S
+
 LEDGER = "cleanup.json"
 AUDIT_SETTINGS = "audit-settings.json"
 LOCK = "agent.lock"
@@ -44,12 +46,13 @@ class Ledger(msgspec.Struct, frozen=True, kw_only=True):
     audit_keys: tuple[str, ...] = ()
 
 
-def sweep(config: Config) -> list[str]:
+def sweep(config: Config, *, settle_s: float = cgroups.SETTLE_S) -> list[str]:
     """Cleans up after every earlier run from this state dir; returns one line per kind cleaned (also
-    logged). Never raises for what it cannot clean: that is a line too."""
+    logged). Never raises for what it cannot clean: that is a line too. `settle_s`: how old an empty
+    cgroup must be to go (0 when nothing else can be setting one up: systemd's ExecStopPost)."""
     state_dir = config.agent.state_dir
     ledger = read_ledger(state_dir)
-    lines = _sweep_cgroups()
+    lines = _sweep_cgroups(settle_s=settle_s)
     lines += _sweep_audit({*ledger.audit_keys, config.sensors.audit_key}, state_dir)
     for line in lines:
         log.info("%s", line)
@@ -78,9 +81,9 @@ def read_ledger(state_dir: str) -> Ledger:
         return Ledger()
 
 
-def _sweep_cgroups(only: set[str] | None = None) -> list[str]:
+def _sweep_cgroups(only: set[str] | None = None, *, settle_s: float = cgroups.SETTLE_S) -> list[str]:
     try:
-        found = cgroups.sweep(only)
+        found = cgroups.sweep(only, settle_s=settle_s)
     except SandboxError as e:
         return [f"cleanup: could not sweep extension cgroups: {e}"]
     lines = []
