@@ -1,11 +1,21 @@
 """An extension for the content end-to-end tests (loaded as "id=module:attr", sandboxed like any other):
-it tries to read the operator's own file and its staged copy, and says what happened in a finding."""
+it tries to read the operator's own file, to read and write its staged copy, and says what happened
+in a finding."""
 
 from __future__ import annotations
 
 import os
 
 from ringfence.sdk import EventKind, Extension, Manifest, Severity
+
+
+def _try_write(path: str) -> str:
+    try:
+        with open(path, "ab") as f:
+            f.write(b"x")
+    except OSError as e:
+        return f"refused({e.errno})"
+    return "written"
 
 
 def _try_read(path: str) -> str:
@@ -27,5 +37,11 @@ class ContentProbe(Extension):
             return
         self._done = True
         operator = _try_read(str(self.ctx.settings["operator_path"]))
-        staged = _try_read(os.path.join(self.ctx.content_dir or "/nonexistent", "list.txt"))
-        self.ctx.emit_finding(f"probe operator={operator} content={staged}", Severity.INFORMATIONAL)
+        content_dir = self.ctx.content_dir or "/nonexistent"
+        staged = _try_read(os.path.join(content_dir, "list.txt"))
+        write = _try_write(os.path.join(content_dir, "list.txt"))
+        create = _try_write(os.path.join(content_dir, "planted.txt"))
+        self.ctx.emit_finding(
+            f"probe operator={operator} content={staged} write={write} create={create}",
+            Severity.INFORMATIONAL,
+        )

@@ -244,7 +244,7 @@ def test_list_broken_while_running_keeps_the_old_one_and_is_reported_until_fixed
     assert _extension(agent, REPUTATION).last_error == ""
 
 
-def test_extension_cannot_read_the_operators_path_only_its_staged_copy(
+def test_extension_cannot_read_the_operators_path_only_read_its_staged_copy(
     start_agent: Callable[[Config], Agent], tmpfs: Path, shared_dir: Path
 ) -> None:
     """Even a world-readable operator file: the sandbox grants the content store, not the operator's dir."""
@@ -273,7 +273,9 @@ def test_extension_cannot_read_the_operators_path_only_its_staged_copy(
         return None
 
     assert _eventually(lambda: probed() is not None)
-    assert probed() == f"probe operator=refused({errno.EACCES}) content=read"
+    refused = f"refused({errno.EACCES})"
+    assert probed() == f"probe operator={refused} content=read write={refused} create={refused}"
+    assert operator_file.read_text() == "anything\n"
 
 
 def test_engine_restarted_after_a_rejected_update_comes_back_with_the_last_good_list(

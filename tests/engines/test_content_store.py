@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,39 @@ def test_last_good_slot_survives_pruning(store: ContentStore, tmp_path: Path) ->
         _stage_new_version(watcher, origin, f"v{n}\n")
     assert item.good_slot == 1
     assert (Path(item.root) / "slots" / "1" / "blocklist.txt").read_text() == "v1\n"
+
+
+def test_reader_racing_restages_only_ever_sees_whole_versions(store: ContentStore, tmp_path: Path) -> None:
+    """What the engine does (resolve `active` once, read the file there) against 40 stages in a row:
+    every read is one complete version, never a mix or a truncated copy."""
+    origin = tmp_path / "bl.txt"
+    versions = [f"version {n}\n" * 5000 for n in range(41)]
+    origin.write_text(versions[0])
+    item = store.stage_all({EXT: {"blocklist.txt": str(origin)}})[EXT]
+    seen: list[str] = []
+    problems: list[str] = []
+    done = threading.Event()
+
+    def read_loop() -> None:
+        while not done.is_set() or not seen:
+            slot = os.path.realpath(item.content_dir)
+            try:
+                text = Path(slot, "blocklist.txt").read_text()
+            except FileNotFoundError:  # the slot was pruned after we resolved it: the engine retries
+                continue
+            if text not in versions:
+                problems.append(f"{slot}: {len(text)} bytes, not a whole version")
+            seen.append(text)
+
+    reader = threading.Thread(target=read_loop)
+    reader.start()
+    try:
+        for text in versions[1:]:
+            origin.write_text(text)
+            store.stage(item)
+    finally:
+        done.set()
+        reader.join(timeout=30)
+    assert problems == []
+    assert len(seen) > 0
+    assert Path(item.content_dir, "blocklist.txt").read_text() == versions[-1]
