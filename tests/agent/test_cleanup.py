@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -338,3 +339,13 @@ def test_sweep_removed_a_crashed_runs_cgroup_without_saying_what_it_killed(
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         os.close(pidfd)
+
+
+def test_unit_runs_no_cleanup_the_cli_accepts() -> None:
+    from ringfence.cli import _parser
+
+    unit = Path(REPO, "packaging", "ringfence.service").read_text().splitlines()
+    [command] = [line.partition("=")[2] for line in unit if line.startswith("ExecStopPost=")]
+    argv = shlex.split(command)
+    args = _parser().parse_args(argv[1:])
+    assert (args.command, args.empty_now, args.config) == ("cleanup", True, "/etc/ringfence/ringfence.toml")
