@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -262,3 +264,22 @@ def test_human_status_shows_problems_first_then_drops_and_auth_absence() -> None
     assert "strict                   LEFT AUTH (quarantined): fail-closed, denied=2" in text
     assert "  sensor file: 3 in all, the last 1 s ago" in text
     assert "version=1.2 content=c7" in text
+
+
+def test_a_running_agent_numbers_its_heartbeats_and_they_decode_on_the_other_side(
+    tmpfs: Path, tmp_path: Path
+) -> None:
+    from ringfence.agent import Agent, Console
+    from tests.agent.helpers import scoped_config
+
+    agent = Agent(scoped_config(tmpfs, tmp_path / "state"), console=Console(io.StringIO()))
+    agent.start()
+    try:
+        first, second = agent.heartbeat(), agent.heartbeat()
+    finally:
+        agent.stop()
+    assert (first.sequence, second.sequence) == (1, 2)
+    back = decode_heartbeat(msgspec.json.encode(second))
+    assert back.schema_version == HEARTBEAT_SCHEMA_VERSION and back.host_id == agent.config.host
+    assert back.health.healthy, back.health.problems
+    assert {s.name for s in back.health.sensors} >= {"process", "file", "exec-auth"}

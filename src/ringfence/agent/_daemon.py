@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import select
@@ -30,7 +31,7 @@ from ringfence.agent._health import DropTracker, drop_totals, problems_of, summa
 from ringfence.agent._metrics import MetricsAddressError, MetricsServer, parse_listen
 from ringfence.agent._status import StatusServer
 from ringfence.broker import Broker, DeadlineRunner, Mutes
-from ringfence.events import EventKind, ExtensionStatistics, Health, SensorStatistics, SystemClock
+from ringfence.events import EventKind, ExtensionStatistics, Health, Heartbeat, SensorStatistics, SystemClock
 from ringfence.outputs import JsonlSink
 from ringfence.sensors import Sensor, SensorUnavailable
 
@@ -90,6 +91,7 @@ class Agent:
         self._stopping = False
         self._proc = psutil.Process()
         self._drops = DropTracker(self.clock)
+        self._beats = itertools.count(1)  # next() is atomic under the GIL
 
     # -- start -------------------------------------------------------------------------------------------
 
@@ -350,3 +352,12 @@ class Agent:
 
     def render_status(self) -> bytes:
         return msgspec.json.encode(self.health())
+
+    def heartbeat(self) -> Heartbeat:
+        """The health as the fleet uplink sends it: numbered from 1 per run (a gap is a lost heartbeat)."""
+        return Heartbeat(
+            host_id=self.config.host,
+            sequence=next(self._beats),
+            sent_at_ns=time.time_ns(),
+            health=self.health(),
+        )
