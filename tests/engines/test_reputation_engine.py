@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -436,3 +437,25 @@ def test_memo_bounded_by_setting(
         eng.on_auth(make_exec_request(path), open_ro(path))
     memo = eng.statistics().memo
     assert (memo.size, memo.evictions) == (2, 1)
+
+
+def test_reload_on_the_real_background_thread_takes_effect(
+    make_ctx: Callable[..., Any],
+    clock: Any,
+    content: Content,
+    tmp_path: Path,
+    open_ro: Open,
+    make_exec_request: MakeRequest,
+) -> None:
+    eng = ReputationEngine(clock=clock)  # the default: a thread per reload
+    ctx = make_ctx(content_dir=content.dir)
+    eng.setup(ctx)
+    path = write(tmp_path / "tool.sh", BENIGN)
+    content.publish({"blocklist.txt": f"{sha(BENIGN)}\n"})
+    clock.advance(1)
+    deadline = time.monotonic() + 10
+    while eng.statistics().blocklist_reloads == 0 and time.monotonic() < deadline:
+        eng.on_tick()
+        time.sleep(0.01)
+    assert eng.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.DENY
+    assert ctx.stale == ["blocklist reloaded"]

@@ -90,8 +90,9 @@ class WatchedBlocklist:
     def poll(self) -> bool:
         """Take a finished reload, or start one if the interval passed and the content changed. True when
         a blocklist different from the one in force became active."""
-        done, self._done = self._done, None
+        done = self._done  # written once per load by the loader thread, which then ends
         if done is not None:
+            self._done = None  # cleared only once set: a load finishing meanwhile cannot be lost
             self._loading = False
             return self._take(done)
         now = self._clock()
