@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from ringfence._linux import read_proc_stat
 from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
 from ringfence.sdk._manifest import Manifest
 from ringfence.sdk._protocol import (
@@ -300,12 +301,8 @@ def rss_bytes(pid: int) -> int | None:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14, 15 of stat)
-    except (OSError, ValueError, IndexError):
-        return None
+    stat = read_proc_stat(pid)
+    return None if stat is None else (stat.utime_ticks + stat.stime_ticks) / _TICKS
 
 
 def host_handshake(wire: Wire[ExtensionFrame], hello: Hello, timeout_s: float) -> Manifest:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import msgspec
 
+from ringfence._linux import read_proc_stat
 from ringfence.extensions._sandbox_errors import SandboxError, os_error_text
 
 log = logging.getLogger(__name__)
@@ -305,12 +306,9 @@ def _in_use(paths: list[Path], settle_s: float) -> str | None:
 
 
 def _parent_of(pid: int) -> int | None:
-    """The parent pid (field 4 of /proc/<pid>/stat), or None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+    """The parent pid, or None if the process is gone."""
+    stat = read_proc_stat(pid)
+    return None if stat is None else stat.ppid
 
 
 def memory_peak(cg: CgroupDir) -> int | None:

@@ -13,6 +13,7 @@ import select
 import signal
 from collections.abc import Callable, Collection
 
+from ringfence._linux import PF_KTHREAD, ProcStat, read_proc_stat
 from ringfence.events import clock_tick_ns, start_time_from_ticks
 from ringfence.extensions._sandbox_cgroup import PARENT_DIR
 from ringfence.response._errors import ActionRefused, KillError
@@ -22,30 +23,23 @@ logger = logging.getLogger(__name__)
 
 def start_time_ns(pid: int, proc: str = "/proc") -> int:
     """The wall-clock start time of `pid`, in ns since the epoch. Raises KillError if it is gone."""
-    ticks = int(_stat_fields(pid, proc)[19])  # field 22, starttime; fields[0] is field 3
-    return start_time_from_ticks(ticks)
+    return start_time_from_ticks(_stat(pid, proc).start_ticks)
 
 
-PF_KTHREAD = 0x00200000  # /proc/<pid>/stat field 9 (flags)
 EXTENSION_CGROUP = f"/{PARENT_DIR}/"  # every extension and all it forks run in a cgroup below this
 
 
-def _stat_fields(pid: int, proc: str = "/proc") -> list[str]:
-    """Fields 3.. of /proc/<pid>/stat: comm (field 2) may hold spaces and parentheses, so they start
-    after the last ')'."""
-    try:
-        with open(f"{proc}/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            stat = f.read()
-    except FileNotFoundError as e:
-        raise KillError(pid, "no such process") from e
-    return stat[stat.rindex(")") + 2 :].split()
+def _stat(pid: int, proc: str = "/proc") -> ProcStat:
+    stat = read_proc_stat(pid, proc)
+    if stat is None:
+        raise KillError(pid, "no such process")
+    return stat
 
 
 def protection_of(pid: int) -> str | None:
     """Why the process is never killed, whoever asks: a kernel thread, or one in an extension's cgroup
     (an extension, or anything it forked, of any vendor). None if neither."""
-    fields = _stat_fields(pid)
-    if int(fields[6]) & PF_KTHREAD:
+    if _stat(pid).flags & PF_KTHREAD:
         return "a kernel thread"
     try:
         with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
