@@ -92,10 +92,11 @@ class StagedContent:
 
 
 def migrate_settings(
-    content: Mapping[str, Mapping[str, str]], settings: Mapping[str, Mapping[str, Any]]
+    content: Mapping[str, Mapping[str, str]], settings: Mapping[str, Mapping[str, Any]], *, warn: bool = True
 ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]]]:
-    """Content tables with the old path-naming settings keys moved in, and the settings without them.
-    Raises ContentError when a key and the content table name the same file."""
+    """Content tables with the old path-naming settings keys moved in, and the settings without them
+    (each move logged as deprecated when `warn`). Raises ContentError when a key and the content table
+    name the same file."""
     content_out = {ext_id: dict(files) for ext_id, files in content.items()}
     settings_out = {ext_id: dict(table) for ext_id, table in settings.items()}
     for ext_id, keys in LEGACY_SETTINGS.items():
@@ -114,14 +115,15 @@ def migrate_settings(
                 raise ContentError(
                     f'extensions.config."{ext_id}".{key}: must be an absolute path, got {path!r}'
                 )
-            log.warning(
-                'extensions.config."%s".%s is deprecated: use [extensions.content."%s"] "%s" = "%s"',
-                ext_id,
-                key,
-                ext_id,
-                name,
-                path,
-            )
+            if warn:
+                log.warning(
+                    'extensions.config."%s".%s is deprecated: use [extensions.content."%s"] "%s" = "%s"',
+                    ext_id,
+                    key,
+                    ext_id,
+                    name,
+                    path,
+                )
             files[name] = path
     return content_out, settings_out
 

@@ -58,7 +58,7 @@ def extension_specs(
     content directory to read, and nothing of the operator's paths."""
     ext = config.extensions
     contents = contents or {}
-    _, all_settings = migrate_settings({}, ext.config)
+    _, all_settings = migrate_settings({}, ext.config, warn=False)  # stage_content warned
     specs = []
     for name in ext.enabled:
         if name in ext.disabled:
