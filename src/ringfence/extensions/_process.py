@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from ringfence._linux import read_proc_stat
+from ringfence._linux import SO_RCVBUFFORCE, read_proc_stat
 from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
 from ringfence.sdk._manifest import Manifest
 from ringfence.sdk._protocol import (
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 LAUNCH_ENV = "RINGFENCE_LAUNCH"
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux values; not in every Python's socket
-_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -181,7 +180,7 @@ def _size_buffers(ours: socket.socket, theirs: socket.socket, max_frame_bytes: i
     for s in (ours, theirs):
         for force, plain in (
             (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
-            (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
+            (SO_RCVBUFFORCE, socket.SO_RCVBUF),
         ):
             try:
                 s.setsockopt(socket.SOL_SOCKET, force, want)

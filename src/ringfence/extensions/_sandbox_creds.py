@@ -11,7 +11,6 @@ Errors: SandboxError, naming the step and the errno text.
 from __future__ import annotations
 
 import ctypes
-import functools
 import grp
 import logging
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 
+from ringfence._linux import libc
 from ringfence.extensions._sandbox_errors import SandboxError, errno_text, os_error_text
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,9 @@ class _CapData(ctypes.Structure):
     )
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def prctl(option: int, arg2: int = 0, what: str = "prctl") -> int:
     """prctl(2) with unsigned long arguments; raises SandboxError naming `what` on failure."""
-    fn = _libc().prctl
+    fn = libc().prctl
     fn.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
     fn.restype = ctypes.c_int
     result = int(fn(option, arg2, 0, 0, 0))
@@ -140,7 +135,7 @@ def clear_inheritable() -> None:
     """capset(2) with every set 0: leaving root cleared effective/permitted, not inheritable."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    fn = _libc().capset
+    fn = libc().capset
     fn.argtypes = (ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData))
     fn.restype = ctypes.c_int
     if fn(ctypes.byref(header), data) < 0:

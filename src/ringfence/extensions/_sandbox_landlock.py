@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from ringfence._linux import libc
 from ringfence.extensions._sandbox_errors import (
     SandboxError,
     SandboxUnavailable,
@@ -102,7 +103,7 @@ class _PathBeneathAttr(ctypes.Structure):
 
 @functools.cache
 def _syscall() -> Callable[..., int]:
-    fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).syscall
+    fn: Callable[..., int] = libc().syscall
     fn.restype = ctypes.c_long  # type: ignore[attr-defined]
     return fn
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ringfence._linux import NLMSG_HEADER
 from ringfence.events import Endpoint
 from ringfence.sensors.audit import _netlink as nl
 from ringfence.sensors.audit._parse import (
@@ -166,7 +167,7 @@ def test_untrusted_strings_decode_quoted_hex_and_null(raw: str, text: str | None
 
 def test_short_nlmsg_len_does_not_truncate_a_record() -> None:
     body = b"audit(1.000:1): saddr=0100"
-    datagram = nl.NLMSG_HEADER.pack(nl.NLMSG_HEADER.size + 4, SOCKADDR, 0, 0, 0) + body
+    datagram = NLMSG_HEADER.pack(NLMSG_HEADER.size + 4, SOCKADDR, 0, 0, 0) + body
     (msg,) = nl.split_datagram(datagram)
     assert msg.payload == body
 

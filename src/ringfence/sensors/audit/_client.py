@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ringfence._linux import SO_RCVBUFFORCE
 from ringfence.sensors._base import SensorError, SensorUnavailable
 from ringfence.sensors.audit import _netlink as nl
 
@@ -47,7 +48,7 @@ def open_audit_socket(*, rcvbuf_bytes: int | None = None, multicast: bool = Fals
     try:
         sock.bind((0, 0))
         if rcvbuf_bytes is not None:
-            sock.setsockopt(socket.SOL_SOCKET, nl.SO_RCVBUFFORCE, rcvbuf_bytes)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf_bytes)  # must take: see KERNEL-FACTS
         if multicast:
             sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_ADD_MEMBERSHIP, nl.AUDIT_NLGRP_READLOG)
     except OSError as e:

@@ -1,4 +1,5 @@
 """The audit netlink wire format: constants, struct packing and reply splitting. Pure: no I/O.
+The netlink header itself is `ringfence._linux.NLMSG_HEADER`.
 
 No Python library speaks NETLINK_AUDIT (libaudit's bindings need auditctl's userland), so the few
 structs we need are packed here by hand, after <linux/netlink.h> and <linux/audit.h>.
@@ -11,14 +12,14 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
+from ringfence._linux import NLMSG_HEADER
+
 NETLINK_AUDIT = 9
 SOL_NETLINK = 270
-SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; the socket module does not export it
 NETLINK_ADD_MEMBERSHIP = 1
 AUDIT_NLGRP_READLOG = 1
 
 # nlmsghdr
-NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1

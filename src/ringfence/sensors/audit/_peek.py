@@ -7,13 +7,12 @@ Best effort: the process may have exited or closed the descriptor, and then we k
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import os
 import socket
 from typing import Any
 
+from ringfence._linux import libc, raise_errno
 from ringfence.events import Endpoint
 
 log = logging.getLogger(__name__)
@@ -21,16 +20,10 @@ log = logging.getLogger(__name__)
 _SYS_PIDFD_GETFD = 438  # same number on every architecture since 5.6
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _pidfd_getfd(pidfd: int, fd: int) -> int:
-    result = int(_libc().syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0))
+    result = int(libc().syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0))
     if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise_errno("pidfd_getfd")
     return result
 
 
