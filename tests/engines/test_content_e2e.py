@@ -314,3 +314,52 @@ def test_blocklist_deleted_while_running_keeps_the_staged_copy_in_force_and_says
     assert _eventually(lambda: f"{blocklist}: cannot open" in _extension(agent, REPUTATION).last_error)
     assert not _runs(evil)
     assert _extension(agent, REPUTATION).content_version == "slot 1"
+
+
+def test_cli_blocklist_flag_with_a_root_only_list_blocks_the_binary(
+    tmpfs: Path, shared_dir: Path, root_only_dir: Path
+) -> None:
+    evil, other = binaries(tmpfs)
+    blocklist = root_only_dir / "bl.txt"
+    blocklist.write_text(f"{sha(evil)}  cli-evil\n")
+    blocklist.chmod(0o600)
+    state = shared_dir / "state"
+    config = shared_dir / "rf.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{state}"\n'
+        f'[sensors]\nfile_paths = ["{tmpfs}"]\nexec_mounts = ["{tmpfs}"]\n'
+        f'audit_key = "rf-t-{uuid.uuid4().hex[:8]}"\n'
+        "[output]\nconsole_interval_s = 0\n"
+    )
+    proc = subprocess.Popen(
+        [*RINGFENCE, "run", "--config", str(config), "--blocklist", str(blocklist)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # the "running on" line comes once every sensor is armed (or EOF)
+            lines.append(line)
+            if "running on" in line or len(lines) > 50:
+                break
+        assert "running on" in lines[-1], lines
+        assert not _runs(evil)
+        assert _runs(other)
+        status = subprocess.run(
+            [*RINGFENCE, "status", "--json", "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        [ext] = json.loads(status.stdout)["extensions"]
+        assert (ext["id"], ext["state"]) == (REPUTATION, "running")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
