@@ -1,0 +1,70 @@
+"""The Sigma engine: SigmaHQ-style rules matched on the agent's process, file and network events.
+
+Entry point: `extension` (group `ringfence.extensions`, name `ringfence.sigma`).
+
+Pipeline, one module each: `_load` parses rule files with pySigma (every issue collected, with file,
+line and rule id), `_compile` turns each rule's condition into a tree over atoms, `_matcher` indexes all
+rules of a logsource by their literals (Aho-Corasick) and regexes (an re2 set), `_correlate` runs
+correlation rules over bounded sliding windows, `_engine` is the extension. `_fields` is the one table
+from Sigma field names to record fields; it drives extraction and the load-time schema check.
+
+Content: every `.yml`/`.yaml` file under `ctx.content_dir` (the agent stages them there; the engine
+never opens an operator's path).
+
+Errors:
+
+    SigmaEngineError
+    ├── SettingsError   bad settings (`ctx.settings`); `problems` names every key
+    └── RulesError      rule files exist and not one loads; `issues` holds every problem
+    CompileError        (internal) one rule this engine cannot run; becomes an `Issue` naming the rule
+
+On the event path nothing raises: a missing field is absent. A new content version in which no rule
+loads keeps the rules in force and is reported (`ctx.report_problem`).
+"""
+
+from ringfence.engines.sigma._compile import CompileError
+from ringfence.engines.sigma._config import SettingsError, SigmaConfig
+from ringfence.engines.sigma._correlate import Correlation, CorrelationStatistics, Correlator
+from ringfence.engines.sigma._engine import CONTENT_INTERFACE, SigmaEngine, SigmaStatistics, describe
+from ringfence.engines.sigma._fields import LOGSOURCES, WAITING, Logsource, logsources_of, mapping_table
+from ringfence.engines.sigma._load import (
+    Issue,
+    IssueSeverity,
+    RuleInfo,
+    RulesError,
+    RuleSet,
+    SigmaEngineError,
+    load_directory,
+    load_files,
+    rule_files,
+)
+
+extension = SigmaEngine
+
+__all__ = [
+    "CONTENT_INTERFACE",
+    "LOGSOURCES",
+    "WAITING",
+    "CompileError",
+    "Correlation",
+    "CorrelationStatistics",
+    "Correlator",
+    "Issue",
+    "IssueSeverity",
+    "Logsource",
+    "RuleInfo",
+    "RuleSet",
+    "RulesError",
+    "SettingsError",
+    "SigmaConfig",
+    "SigmaEngine",
+    "SigmaEngineError",
+    "SigmaStatistics",
+    "describe",
+    "extension",
+    "load_directory",
+    "load_files",
+    "logsources_of",
+    "mapping_table",
+    "rule_files",
+]
