@@ -17,12 +17,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from sigma import modifiers
 from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationCondition, SigmaCorrelationRule
-from sigma.exceptions import SigmaError, SigmaRuleLocation
+from sigma.exceptions import SigmaError, SigmaRegularExpressionError, SigmaRuleLocation
 from sigma.rule import SigmaRule
 
 from ringfence.engines.sigma._compile import CompileError, compile_rule
@@ -169,18 +170,18 @@ def _parse_file(shown: str, path: str, issues: list[Issue]) -> list[_Parsed]:
     text = _read_text(shown, path, issues)
     if text is None:
         return []
-    try:
-        collection = SigmaCollection.from_yaml(
-            text, collect_errors=True, source=SigmaRuleLocation(Path(shown)), resolve_references=False
-        )
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = None if mark is None else mark.line + 1
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        issues.append(Issue(IssueSeverity.ERROR, shown, line, None, f"YAML: {problem}"))
+    docs = _documents(shown, text, issues)
+    if docs is None:
         return []
+    try:
+        collection = SigmaCollection.from_dicts(
+            docs, collect_errors=True, source=SigmaRuleLocation(Path(shown)), resolve_references=False
+        )
     except SigmaError as e:
         issues.append(_issue(shown, text, None, e))
+        return []
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # pySigma's own defects on odd input
+        issues.append(Issue(IssueSeverity.ERROR, shown, None, None, f"pySigma cannot parse it: {e!r}"))
         return []
     out = []
     for error in collection.errors:
@@ -214,6 +215,25 @@ def _read_text(shown: str, path: str, issues: list[Issue]) -> str | None:
         return None
 
 
+def _documents(shown: str, text: str, issues: list[Issue]) -> list[dict[str, Any]] | None:
+    """The YAML documents of a file, each a mapping; None (an issue added) if one is not."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = None if mark is None else mark.line + 1
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        issues.append(Issue(IssueSeverity.ERROR, shown, line, None, f"YAML: {problem}"))
+        return None
+    for n, doc in enumerate(docs, 1):
+        if not isinstance(doc, dict):
+            issues.append(
+                Issue(IssueSeverity.ERROR, shown, None, None, f"YAML document {n} is not a mapping")
+            )
+            return None
+    return docs
+
+
 def _rule_name(rule: object) -> str | None:
     ident = getattr(rule, "id", None)
     return str(ident) if ident is not None else getattr(rule, "title", None)
@@ -233,6 +253,8 @@ def _issue(
     source = getattr(error, "source", None)
     line = getattr(source, "line", None) or _line_of(text, rule)
     message = str(error.args[0]) if error.args else type(error).__name__
+    if isinstance(error, SigmaRegularExpressionError):
+        message += " (regexes run in re2: no backreferences, no lookaround)"
     return Issue(severity, shown, line, _rule_name(rule), message.splitlines()[0] if message else message)
 
 
