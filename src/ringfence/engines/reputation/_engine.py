@@ -50,6 +50,7 @@ class ReputationStatistics:
     allowed: int
     no_descriptor: int  # allowed uncached: the request came without a file descriptor
     hash_errors: int  # allowed uncached: reading the file failed
+    agent_hashed: int  # the agent's digest used (metadata cannot show every change of that file)
     blocklist_reloads: int  # new blocklists activated after the first
     memo: MemoStatistics
     blocklist: BlocklistStatistics
@@ -73,7 +74,7 @@ class ReputationEngine(Extension):
         self._clock = clock
         self._background = background
         self._requests = self._denied = self._allowed = 0
-        self._no_descriptor = self._hash_errors = self._reloads = 0
+        self._no_descriptor = self._hash_errors = self._reloads = self._agent_hashed = 0
 
     def setup(self, ctx: Context) -> None:
         """Validate settings and load the blocklists of the content directory; raises `SettingsError` or
@@ -126,13 +127,20 @@ class ReputationEngine(Extension):
             allowed=self._allowed,
             no_descriptor=self._no_descriptor,
             hash_errors=self._hash_errors,
+            agent_hashed=self._agent_hashed,
             blocklist_reloads=self._reloads,
             memo=self._memo.statistics(),
             blocklist=self._watched.statistics(),
         )
 
     def _sha256(self, request: AuthRequest, file: AuthFile) -> str | None:
-        """The file's digest, from the memo or by hashing; None (counted, logged) if it cannot be read."""
+        """The file's digest, from the memo or by hashing; None (counted, logged) if it cannot be read.
+        Where the agent says the file's metadata cannot show every change (it hashed the file itself: a
+        tmpfs keeps its times on a mapped write), the memo's key means nothing: the agent's digest is
+        the one, taken from the same descriptor before the request was sent."""
+        if request.sha256 is not None:
+            self._agent_hashed += 1
+            return request.sha256
         try:
             key = file_key(os.fstat(file.fd))
             digest = self._memo.get(key)

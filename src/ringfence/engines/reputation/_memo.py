@@ -12,9 +12,10 @@ FileKey = tuple[int, int, int, int, int]
 
 def file_key(st: os.stat_result) -> FileKey:
     """The memo key of a file. ctime is in it because user space can put mtime back (utimensat) but
-    cannot set ctime. Writes through a shared mmap update both on their page fault; and on this kernel a
-    file open for writing or mapped writable cannot be executed (ETXTBSY), so an exec'd file's key is
-    stable while it runs."""
+    cannot set ctime. Writes through a shared mmap update both on their page fault on ext4, xfs, btrfs
+    and f2fs, but not on tmpfs: there the agent hashes the file itself and passes its digest
+    (`AuthRequest.sha256`), and the memo is not consulted. On this kernel a file open for writing or
+    mapped writable cannot be executed (ETXTBSY), so an exec'd file's key is stable while it runs."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
