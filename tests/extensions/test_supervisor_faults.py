@@ -123,7 +123,10 @@ def test_memory_hog_is_restarted_over_its_budget(rig: Rig) -> None:
 
 def test_finding_flood_is_rate_limited_and_counted(rig: Rig) -> None:
     config = SupervisorConfig(restart=FAST_RESTART, findings_per_s=100, findings_burst=200)
-    rig.start([fault_spec("fault.good", "WellBehaved"), fault_spec("fault.flood", "Flooder")], config=config)
+    # It spins a core by design: a CPU budget it cannot exceed keeps this test about findings alone (under
+    # load, 5 s over a 50 % budget restarted it here once).
+    flood = fault_spec("fault.flood", "Flooder", cpu_percent=100 * (os.cpu_count() or 1) + 100)
+    rig.start([fault_spec("fault.good", "WellBehaved"), flood], config=config)
     rig.wait_running("fault.flood")
     wait_until("rate limiting", lambda: rig.stats("fault.flood").findings_rate_limited > 2_000)
     st = rig.stats("fault.flood")
