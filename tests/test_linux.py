@@ -46,3 +46,25 @@ def test_forced_receive_buffer_passes_the_cap_as_root() -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         assert force_rcvbuf(sock, 16 << 20)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 16 << 20
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp(tmp_path) -> None:
+    from ringfence._linux import write_atomic
+
+    target = tmp_path / "f.json"
+    target.write_bytes(b"old")
+    write_atomic(target, b"new" * 100_000)
+    assert target.read_bytes() == b"new" * 100_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_atomic_write_that_fails_keeps_the_old_file(tmp_path) -> None:
+    from ringfence._linux import write_atomic
+
+    target = tmp_path / "f.json"
+    target.write_bytes(b"old")
+    (tmp_path / "f.json.tmp").symlink_to("/etc/passwd")  # a planted link is refused, never followed
+    with pytest.raises(OSError):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old"

@@ -6,10 +6,13 @@ receive buffer, and /proc/<pid>/stat. Imports nothing of Ringfence's, so any lay
     NLMSG_HEADER            struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32
     force_rcvbuf(sock, n)   SO_RCVBUFFORCE (root), else SO_RCVBUF; says which took
     ProcStat, read_proc_stat(pid), parse_proc_stat(text)
+    write_atomic(path, data)    a file replaced whole or not at all (temp, fsync, rename, fsync dir)
+    fsync_dir(path)             make a rename or creation in a directory durable
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -83,3 +86,37 @@ def read_proc_stat(pid: int, proc: str = "/proc") -> ProcStat | None:
             return parse_proc_stat(f.read())
     except (OSError, ValueError):
         return None
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data`: readers see the old file or the new one, never a part. Raises OSError
+    (the temp file next to it is then removed)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from ringfence._linux import write_atomic
 from ringfence.agent._config import Config
 from ringfence.extensions import _sandbox_cgroup as cgroups
 from ringfence.extensions._sandbox_errors import SandboxError
@@ -66,7 +67,7 @@ def record_run(config: Config) -> None:
     before = read_ledger(state_dir)
     ledger = Ledger(audit_keys=tuple(sorted({*before.audit_keys, config.sensors.audit_key})))
     if ledger != before:
-        _write_atomic(os.path.join(state_dir, LEDGER), msgspec.json.encode(ledger))
+        write_atomic(os.path.join(state_dir, LEDGER), msgspec.json.encode(ledger))
 
 
 def read_ledger(state_dir: str) -> Ledger:
@@ -147,14 +148,3 @@ def holding_state_dir(state_dir: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ringfence._linux import fsync_dir
 from ringfence.agent._errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class ContentStore:
         os.mkdir(tmp, 0o755)
         try:
             signatures = self._copy_all(item, tmp)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, os.path.join(slots, str(number)))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -248,7 +249,7 @@ def _swap_active(root: str, number: int) -> None:
         os.unlink(link)
     os.symlink(os.path.join(SLOTS, str(number)), link)
     os.replace(link, os.path.join(root, ACTIVE))
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def _slot_numbers(slots: str) -> list[int]:
@@ -267,14 +268,6 @@ def _mkdir(path: str, mode: int) -> None:
     if not stat.S_ISDIR(st.st_mode) or (st.st_uid != 0 and os.geteuid() == 0):
         raise ContentError(f"{path}: not a root-owned directory; remove it and start again")
     os.chmod(path, mode)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 ExtensionState = Callable[[str], "ExtensionView | None"]

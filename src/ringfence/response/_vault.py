@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from ringfence._linux import fsync_dir, write_all, write_atomic
 from ringfence.response._errors import ActionRefused, QuarantineError
 from ringfence.response._scope import resolved, under
 
@@ -131,7 +132,7 @@ class Vault:
                 _lock_down(blob)
                 raise
             blob.unlink()
-            _fsync_dir(self.root / vault_id)
+            fsync_dir(self.root / vault_id)
             self._remove_entry(vault_id)
         return entry
 
@@ -173,19 +174,19 @@ class Vault:
     def _store(self, fd: int, entry: QuarantineEntry, dirfd: int, name: str) -> None:
         entry_dir = self.root / entry.id
         entry_dir.mkdir(0o700)
-        _write_atomic(entry_dir / METADATA, msgspec.json.encode(entry))
+        write_atomic(entry_dir / METADATA, msgspec.json.encode(entry))
         try:
             _move_in(fd, _Source(entry.path, dirfd, name), self._blob(entry.id))
         except BaseException:
             self._remove_entry(entry.id)
             raise
         _lock_down(self._blob(entry.id))
-        _fsync_dir(entry_dir)
+        fsync_dir(entry_dir)
         os.fsync(dirfd)
 
     def _remove_entry(self, vault_id: str) -> None:
         shutil.rmtree(self.root / vault_id)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _sweep_dead_entries(self) -> None:
         for name in (p.name for p in self.root.iterdir()):
@@ -290,7 +291,7 @@ def _copy_from_fd(fd: int, dest: Path) -> None:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         while chunk := os.read(fd, _CHUNK):
-            _write_all(out, chunk)
+            write_all(out, chunk)
         os.fsync(out)
     finally:
         os.close(out)
@@ -313,7 +314,7 @@ def _place_without_overwrite(blob: Path, path: str) -> None:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
             raise QuarantineError(path, f"cannot restore: {e.strerror}") from e
         _copy_into_place(blob, path)
-    _fsync_dir(Path(path).parent)
+    fsync_dir(Path(path).parent)
 
 
 def _copy_into_place(blob: Path, path: str) -> None:
@@ -334,29 +335,3 @@ def _copy_into_place(blob: Path, path: str) -> None:
         raise QuarantineError(path, "a file appeared there: restore never overwrites") from e
     finally:
         tmp.unlink()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

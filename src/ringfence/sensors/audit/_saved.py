@@ -15,6 +15,7 @@ import os
 
 import msgspec
 
+from ringfence._linux import write_atomic
 from ringfence.sensors._base import SensorError
 from ringfence.sensors.audit import _netlink as nl
 from ringfence.sensors.audit._client import AuditClient, open_audit_socket
@@ -83,15 +84,8 @@ def forget(path: str) -> None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
         raise SensorError(f"{path}: cannot record the audit settings: {e.strerror}") from e
 
