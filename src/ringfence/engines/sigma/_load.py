@@ -307,7 +307,7 @@ class _Compiler:
         except (CompileError, SigmaError) as e:
             self._issue(p, str(e.args[0]) if e.args else str(e))
             return
-        name = ls.category or ls.service or "unknown"
+        name = ls.category or ls.service or "builtin"  # no category or service: any log of the product
         source = Logsource(name) if name in Logsource.__members__.values() else None
         key = len(self.ruleset.rules)
         self.keys[id(rule)] = key

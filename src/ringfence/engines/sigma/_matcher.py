@@ -157,6 +157,9 @@ class LogsourceIndex:
     def always_evaluated(self) -> int:
         return len(self._always)
 
+    def rules(self) -> list[IndexedRule]:
+        return list(self._rules)
+
     def atom_list(self) -> list[Atom]:
         return sorted(self._atoms, key=self._atoms.__getitem__)
 
