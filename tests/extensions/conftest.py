@@ -81,7 +81,7 @@ class Rig:
 
     def stats(self, ext_id: str) -> ExtensionStatistics:
         assert self.supervisor is not None
-        return self.supervisor.proxy(ext_id).statistics()
+        return next(s for s in self.supervisor.statistics() if s.id == ext_id)
 
     def wait_running(self, ext_id: str, timeout_s: float = 30.0) -> None:
         wait_until(f"{ext_id} running", lambda: self.stats(ext_id).state == "running", timeout_s)

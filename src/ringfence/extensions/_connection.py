@@ -23,7 +23,7 @@ from ringfence.events import AuthRequest, Event
 from ringfence.extensions._policy import CpuBudget, TokenBucket
 from ringfence.extensions._process import Spawned
 from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
-from ringfence.sdk._protocol import AuthCall, EventBatch, ExtensionFrame, FrameTooLarge, Wire
+from ringfence.sdk._protocol import AuthCall, EventBatch, ExtensionFrame, FrameTooLarge, ProtocolError, Wire
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ class Connection:
         self.auth: BoundedChannel[AuthItem] = BoundedChannel(config.auth_queue)
         self.control: BoundedChannel[msgspec.Struct] = BoundedChannel(64)
         self.doorbell = threading.Event()
-        self.lock = threading.Lock()
-        self.pending: dict[int, Reply] = {}
-        self.max_ticket = 0
-        self.consecutive_misses = 0
+        self.lock = threading.Lock()  # guards the ticket table and `closed`
+        self._pending: dict[int, Reply] = {}
+        self._max_ticket = 0
+        self._misses = 0  # consecutive AUTH deadline misses
         self.ready = False
         self.closed = False
         self.reaped = False
@@ -70,6 +70,41 @@ class Connection:
         t = threading.Thread(target=target, name=f"ext-{self.spec.id}-{role}", daemon=True)
         self.threads.append(t)
         t.start()
+
+    # -- tickets: AUTH requests waiting for this process's verdict ---------------------------------------
+
+    def register(self, ticket: int, reply: Reply, limit: int) -> bool:
+        """Wait for a verdict on `ticket`; False while closed or with `limit` tickets pending."""
+        with self.lock:
+            if self.closed or len(self._pending) >= limit:
+                return False
+            self._pending[ticket] = reply
+            self._max_ticket = max(self._max_ticket, ticket)
+            return True
+
+    def withdraw(self, ticket: int) -> None:
+        with self.lock:
+            self._pending.pop(ticket, None)
+
+    def missed(self, ticket: int) -> int | None:
+        """The broker gave up on `ticket`: how many deadlines in a row it missed, or None if it had been
+        answered (or withdrawn) already."""
+        with self.lock:
+            if self._pending.pop(ticket, None) is None:
+                return None
+            self._misses += 1
+            return self._misses
+
+    def answered(self, ticket: int) -> Reply | None:
+        """The reply waiting for `ticket`, or None if it came too late. Raises ProtocolError for a ticket
+        never asked."""
+        with self.lock:
+            reply = self._pending.pop(ticket, None)
+            if reply is None and ticket > self._max_ticket:
+                raise ProtocolError(f"a verdict for ticket {ticket}, never asked")
+            if reply is not None:
+                self._misses = 0
+            return reply
 
     # -- outbound ----------------------------------------------------------------------------------------
 
@@ -167,8 +202,8 @@ class Connection:
         never answered (the broker settles them at their deadlines; nothing to do with them but drop)."""
         with self.lock:
             self.closed = True
-            pending = list(self.pending.values())
-            self.pending.clear()
+            pending = list(self._pending.values())
+            self._pending.clear()
         self.doorbell.set()
         for ch in (self.events, self.auth, self.control):
             ch.close()

@@ -139,9 +139,6 @@ class Supervisor:
     def proxies(self) -> list[ExtensionProxy]:
         return list(self._proxies.values())
 
-    def proxy(self, extension_id: str) -> ExtensionProxy:
-        return self._proxies[extension_id]
-
     def pids(self) -> frozenset[int]:
         """The pids of the extension processes running now (they change as extensions restart)."""
         return frozenset(
@@ -272,7 +269,7 @@ class Supervisor:
         with proxy.lock:
             proxy.attach(conn)
             if not first:
-                proxy.stats.restarts += 1
+                proxy.stats.add(restarts=1)
         self._selector.register(spawned.pidfd, selectors.EVENT_READ, proxy)
         if spawned.stderr is not None:
             self._selector.register(spawned.stderr.fd, selectors.EVENT_READ, spawned.stderr)
@@ -373,7 +370,7 @@ class Supervisor:
             cpu = cpu_seconds(conn.pid)
             over = conn.cpu.sample(now_ns, cpu) if cpu is not None else None
             with proxy.lock:
-                proxy.stats.cpu_percent = conn.cpu.last_percent
+                proxy.stats.set(cpu_percent=conn.cpu.last_percent)
             if over is not None:
                 proxy.end(conn, "cpu", f"CPU {over:.0f} % over the {proxy.spec.cpu_percent} % budget")
 
