@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from ringfence.extensions._process import LAUNCH_ENV, LaunchSpec, sandbox_module
+from ringfence.extensions._process import LAUNCH_ENV, LaunchSpec
 from ringfence.extensions._spec import ENTRY_POINT_GROUP, is_module_attr
 from ringfence.sdk._runtime import run_extension
 
@@ -49,10 +49,11 @@ def _getattr_path(obj: Any, path: str) -> Any:
 
 
 def _enter_sandbox(spec: LaunchSpec) -> None:
-    sb = sandbox_module()
-    policy = msgspec.json.decode(spec.policy, type=sb.SandboxPolicy)
-    prepared = msgspec.json.decode(spec.prepared, type=sb.PreparedSandbox)
-    sb.enter_sandbox(policy, prepared)
+    from ringfence.extensions._sandbox import PreparedSandbox, SandboxPolicy, enter_sandbox
+
+    policy = msgspec.json.decode(spec.policy, type=SandboxPolicy)
+    prepared = msgspec.json.decode(spec.prepared, type=PreparedSandbox)
+    enter_sandbox(policy, prepared)
 
 
 def main() -> int:

@@ -11,7 +11,6 @@ Errors (the tree):
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -38,6 +37,9 @@ from ringfence.sdk._protocol import (
     Wire,
     close_fds,
 )
+
+if TYPE_CHECKING:
+    from ringfence.extensions._sandbox import PreparedSandbox, SandboxPolicy
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +91,8 @@ class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
     prepared: msgspec.Raw = msgspec.Raw(b"null")
 
 
-def sandbox_module() -> Any:
-    """`ringfence.extensions._sandbox`, imported only when a sandbox is wanted."""
-    return importlib.import_module("ringfence.extensions._sandbox")
+# The sandbox module (Landlock, seccomp, cgroups) is imported only when a sandbox is wanted: inside the
+# functions below, and for the types only while type-checking.
 
 
 def readable_paths(spec: ExtensionSpec) -> tuple[str, ...]:
@@ -102,8 +103,10 @@ def readable_paths(spec: ExtensionSpec) -> tuple[str, ...]:
     return tuple(sorted(p for p in paths if p and Path(p).is_dir()))
 
 
-def sandbox_policy(spec: ExtensionSpec) -> Any:
-    return sandbox_module().SandboxPolicy(
+def sandbox_policy(spec: ExtensionSpec) -> SandboxPolicy:
+    from ringfence.extensions._sandbox import SandboxPolicy
+
+    return SandboxPolicy(
         extension_id=spec.id,
         user=spec.user,
         readable_paths=readable_paths(spec),
@@ -169,8 +172,8 @@ class Spawned:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     pidfd: int
-    policy: Any = None
-    prepared: Any = None
+    policy: SandboxPolicy | None = None
+    prepared: PreparedSandbox | None = None
     stderr: StderrTail | None = None  # captured (the supervisor logs it once, when the process ends)
 
 
@@ -191,11 +194,14 @@ def _size_buffers(ours: socket.socket, theirs: socket.socket, max_frame_bytes: i
 def spawn(spec: ExtensionSpec, config: SupervisorConfig, *, capture_stderr: bool = False) -> Spawned:
     """Start the launcher for `spec` (sandbox prepared first when wanted). Raises LaunchError.
     With `capture_stderr`, the process's stderr is a pipe (`Spawned.stderr`) that the caller drains."""
-    policy = prepared = None
+    policy: SandboxPolicy | None = None
+    prepared: PreparedSandbox | None = None
     if spec.sandbox:
+        from ringfence.extensions._sandbox import prepare_sandbox
+
         try:
             policy = sandbox_policy(spec)
-            prepared = sandbox_module().prepare_sandbox(policy)
+            prepared = prepare_sandbox(policy)
         except Exception as e:  # translated at the boundary: any sandbox failure is a failed launch
             raise LaunchError(spec.id, f"preparing the sandbox failed: {e}") from e
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -219,8 +225,8 @@ def _popen(
     spec: ExtensionSpec,
     config: SupervisorConfig,
     fd: int,
-    policy: Any,
-    prepared: Any,
+    policy: SandboxPolicy | None,
+    prepared: PreparedSandbox | None,
     *,
     capture_stderr: bool,
 ) -> subprocess.Popen[bytes]:
@@ -250,22 +256,25 @@ def _popen(
     )
 
 
-def release(spec: ExtensionSpec, policy: Any, prepared: Any) -> None:
-    if prepared is None:
+def release(spec: ExtensionSpec, policy: SandboxPolicy | None, prepared: PreparedSandbox | None) -> None:
+    if policy is None or prepared is None:
         return
+    from ringfence.extensions._sandbox import release_sandbox
+
     try:
-        sandbox_module().release_sandbox(policy, prepared)
+        release_sandbox(policy, prepared)
     except Exception:  # supervision boundary: a leftover cgroup is logged, the agent goes on
         log.exception("releasing the sandbox of %s failed", spec.id)
 
 
-def oom_killed(prepared: Any) -> bool:
+def oom_killed(prepared: PreparedSandbox | None) -> bool:
     """Whether the sandbox's cgroup saw an OOM kill (False when the sandbox cannot tell)."""
-    check = getattr(sandbox_module(), "cgroup_oom_killed", None) if prepared is not None else None
-    if check is None:
+    if prepared is None:
         return False
+    from ringfence.extensions._sandbox import cgroup_oom_killed
+
     try:
-        return bool(check(prepared))
+        return cgroup_oom_killed(prepared)
     except Exception:  # supervision boundary: only the exit reason's wording depends on it
         log.exception("reading the OOM state failed")
         return False

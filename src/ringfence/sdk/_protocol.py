@@ -21,7 +21,6 @@ Errors (the tree):
     ProtocolError           a frame that breaks the protocol; the peer cannot be trusted to continue
       FrameTooLarge         over `max_frame_bytes` (either direction)
       FrameUndecodable      not a frame: bad length, bad msgpack, wrong type, a field out of range
-      VersionMismatch       the handshake found no common version; `.ours`, `.theirs`
     PeerClosed              the other end went away (EOF, reset); not the peer's fault by itself
 """
 
@@ -69,15 +68,6 @@ class FrameTooLarge(ProtocolError):
 
 class FrameUndecodable(ProtocolError):
     pass
-
-
-class VersionMismatch(ProtocolError):
-    def __init__(self, ours: Sequence[int], theirs: Sequence[int], side: str) -> None:
-        super().__init__(
-            f"protocol version mismatch: {side} speaks {list(ours)}, the peer speaks {list(theirs)}"
-        )
-        self.ours = tuple(ours)
-        self.theirs = tuple(theirs)
 
 
 class PeerClosed(ConnectionError):
