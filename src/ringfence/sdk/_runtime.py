@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from ringfence._counters import Counters
 from ringfence.events import ActionRequest, AuthAnswer, Event, ProcessRef, Severity
 from ringfence.sdk._extension import AuthFile, Extension
 from ringfence.sdk._manifest import PROTOCOL_VERSION
@@ -74,23 +75,10 @@ OUTBOX = 1024
 EXIT_OK, EXIT_SETUP, EXIT_HANDSHAKE, EXIT_WIRE = 0, 1, 2, 3
 
 
-class _Counters:
-    """Plain integer counters; each is written by one thread only."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, int] = collections.defaultdict(int)
-
-    def add(self, name: str, n: int = 1) -> None:
-        self.values[name] += n
-
-    def snapshot(self) -> dict[str, int]:
-        return dict(self.values)
-
-
 class _Outbox:
     """Bounded, drop-newest; a writer thread sends. Never blocks its callers."""
 
-    def __init__(self, wire: Wire[HostFrame], counters: _Counters) -> None:
+    def __init__(self, wire: Wire[HostFrame], counters: Counters) -> None:
         self._wire = wire
         self._counters = counters
         self._items: collections.deque[msgspec.Struct] = collections.deque()
@@ -148,7 +136,7 @@ class _WireHandler(logging.Handler):
 class _Context:
     """The `Context` an extension gets (see `_extension.Context`)."""
 
-    def __init__(self, hello: Hello, outbox: _Outbox, counters: _Counters, logger: logging.Logger) -> None:
+    def __init__(self, hello: Hello, outbox: _Outbox, counters: Counters, logger: logging.Logger) -> None:
         self._settings: Mapping[str, Any] = types.MappingProxyType(dict(hello.settings))
         self._content_dir = hello.content_dir
         self._outbox = outbox
@@ -212,7 +200,7 @@ class _Context:
 class _Inbox:
     """What the reader thread hands the main thread: priority items (AUTH, action results) first."""
 
-    def __init__(self, counters: _Counters) -> None:
+    def __init__(self, counters: Counters) -> None:
         self._counters = counters
         self._cond = threading.Condition()
         self._priority: collections.deque[tuple[AuthCall, int | None] | ActionReply] = collections.deque()
@@ -310,7 +298,7 @@ class _Runner:
     def __init__(self, ext: Extension, wire: Wire[HostFrame], hello: Hello) -> None:
         self.ext = ext
         self.wire = wire
-        self.counters = _Counters()
+        self.counters = Counters()
         self.outbox = _Outbox(wire, self.counters)
         self.inbox = _Inbox(self.counters)
         self.stats_interval_s = max(hello.stats_interval_ms, 50) / 1000

@@ -138,8 +138,8 @@ def test_file_of_another_size_than_stated_has_no_digest(tmp_path: Path) -> None:
 
 
 def test_idle_cache_worker_sweeps_and_stops() -> None:
+    from ringfence._counters import Counters
     from ringfence.sensors.fanotify._cache import CACHE_COUNTERS, CacheWorker
-    from ringfence.sensors.fanotify._counters import Counters
 
     swept = threading.Event()
     worker = CacheWorker(

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ringfence.sensors.fanotify._counters import Counters
+from ringfence._counters import Counters
 from ringfence.sensors.fanotify._identity import FileIdentity, FileKey
 
 log = logging.getLogger(__name__)

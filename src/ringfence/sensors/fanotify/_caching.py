@@ -21,10 +21,10 @@ import os
 import resource
 import threading
 
+from ringfence._counters import Counters
 from ringfence.sensors.fanotify import _leases as leases
 from ringfence.sensors.fanotify import _libc as lc
 from ringfence.sensors.fanotify._cache import CacheCandidate, CacheWorker
-from ringfence.sensors.fanotify._counters import Counters
 from ringfence.sensors.fanotify._identity import FileIdentity, same_state
 from ringfence.sensors.fanotify._verdicts import CachedFile, VerdictTable
 

@@ -30,13 +30,13 @@ import subprocess
 import threading
 from collections.abc import Sequence
 
+from ringfence._counters import Counters
 from ringfence.events import AuthAnswer, AuthKind, AuthRequest, Clock, HeaderStamper, Verdict
 from ringfence.sensors._base import AuthSink, ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
 from ringfence.sensors.fanotify import _mounts as mounts
 from ringfence.sensors.fanotify._cache import CACHE_COUNTERS, CacheWorker
 from ringfence.sensors.fanotify._caching import PendingEvent, VerdictCaching
-from ringfence.sensors.fanotify._counters import Counters
 from ringfence.sensors.fanotify._identity import identity_of
 from ringfence.sensors.fanotify._verdicts import VerdictTable
 

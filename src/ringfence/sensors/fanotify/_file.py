@@ -20,10 +20,10 @@ import select
 import threading
 from collections.abc import Sequence
 
+from ringfence._counters import Counters
 from ringfence.events import Clock, FileActivity, FileActivityId, HeaderStamper, ProcessRef
 from ringfence.sensors._base import EventSink, ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
-from ringfence.sensors.fanotify._counters import Counters
 from ringfence.sensors.fanotify._handles import HandleResolver
 
 log = logging.getLogger(__name__)
