@@ -1,0 +1,225 @@
+"""The YARA engine's AUTH handler: scan an executable at exec, deny on a `block` rule, report the rest."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from ringfence.engines.yara._config import YaraConfig
+from ringfence.engines.yara._memo import MemoKey, MemoStatistics, ResultMemo, hash_key, stat_key
+from ringfence.engines.yara._scan import FileScanner, Outcome, RuleMatch, ScanResult
+from ringfence.engines.yara._watch import RulesStatistics, WatchedRules
+from ringfence.sdk import (
+    AuthAnswer,
+    AuthFile,
+    AuthParticipation,
+    AuthRequest,
+    Context,
+    EventKind,
+    Extension,
+    FailurePolicy,
+    Manifest,
+    Permission,
+    Severity,
+    allow,
+    deny,
+)
+
+RULE_PREFIX = "yara."  # a finding's `rule` is this plus the YARA rule's name
+MAX_FINDINGS_PER_FILE = 16  # matches beyond it are counted, not reported one by one
+_SEVERITIES = {s.name.lower(): s for s in Severity} | {"info": Severity.INFORMATIONAL}
+
+
+@dataclass(frozen=True, slots=True)
+class YaraStatistics:
+    requests: int
+    scans: int  # files read and scanned (memo misses that were scanned)
+    scanned_bytes: int
+    matches: int  # rule matches, from scans and from the memo
+    denied: int
+    allowed: int
+    findings: int
+    findings_capped: int  # matches over MAX_FINDINGS_PER_FILE, not reported
+    timeouts: int  # allowed uncached: the scan ran out of time
+    too_large: int  # allowed uncached: over max_scan_bytes
+    read_errors: int  # allowed uncached: the descriptor could not be read
+    scan_errors: int  # allowed uncached: yara-x failed otherwise
+    no_descriptor: int  # allowed uncached: the request came without a file
+    changed_while_scanned: int  # answered uncached and not remembered: the file changed during the read
+    rule_reloads: int  # other rules came into force after the first load
+    unchanged_reloads: int  # new files, same rules: no verdict flush
+    rules: RulesStatistics  # rules in force, content version, compile errors
+    memo: MemoStatistics
+
+
+class YaraEngine(Extension):
+    manifest = Manifest(
+        id="ringfence.yara",
+        vendor="Ringfence",
+        version="1.0.0",
+        auth=AuthParticipation(
+            kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=2000, failure=FailurePolicy.FAIL_OPEN
+        ),
+        permissions=frozenset({Permission.FILE_CONTENTS}),
+        description="Scans executables with YARA rules (yara-x) at exec; denies on a rule tagged block.",
+    )
+
+    def __init__(self, *, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self._clock = clock
+        self._n: dict[str, int] = dict.fromkeys(
+            ("requests", "scans", "scanned_bytes", "matches", "denied", "allowed", "findings",
+             "findings_capped", "timeouts", "too_large", "read_errors", "scan_errors", "no_descriptor",
+             "changed_while_scanned", "rule_reloads", "unchanged_reloads"),
+            0,
+        )  # fmt: skip
+
+    def setup(self, ctx: Context) -> None:
+        """Validate settings and compile the rules of the content directory; raises `SettingsError` or
+        `RulesError` (every issue at once, in one line), so that broken rules stop the extension instead
+        of running without them, and the agent refuses to start with that line."""
+        super().setup(ctx)
+        self._config = YaraConfig.from_settings(ctx.settings, ctx.content_dir)
+        self._memo = ResultMemo(self._config.memo_entries)
+        self._watched = WatchedRules(self._config, self._clock, ctx.log)
+        self._watched.load()
+        self._scanner = self._new_scanner()
+        self._problem: str | None = None
+        if self._watched.current.rules is None:
+            ctx.log.warning('no YARA rules: give .yar files in [extensions.content."ringfence.yara"]')
+
+    def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
+        self._n["requests"] += 1
+        if self._watched.current.rules is None:  # nothing to match: no read
+            self._n["allowed"] += 1
+            return allow(cacheable=True)
+        if file is None:
+            return self._uncached("no_descriptor", request, "no descriptor came with the request")
+        try:
+            before = os.fstat(file.fd)
+        except OSError as e:
+            return self._uncached("read_errors", request, f"fstat failed: {e.strerror}")
+        if before.st_size > self._config.max_scan_bytes:
+            return self._uncached("too_large", request, f"{before.st_size} bytes > max_scan_bytes")
+        key = hash_key(request.sha256) if request.sha256 else stat_key(before)
+        result = self._memo.get(key)
+        if result is not None:
+            return self._answer(request, result, cacheable=True)
+        return self._scan(request, file, key)
+
+    def on_tick(self) -> None:
+        """Recompiles happen here, never on the AUTH path. New rules must apply to files the kernel already
+        caches as allowed (they raise no AUTH request): the verdict cache is flushed when the rules really
+        changed. A refused version is reported to the agent, and the last good rules stay."""
+        old = self._watched.current.version
+        if self._watched.poll():
+            if self._watched.current.version == old:
+                self._n["unchanged_reloads"] += 1
+            else:
+                self._n["rule_reloads"] += 1
+                self._memo.clear()
+                self._scanner = self._new_scanner()
+                self.ctx.invalidate_verdicts("YARA rules reloaded")
+        if self._watched.problem != self._problem:
+            self._problem = self._watched.problem
+            self.ctx.report_problem(self._problem)
+
+    def teardown(self) -> None:
+        """Log the counters: the SDK has no channel for an extension's own statistics yet."""
+        self.ctx.log.info("yara statistics at shutdown: %s", self.statistics())
+
+    def statistics(self) -> YaraStatistics:
+        return YaraStatistics(**self._n, rules=self._watched.statistics(), memo=self._memo.statistics())
+
+    def _new_scanner(self) -> FileScanner:
+        return FileScanner(
+            self._watched.current,
+            timeout_s=self._config.scan_timeout_s,
+            max_bytes=self._config.max_scan_bytes,
+            log=self.ctx.log,
+        )
+
+    def _scan(self, request: AuthRequest, file: AuthFile, key: MemoKey) -> AuthAnswer:
+        result = self._scanner.scan_fd(file.fd, digest=key[0] == "sha256")
+        self._n["scans"] += 1
+        self._n["scanned_bytes"] += result.scanned_bytes
+        if result.outcome is not Outcome.SCANNED:
+            counter = {
+                Outcome.TOO_LARGE: "too_large",
+                Outcome.TIMEOUT: "timeouts",
+                Outcome.READ_ERROR: "read_errors",
+            }.get(result.outcome, "scan_errors")
+            return self._uncached(counter, request, result.detail or str(result.outcome))
+        complete = self._unchanged(file, key, result)
+        if complete:
+            self._memo.put(key, result)
+        else:
+            self._n["changed_while_scanned"] += 1
+        return self._answer(request, result, cacheable=complete)
+
+    @staticmethod
+    def _unchanged(file: AuthFile, key: MemoKey, result: ScanResult) -> bool:
+        """Whether what was scanned is the version `key` names: the agent's hash of it, or its metadata
+        the same after the read as before."""
+        if key[0] == "sha256":
+            return result.sha256 == key[1]
+        try:
+            return stat_key(os.fstat(file.fd)) == key
+        except OSError:
+            return False
+
+    def _uncached(self, counter: str, request: AuthRequest, why: str) -> AuthAnswer:
+        self._n[counter] += 1
+        self._n["allowed"] += 1
+        self.ctx.log.warning(
+            "not scanned, allowing uncached: %s (pid %d): %s", request.path, request.process.pid, why
+        )
+        return allow(cacheable=False)
+
+    def _answer(self, request: AuthRequest, result: ScanResult, *, cacheable: bool) -> AuthAnswer:
+        self._n["matches"] += len(result.matches)
+        blocking = result.blocking
+        shown = sorted(result.matches, key=lambda m: not m.blocks)[:MAX_FINDINGS_PER_FILE]
+        self._n["findings_capped"] += len(result.matches) - len(shown)
+        for match in shown:
+            self._finding(request, match, result.sha256)
+        if blocking:
+            self._n["denied"] += 1
+            names = ", ".join(m.rule for m in blocking)
+            return deny(f"yara: rule(s) tagged block matched: {names}")
+        self._n["allowed"] += 1
+        return allow(cacheable=cacheable)
+
+    def _finding(self, request: AuthRequest, match: RuleMatch, sha256: str | None) -> None:
+        self._n["findings"] += 1
+        name = PurePosixPath(request.path).name or request.path
+        if match.blocks:
+            title, severity, action = (
+                f"Blocked execution of {name}: YARA rule {match.rule}",
+                Severity.HIGH,
+                "denied",
+            )
+        else:
+            title, severity, action = f"YARA rule {match.rule} matched {name}", Severity.MEDIUM, "allowed"
+        meta = dict(match.metadata)
+        severity = max(severity, _SEVERITIES.get(meta.get("severity", "").lower(), Severity.UNKNOWN))
+        self.ctx.emit_finding(
+            title,
+            severity,
+            rule=RULE_PREFIX + match.rule,
+            description=_describe(request.path, match),
+            process=request.process,
+            file_path=request.path,
+            file_sha256=sha256,
+            action=action,
+            related_event=request.header.id,
+        )
+
+
+def _describe(path: str, match: RuleMatch) -> str:
+    tags = ", ".join(match.tags) or "none"
+    meta = "; ".join(f"{k}={v}" for k, v in match.metadata) or "none"
+    text = f"YARA rule {match.namespace}.{match.rule} matched {path}; tags: {tags}; metadata: {meta}"
+    return text if len(text) <= 4000 else text[:3997] + "..."
