@@ -285,7 +285,9 @@ def trigger(node: Node, atoms: Sequence[Atom]) -> frozenset[int] | None:
         return (
             None if any(s is None for s in sets) else frozenset().union(*[s for s in sets if s is not None])
         )
-    if op == "and":
+    if op == "and":  # any one child's set will do: the one without regexes, then the smallest
         known = [s for s in (trigger(c, atoms) for c in node[1]) if s is not None]
-        return min(known, key=len) if known else None
+        return (
+            min(known, key=lambda s: (any(isinstance(atoms[i], Regex) for i in s), len(s))) if known else None
+        )
     return None  # "not"

@@ -34,6 +34,7 @@ from ringfence.engines.sigma._compile import (
     trigger,
 )
 from ringfence.engines.sigma._fields import LOGSOURCES, FieldValue, Getter, Logsource
+from ringfence.engines.sigma._predicate import predicate
 from ringfence.sdk import Event
 
 KEYWORDS = "\x00keywords"  # the pseudo-field keyword atoms are indexed under
@@ -49,33 +50,40 @@ class IndexedRule:
     tree: Node
 
 
+_KIND_SLOT = {"contains": 1, "prefix": 2, "suffix": 3}
+
+
 class _Literals:
     """All prefix/suffix/contains literals of one field and case mode in one automaton."""
 
     def __init__(self) -> None:
-        self._words: dict[str, list[tuple[int, str, int]]] = {}
+        self._words: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {}
         self._automaton: Any = None
+        self.active = False
 
     def add(self, atom_id: int, kind: str, text: str) -> None:
-        self._words.setdefault(text, []).append((atom_id, kind, len(text)))
+        entry = self._words.setdefault(text, ([len(text)], [], [], []))
+        entry[_KIND_SLOT[kind]].append(atom_id)
 
     def build(self) -> None:
         if not self._words:
             return
         automaton = ahocorasick.Automaton()
-        for word, payload in self._words.items():
-            automaton.add_word(word, tuple(payload))
+        for word, (length, contains, prefix, suffix) in self._words.items():
+            automaton.add_word(word, (length[0], tuple(contains), tuple(prefix), tuple(suffix)))
         automaton.make_automaton()
         self._automaton = automaton
+        self.active = True
 
     def scan(self, text: str, hits: set[int]) -> None:
-        if self._automaton is None:
-            return
         last = len(text) - 1
-        for end, payload in self._automaton.iter(text):
-            for atom_id, kind, length in payload:
-                if kind == "contains" or (end == last if kind == "suffix" else end + 1 == length):
-                    hits.add(atom_id)
+        for end, (length, contains, prefix, suffix) in self._automaton.iter(text):
+            if contains:
+                hits.update(contains)
+            if prefix and end + 1 == length:
+                hits.update(prefix)
+            if suffix and end == last:
+                hits.update(suffix)
 
 
 class _FieldIndex:
@@ -117,8 +125,10 @@ class _FieldIndex:
             hits.update(found)
         if self.exact_cased and (found := self.exact_cased.get(text)) is not None:
             hits.update(found)
-        self.literals.scan(low, hits)
-        self.literals_cased.scan(text, hits)
+        if self.literals.active:
+            self.literals.scan(low, hits)
+        if self.literals_cased.active:
+            self.literals_cased.scan(text, hits)
         if self.regex_set is not None and (matched := self.regex_set.Match(text)):
             ids = self.regex_ids
             hits.update(ids[i] for i in matched)
@@ -145,7 +155,15 @@ class LogsourceIndex:
                 by_atom.setdefault(atom_id, []).append(position)
         self._by_atom = [tuple(by_atom.get(i, ())) for i in range(len(atoms_by_id))]
         self._tests: list[Test | None] = [_test(a) for a in atoms_by_id]
+        for atom_id, atom in enumerate(atoms_by_id):  # a regex no trigger needs runs only when its rule does
+            if isinstance(atom, Regex) and atom.field is not None and atom_id not in by_atom:
+                self._tests[atom_id] = _search(atom)
         self._fields = self._build_fields(atoms_by_id)
+        self._predicates = [predicate(r.tree, self._tests) for r in self._rules]
+        self._keys = [r.key for r in self._rules]
+        self._extract: list[tuple[str, Getter, Callable[[str, set[int]], None] | None]] = [
+            (f.name, f.getter, None if f.empty else f.scan) for f in self._fields if f.getter is not None
+        ]
         self.evaluations = 0
         self.events = 0
 
@@ -173,7 +191,7 @@ class LogsourceIndex:
             fields[name] = _FieldIndex(name, None if spec is None else spec.getter)
         keywords = _FieldIndex(KEYWORDS, None)
         for atom_id, atom in enumerate(atoms):
-            if isinstance(atom, INDEXED):
+            if isinstance(atom, INDEXED) and self._tests[atom_id] is None:
                 (keywords if atom.field is None else fields[atom.field]).add(atom_id, atom)
         self._keywords = None if keywords.empty else keywords
         self._keyword_getters = [spec.getter for spec in specs.values() if spec.getter is not None]
@@ -186,39 +204,28 @@ class LogsourceIndex:
         self.events += 1
         values: Values = {}
         hits: set[int] = set()
-        for f in self._fields:
-            value = f.getter(event)  # type: ignore[misc]  # filtered on getter is not None
+        for name, getter, scan in self._extract:
+            value = getter(event)
             if value is None:
                 continue
-            values[f.name] = value
-            if not f.empty:
-                f.scan(value if isinstance(value, str) else str(value), hits)
+            values[name] = value
+            if scan is not None:
+                scan(value if isinstance(value, str) else str(value), hits)
         if self._keywords is not None:
             self._keywords.scan(self._text(event), hits)
+        if not hits and not self._always:
+            return []
         candidates = set(self._always)
         by_atom = self._by_atom
         for atom_id in hits:
             candidates.update(by_atom[atom_id])
         self.evaluations += len(candidates)
-        rules = self._rules
-        return [rules[i].key for i in sorted(candidates) if self._eval(rules[i].tree, hits, values)]
+        keys, predicates = self._keys, self._predicates
+        return [keys[i] for i in sorted(candidates) if predicates[i](hits, values)]
 
     def _text(self, event: Event) -> str:
         parts = (g(event) for g in self._keyword_getters)
         return "\n".join(str(v) for v in parts if v is not None and v != "")
-
-    def _eval(self, node: Node, hits: set[int], values: Values) -> bool:
-        op = node[0]
-        if op == "atom":
-            test = self._tests[node[1]]
-            return node[1] in hits if test is None else test(values)
-        if op == "and":
-            return all(self._eval(c, hits, values) for c in node[1])
-        if op == "or":
-            return any(self._eval(c, hits, values) for c in node[1])
-        if op == "not":
-            return not self._eval(node[1], hits, values)
-        return bool(node[1])
 
 
 def _renumber(node: Node, local: list[int]) -> Node:
@@ -248,6 +255,16 @@ def _test(atom: Atom) -> Test | None:
     if isinstance(atom, FieldRef):
         return _fieldref(atom)
     raise TypeError(f"unknown atom {atom!r}")
+
+
+def _search(atom: Regex) -> Test:
+    name, search = atom.field, re2.compile(atom.pattern).search
+
+    def test(values: Values) -> bool:
+        value = values.get(name)  # type: ignore[arg-type]  # only for atoms with a field
+        return value is not None and search(value if isinstance(value, str) else str(value)) is not None
+
+    return test
 
 
 def _number(value: FieldValue | None) -> float | None:
