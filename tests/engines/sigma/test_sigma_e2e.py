@@ -1,0 +1,176 @@
+"""The Sigma extension end to end: the real agent, the engine in its sandbox, rules staged by the agent
+from the operator's files, a real exec on the test's tmpfs, the finding in findings.jsonl."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from tests.agent.helpers import scoped_config
+from tests.engines.sigma.build import rule
+
+from ringfence.agent import Agent, AgentError, Config, Console
+from ringfence.agent._extensions import make_supervisor
+
+pytestmark = pytest.mark.kernel
+
+REPO = str(Path(__file__).resolve().parents[3])
+SIGMA = "ringfence.sigma"
+RULE_ID = "e2e0e2e0-0000-4000-8000-000000000001"
+
+
+def probe_rule(marker: str) -> str:
+    return rule(
+        f"sel:\n  Image|endswith: /rf-sigma-probe\n  CommandLine|contains: '{marker}'\ncondition: sel",
+        rule_id=RULE_ID,
+    )
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """The state dir goes here: the extension user must pass through it (pytest's dirs are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="rf-sigma-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.fixture
+def rules_dir() -> Iterator[Path]:
+    """Where the operator keeps rules: root-only, so only the agent's staged copy can reach the engine."""
+    d = Path(tempfile.mkdtemp(prefix="rf-sigma-rules-", dir="/tmp"))
+    d.chmod(0o700)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.fixture
+def agents() -> Iterator[list[Agent]]:
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.stop()
+
+
+def config_for(tmpfs: Path, shared_dir: Path, files: dict[str, Path]) -> Config:
+    config = scoped_config(tmpfs, shared_dir / "state", extensions=(SIGMA,), import_paths=(REPO,))
+    content = {SIGMA: {name: str(path) for name, path in files.items()}}
+    return msgspec.structs.replace(
+        config, extensions=msgspec.structs.replace(config.extensions, content=content)
+    )
+
+
+def start(agents: list[Agent], config: Config) -> Agent:
+    agent = Agent(config, console=Console(io.StringIO()), extensions=make_supervisor)
+    agents.append(agent)
+    agent.start()
+    return agent
+
+
+def _extension(agent: Agent) -> Any:
+    return {e.id: e for e in agent.health().extensions}[SIGMA]
+
+
+def _findings(agent: Agent, match: Callable[[dict], bool], timeout_s: float = 15) -> dict:
+    path = Path(agent.state_dir) / "findings.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                doc = json.loads(line)
+                if match(doc):
+                    return doc
+        time.sleep(0.1)
+    raise AssertionError(f"no matching finding in {path} within {timeout_s} s")
+
+
+def _eventually(check: Callable[[], bool], timeout_s: float = 15) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _run_probe(tmpfs: Path, marker: str) -> Path:
+    probe = tmpfs / "rf-sigma-probe"
+    if not probe.exists():
+        shutil.copy2("/bin/true", probe)
+    subprocess.run([str(probe), marker], check=True, timeout=30)
+    return probe
+
+
+def _is_probe_finding(marker: str) -> Callable[[dict], bool]:
+    def match(doc: dict) -> bool:
+        info = doc["finding_info"]
+        cmd = doc.get("evidences", [{}])[0].get("process", {}).get("cmd_line", "")
+        return info.get("analytic", {}).get("name") == RULE_ID and marker in cmd
+
+    return match
+
+
+def test_exec_matching_a_rule_raises_a_finding_in_findings_jsonl(
+    agents, tmpfs, shared_dir, rules_dir
+) -> None:
+    marker = f"--rf-{uuid.uuid4().hex[:12]}"
+    (rules_dir / "probe.yml").write_text(probe_rule(marker))
+    (rules_dir / "probe.yml").chmod(0o600)
+    agent = start(agents, config_for(tmpfs, shared_dir, {"probe.yml": rules_dir / "probe.yml"}))
+    ext = _extension(agent)
+    assert ext.state == "running"
+    with open(f"/proc/{ext.pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f.read().splitlines())
+    assert status["Uid"].split()[0] != "0" and status["NoNewPrivs"].strip() == "1"  # sandboxed
+    probe = _run_probe(tmpfs, marker)
+    finding = _findings(agent, _is_probe_finding(marker))
+    assert finding["class_uid"] == 2004
+    assert finding["severity_id"] == 4  # level: high
+    assert finding["finding_info"]["product"]["name"] == SIGMA
+    assert "T1059.004" in finding["finding_info"]["desc"]
+    assert finding["evidences"][0]["process"]["file"]["path"] == str(probe)
+
+
+def test_bad_rule_files_beside_a_good_one_are_reported_and_the_good_one_runs(
+    agents, tmpfs, shared_dir, rules_dir
+) -> None:
+    marker = f"--rf-{uuid.uuid4().hex[:12]}"
+    (rules_dir / "probe.yml").write_text(probe_rule(marker))
+    (rules_dir / "broken.yml").write_text("title: [broken\n")
+    (rules_dir / "redos.yml").write_text(rule("sel:\n  CommandLine|re: '(a)\\1'\ncondition: sel"))
+    (rules_dir / "unknown-field.yml").write_text(rule("sel:\n  NoSuchField: x\ncondition: sel"))
+    files = {n: rules_dir / n for n in ("probe.yml", "broken.yml", "redos.yml", "unknown-field.yml")}
+    agent = start(agents, config_for(tmpfs, shared_dir, files))
+    assert _eventually(lambda: "broken.yml" in _extension(agent).last_error)
+    last_error = _extension(agent).last_error
+    assert str(rules_dir / "broken.yml") in last_error  # the operator's path, not the staged copy
+    assert "redos.yml" in last_error and "re2" in last_error
+    assert "unknown-field.yml" not in last_error  # a warning: loaded, the field absent at run time
+    assert _extension(agent).state == "running"
+    _run_probe(tmpfs, marker)
+    _findings(agent, _is_probe_finding(marker))
+
+
+def test_content_where_no_rule_loads_refuses_start_in_one_line(tmpfs, shared_dir, rules_dir) -> None:
+    (rules_dir / "broken.yml").write_text("title: [broken\n")
+    agent = Agent(
+        config_for(tmpfs, shared_dir, {"broken.yml": rules_dir / "broken.yml"}),
+        console=Console(io.StringIO()),
+        extensions=make_supervisor,
+    )
+    with pytest.raises(AgentError) as raised:
+        agent.start()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"{rules_dir / 'broken.yml'}:2: error: YAML" in message  # where the parser saw the end
+    assert agent.supervisor is None
