@@ -149,7 +149,10 @@ def test_bad_rule_files_beside_a_good_one_are_reported_and_the_good_one_runs(
     (rules_dir / "broken.yml").write_text("title: [broken\n")
     (rules_dir / "redos.yml").write_text(rule("sel:\n  CommandLine|re: '(a)\\1'\ncondition: sel"))
     (rules_dir / "unknown-field.yml").write_text(rule("sel:\n  NoSuchField: x\ncondition: sel"))
-    files = {n: rules_dir / n for n in ("probe.yml", "broken.yml", "redos.yml", "unknown-field.yml")}
+    # catastrophic for a backtracking engine on "aaaa...!", linear in re2
+    (rules_dir / "slow.yml").write_text(rule("sel:\n  CommandLine|re: '(a+)+$'\ncondition: sel"))
+    names = ("probe.yml", "broken.yml", "redos.yml", "unknown-field.yml", "slow.yml")
+    files = {n: rules_dir / n for n in names}
     agent = start(agents, config_for(tmpfs, shared_dir, files))
     assert _eventually(lambda: "broken.yml" in _extension(agent).last_error)
     last_error = _extension(agent).last_error
@@ -157,8 +160,32 @@ def test_bad_rule_files_beside_a_good_one_are_reported_and_the_good_one_runs(
     assert "redos.yml" in last_error and "re2" in last_error
     assert "unknown-field.yml" not in last_error  # a warning: loaded, the field absent at run time
     assert _extension(agent).state == "running"
+    subprocess.run(["/bin/true", "a" * 100_000 + "!"], check=True, timeout=30)
     _run_probe(tmpfs, marker)
-    _findings(agent, _is_probe_finding(marker))
+    _findings(agent, _is_probe_finding(marker))  # the engine got through the long line and on to this
+    assert _extension(agent).state == "running"
+
+
+def test_rules_changed_while_running_take_effect_and_a_broken_version_keeps_the_last_good(
+    agents, tmpfs, shared_dir, rules_dir
+) -> None:
+    marker = f"--rf-{uuid.uuid4().hex[:12]}"
+    operator_file = rules_dir / "probe.yml"
+    operator_file.write_text(probe_rule(marker))
+    agent = start(agents, config_for(tmpfs, shared_dir, {"probe.yml": operator_file}))
+    operator_file.write_text("title: [broken\n")
+    assert _eventually(lambda: "rejected" in _extension(agent).last_error, timeout_s=20)
+    assert str(operator_file) in _extension(agent).last_error
+    _run_probe(tmpfs, marker + "-1")
+    _findings(agent, _is_probe_finding(marker + "-1"))  # the last good rule is still in force
+    other = f"--rf-{uuid.uuid4().hex[:12]}"
+    operator_file.write_text(probe_rule(other))
+    assert _eventually(lambda: _extension(agent).last_error == "", timeout_s=20)
+    _run_probe(tmpfs, marker + "-2")
+    _run_probe(tmpfs, other)
+    _findings(agent, _is_probe_finding(other))
+    path = Path(agent.state_dir) / "findings.jsonl"
+    assert marker + "-2" not in path.read_text()  # the old rule is gone
 
 
 def test_content_where_no_rule_loads_refuses_start_in_one_line(tmpfs, shared_dir, rules_dir) -> None:
