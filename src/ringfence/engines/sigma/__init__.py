@@ -38,6 +38,7 @@ from ringfence.engines.sigma._load import (
     load_files,
     rule_files,
 )
+from ringfence.engines.sigma._report import check_report, load_paths
 
 extension = SigmaEngine
 
@@ -60,10 +61,12 @@ __all__ = [
     "SigmaEngine",
     "SigmaEngineError",
     "SigmaStatistics",
+    "check_report",
     "describe",
     "extension",
     "load_directory",
     "load_files",
+    "load_paths",
     "logsources_of",
     "mapping_table",
     "rule_files",

@@ -247,6 +247,12 @@ def _line_of(text: str, rule: object) -> int | None:
     return None if match is None else text.count("\n", 0, match.start()) + 1
 
 
+def _field_line(text: str, name: str) -> int | None:
+    """The line where a detection first names a field (`Name:` or `Name|modifier:`)."""
+    match = re.search(rf"^\s+-?\s*{re.escape(name)}(\|[^:]*)?:", text, re.MULTILINE)
+    return None if match is None else text.count("\n", 0, match.start()) + 1
+
+
 def _issue(
     shown: str, text: str, rule: object, error: Exception, severity: IssueSeverity = IssueSeverity.ERROR
 ) -> Issue:
@@ -319,10 +325,10 @@ class _Compiler:
             if not supplied(source, f):
                 spec = LOGSOURCES[source].get(f)
                 why = f" ({spec.source})" if spec is not None else ""
-                self._issue(
-                    p,
-                    f"field {f} is not supplied for {source}{why}: absent at run time",
-                    IssueSeverity.WARNING,
+                message = f"field {f} is not supplied for {source}{why}: absent at run time"
+                line = _field_line(p.text, f) or _line_of(p.text, p.rule)
+                self.ruleset.issues.append(
+                    Issue(IssueSeverity.WARNING, p.file, line, _rule_name(p.rule), message)
                 )
         self.per_source.setdefault(source, []).append((key, compiled.tree, compiled.atoms))
 
