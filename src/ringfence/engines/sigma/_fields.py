@@ -90,17 +90,37 @@ def _of(p: ProcessRef | None, attr: str) -> FieldValue | None:
     return value
 
 
+def _exe(e: Event) -> str | None:
+    p: ProcessRef | None = getattr(e, "process", None)
+    return None if p is None else p.exe
+
+
+def _command_line(e: Event) -> str | None:
+    p: ProcessRef | None = getattr(e, "process", None)
+    return " ".join(p.cmdline) if p is not None and p.cmdline else None
+
+
+def _parent_exe(e: Event) -> str | None:
+    p: ProcessRef | None = getattr(e, "process", None)
+    return None if p is None or p.parent is None else p.parent.exe
+
+
+def _cwd(e: Event) -> str | None:
+    p: ProcessRef | None = getattr(e, "process", None)
+    return None if p is None else p.cwd
+
+
 _ACTOR: dict[str, FieldSpec] = {
-    "Image": FieldSpec(lambda e: _of(_proc(e), "exe"), "process.exe"),
-    "CommandLine": FieldSpec(lambda e: _cmdline(_proc(e)), "process.cmdline joined by spaces"),
+    "Image": FieldSpec(_exe, "process.exe"),
+    "CommandLine": FieldSpec(_command_line, "process.cmdline joined by spaces"),
     "ProcessId": FieldSpec(lambda e: _of(_proc(e), "pid"), "process.pid", numeric=True),
     "User": FieldSpec(lambda e: _user(_proc(e)), "process.user (else its uid)"),
-    "CurrentDirectory": FieldSpec(lambda e: _of(_proc(e), "cwd"), "process.cwd"),
+    "CurrentDirectory": FieldSpec(_cwd, "process.cwd"),
 }
 
 _PROCESS: dict[str, FieldSpec] = {
     **_ACTOR,
-    "ParentImage": FieldSpec(lambda e: _of(_parent(e), "exe"), "process.parent.exe"),
+    "ParentImage": FieldSpec(_parent_exe, "process.parent.exe"),
     "ParentCommandLine": FieldSpec(lambda e: _cmdline(_parent(e)), "process.parent.cmdline joined"),
     "ParentProcessId": FieldSpec(lambda e: _of(_proc(e), "ppid"), "process.ppid", numeric=True),
     "ParentUser": FieldSpec(lambda e: _user(_parent(e)), "process.parent.user (else its uid)"),

@@ -58,7 +58,7 @@ class _Literals:
 
     def __init__(self) -> None:
         self._words: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {}
-        self._automaton: Any = None
+        self.automaton: Any = None
         self.active = False
 
     def add(self, atom_id: int, kind: str, text: str) -> None:
@@ -72,12 +72,12 @@ class _Literals:
         for word, (length, contains, prefix, suffix) in self._words.items():
             automaton.add_word(word, (length[0], tuple(contains), tuple(prefix), tuple(suffix)))
         automaton.make_automaton()
-        self._automaton = automaton
+        self.automaton = automaton
         self.active = True
 
     def scan(self, text: str, hits: set[int]) -> None:
         last = len(text) - 1
-        for end, (length, contains, prefix, suffix) in self._automaton.iter(text):
+        for end, (length, contains, prefix, suffix) in self.automaton.iter(text):
             if contains:
                 hits.update(contains)
             if prefix and end + 1 == length:
@@ -98,6 +98,7 @@ class _FieldIndex:
         self.regex_set: Any = None
         self.regex_ids: list[int] = []
         self.empty = True
+        self.scan: Callable[[str, set[int]], None] = self._scan_general
 
     def add(self, atom_id: int, atom: Str | Regex) -> None:
         self.empty = False
@@ -118,8 +119,11 @@ class _FieldIndex:
                 self.regex_ids.append(atom_id)
             regex_set.Compile()
             self.regex_set = regex_set
+        self.scan = self._scan_general
+        if not self.exact_cased and not self.literals_cased.active and self.regex_set is None:
+            self.scan = _plain_scan(self.exact, self.literals)
 
-    def scan(self, text: str, hits: set[int]) -> None:
+    def _scan_general(self, text: str, hits: set[int]) -> None:
         low = text.lower()
         if (found := self.exact.get(low)) is not None:
             hits.update(found)
@@ -132,6 +136,30 @@ class _FieldIndex:
         if self.regex_set is not None and (matched := self.regex_set.Match(text)):
             ids = self.regex_ids
             hits.update(ids[i] for i in matched)
+
+
+def _plain_scan(exact: dict[str, list[int]], literals: _Literals) -> Callable[[str, set[int]], None]:
+    """The scan of a field with only case-insensitive literals (most fields): one closure, no lookups."""
+    exact_get = exact.get
+    automaton = literals.automaton
+
+    def scan(text: str, hits: set[int]) -> None:
+        low = text.lower()
+        found = exact_get(low)
+        if found is not None:
+            hits.update(found)
+        if automaton is None:
+            return
+        last = len(low) - 1
+        for end, (length, contains, prefix, suffix) in automaton.iter(low):
+            if contains:
+                hits.update(contains)
+            if prefix and end + 1 == length:
+                hits.update(prefix)
+            if suffix and end == last:
+                hits.update(suffix)
+
+    return scan
 
 
 class LogsourceIndex:
