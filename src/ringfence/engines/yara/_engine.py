@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from ringfence.sdk import (
 
 RULE_PREFIX = "yara."  # a finding's `rule` is this plus the YARA rule's name
 MAX_FINDINGS_PER_FILE = 16  # matches beyond it are counted, not reported one by one
+_ORDINARY = frozenset({"too_large", "no_descriptor"})
 _SEVERITIES = {s.name.lower(): s for s in Severity} | {"info": Severity.INFORMATIONAL}
 
 
@@ -171,10 +173,13 @@ class YaraEngine(Extension):
             return False
 
     def _uncached(self, counter: str, request: AuthRequest, why: str) -> AuthAnswer:
+        """ALLOW, not cacheable, counted. Logged as a warning when something failed; a file over the size
+        limit or a request without a descriptor is ordinary, and logged at DEBUG (big binaries run often)."""
         self._n[counter] += 1
         self._n["allowed"] += 1
-        self.ctx.log.warning(
-            "not scanned, allowing uncached: %s (pid %d): %s", request.path, request.process.pid, why
+        level = logging.DEBUG if counter in _ORDINARY else logging.WARNING
+        self.ctx.log.log(
+            level, "not scanned, allowing uncached: %s (pid %d): %s", request.path, request.process.pid, why
         )
         return allow(cacheable=False)
 
