@@ -6,7 +6,8 @@ Compiling follows the server: a file's `$include` list merges the included attri
 `extends` merges the parent's resolved attributes under the child's (an attribute set to null is
 removed); every attribute is merged over its `dictionary.json` entry (type, is_array, enum, sibling);
 a child's `constraints` replace its parent's (`{}` removes them);
-each `timestamp_t` attribute gets a `<name>_dt` twin in the `datetime` profile; and a class's
+the Base Event is class 0 (category 0, Uncategorized), the other classes extend it; each `timestamp_t`
+attribute gets a `<name>_dt` twin in the `datetime` profile; and a class's
 `class_uid`, `category_uid` and `type_uid` enums hold only that class's values.
 """
 
@@ -149,7 +150,7 @@ class _Compiler:
     def cls(self, raw: dict[str, Any]) -> Item:
         item = self.item("class", raw)
         cat = self.category(raw["name"])
-        uid = cat["uid"] * 1000 + raw["uid"]
+        uid = cat["uid"] * 1000 + raw.get("uid", 0)  # base_event has none: it is class 0
         attrs = dict(item.attributes)
         attrs["class_uid"] = {**attrs["class_uid"], "enum": {str(uid): {"caption": item.caption}}}
         attrs["category_uid"] = {**attrs["category_uid"], "enum": {str(cat["uid"]): cat}}
@@ -164,7 +165,8 @@ class _Compiler:
         return Item(item.name, item.caption, attrs, item.constraints, uid, item.deprecated)
 
     def compile(self) -> Schema:
-        classes = [self.cls(raw) for raw in self.raw_classes.values() if "uid" in raw]
+        concrete = [raw for raw in self.raw_classes.values() if "uid" in raw or raw["name"] == "base_event"]
+        classes = [self.cls(raw) for raw in concrete]
         return Schema(
             version=_read(self.root / "version.json")["version"],
             types=self.types,

@@ -243,3 +243,33 @@ def test_ocsf_lib_reading_keeps_host_profile_on_system_classes() -> None:
     declared = _with(PROCESS_LAUNCH, _set("metadata.profiles", ["host"]))
     assert validate(declared, strict) == [] and problems(declared) == []
     assert any("ocsf-lib" in p for p in problems(PROCESS_LAUNCH))
+
+
+BASE_EVENT: dict[str, Any] = {
+    "class_uid": 0,
+    "category_uid": 0,
+    "activity_id": 99,
+    "activity_name": "Audit",
+    "type_uid": 99,
+    "type_name": "Base Event: Audit",
+    "time": 1_700_000_000_000,
+    "severity_id": 1,
+    "metadata": {"version": "1.8.0", "product": {"name": "hand"}},
+    "unmapped": {"records": [{"type": "SYSCALL"}]},
+}
+
+
+def test_base_event_is_class_0_and_checked_like_any_class() -> None:
+    assert validate(BASE_EVENT) == []
+    assert ("attribute_required_missing", "severity_id") in _codes(
+        _with(BASE_EVENT, lambda e: e.pop("severity_id"))
+    )
+    assert ("attribute_enum_value_unknown", "category_uid") in _codes(
+        _with(BASE_EVENT, lambda e: e.update(category_uid=1))
+    )
+    assert ("attribute_unknown", "process") in _codes(
+        _with(BASE_EVENT, lambda e: e.update(process={"pid": 1}))
+    )
+    assert ("attribute_unknown", "device") in _codes(
+        _with(BASE_EVENT, lambda e: e.update(device={"hostname": "h"}))
+    )

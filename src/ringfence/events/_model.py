@@ -11,6 +11,15 @@ import enum
 
 import msgspec
 
+from ringfence.events._common import Endpoint, Header, ProcessRef
+from ringfence.events._detection import (
+    AccountChange,
+    AuditEvent,
+    Authentication,
+    DnsActivity,
+    LogEvent,
+)
+
 
 class EventKind(enum.StrEnum):
     """What a subscriber can subscribe to. The routing key of the broker."""
@@ -21,6 +30,11 @@ class EventKind(enum.StrEnum):
     AUTH_EXEC = "auth.exec"
     AUTH_OPEN = "auth.open"
     FINDING = "finding"
+    AUDIT = "audit"
+    AUTHENTICATION = "authentication"
+    ACCOUNT = "account"
+    DNS = "dns"
+    LOG = "log"
 
 
 class ProcessActivityId(enum.IntEnum):
@@ -97,43 +111,6 @@ class AuthAnswer(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
-class Header(msgspec.Struct, frozen=True, kw_only=True):
-    """Every event's header. `seq` is per sensor and has no gaps unless the sensor counted a drop."""
-
-    id: str
-    time_ns: int  # wall clock, ns since the epoch
-    mono_ns: int  # CLOCK_MONOTONIC, ns
-    host: str
-    sensor: str
-    seq: int
-
-
-class ProcessRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A resolved process, as the process table cache knew it when the event was made."""
-
-    pid: int
-    ppid: int | None = None
-    exe: str | None = None
-    cmdline: tuple[str, ...] = ()
-    cwd: str | None = None
-    uid: int | None = None
-    user: str | None = None
-    gid: int | None = None
-    start_time_ns: int | None = None  # wall clock, ns since the epoch
-    container_id: str | None = None
-    cgroup: str | None = None
-    parent: ProcessRef | None = None
-
-
-class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A socket address: `ip` and `port` for inet families, `path` for unix sockets."""
-
-    family: str  # "inet", "inet6", "unix", "netlink", ...
-    ip: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-
 class ProcessActivity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="process"):
     header: Header
     activity: ProcessActivityId
@@ -197,13 +174,29 @@ class DetectionFinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     related_event: str | None = None  # header.id of the event that triggered it
 
 
-Event = ProcessActivity | FileActivity | NetworkActivity | AuthRequest | DetectionFinding
+Event = (
+    ProcessActivity
+    | FileActivity
+    | NetworkActivity
+    | AuthRequest
+    | DetectionFinding
+    | AuditEvent
+    | Authentication
+    | AccountChange
+    | DnsActivity
+    | LogEvent
+)
 
 _KIND_OF: dict[type, EventKind] = {
     ProcessActivity: EventKind.PROCESS,
     FileActivity: EventKind.FILE,
     NetworkActivity: EventKind.NETWORK,
     DetectionFinding: EventKind.FINDING,
+    AuditEvent: EventKind.AUDIT,
+    Authentication: EventKind.AUTHENTICATION,
+    AccountChange: EventKind.ACCOUNT,
+    DnsActivity: EventKind.DNS,
+    LogEvent: EventKind.LOG,
 }
 
 

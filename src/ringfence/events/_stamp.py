@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Protocol
 
-from ringfence.events._model import Header
+from ringfence.events._common import Header
 
 
 class Clock(Protocol):
