@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ class _CountingContext:
 
     @property
     def log(self) -> logging.Logger:
-        return logging.getLogger("bench.sigma")
+        log = logging.getLogger("bench.sigma")
+        log.setLevel(logging.ERROR)  # the five "field not supplied" warnings are not the measurement
+        return log
 
     @property
     def settings(self) -> Mapping[str, Any]:
@@ -95,6 +98,12 @@ def _engine_rate(events: Sequence[Event]) -> tuple[float, int, int]:
     return len(events) / elapsed, ctx.findings, engine.statistics().matches
 
 
+def _best(runs: int, measure: Callable[[], tuple[float, int]]) -> tuple[float, int]:
+    """The best rate of `runs` (this VM shares its two cores: the best run is the least disturbed)."""
+    results = [measure() for _ in range(runs)]
+    return max(r[0] for r in results), results[0][1]
+
+
 def _sqlite_rate(events: Sequence[Event], reference: Reference, batch: int) -> tuple[float, int]:
     matches = 0
     start = time.perf_counter()
@@ -112,10 +121,11 @@ def run(quick: bool = False) -> str:
     ruleset = load_files(files)
     load_s = time.perf_counter() - t0
     events = _events(n, ruleset)
-    engine_eps, findings, engine_hits = _engine_rate(events)
+    runs = 1 if quick else 3
+    engine_eps, findings, engine_hits = max((_engine_rate(events) for _ in range(runs)), key=lambda r: r[0])
     reference = Reference(LINUX_RULE_DIRS)
-    stream_eps, stream_hits = _sqlite_rate(events, reference, STREAMING_BATCH)
-    bulk_eps, bulk_hits = _sqlite_rate(events, reference, BULK_BATCH)
+    stream_eps, stream_hits = _best(runs, lambda: _sqlite_rate(events, reference, STREAMING_BATCH))
+    bulk_eps, bulk_hits = _best(runs, lambda: _sqlite_rate(events, reference, BULK_BATCH))
     same = set(engine_matches(ruleset, events[:CHECK]))
     reference.load(events[:CHECK])
     agree = same == reference.matches()
@@ -129,6 +139,7 @@ def run(quick: bool = False) -> str:
         f"{engine_eps / stream_eps:>7.1f}x",
         f"{f'SQLite backend, {BULK_BATCH}-event batches':36}{bulk_eps:>12,.0f}{bulk_hits:>10,}"
         f"{engine_eps / bulk_eps:>7.1f}x",
+        f"best of {runs} runs each; load average {os.getloadavg()[0]:.2f} (other work on the VM)",
         f"goal: >= 100,000 events/s and >= 12x streaming; findings after dedup: {findings:,}; "
         f"same (rule, event) matches on the first {CHECK:,} events: {agree}",
     ]

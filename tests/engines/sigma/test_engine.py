@@ -332,3 +332,24 @@ def test_broken_new_version_keeps_the_last_good_rules_and_is_reported_until_fixe
     assert [f.fields["rule"] for f in ctx.findings] == [REVSHELL, CRON]
     assert engine.statistics().reloads == 1 and engine.statistics().rejected_reloads == 1
     shutil.rmtree(tmp_path / "slots")
+
+
+def test_expand_placeholders_come_from_the_engine_settings(start, tmp_path) -> None:
+    text = rule("sel:\n  User|expand: '%admins%'\n  Image|endswith: /sudo\ncondition: sel")
+    engine, ctx = start(
+        write_rules(tmp_path / "c", **{"p.yml": text}), {"placeholders": {"admins": ["alice"]}}
+    )
+    engine.on_event(exec_event("/usr/bin/sudo", "sudo -i", user="alice"))
+    engine.on_event(exec_event("/usr/bin/sudo", "sudo -i", user="bob"))
+    assert len(ctx.findings) == 1
+
+
+def test_timestamp_modifier_on_a_field_we_do_not_supply_loads_with_a_warning_and_never_matches(
+    start, tmp_path
+) -> None:
+    text = rule("sel:\n  Timestamp|hour: 3\ncondition: sel")
+    engine, ctx = start(write_rules(tmp_path / "c", **{"t.yml": text}))
+    (issue,) = engine.rules.issues
+    assert issue.message.startswith("field Timestamp is not supplied")
+    engine.on_event(exec_event("/x", "3"))
+    assert not ctx.findings
