@@ -6,6 +6,7 @@ import hashlib
 import mmap
 import os
 import shutil
+import time
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -563,3 +564,24 @@ def test_statistics_name_the_rules_in_force_and_their_version(engine: YaraEngine
     assert (rules.rules, rules.block_rules, rules.files, rules.loads) == (2, 1, 2, 1)
     assert len(rules.content_version) == 16
     assert all(c in "0123456789abcdef" for c in rules.content_version)
+
+
+def test_short_scans_never_time_out_early_across_yaras_second_ticks(
+    make_ctx: Callable[..., Any], clock: Any, tmp_path: Path, open_ro: Open, make_exec_request: MakeRequest
+) -> None:
+    """yara-x's limit counts ticks of a shared one-second heartbeat: given 1, a scan that starts just
+    before a tick times out after a few ms, and the file would run unscanned. Scans of a few ms back to
+    back for 2.5 s span at least two ticks; none may time out."""
+    c = Content(tmp_path / "c")
+    c.publish({"slow.yar": SLOW_RULE})
+    eng, _ = make_engine(make_ctx, clock, c.dir, scan_timeout_s=1, memo_entries=1)
+    paths = [write(tmp_path / f"f{i}", bytes(range(100)) * 6 + bytes([i])) for i in range(2)]  # ~0.4 M steps
+    files = [open_ro(p) for p in paths]
+    end = time.monotonic() + 2.5
+    n = 0
+    while time.monotonic() < end:  # memo of one, two files in turn: every request is scanned
+        eng.on_auth(make_exec_request(paths[n % 2]), files[n % 2])
+        n += 1
+    stats = eng.statistics()
+    assert stats.timeouts == 0
+    assert stats.scans == n > 20

@@ -2,7 +2,8 @@
 
     [extensions.config."ringfence.yara"]
     max_scan_bytes = 33554432    # optional, 1..1073741824: larger files are allowed uncached, counted
-    scan_timeout_s = 1           # optional, 1..60: yara-x counts whole seconds; a timeout allows uncached
+    scan_timeout_s = 1           # optional, 1..60: a scan gets at least this, at most 1 s more; then it
+                                 #   is allowed uncached (yara-x counts whole seconds on a shared ticker)
     memo_entries = 4096          # optional, 1..1000000: verdicts remembered per file version
 
 The rules are content (`ctx.content_dir`, filled by the agent from `[extensions.content."ringfence.yara"]`).
