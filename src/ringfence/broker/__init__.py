@@ -4,9 +4,9 @@ Errors: `ValueError` for misuse at set-up (duplicate subscriber, bad capacity or
 event path raises to its caller.
 """
 
+from ringfence._channel import BoundedChannel, ChannelClosed, Overflow
 from ringfence.broker._auth import Arbiter
 from ringfence.broker._broker import Broker, DeadlineRunner, Mutes
-from ringfence.broker._channel import BoundedChannel, ChannelClosed, Overflow
 from ringfence.broker._inprocess import Handler, ThreadedSubscriber, ThreadedSubscriberStatistics
 from ringfence.broker._types import AuthPolicy, AuthTicket, FixedSubscription, Reply, Subscriber
 from ringfence.events import (

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import msgspec
 
-from ringfence.broker._channel import BoundedChannel, ChannelClosed, Overflow
+from ringfence._channel import BoundedChannel, ChannelClosed, Overflow
 from ringfence.broker._types import AuthPolicy, AuthTicket, FixedSubscription, Reply
 from ringfence.events import AuthAnswer, ChannelStatistics, Event, EventKind
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ringfence._channel import BoundedChannel, ChannelClosed
 from ringfence._counters import Counters
 from ringfence.sensors.fanotify._identity import FileIdentity, FileKey
 
@@ -69,11 +69,8 @@ class CacheWorker:
         self._on_idle = on_idle
         self._idle_interval_s = idle_interval_s
         self._counters = counters
-        self._capacity = capacity
         self._batch = batch
-        self._cond = threading.Condition()
-        self._queue: deque[CacheCandidate] = deque()
-        self._stopped = False
+        self._queue: BoundedChannel[CacheCandidate] = BoundedChannel(capacity)  # drop-newest, counted
         self._thread = threading.Thread(target=self._run, name="fanotify-cache", daemon=True)
 
     def start(self) -> None:
@@ -81,35 +78,30 @@ class CacheWorker:
 
     def offer(self, candidate: CacheCandidate) -> bool:
         """Queue a candidate. Never blocks. False: refused (full or stopped); the caller keeps the fd."""
-        with self._cond:
-            if self._stopped or len(self._queue) >= self._capacity:
-                self._counters.add("cache_queue_full")
-                return False
-            self._queue.append(candidate)
-            self._cond.notify()
+        if self._queue.put(candidate):
             return True
+        self._counters.add("cache_queue_full")
+        return False
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
+        self._queue.close()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        with self._cond:
-            leftover = list(self._queue)
-            self._queue.clear()
-        for cand in leftover:
+        while True:  # what the worker never took: their descriptors are still ours
+            try:
+                cand = self._queue.get(0)
+            except ChannelClosed:
+                return
+            if cand is None:
+                return
             os.close(cand.fd)
 
     def _take(self) -> list[CacheCandidate] | None:
         """The next batch; an empty one when idle for the interval; None once stopped."""
-        with self._cond:
-            if not self._queue and not self._stopped:
-                self._cond.wait(self._idle_interval_s)
-            if self._stopped:
-                return None
-            n = min(self._batch, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
+        try:
+            return self._queue.get_batch(self._batch, self._idle_interval_s)
+        except ChannelClosed:
+            return None
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:

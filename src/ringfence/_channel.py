@@ -1,4 +1,6 @@
-"""A bounded, thread-safe channel with a named overflow policy and its own statistics."""
+"""A bounded, thread-safe channel with a named overflow policy and its own statistics: the one bounded
+queue of every stage (sensors, broker, extension connections, outputs). Below the layers: it imports only
+the event model (for its statistics record)."""
 
 from __future__ import annotations
 
