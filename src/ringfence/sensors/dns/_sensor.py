@@ -1,0 +1,330 @@
+"""DnsSensor: DNS queries and responses seen on a packet socket, as DnsActivity, and the name cache.
+
+Two threads, as in the audit sensor: a reader that only moves packets from the socket into a bounded
+queue (drop-newest when full, counted), and a processor that decodes (IP, UDP/TCP, then dnspython),
+learns names from responses, finds the asker of a query (best effort, `_owner.py`) and hands events to
+the sink. Malformed packets and messages are counted, never fatal.
+
+Both threads run in the network namespace the sensor is given (`netns`, a path such as
+/run/netns/NAME; None: the agent's own): each moves itself there with setns(2) before it does anything
+else, since a namespace is per thread. So the sensor can watch a namespace the agent is not in, which
+is also how the tests run it without touching the host's network. start() waits (bounded) until the
+reader has opened its socket, and raises SensorUnavailable with what the kernel said if it could not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import select
+import socket
+import threading
+
+from ringfence._counters import Counters
+from ringfence.events import (
+    Clock,
+    DnsActivity,
+    DnsActivityId,
+    DnsAnswer,
+    DnsQuery,
+    Endpoint,
+    HeaderStamper,
+    ProcessRef,
+    SystemClock,
+)
+from ringfence.sensors._base import EventSink, ProcessResolver, SensorStatistics, SensorUnavailable
+from ringfence.sensors.dns._cache import NameCache, NameCacheConfig
+from ringfence.sensors.dns._capture import enter_netns, kernel_statistics, open_capture
+from ringfence.sensors.dns._filter import DNS_PORT
+from ringfence.sensors.dns._message import DnsMessage, MessageError, parse
+from ringfence.sensors.dns._owner import OUTCOMES, OwnerFinder
+from ringfence.sensors.dns._packet import Outcome, PacketError, Segment, decode
+
+log = logging.getLogger(__name__)
+
+_INTERFACE = "packet socket (AF_PACKET)"
+_RECV_BYTES = 65536
+_BATCH = 64  # packets per queue item at most
+_START_TIMEOUT_S = 10.0
+_JOIN_TIMEOUT_S = 5.0
+
+COUNTERS = (
+    "received",  # packets Python read (all passed the kernel filter)
+    "kernel_passed",  # packets the kernel filter passed (PACKET_STATISTICS)
+    "kernel_drops",  # of those, dropped by the kernel for a full socket buffer
+    "queue_drops",  # read, but the queue to the processor was full
+    "malformed_packets",  # not a whole IP + UDP/TCP packet
+    "malformed_messages",  # a payload dnspython could not read
+    "tcp_partial",  # a TCP segment with part of a message (not reassembled)
+    "tcp_empty",  # TCP segments without payload (handshakes, ACKs)
+    "queries",
+    "responses",
+    "emitted",
+    "sink_errors",
+    *OUTCOMES,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DnsTuning:
+    """Knobs with safe defaults. Units are in the names."""
+
+    rcvbuf_bytes: int = 4 * 1024 * 1024
+    queue_packets: int = 16384  # reader -> processor, about this many packets; drop-newest beyond
+    find_owner: bool = True  # look up the process that sent a query (`_owner.py`)
+    owner_walks_per_s: float = 20.0
+    cache: NameCacheConfig = dataclasses.field(default_factory=NameCacheConfig)
+
+
+class DnsSensor:
+    """DnsActivity for each DNS message on the wire, to `sink` (called from the processor thread)."""
+
+    name = "dns"
+
+    def __init__(
+        self,
+        sink: EventSink,
+        resolver: ProcessResolver,
+        host: str,
+        *,
+        interfaces: tuple[str, ...] = (),
+        netns: str | None = None,
+        clock: Clock | None = None,
+        tuning: DnsTuning | None = None,
+    ) -> None:
+        self._sink = sink
+        self._resolver = resolver
+        self._interfaces = interfaces
+        self._netns = netns
+        self._clock = clock or SystemClock()
+        self._tuning = tuning or DnsTuning()
+        self._stamper = HeaderStamper(self.name, host, self._clock)
+        self.names = NameCache(self._clock, self._tuning.cache)
+        self.counters = Counters(COUNTERS)
+        self._lock = threading.Lock()
+        self._running: _Running | None = None
+
+    def start(self) -> None:
+        """Open the packet socket (in `netns`) and start both threads. Raises SensorUnavailable."""
+        with self._lock:
+            if self._running is None:
+                self._running = _Running.start(self)
+
+    def stop(self) -> None:
+        """Stop both threads and close the socket. Idempotent."""
+        with self._lock:
+            running, self._running = self._running, None
+        if running is not None:
+            running.stop()
+
+    def statistics(self) -> SensorStatistics:
+        running = self._running
+        if running is not None:
+            running.refresh_kernel_statistics()
+        c = self.counters.snapshot()
+        detail = c | {f"cache_{k}": v for k, v in self.names.counters.snapshot().items()}
+        detail["cache_entries"] = len(self.names)
+        return SensorStatistics(
+            name=self.name,
+            running=running is not None,
+            received=c["received"],
+            emitted=c["emitted"],
+            dropped=c["kernel_drops"] + c["queue_drops"],
+            errors=c["malformed_packets"] + c["malformed_messages"] + c["sink_errors"],
+            last_seq=self._stamper.last_seq,
+            detail=detail,
+        )
+
+    # -- the processor's work, per packet (also what the tests and the benchmark drive) ----------------
+
+    def process_packet(self, packet: bytes, owners: OwnerFinder | None = None) -> None:
+        count = self.counters.add
+        try:
+            segment = decode(packet)
+        except PacketError as e:
+            count("malformed_packets")
+            log.debug("dns: malformed packet (%s)", e)
+            return
+        if segment.outcome is Outcome.PARTIAL:
+            count("tcp_partial")
+        elif segment.outcome is Outcome.EMPTY:
+            count("tcp_empty")
+        for wire in segment.messages:
+            try:
+                message = parse(wire)
+            except MessageError as e:
+                count("malformed_messages")
+                log.debug("dns: malformed message from %s:%d (%s)", segment.src, segment.sport, e)
+                continue
+            self._emit(segment, message, owners)
+
+    def _emit(self, segment: Segment, message: DnsMessage, owners: OwnerFinder | None) -> None:
+        if message.response:
+            self.counters.add("responses")
+            self.names.learn(message)
+        else:
+            self.counters.add("queries")
+        process = None
+        if owners is not None and not message.response and segment.dport == DNS_PORT:
+            owner = owners.find(segment.transport, segment.sport)
+            if owner is not None and owner.pid is not None:
+                process = self._resolver.resolve(owner.pid)
+        event = to_activity(self._stamper, segment, message, process)
+        try:
+            self._sink(event)
+        except Exception:  # supervision boundary: a sink bug costs this event only
+            self.counters.add("sink_errors")
+            log.exception("dns event could not be delivered")
+            return
+        self.counters.add("emitted")
+
+
+def to_activity(
+    stamper: HeaderStamper, segment: Segment, message: DnsMessage, process: ProcessRef | None
+) -> DnsActivity:
+    query = None
+    if message.query is not None:
+        query = DnsQuery(hostname=message.query, type=message.query_type, dns_class=message.query_class)
+    return DnsActivity(
+        header=stamper.stamp(),
+        activity=DnsActivityId.RESPONSE if message.response else DnsActivityId.QUERY,
+        query=query,
+        transaction_id=message.id,
+        rcode=message.rcode_id if message.response else None,
+        answers=tuple(DnsAnswer(name=a.name, type=a.type, data=a.data, ttl=a.ttl) for a in message.answers),
+        src=Endpoint(family=segment.family, ip=segment.src, port=segment.sport),
+        dst=Endpoint(family=segment.family, ip=segment.dst, port=segment.dport),
+        process=process,
+    )
+
+
+class _Running:
+    """One start..stop: the socket, the queue and the two threads."""
+
+    def __init__(self, sensor: DnsSensor) -> None:
+        self.sensor = sensor
+        self.queue: queue.Queue[list[bytes]] = queue.Queue(max(1, sensor._tuning.queue_packets // _BATCH))
+        self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.stopping = threading.Event()
+        self.opened = threading.Event()
+        self.failure: str | None = None
+        self.sock: socket.socket | None = None
+        self.stats_lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, name="ringfence-dns-reader", daemon=True)
+        self.processor = threading.Thread(target=self._process, name="ringfence-dns-events", daemon=True)
+
+    @classmethod
+    def start(cls, sensor: DnsSensor) -> _Running:
+        running = cls(sensor)
+        running.reader.start()
+        if not running.opened.wait(_START_TIMEOUT_S):
+            running.failure = f"the reader did not open its socket within {_START_TIMEOUT_S} s"
+        if running.failure is not None:
+            running.stop()
+            raise SensorUnavailable(_INTERFACE, running.failure)
+        running.processor.start()
+        log.info("dns sensor started (interfaces %s)", ", ".join(sensor._interfaces) or "all")
+        return running
+
+    def stop(self) -> None:
+        self.stopping.set()
+        os.eventfd_write(self.stop_fd, 1)
+        for thread in (self.reader, self.processor):
+            if thread.is_alive():
+                thread.join(_JOIN_TIMEOUT_S)
+                if thread.is_alive():
+                    log.warning(
+                        "dns sensor: thread %s did not stop within %s s", thread.name, _JOIN_TIMEOUT_S
+                    )
+        self.refresh_kernel_statistics()
+        with self.stats_lock:
+            sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+        os.close(self.stop_fd)
+
+    def refresh_kernel_statistics(self) -> None:
+        """The kernel resets its counters on each read, so they are added up here, under a lock."""
+        with self.stats_lock:
+            if self.sock is None:
+                return
+            passed, drops = kernel_statistics(self.sock)
+        self.sensor.counters.add("kernel_passed", passed)
+        self.sensor.counters.add("kernel_drops", drops)
+
+    def _enter(self) -> None:
+        if self.sensor._netns is not None:
+            enter_netns(self.sensor._netns)
+
+    def _read(self) -> None:
+        try:
+            self._enter()
+            sock = open_capture(self.sensor._interfaces, self.sensor._tuning.rcvbuf_bytes)
+        except OSError as e:
+            self.failure = str(e)
+            self.opened.set()
+            return
+        with self.stats_lock:
+            self.sock = sock
+        self.opened.set()
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(self.stop_fd, select.POLLIN)
+        buf = bytearray(_RECV_BYTES)
+        while not self.stopping.is_set():
+            ready = {fd for fd, _ in poller.poll()}
+            if self.stop_fd in ready or not self._drain(sock, buf):
+                return
+
+    def _drain(self, sock: socket.socket, buf: bytearray) -> bool:
+        batch: list[bytes] = []
+        try:
+            while True:
+                try:
+                    n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return True
+                except OSError:
+                    log.exception("dns packet socket read failed, the reader stops")
+                    return False
+                batch.append(bytes(buf[:n]))
+                if len(batch) >= _BATCH:
+                    self._offer(batch)
+                    batch = []
+        finally:
+            if batch:
+                self._offer(batch)
+
+    def _offer(self, batch: list[bytes]) -> None:
+        self.sensor.counters.add("received", len(batch))
+        try:
+            self.queue.put_nowait(batch)
+        except queue.Full:
+            self.sensor.counters.add("queue_drops", len(batch))
+
+    def _process(self) -> None:
+        try:
+            self._enter()
+        except OSError:
+            log.exception(
+                "dns processor could not enter %s; the asker of a query is not looked up", self.sensor._netns
+            )
+            owners = None
+        else:
+            tuning = self.sensor._tuning
+            owners = (
+                OwnerFinder(self.sensor._clock, self.sensor.counters, walks_per_s=tuning.owner_walks_per_s)
+                if tuning.find_owner
+                else None
+            )
+        while True:
+            try:
+                batch = self.queue.get(timeout=0.25)
+            except queue.Empty:
+                if self.stopping.is_set():
+                    return
+                continue
+            for packet in batch:
+                self.sensor.process_packet(packet, owners)
