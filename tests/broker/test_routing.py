@@ -111,3 +111,17 @@ def test_channel_batch_linger_ends_on_close() -> None:
     ch.put(1)
     threading.Timer(0.05, ch.close).start()
     assert ch.get_batch(10, timeout=5, linger=30) == [1]
+
+
+def test_broker_misuse_raises_under_one_root() -> None:
+    from ringfence.broker import Arbiter, BrokerConfigError, BrokerError, DuplicateSubscriber
+
+    with pytest.raises(BrokerConfigError) as bad_deadline:
+        Arbiter(FakeClock(), max_deadline_ms=0)
+    broker = Broker(FakeClock())
+    sub = RecordingSubscriber("twice", frozenset({EventKind.PROCESS}))
+    broker.subscribe(sub)
+    with pytest.raises(DuplicateSubscriber) as duplicate:
+        broker.subscribe(sub)
+    for err in (bad_deadline.value, duplicate.value):
+        assert isinstance(err, BrokerError) and isinstance(err, ValueError)

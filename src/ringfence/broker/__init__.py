@@ -1,12 +1,13 @@
 """The broker: routing, AUTH arbitration with deadlines, muting, bounded channels.
 
-Errors: `ValueError` for misuse at set-up (duplicate subscriber, bad capacity or deadline); nothing on the
-event path raises to its caller.
+Errors: `BrokerError` (see `_errors.py`: `BrokerConfigError`, `DuplicateSubscriber`, both ValueErrors too)
+for misuse at set-up; nothing on the event path raises to its caller.
 """
 
 from ringfence._channel import BoundedChannel, ChannelClosed, Overflow
 from ringfence.broker._auth import Arbiter
 from ringfence.broker._broker import Broker, DeadlineRunner, Mutes
+from ringfence.broker._errors import BrokerConfigError, BrokerError, DuplicateSubscriber
 from ringfence.broker._inprocess import Handler, ThreadedSubscriber, ThreadedSubscriberStatistics
 from ringfence.broker._types import AuthPolicy, AuthTicket, FixedSubscription, Reply, Subscriber
 from ringfence.events import (
@@ -25,10 +26,13 @@ __all__ = [
     "AuthTicket",
     "BoundedChannel",
     "Broker",
+    "BrokerConfigError",
+    "BrokerError",
     "BrokerStatistics",
     "ChannelClosed",
     "ChannelStatistics",
     "DeadlineRunner",
+    "DuplicateSubscriber",
     "FailurePolicy",
     "FixedSubscription",
     "Handler",

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from ringfence.broker._errors import BrokerConfigError
 from ringfence.broker._types import AuthTicket, Subscriber
 from ringfence.events import (
     AbsentAuthStatistics,
@@ -49,7 +50,7 @@ class _Pending:
 class Arbiter:
     def __init__(self, clock: Clock, max_deadline_ms: int = 250) -> None:
         if max_deadline_ms <= 0:
-            raise ValueError(f"AUTH deadline must be positive, got {max_deadline_ms} ms")
+            raise BrokerConfigError(f"AUTH deadline must be positive, got {max_deadline_ms} ms")
         self._clock = clock
         self.max_deadline_ms = max_deadline_ms
         self._lock = threading.Lock()

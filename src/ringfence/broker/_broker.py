@@ -13,6 +13,7 @@ from collections.abc import Callable
 import msgspec
 
 from ringfence.broker._auth import ALLOW_CACHEABLE, Arbiter, Respond
+from ringfence.broker._errors import DuplicateSubscriber
 from ringfence.broker._types import Subscriber
 from ringfence.events import (
     AuthRequest,
@@ -74,7 +75,7 @@ class Broker:
     def subscribe(self, sub: Subscriber) -> None:
         with self._lock:
             if sub.name in self._subscribers:
-                raise ValueError(f"a subscriber named {sub.name!r} is already subscribed")
+                raise DuplicateSubscriber(sub.name)
             self._subscribers[sub.name] = sub
             self._rebuild_routes()
         if sub.auth_policy is not None:
