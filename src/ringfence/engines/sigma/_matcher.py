@@ -133,7 +133,7 @@ class _FieldIndex:
             self.literals.scan(low, hits)
         if self.literals_cased.active:
             self.literals_cased.scan(text, hits)
-        if self.regex_set is not None and (matched := self.regex_set.Match(text)):
+        if self.regex_set is not None and (matched := self.regex_set.Match(_utf8(text))):
             ids = self.regex_ids
             hits.update(ids[i] for i in matched)
 
@@ -285,12 +285,20 @@ def _test(atom: Atom) -> Test | None:
     raise TypeError(f"unknown atom {atom!r}")
 
 
+def _utf8(text: str) -> bytes:
+    """Text for re2: a byte the kernel gave that was not UTF-8 (a lone surrogate here) becomes '?', so
+    such a byte cannot hide a command line from a regex (`.` matches it, as any character)."""
+    return text.encode("utf-8", "replace")
+
+
 def _search(atom: Regex) -> Test:
-    name, search = atom.field, re2.compile(atom.pattern).search
+    name, search = atom.field, re2.compile(atom.pattern.encode()).search
 
     def test(values: Values) -> bool:
         value = values.get(name)  # type: ignore[arg-type]  # only for atoms with a field
-        return value is not None and search(value if isinstance(value, str) else str(value)) is not None
+        return (
+            value is not None and search(_utf8(value if isinstance(value, str) else str(value))) is not None
+        )
 
     return test
 
