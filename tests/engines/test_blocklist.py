@@ -16,7 +16,7 @@ from ringfence.engines.reputation import (
     parse_blocklist,
     read_blocklist,
 )
-from ringfence.engines.reputation._blocklist import read_into
+from ringfence.engines.ioc._blocklist import read_into
 
 A = hashlib.sha256(b"a").hexdigest()
 B = hashlib.sha256(b"b").hexdigest()
@@ -140,10 +140,11 @@ def test_compact_list_finds_every_entry_and_nothing_else() -> None:
     assert len(blocklist) == 5000
     labelled = len(range(0, 5000, 7))
     flat = 5000 * 32 + labelled * 3  # digests and label text in flat buffers, no object per entry
-    assert flat < blocklist.nbytes <= flat + 5000 * 4  # plus a 4-byte label offset per entry
+    assert flat < blocklist.nbytes <= flat + 5000 * 8  # plus a 4-byte label offset and source index each
     for i, d in enumerate(digests):
         match = blocklist.match(d.hex())
         assert match is not None and match.label == ("lbl" if i % 7 == 0 else None)
+        assert match.source == "bl"
     for i in range(5000, 5500):
         assert hashlib.sha256(i.to_bytes(4, "little")).hexdigest() not in blocklist
     assert "00" * 32 not in blocklist and "ff" * 32 not in blocklist and "ab" not in blocklist

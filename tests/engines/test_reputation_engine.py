@@ -1,4 +1,5 @@
-"""The reputation engine's AUTH handler, on real files opened O_RDONLY, with a fake Context and clock."""
+"""The reputation engine (the IOC engine under its old id) on sha256 blocklists: its AUTH handler, on real
+files opened O_RDONLY, with a fake Context and clock."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any
 import pytest
 
 from ringfence.engines.reputation import (
-    RULE,
     BlocklistError,
     ReputationEngine,
     SettingsError,
@@ -120,7 +120,7 @@ def test_blocklisted_file_denied_with_finding(
     [finding] = ctx.findings
     assert finding.title == "Blocked execution of evil-script"
     assert finding.severity is Severity.HIGH
-    assert finding.fields["rule"] == RULE == "reputation.blocklist"
+    assert finding.fields["rule"] == "ioc.sha256"
     assert finding.fields["file_path"] == path
     assert finding.fields["file_sha256"] == sha(EVIL)
     assert finding.fields["process"] == request.process
@@ -256,7 +256,7 @@ def test_hash_added_to_content_takes_effect_on_the_next_tick_after_the_interval(
     tick(engine, clock)
     assert engine.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.DENY
     stats = engine.statistics()
-    assert (stats.blocklist_reloads, stats.blocklist.entries) == (1, 2)
+    assert (stats.reloads, stats.content.entries) == (1, 2)
 
 
 def test_auth_path_never_reloads_content(
@@ -273,7 +273,7 @@ def test_auth_path_never_reloads_content(
     clock.advance(5)
     for _ in range(3):
         assert engine.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.ALLOW
-    assert engine.statistics().blocklist.checks == 0
+    assert engine.statistics().content.checks == 0
 
 
 def test_reload_runs_in_the_background_while_the_old_list_answers(
@@ -309,8 +309,8 @@ def test_reload_noticed_on_tick_flushes_cached_verdicts(
     assert ctx.stale == []
     content.publish({"blocklist.txt": f"{sha(EVIL)}\n{sha(BENIGN)}\n"})
     tick(engine, clock)
-    assert ctx.stale == ["blocklist reloaded"]
-    assert engine.statistics().blocklist_reloads == 1
+    assert ctx.stale == ["IOC content reloaded"]
+    assert engine.statistics().reloads == 1
 
 
 def test_same_list_staged_again_does_not_flush_verdicts(
@@ -319,7 +319,7 @@ def test_same_list_staged_again_does_not_flush_verdicts(
     content.publish({"blocklist.txt": f"# reordered, same entries\n{sha(EVIL)}  evil-script\n"})
     tick(engine, clock)
     assert ctx.stale == []
-    assert engine.statistics().blocklist.unchanged_reloads == 1
+    assert engine.statistics().content.unchanged_reloads == 1
 
 
 def test_broken_new_content_keeps_last_good_list_and_is_reported_until_fixed(
@@ -339,12 +339,12 @@ def test_broken_new_content_keeps_last_good_list_and_is_reported_until_fixed(
     assert problem is not None and f"{content.dir}/blocklist.txt:2: error:" in problem
     assert "1 entries stay in force" in problem
     tick(engine, clock)  # unchanged broken content: not re-read, not counted or reported again
-    assert engine.statistics().blocklist.reload_errors == 1 and len(ctx.problems) == 1
+    assert engine.statistics().content.reload_errors == 1 and len(ctx.problems) == 1
     content.publish({"blocklist.txt": f"{sha(BENIGN)}\n"})  # fixed
     tick(engine, clock)
     assert engine.on_auth(make_exec_request(evil), open_ro(evil)).verdict is Verdict.ALLOW
     assert ctx.problems[-1] is None
-    assert ctx.stale == ["blocklist reloaded"]
+    assert ctx.stale == ["IOC content reloaded"]
 
 
 def test_vanished_content_dir_keeps_last_good_list(
@@ -359,7 +359,7 @@ def test_vanished_content_dir_keeps_last_good_list(
     (content.root / "active").unlink()
     tick(engine, clock)
     assert engine.on_auth(make_exec_request(evil), open_ro(evil)).verdict is Verdict.DENY
-    assert engine.statistics().blocklist.reload_errors == 1
+    assert engine.statistics().content.reload_errors == 1
 
 
 def test_every_file_of_the_content_is_a_blocklist(
@@ -454,8 +454,8 @@ def test_reload_on_the_real_background_thread_takes_effect(
     content.publish({"blocklist.txt": f"{sha(BENIGN)}\n"})
     clock.advance(1)
     deadline = time.monotonic() + 10
-    while eng.statistics().blocklist_reloads == 0 and time.monotonic() < deadline:
+    while eng.statistics().reloads == 0 and time.monotonic() < deadline:
         eng.on_tick()
         time.sleep(0.01)
     assert eng.on_auth(make_exec_request(path), open_ro(path)).verdict is Verdict.DENY
-    assert ctx.stale == ["blocklist reloaded"]
+    assert ctx.stale == ["IOC content reloaded"]

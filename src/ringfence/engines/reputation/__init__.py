@@ -1,57 +1,47 @@
-"""File reputation: deny the exec of files whose sha256 is on a blocklist.
+"""The file-reputation engine, folded into the IOC engine (`ringfence.engines.ioc`).
 
-Entry point: `extension` (group `ringfence.extensions`, name `reputation`).
-
-Content: every file in `ctx.content_dir` is a blocklist; the agent stages them there (read-only, swapped
-atomically), so the engine never opens an operator's path.
-
-Errors, raised by `setup` so that a broken configuration stops the extension instead of running empty
-(the message is one line, which the SDK hands to the agent):
-
-    ReputationError
-    ├── SettingsError    bad settings (`ctx.settings`); `problems` names every key
-    └── BlocklistError   an unusable blocklist file; `issues` holds every problem, each with file:line
-
-On the AUTH path nothing raises: an unreadable file is allowed uncached and counted. Content that breaks
-after start-up keeps the last good list in force and is reported (`ctx.report_problem`).
+Entry point `ringfence.reputation` -> `extension`: the IOC engine under the id `ringfence.reputation`, so
+configs, `[extensions.content."ringfence.reputation"]` tables, `--blocklist` and status views that name it
+keep working. It is one engine: enable `ringfence.reputation` or `ringfence.ioc`, not both (the agent
+refuses a config that enables both). The names below are the reputation API of before, kept as aliases.
 """
 
-from ringfence.engines.reputation._blocklist import (
+from ringfence.engines.ioc import (
+    CONTENT_BLOCKLIST_NAME,
     Blocklist,
     BlocklistBuilder,
-    BlocklistError,
-    BlocklistMatch,
+    ContentError,
+    HashMemo,
+    IocError,
     Issue,
     IssueSeverity,
+    KeyMatch,
+    MemoStatistics,
     ParseResult,
-    ReputationError,
+    ReputationEngine,
+    SettingsError,
     parse_blocklist,
     read_blocklist,
 )
-from ringfence.engines.reputation._config import CONTENT_BLOCKLIST_NAME, ReputationConfig, SettingsError
-from ringfence.engines.reputation._engine import RULE, ReputationEngine, ReputationStatistics
-from ringfence.engines.reputation._memo import HashMemo, MemoStatistics
-from ringfence.engines.reputation._watch import BlocklistStatistics
 
+BlocklistError = ContentError
+ReputationError = IocError
+BlocklistMatch = KeyMatch
 extension = ReputationEngine
 
 __all__ = [
     "CONTENT_BLOCKLIST_NAME",
-    "RULE",
     "Blocklist",
     "BlocklistBuilder",
     "BlocklistError",
     "BlocklistMatch",
-    "BlocklistStatistics",
     "HashMemo",
     "Issue",
     "IssueSeverity",
     "MemoStatistics",
     "ParseResult",
-    "ReputationConfig",
     "ReputationEngine",
     "ReputationError",
-    "ReputationStatistics",
     "SettingsError",
     "extension",
     "parse_blocklist",

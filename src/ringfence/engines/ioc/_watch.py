@@ -1,11 +1,11 @@
-"""The active blocklist: every file of the content directory, reloaded off the AUTH path when it changes.
+"""The indicators in force: every file of the content directory, reloaded off the AUTH path when it changes.
 
 The agent swaps the content directory (a symlink to a complete, never-modified slot) atomically, so a
 load reads one version: the directory is resolved once per load and the files are read from there.
 
 A reload runs on a background thread (a million entries take seconds; the main thread keeps answering
 AUTH with the list in force) and is picked up by the next `poll`. A reload that fails keeps the last
-good blocklist, counts the failure and keeps its one-line `problem` until a good version comes; the same
+good indicators, counts the failure and keeps its one-line `problem` until a good version comes; the same
 bad version is not re-read until the content changes again.
 """
 
@@ -14,18 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ringfence.engines.reputation._blocklist import (
-    Blocklist,
-    BlocklistBuilder,
-    BlocklistError,
-    Issue,
-    IssueSeverity,
-    read_into,
-)
-from ringfence.engines.reputation._config import ReputationConfig
+from ringfence.engines.ioc._config import IocConfig
+from ringfence.engines.ioc._iocset import IocBuilder, IocSet
+from ringfence.engines.ioc._issues import ContentError, Issue, IssueSeverity, has_errors
+from ringfence.engines.ioc._load import read_file
 
 _FileSig = tuple[str, int, int, int, int]  # name, inode, size, mtime ns, ctime ns
 Signature = tuple[str, tuple[_FileSig, ...]] | None  # resolved directory and its files; None: no content
@@ -33,12 +29,13 @@ Background = Callable[[Callable[[], None]], None]
 
 
 def run_in_thread(work: Callable[[], None]) -> None:
-    threading.Thread(target=work, name="reputation-reload", daemon=True).start()
+    threading.Thread(target=work, name="ioc-reload", daemon=True).start()
 
 
 @dataclass(frozen=True, slots=True)
-class BlocklistStatistics:
+class ContentStatistics:
     entries: int
+    kinds: dict[str, int]  # entries per kind: sha256, sha1, md5, address, domain
     loads: int  # successful loads, the first one included
     reload_errors: int
     checks: int  # signature checks (at most one per interval)
@@ -48,25 +45,27 @@ class BlocklistStatistics:
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     signature: Signature
-    blocklist: Blocklist | None
+    iocs: IocSet | None
     issues: tuple[Issue, ...]
 
 
-class WatchedBlocklist:
+class WatchedContent:
     def __init__(
         self,
-        config: ReputationConfig,
+        config: IocConfig,
         clock: Callable[[], int],
         log: logging.Logger,
         background: Background = run_in_thread,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._dir = config.content_dir
-        self._max_bytes = config.max_blocklist_bytes
+        self._max_bytes = config.max_file_bytes
         self._interval_ns = config.recheck_interval_ns
         self._clock = clock
         self._log = log
         self._background = background
-        self.current = Blocklist()
+        self._wall_clock = wall_clock  # for STIX valid_until
+        self.current = IocSet()
         self.problem: str | None = None  # why the newest content is not in force; None: it is
         self._signature: Signature = None
         self._next_check_ns = 0
@@ -79,12 +78,12 @@ class WatchedBlocklist:
         return self._dir is not None
 
     def load(self) -> None:
-        """The first load, synchronous. Raises `BlocklistError` with every issue of every file."""
+        """The first load, synchronous. Raises `ContentError` with every issue of every file."""
         loaded = self._read()
         self._signature = loaded.signature
         self._next_check_ns = self._clock() + self._interval_ns
-        if loaded.blocklist is None:
-            raise BlocklistError(loaded.issues)
+        if loaded.iocs is None:
+            raise ContentError(loaded.issues)
         self._install(loaded)
 
     def poll(self) -> bool:
@@ -106,9 +105,14 @@ class WatchedBlocklist:
         self._background(self._load_in_background)
         return False
 
-    def statistics(self) -> BlocklistStatistics:
-        return BlocklistStatistics(
-            len(self.current), self._loads, self._reload_errors, self._checks, self._unchanged
+    def statistics(self) -> ContentStatistics:
+        return ContentStatistics(
+            len(self.current),
+            self.current.counts(),
+            self._loads,
+            self._reload_errors,
+            self._checks,
+            self._unchanged,
         )
 
     def _load_in_background(self) -> None:
@@ -116,22 +120,22 @@ class WatchedBlocklist:
         try:
             loaded = self._read()
         except Exception:  # supervision boundary: the loader thread; the last good list stays
-            log.exception("blocklist reload crashed")
+            log.exception("IOC content reload crashed")
             issue = Issue(IssueSeverity.ERROR, str(self._dir), None, "the reload crashed (see the log)")
             loaded = _Loaded(self._signature, None, (issue,))
         self._done = loaded
 
     def _take(self, loaded: _Loaded) -> bool:
         self._signature = loaded.signature
-        if loaded.blocklist is None:
+        if loaded.iocs is None:
             self._reload_errors += 1
-            self.problem = f"new blocklist rejected, {len(self.current)} entries stay in force: " + str(
-                BlocklistError(loaded.issues)
+            self.problem = f"new IOC content rejected, {len(self.current)} entries stay in force: " + str(
+                ContentError(loaded.issues)
             )
             self._log.error("%s", self.problem)
             return False
         self.problem = None
-        if loaded.blocklist == self.current:
+        if loaded.iocs == self.current:
             self._unchanged += 1
             self._loads += 1
             return False
@@ -139,30 +143,31 @@ class WatchedBlocklist:
         return True
 
     def _install(self, loaded: _Loaded) -> None:
-        assert loaded.blocklist is not None
+        assert loaded.iocs is not None
         for issue in loaded.issues:
             self._log.warning("%s", issue)
-        self.current = loaded.blocklist
+        self.current = loaded.iocs
         self._loads += 1
-        self._log.info("blocklist active: %d entries from %s", len(self.current), self._dir or "-")
+        self._log.info("IOCs active: %s from %s", self.current.counts() or "none", self._dir or "-")
 
     def _read(self) -> _Loaded:
         """Every file of one version of the content directory. Issues name `content_dir/<file>`."""
         if self._dir is None:
-            return _Loaded(None, Blocklist(), ())
+            return _Loaded(None, IocSet(), ())
         signature = _signature(self._dir)
         if signature is None:
             issue = Issue(IssueSeverity.ERROR, self._dir, None, "content directory missing or unreadable")
             return _Loaded(None, None, (issue,))
         resolved, files = signature
-        builder = BlocklistBuilder()
+        builder = IocBuilder()
         issues: list[Issue] = []
+        now_s = self._wall_clock()
         for name, *_ in files:
             source = os.path.join(self._dir, name)
-            read_into(builder, os.path.join(resolved, name), source, max_bytes=self._max_bytes, issues=issues)
-        blocklist = builder.build(issues)
-        ok = not any(i.severity is IssueSeverity.ERROR for i in issues)
-        return _Loaded(signature, blocklist if ok else None, tuple(issues))
+            path = os.path.join(resolved, name)
+            read_file(builder, path, source, max_bytes=self._max_bytes, issues=issues, now_s=now_s)
+        iocs = builder.build(issues)
+        return _Loaded(signature, None if has_errors(issues) else iocs, tuple(issues))
 
 
 def _signature(content_dir: str) -> Signature:

@@ -1,4 +1,4 @@
-"""A bounded memo of file hashes, keyed by what changes when a file's contents can have changed."""
+"""A bounded memo of file digests, keyed by what changes when a file's contents can have changed."""
 
 from __future__ import annotations
 
@@ -28,19 +28,23 @@ class MemoStatistics:
     evictions: int
 
 
+Digests = dict[str, str]
+"""Algorithm ("sha256", "sha1", "md5") -> lowercase hex: the ones a file was hashed with."""
+
+
 class HashMemo:
-    """Least-recently-used map from `FileKey` to sha256 hex, holding at most `capacity` entries."""
+    """Least-recently-used map from `FileKey` to the file's digests, holding at most `capacity` entries."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"hash memo capacity must be at least 1, got {capacity}")
         self.capacity = capacity
-        self._entries: collections.OrderedDict[FileKey, str] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[FileKey, Digests] = collections.OrderedDict()
         self._hits = 0
         self._misses = 0
         self._evictions = 0
 
-    def get(self, key: FileKey) -> str | None:
+    def get(self, key: FileKey) -> Digests | None:
         digest = self._entries.get(key)
         if digest is None:
             self._misses += 1
@@ -49,8 +53,8 @@ class HashMemo:
         self._entries.move_to_end(key)
         return digest
 
-    def put(self, key: FileKey, digest: str) -> None:
-        self._entries[key] = digest
+    def put(self, key: FileKey, digests: Digests) -> None:
+        self._entries[key] = digests
         self._entries.move_to_end(key)
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)

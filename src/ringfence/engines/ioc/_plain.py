@@ -1,0 +1,42 @@
+"""Plain IOC lists (`.ioc`): one indicator a line, its kind inferred, an optional label, `#` comments.
+
+    # whole-line comment
+    44d88612fea8a8f36de82e1278abb02f          eicar (md5)
+    3395856ce81f2b7382dee72602f798b642f14140  eicar (sha1)
+    203.0.113.7                               c2 server
+    198.51.100.0/24
+    2001:db8:dead::/48
+    evil.example                              # this name only
+    *.evil.example                            # every name below it
+
+The kind of each word follows the rules in `_indicators.py`. A line whose kind cannot be inferred, or
+that is a bad indicator of its kind, is an error at file:line, and the file is rejected whole (every bad
+line reported at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ringfence.engines.ioc._indicators import IndicatorProblem, infer
+from ringfence.engines.ioc._iocset import IocBuilder
+from ringfence.engines.ioc._issues import Issue, error
+
+
+def parse_ioc_lines(builder: IocBuilder, lines: Iterable[bytes], source: str, issues: list[Issue]) -> None:
+    for number, raw in enumerate(lines, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            issues.append(error(source, number, f"not UTF-8 (byte {e.start + 1})"))
+            continue
+        text = text.split("#", 1)[0].strip()
+        if not text:
+            continue
+        fields = text.split(maxsplit=1)
+        try:
+            indicator = infer(fields[0])
+        except IndicatorProblem as e:
+            issues.append(error(source, number, str(e)))
+            continue
+        builder.add(indicator, fields[1].strip() if len(fields) == 2 else None, source, number)

@@ -1,0 +1,206 @@
+"""STIX 2.1 bundles (`.json`): the indicators threat-intel platforms export.
+
+Patterns are parsed by `stix2-patterns` (the OASIS grammar, through ANTLR), then held to the simple form:
+equality comparisons joined by OR, inside one observation or several joined by OR, with no qualifier.
+Supported comparisons:
+
+    [file:hashes.'SHA-256' = '...']   (also 'SHA256'; 'SHA-1'/'SHA1'; MD5)
+    [ipv4-addr:value = '203.0.113.7']  or a CIDR '198.51.100.0/24'
+    [ipv6-addr:value = '2001:db8::1']  or a CIDR
+    [domain-name:value = 'evil.example']  ('*.evil.example' for the names below it)
+
+An indicator is used whole or not at all: one with any other comparison (AND, NOT, !=, LIKE, MATCHES,
+url:value, a qualifier, FOLLOWEDBY, ...), with a pattern_type other than `stix`, with a pattern that does
+not parse or with a bad value is a warning naming the file and the indicator id, and is skipped; the
+bundle's other indicators load. Revoked indicators and those whose `valid_until` has passed are skipped
+(counted, logged at info). A file that is not a JSON bundle is an error: the file is rejected.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from stix2patterns.exceptions import ParseException  # type: ignore[import-untyped]
+from stix2patterns.inspector import _string_literal_to_string  # type: ignore[import-untyped]
+from stix2patterns.v21.inspector import InspectionListener  # type: ignore[import-untyped]
+from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
+
+from ringfence.engines.ioc._indicators import (
+    Indicator,
+    IndicatorProblem,
+    Kind,
+    address_indicator,
+    domain_indicator,
+    hash_indicator,
+)
+from ringfence.engines.ioc._iocset import IocBuilder
+from ringfence.engines.ioc._issues import Issue, error, warning
+
+_HASH_NAMES = {
+    "sha-256": Kind.SHA256,
+    "sha256": Kind.SHA256,
+    "sha-1": Kind.SHA1,
+    "sha1": Kind.SHA1,
+    "md5": Kind.MD5,
+}
+
+
+@dataclass
+class StixCounts:
+    indicators: int = 0
+    loaded: int = 0
+    revoked: int = 0
+    expired: int = 0
+    unsupported: int = 0
+
+
+class _Shape(InspectionListener):  # type: ignore[misc]
+    """The inspector, plus what it does not record: AND inside an observation, and EXISTS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra: set[str] = set()
+
+    def exitComparisonExpressionAnd(self, ctx: Any) -> None:  # ANTLR's listener names
+        if ctx.AND():
+            self.extra.add("AND")
+
+    def exitPropTestExists(self, ctx: Any) -> None:
+        self.extra.add("EXISTS")
+
+
+@dataclass
+class _Bundle:
+    builder: IocBuilder
+    source: str
+    issues: list[Issue]
+    now_s: float
+    counts: StixCounts = field(default_factory=StixCounts)
+
+
+def parse_stix(
+    builder: IocBuilder, data: bytes, source: str, issues: list[Issue], *, now_s: float
+) -> StixCounts:
+    """Add the supported, current indicators of a bundle to `builder`; problems go to `issues`."""
+    bundle = _Bundle(builder, source, issues, now_s)
+    try:
+        doc = msgspec.json.decode(data)
+    except msgspec.DecodeError as e:
+        issues.append(error(source, None, f"not a STIX bundle: {e}"))
+        return bundle.counts
+    objects = doc.get("objects") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("type") != "bundle" or not isinstance(objects, list):
+        issues.append(error(source, None, 'not a STIX bundle: expected {"type": "bundle", "objects": [...]}'))
+        return bundle.counts
+    for index, obj in enumerate(objects):
+        if isinstance(obj, dict) and obj.get("type") == "indicator":
+            _indicator(bundle, obj, index)
+    return bundle.counts
+
+
+def _indicator(bundle: _Bundle, obj: dict[str, Any], index: int) -> None:
+    counts = bundle.counts
+    counts.indicators += 1
+    ident = obj.get("id")
+    name = ident if isinstance(ident, str) and ident else f"objects[{index}]"
+
+    def skip(why: str) -> None:
+        counts.unsupported += 1
+        bundle.issues.append(warning(bundle.source, None, f"indicator {name}: {why}; skipped"))
+
+    if obj.get("revoked") is True:
+        counts.revoked += 1
+        return
+    try:
+        if _expired(obj.get("valid_until"), bundle.now_s):
+            counts.expired += 1
+            return
+    except ValueError as e:
+        skip(str(e))
+        return
+    if not isinstance(ident, str) or not ident.startswith("indicator--"):
+        skip("no indicator id")
+        return
+    indicators = _from_pattern(obj, skip)
+    if indicators is None:
+        return
+    label = obj.get("name") if isinstance(obj.get("name"), str) else None
+    for indicator in indicators:
+        bundle.builder.add(indicator, label, f"{bundle.source} {ident}", 0)
+    counts.loaded += 1
+
+
+def _expired(valid_until: object, now_s: float) -> bool:
+    if valid_until is None:
+        return False
+    when = _timestamp(valid_until)
+    if when is None:
+        raise ValueError(f"valid_until {valid_until!r} is not a timestamp")
+    if when.tzinfo is None:
+        raise ValueError(f"valid_until {valid_until!r} has no time zone (STIX uses UTC, 'Z')")
+    return when.timestamp() <= now_s
+
+
+def _timestamp(value: object) -> datetime.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _from_pattern(obj: dict[str, Any], skip: Callable[[str], None]) -> list[Indicator] | None:
+    pattern_type = obj.get("pattern_type")
+    if pattern_type != "stix":
+        skip(f"pattern_type {pattern_type!r} is not supported (only 'stix')")
+        return None
+    text = obj.get("pattern")
+    if not isinstance(text, str):
+        skip("no pattern")
+        return None
+    try:
+        shape = _Shape()
+        Pattern(text).walk(shape)
+    except ParseException as e:
+        skip(f"pattern does not parse: {' '.join(str(e).split())}")
+        return None
+    data = shape.pattern_data()
+    operators = (data.observation_ops - {"OR"}) | shape.extra | data.qualifiers
+    if operators:
+        skip(f"only equality comparisons joined by OR are supported, not {', '.join(sorted(operators))}")
+        return None
+    out = []
+    for obj_type, comparisons in data.comparisons.items():
+        for path, op, value in comparisons:
+            try:
+                out.append(_comparison(obj_type, path, op, value))
+            except IndicatorProblem as e:
+                skip(str(e))
+                return None
+    return out
+
+
+def _comparison(obj_type: str, path: list[object], op: str, value: str) -> Indicator:
+    where = f"{obj_type}:{'.'.join(str(p) for p in path)}"
+    if op != "=":
+        raise IndicatorProblem(f"{where} {op}: only '=' is supported")
+    if not value.startswith("'"):
+        raise IndicatorProblem(f"{where} = {value}: only a string value is supported")
+    text = _string_literal_to_string(value)
+    if obj_type == "file" and len(path) == 2 and path[0] == "hashes" and isinstance(path[1], str):
+        kind = _HASH_NAMES.get(path[1].lower())
+        if kind is not None:
+            return hash_indicator(text, kind)
+    if path == ["value"]:
+        if obj_type == "ipv4-addr":
+            return address_indicator(text, Kind.IPV4)
+        if obj_type == "ipv6-addr":
+            return address_indicator(text, Kind.IPV6)
+        if obj_type == "domain-name":
+            return domain_indicator(text)
+    raise IndicatorProblem(f"{where} is not supported")
