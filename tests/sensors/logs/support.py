@@ -3,10 +3,17 @@ the way syslog daemons and logrotate make them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ringfence._counters import Counters
+from ringfence.events import Event, LogEvent
+from ringfence.sensors.logs import LogSensor, LogSensorConfig
 from ringfence.sensors.logs._follower import Follower
 from ringfence.sensors.logs._positions import Position
 from ringfence.sensors.logs._tail import Limits, RawLine
@@ -64,3 +71,74 @@ def copytruncate(path: Path) -> Path:
     copy.write_bytes(path.read_bytes())
     os.truncate(path, 0)
     return copy
+
+
+WAIT_S = 20.0  # an upper bound on waiting for lines, not a timing assertion
+
+
+class Collected:
+    """A running LogSensor's events, in a queue the test reads with a bounded wait."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.seen: list[LogEvent] = []
+
+    def sink(self, event: Event) -> None:
+        self.events.put(event)
+
+    def messages(self) -> list[str]:
+        return [e.message for e in self.seen]
+
+    def wait_lines(self, n: int, what: str = "") -> list[LogEvent]:
+        """Until `n` log events in all were seen; fails after WAIT_S."""
+        deadline = time.monotonic() + WAIT_S
+        while len(self.seen) < n:
+            left = deadline - time.monotonic()
+            try:
+                event = self.events.get(timeout=max(left, 0.001))
+            except queue.Empty:
+                raise AssertionError(f"{len(self.seen)} of {n} lines within {WAIT_S} s {what}") from None
+            assert isinstance(event, LogEvent)
+            self.seen.append(event)
+        return self.seen
+
+    def settle(self, sensor: LogSensor) -> None:
+        """Until the sensor has handed on every line it read (its `emitted` equals what was queued)."""
+        wait_until(
+            lambda: sensor.statistics().emitted == len(self.seen) + self.events.qsize(), "the sensor settles"
+        )
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Until `condition()` holds; fails after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {WAIT_S} s: {what}"
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def running(
+    paths: list[Path],
+    positions: Path | None,
+    collected: Collected | None = None,
+    sink: Callable[[Event], None] | None = None,
+    **config: Any,
+) -> Iterator[tuple[LogSensor, Collected]]:
+    """A started LogSensor on `paths` (into `sink`, else into `collected`), stopped at the end and checked
+    to leave no descriptor open."""
+    collected = collected or Collected()
+    settings = {"poll_interval_s": 0.2, "save_interval_s": 0.2, **config}
+    cfg = LogSensorConfig(
+        paths=tuple(str(p) for p in paths),
+        positions_path=str(positions) if positions else None,
+        **settings,
+    )
+    fds_before = len(os.listdir("/proc/self/fd"))
+    sensor = LogSensor(sink or collected.sink, "test-host", cfg)
+    sensor.start()
+    try:
+        yield sensor, collected
+    finally:
+        sensor.stop()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before, "the sensor left a descriptor open"
