@@ -51,6 +51,8 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     open_auth_paths: tuple[str, ...] = ()  # paths whose opens are gated too (FAN_OPEN_PERM)
     audit_key: str = "ringfence"
     audit_backlog_limit: int = 8192  # records
+    dns: bool = False  # packet socket, kernel filter for port 53: DNS Activity, host names on network events
+    dns_interfaces: tuple[str, ...] = ()  # interfaces the DNS sensor watches; empty: all
 
 
 class BrokerSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -296,6 +298,11 @@ def _path_problems(config: Config) -> list[str]:
         for i, path in enumerate(getattr(config.sensors, key)):
             if not os.path.isabs(path):
                 problems.append(f"sensors.{key}[{i}]: must be an absolute path, got {path!r}")
+    for i, name in enumerate(config.sensors.dns_interfaces):
+        if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", name):
+            problems.append(
+                f"sensors.dns_interfaces[{i}]: not an interface name (1-15 characters), got {name!r}"
+            )
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,31}", config.sensors.audit_key):
         problems.append(f"sensors.audit_key: 1-31 of [A-Za-z0-9_.-], got {config.sensors.audit_key!r}")
     return problems

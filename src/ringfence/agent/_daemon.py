@@ -33,7 +33,7 @@ from ringfence.agent._status import StatusServer
 from ringfence.broker import Broker, DeadlineRunner, Mutes
 from ringfence.events import EventKind, ExtensionStatistics, Health, Heartbeat, SensorStatistics, SystemClock
 from ringfence.outputs import JsonlSink
-from ringfence.sensors import Sensor, SensorUnavailable
+from ringfence.sensors import EventSink, ProcessResolver, Sensor, SensorUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ WHAT_STILL_WORKS = {
     "audit": "process events come from the process connector (argv read from /proc, may miss 1 ms "
     "processes); network events are not seen",
     "process": "exec details from audit still arrive; fork, exit and uid changes are not seen",
+    "dns": "DNS queries are not seen, and network events carry no host name",
 }
 
 
@@ -153,7 +154,9 @@ class Agent:
 
     def _start_outputs(self) -> None:
         out = self.config.output
-        kinds = frozenset({EventKind.PROCESS, EventKind.FILE, EventKind.NETWORK, EventKind.FINDING})
+        kinds = frozenset(
+            {EventKind.PROCESS, EventKind.FILE, EventKind.NETWORK, EventKind.DNS, EventKind.FINDING}
+        )
         events = JsonlSink(
             "events",
             os.path.join(self.state_dir, "events.jsonl"),
@@ -194,9 +197,10 @@ class Agent:
 
         audit_exec = cfg.process and cfg.audit_exec
         process = process_sensor(audit_exec)  # started after audit, but takes audit's exec records at once
+        network_sink = self._start_dns(table, host)  # before audit: a connect finds the name it resolved
         if audit_exec or cfg.network:
             audit = AuditSensor(
-                self.broker.publish,
+                network_sink,
                 process.on_audit_exec,
                 table,
                 host,
@@ -226,6 +230,17 @@ class Agent:
             )
             if self._try_start(auth):
                 self.broker.on_invalidate(auth.flush_cache)
+
+    def _start_dns(self, table: ProcessResolver, host: str) -> EventSink:
+        """The DNS sensor, if configured; network events then go through its name cache."""
+        if not self.config.sensors.dns:
+            return self.broker.publish
+        from ringfence.sensors.dns import DnsSensor, with_hostnames
+
+        dns = DnsSensor(self.broker.publish, table, host, interfaces=self.config.sensors.dns_interfaces)
+        if not self._try_start(dns):
+            return self.broker.publish
+        return with_hostnames(self.broker.publish, dns.names)
 
     def _try_start(self, sensor: Sensor) -> bool:
         try:
