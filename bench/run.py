@@ -1,6 +1,6 @@
 """Run every benchmark and print one table per measurement, each against a baseline from the same run.
 
-sudo .venv/bin/python bench/run.py [--quick] [--only agent|extensions|content|sigma]
+sudo .venv/bin/python bench/run.py [--quick] [--only agent|extensions|content|sigma|yara]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from bench._common import require_root
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run, not a measurement")
-    p.add_argument("--only", choices=("agent", "extensions", "content", "sigma"), help="run one group")
+    groups = ("agent", "extensions", "content", "sigma", "yara")
+    p.add_argument("--only", choices=groups, help="run one group")
     args = p.parse_args()
     require_root()
     if args.only in (None, "agent"):
@@ -35,6 +36,10 @@ def main() -> None:
         from bench import sigma_bench
 
         print("\n" + sigma_bench.run(args.quick), flush=True)
+    if args.only in (None, "yara"):
+        from bench import yara_bench
+
+        print("\n" + yara_bench.run(args.quick), flush=True)
 
 
 if __name__ == "__main__":
