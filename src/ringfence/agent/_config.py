@@ -22,6 +22,7 @@ from ringfence.agent._errors import ConfigError, ConfigProblem
 from ringfence.agent._metrics import MetricsAddressError, parse_listen
 from ringfence.events import EventKind
 from ringfence.response import ActionScope, parse_networks
+from ringfence.sensors.logs import DEFAULT_LOG_FILES
 
 DEFAULT_CONFIG_PATH = "/etc/ringfence/ringfence.toml"
 DEFAULT_STATE_DIR = "/var/lib/ringfence"
@@ -51,6 +52,8 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     open_auth_paths: tuple[str, ...] = ()  # paths whose opens are gated too (FAN_OPEN_PERM)
     audit_key: str = "ringfence"
     audit_backlog_limit: int = 8192  # records
+    logs: bool = False  # log files (auth.log, syslog, ...) as LogEvents, followed across rotation
+    log_files: tuple[str, ...] = DEFAULT_LOG_FILES  # those that do not exist are waited for
     dns: bool = False  # packet socket, kernel filter for port 53: DNS Activity, host names on network events
     dns_interfaces: tuple[str, ...] = ()  # interfaces the DNS sensor watches; empty: all
 
@@ -294,7 +297,7 @@ def _range_problems(config: Config) -> list[str]:
 
 def _path_problems(config: Config) -> list[str]:
     problems: list[str] = []
-    for key in ("file_paths", "exec_mounts", "open_auth_paths"):
+    for key in ("file_paths", "exec_mounts", "open_auth_paths", "log_files"):
         for i, path in enumerate(getattr(config.sensors, key)):
             if not os.path.isabs(path):
                 problems.append(f"sensors.{key}[{i}]: must be an absolute path, got {path!r}")

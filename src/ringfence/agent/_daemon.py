@@ -37,6 +37,8 @@ from ringfence.sensors import EventSink, ProcessResolver, Sensor, SensorUnavaila
 
 log = logging.getLogger(__name__)
 
+LOG_POSITIONS = "log-positions.json"  # in the state dir: where the log sensor stopped reading
+
 WHAT_STILL_WORKS = {
     "exec-auth": "events are still recorded, but no exec can be blocked",
     "file": "process, network and AUTH still work; file changes are not seen",
@@ -155,7 +157,14 @@ class Agent:
     def _start_outputs(self) -> None:
         out = self.config.output
         kinds = frozenset(
-            {EventKind.PROCESS, EventKind.FILE, EventKind.NETWORK, EventKind.DNS, EventKind.FINDING}
+            {
+                EventKind.PROCESS,
+                EventKind.FILE,
+                EventKind.NETWORK,
+                EventKind.DNS,
+                EventKind.LOG,
+                EventKind.FINDING,
+            }
         )
         events = JsonlSink(
             "events",
@@ -230,6 +239,18 @@ class Agent:
             )
             if self._try_start(auth):
                 self.broker.on_invalidate(auth.flush_cache)
+        if cfg.logs:
+            self._start_logs(host)
+
+    def _start_logs(self, host: str) -> None:
+        """The log sensor; its read positions are kept in the state dir, so a restart resumes."""
+        from ringfence.sensors.logs import LogSensor, LogSensorConfig
+
+        config = LogSensorConfig(
+            paths=self.config.sensors.log_files,
+            positions_path=os.path.join(self.state_dir, LOG_POSITIONS),
+        )
+        self._try_start(LogSensor(self.broker.publish, host, config))
 
     def _start_dns(self, table: ProcessResolver, host: str) -> EventSink:
         """The DNS sensor, if configured; network events then go through its name cache."""
