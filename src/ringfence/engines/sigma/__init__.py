@@ -26,7 +26,16 @@ from ringfence.engines.sigma._compile import CompileError
 from ringfence.engines.sigma._config import SettingsError, SigmaConfig
 from ringfence.engines.sigma._correlate import Correlation, CorrelationStatistics, Correlator
 from ringfence.engines.sigma._engine import CONTENT_INTERFACE, SigmaEngine, SigmaStatistics, describe
-from ringfence.engines.sigma._fields import LOGSOURCES, WAITING, Logsource, logsources_of, mapping_table
+from ringfence.engines.sigma._fields import (
+    LOGSOURCES,
+    WAITING,
+    ContentSchema,
+    Logsource,
+    SchemaField,
+    content_schema,
+    logsources_of,
+    mapping_table,
+)
 from ringfence.engines.sigma._load import (
     Issue,
     IssueSeverity,
@@ -47,6 +56,7 @@ __all__ = [
     "LOGSOURCES",
     "WAITING",
     "CompileError",
+    "ContentSchema",
     "Correlation",
     "CorrelationStatistics",
     "Correlator",
@@ -56,12 +66,14 @@ __all__ = [
     "RuleInfo",
     "RuleSet",
     "RulesError",
+    "SchemaField",
     "SettingsError",
     "SigmaConfig",
     "SigmaEngine",
     "SigmaEngineError",
     "SigmaStatistics",
     "check_report",
+    "content_schema",
     "describe",
     "extension",
     "load_directory",

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from ringfence.engines.sigma._config import SigmaConfig
 from ringfence.engines.sigma._correlate import CorrelationStatistics, Correlator
 from ringfence.engines.sigma._dedup import Deduplicator
-from ringfence.engines.sigma._fields import LOGSOURCES, Logsource, logsources_of
+from ringfence.engines.sigma._fields import (
+    LOGSOURCES,
+    ContentSchema,
+    Logsource,
+    content_schema,
+    logsources_of,
+)
 from ringfence.engines.sigma._load import RuleInfo, RuleSet
 from ringfence.engines.sigma._watch import Background, WatchedRules, run_in_thread
 from ringfence.sdk import Context, Event, EventKind, Extension, FileActivity, Manifest, ProcessRef
@@ -107,6 +113,11 @@ class SigmaEngine(Extension):
 
     def teardown(self) -> None:
         self.ctx.log.info("sigma statistics at shutdown: %s", self.statistics())
+
+    @staticmethod
+    def schema() -> ContentSchema:
+        """The content interface of this engine: the fields each logsource supplies, with their types."""
+        return content_schema(CONTENT_INTERFACE)
 
     def statistics(self) -> SigmaStatistics:
         rules = self._rules

@@ -24,6 +24,8 @@ import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
+
 from ringfence.sdk import (
     Event,
     FileActivity,
@@ -210,6 +212,41 @@ def _is_connection(event: NetworkActivity) -> bool:
 def supplied(source: Logsource, name: str) -> bool:
     spec = LOGSOURCES[source].get(name)
     return spec is not None and spec.getter is not None
+
+
+class SchemaField(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    type: str  # "string" or "integer"
+    source: str  # the record field it is read from
+
+
+class ContentSchema(msgspec.Struct, frozen=True, kw_only=True):
+    """The interface content may use (issue 8's schema contract): per logsource, the fields really
+    supplied, with their types, under `interface`. Built from `LOGSOURCES`, the table extraction uses."""
+
+    interface: str
+    logsources: dict[str, tuple[SchemaField, ...]]
+    waiting: tuple[str, ...]  # logsources whose rules load but wait for an event kind
+
+
+def content_schema(interface: str) -> ContentSchema:
+    return ContentSchema(
+        interface=interface,
+        logsources={
+            str(source): tuple(
+                SchemaField(name=name, type="integer" if spec.numeric else "string", source=spec.source)
+                for name, spec in fields.items()
+                if spec.getter is not None
+            )
+            for source, fields in LOGSOURCES.items()
+        },
+        waiting=tuple(sorted(WAITING)),
+    )
+
+
+def numeric(source: Logsource, name: str) -> bool:
+    spec = LOGSOURCES[source].get(name)
+    return spec is not None and spec.numeric
 
 
 def mapping_table() -> list[tuple[str, str, str]]:

@@ -26,9 +26,9 @@ from sigma.correlations import SigmaCorrelationCondition, SigmaCorrelationRule
 from sigma.exceptions import SigmaError, SigmaRegularExpressionError, SigmaRuleLocation
 from sigma.rule import SigmaRule
 
-from ringfence.engines.sigma._compile import CompileError, compile_rule
+from ringfence.engines.sigma._compile import Atom, Cmp, CompiledCondition, CompileError, Str, compile_rule
 from ringfence.engines.sigma._correlate import Correlation
-from ringfence.engines.sigma._fields import LOGSOURCES, Logsource, supplied
+from ringfence.engines.sigma._fields import LOGSOURCES, Logsource, numeric, supplied
 from ringfence.engines.sigma._matcher import LogsourceIndex
 from ringfence.sdk import Severity
 
@@ -247,6 +247,25 @@ def _line_of(text: str, rule: object) -> int | None:
     return None if match is None else text.count("\n", 0, match.start()) + 1
 
 
+def _type_problem(source: Logsource, atom: Atom) -> str | None:
+    """A comparison that cannot mean what it says for the field's type (the field is still matched)."""
+    if atom.field is None or not supplied(source, atom.field):
+        return None
+    if numeric(source, atom.field) and isinstance(atom, Str) and not _is_number(atom.text):
+        return f"field {atom.field} is an integer, compared with the string {atom.text!r}"
+    if not numeric(source, atom.field) and isinstance(atom, Cmp):
+        return f"field {atom.field} is a string, compared as a number ({atom.op} {atom.number:g})"
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _field_line(text: str, name: str) -> int | None:
     """The line where a detection first names a field (`Name:` or `Name|modifier:`)."""
     match = re.search(rf"^\s+-?\s*{re.escape(name)}(\|[^:]*)?:", text, re.MULTILINE)
@@ -321,16 +340,28 @@ class _Compiler:
         if source is None:
             self.ruleset.waiting[name] = self.ruleset.waiting.get(name, 0) + 1
             return
+        self._check_schema(p, source, compiled)
+        self.per_source.setdefault(source, []).append((key, compiled.tree, compiled.atoms))
+
+    def _check_schema(self, p: _Parsed, source: Logsource, compiled: CompiledCondition) -> None:
+        """Warn (the rule still loads) for each field the logsource does not supply and each comparison
+        that does not fit its field's type; each at the line that names the field."""
+        problems = []
         for f in sorted(compiled.fields):
             if not supplied(source, f):
                 spec = LOGSOURCES[source].get(f)
                 why = f" ({spec.source})" if spec is not None else ""
-                message = f"field {f} is not supplied for {source}{why}: absent at run time"
-                line = _field_line(p.text, f) or _line_of(p.text, p.rule)
-                self.ruleset.issues.append(
-                    Issue(IssueSeverity.WARNING, p.file, line, _rule_name(p.rule), message)
-                )
-        self.per_source.setdefault(source, []).append((key, compiled.tree, compiled.atoms))
+                problems.append((f, f"field {f} is not supplied for {source}{why}: absent at run time"))
+        problems.extend(
+            (atom.field or "", problem)
+            for atom in compiled.atoms
+            if (problem := _type_problem(source, atom)) is not None
+        )
+        for field_name, message in problems:
+            line = _field_line(p.text, field_name) or _line_of(p.text, p.rule)
+            self.ruleset.issues.append(
+                Issue(IssueSeverity.WARNING, p.file, line, _rule_name(p.rule), message)
+            )
 
     def _correlation(self, p: _Parsed, rule: SigmaCorrelationRule) -> None:
         try:
