@@ -32,6 +32,7 @@ _HASH_OF_DIGITS = {2 * n: kind for kind, n in HASH_BYTES.items()}
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _MAX_NAME = 253
+_IPV6_CHARS = frozenset("0123456789abcdef:./")
 
 
 class IndicatorProblem(ValueError):
@@ -114,7 +115,11 @@ def infer(word: str) -> Indicator:
                 f"cannot infer the kind of {_shown(word)}: {len(word)} hex digits "
                 "(a sha256 has 64, a sha1 40, an md5 32)"
             )
-    if ":" in word or (word[:1].isdigit() and _looks_numeric(word)):
+    if "://" in word:
+        raise IndicatorProblem(
+            f"cannot infer the kind of {_shown(word)}: a URL (not supported; list its domain instead)"
+        )
+    if _looks_like_address(word):
         return address_indicator(word)
     try:
         return domain_indicator(word)
@@ -125,9 +130,12 @@ def infer(word: str) -> Indicator:
         ) from None
 
 
-def _looks_numeric(word: str) -> bool:
-    """Digits, dots and a /prefix only: meant as an IPv4 address, so it is reported as a bad one."""
-    return all(c.isdigit() or c in "./" for c in word)
+def _looks_like_address(word: str) -> bool:
+    """Meant as an address (so reported as a bad one, not as an unknown kind): digits, dots and a /prefix
+    (IPv4), or hex digits and colons (IPv6)."""
+    if ":" in word:
+        return all(c in _IPV6_CHARS for c in word.lower())
+    return word[:1].isdigit() and all(c.isdigit() or c in "./" for c in word)
 
 
 def _hex_problem(word: str, digits: int) -> str:

@@ -19,13 +19,13 @@ bundle's other indicators load. Revoked indicators and those whose `valid_until`
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from stix2patterns.exceptions import ParseException  # type: ignore[import-untyped]
-from stix2patterns.inspector import _string_literal_to_string  # type: ignore[import-untyped]
 from stix2patterns.v21.inspector import InspectionListener  # type: ignore[import-untyped]
 from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
 
@@ -185,13 +185,18 @@ def _from_pattern(obj: dict[str, Any], skip: Callable[[str], None]) -> list[Indi
     return out
 
 
+def _unquote(literal: str) -> str:
+    """A STIX string literal's text: the quotes dropped, its two escapes (\\' and \\\\) undone."""
+    return re.sub(r"\\(.)", r"\1", literal[1:-1])
+
+
 def _comparison(obj_type: str, path: list[object], op: str, value: str) -> Indicator:
     where = f"{obj_type}:{'.'.join(str(p) for p in path)}"
     if op != "=":
         raise IndicatorProblem(f"{where} {op}: only '=' is supported")
     if not value.startswith("'"):
         raise IndicatorProblem(f"{where} = {value}: only a string value is supported")
-    text = _string_literal_to_string(value)
+    text = _unquote(value)
     if obj_type == "file" and len(path) == 2 and path[0] == "hashes" and isinstance(path[1], str):
         kind = _HASH_NAMES.get(path[1].lower())
         if kind is not None:
