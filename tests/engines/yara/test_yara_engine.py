@@ -585,3 +585,16 @@ def test_short_scans_never_time_out_early_across_yaras_second_ticks(
     stats = eng.statistics()
     assert stats.timeouts == 0
     assert stats.scans == n > 20
+
+
+def test_request_already_past_its_deadline_not_scanned_the_agent_answered_it(
+    engine: YaraEngine, clock: Any, tmp_path: Path, open_ro: Open, make_exec_request: MakeRequest
+) -> None:
+    """A backlog must drain: scanning a request the agent has settled by itself only delays the next."""
+    path = write(tmp_path / "dropper", EVIL)
+    late = verdict(engine, path, open_ro, make_exec_request, deadline_ns=clock() - 1)
+    assert (late.verdict, late.cacheable) == (Verdict.ALLOW, False)
+    stats = engine.statistics()
+    assert (stats.past_deadline, stats.scans) == (1, 0)
+    in_time = verdict(engine, path, open_ro, make_exec_request, deadline_ns=clock() + 10**9)
+    assert in_time.verdict is Verdict.DENY

@@ -31,7 +31,7 @@ from ringfence.sdk import (
 
 RULE_PREFIX = "yara."  # a finding's `rule` is this plus the YARA rule's name
 MAX_FINDINGS_PER_FILE = 16  # matches beyond it are counted, not reported one by one
-_ORDINARY = frozenset({"too_large", "no_descriptor"})
+_ORDINARY = frozenset({"too_large", "no_descriptor", "past_deadline"})
 _SEVERITIES = {s.name.lower(): s for s in Severity} | {"info": Severity.INFORMATIONAL}
 
 
@@ -50,6 +50,7 @@ class YaraStatistics:
     read_errors: int  # allowed uncached: the descriptor could not be read
     scan_errors: int  # allowed uncached: yara-x failed otherwise
     no_descriptor: int  # allowed uncached: the request came without a file
+    past_deadline: int  # not scanned: it waited past its deadline, the agent answered by itself
     changed_while_scanned: int  # answered uncached and not remembered: the file changed during the read
     rule_reloads: int  # other rules came into force after the first load
     unchanged_reloads: int  # new files, same rules: no verdict flush
@@ -74,6 +75,7 @@ class YaraEngine(Extension):
         self._n: dict[str, int] = dict.fromkeys(
             ("requests", "scans", "scanned_bytes", "matches", "denied", "allowed", "findings",
              "findings_capped", "timeouts", "too_large", "read_errors", "scan_errors", "no_descriptor",
+             "past_deadline",
              "changed_while_scanned", "rule_reloads", "unchanged_reloads"),
             0,
         )  # fmt: skip
@@ -97,19 +99,29 @@ class YaraEngine(Extension):
         if self._watched.current.rules is None:  # nothing to match: no read
             self._n["allowed"] += 1
             return allow(cacheable=True)
-        if file is None:
-            return self._uncached("no_descriptor", request, "no descriptor came with the request")
-        try:
-            before = os.fstat(file.fd)
-        except OSError as e:
-            return self._uncached("read_errors", request, f"fstat failed: {e.strerror}")
-        if before.st_size > self._config.max_scan_bytes:
-            return self._uncached("too_large", request, f"{before.st_size} bytes > max_scan_bytes")
-        key = hash_key(request.sha256) if request.sha256 else stat_key(before)
+        checked = self._check(request, file)
+        if not isinstance(checked, os.stat_result):
+            return self._uncached(checked[0], request, checked[1])
+        assert file is not None  # _check refuses a request without one
+        key = hash_key(request.sha256) if request.sha256 else stat_key(checked)
         result = self._memo.get(key)
         if result is not None:
             return self._answer(request, result, cacheable=True)
         return self._scan(request, file, key)
+
+    def _check(self, request: AuthRequest, file: AuthFile | None) -> os.stat_result | tuple[str, str]:
+        """The open file's status when it is to be scanned, else why not: (counter, reason)."""
+        if file is None:
+            return "no_descriptor", "no descriptor came with the request"
+        if request.deadline_ns and self._clock() >= request.deadline_ns:
+            return "past_deadline", "the agent has answered it already"
+        try:
+            st = os.fstat(file.fd)
+        except OSError as e:
+            return "read_errors", f"fstat failed: {e.strerror}"
+        if st.st_size > self._config.max_scan_bytes:
+            return "too_large", f"{st.st_size} bytes > max_scan_bytes"
+        return st
 
     def on_tick(self) -> None:
         """Recompiles happen here, never on the AUTH path. New rules must apply to files the kernel already
