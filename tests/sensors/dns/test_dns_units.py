@@ -322,17 +322,25 @@ def test_a_sink_that_raises_costs_its_event_only() -> None:
     assert sensor.statistics().detail["sink_errors"] == 2
 
 
-def test_full_queue_drops_newest_and_counts_them() -> None:
-    """The reader never waits for the processor: with the processor held, a full queue drops, counted."""
+def test_full_backlog_drops_newest_packets_and_counts_them() -> None:
+    """The reader never waits for the processor: with nothing taking from it, the backlog holds
+    `queue_packets` packets however they are batched, and every packet beyond is counted."""
     from ringfence.sensors.dns._sensor import _Running
 
-    sensor = DnsSensor(lambda e: None, UnknownProcesses(), "test", tuning=DnsTuning(queue_packets=64))
-    running = _Running(sensor)  # not started: nothing takes from its queue
+    sensor = DnsSensor(lambda e: None, UnknownProcesses(), "test", tuning=DnsTuning(queue_packets=25))
+    running = _Running(sensor)  # not started: nothing takes from its backlog
     try:
         for _ in range(5):
             running._offer([b"p"] * 10)
-        assert sensor.counters.get("received") == 50
-        assert sensor.counters.get("queue_drops") == 40  # one batch fits
+        running._offer([b"q"])
+        assert sensor.counters.get("received") == 51
+        assert sensor.counters.get("queue_drops") == 26
+        kept = []
+        while (batch := running.backlog.get(timeout_s=0)) is not None:
+            kept += batch
+        assert kept == [b"p"] * 25
+        running._offer([b"r"])  # room again once taken
+        assert sensor.counters.get("queue_drops") == 26
     finally:
         running.stop()
 

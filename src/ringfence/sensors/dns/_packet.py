@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import ipaddress
+import socket
 import struct
 
 _V4 = struct.Struct("!BBHHHBBH4s4s")
@@ -82,7 +82,8 @@ def _transport(family: str, src: bytes, dst: bytes, proto: int, body: bytes) -> 
     if len(body) < _PORTS.size:
         raise PacketError("short transport header")
     sport, dport = _PORTS.unpack_from(body)
-    ips = (str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)))
+    family_id = socket.AF_INET if len(src) == 4 else socket.AF_INET6
+    ips = (socket.inet_ntop(family_id, src), socket.inet_ntop(family_id, dst))
     if proto == 17:
         if len(body) < 8:
             raise PacketError("short UDP header")

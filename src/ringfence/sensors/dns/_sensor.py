@@ -14,10 +14,10 @@ reader has opened its socket, and raises SensorUnavailable with what the kernel 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
-import queue
 import select
 import socket
 import threading
@@ -205,7 +205,7 @@ class _Running:
 
     def __init__(self, sensor: DnsSensor) -> None:
         self.sensor = sensor
-        self.queue: queue.Queue[list[bytes]] = queue.Queue(max(1, sensor._tuning.queue_packets // _BATCH))
+        self.backlog = _Backlog(sensor._tuning.queue_packets)
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.stopping = threading.Event()
         self.opened = threading.Event()
@@ -299,10 +299,9 @@ class _Running:
 
     def _offer(self, batch: list[bytes]) -> None:
         self.sensor.counters.add("received", len(batch))
-        try:
-            self.queue.put_nowait(batch)
-        except queue.Full:
-            self.sensor.counters.add("queue_drops", len(batch))
+        dropped = self.backlog.put(batch)
+        if dropped:
+            self.sensor.counters.add("queue_drops", dropped)
 
     def _process(self) -> None:
         try:
@@ -320,11 +319,41 @@ class _Running:
                 else None
             )
         while True:
-            try:
-                batch = self.queue.get(timeout=0.25)
-            except queue.Empty:
+            batch = self.backlog.get(timeout_s=0.25)
+            if batch is None:
                 if self.stopping.is_set():
                     return
                 continue
             for packet in batch:
                 self.sensor.process_packet(packet, owners)
+
+
+class _Backlog:
+    """Reader -> processor: batches of packets, bounded in packets (not batches, which may hold one
+    packet or 64). Beyond the bound the newest packets are dropped; `put` says how many."""
+
+    def __init__(self, max_packets: int) -> None:
+        self._max = max(1, max_packets)
+        self._batches: collections.deque[list[bytes]] = collections.deque()
+        self._packets = 0
+        self._ready = threading.Condition()
+
+    def put(self, batch: list[bytes]) -> int:
+        with self._ready:
+            room = self._max - self._packets
+            kept = batch if len(batch) <= room else batch[:room]
+            if kept:
+                self._batches.append(kept)
+                self._packets += len(kept)
+                self._ready.notify()
+        return len(batch) - len(kept)
+
+    def get(self, timeout_s: float) -> list[bytes] | None:
+        with self._ready:
+            if not self._batches:
+                self._ready.wait(timeout_s)
+            if not self._batches:
+                return None
+            batch = self._batches.popleft()
+            self._packets -= len(batch)
+            return batch
