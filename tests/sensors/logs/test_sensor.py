@@ -193,3 +193,25 @@ def test_flood_into_a_stuck_subscribers_bounded_queue_is_counted_as_drops(tmp_pa
     assert kind.delivered + kind.dropped == 10_000
     assert kind.dropped >= 10_000 - 64 - 1  # the stuck handler holds one, its queue 64
     assert sub.statistics().channel.dropped == kind.dropped
+
+
+def test_a_busy_directory_does_not_hold_back_the_look_every_interval(tmp_path: Path) -> None:
+    log, other = tmp_path / "auth.log", tmp_path / "other.log"
+    log.touch()
+    stop = threading.Event()
+
+    def noise() -> None:  # another daemon's log in the same directory, written all the time
+        while not stop.is_set():
+            append(other, "noise\n")
+            stop.wait(0.002)
+
+    writer = threading.Thread(target=noise)
+    with running([log], None, poll_interval_s=0.2, partial_wait_s=0.3) as (_sensor, got):
+        writer.start()
+        try:
+            append(log, "a line whose newline never comes")
+            got.wait_lines(1, "(the held-back line is handed on by the look every interval)")
+        finally:
+            stop.set()
+            writer.join()
+    assert got.messages() == ["a line whose newline never comes"]

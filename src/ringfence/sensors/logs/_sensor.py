@@ -100,7 +100,7 @@ class LogSensor:
         self._thread: threading.Thread | None = None
         self._stop_fd = -1
         self._saved_at_ns = 0
-        self._dirty = False
+        self._saved: dict[str, list[Position]] | None = None  # what the positions file holds now
 
     # -- start and stop ----------------------------------------------------------------------------------
 
@@ -114,7 +114,6 @@ class LogSensor:
             follower.start(saved.get(follower.path, []), now, at_end_if_new=True)
         self._inotify = self._open_inotify()
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._dirty = True
         self._save_positions()  # a restart right after this start resumes here, not at the then-end
         self._thread = threading.Thread(target=self._run, name="ringfence-log-sensor", daemon=True)
         self._thread.start()
@@ -130,7 +129,6 @@ class LogSensor:
         if thread.is_alive():
             log.error("log sensor: reader thread did not stop in %s s; files left open", _JOIN_TIMEOUT_S)
             return
-        self._dirty = True
         self._save_positions()
         for follower in self._followers:
             follower.close()
@@ -166,17 +164,24 @@ class LogSensor:
         poller.register(self._stop_fd, select.POLLIN)
         if self._inotify is not None:
             poller.register(self._inotify.fd, select.POLLIN)
-        timeout_ms = int(self._config.poll_interval_s * 1000)
-        more = False
+        interval_ns = int(self._config.poll_interval_s * 1e9)
+        save_ns = int(self._config.save_interval_s * 1e9)
+        next_look_ns, more = 0, False
         while True:
-            ready = {fd for fd, _ in poller.poll(0 if more else timeout_ms)}
+            wait_ms = 0 if more else -(-(next_look_ns - self._clock.monotonic_ns()) // 1_000_000)
+            ready = {fd for fd, _ in poller.poll(max(wait_ms, 0))}
             if self._stop_fd in ready:
                 return
-            woken = self._inotify is not None and self._inotify.fd in ready
-            if more or not woken or self._drain_inotify():
+            # Events about other files of the directory wake nothing; the look every interval still comes,
+            # however busy the directory is.
+            relevant = self._inotify is not None and self._inotify.fd in ready and self._drain_inotify()
+            now = self._clock.monotonic_ns()
+            if more or relevant or now >= next_look_ns:
+                if now >= next_look_ns:
+                    self._watch_new_dirs()
+                    next_look_ns = now + interval_ns
                 more = self._pass()
-            self._watch_new_dirs()
-            if self._clock.monotonic_ns() - self._saved_at_ns >= self._config.save_interval_s * 1e9:
+            if now - self._saved_at_ns >= save_ns:
                 self._save_positions()
 
     def _pass(self) -> bool:
@@ -193,7 +198,6 @@ class LogSensor:
     def _line(self, source: str, raw: RawLine) -> None:
         """The supervision boundary of one line: a failing sink costs that line only."""
         self._counts.add("lines")
-        self._dirty = True
         try:
             self._sink(self._event(source, raw))
         except Exception:  # logged with traceback and counted; the next line goes on
@@ -275,12 +279,17 @@ class LogSensor:
         return saved
 
     def _save_positions(self) -> None:
+        """Write the positions when they moved since the last write (a quiet host writes nothing)."""
         self._saved_at_ns = self._clock.monotonic_ns()
-        if self._config.positions_path is None or not self._dirty:
+        if self._config.positions_path is None:
             return
-        self._dirty = False
+        now = {f.path: f.positions() for f in self._followers}
+        if now == self._saved:
+            return
         try:
-            save_positions(self._config.positions_path, {f.path: f.positions() for f in self._followers})
+            save_positions(self._config.positions_path, now)
         except OSError as e:
             self._counts.add("position_save_errors")
             log.warning("log sensor: cannot save positions to %s: %s", self._config.positions_path, e)
+            return
+        self._saved = now
