@@ -459,7 +459,8 @@ def test_no_content_dir_allows_without_reading_and_says_so(
     [
         ({"max_scan_bytes": 0}, "max_scan_bytes: must be an integer in 1..1073741824, got 0"),
         ({"max_scan_bytes": "32M"}, "max_scan_bytes: must be an integer"),
-        ({"scan_timeout_s": 0.5}, "scan_timeout_s: must be an integer in 1..60, got 0.5"),
+        ({"scan_timeout_s": 0.5}, "scan_timeout_s: must be an integer in 1..8, got 0.5"),
+        ({"scan_timeout_s": 9}, "scan_timeout_s: must be an integer in 1..8, got 9"),
         ({"scan_timeout_s": True}, "scan_timeout_s: must be an integer"),
         ({"memo_entries": 0}, "memo_entries: must be an integer in 1..1000000"),
         ({"max_scan_byte": 1}, "unknown key 'max_scan_byte'"),

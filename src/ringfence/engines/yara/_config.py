@@ -2,7 +2,7 @@
 
     [extensions.config."ringfence.yara"]
     max_scan_bytes = 33554432    # optional, 1..1073741824: larger files are allowed uncached, counted
-    scan_timeout_s = 1           # optional, 1..60: a scan gets at least this, at most 1 s more; then it
+    scan_timeout_s = 1           # optional, 1..8: a scan gets at least this, at most 1 s more; then it
                                  #   is allowed uncached (yara-x counts whole seconds on a shared ticker)
     memo_entries = 4096          # optional, 1..1000000: verdicts remembered per file version
 
@@ -31,7 +31,7 @@ class SettingsError(YaraError):
 
 _LIMITS: dict[str, tuple[int, int, int]] = {  # key -> (low, high, default)
     "max_scan_bytes": (1, 1 << 30, 32 << 20),
-    "scan_timeout_s": (1, 60, 1),
+    "scan_timeout_s": (1, 8, 1),  # + 1 s (see _scan.py) stays inside the manifest's 10 s deadline
     "memo_entries": (1, 1_000_000, 4096),
 }
 

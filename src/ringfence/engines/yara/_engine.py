@@ -59,12 +59,14 @@ class YaraStatistics:
 
 
 class YaraEngine(Extension):
+    # The longest a scan may take (scan_timeout_s at most 8, plus the second yara-x may add, plus the
+    # read): the agent caps it at broker.auth_deadline_ms, 250 ms by default.
     manifest = Manifest(
         id="ringfence.yara",
         vendor="Ringfence",
         version="1.0.0",
         auth=AuthParticipation(
-            kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=2000, failure=FailurePolicy.FAIL_OPEN
+            kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=10_000, failure=FailurePolicy.FAIL_OPEN
         ),
         permissions=frozenset({Permission.FILE_CONTENTS}),
         description="Scans executables with YARA rules (yara-x) at exec; denies on a rule tagged block.",
