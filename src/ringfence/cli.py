@@ -59,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--blocklist",
         metavar="FILE",
-        help="blocklist for the file-reputation engine: one sha256 per line, # comments, optional label; "
-        "read by the agent and handed to the engine (any owner or mode works)",
+        help="sha256 blocklist for the IOC engine (ringfence.reputation, or ringfence.ioc where that is "
+        "enabled instead): one sha256 per line, # comments, optional label; read by the agent and handed "
+        "to the engine (any owner or mode works)",
     )
     run.add_argument("--no-extensions", action="store_true", help="run sensors and outputs only")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: config")
@@ -137,13 +138,20 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _ioc_engine_id(config: Config) -> str:
+    """The id the IOC engine runs under: ringfence.ioc where that is enabled, else its old id."""
+    ext = config.extensions
+    new_id_on = "ringfence.ioc" in ext.enabled and "ringfence.ioc" not in ext.disabled
+    return "ringfence.ioc" if new_id_on else "ringfence.reputation"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.log_level:
         config = with_overrides(config, agent={"log_level": args.log_level})
-    if args.blocklist:  # content of the reputation engine: the agent reads it (as root) and hands it over
+    if args.blocklist:  # content of the IOC engine: the agent reads it (as root) and hands it over
         content = {ext_id: dict(files) for ext_id, files in config.extensions.content.items()}
-        content.setdefault("ringfence.reputation", {})["blocklist.txt"] = os.path.abspath(args.blocklist)
+        content.setdefault(_ioc_engine_id(config), {})["blocklist.txt"] = os.path.abspath(args.blocklist)
         config = with_overrides(config, extensions={"content": content})
     configure_logging(config.agent.log_level, config.agent.state_dir)
     console = Console()

@@ -215,6 +215,7 @@ def _check(config: Config, source: str, text: str | None = None) -> None:
         problems.append(f"response.management_addresses: {e}")
     problems += _response_problems(config)
     problems += _content_problems(config)
+    problems += _one_ioc_engine(config)
     if problems:
         raise ConfigError([_problem(source, *_split(p), text) for p in problems])
 
@@ -236,6 +237,21 @@ def _agent_problems(config: Config) -> list[str]:
         except MetricsAddressError as e:
             problems.append(f"agent.metrics_listen: {e}")
     return problems
+
+
+_ONE_ENGINE = ("ringfence.ioc", "ringfence.reputation")  # the IOC engine under its new and its old id
+
+
+def _one_ioc_engine(config: Config) -> list[str]:
+    """Both ids of the IOC engine enabled would run it twice: every exec hashed twice, every finding twice."""
+    ext = config.extensions
+    enabled = {name.partition("=")[0] for name in ext.enabled if name not in ext.disabled}
+    if all(ext_id in enabled for ext_id in _ONE_ENGINE):
+        return [
+            "extensions.enabled: ringfence.ioc and ringfence.reputation are one engine (the IOC engine, "
+            "ringfence.reputation its old id): enable one of them"
+        ]
+    return []
 
 
 _CONTENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
