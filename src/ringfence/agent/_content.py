@@ -196,6 +196,9 @@ class ContentStore:
 
 def _copy(origin: str, dest: str) -> _Signature:
     """Copy one operator file (root reads it) to `dest` (0644), fsync'd. Raises ContentError."""
+    untrusted = untrusted_path(origin)
+    if untrusted is not None:
+        raise ContentError(f"{origin}: {untrusted}")
     try:
         fd = os.open(origin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
@@ -204,6 +207,10 @@ def _copy(origin: str, dest: str) -> _Signature:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             raise ContentError(f"{origin}: not a regular file")
+        if before.st_uid not in (0, os.geteuid()) or before.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ContentError(
+                f"{origin}: {_NOT_ROOTS} (it is uid {before.st_uid}, mode {before.st_mode & 0o7777:o})"
+            )
         if before.st_size > MAX_CONTENT_BYTES:
             raise ContentError(f"{origin}: larger than the limit of {MAX_CONTENT_BYTES} bytes")
         _copy_fd(fd, dest, before.st_size)
@@ -215,6 +222,50 @@ def _copy(origin: str, dest: str) -> _Signature:
     if _sig(before) != _sig(after):
         raise ContentError(f"{origin}: changed while it was being copied")
     return _sig(after)
+
+
+_MAX_LINKS = 40
+_NOT_ROOTS = (
+    "only root may be able to change content the agent hands over: it must be owned by root and not "
+    "writable by group or others"
+)
+
+
+def untrusted_path(path: str, _links: int = 0) -> str | None:
+    """Why someone other than root could change what `path` names, or None. Root reads content for the
+    extensions, so a user who could swap the file, or plant a symlink on the way to it (to /etc/shadow,
+    say), could make the agent copy anything into a slot the sandbox and other users can read. Every
+    directory on the way must not be writable by others (a sticky one such as /tmp only if the entry in it
+    is root's), and every symlink on the way must be root's (as the kernel's protected_symlinks)."""
+    if not os.path.isabs(path) or _links > _MAX_LINKS:
+        return "must be an absolute path" if _links <= _MAX_LINKS else "too many symlinks on the way"
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    current = "/"
+    for i, part in enumerate(parts):
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        entry_path = os.path.join(current, part)
+        try:
+            parent, entry = os.lstat(current), os.lstat(entry_path)
+        except FileNotFoundError:
+            return None  # missing: reported as such when it is opened
+        problem = _entry_problem(current, parent, entry_path, entry)
+        if problem is None and stat.S_ISLNK(entry.st_mode):
+            return untrusted_path(os.path.join(current, os.readlink(entry_path), *parts[i + 1 :]), _links + 1)
+        if problem is not None:
+            return problem
+        current = entry_path
+    return None
+
+
+def _entry_problem(directory: str, parent: os.stat_result, path: str, entry: os.stat_result) -> str | None:
+    writable = parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not (parent.st_mode & stat.S_ISVTX and entry.st_uid == 0):
+        return f"{directory} is writable by others, so {path} could be replaced: {_NOT_ROOTS}"
+    if stat.S_ISLNK(entry.st_mode) and entry.st_uid != 0:
+        return f"{path} is a symlink owned by uid {entry.st_uid}: {_NOT_ROOTS}"
+    return None
 
 
 def _copy_fd(fd: int, dest: str, size: int) -> None:
