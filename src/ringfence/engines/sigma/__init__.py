@@ -3,10 +3,11 @@
 Entry point: `extension` (group `ringfence.extensions`, name `ringfence.sigma`).
 
 Pipeline, one module each: `_load` parses rule files with pySigma (every issue collected, with file,
-line and rule id), `_compile` turns each rule's condition into a tree over atoms, `_matcher` indexes all
-rules of a logsource by their literals (Aho-Corasick) and regexes (an re2 set), `_correlate` runs
-correlation rules over bounded sliding windows, `_engine` is the extension. `_fields` is the one table
-from Sigma field names to record fields; it drives extraction and the load-time schema check.
+line and rule id), `_build` compiles each rule (`_compile`: its condition as a tree over atoms) and
+indexes the rules of each logsource (`_matcher`: literals in Aho-Corasick, regexes in an re2 set, each
+rule one predicate from `_predicate`), `_ruleset` holds the result, `_correlate` runs correlation rules
+over bounded sliding windows, `_engine` is the extension. `_fields` is the one table from Sigma field
+names to record fields; it drives extraction, the load-time schema check and the content schema.
 
 Content: every `.yml`/`.yaml` file under `ctx.content_dir` (the agent stages them there; the engine
 never opens an operator's path).
@@ -36,18 +37,16 @@ from ringfence.engines.sigma._fields import (
     logsources_of,
     mapping_table,
 )
-from ringfence.engines.sigma._load import (
+from ringfence.engines.sigma._load import load_directory, load_files, rule_files
+from ringfence.engines.sigma._report import check_report, load_paths
+from ringfence.engines.sigma._ruleset import (
     Issue,
     IssueSeverity,
     RuleInfo,
     RulesError,
     RuleSet,
     SigmaEngineError,
-    load_directory,
-    load_files,
-    rule_files,
 )
-from ringfence.engines.sigma._report import check_report, load_paths
 
 extension = SigmaEngine
 

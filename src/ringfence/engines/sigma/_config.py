@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringfence.engines.sigma._load import SigmaEngineError
+from ringfence.engines.sigma._ruleset import SigmaEngineError
 
 _LIMITS = {
     "dedup_window_s": (0, 86_400),

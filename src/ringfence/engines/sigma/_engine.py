@@ -24,7 +24,7 @@ from ringfence.engines.sigma._fields import (
     content_schema,
     logsources_of,
 )
-from ringfence.engines.sigma._load import RuleInfo, RuleSet
+from ringfence.engines.sigma._ruleset import RuleInfo, RuleSet
 from ringfence.engines.sigma._watch import Background, WatchedRules, run_in_thread
 from ringfence.sdk import Context, Event, EventKind, Extension, FileActivity, Manifest, ProcessRef
 

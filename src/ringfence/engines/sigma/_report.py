@@ -11,7 +11,8 @@ import os
 from collections.abc import Sequence
 
 from ringfence.engines.sigma._fields import mapping_table
-from ringfence.engines.sigma._load import RuleSet, load_files, rule_files
+from ringfence.engines.sigma._load import load_files, rule_files
+from ringfence.engines.sigma._ruleset import RuleSet
 
 
 def load_paths(paths: Sequence[str]) -> RuleSet:

@@ -14,14 +14,8 @@ import threading
 from collections.abc import Callable
 
 from ringfence.engines.sigma._config import SigmaConfig
-from ringfence.engines.sigma._load import (
-    Issue,
-    IssueSeverity,
-    RulesError,
-    RuleSet,
-    load_directory,
-    rule_files,
-)
+from ringfence.engines.sigma._load import load_directory, rule_files
+from ringfence.engines.sigma._ruleset import Issue, IssueSeverity, RulesError, RuleSet
 
 Signature = tuple[str, tuple[tuple[str, int, int, int], ...]] | None
 Background = Callable[[Callable[[], None]], None]
