@@ -63,6 +63,7 @@ COUNTERS = (
     "responses",
     "emitted",
     "sink_errors",
+    "internal_errors",  # a bug on the processor's path: logged with its traceback, that packet lost
     *OUTCOMES,
 )
 
@@ -132,7 +133,7 @@ class DnsSensor:
             received=c["received"],
             emitted=c["emitted"],
             dropped=c["kernel_drops"] + c["queue_drops"],
-            errors=c["malformed_packets"] + c["malformed_messages"] + c["sink_errors"],
+            errors=c["malformed_packets"] + c["malformed_messages"] + c["sink_errors"] + c["internal_errors"],
             last_seq=self._stamper.last_seq,
             detail=detail,
         )
@@ -325,7 +326,11 @@ class _Running:
                     return
                 continue
             for packet in batch:
-                self.sensor.process_packet(packet, owners)
+                try:
+                    self.sensor.process_packet(packet, owners)
+                except Exception:  # supervision boundary: a bug costs this packet, not the sensor
+                    self.sensor.counters.add("internal_errors")
+                    log.exception("dns sensor: a packet could not be processed")
 
 
 class _Backlog:
