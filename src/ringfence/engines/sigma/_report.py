@@ -35,6 +35,8 @@ def check_report(rules: RuleSet) -> str:
         lines.append(f"  waiting  {name}: {count} (no event kind for this logsource yet)")
     if rules.correlations:
         lines.append(f"  active   correlations: {len(rules.correlations)}")
+    if rules.filters:
+        lines.append(f"  filters  {rules.filters} (applied to the rules they name)")
     lines.extend(str(issue) for issue in rules.issues)
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sigma.correlations import SigmaCorrelationRule
+from sigma.filters import SigmaFilter
 from sigma.rule import SigmaRule
 
 from ringfence.engines.sigma._correlate import Correlation
@@ -83,6 +84,7 @@ class RuleSet:
     waiting: dict[str, int] = field(default_factory=dict)  # logsource -> rules compiled, not matched yet
     issues: list[Issue] = field(default_factory=list)
     files: int = 0
+    filters: int = 0  # Sigma filters applied to the rules they name
 
     @property
     def errors(self) -> list[Issue]:
@@ -99,7 +101,7 @@ class RuleSet:
 
 @dataclass
 class Parsed:
-    rule: SigmaRule | SigmaCorrelationRule
+    rule: SigmaRule | SigmaCorrelationRule | SigmaFilter
     file: str
     text: str
 
