@@ -1,4 +1,4 @@
-"""Content benchmark: loading a 1,000,000-entry sha256 blocklist into the reputation engine's compact form,
+"""Content benchmark: loading a 1,000,000-entry sha256 blocklist into the IOC engine's compact form,
 against the same list as a Python set of bytes (what a naive engine holds) and against a 10,000-entry
 list, each load in a fresh process so that its peak RSS is its own. The lists are generated on the fly
 (nine in ten entries labelled, as in published lists) and deleted afterwards.
@@ -29,7 +29,7 @@ def _write_list(path: Path, n: int) -> None:
 
 def _load_compact(path: str) -> tuple[int, int]:
     """(entries, bytes held) of the engine's own form."""
-    from ringfence.engines.reputation import read_blocklist
+    from ringfence.engines.ioc import read_blocklist
 
     blocklist = read_blocklist(path, max_bytes=1 << 30).blocklist
     return len(blocklist), blocklist.nbytes

@@ -74,7 +74,7 @@ def test_loopback_connect_to_a_listed_address_raises_a_finding(
     [finding] = titled(agent, "Connection to listed address 127.0.0.77")
     assert finding["finding_info"]["title"] == "Connection to listed address 127.0.0.77 (e2e-c2)"
     text = json.dumps(finding)
-    assert f"/content/{IOC}/active/net.ioc: connect " in text  # the list (as staged) and the event
+    assert "127.0.0.77 from net.ioc: connect " in text  # the list, by its content name, and the event
     assert f"-> 127.0.0.77:{port}" in text
     assert finding["finding_info"]["analytic"]["name"] == "ioc.ipv4"
 

@@ -112,7 +112,9 @@ class IocEngine(Extension):
         dedup: Deduplicator[Sighting] = Deduplicator(
             config.dedup_window_s * 1_000_000_000, self._clock, config.max_dedup_keys
         )
-        self._sightings = Sightings(ctx, lambda: self._watched.current, dedup, config.dedup_window_s)
+        self._sightings = Sightings(
+            ctx, lambda: self._watched.current, dedup, config.dedup_window_s, self._shown_source
+        )
         if not self._watched.configured:
             ctx.log.warning('no IOC list: give one with --blocklist or [extensions.content."%s"]', ext_id)
 
@@ -201,6 +203,12 @@ class IocEngine(Extension):
             return None
         return digests
 
+    def _shown_source(self, source: str) -> str:
+        """A list as a finding names it: its name in the content table (`feed.ioc`, `feed.json
+        indicator--...`), not the path of the sandbox's copy, which means nothing to a reader."""
+        prefix = f"{self.ctx.content_dir}/"
+        return source[len(prefix) :] if self.ctx.content_dir and source.startswith(prefix) else source
+
     def _deny(self, request: AuthRequest, match: HashMatch, digests: Digests) -> AuthAnswer:
         self._denied += 1
         name = match.label or PurePosixPath(request.path).name or request.path
@@ -208,7 +216,8 @@ class IocEngine(Extension):
             f"Blocked execution of {name}",
             Severity.HIGH,
             rule=RULE_PREFIX + match.kind,
-            description=f"{match.kind} {match.digest} of {request.path} is listed in {match.source}",
+            description=f"{match.kind} {match.digest} of {request.path} is listed in "
+            f"{self._shown_source(match.source)}",
             process=request.process,
             file_path=request.path,
             file_sha256=digests.get(Kind.SHA256),

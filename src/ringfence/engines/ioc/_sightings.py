@@ -31,9 +31,15 @@ class Sighting:
 
 class Sightings:
     def __init__(
-        self, ctx: Context, current: Callable[[], IocSet], dedup: Deduplicator[Sighting], window_s: int
+        self,
+        ctx: Context,
+        current: Callable[[], IocSet],
+        dedup: Deduplicator[Sighting],
+        window_s: int,
+        shown: Callable[[str], str] = str,
     ) -> None:
         self._ctx = ctx
+        self._shown = shown  # how a list is named in a finding
         self._current = current
         self._dedup = dedup
         self._window_s = window_s
@@ -95,7 +101,8 @@ class Sightings:
             title,
             Severity.HIGH,
             rule=f"ioc.{s.match.kind}",
-            description=f"{s.match.kind} indicator {s.match.indicator} from {s.match.source}: {s.evidence}",
+            description=f"{s.match.kind} indicator {s.match.indicator} from {self._shown(s.match.source)}: "
+            f"{s.evidence}",
             process=s.process,
             related_event=s.event_id,
         )
