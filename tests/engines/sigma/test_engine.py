@@ -414,3 +414,28 @@ def test_filter_that_applies_to_no_rule_is_reported(start, tmp_path) -> None:
     (issue,) = engine.rules.issues
     assert issue.file.endswith("f.yml") and issue.rule == "0a0a0a0a-0000-4000-8000-0000000000f1"
     assert issue.message == "filter applies to no loaded rule"
+
+
+def test_correlation_with_generate_true_keeps_the_base_rules_own_findings(start, tmp_path) -> None:
+    text = (
+        CORRELATION.format(kind="event_count", condition="    condition:\n        gte: 2")
+        + "    generate: true\n"
+    )
+    content = write_rules(tmp_path / "c", **{"a.yml": DOWNLOAD, "b.yml": CHMOD, "corr.yml": text})
+    engine, ctx = start(content)
+    engine.on_event(exec_event("/usr/bin/curl", "curl a"))
+    engine.on_event(exec_event("/usr/bin/curl", "curl b"))
+    rules = [f.fields["rule"] for f in ctx.findings]
+    base = "5f0a1c1e-0000-4000-8000-00000000b001"
+    assert rules == [base, base, "7c1a0000-0000-4000-8000-00000000c001"]
+    assert len(ctx.findings) == 3  # two base findings and the correlation
+
+
+def test_dedup_state_is_bounded_and_an_early_closed_window_still_reports_its_count(clock) -> None:
+    from ringfence.engines.sigma._dedup import Deduplicator
+
+    dedup = Deduplicator(60 * 10**9, clock, max_keys=2)
+    assert dedup.admit("a", "a1") and not dedup.admit("a", "a2")
+    assert dedup.admit("b", "b1") and dedup.admit("c", "c1")  # "a" closed early to make room
+    assert dedup.closed() == [("a2", 1)]
+    assert dedup.admit("a", "a3")  # a new window: raised again
