@@ -599,3 +599,15 @@ def test_request_already_past_its_deadline_not_scanned_the_agent_answered_it(
     assert (stats.past_deadline, stats.scans) == (1, 0)
     in_time = verdict(engine, path, open_ro, make_exec_request, deadline_ns=clock() + 10**9)
     assert in_time.verdict is Verdict.DENY
+
+
+def test_public_surface_is_pinned() -> None:
+    import ringfence.engines.yara as package
+
+    assert set(package.__all__) == {
+        "BLOCK_TAG", "MAX_FINDINGS_PER_FILE", "RULE_PREFIX", "Issue", "IssueSeverity", "MemoStatistics",
+        "RuleSet", "RulesError", "RulesStatistics", "SettingsError", "YaraConfig", "YaraEngine", "YaraError",
+        "YaraStatistics", "extension",
+    }  # fmt: skip
+    assert issubclass(package.RulesError, package.YaraError)
+    assert issubclass(package.SettingsError, package.YaraError)
