@@ -82,12 +82,13 @@ def _mix(n: int) -> list[bytes]:
                 f"edge{i % 31}.cdn.test.", 60, "IN", "A", f"192.0.2.{i % 250}", "198.51.100.7"
             )
         )
-        v6 = dns.message.make_response(dns.message.make_query(name, "AAAA"))
+        query6 = dns.message.make_query(name, "AAAA")
+        v6 = dns.message.make_response(query6)
         v6.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "AAAA", f"2001:db8::{i % 65535:x}"))
         packets += [
             _udp4(40000 + i % 20000, 53, query.to_wire()),
             _udp4(53, 40000 + i % 20000, reply.to_wire()),
-            _udp4(40000 + i % 20000, 53, dns.message.make_query(name, "AAAA").to_wire()),
+            _udp4(40000 + i % 20000, 53, query6.to_wire()),
             _udp4(53, 40000 + i % 20000, v6.to_wire()),
         ]
     return packets

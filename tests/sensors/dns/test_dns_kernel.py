@@ -3,11 +3,14 @@ a real DNS server (dnspython answering on a UDP and a TCP socket) and real clien
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
+import dns.message
 import dns.rcode
+import dns.rrset
 import pytest
 from tests.response._netns import HOST_ADDR, PEER_ADDRS
 from tests.sensors.dns.conftest import Netns, Running
@@ -16,6 +19,7 @@ from tests.sensors.dns.support import (
     UnknownProcesses,
     Zone,
     dns_server,
+    in_netns,
     is_query,
     is_response,
     query_tcp,
@@ -189,3 +193,22 @@ def test_stop_is_idempotent_and_restart_works(netns: Netns, make_sensor: Callabl
         query_udp(netns.host, SERVER, "www.example.test")
     event = run.events.wait(is_response("www.example.test"), "a response after a restart")
     assert event.activity is DnsActivityId.RESPONSE
+
+
+def test_forged_response_teaches_no_name(netns: Netns, running: Running) -> None:
+    """A response that answers no query the sensor saw (anyone on the path can send one, to any port)
+    is reported but must not make the attacker's address look like a trusted name."""
+    forged = dns.message.make_response(dns.message.make_query("bank.example.test", "A"))
+    forged.answer.append(dns.rrset.from_text("bank.example.test.", 3600, "IN", "A", TARGET))
+    sender = in_netns(netns.peer, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    with sender:
+        sender.bind((TARGET, 53))
+        sender.sendto(forged.to_wire(), (HOST_ADDR, 40000))
+    event = running.events.wait(is_response("bank.example.test"), "the forged response, reported")
+    assert [a.data for a in event.answers] == [TARGET]
+    assert running.sensor.names.lookup(TARGET) is None
+    assert running.sensor.statistics().detail["unsolicited_responses"] == 1
+    with dns_server(netns.peer, SERVER, ZONE):  # the real answer for the same address still teaches
+        query_udp(netns.host, SERVER, "www.example.test")
+    running.events.wait(is_response("www.example.test"), "the solicited response")
+    assert running.sensor.names.lookup(TARGET) == "www.example.test"

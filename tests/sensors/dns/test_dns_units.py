@@ -3,9 +3,11 @@ lookup's table reading and rate limit, the host-name stamp, and the bounded queu
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.rrset
@@ -27,9 +29,10 @@ from ringfence.sensors.dns import (
     with_hostnames,
 )
 from ringfence.sensors.dns._filter import assemble
-from ringfence.sensors.dns._message import MessageError, parse
+from ringfence.sensors.dns._message import DnsMessage, MessageError, parse
 from ringfence.sensors.dns._owner import OwnerFinder, socket_of
-from ringfence.sensors.dns._packet import Outcome, PacketError, Transport, decode, split_tcp
+from ringfence.sensors.dns._packet import Outcome, PacketError, Segment, Transport, decode, split_tcp
+from ringfence.sensors.dns._pending import PendingQueries
 
 
 def udp4(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
@@ -362,3 +365,69 @@ def test_events_are_frozen_records() -> None:
     assert isinstance(event, msgspec.Struct)
     with pytest.raises(AttributeError):
         event.transaction_id = 1  # type: ignore[attr-defined]
+
+
+# -- solicited responses only ------------------------------------------------------------------------
+
+
+def pair(qid: int = 7, name: str = "a.test") -> tuple[Segment, DnsMessage, Segment, DnsMessage]:
+    query = dns.message.make_query(name, "A", id=qid)
+    reply = dns.message.make_response(query)
+    q = decode(udp4("10.0.0.1", "10.0.0.53", 40000, 53, query.to_wire()))
+    r = decode(udp4("10.0.0.53", "10.0.0.1", 53, 40000, reply.to_wire()))
+    return q, parse(q.messages[0]), r, parse(r.messages[0])
+
+
+def test_response_answers_its_own_query_once() -> None:
+    counters = Counters()
+    pending = PendingQueries(FakeClock(), counters)
+    q, query, r, reply = pair()
+    pending.asked(q, query)
+    assert pending.answered(r, reply)
+    assert not pending.answered(r, reply)  # a second copy (a replay, a forgery racing it) teaches nothing
+    assert counters.get("unsolicited_responses") == 1
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda r, m: (r, msgspec.structs.replace(m, id=m.id + 1)),  # wrong transaction id
+        lambda r, m: (r, msgspec.structs.replace(m, query="b.test")),  # another question
+        lambda r, m: (dataclasses.replace(r, src="10.0.0.66"), m),  # from another server
+        lambda r, m: (dataclasses.replace(r, dport=40001), m),  # to another port
+        lambda r, m: (dataclasses.replace(r, transport=Transport.TCP), m),  # over the other transport
+    ],
+)
+def test_response_that_does_not_match_its_query_is_unsolicited(forge: Any) -> None:
+    pending = PendingQueries(FakeClock(), Counters())
+    q, query, r, reply = pair()
+    pending.asked(q, query)
+    assert not pending.answered(*forge(r, reply))
+    assert pending.answered(r, reply)  # the real one still matches
+
+
+def test_late_response_is_unsolicited_and_waiting_queries_are_bounded() -> None:
+    clock, counters = FakeClock(), Counters()
+    pending = PendingQueries(clock, counters, max_entries=2, timeout_s=10)
+    q, query, r, reply = pair()
+    pending.asked(q, query)
+    clock.advance_ms(10_000)
+    assert not pending.answered(r, reply)
+    assert counters.get("pending_expired") == 1
+    for qid in range(5):
+        segment, message, _, _ = pair(qid=qid)
+        pending.asked(segment, message)
+    assert len(pending) == 2
+    assert counters.get("pending_evicted") == 3
+
+
+def test_sensor_learns_only_from_solicited_responses() -> None:
+    sensor = DnsSensor(lambda e: None, UnknownProcesses(), "test")
+    query = dns.message.make_query("a.test", "A")
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("a.test.", 60, "IN", "A", "192.0.2.1"))
+    sensor.process_packet(udp4("10.0.0.53", "10.0.0.1", 53, 40000, reply.to_wire()))
+    assert sensor.names.lookup("192.0.2.1") is None
+    sensor.process_packet(udp4("10.0.0.1", "10.0.0.53", 40000, 53, query.to_wire()))
+    sensor.process_packet(udp4("10.0.0.53", "10.0.0.1", 53, 40000, reply.to_wire()))
+    assert sensor.names.lookup("192.0.2.1") == "a.test"

@@ -41,6 +41,7 @@ from ringfence.sensors.dns._filter import DNS_PORT
 from ringfence.sensors.dns._message import DnsMessage, MessageError, parse
 from ringfence.sensors.dns._owner import OUTCOMES, OwnerFinder
 from ringfence.sensors.dns._packet import Outcome, PacketError, Segment, decode
+from ringfence.sensors.dns._pending import PendingQueries
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ COUNTERS = (
     "emitted",
     "sink_errors",
     "internal_errors",  # a bug on the processor's path: logged with its traceback, that packet lost
+    "unsolicited_responses",  # answers no query seen asked for: reported, but they teach no name
+    "pending_expired",  # queries that got no response in time
+    "pending_evicted",  # queries forgotten beyond the bound of those waiting
     *OUTCOMES,
 )
 
@@ -104,6 +108,7 @@ class DnsSensor:
         self._stamper = HeaderStamper(self.name, host, self._clock)
         self.names = NameCache(self._clock, self._tuning.cache)
         self.counters = Counters(COUNTERS)
+        self._pending = PendingQueries(self._clock, self.counters)  # the processor thread's alone
         self._lock = threading.Lock()
         self._running: _Running | None = None
 
@@ -164,9 +169,11 @@ class DnsSensor:
     def _emit(self, segment: Segment, message: DnsMessage, owners: OwnerFinder | None) -> None:
         if message.response:
             self.counters.add("responses")
-            self.names.learn(message)
+            if self._pending.answered(segment, message):
+                self.names.learn(message)
         else:
             self.counters.add("queries")
+            self._pending.asked(segment, message)
         process = None
         if owners is not None and not message.response and segment.dport == DNS_PORT:
             owner = owners.find(segment.transport, segment.sport)
