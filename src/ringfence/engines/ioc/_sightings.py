@@ -18,6 +18,7 @@ from ringfence.sdk import Context, DnsActivity, Endpoint, NetworkActivity, Proce
 
 _ADDRESS_ANSWERS = frozenset({"A", "AAAA"})
 _NAME_ANSWERS = frozenset({"CNAME", "DNAME", "PTR", "NS", "MX", "SRV"})
+_VERBS = {"connect": "Connection to", "accept": "Connection from", "accept4": "Connection from"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +55,15 @@ class Sightings:
         iocs = self._current()
         if not len(iocs.addresses):
             return
-        verb = {"connect": "Connection to", "accept": "Connection from", "accept4": "Connection from"}
         evidence = f"{event.syscall} {_where(event.local)} -> {_where(event.remote)}"
         for endpoint in (event.remote, event.local):
             if endpoint is None or endpoint.ip is None:
                 continue
             match = iocs.match_address(endpoint.ip)
             if match is not None:
-                what = verb.get(event.syscall, f"{event.syscall} on") if endpoint is event.remote else "Local"
+                what = (
+                    _VERBS.get(event.syscall, f"{event.syscall} on") if endpoint is event.remote else "Local"
+                )
                 self._sighted(
                     match, f"{what} listed address {match.indicator}", evidence, event.process, event
                 )
