@@ -155,6 +155,8 @@ class SigmaEngine(Extension):
             self.ctx.report_problem(self._problem)
 
     def _matched(self, rule: RuleInfo, source: Logsource, event: Event) -> None:
+        if rule.generate:
+            self._raise(rule, event)
         if self._correlator.watches(rule.key):
             specs = LOGSOURCES[source]
             values = {}
@@ -164,8 +166,6 @@ class SigmaEngine(Extension):
                     values[name] = spec.getter(event)
             for key in self._correlator.observe(rule.key, values):
                 self._raise(self._rules.rules[key], event)
-        if rule.generate:
-            self._raise(rule, event)
 
     def _raise(self, rule: RuleInfo, event: Event) -> None:
         process: ProcessRef | None = getattr(event, "process", None)
