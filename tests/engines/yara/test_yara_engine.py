@@ -94,6 +94,7 @@ def test_entry_point_is_the_engine_under_its_manifest_id_and_not_enabled_by_defa
     assert manifest.auth.kinds == frozenset({EventKind.AUTH_EXEC})
     assert manifest.auth.failure is FailurePolicy.FAIL_OPEN
     assert manifest.permissions == frozenset({Permission.FILE_CONTENTS})
+    assert manifest.content_interface == "yara@1"
     from ringfence.agent._config import ExtensionsSection
 
     assert "ringfence.yara" not in ExtensionsSection().enabled

@@ -69,6 +69,7 @@ class YaraEngine(Extension):
             kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=10_000, failure=FailurePolicy.FAIL_OPEN
         ),
         permissions=frozenset({Permission.FILE_CONTENTS}),
+        content_interface="yara@1",  # .yar/.yara files that yara-x compiles, no include
         description="Scans executables with YARA rules (yara-x) at exec; denies on a rule tagged block.",
     )
 
