@@ -329,3 +329,11 @@ def test_a_base_event_named_other_is_flagged_by_the_validator() -> None:
     found = problems(d)
     assert any("attribute_enum_sibling_suspicious_other at activity_name" in p for p in found)
     assert any("attribute_enum_sibling_suspicious_other at type_name" in p for p in found)
+
+
+def test_account_switch_is_a_substitute_user() -> None:
+    d = to_ocsf(
+        _auth(AuthenticationActivityId.ACCOUNT_SWITCH, success=True, record_type="USER_START", user="bob")
+    )
+    assert (d["activity_id"], d["activity_name"]) == (7, "Account Switch")
+    assert (d["account_switch_type_id"], d["account_switch_type"]) == (1, "Substitute User")

@@ -116,6 +116,8 @@ def authentication(e: Authentication) -> dict[str, Any]:
     out["status_id"], out["status"] = _STATUS[e.success]
     out["user"] = _user(e.user, e.uid)
     out["service"] = {"name": e.service or "unknown"}  # the schema needs a service or a dst_endpoint
+    if e.activity is AuthenticationActivityId.ACCOUNT_SWITCH:  # su, sudo: the new user's session
+        out["account_switch_type_id"], out["account_switch_type"] = 1, "Substitute User"
     if e.source is not None:
         out["src_endpoint"] = _endpoint(e.source)
         out["is_remote"] = e.source.ip is not None

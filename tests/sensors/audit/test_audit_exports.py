@@ -7,12 +7,17 @@ import ringfence.sensors.audit as audit
 
 def test_exported_names_are_pinned() -> None:
     assert sorted(audit.__all__) == [
+        "AuditFeed",
         "AuditRequestError",
         "AuditSensor",
         "AuditSweep",
         "AuditTuning",
+        "Baseline",
+        "DEFAULT_BASELINE",
         "Mode",
         "SavedSettings",
+        "SyscallGroup",
+        "Watch",
         "list_rule_keys",
         "sweep_audit",
     ]

@@ -45,6 +45,9 @@ AUDIT_FILTER_EXIT = 0x04
 AUDIT_ALWAYS = 2
 AUDIT_PID = 0
 AUDIT_ARCH = 11
+AUDIT_WATCH = 105  # a path (string field)
+AUDIT_PERM = 106  # with a watch: 1 exec, 2 write, 4 read, 8 attribute change
+AUDIT_DIR = 107  # a directory tree (string field)
 AUDIT_FILTERKEY = 210
 AUDIT_NOT_EQUAL = 0x30000000
 AUDIT_EQUAL = 0x40000000
@@ -55,7 +58,9 @@ AUDIT_MAX_FIELDS = 64
 AUDIT_MAX_KEY_LEN = 256
 
 # Fields whose value is a length into the rule's string buffer (LSM labels, watch, dir, exe, key).
-_STRING_FIELDS = frozenset({13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 105, 107, 112, AUDIT_FILTERKEY})
+_STRING_FIELDS = frozenset(
+    {13, 14, 15, 16, 17, 19, 20, 21, 22, 23, AUDIT_WATCH, AUDIT_DIR, 112, AUDIT_FILTERKEY}
+)
 _KEY_SEPARATOR = "\x01"  # the kernel joins several keys of one rule with \x01
 
 _STATUS_FIELDS = (

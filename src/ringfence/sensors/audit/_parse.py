@@ -3,7 +3,9 @@
 The kernel sends one record per datagram: its type in the netlink header and text such as
 `audit(1700000000.123:456): arch=c000003e syscall=42 ...`. The records of one event share the serial
 (456) and end with an EOE record. `EventAssembler` groups them and completes an event on EOE, after
-`max_age_ns`, or (counted as an eviction) when more than `max_open` events are open at once.
+`max_age_ns`, or (counted as an eviction) when more than `max_open` events are open at once. A record
+from user space (PAM, shadow, sudo: types 1100-1299 and 2100-2999) is an event of its own, with no EOE
+after it, unless it joins an event already open under its serial.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
     sockaddr: Endpoint | None = None
     complete: bool = True
     errors: int = 0  # records of this event that did not decode
+    records: tuple[tuple[int, str], ...] = ()  # (type, text after the header) of each record, in order
 
 
 class AssemblerStatistics(msgspec.Struct, kw_only=True):
@@ -123,6 +126,10 @@ class EventAssembler:
         serial = int(header[3])
         done: list[AuditEvent] = []
         pending = self._open.get(serial)
+        if pending is None and is_standalone(record_type):
+            self.stats.events += 1
+            time_ns = int(header[1]) * 10**9 + int(header[2]) * 10**6
+            return [decode_event(serial, time_ns, [(record_type, text[header.end() :])])]
         if pending is None:
             if len(self._open) >= self._max_open:
                 self.stats.evictions += 1
@@ -159,6 +166,11 @@ class EventAssembler:
         return event
 
 
+def is_standalone(record_type: int) -> bool:
+    """A user-space record (or auditd's own): no EOE follows it."""
+    return 1100 <= record_type < 1300 or 2100 <= record_type < 3000
+
+
 class _Parts:
     """The single-record parts of one event, filled as its records decode."""
 
@@ -185,6 +197,7 @@ def decode_event(
     serial: int, time_ns: int, records: Iterable[tuple[int, str]], *, complete: bool = True
 ) -> AuditEvent:
     """Decode the records (type, text after the `audit(...):` header) of one event."""
+    records = list(records)
     parts = _Parts()
     execve: list[dict[str, str]] = []
     paths: list[str] = []
@@ -221,6 +234,7 @@ def decode_event(
         sockaddr=parts.sockaddr,
         complete=complete,
         errors=errors,
+        records=tuple(records),
     )
 
 

@@ -1,4 +1,5 @@
-"""The audit rules we add, and their removal by key. Every rule carries our key; nothing else is touched."""
+"""The audit rules we add, and their removal by key. Every rule carries our key (the baseline's
+`key:category`); nothing else is touched."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from ringfence.sensors.audit import _netlink as nl
+from ringfence.sensors.audit._baseline import is_ours
 from ringfence.sensors.audit._client import AuditClient, open_audit_socket
 from ringfence.sensors.audit._parse import SYSCALLS
 
@@ -37,8 +39,8 @@ def build_rules(
 
 
 def keyed_rules(client: AuditClient, key: str) -> list[nl.AuditRule]:
-    """The rules in the kernel that carry `key`."""
-    return [rule for rule in client.list_rules() if key in rule.keys]
+    """The rules in the kernel that carry `key`, or a baseline rule's `key:category`."""
+    return [rule for rule in client.list_rules() if is_ours(rule.keys, key)]
 
 
 def remove_keyed_rules(client: AuditClient, key: str) -> int:

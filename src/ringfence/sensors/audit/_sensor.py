@@ -9,6 +9,11 @@ remove exactly those on stop (and a crashed run's on start).
 
 Two threads: a reader that only moves datagrams into a bounded queue (`_reader.py`), and a processor
 that assembles, decodes, resolves and hands events to the sinks.
+
+Beyond exec and network (`AuditFeed`, all off unless asked for): each decoded audit event that is not
+turned into an exec or network event (or, with `all_events`, every one) goes to `event_sink` as an
+`AuditEvent` with all its records; user-space records become Authentication and AccountChange events
+(`_identity.py`); and the baseline's watches and syscall rules (`_baseline.py`) are added beside ours.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ringfence.sensors._base import (
 from ringfence.sensors.audit import _convert as cv
 from ringfence.sensors.audit import _netlink as nl
 from ringfence.sensors.audit._client import AuditClient, open_audit_socket
+from ringfence.sensors.audit._feed import AuditFeed, FeedPublisher
 from ringfence.sensors.audit._parse import AuditEvent, EventAssembler, SyscallInfo
 from ringfence.sensors.audit._peek import socket_names
 from ringfence.sensors.audit._reader import BATCH, DatagramReader
@@ -82,10 +88,13 @@ class AuditSensor:
         backlog_limit: int = 8192,
         tuning: AuditTuning | None = None,
         settings_record: str | None = None,
+        feed: AuditFeed | None = None,
+        event_sink: EventSink | None = None,
     ) -> None:
         """`settings_record`: a file (in the state dir) that keeps the audit settings found before the
         first run changed them, so that the next start or `ringfence cleanup` restores them after a
-        crash (see `_saved.py`)."""
+        crash (see `_saved.py`). `feed`: raw audit events, identity events and the baseline, sent to
+        `event_sink` (default: `network_sink`)."""
         clock = clock or SystemClock()
         self._wiring = _Wiring(
             network_sink=network_sink,
@@ -99,6 +108,8 @@ class AuditSensor:
             backlog_limit=backlog_limit,
             tuning=tuning or AuditTuning(),
             settings_record=settings_record,
+            feed=feed or AuditFeed(),
+            event_sink=event_sink or network_sink,
         )
         self._lock = threading.Lock()
         self._state: _Running | None = None
@@ -161,6 +172,8 @@ class _Wiring:
     backlog_limit: int
     tuning: AuditTuning
     settings_record: str | None = None
+    feed: AuditFeed = dataclasses.field(default_factory=AuditFeed)
+    event_sink: EventSink | None = None
 
 
 @dataclasses.dataclass
@@ -178,6 +191,11 @@ class _Counters:
     foreign_key: int = 0  # ours to report, but recorded under another rule's key
     mode_daemon: int = 0
     mode_multicast: int = 0
+    audit_events: int = 0  # AuditEvents published
+    identity_events: int = 0  # Authentication and AccountChange events published
+    baseline_rules: int = 0  # baseline rules in the kernel
+    baseline_skipped: int = 0  # baseline watches whose parent directory does not exist
+    baseline_refused: int = 0  # baseline rules the kernel refused (logged with the path or syscalls)
 
 
 class _Running:
@@ -217,6 +235,8 @@ class _Running:
         self.foreign_key = 0
         self.own_pid = os.getpid() if self.tuning.exclude_self else -1
         self.lost_now = found.lost
+        sink = wiring.event_sink or wiring.network_sink
+        self.feed = FeedPublisher(wiring.feed, sink, wiring.stamper, wiring.resolver, own_pid=self.own_pid)
 
     @classmethod
     def open(cls, wiring: _Wiring) -> _Running:
@@ -248,6 +268,9 @@ class _Running:
             self.reader.start()
             for rule in self._rules():
                 self.control.add_rule(rule)
+            if self.wiring.feed.baseline is not None:
+                exclude = os.getpid() if self.tuning.exclude_self else None
+                self.feed.add_baseline(self.control, self.wiring.key, self._archs(), exclude)
         except (SensorError, OSError, ValueError) as e:
             self.close()
             raise SensorUnavailable("audit", str(e)) from e
@@ -279,9 +302,11 @@ class _Running:
         names = (EXEC_SYSCALLS if self.wiring.want_exec else ()) + (
             NETWORK_SYSCALLS if self.wiring.want_network else ()
         )
-        archs = [nl.AUDIT_ARCH_X86_64] + ([nl.AUDIT_ARCH_I386] if self.tuning.include_i386 else [])
         exclude = os.getpid() if self.tuning.exclude_self else None
-        return build_rules(self.wiring.key, names, archs=archs, exclude_pid=exclude)
+        return build_rules(self.wiring.key, names, archs=self._archs(), exclude_pid=exclude)
+
+    def _archs(self) -> list[int]:
+        return [nl.AUDIT_ARCH_X86_64] + ([nl.AUDIT_ARCH_I386] if self.tuning.include_i386 else [])
 
     def close(self) -> _Counters:
         """Undo everything, each step on its own so one failure does not skip the rest."""
@@ -336,6 +361,11 @@ class _Running:
             foreign_key=self.foreign_key,
             mode_daemon=int(self.mode is Mode.DAEMON),
             mode_multicast=int(self.mode is Mode.MULTICAST),
+            audit_events=self.feed.audit_events,
+            identity_events=self.feed.identity_events,
+            baseline_rules=self.feed.baseline_rules,
+            baseline_skipped=self.feed.baseline_skipped,
+            baseline_refused=self.feed.baseline_refused,
         )
 
     # -- the processor thread ------------------------------------------------------------------------
@@ -368,21 +398,31 @@ class _Running:
 
     def _dispatch(self, event: AuditEvent) -> None:
         syscall = event.syscall
+        if syscall is not None and syscall.pid == self.own_pid:
+            self.ignored += 1  # our own (another daemon's rules do not skip us)
+            return
+        converted = syscall is not None and self._convert(event, syscall)
+        published = self.feed.publish(event, syscall, converted=converted)
+        if not (converted or published):
+            self.ignored += 1  # not a syscall we know, and nothing the feed wants
+
+    def _convert(self, event: AuditEvent, syscall: SyscallInfo) -> bool:
+        """An exec or network event, if the syscall is one we report; whether one was made."""
         # Not filtered by our key: the kernel records only the key of the FIRST rule that matched, so an
         # execve that another daemon's (or a crashed run's) earlier rule also matches carries its key, not
         # ours. The syscall says whether it is ours to report; each syscall is recorded once either way.
-        if syscall is None or syscall.name is None or syscall.pid == self.own_pid:
-            self.ignored += 1  # not a syscall we know, or our own (another daemon's rules do not skip us)
-            return
+        if syscall.name is None:
+            return False
         if self.wiring.key not in syscall.keys:
             self.foreign_key += 1
-        if syscall.name in cv.EXEC_NAMES:
-            if self.wiring.want_exec:
-                self.wiring.exec_sink(cv.to_exec(event, syscall))
-                self.emitted += 1
+        if syscall.name in cv.EXEC_NAMES and self.wiring.want_exec:
+            self.wiring.exec_sink(cv.to_exec(event, syscall))
         elif syscall.name in cv.NETWORK_ACTIVITY and self.wiring.want_network:
             self.wiring.network_sink(self._network(event, syscall))
-            self.emitted += 1
+        else:
+            return False
+        self.emitted += 1
+        return True
 
     def _network(self, event: AuditEvent, syscall: SyscallInfo) -> NetworkActivity:
         name = syscall.name or ""
