@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -274,3 +275,35 @@ def test_slow_scan_times_out_and_the_binary_runs_uncached(
     assert _asks(agent, victim, 2) >= 2  # a timeout is never cached
     ext = _ext(agent)
     assert (ext.auth_misses, ext.state) == (0, "running")  # answered (ALLOW) by the engine, not the broker
+
+
+def test_binary_replaced_by_rename_after_its_first_scan_is_denied(
+    start_agent: Callable[[Config], Agent], tmpfs: Path, shared_dir: Path, rules: Path
+) -> None:
+    agent = start_agent(config_for(tmpfs, shared_dir, {"test.yar": str(rules)}))
+    tool = binary(tmpfs / "tool")
+    assert _eventually(lambda: _asks(agent, tool, 2) == 0), "never cached"
+    binary(tmpfs / "evil-new", mark=BLOCK_MARK).rename(tool)  # a new inode under the cached name
+    with pytest.raises(PermissionError):
+        subprocess.run([str(tool)], check=False, timeout=30)
+
+
+def test_engine_killed_after_a_refused_update_comes_back_with_the_last_good_rules(
+    start_agent: Callable[[Config], Agent], tmpfs: Path, shared_dir: Path, rules: Path
+) -> None:
+    """The refused version must not be what a restart compiles: its setup would fail at every restart,
+    into quarantine, and the binary would run."""
+    agent = start_agent(config_for(tmpfs, shared_dir, {"test.yar": str(rules)}))
+    evil = binary(tmpfs / "evil", mark=BLOCK_MARK)
+    rules.write_text("rule broken : block { condition: }\n")
+    assert _eventually(lambda: f"{rules}:1: error" in _ext(agent).last_error), _ext(agent)
+    pid = _ext(agent).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the engine process this test's agent started
+
+    def back() -> bool:
+        ext = _ext(agent)
+        return bool(ext.state == "running" and ext.pid not in (None, pid))
+
+    assert _eventually(back, timeout_s=30), _ext(agent)
+    assert not _runs(evil)
