@@ -75,6 +75,9 @@ MODIFIERS = [
     # |cased
     ("selection:\n  Image|cased: /usr/bin/curl\ncondition: selection", [CURL], [UPPER]),
     ("selection:\n  CommandLine|contains|cased: EVIL\ncondition: selection", [UPPER], [CURL]),
+    # |neq: anything but the value (an absent field too)
+    ("selection:\n  Image|neq: /usr/bin/curl\ncondition: selection", [BASH, exec_event("/x")], [CURL, UPPER]),
+    ("selection:\n  Image|startswith|cased: /usr/bin/C\ncondition: selection", [UPPER], [CURL]),
     # regular expressions and their flags
     ("selection:\n  CommandLine|re: '/dev/tcp/\\d+\\.\\d+'\ncondition: selection", [BASH], [CURL]),
     ("selection:\n  CommandLine|re: 'EVIL'\ncondition: selection", [UPPER], [CURL]),
