@@ -30,6 +30,8 @@ from ringfence.agent._cleanup import SETTLE_S, CleanupError, holding_state_dir
 from ringfence.agent._cleanup import sweep as sweep_leftovers
 from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
 from ringfence.agent._console import configure_logging
+from ringfence.content import ContentError
+from ringfence.content import _cli as content_cli
 from ringfence.events import ExtensionStatistics, Health
 from ringfence.response import ResponseError
 
@@ -116,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         "has used, and restore the audit settings found before the first run. Refused while an agent holds "
         "the state dir.",
     )
+    content_cli.add_parser(sub)
     _common(clean)
     clean.add_argument(
         "--empty-now",
@@ -332,6 +335,7 @@ _COMMANDS = {
     "quarantine": _cmd_quarantine,
     "isolate": _cmd_isolate,
     "cleanup": _cmd_cleanup,
+    "content": content_cli.run,
 }
 
 
@@ -339,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AgentError, StatusUnavailable, ResponseError, CleanupError) as e:
+    except (ConfigError, AgentError, StatusUnavailable, ResponseError, CleanupError, ContentError) as e:
         print(f"ringfence: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

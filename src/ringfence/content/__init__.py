@@ -1,0 +1,60 @@
+"""Content: packages, and their signed release through TUF (python-tuf). Host-side tooling: it imports
+`events` and `_linux` at most, never sensors, broker or extensions.
+
+    KeyStore(dir).init(ExpiryPolicy(), now)          the publisher's four keys and a signed root
+    Repository(repo, keys, policy, now).publish(pkg)  add a package (load_package(path)) and sign
+    TufContentUpdater(UpdateConfig(url, state_dir)).update() -> UpdateReport   never raises
+    FakeContentUpdates(*reports)                     the same seam (ContentUpdates) for tests
+
+Not here yet (issue 8): the validator, the content slots (staged/active/last-known-good), shadow runs.
+The agent's content slots read STATE/content-updates/ENGINE/VERSION/, which this layer fills.
+
+Errors (the tree):
+    ContentError             anything this layer raises
+      PackageError           a package or its manifest is unusable; `.where`
+      KeyStoreError          the key directory is missing, would be overwritten, or a key does not fit
+      PublishError           the repository refused a publication (a version that does not go up, ...)
+      UpdateError            the client could not refresh, verify or stage (update() reports it instead)
+"""
+
+from ringfence.content._client import (
+    ContentUpdates,
+    FakeContentUpdates,
+    Staged,
+    TufContentUpdater,
+    UpdateConfig,
+    UpdateReport,
+    install_trusted_root,
+)
+from ringfence.content._errors import ContentError, KeyStoreError, PackageError, PublishError, UpdateError
+from ringfence.content._keys import ExpiryPolicy, KeyStore
+from ringfence.content._package import Manifest, Package, load_package, version_key
+from ringfence.content._repository import Published, Repository
+from ringfence.content._serve import make_server
+from ringfence.content._stage import staged_dir, staged_versions
+
+__all__ = [
+    "ContentError",
+    "ContentUpdates",
+    "ExpiryPolicy",
+    "FakeContentUpdates",
+    "KeyStore",
+    "KeyStoreError",
+    "Manifest",
+    "Package",
+    "PackageError",
+    "PublishError",
+    "Published",
+    "Repository",
+    "Staged",
+    "TufContentUpdater",
+    "UpdateConfig",
+    "UpdateError",
+    "UpdateReport",
+    "install_trusted_root",
+    "load_package",
+    "make_server",
+    "staged_dir",
+    "staged_versions",
+    "version_key",
+]

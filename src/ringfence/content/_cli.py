@@ -1,0 +1,188 @@
+"""The `ringfence content` command group (cli.py only registers it). Each handler returns an exit status;
+errors are ContentError lines, printed by cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ringfence.content._client import TufContentUpdater, UpdateConfig, install_trusted_root
+from ringfence.content._errors import ContentError
+from ringfence.content._keys import ROLES, ExpiryPolicy, KeyStore, utc_now
+from ringfence.content._package import load_package
+from ringfence.content._repository import Repository
+from ringfence.content._serve import make_server
+
+DEFAULT_STATE_DIR = "/var/lib/ringfence"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    content = sub.add_parser(
+        "content",
+        help="signed content releases: keys, publish, serve, update (TUF)",
+        description="Publish content packages as a TUF repository of static files, and fetch them on "
+        "hosts with signature, version and expiry checks (python-tuf).",
+    )
+    cmds = content.add_subparsers(dest="content_cmd", metavar="COMMAND", required=True)
+    keys = cmds.add_parser("keys", help="the publisher's signing keys").add_subparsers(
+        dest="keys_cmd", metavar="COMMAND", required=True
+    )
+    init = keys.add_parser(
+        "init",
+        help="make root, targets, snapshot and timestamp keys and a signed root",
+        description="Make four ed25519 keys in DIR: root and targets in DIR/offline (take that directory "
+        "offline: it is needed only to publish and rotate), snapshot and timestamp in DIR/online (needed "
+        "by `content sign`, e.g. daily from cron). DIR/root.json is the signed root: copy it to every "
+        "host (`content update --root`). Refuses a non-empty DIR.",
+    )
+    init.add_argument("dir", metavar="DIR")
+    _expire(init)
+    rotate = keys.add_parser(
+        "rotate",
+        help="replace one role's key through a new root",
+        description="Make a new key for ROLE and a new root version listing it, signed by the old root key "
+        "(and the new one, for root). Hosts move to it on their next update; metadata signed by the old "
+        "key is refused from then on. Needs the offline root key.",
+    )
+    rotate.add_argument("role", choices=ROLES, metavar="ROLE", help="root, targets, snapshot or timestamp")
+    _repo_keys(rotate)
+    publish = cmds.add_parser(
+        "publish",
+        help="add a package to the repository and sign it",
+        description="Add PKG (a directory or tar with manifest.toml: name, engine, version) as target "
+        "content/ENGINE/NAME-VERSION.tar, then sign targets, snapshot and timestamp. The version must be "
+        "above every published version of that engine. Warns of roles about to expire. Needs the offline "
+        "targets key. Creates the repository from KEYS/root.json on first use.",
+    )
+    publish.add_argument("package", metavar="PKG")
+    _repo_keys(publish)
+    sign = cmds.add_parser(
+        "sign",
+        help="re-sign snapshot and timestamp (online keys; run it before the timestamp expires)",
+        description="Bump and re-sign the timestamp (and, with --snapshot, the snapshot) so hosts do not "
+        "see the repository as frozen. Online keys only.",
+    )
+    sign.add_argument("--snapshot", action="store_true", help="also re-sign the snapshot")
+    _repo_keys(sign)
+    serve = cmds.add_parser(
+        "serve",
+        help="serve a repository over HTTP (tests and small setups)",
+        description="Serve DIR's static files over plain HTTP. Any web server or CDN does the same job: "
+        "hosts trust signatures, not the server.",
+    )
+    serve.add_argument("dir", metavar="DIR")
+    serve.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (default 127.0.0.1:8470)")
+    update = cmds.add_parser(
+        "update",
+        help="fetch, verify and stage the newest package of each engine",
+        description="Refresh the metadata from URL with the trusted root in STATE_DIR/content-tuf, "
+        "download the newest package of each engine, verify it and stage it in "
+        "STATE_DIR/content-updates/ENGINE/VERSION/. Never touches the active content. Exit 1 if "
+        "anything was refused (each reason on its own line).",
+    )
+    update.add_argument("--url", required=True, help="the repository's base URL (it has metadata/, targets/)")
+    update.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"default {DEFAULT_STATE_DIR}")
+    update.add_argument(
+        "--root", metavar="FILE", help="install FILE (the publisher's root.json) as trust anchor"
+    )
+
+
+def _repo_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", required=True, metavar="DIR", help="the repository directory (served as is)")
+    p.add_argument("--keys", default="keys", metavar="DIR", help="the key directory (default ./keys)")
+    _expire(p)
+
+
+def _expire(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--expire",
+        action="append",
+        default=[],
+        metavar="ROLE=DAYS",
+        help="validity of a role's new signature (defaults: root=365 targets=90 snapshot=7 timestamp=1)",
+    )
+
+
+def _policy(args: argparse.Namespace) -> ExpiryPolicy:
+    overrides = {}
+    for item in args.expire:
+        role, _, days = item.partition("=")
+        try:
+            overrides[role] = float(days)
+        except ValueError:
+            raise ContentError(f"--expire {item!r}: expected ROLE=DAYS, like timestamp=1") from None
+    return ExpiryPolicy().with_days(overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers = {"keys": _keys, "publish": _publish, "sign": _sign, "serve": _serve, "update": _update}
+    return handlers[args.content_cmd](args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    if args.keys_cmd == "init":
+        store = KeyStore(args.dir)
+        root = store.init(_policy(args), utc_now())
+        print(f"keys in {args.dir}: take {args.dir}/offline (root, targets) offline after publishing")
+        expires = f"{root.signed.expires:%Y-%m-%d}"
+        print(f"trust anchor for hosts: {store.root_path} (root version 1, expires {expires})")
+        return 0
+    repo = _repository(args)
+    version = repo.rotate(args.role)
+    print(f"{args.role} key replaced: root version {version} in {repo.meta_dir}")
+    print(f"new key: {repo.keys.key_path(args.role)} (the old one is in retired/)")
+    _print_warnings(repo.warnings())
+    return 0
+
+
+def _repository(args: argparse.Namespace) -> Repository:
+    return Repository(args.repo, KeyStore(args.keys), _policy(args), utc_now())
+
+
+def _publish(args: argparse.Namespace) -> int:
+    package = load_package(args.package)
+    repo = _repository(args)
+    done = repo.publish(package)
+    print(f"published {done.target} (targets version {done.targets_version})")
+    _print_warnings(done.warnings)
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    repo = _repository(args)
+    repo.sign("snapshot" if args.snapshot else "timestamp")
+    ts = repo.timestamp.signed
+    print(f"timestamp version {ts.version}, expires {ts.expires:%Y-%m-%d %H:%M} UTC")
+    _print_warnings(repo.warnings())
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    server = make_server(args.dir, args.listen)
+    host, port = str(server.server_address[0]), server.server_address[1]
+    print(f"serving {args.dir} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    config = UpdateConfig(url=args.url, state_dir=args.state_dir)
+    if args.root:
+        install_trusted_root(config, args.root)
+    report = TufContentUpdater(config).update()
+    for s in report.staged:
+        print(f"staged {s.engine} {s.name} {s.version} in {s.path}")
+    for line in report.up_to_date:
+        print(f"up to date: {line}")
+    _print_warnings(report.warnings)
+    for line in report.problems:
+        print(f"ringfence: content update: {line}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _print_warnings(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
