@@ -131,3 +131,44 @@ def test_unreadable_record_named_in_the_error(tmp_path: Path, control: AuditClie
         sweep_audit({key}, str(bad))
     assert bad.exists()
     assert os.path.getsize(bad) > 0
+
+
+BASELINE_CRASHER = """
+import os, signal, sys
+from ringfence.events import ProcessRef
+from ringfence.sensors.audit import AuditFeed, AuditSensor, Baseline, SyscallGroup, Watch
+
+class Unknown:
+    def resolve(self, pid):
+        return ProcessRef(pid=pid)
+
+key, record, watched = sys.argv[1], sys.argv[2], sys.argv[3]
+baseline = Baseline(watches=(Watch("w", (watched, watched + "/file")),),
+                    syscalls=(SyscallGroup("memfd", ("memfd_create",)),))
+feed = AuditFeed(audit_events=True, baseline=baseline)
+sensor = AuditSensor(lambda e: None, lambda e: None, Unknown(), "test", key=key, settings_record=record,
+                     want_exec=False, want_network=False, feed=feed)
+sensor.start()
+print(sensor.statistics().detail["baseline_rules"], flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_baseline_rules_left_by_a_killed_sensor_are_removed_by_the_sweep(
+    control: AuditClient, key: str, record: Path, tmp_path: Path
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", BASELINE_CRASHER, key, str(record), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == -9, run.stderr
+    assert run.stdout.strip() == "4"  # the tree, the file, memfd_create on x86_64 and i386
+    left = keyed_rules(control, key)
+    assert sorted(k for rule in left for k in rule.keys) == [f"{key}:memfd"] * 2 + [f"{key}:w"] * 2
+
+    swept = sweep_audit({key}, str(record))
+
+    assert swept.rules_removed == {key: 4}
+    assert keyed_rules(control, key) == []

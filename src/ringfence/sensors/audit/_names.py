@@ -1,8 +1,9 @@
 """Names of audit record types and syscalls, as auditd writes them (`type=SYSCALL`, `SYSCALL=openat`).
 
-Generated once from <linux/audit.h> (with 6.12-6.15's IPE and Landlock types), libaudit's list of user-space types (1100-1199, 1200-1299,
-2100-2199), and the kernel's unistd_64.h / unistd_32.h (Linux 6.x). A type or syscall missing here is
-written as auditd writes an unknown one: `UNKNOWN[1234]`, or the number itself.
+Generated once from <linux/audit.h> (with 6.12-6.15's IPE and Landlock types), libaudit's list of
+user-space types (1100-1199, 1200-1299, 2100-2199), and the kernel's unistd_64.h / unistd_32.h (Linux
+6.x). A type or syscall missing here is written as auditd writes an unknown one: `UNKNOWN[1234]`, or the
+number itself.
 """
 
 from __future__ import annotations
