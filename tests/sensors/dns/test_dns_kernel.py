@@ -6,12 +6,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
+from tests.fakes import FakeClock
 from tests.response._netns import HOST_ADDR, PEER_ADDRS
 from tests.sensors.dns.conftest import Netns, Running
 from tests.sensors.dns.support import (
@@ -29,7 +32,7 @@ from tests.sensors.dns.support import (
 
 from ringfence.events import DnsActivityId
 from ringfence.sensors import SensorUnavailable
-from ringfence.sensors.dns import DnsSensor
+from ringfence.sensors.dns import DnsSensor, DnsTuning
 
 pytestmark = pytest.mark.kernel
 
@@ -212,3 +215,20 @@ def test_forged_response_teaches_no_name(netns: Netns, running: Running) -> None
         query_udp(netns.host, SERVER, "www.example.test")
     running.events.wait(is_response("www.example.test"), "the solicited response")
     assert running.sensor.names.lookup(TARGET) == "www.example.test"
+
+
+def test_flood_beyond_the_parse_budget_is_dropped_and_counted(
+    netns: Netns, make_sensor: Callable[..., Running]
+) -> None:
+    """A flood of DNS packets costs bounded CPU: beyond max_packets_per_s they are dropped unparsed,
+    counted in `dropped`. The clock is frozen, so exactly the budget is parsed."""
+    run = make_sensor(clock=FakeClock(), tuning=DnsTuning(max_packets_per_s=3, find_owner=False))
+    run.sensor.start()
+    query = dns.message.make_query("flood.example.test", "A").to_wire()
+    for _ in range(10):
+        send_udp(netns.host, SERVER, 53, query)
+    deadline = time.monotonic() + WAIT_S
+    while (stats := run.sensor.statistics()).detail["rate_limited"] + stats.emitted < 10:
+        assert time.monotonic() < deadline, stats
+        threading.Event().wait(0.02)  # the processor runs on its own thread; poll its counters, bounded
+    assert (stats.emitted, stats.detail["rate_limited"], stats.dropped) == (3, 7, 7)

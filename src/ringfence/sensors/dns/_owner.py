@@ -18,6 +18,7 @@ import os
 
 from ringfence._counters import Counters
 from ringfence.events import Clock
+from ringfence.sensors.dns._rate import TokenBucket
 
 _TABLES = {"udp": ("udp", "udp6"), "tcp": ("tcp", "tcp6")}
 OUTCOMES = ("owner_pid", "owner_uid_only", "owner_rate_limited", "owner_unknown")
@@ -33,11 +34,8 @@ class OwnerFinder:
     def __init__(
         self, clock: Clock, counters: Counters, *, walks_per_s: float = 20.0, proc: str = "/proc"
     ) -> None:
-        self._clock = clock
         self._counters = counters
-        self._rate = walks_per_s
-        self._tokens = walks_per_s
-        self._last_ns = clock.monotonic_ns()
+        self._walks = TokenBucket(clock, walks_per_s)
         self._proc = proc
 
     def find(self, transport: str, port: int) -> Owner | None:
@@ -47,21 +45,12 @@ class OwnerFinder:
             self._counters.add("owner_unknown")
             return None
         uid, inode = found
-        if not self._take_token():
+        if not self._walks.take():
             self._counters.add("owner_rate_limited")
             return Owner(uid=uid, pid=None)
         pid = pid_of_inode(self._proc, inode)
         self._counters.add("owner_pid" if pid is not None else "owner_uid_only")
         return Owner(uid=uid, pid=pid)
-
-    def _take_token(self) -> bool:
-        now = self._clock.monotonic_ns()
-        self._tokens = min(self._rate, self._tokens + (now - self._last_ns) / 1e9 * self._rate)
-        self._last_ns = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 def socket_of(net: str, tables: tuple[str, ...], port: int) -> tuple[int, int] | None:

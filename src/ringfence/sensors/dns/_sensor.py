@@ -42,6 +42,7 @@ from ringfence.sensors.dns._message import DnsMessage, MessageError, parse
 from ringfence.sensors.dns._owner import OUTCOMES, OwnerFinder
 from ringfence.sensors.dns._packet import Outcome, PacketError, Segment, decode
 from ringfence.sensors.dns._pending import PendingQueries
+from ringfence.sensors.dns._rate import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ COUNTERS = (
     "kernel_passed",  # packets the kernel filter passed (PACKET_STATISTICS)
     "kernel_drops",  # of those, dropped by the kernel for a full socket buffer
     "queue_drops",  # read, but the queue to the processor was full
+    "rate_limited",  # beyond max_packets_per_s: dropped unparsed, so a flood costs bounded CPU
     "malformed_packets",  # not a whole IP + UDP/TCP packet
     "malformed_messages",  # a payload dnspython could not read
     "tcp_partial",  # a TCP segment with part of a message (not reassembled)
@@ -78,6 +80,7 @@ class DnsTuning:
 
     rcvbuf_bytes: int = 4 * 1024 * 1024
     queue_packets: int = 16384  # reader -> processor, about this many packets; drop-newest beyond
+    max_packets_per_s: float = 2000.0  # parsed at most; ~100 us of CPU each, so about 20 % of a core
     find_owner: bool = True  # look up the process that sent a query (`_owner.py`)
     owner_walks_per_s: float = 20.0
     cache: NameCacheConfig = dataclasses.field(default_factory=NameCacheConfig)
@@ -137,7 +140,7 @@ class DnsSensor:
             running=running is not None,
             received=c["received"],
             emitted=c["emitted"],
-            dropped=c["kernel_drops"] + c["queue_drops"],
+            dropped=c["kernel_drops"] + c["queue_drops"] + c["rate_limited"],
             errors=c["malformed_packets"] + c["malformed_messages"] + c["sink_errors"] + c["internal_errors"],
             last_seq=self._stamper.last_seq,
             detail=detail,
@@ -312,20 +315,8 @@ class _Running:
             self.sensor.counters.add("queue_drops", dropped)
 
     def _process(self) -> None:
-        try:
-            self._enter()
-        except OSError:
-            log.exception(
-                "dns processor could not enter %s; the asker of a query is not looked up", self.sensor._netns
-            )
-            owners = None
-        else:
-            tuning = self.sensor._tuning
-            owners = (
-                OwnerFinder(self.sensor._clock, self.sensor.counters, walks_per_s=tuning.owner_walks_per_s)
-                if tuning.find_owner
-                else None
-            )
+        owners = self._owner_finder()
+        budget = TokenBucket(self.sensor._clock, self.sensor._tuning.max_packets_per_s)
         while True:
             batch = self.backlog.get(timeout_s=0.25)
             if batch is None:
@@ -333,11 +324,29 @@ class _Running:
                     return
                 continue
             for packet in batch:
-                try:
-                    self.sensor.process_packet(packet, owners)
-                except Exception:  # supervision boundary: a bug costs this packet, not the sensor
-                    self.sensor.counters.add("internal_errors")
-                    log.exception("dns sensor: a packet could not be processed")
+                if budget.take():
+                    self._process_one(packet, owners)
+                else:
+                    self.sensor.counters.add("rate_limited")
+
+    def _owner_finder(self) -> OwnerFinder | None:
+        """In the sensor's namespace, where the socket tables that name the asker are."""
+        tuning = self.sensor._tuning
+        if not tuning.find_owner:
+            return None
+        try:
+            self._enter()
+        except OSError:
+            log.exception("dns processor could not enter %s; askers are not looked up", self.sensor._netns)
+            return None
+        return OwnerFinder(self.sensor._clock, self.sensor.counters, walks_per_s=tuning.owner_walks_per_s)
+
+    def _process_one(self, packet: bytes, owners: OwnerFinder | None) -> None:
+        try:
+            self.sensor.process_packet(packet, owners)
+        except Exception:  # supervision boundary: a bug costs this packet, not the sensor
+            self.sensor.counters.add("internal_errors")
+            log.exception("dns sensor: a packet could not be processed")
 
 
 class _Backlog:
