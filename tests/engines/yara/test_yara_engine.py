@@ -612,3 +612,13 @@ def test_public_surface_is_pinned() -> None:
     }  # fmt: skip
     assert issubclass(package.RulesError, package.YaraError)
     assert issubclass(package.SettingsError, package.YaraError)
+
+
+def test_rule_name_used_in_two_files_refused_at_the_second(
+    make_ctx: Callable[..., Any], tmp_path: Path
+) -> None:
+    """One namespace: two rules of one name would make a finding's rule name ambiguous."""
+    c = Content(tmp_path / "c")
+    c.publish({"a.yar": BLOCK_RULE, "b.yar": "\n\nrule evil_marker { condition: false }\n"})
+    with pytest.raises(RulesError, match=rf"{c.dir}/b.yar:3: error: duplicate rule `evil_marker`"):
+        YaraEngine().setup(make_ctx(content_dir=c.dir))
