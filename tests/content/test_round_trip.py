@@ -1,0 +1,169 @@
+"""Publish and update over a real loopback HTTP server: what a host stages is what was published."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from datetime import timedelta
+
+import pytest
+
+from ringfence.content import (
+    ExpiryPolicy,
+    FakeContentUpdates,
+    KeyStoreError,
+    PublishError,
+    UpdateReport,
+    staged_versions,
+)
+from ringfence.content._keys import utc_now
+from tests.content.conftest import Publisher
+
+
+def test_published_packages_are_staged_per_engine_newest_only(publisher, serve, host_factory):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    publisher.publish("ringfence.sigma", "linux", "1.2")
+    publisher.publish("ringfence.yara", "malware", "2026.12.1")
+    server = serve(publisher.repo_dir)
+    host = host_factory(server.url, publisher.keys.root_path)
+
+    report = host.updater().update()
+
+    assert report.ok, report.problems
+    assert sorted((s.engine, s.version) for s in report.staged) == [
+        ("ringfence.sigma", "1.2"),
+        ("ringfence.yara", "2026.12.1"),
+    ]
+    staged = host.state_dir / "content-updates" / "ringfence.sigma" / "1.2"
+    assert (staged / "rules" / "one.yml").read_bytes() == b"rule of linux 1.2\n"
+    assert b'version = "1.2"' in (staged / "manifest.toml").read_bytes()
+    assert staged_versions(str(host.state_dir), "ringfence.sigma") == ["1.2"]
+    assert (host.active / "rules.yml").read_bytes() == b"the active rules\n"
+
+
+def test_second_update_stages_only_the_new_version(publisher, serve, host_factory):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    server = serve(publisher.repo_dir)
+    host = host_factory(server.url, publisher.keys.root_path)
+    assert host.updater().update().ok
+
+    again = host.updater().update()
+    assert again.ok and not again.staged and again.up_to_date == ["ringfence.sigma 1.0"]
+
+    publisher.publish("ringfence.sigma", "linux", "1.1")
+    newer = host.updater().update()
+    assert newer.ok, newer.problems
+    assert [s.version for s in newer.staged] == ["1.1"]
+    assert staged_versions(str(host.state_dir), "ringfence.sigma") == ["1.0", "1.1"]
+
+
+def test_package_tar_is_the_same_whoever_packs_it(publisher):
+    one = publisher.package("ringfence.ioc", "lists", "3")
+    tar = tarfile.open(fileobj=io.BytesIO(one.tar))
+    assert all(m.mtime == 0 and m.uid == 0 and m.isreg() for m in tar.getmembers())
+    assert one.target_path == "content/ringfence.ioc/lists-3.tar"
+
+
+def test_publish_of_lower_or_equal_version_refused(publisher):
+    publisher.publish("ringfence.sigma", "linux", "1.10")
+    for version in ("1.10", "1.10.0", "1.9", "0.99"):
+        with pytest.raises(PublishError, match=r"not above the published linux 1\.10; versions only go up"):
+            publisher.publish("ringfence.sigma", "linux", version)
+    with pytest.raises(PublishError, match="versions only go up"):  # another name, same engine
+        publisher.publish("ringfence.sigma", "other", "1.2")
+    publisher.publish("ringfence.yara", "linux", "1.0")  # another engine has its own versions
+    assert {(m.engine, m.version) for m in publisher.repository().published()} == {
+        ("ringfence.sigma", "1.10"),
+        ("ringfence.yara", "1.0"),
+    }
+
+
+def test_keys_init_twice_refuses_to_overwrite(publisher):
+    before = {p: p.read_bytes() for p in (publisher.base / "keys").rglob("*") if p.is_file()}
+    with pytest.raises(KeyStoreError, match="not empty; refusing to overwrite keys"):
+        publisher.keys.init(ExpiryPolicy(), utc_now())
+    after = {p: p.read_bytes() for p in (publisher.base / "keys").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_offline_keys_are_private_and_apart(publisher):
+    keys = publisher.base / "keys"
+    assert sorted(p.name for p in (keys / "offline").iterdir()) == ["root.pem", "targets.pem"]
+    assert sorted(p.name for p in (keys / "online").iterdir()) == ["snapshot.pem", "timestamp.pem"]
+    for d in (keys, keys / "offline", keys / "online"):
+        assert d.stat().st_mode & 0o777 == 0o700
+    for f in [*(keys / "offline").iterdir(), *(keys / "online").iterdir()]:
+        assert f.stat().st_mode & 0o777 == 0o600
+
+
+def test_publish_without_the_offline_directory_refused(publisher):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    (publisher.base / "keys" / "offline").rename(publisher.base / "vault")
+    with pytest.raises(KeyStoreError, match="no targets key that the repository's root trusts"):
+        publisher.publish("ringfence.sigma", "linux", "1.1")
+    publisher.repository().sign("timestamp")  # the online keys alone still re-sign the timestamp
+
+
+def test_publish_with_another_key_set_refused(publisher, tmp_path):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    other = Publisher(tmp_path / "other")
+    other.repo_dir = publisher.repo_dir
+    with pytest.raises(KeyStoreError, match="no targets key that the repository's root trusts"):
+        other.publish("ringfence.sigma", "linux", "1.1")
+
+
+def test_expiry_warnings_before_each_role_runs_out(tmp_path, serve, host_factory):
+    policy = ExpiryPolicy().with_days({"root": 10, "targets": 5})
+    publisher = Publisher(tmp_path / "publisher", policy)
+    repo = publisher.repository()
+    published = repo.publish(publisher.package("ringfence.sigma", "linux", "1.0"))
+    assert any(
+        w.startswith("root metadata expires in 10 days") and "keys rotate root" in w
+        for w in published.warnings
+    )
+    assert any(w.startswith("targets metadata expires in 5 days") for w in published.warnings)
+    assert not any(w.startswith(("snapshot", "timestamp")) for w in published.warnings)
+
+    later = publisher.repository(now=utc_now() + timedelta(hours=20))
+    assert any(w.startswith("timestamp metadata expires in 4.0 hours") for w in later.warnings())
+
+    server = serve(publisher.repo_dir)
+    report = host_factory(server.url, publisher.keys.root_path).updater().update()
+    assert report.ok
+    assert any(w.startswith("root metadata expires in") for w in report.warnings)
+
+
+def test_default_policy_warns_of_nothing_fresh(publisher):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    assert publisher.repository().warnings() == []
+
+
+def test_bad_expiry_setting_refused():
+    with pytest.raises(KeyStoreError, match="expiry bogus=3"):
+        ExpiryPolicy().with_days({"bogus": 3})
+    with pytest.raises(KeyStoreError, match="timestamp=0"):
+        ExpiryPolicy().with_days({"timestamp": 0})
+
+
+def test_root_rotation_is_followed_by_hosts(publisher, serve, host_factory):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    server = serve(publisher.repo_dir)
+    host = host_factory(server.url, publisher.keys.root_path)
+    assert host.updater().update().ok
+
+    assert publisher.repository().rotate("root") == 2
+    publisher.publish("ringfence.sigma", "linux", "1.1")
+    report = host.updater().update()
+    assert report.ok, report.problems
+    assert [s.version for s in report.staged] == ["1.1"]
+    assert (host.state_dir / "content-tuf" / "metadata" / "root_history" / "2.root.json").exists()
+
+    late = host_factory(server.url, publisher.keys.root_path)  # a host that starts from root 1 today
+    assert late.updater().update().ok
+
+
+def test_fake_updates_replays_reports():
+    bad = UpdateReport(ok=False, problems=["x: unreachable"])
+    fake = FakeContentUpdates(bad, UpdateReport(ok=True))
+    assert [fake.update().ok for _ in range(3)] == [False, True, True]
+    assert fake.calls == 3
