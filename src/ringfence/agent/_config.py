@@ -14,7 +14,7 @@ import re
 import socket
 import tomllib
 import typing
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -22,6 +22,7 @@ from ringfence.agent._errors import ConfigError, ConfigProblem
 from ringfence.agent._metrics import MetricsAddressError, parse_listen
 from ringfence.events import EventKind
 from ringfence.response import ActionScope, parse_networks
+from ringfence.sensors.audit import DEFAULT_BASELINE
 from ringfence.sensors.logs import DEFAULT_LOG_FILES
 
 DEFAULT_CONFIG_PATH = "/etc/ringfence/ringfence.toml"
@@ -52,8 +53,14 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     open_auth_paths: tuple[str, ...] = ()  # paths whose opens are gated too (FAN_OPEN_PERM)
     audit_key: str = "ringfence"
     audit_backlog_limit: int = 8192  # records
+    audit_events: bool = False  # every other audit event (baseline watches, ...) as an AuditEvent, kind audit
+    audit_events_all: bool = False  # ... and those already turned into process and network events too
+    audit_identity: bool = False  # PAM and shadow records: Authentication and Account Change events
+    audit_baseline: bool = False  # the documented audit rules (README): credentials, cron, modules, ...
+    audit_baseline_off: tuple[str, ...] = ()  # baseline categories left out, e.g. ("xattr", "memfd")
     logs: bool = False  # log files (auth.log, syslog, ...) as LogEvents, followed across rotation
     log_files: tuple[str, ...] = DEFAULT_LOG_FILES  # those that do not exist are waited for
+    log_source: Literal["auto", "files", "journal"] = "auto"  # auto: the journal where journald runs
     dns: bool = False  # packet socket, kernel filter for port 53: DNS Activity, host names on network events
     dns_interfaces: tuple[str, ...] = ()  # interfaces the DNS sensor watches; empty: all
 
@@ -313,6 +320,10 @@ def _range_problems(config: Config) -> list[str]:
 
 def _path_problems(config: Config) -> list[str]:
     problems: list[str] = []
+    for i, name in enumerate(config.sensors.audit_baseline_off):
+        if name not in DEFAULT_BASELINE.categories:
+            known = ", ".join(sorted(DEFAULT_BASELINE.categories))
+            problems.append(f"sensors.audit_baseline_off[{i}]: no baseline category {name!r} (one of {known})")
     for key in ("file_paths", "exec_mounts", "open_auth_paths", "log_files"):
         for i, path in enumerate(getattr(config.sensors, key)):
             if not os.path.isabs(path):

@@ -16,7 +16,7 @@ import os
 import select
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import psutil
@@ -35,9 +35,13 @@ from ringfence.events import EventKind, ExtensionStatistics, Health, Heartbeat, 
 from ringfence.outputs import JsonlSink
 from ringfence.sensors import EventSink, ProcessResolver, Sensor, SensorUnavailable
 
+if TYPE_CHECKING:
+    from ringfence.sensors.audit import AuditFeed
+
 log = logging.getLogger(__name__)
 
 LOG_POSITIONS = "log-positions.json"  # in the state dir: where the log sensor stopped reading
+JOURNAL_CURSOR = "journal-cursor"  # in the state dir: the last journal entry the journal sensor read
 
 WHAT_STILL_WORKS = {
     "exec-auth": "events are still recorded, but no exec can be blocked",
@@ -45,6 +49,7 @@ WHAT_STILL_WORKS = {
     "audit": "process events come from the process connector (argv read from /proc, may miss 1 ms "
     "processes); network events are not seen",
     "process": "exec details from audit still arrive; fork, exit and uid changes are not seen",
+    "journal": 'journal entries are not seen (log_source = "files" reads the log files instead)',
     "dns": "DNS queries are not seen, and network events carry no host name",
 }
 
@@ -163,6 +168,9 @@ class Agent:
                 EventKind.NETWORK,
                 EventKind.DNS,
                 EventKind.LOG,
+                EventKind.AUDIT,
+                EventKind.AUTHENTICATION,
+                EventKind.ACCOUNT,
                 EventKind.FINDING,
             }
         )
@@ -207,7 +215,8 @@ class Agent:
         audit_exec = cfg.process and cfg.audit_exec
         process = process_sensor(audit_exec)  # started after audit, but takes audit's exec records at once
         network_sink = self._start_dns(table, host)  # before audit: a connect finds the name it resolved
-        if audit_exec or cfg.network:
+        feed = self._audit_feed()
+        if audit_exec or cfg.network or feed.wanted or feed.baseline is not None:
             audit = AuditSensor(
                 network_sink,
                 process.on_audit_exec,
@@ -218,6 +227,8 @@ class Agent:
                 want_network=cfg.network,
                 backlog_limit=cfg.audit_backlog_limit,
                 settings_record=os.path.join(self.state_dir, AUDIT_SETTINGS),
+                feed=feed,
+                event_sink=self.broker.publish,
             )
             if not self._try_start(audit) and audit_exec:
                 process = process_sensor(False)  # argv from /proc, best effort
@@ -243,9 +254,21 @@ class Agent:
             self._start_logs(host)
 
     def _start_logs(self, host: str) -> None:
-        """The log sensor; its read positions are kept in the state dir, so a restart resumes."""
-        from ringfence.sensors.logs import LogSensor, LogSensorConfig
+        """The systemd journal where journald runs (`log_source = "auto"`), else the log files; where each
+        stopped reading is kept in the state dir, so a restart resumes."""
+        from ringfence.sensors.logs import (
+            JournalConfig,
+            JournalSensor,
+            LogSensor,
+            LogSensorConfig,
+            journald_runs,
+        )
 
+        source = self.config.sensors.log_source
+        if source == "journal" or (source == "auto" and journald_runs()):
+            cursor = os.path.join(self.state_dir, JOURNAL_CURSOR)
+            self._try_start(JournalSensor(self.broker.publish, host, JournalConfig(cursor_path=cursor)))
+            return
         config = LogSensorConfig(
             paths=self.config.sensors.log_files,
             positions_path=os.path.join(self.state_dir, LOG_POSITIONS),
@@ -262,6 +285,18 @@ class Agent:
         if not self._try_start(dns):
             return self.broker.publish
         return with_hostnames(self.broker.publish, dns.names)
+
+    def _audit_feed(self) -> AuditFeed:
+        """Raw audit events, logins and account changes, and the audit baseline, as configured."""
+        from ringfence.sensors.audit import DEFAULT_BASELINE, AuditFeed
+
+        cfg = self.config.sensors
+        return AuditFeed(
+            audit_events=cfg.audit_events,
+            all_events=cfg.audit_events_all,
+            identity=cfg.audit_identity,
+            baseline=DEFAULT_BASELINE.without(cfg.audit_baseline_off) if cfg.audit_baseline else None,
+        )
 
     def _try_start(self, sensor: Sensor) -> bool:
         try:

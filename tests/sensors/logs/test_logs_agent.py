@@ -136,3 +136,21 @@ def test_config_logs_must_be_a_boolean() -> None:
 def test_config_defaults_are_the_sensors_own() -> None:
     config = parse_config(b"", "ringfence.toml")
     assert config.sensors.log_files == DEFAULT_LOG_FILES
+
+
+def test_config_log_source_is_one_of_auto_files_journal_with_key_and_line() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(b'[sensors]\nlogs = true\nlog_source = "syslog"\n', "ringfence.toml")
+    (problem,) = e.value.problems
+    assert (problem.key, problem.line) == ("sensors.log_source", 3)
+    assert "'syslog'" in problem.message
+
+
+def test_auto_reads_the_files_where_no_journald_runs(tmp_path: Path, agent_on: Any) -> None:
+    if os.path.exists("/run/systemd/journal/socket"):
+        pytest.skip("journald runs here: auto reads the journal")
+    log = tmp_path / "auth.log"
+    log.touch()
+    agent = agent_on((log,))
+    assert "logs" in agent.sensors_by_name()
+    assert "journal" not in agent.sensors_by_name()
