@@ -315,15 +315,15 @@ def _range_problems(config: Config) -> list[str]:
         problems.append(f"extensions.memory_mb: 16..65536, got {config.extensions.memory_mb}")
     if not 1 <= config.extensions.cpu_percent <= 100 * (os.cpu_count() or 1):
         problems.append(f"extensions.cpu_percent: 1..{100 * (os.cpu_count() or 1)}")
+    known = ", ".join(sorted(DEFAULT_BASELINE.categories))
+    for i, name in enumerate(config.sensors.audit_baseline_off):
+        if name not in DEFAULT_BASELINE.categories:
+            problems.append(f"sensors.audit_baseline_off[{i}]: no category {name!r} (one of {known})")
     return problems
 
 
 def _path_problems(config: Config) -> list[str]:
     problems: list[str] = []
-    for i, name in enumerate(config.sensors.audit_baseline_off):
-        if name not in DEFAULT_BASELINE.categories:
-            known = ", ".join(sorted(DEFAULT_BASELINE.categories))
-            problems.append(f"sensors.audit_baseline_off[{i}]: no baseline category {name!r} (one of {known})")
     for key in ("file_paths", "exec_mounts", "open_auth_paths", "log_files"):
         for i, path in enumerate(getattr(config.sensors, key)):
             if not os.path.isabs(path):
