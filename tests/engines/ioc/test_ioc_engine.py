@@ -5,6 +5,7 @@ deduplicated per window, and the last good content kept when an update breaks.""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
@@ -340,3 +341,45 @@ def test_no_hash_list_allows_exec_without_reading_the_file(
     answer = eng.on_auth(make_exec_request("/bin/true"), AuthFile(-1))  # a bad fd: reading it would fail
     assert (answer.verdict, answer.cacheable) == (Verdict.ALLOW, True)
     assert eng.statistics().hash_errors == 0
+
+
+def stix_bundle(*patterns: tuple[str, str]) -> str:
+    objects = [
+        {
+            "type": "indicator",
+            "id": f"indicator--{n}",
+            "pattern_type": "stix",
+            "pattern": p,
+            "valid_until": until,
+        }
+        for n, (p, until) in enumerate(patterns)
+    ]
+    return json.dumps({"type": "bundle", "objects": objects})
+
+
+def test_indicator_whose_validity_ends_while_running_stops_matching_without_a_content_change(
+    make_ctx: Callable[..., Any], clock: Any, tmp_path: Path
+) -> None:
+    wall = [1_800_000_000.0]  # 2027-01-15T08:00:00Z
+    c = Content(tmp_path / "c")
+    c.publish(
+        {
+            "feed.json": stix_bundle(
+                ("[ipv4-addr:value = '127.0.0.7']", "2027-01-15T09:00:00Z"),
+                ("[ipv4-addr:value = '127.0.0.8']", "2027-01-16T00:00:00Z"),
+            )
+        }
+    )
+    eng = IocEngine(clock=clock, background=sync, wall_clock=lambda: wall[0])
+    ctx = make_ctx(content_dir=c.dir)
+    eng.setup(ctx)
+    eng.on_event(connect("127.0.0.7"))
+    assert len(ctx.findings) == 1
+    tick(eng, clock)
+    assert eng.statistics().content.loads == 1  # not due yet: nothing reloaded
+    wall[0] += 3600  # 09:00, the first one's end
+    tick(eng, clock)
+    eng.on_event(connect("127.0.0.7", process=ProcessRef(pid=1)))
+    eng.on_event(connect("127.0.0.8", process=ProcessRef(pid=1)))
+    assert [f.title for f in ctx.findings][1:] == ["Connection to listed address 127.0.0.8"]
+    assert ctx.stale == ["IOC content reloaded"]

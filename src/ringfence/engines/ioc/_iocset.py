@@ -26,17 +26,19 @@ class HashMatch:
 
 
 class IocSet:
-    __slots__ = ("addresses", "domains", "hashes")
+    __slots__ = ("addresses", "domains", "expires_at", "hashes")
 
     def __init__(
         self,
         hashes: dict[Kind, KeySet] | None = None,
         addresses: AddressSet | None = None,
         domains: DomainSet | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self.hashes = {k: s for k, s in (hashes or {}).items() if len(s)}
         self.addresses = addresses or AddressSet()
         self.domains = domains or DomainSet()
+        self.expires_at = expires_at  # when the first indicator's validity ends (epoch s); None: never
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.hashes.values()) + len(self.addresses) + len(self.domains)
@@ -89,6 +91,11 @@ class IocBuilder:
         self._addresses = AddressSetBuilder()
         self._domains = DomainSetBuilder()
         self._issues: list[Issue] = []
+        self._expires_at: float | None = None
+
+    def expires(self, at: float) -> None:
+        """An indicator just added is valid until `at` (epoch seconds)."""
+        self._expires_at = at if self._expires_at is None else min(self._expires_at, at)
 
     def add(self, indicator: Indicator, label: str | None, source: str, line: int) -> None:
         if indicator.kind in HASH_BYTES:
@@ -102,6 +109,7 @@ class IocBuilder:
         hashes = {kind: builder.build(issues) for kind, builder in self.hashes.items()}
         issues.extend(self._issues)
         self._issues = []
-        built = IocSet(hashes, self._addresses.build(issues), self._domains.build())
+        built = IocSet(hashes, self._addresses.build(issues), self._domains.build(), self._expires_at)
+        self._expires_at = None
         self.hashes = {kind: KeySetBuilder(HASH_BYTES[kind], str(kind)) for kind in HASH_KINDS}
         return built

@@ -119,7 +119,8 @@ def _indicator(bundle: _Bundle, obj: dict[str, Any], index: int) -> None:
         counts.revoked += 1
         return
     try:
-        if _expired(obj.get("valid_until"), bundle.now_s):
+        until = _valid_until(obj.get("valid_until"))
+        if until is not None and until <= bundle.now_s:
             counts.expired += 1
             return
     except ValueError as e:
@@ -134,18 +135,21 @@ def _indicator(bundle: _Bundle, obj: dict[str, Any], index: int) -> None:
     label = obj.get("name") if isinstance(obj.get("name"), str) else None
     for indicator in indicators:
         bundle.builder.add(indicator, label, f"{bundle.source} {ident}", 0)
+    if until is not None:
+        bundle.builder.expires(until)
     counts.loaded += 1
 
 
-def _expired(valid_until: object, now_s: float) -> bool:
+def _valid_until(valid_until: object) -> float | None:
+    """The end of an indicator's validity (epoch seconds), None if it has none; raises ValueError."""
     if valid_until is None:
-        return False
+        return None
     when = _timestamp(valid_until)
     if when is None:
         raise ValueError(f"valid_until {valid_until!r} is not a timestamp")
     if when.tzinfo is None:
         raise ValueError(f"valid_until {valid_until!r} has no time zone (STIX uses UTC, 'Z')")
-    return when.timestamp() <= now_s
+    return when.timestamp()
 
 
 def _timestamp(value: object) -> datetime.datetime | None:

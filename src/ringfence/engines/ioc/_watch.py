@@ -88,7 +88,8 @@ class WatchedContent:
 
     def poll(self) -> bool:
         """Take a finished reload, or start one if the interval passed and the content changed. True when
-        a blocklist different from the one in force became active."""
+        a set of indicators different from the one in force became active. An indicator whose validity
+        ended (STIX valid_until) makes the content load again, without it, even if no file changed."""
         done = self._done  # written once per load by the loader thread, which then ends
         if done is not None:
             self._done = None  # cleared only once set: a load finishing meanwhile cannot be lost
@@ -99,7 +100,8 @@ class WatchedContent:
             return False
         self._next_check_ns = now + self._interval_ns
         self._checks += 1
-        if _signature(self._dir) == self._signature:
+        expired = self.current.expires_at is not None and self._wall_clock() >= self.current.expires_at
+        if not expired and _signature(self._dir) == self._signature:
             return False
         self._loading = True
         self._background(self._load_in_background)
@@ -128,6 +130,7 @@ class WatchedContent:
     def _take(self, loaded: _Loaded) -> bool:
         self._signature = loaded.signature
         if loaded.iocs is None:
+            self.current.expires_at = None  # not retried every second: the content must change first
             self._reload_errors += 1
             self.problem = f"new IOC content rejected, {len(self.current)} entries stay in force: " + str(
                 ContentError(loaded.issues)
@@ -136,6 +139,7 @@ class WatchedContent:
             return False
         self.problem = None
         if loaded.iocs == self.current:
+            self.current.expires_at = loaded.iocs.expires_at
             self._unchanged += 1
             self._loads += 1
             return False
