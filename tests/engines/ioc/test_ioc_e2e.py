@@ -36,16 +36,38 @@ def titled(agent: Agent, prefix: str) -> list[dict[str, Any]]:
     return [f for f in findings(agent) if f["finding_info"]["title"].startswith(prefix)]
 
 
-@pytest.mark.parametrize("algorithm", ["md5", "sha1"])
+def stix_file_hash(algorithm: str, digest: str) -> str:
+    name = {"md5": "MD5", "sha1": "'SHA-1'"}[algorithm]
+    indicator = {
+        "type": "indicator",
+        "id": "indicator--e2e",
+        "name": f"e2e-{algorithm}",
+        "pattern_type": "stix",
+        "pattern": f"[file:hashes.{name} = '{digest}']",
+    }
+    return json.dumps({"type": "bundle", "id": "bundle--e2e", "objects": [indicator]})
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "name"), [("md5", "feed.ioc"), ("sha1", "feed.ioc"), ("md5", "feed.json")]
+)
 def test_exec_of_a_binary_listed_by_md5_or_sha1_is_denied_with_a_finding(
-    start_agent: Callable[[Config], Agent], tmpfs: Path, shared_dir: Path, root_only_dir: Path, algorithm: str
+    start_agent: Callable[[Config], Agent],
+    tmpfs: Path,
+    shared_dir: Path,
+    root_only_dir: Path,
+    algorithm: str,
+    name: str,
 ) -> None:
     evil, other = binaries(tmpfs)
-    feed = root_only_dir / "feed.ioc"
+    feed = root_only_dir / name
     digest = hashlib.new(algorithm, evil.read_bytes()).hexdigest()
-    feed.write_text(f"# test feed\n{digest}  e2e-{algorithm}\n")
+    if name.endswith(".json"):
+        feed.write_text(stix_file_hash(algorithm, digest))
+    else:
+        feed.write_text(f"# test feed\n{digest}  e2e-{algorithm}\n")
     feed.chmod(0o600)
-    agent = start_agent(config_for(tmpfs, shared_dir, {IOC: {"feed.ioc": str(feed)}}, enabled=(IOC,)))
+    agent = start_agent(config_for(tmpfs, shared_dir, {IOC: {name: str(feed)}}, enabled=(IOC,)))
     assert _extension(agent, IOC).state == "running"
     assert not _runs(evil)
     assert _runs(other)
