@@ -21,3 +21,7 @@ class TokenBucket:
             return False
         self._tokens -= 1
         return True
+
+    def give_back(self) -> None:
+        """Return a token taken for nothing (a read that found the socket empty)."""
+        self._tokens = min(self._rate, self._tokens + 1)

@@ -2,8 +2,10 @@
 
 Two threads, as in the audit sensor: a reader that only moves packets from the socket into a bounded
 queue (drop-newest when full, counted), and a processor that decodes (IP, UDP/TCP, then dnspython),
-learns names from responses, finds the asker of a query (best effort, `_owner.py`) and hands events to
-the sink. Malformed packets and messages are counted, never fatal.
+learns names from solicited responses, finds the asker of a query (best effort, `_owner.py`) and
+hands events to the sink. Malformed packets and messages are counted, never fatal. The reader reads
+at most `max_packets_per_s` (a token bucket); beyond, it leaves packets in the socket buffer for a
+while, so a flood of DNS costs the agent bounded CPU and the kernel drops what does not fit, counted.
 
 Both threads run in the network namespace the sensor is given (`netns`, a path such as
 /run/netns/NAME; None: the agent's own): each moves itself there with setns(2) before it does anything
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import logging
 import os
 import select
@@ -51,13 +54,14 @@ _RECV_BYTES = 65536
 _BATCH = 64  # packets per queue item at most
 _START_TIMEOUT_S = 10.0
 _JOIN_TIMEOUT_S = 5.0
+_PAUSE_MS = 20  # how long the reader leaves packets in the kernel once its budget is spent
 
 COUNTERS = (
     "received",  # packets Python read (all passed the kernel filter)
     "kernel_passed",  # packets the kernel filter passed (PACKET_STATISTICS)
     "kernel_drops",  # of those, dropped by the kernel for a full socket buffer
     "queue_drops",  # read, but the queue to the processor was full
-    "rate_limited",  # beyond max_packets_per_s: dropped unparsed, so a flood costs bounded CPU
+    "budget_pauses",  # times the reader stopped reading for a while: max_packets_per_s were read
     "malformed_packets",  # not a whole IP + UDP/TCP packet
     "malformed_messages",  # a payload dnspython could not read
     "tcp_partial",  # a TCP segment with part of a message (not reassembled)
@@ -80,7 +84,7 @@ class DnsTuning:
 
     rcvbuf_bytes: int = 4 * 1024 * 1024
     queue_packets: int = 16384  # reader -> processor, about this many packets; drop-newest beyond
-    max_packets_per_s: float = 2000.0  # parsed at most; ~100 us of CPU each, so about 20 % of a core
+    max_packets_per_s: float = 2000.0  # read at most; ~100 us of CPU each, so about 20 % of a core
     find_owner: bool = True  # look up the process that sent a query (`_owner.py`)
     owner_walks_per_s: float = 20.0
     cache: NameCacheConfig = dataclasses.field(default_factory=NameCacheConfig)
@@ -140,7 +144,7 @@ class DnsSensor:
             running=running is not None,
             received=c["received"],
             emitted=c["emitted"],
-            dropped=c["kernel_drops"] + c["queue_drops"] + c["rate_limited"],
+            dropped=c["kernel_drops"] + c["queue_drops"],
             errors=c["malformed_packets"] + c["malformed_messages"] + c["sink_errors"] + c["internal_errors"],
             last_seq=self._stamper.last_seq,
             detail=detail,
@@ -284,22 +288,40 @@ class _Running:
         poller.register(sock.fileno(), select.POLLIN)
         poller.register(self.stop_fd, select.POLLIN)
         buf = bytearray(_RECV_BYTES)
+        budget = TokenBucket(self.sensor._clock, self.sensor._tuning.max_packets_per_s)
         while not self.stopping.is_set():
             ready = {fd for fd, _ in poller.poll()}
-            if self.stop_fd in ready or not self._drain(sock, buf):
+            if self.stop_fd in ready:
                 return
+            drained = self._drain(sock, buf, budget)
+            if drained is _Drained.FAILED:
+                return
+            if drained is _Drained.OVER_BUDGET:
+                # Leave the rest in the socket buffer for a while: a flood then costs the kernel (whose
+                # drops PACKET_STATISTICS counts), not the agent's CPU and GIL.
+                self.sensor.counters.add("budget_pauses")
+                if self._stopped_within(_PAUSE_MS):
+                    return
 
-    def _drain(self, sock: socket.socket, buf: bytearray) -> bool:
+    def _stopped_within(self, timeout_ms: int) -> bool:
+        waiter = select.poll()
+        waiter.register(self.stop_fd, select.POLLIN)
+        return bool(waiter.poll(timeout_ms))
+
+    def _drain(self, sock: socket.socket, buf: bytearray, budget: TokenBucket) -> _Drained:
         batch: list[bytes] = []
         try:
             while True:
+                if not budget.take():
+                    return _Drained.OVER_BUDGET
                 try:
                     n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
                 except BlockingIOError:
-                    return True
+                    budget.give_back()
+                    return _Drained.EMPTY
                 except OSError:
                     log.exception("dns packet socket read failed, the reader stops")
-                    return False
+                    return _Drained.FAILED
                 batch.append(bytes(buf[:n]))
                 if len(batch) >= _BATCH:
                     self._offer(batch)
@@ -316,7 +338,6 @@ class _Running:
 
     def _process(self) -> None:
         owners = self._owner_finder()
-        budget = TokenBucket(self.sensor._clock, self.sensor._tuning.max_packets_per_s)
         while True:
             batch = self.backlog.get(timeout_s=0.25)
             if batch is None:
@@ -324,10 +345,7 @@ class _Running:
                     return
                 continue
             for packet in batch:
-                if budget.take():
-                    self._process_one(packet, owners)
-                else:
-                    self.sensor.counters.add("rate_limited")
+                self._process_one(packet, owners)
 
     def _owner_finder(self) -> OwnerFinder | None:
         """In the sensor's namespace, where the socket tables that name the asker are."""
@@ -347,6 +365,12 @@ class _Running:
         except Exception:  # supervision boundary: a bug costs this packet, not the sensor
             self.sensor.counters.add("internal_errors")
             log.exception("dns sensor: a packet could not be processed")
+
+
+class _Drained(enum.Enum):
+    EMPTY = "empty"
+    OVER_BUDGET = "over budget"
+    FAILED = "failed"
 
 
 class _Backlog:
