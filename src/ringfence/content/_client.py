@@ -156,12 +156,13 @@ class TufContentUpdater:
         metadata_dir = os.path.join(c.tuf_dir, "metadata")
         os.makedirs(metadata_dir, mode=0o700, exist_ok=True)
         url = c.url.rstrip("/")
+        fetcher = BoundedFetcher(c.socket_timeout_s, c.download_deadline_s, self._clock)
         try:
             updater = Updater(
                 metadata_dir,
                 f"{url}/metadata/",
                 target_base_url=f"{url}/targets/",
-                fetcher=BoundedFetcher(c.socket_timeout_s, c.download_deadline_s, self._clock),
+                fetcher=fetcher,
                 config=UpdaterConfig(
                     root_max_length=c.root_max_bytes,
                     timestamp_max_length=c.timestamp_max_bytes,
@@ -173,7 +174,8 @@ class TufContentUpdater:
             )
             updater.refresh()
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError, OSError, ValueError) as e:
-            raise UpdateError(f"{url}: {explain(e)}") from None
+            where, why = fetcher.last_url or url, explain(e)
+            raise UpdateError(why if where in why else f"{where}: {why}") from None
         return updater
 
     def _newest(self) -> dict[str, Manifest]:
@@ -249,10 +251,16 @@ class TufContentUpdater:
 
 _KINDS: tuple[tuple[type[Exception], str], ...] = (
     (tuf_errors.ExpiredMetadataError, "metadata expired (a freeze, or a repository nobody re-signed)"),
-    (tuf_errors.EqualVersionNumberError, "metadata version did not go up (mix-and-match or replay)"),
-    (tuf_errors.BadVersionNumberError, "metadata older than what this host already trusts (rollback)"),
+    (tuf_errors.EqualVersionNumberError, "metadata version did not go up (replay or mix-and-match)"),
+    (
+        tuf_errors.BadVersionNumberError,
+        "metadata version is not the one expected (rollback or mix-and-match)",
+    ),
     (tuf_errors.UnsignedMetadataError, "signature check failed (not signed by the trusted keys)"),
-    (tuf_errors.LengthOrHashMismatchError, "length or hash does not match the signed metadata (tampered)"),
+    (
+        tuf_errors.LengthOrHashMismatchError,
+        "length or hash does not match the signed metadata (tampered or mixed)",
+    ),
     (tuf_errors.DownloadLengthMismatchError, "response longer than allowed (oversized or endless)"),
     (tuf_errors.SlowRetrievalError, "download too slow or stalled"),
     (tuf_errors.DownloadHTTPError, "HTTP error"),

@@ -31,8 +31,10 @@ class BoundedFetcher(FetcherInterface):
         self.download_deadline_s = download_deadline_s
         self._clock = clock
         self._pool = urllib3.PoolManager(headers={"User-Agent": user_agent})
+        self.last_url = ""  # what the last refusal was about: tuf verifies each file right after fetching it
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        self.last_url = url
         deadline = self._clock() + self.download_deadline_s
         try:
             response = self._pool.request(

@@ -133,11 +133,14 @@ def read_tar(data: bytes, where: str, max_bytes: int = MAX_PACKAGE_BYTES) -> Ite
     """The regular files of a tar, with safe relative names. Raises PackageError on anything else."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            total = 0
+            total, seen = 0, set()
             for member in tar:
                 if member.isdir():
                     continue
                 name = _safe_name(member, where)
+                if name in seen:
+                    raise PackageError(where, f"{member.name!r}: a second member of that name")
+                seen.add(name)
                 total += member.size
                 if total > max_bytes:
                     raise PackageError(where, f"package is larger than {max_bytes} bytes unpacked")
