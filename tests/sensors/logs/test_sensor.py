@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -215,3 +216,22 @@ def test_a_busy_directory_does_not_hold_back_the_look_every_interval(tmp_path: P
             stop.set()
             writer.join()
     assert got.messages() == ["a line whose newline never comes"]
+
+
+def test_a_log_directory_deleted_and_made_again_is_watched_again(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    log = directory / "syslog"
+    log.touch()
+    with running([log], None) as (sensor, got):
+        inotify = sensor._inotify
+        assert inotify is not None
+        first_wd = inotify.watched[str(directory)]
+        append(log, "a 0\n")
+        got.wait_lines(1)
+        shutil.rmtree(directory)
+        directory.mkdir()
+        append(log, "b 0\n")
+        got.wait_lines(2)
+        wait_until(lambda: inotify.watched.get(str(directory), first_wd) != first_wd, "a new watch")
+    assert got.messages() == ["a 0", "b 0"]

@@ -19,6 +19,7 @@ IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000  # the watch is gone (its directory was deleted or its filesystem unmounted)
 IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
@@ -47,7 +48,8 @@ class Inotify:
         self.watched[path] = wd
 
     def read_names(self) -> tuple[list[bytes], bool]:
-        """The child names of the events queued, and whether the kernel's queue overflowed."""
+        """The child names of the events queued, and whether the kernel's queue overflowed. A watch the
+        kernel dropped is forgotten, so that `watch_dir` adds it again."""
         names: list[bytes] = []
         overflow = False
         while True:
@@ -57,11 +59,17 @@ class Inotify:
                 return names, overflow
             off = 0
             while off + _EVENT.size <= len(data):
-                _wd, mask, _cookie, length = _EVENT.unpack_from(data, off)
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, off)
                 off += _EVENT.size
                 names.append(data[off : off + length].rstrip(b"\0"))
                 overflow |= bool(mask & IN_Q_OVERFLOW)
+                if mask & IN_IGNORED:
+                    self._forget(wd)
                 off += length
+
+    def _forget(self, wd: int) -> None:
+        """A directory deleted (and maybe made again later) is watched again once it exists."""
+        self.watched = {path: w for path, w in self.watched.items() if w != wd}
 
     def close(self) -> None:
         if self.fd >= 0:
