@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ringfence.engines.ioc._blocklist import read_into
 from ringfence.engines.reputation import (
     Blocklist,
     BlocklistBuilder,
@@ -16,7 +17,6 @@ from ringfence.engines.reputation import (
     parse_blocklist,
     read_blocklist,
 )
-from ringfence.engines.ioc._blocklist import read_into
 
 A = hashlib.sha256(b"a").hexdigest()
 B = hashlib.sha256(b"b").hexdigest()
