@@ -58,7 +58,7 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     audit_identity: bool = False  # PAM and shadow records: Authentication and Account Change events
     audit_baseline: bool = False  # the documented audit rules (README): credentials, cron, modules, ...
     audit_baseline_off: tuple[str, ...] = ()  # baseline categories left out, e.g. ("xattr", "memfd")
-    logs: bool = False  # log files (auth.log, syslog, ...) as LogEvents, followed across rotation
+    logs: bool = True  # log lines (the journal, or auth.log, syslog, ...) as LogEvents
     log_files: tuple[str, ...] = DEFAULT_LOG_FILES  # those that do not exist are waited for
     log_source: Literal["auto", "files", "journal"] = "auto"  # auto: the journal where journald runs
     dns: bool = False  # packet socket, kernel filter for port 53: DNS Activity, host names on network events
