@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
 import tarfile
 from datetime import timedelta
 
@@ -11,9 +13,11 @@ import pytest
 from ringfence.content import (
     ExpiryPolicy,
     FakeContentUpdates,
+    KeyStore,
     KeyStoreError,
     PublishError,
     UpdateReport,
+    make_server,
     staged_versions,
 )
 from ringfence.content._keys import utc_now
@@ -167,3 +171,90 @@ def test_fake_updates_replays_reports():
     fake = FakeContentUpdates(bad, UpdateReport(ok=True))
     assert [fake.update().ok for _ in range(3)] == [False, True, True]
     assert fake.calls == 3
+
+
+def test_expired_root_reported_on_publish_and_host_without_raising(tmp_path, serve, host_factory):
+    publisher = Publisher.__new__(Publisher)
+    publisher.base, publisher.policy = tmp_path / "publisher", ExpiryPolicy()
+    publisher.keys = KeyStore(str(publisher.base / "keys"))
+    publisher.repo_dir = publisher.base / "repo"
+    publisher.keys.init(publisher.policy, utc_now() - timedelta(days=400))  # a root left to run out
+    published = publisher.repository().publish(publisher.package("ringfence.sigma", "linux", "1.0"))
+    assert any(w.startswith("root metadata EXPIRED") for w in published.warnings)
+
+    server = serve(publisher.repo_dir)
+    host = host_factory(server.url, publisher.keys.root_path)
+    report = host.updater().update()
+    assert not report.ok and not report.staged
+    assert (
+        report.problems[0].startswith(f"{server.url}/metadata/") and "metadata expired" in report.problems[0]
+    )
+    assert "root" in report.problems[0]
+
+
+def test_second_update_at_the_same_time_is_skipped(publisher, serve, host_factory):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    server = serve(publisher.repo_dir)
+    host = host_factory(server.url, publisher.keys.root_path)
+    lock = host.state_dir / "content-tuf" / "update.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        report = host.updater().update()
+    finally:
+        os.close(fd)
+    assert not report.ok and "another content update holds" in report.problems[0]
+    assert not (host.state_dir / "content-updates").exists()
+    assert host.updater().update().ok  # once the lock is free
+
+
+def test_leftover_of_a_killed_stage_is_removed_and_never_a_version(publisher, serve, host_factory):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    server = serve(publisher.repo_dir)
+    host = host_factory(server.url, publisher.keys.root_path)
+    leftover = host.state_dir / "content-updates" / "ringfence.sigma" / ".1.0.tmp-99999"
+    leftover.mkdir(parents=True)
+    (leftover / "half.yml").write_bytes(b"half")
+    assert staged_versions(str(host.state_dir), "ringfence.sigma") == []
+    assert host.updater().update().ok
+    assert os.listdir(leftover.parent) == ["1.0"]
+
+
+def test_serve_listens_on_ipv6_loopback(publisher):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    server = make_server(str(publisher.repo_dir), "[::1]:0")
+    try:
+        assert server.server_address[0] == "::1"
+    finally:
+        server.server_close()
+
+
+def test_exported_names_are_pinned():
+    import ringfence.content as content
+
+    assert sorted(content.__all__) == [
+        "ContentError",
+        "ContentUpdates",
+        "ExpiryPolicy",
+        "FakeContentUpdates",
+        "KeyStore",
+        "KeyStoreError",
+        "Manifest",
+        "Package",
+        "PackageError",
+        "PublishError",
+        "Published",
+        "Repository",
+        "Staged",
+        "TufContentUpdater",
+        "UpdateConfig",
+        "UpdateError",
+        "UpdateReport",
+        "install_trusted_root",
+        "load_package",
+        "make_server",
+        "staged_dir",
+        "staged_versions",
+        "version_key",
+    ]
+    assert all(hasattr(content, name) for name in content.__all__)

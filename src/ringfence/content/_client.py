@@ -11,12 +11,14 @@ expired, unreachable or tampered repository is a problem in the report, and the 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -113,7 +115,10 @@ class TufContentUpdater:
 
     def update(self) -> UpdateReport:
         try:
-            return self._update()
+            with self._locked():
+                return self._update()
+        except UpdateError as e:
+            return UpdateReport(ok=False, problems=[str(e)])
         except Exception as e:  # the supervision boundary of the scheduled path: report, keep running
             log.exception("content update failed unexpectedly")
             return UpdateReport(ok=False, problems=[f"unexpected {type(e).__name__}: {e}"])
@@ -140,6 +145,25 @@ class TufContentUpdater:
         for line in report.problems:
             log.warning("content update: %s (the active content stays)", line)
         return report
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One update at a time per state dir (the scheduled one and `ringfence content update`): tuf's
+        cache and the staging area are not safe to share between two running updates."""
+        path = os.path.join(self.config.tuf_dir, "update.lock")
+        try:
+            os.makedirs(self.config.tuf_dir, mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise UpdateError(f"{path}: cannot open the update lock: {e.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UpdateError(f"another content update holds {path}; this one is skipped") from None
+            yield
+        finally:
+            os.close(fd)
 
     # -- steps --------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import functools
 import http.server
 import logging
 import os
+import socket
 from typing import Any
 
 from ringfence.content._errors import ContentError
@@ -17,6 +18,14 @@ log = logging.getLogger(__name__)
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("serve: " + format, *args)  # noqa: G003
+
+
+class _V4Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _V6Server(_V4Server):
+    address_family = socket.AF_INET6
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -35,8 +44,7 @@ def make_server(directory: str, listen: str = "127.0.0.1:8470") -> http.server.T
     host, port = parse_listen(listen)
     handler = functools.partial(_Quiet, directory=directory)
     try:
-        server = http.server.ThreadingHTTPServer((host, port), handler)
+        server = _V6Server((host, port), handler) if ":" in host else _V4Server((host, port), handler)
     except OSError as e:
         raise ContentError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    server.daemon_threads = True
     return server

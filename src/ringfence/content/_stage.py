@@ -44,8 +44,10 @@ def stage(state_dir: str, signed: Manifest, tar: bytes, where: str) -> str:
     final = staged_dir(state_dir, signed.engine, signed.version)
     parent = os.path.dirname(final)
     os.makedirs(parent, mode=0o700, exist_ok=True)
+    for name in os.listdir(parent):  # what a run killed mid-stage left (callers hold the update lock)
+        if name.startswith("."):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     tmp = os.path.join(parent, f".{signed.version}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         for name, data in files.items():
             path = os.path.join(tmp, name)
