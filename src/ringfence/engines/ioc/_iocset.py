@@ -90,7 +90,6 @@ class IocBuilder:
         self.hashes = {kind: KeySetBuilder(HASH_BYTES[kind], str(kind)) for kind in HASH_KINDS}
         self._addresses = AddressSetBuilder()
         self._domains = DomainSetBuilder()
-        self._issues: list[Issue] = []
         self._expires_at: float | None = None
 
     def expires(self, at: float) -> None:
@@ -101,15 +100,14 @@ class IocBuilder:
         if indicator.kind in HASH_BYTES:
             self.hashes[indicator.kind].add(indicator.key, label, source, line)
         elif indicator.kind is Kind.DOMAIN:
-            self._domains.add(indicator, label, source, line, self._issues)
+            self._domains.add(indicator, label, source, line)
         else:
             self._addresses.add(indicator, label, source, line)
 
     def build(self, issues: list[Issue]) -> IocSet:
         hashes = {kind: builder.build(issues) for kind, builder in self.hashes.items()}
-        issues.extend(self._issues)
-        self._issues = []
-        built = IocSet(hashes, self._addresses.build(issues), self._domains.build(), self._expires_at)
+        built = IocSet(hashes, self._addresses.build(issues), self._domains.build(issues), self._expires_at)
         self._expires_at = None
         self.hashes = {kind: KeySetBuilder(HASH_BYTES[kind], str(kind)) for kind in HASH_KINDS}
+        self._addresses, self._domains = AddressSetBuilder(), DomainSetBuilder()
         return built

@@ -3,17 +3,18 @@
 Addresses: one `KeySet` of network addresses per (family, prefix length) present. A lookup masks the
 address to each present prefix length, longest first, and bisects that set: at most 33 (IPv4) or 129
 (IPv6) probes whatever the number of CIDRs, never a loop over them; the longest (most specific) listed
-network wins. Domains: a dict of exact names and one of wildcard parents; a lookup is one probe for the
-name and one per parent domain.
+network wins. Domains: a set of exact names and one of wildcard parents, both stored as 128-bit hashes
+in the same compact store; a lookup is one probe for the name and one per parent domain.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 
 from ringfence.engines.ioc._indicators import Indicator, Kind, normalize_name
-from ringfence.engines.ioc._issues import Issue, warning
+from ringfence.engines.ioc._issues import Issue
 from ringfence.engines.ioc._store import KeySet, KeySetBuilder
 
 _FAMILY_BITS = {Kind.IPV4: 32, Kind.IPV6: 128}
@@ -86,32 +87,28 @@ class AddressSetBuilder:
         return AddressSet(sets)
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    label: str | None
-    source: str
+_NAME_KEY_BYTES = 16  # a domain is stored as the 128-bit BLAKE2b of its normal form: no object per name
+
+
+def _name_key(name: str) -> bytes:
+    return hashlib.blake2b(name.encode("ascii"), digest_size=_NAME_KEY_BYTES).digest()
 
 
 class DomainSet:
-    """Immutable: exact names and wildcard parents (`*.name` matches the names below `name`)."""
+    """Immutable: exact names and wildcard parents (`*.name` matches the names below `name`), each a
+    `KeySet` of the names' 128-bit hashes (a million names take about 20 MB, not a dict's 150)."""
 
     __slots__ = ("_below", "_exact")
 
-    def __init__(
-        self, exact: dict[str, _Entry] | None = None, below: dict[str, _Entry] | None = None
-    ) -> None:
-        self._exact = exact or {}
-        self._below = below or {}
+    def __init__(self, exact: KeySet | None = None, below: KeySet | None = None) -> None:
+        self._exact = exact or KeySet(size=_NAME_KEY_BYTES)
+        self._below = below or KeySet(size=_NAME_KEY_BYTES)
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._below)
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, DomainSet)
-            and _labels(self._exact) == _labels(other._exact)
-            and _labels(self._below) == _labels(other._below)
-        )
+        return isinstance(other, DomainSet) and (self._exact, self._below) == (other._exact, other._below)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -120,39 +117,28 @@ class DomainSet:
         normal = normalize_name(name)
         if normal is None:
             return None
-        entry = self._exact.get(normal)
-        if entry is not None:
-            return NetworkMatch(normal, Kind.DOMAIN, entry.label, entry.source)
-        if not self._below:
+        found = self._exact.match_key(_name_key(normal)) if len(self._exact) else None
+        if found is not None:
+            return NetworkMatch(normal, Kind.DOMAIN, found.label, found.source)
+        if not len(self._below):
             return None
         parent = normal
         while "." in parent:
             parent = parent.split(".", 1)[1]
-            entry = self._below.get(parent)
-            if entry is not None:
-                return NetworkMatch(f"*.{parent}", Kind.DOMAIN, entry.label, entry.source)
+            found = self._below.match_key(_name_key(parent))
+            if found is not None:
+                return NetworkMatch(f"*.{parent}", Kind.DOMAIN, found.label, found.source)
         return None
-
-
-def _labels(entries: dict[str, _Entry]) -> dict[str, str | None]:
-    return {name: e.label for name, e in entries.items()}
 
 
 class DomainSetBuilder:
     def __init__(self) -> None:
-        self._exact: dict[str, _Entry] = {}
-        self._below: dict[str, _Entry] = {}
+        self._exact = KeySetBuilder(_NAME_KEY_BYTES, "domain", shown_keys=False)
+        self._below = KeySetBuilder(_NAME_KEY_BYTES, "wildcard domain", shown_keys=False)
 
-    def add(
-        self, indicator: Indicator, label: str | None, source: str, line: int, issues: list[Issue]
-    ) -> None:
-        table = self._below if indicator.wildcard else self._exact
-        if indicator.name in table:
-            issues.append(warning(source, line or None, f"duplicate domain {indicator}, first entry kept"))
-            return
-        table[indicator.name] = _Entry(label, source)
+    def add(self, indicator: Indicator, label: str | None, source: str, line: int) -> None:
+        builder = self._below if indicator.wildcard else self._exact
+        builder.add(_name_key(indicator.name), label, source, line)
 
-    def build(self) -> DomainSet:
-        built = DomainSet(self._exact, self._below)
-        self._exact, self._below = {}, {}
-        return built
+    def build(self, issues: list[Issue]) -> DomainSet:
+        return DomainSet(self._exact.build(issues), self._below.build(issues))

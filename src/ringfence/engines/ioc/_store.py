@@ -188,9 +188,10 @@ class KeySetBuilder:
     Each leading byte's entries are sorted and packed on their own, and their parse chunks freed, so the
     peak stays near the parsed list plus one shard."""
 
-    def __init__(self, size: int = 32, kind: str = "sha256") -> None:
+    def __init__(self, size: int = 32, kind: str = "sha256", *, shown_keys: bool = True) -> None:
         self.size = size
         self.kind = kind
+        self._shown_keys = shown_keys  # False: the key is a hash of the entry, meaningless in a warning
         self._buckets = [_Bucket(size) for _ in range(256)]
         self._origins = array.array("Q")  # per entry, in parse order: (source index << 32) | line
         self._label_blob = bytearray()
@@ -238,9 +239,8 @@ class KeySetBuilder:
             origin = self._origins[i]
             if key == previous:
                 source, line = self._sources[origin >> 32], origin & 0xFFFFFFFF
-                issues.append(
-                    warning(source, line or None, f"duplicate {self.kind} {key.hex()}, first entry kept")
-                )
+                what = f"{self.kind} {key.hex()}" if self._shown_keys else self.kind
+                issues.append(warning(source, line or None, f"duplicate {what}, first entry kept"))
                 continue
             previous = key
             keys += key
