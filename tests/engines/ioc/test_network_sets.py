@@ -62,3 +62,10 @@ def test_lookup_agrees_with_a_brute_force_scan() -> None:
         else:
             best = max(n.prefixlen for n in holding)
             assert found is not None and ipaddress.ip_network(found.indicator).prefixlen == best, ip
+
+
+def test_ipv4_mapped_entry_matches_the_ipv4_address_in_either_form() -> None:
+    s = address_set(["::ffff:192.0.2.7", "::ffff:198.51.100.0/120"])
+    for ip in ("192.0.2.7", "::ffff:192.0.2.7", "198.51.100.9"):
+        assert s.match(ip) is not None, ip
+    assert s.match("192.0.2.8") is None

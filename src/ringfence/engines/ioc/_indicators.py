@@ -3,7 +3,8 @@ follow alike.
 
 - sha256, sha1, md5: 64, 40 or 32 hex digits, any case.
 - ipv4, ipv6: an address (`203.0.113.7`, `2001:db8::1`) or a CIDR (`198.51.100.0/24`); a CIDR with host
-  bits set is an error (`10.0.0.1/8` is most likely a typo for an address or a network).
+  bits set is an error (`10.0.0.1/8` is most likely a typo for an address or a network). An IPv4-mapped
+  IPv6 entry (`::ffff:203.0.113.7`) is stored as the IPv4 address it maps, as lookups see it.
 - domain: a DNS name of two labels or more (`evil.example`), matched exactly, case-insensitively, a
   trailing dot ignored. `*.evil.example` matches every name below `evil.example` (any depth), not
   `evil.example` itself: list both to catch both. Non-ASCII names are stored in their IDNA form.
@@ -32,6 +33,7 @@ _HASH_OF_DIGITS = {2 * n: kind for kind, n in HASH_BYTES.items()}
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _MAX_NAME = 253
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6: the IPv4 address it maps
 _IPV6_CHARS = frozenset("0123456789abcdef:./")
 
 
@@ -74,6 +76,9 @@ def address_indicator(word: str, family: Kind | None = None) -> Indicator:
     kind = Kind.IPV4 if network.version == 4 else Kind.IPV6
     if family is not None and kind is not family:
         raise IndicatorProblem(f"{_shown(word)} is an {kind} address, not {family}")
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+        mapped = ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+        return Indicator(Kind.IPV4, mapped.network_address.packed, mapped.prefixlen)  # as a lookup sees it
     return Indicator(kind, network.network_address.packed, network.prefixlen)
 
 
