@@ -7,9 +7,11 @@ import os
 import tarfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ringfence.content import PackageError, load_package, version_key
-from ringfence.content._package import Manifest, build_tar
+from ringfence.content._package import Manifest, build_tar, decode_manifest, read_tar
 from ringfence.content._stage import stage
 
 GOOD = b'name = "linux"\nengine = "ringfence.sigma"\nversion = "1.0"\n'
@@ -149,3 +151,35 @@ def test_stage_leaves_no_temp_dir_behind(tmp_path):
     final = stage(str(tmp_path), signed, tar, "here")
     assert os.listdir(os.path.dirname(final)) == ["1.0"]
     assert (tmp_path / "content-updates" / "ringfence.sigma" / "1.0" / "rules" / "a.yml").read_bytes() == b"a"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4096))
+def test_random_bytes_as_a_tar_raise_only_package_error(data):
+    try:
+        files = dict(read_tar(data, "fuzz"))
+    except PackageError:
+        return
+    assert all(not n.startswith(("/", "..")) for n in files)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512) | st.text(max_size=512).map(str.encode))
+def test_random_manifest_raises_only_package_error(data):
+    try:
+        decode_manifest(data, "fuzz")
+    except PackageError as e:
+        assert str(e).startswith("fuzz: ") and "\n" not in str(e).strip()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=40), st.binary(max_size=64), max_size=6))
+def test_generated_member_names_never_escape(tmp_path_factory, files):
+    tar = build_tar({"manifest.toml": GOOD, **files})
+    try:
+        names = [n for n, _ in read_tar(tar, "fuzz")]
+    except PackageError:
+        return
+    root = tmp_path_factory.mktemp("stage")
+    for name in names:
+        assert os.path.realpath(root / name).startswith(str(root) + os.sep)
