@@ -212,3 +212,26 @@ def test_a_directory_at_the_path_is_ignored_until_a_file_is_there(tmp_path: Path
     log.rmdir()
     append(log, "f 0\n")
     assert d.poll() == ["f 0"]
+
+
+def test_a_symbolic_link_at_the_path_is_not_followed_to_a_secret(tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    log = tmp_path / "secure"
+    log.symlink_to(secret)  # planted by someone who may write in the log directory
+    d = Driven(log).start()
+    append(secret, "root:more secret\n")
+    assert d.poll() == []
+    assert d.poll(advance_s=1) == []
+    assert d.counts.get("errors") == 1  # said once, not once a pass
+    log.unlink()
+    append(log, "real 0\n")
+    assert d.poll() == ["real 0"]
+
+
+def test_a_fifo_at_the_path_is_ignored(tmp_path: Path) -> None:
+    log = tmp_path / "syslog"
+    os.mkfifo(log)
+    d = Driven(log).start()
+    assert d.poll() == []
+    assert d.follower.open_files == 0

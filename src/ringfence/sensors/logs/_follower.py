@@ -236,19 +236,25 @@ class Follower:
         return tail
 
     def _stat(self) -> os.stat_result | None:
+        """The path's file, if it is a regular file. A symbolic link is not followed: whoever may write
+        in a log directory (group syslog on some systems) could point one at /etc/shadow, and its lines
+        would go to every subscriber. An operator configures the file a link points to instead."""
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             self._error(f"stat {self.path}: {e.strerror or e}")
             return None
+        if stat.S_ISLNK(st.st_mode):
+            self._error(f"{self.path} is a symbolic link: not followed (configure the file it names)")
+            return None
         return st if stat.S_ISREG(st.st_mode) else None
 
     def _error(self, message: str) -> None:
-        """Counted every time, logged when it is not the same as the last one (a file that stays
-        unreadable is one line, not one a second)."""
-        self._counts.add("errors")
+        """Logged and counted when it is not the same as the last one: a file that stays unreadable is
+        one line and one error, not one a second."""
         if message != self._last_error:
+            self._counts.add("errors")
             log.warning("log sensor: %s", message)
             self._last_error = message

@@ -5,7 +5,9 @@ skipped. Works on a descriptor, so a file renamed or deleted under it is still r
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import NamedTuple
 
 from ringfence.sensors.logs._positions import HEAD_BYTES, Position, head_digest
@@ -22,6 +24,15 @@ class RawLine(NamedTuple):
     data: bytes
     cut: bool  # longer than max_line_bytes: the rest was dropped
     unterminated: bool  # handed on without its newline (it waited too long, or its file ended)
+
+
+def _regular(fd: int, path: str) -> os.stat_result:
+    """The stat of `fd`; OSError(EINVAL) unless a regular file (a FIFO or device swapped in since the
+    caller looked at the path)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, f"{path}: not a regular file")
+    return st
 
 
 class Tail:
@@ -42,10 +53,10 @@ class Tail:
 
     @classmethod
     def open(cls, path: str, limits: Limits, offset: int | None = None) -> Tail:
-        """Open `path` at `offset` (None: at its end). Raises OSError."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        """Open `path` at `offset` (None: at its end); a symbolic link is refused (ELOOP). Raises OSError."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
         try:
-            st = os.fstat(fd)
+            st = _regular(fd, path)
             return cls(fd, st, st.st_size if offset is None else offset, limits)
         except BaseException:
             os.close(fd)
