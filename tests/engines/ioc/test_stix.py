@@ -220,3 +220,16 @@ def test_a_large_bundle_loads_by_the_fast_path(monkeypatch: pytest.MonkeyPatch) 
     objects = [indicator(n, f"[ipv4-addr:value = '10.{n >> 8 & 255}.{n & 255}.1']") for n in range(20_000)]
     iocs, issues, counts = load(bundle(*objects))
     assert issues == [] and counts.loaded == 20_000 and len(iocs.addresses) == 20_000
+
+
+def test_json_nested_past_the_stack_is_an_error_not_a_crash() -> None:
+    _, issues, _ = load(b'{"type": "bundle", "objects": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}")
+    assert [str(i) for i in issues] == [f"{SOURCE}: error: not a STIX bundle: JSON nested too deeply"]
+
+
+def test_pattern_nested_past_the_stack_is_skipped_not_a_crash() -> None:
+    deep = "(" * 5000 + "[ipv4-addr:value = '1.2.3.4']" + ")" * 5000
+    iocs, issues, counts = load(bundle(indicator(1, deep), indicator(2, "[ipv4-addr:value = '9.9.9.9']")))
+    assert counts.loaded == 1 and iocs.match_address("9.9.9.9") is not None
+    [issue] = issues
+    assert f"indicator {ident(1)}: pattern nested too deeply; skipped" in str(issue)

@@ -95,6 +95,9 @@ def parse_stix(
     except msgspec.DecodeError as e:
         issues.append(error(source, None, f"not a STIX bundle: {e}"))
         return bundle.counts
+    except RecursionError:  # msgspec's answer to JSON nested past the interpreter's stack
+        issues.append(error(source, None, "not a STIX bundle: JSON nested too deeply"))
+        return bundle.counts
     objects = doc.get("objects") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or doc.get("type") != "bundle" or not isinstance(objects, list):
         issues.append(error(source, None, 'not a STIX bundle: expected {"type": "bundle", "objects": [...]}'))
@@ -195,6 +198,9 @@ def _parsed_comparisons(text: str, skip: Callable[[str], None]) -> list[_Compari
         Pattern(text).walk(shape)
     except ParseException as e:
         skip(f"pattern does not parse: {' '.join(str(e).split())}")
+        return None
+    except RecursionError:  # ANTLR's parser recurses per nesting level
+        skip("pattern nested too deeply")
         return None
     data = shape.pattern_data()
     operators = (data.observation_ops - {"OR"}) | shape.extra | data.qualifiers
