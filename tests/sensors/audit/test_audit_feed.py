@@ -248,3 +248,14 @@ def test_useradd_and_userdel_give_account_change_events(
     deleted = run.wait_event(change("DEL_USER", uid=uid), "userdel's DEL_USER")
     assert deleted.activity is AccountChangeActivityId.DELETE  # type: ignore[union-attr]
     assert deleted.process is not None and deleted.process.exe == "/usr/sbin/userdel"  # type: ignore[union-attr]
+
+
+def test_a_loaded_baseline_counts_as_its_key_for_nothing_left_behind_checks(
+    make_sensor: Callable[..., Running], key: str, tmpfs: Path
+) -> None:
+    from ringfence.sensors.audit import list_rule_keys
+
+    run = start(make_sensor, Baseline(watches=(Watch("w", (str(tmpfs),)),)))
+    assert {key, f"{key}:w"} <= list_rule_keys()
+    run.sensor.stop()
+    assert key not in list_rule_keys()

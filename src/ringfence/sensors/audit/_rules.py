@@ -55,7 +55,9 @@ def remove_keyed_rules(client: AuditClient, key: str) -> int:
 
 
 def list_rule_keys() -> set[str]:
-    """Every key carried by an audit rule now in the kernel (for checks that nothing was left behind)."""
+    """Every key carried by an audit rule now in the kernel (for checks that nothing was left behind);
+    a baseline rule's `key:category` counts as `key` too."""
     with open_audit_socket() as sock:
         client = AuditClient(sock)
-        return {key for rule in client.list_rules() for key in rule.keys}
+        keys = {key for rule in client.list_rules() for key in rule.keys}
+    return keys | {key.partition(":")[0] for key in keys}
