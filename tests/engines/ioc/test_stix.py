@@ -233,3 +233,17 @@ def test_pattern_nested_past_the_stack_is_skipped_not_a_crash() -> None:
     assert counts.loaded == 1 and iocs.match_address("9.9.9.9") is not None
     [issue] = issues
     assert f"indicator {ident(1)}: pattern nested too deeply; skipped" in str(issue)
+
+
+def test_indicator_name_becomes_a_one_line_bounded_label() -> None:
+    iocs, _, _ = load(
+        bundle(
+            indicator(1, "[ipv4-addr:value = '1.1.1.1']", name="evil\n[fake finding]\x1b[31m  red"),
+            indicator(2, "[ipv4-addr:value = '2.2.2.2']", name="x" * 500),
+            indicator(3, "[ipv4-addr:value = '3.3.3.3']", name=7),
+        )
+    )
+    labels = [m.label if m else "?" for m in map(iocs.match_address, ("1.1.1.1", "2.2.2.2", "3.3.3.3"))]
+    assert labels[0] == "evil [fake finding] [31m red"
+    assert labels[1] is not None and len(labels[1]) == 200 and labels[1].endswith("...")
+    assert labels[2] is None
