@@ -17,6 +17,7 @@ from ringfence.content import (
     KeyStoreError,
     PublishError,
     UpdateReport,
+    UpdateSchedule,
     make_server,
     staged_versions,
 )
@@ -149,13 +150,14 @@ def test_bad_expiry_setting_refused():
         ExpiryPolicy().with_days({"timestamp": 0})
 
 
-def test_root_rotation_is_followed_by_hosts(publisher, serve, host_factory):
+@pytest.mark.parametrize("role", ["root", "targets", "snapshot", "timestamp"])
+def test_rotation_of_each_role_is_followed_by_hosts(publisher, serve, host_factory, role):
     publisher.publish("ringfence.sigma", "linux", "1.0")
     server = serve(publisher.repo_dir)
     host = host_factory(server.url, publisher.keys.root_path)
     assert host.updater().update().ok
 
-    assert publisher.repository().rotate("root") == 2
+    assert publisher.repository().rotate(role) == 2
     publisher.publish("ringfence.sigma", "linux", "1.1")
     report = host.updater().update()
     assert report.ok, report.problems
@@ -250,6 +252,7 @@ def test_exported_names_are_pinned():
         "UpdateConfig",
         "UpdateError",
         "UpdateReport",
+        "UpdateSchedule",
         "install_trusted_root",
         "load_package",
         "make_server",
@@ -258,3 +261,23 @@ def test_exported_names_are_pinned():
         "version_key",
     ]
     assert all(hasattr(content, name) for name in content.__all__)
+
+
+def test_schedule_updates_at_the_interval_and_backs_off_after_failures():
+    bad, good = UpdateReport(ok=False, problems=["down"]), UpdateReport(ok=True)
+    fake = FakeContentUpdates(bad, bad, bad, good, good)
+    schedule = UpdateSchedule(interval_s=3600, retry_min_s=60, retry_max_s=200)
+    assert schedule.run_if_due(fake, 0.0) is bad and schedule.next_due_s == 60
+    assert schedule.run_if_due(fake, 59.0) is None and fake.calls == 1
+    assert schedule.run_if_due(fake, 60.0) is bad and schedule.next_due_s == 180
+    assert schedule.run_if_due(fake, 180.0) is bad and schedule.next_due_s == 380  # capped at 200
+    assert schedule.failures == 3
+    assert schedule.run_if_due(fake, 380.0) is good and schedule.next_due_s == 3980
+    assert schedule.failures == 0 and schedule.last is good
+
+
+def test_schedule_refuses_nonsense_settings():
+    with pytest.raises(ValueError, match="retry_min_s <= retry_max_s"):
+        UpdateSchedule(retry_min_s=100, retry_max_s=10)
+    with pytest.raises(ValueError, match="interval_s > 0"):
+        UpdateSchedule(interval_s=0)

@@ -5,6 +5,7 @@
     Repository(repo, keys, policy, now).publish(pkg)  add a package (load_package(path)) and sign
     TufContentUpdater(UpdateConfig(url, state_dir)).update() -> UpdateReport   never raises
     FakeContentUpdates(*reports)                     the same seam (ContentUpdates) for tests
+    UpdateSchedule().run_if_due(updates, monotonic_now)   when to call it: an interval, backoff on failure
 
 Not here yet (issue 8): the validator, the content slots (staged/active/last-known-good), shadow runs.
 The agent's content slots read STATE/content-updates/ENGINE/VERSION/, which this layer fills.
@@ -30,6 +31,7 @@ from ringfence.content._errors import ContentError, KeyStoreError, PackageError,
 from ringfence.content._keys import ExpiryPolicy, KeyStore
 from ringfence.content._package import Manifest, Package, load_package, version_key
 from ringfence.content._repository import Published, Repository
+from ringfence.content._schedule import UpdateSchedule
 from ringfence.content._serve import make_server
 from ringfence.content._stage import staged_dir, staged_versions
 
@@ -51,6 +53,7 @@ __all__ = [
     "UpdateConfig",
     "UpdateError",
     "UpdateReport",
+    "UpdateSchedule",
     "install_trusted_root",
     "load_package",
     "make_server",
