@@ -259,3 +259,43 @@ def test_a_loaded_baseline_counts_as_its_key_for_nothing_left_behind_checks(
     assert {key, f"{key}:w"} <= list_rule_keys()
     run.sensor.stop()
     assert key not in list_rule_keys()
+
+
+def test_a_write_through_a_hard_link_is_caught_by_the_key_though_the_name_differs(
+    make_sensor: Callable[..., Running], key: str, tmpfs: Path
+) -> None:
+    """A watch follows the inode: the record names the link, so match the key, not the path."""
+    target = tmpfs / "sudoers"
+    target.write_text("root ALL=(ALL) ALL\n")
+    link = tmpfs / "innocent"
+    os.link(target, link)
+    run = start(make_sensor, Baseline(watches=(Watch("sudoers", (str(target),)),)))
+    subprocess.run(["/bin/sh", "-c", f"echo 'evil ALL=(ALL) NOPASSWD: ALL' >> {link}"], check=True)
+    event = run.wait_event(touches(link, f"{key}:sudoers"), f"the write through {link}")
+    assert str(target) not in {f.get("name") for f in records_of(event, "PATH")}
+
+
+REMOVER = """
+import sys
+from ringfence.sensors.audit._client import AuditClient, open_audit_socket
+from ringfence.sensors.audit._rules import remove_keyed_rules
+with open_audit_socket() as sock:
+    print(remove_keyed_rules(AuditClient(sock), sys.argv[1]))
+"""
+
+
+def test_removing_the_baseline_rules_is_itself_recorded(
+    make_sensor: Callable[..., Running], key: str, tmpfs: Path
+) -> None:
+    """An intruder who deletes the rules (auditctl -D, or the netlink request) leaves CONFIG_CHANGE."""
+    run = start(make_sensor, Baseline(watches=(Watch("cron", (str(tmpfs),)),)))
+    removed = subprocess.run([sys.executable, "-c", REMOVER, key], capture_output=True, text=True, check=True)
+    assert removed.stdout.strip() == "1"
+    event = run.wait_event(
+        lambda e: any(
+            f.get("op") == "remove_rule" and f.get("key") == f"{key}:cron"
+            for f in records_of(e, "CONFIG_CHANGE")
+        ),
+        "the CONFIG_CHANGE of the removal",
+    )
+    assert records_of(event, "CONFIG_CHANGE")[0]["res"] == "1"
