@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ringfence._counters import Counters
-from ringfence.events import Event, LogEvent
+from ringfence.events import Clock, Event, LogEvent
 from ringfence.sensors.logs import LogSensor, LogSensorConfig
 from ringfence.sensors.logs._follower import Follower
 from ringfence.sensors.logs._positions import Position
@@ -123,6 +123,7 @@ def running(
     positions: Path | None,
     collected: Collected | None = None,
     sink: Callable[[Event], None] | None = None,
+    clock: Clock | None = None,
     **config: Any,
 ) -> Iterator[tuple[LogSensor, Collected]]:
     """A started LogSensor on `paths` (into `sink`, else into `collected`), stopped at the end and checked
@@ -135,7 +136,7 @@ def running(
         **settings,
     )
     fds_before = len(os.listdir("/proc/self/fd"))
-    sensor = LogSensor(sink or collected.sink, "test-host", cfg)
+    sensor = LogSensor(sink or collected.sink, "test-host", cfg, clock=clock)
     sensor.start()
     try:
         yield sensor, collected

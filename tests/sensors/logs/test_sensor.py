@@ -9,6 +9,8 @@ import shutil
 import threading
 from pathlib import Path
 
+from tests.fakes import FakeClock
+
 from ringfence.broker import AuthTicket, Broker, ThreadedSubscriber
 from ringfence.events import AuthAnswer, Event, EventKind, LogEvent, SystemClock, to_ocsf
 from ringfence.sensors.logs import load_positions
@@ -235,3 +237,26 @@ def test_a_log_directory_deleted_and_made_again_is_watched_again(tmp_path: Path)
         got.wait_lines(2)
         wait_until(lambda: inotify.watched.get(str(directory), first_wd) != first_wd, "a new watch")
     assert got.messages() == ["a 0", "b 0"]
+
+
+def test_positions_are_saved_at_a_bounded_rate_on_the_sensors_clock(tmp_path: Path) -> None:
+    log, pos = tmp_path / "syslog", tmp_path / "pos.json"
+    log.touch()
+    clock = FakeClock()
+
+    def saved_offset() -> int:
+        saved, problem = load_positions(str(pos))
+        assert problem is None
+        return saved[str(log)][0].offset
+
+    with running([log], pos, clock=clock, save_interval_s=5.0) as (_sensor, got):
+        assert saved_offset() == 0  # saved at start
+        append(log, lines("r", 0, 10))
+        got.wait_lines(10)
+        assert saved_offset() == 0  # read, but the interval has not passed on the sensor's clock
+        clock.advance_ms(5000)
+        wait_until(lambda: saved_offset() == log.stat().st_size, "saved once the interval passed")
+        append(log, lines("r", 10, 20))
+        got.wait_lines(20)
+        assert saved_offset() < log.stat().st_size
+    assert saved_offset() == log.stat().st_size  # and at stop
