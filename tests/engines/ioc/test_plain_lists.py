@@ -109,3 +109,9 @@ def test_sets_with_same_entries_compare_equal_and_a_new_label_does_not() -> None
     other, _ = parse(f"{MD5}\n10.0.0.0/8\nevil.example y\n", "c.ioc")
     assert one == same
     assert one != other
+
+
+def test_label_with_control_characters_becomes_one_printable_line() -> None:
+    iocs, _ = parse(f"{MD5}  evil\x1b[2J\x07 tool\n")
+    match = iocs.match_hashes({"md5": MD5})
+    assert match is not None and match.label == "evil [2J tool"

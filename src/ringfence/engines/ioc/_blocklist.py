@@ -15,7 +15,7 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ringfence.engines.ioc._indicators import HASH_BYTES, IndicatorProblem, Kind, hash_indicator
+from ringfence.engines.ioc._indicators import HASH_BYTES, IndicatorProblem, Kind, clean_label, hash_indicator
 from ringfence.engines.ioc._issues import ContentError, Issue, error, has_errors
 from ringfence.engines.ioc._read import read_lines
 from ringfence.engines.ioc._store import KeySet, KeySetBuilder
@@ -89,7 +89,7 @@ def _parse_line(raw: bytes, source: str, number: int, issues: list[Issue]) -> tu
     if not text:
         return None
     fields = text.split(maxsplit=1)
-    label = fields[1].strip() if len(fields) == 2 else None
+    label = clean_label(fields[1].strip()) if len(fields) == 2 else None
     word = fields[0]
     if len(word) == _SHA256_HEX_DIGITS:
         try:  # the fast path: a million lines per list

@@ -33,6 +33,7 @@ _HASH_OF_DIGITS = {2 * n: kind for kind, n in HASH_BYTES.items()}
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _MAX_NAME = 253
+_MAX_LABEL = 200  # characters
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped IPv6: the IPv4 address it maps
 _IPV6_CHARS = frozenset("0123456789abcdef:./")
 
@@ -91,6 +92,15 @@ def domain_indicator(word: str) -> Indicator:
     if "." not in name:
         raise IndicatorProblem(f"{_shown(word)} is not a domain name: one label only")
     return Indicator(Kind.DOMAIN, b"", name=name, wildcard=wildcard)
+
+
+def clean_label(text: str) -> str | None:
+    """A label as a finding's title shows it: one printable line of at most 200 characters (a feed must
+    not put newlines or terminal escapes into titles)."""
+    if len(text) <= _MAX_LABEL and text.isprintable():
+        return text or None
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return (text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 3] + "...") or None
 
 
 def normalize_name(text: str) -> str | None:

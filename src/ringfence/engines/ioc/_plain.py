@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ringfence.engines.ioc._indicators import IndicatorProblem, infer
+from ringfence.engines.ioc._indicators import IndicatorProblem, clean_label, infer
 from ringfence.engines.ioc._iocset import IocBuilder
 from ringfence.engines.ioc._issues import Issue, error
 
@@ -39,4 +39,4 @@ def parse_ioc_lines(builder: IocBuilder, lines: Iterable[bytes], source: str, is
         except IndicatorProblem as e:
             issues.append(error(source, number, str(e)))
             continue
-        builder.add(indicator, fields[1].strip() if len(fields) == 2 else None, source, number)
+        builder.add(indicator, clean_label(fields[1].strip()) if len(fields) == 2 else None, source, number)

@@ -37,13 +37,13 @@ from ringfence.engines.ioc._indicators import (
     IndicatorProblem,
     Kind,
     address_indicator,
+    clean_label,
     domain_indicator,
     hash_indicator,
 )
 from ringfence.engines.ioc._iocset import IocBuilder
 from ringfence.engines.ioc._issues import Issue, error, warning
 
-_MAX_LABEL = 200  # characters of an indicator's name kept as its label
 _HASH_NAMES = {
     "sha-256": Kind.SHA256,
     "sha256": Kind.SHA256,
@@ -136,20 +136,13 @@ def _indicator(bundle: _Bundle, obj: dict[str, Any], index: int) -> None:
     indicators = _from_pattern(obj, skip)
     if indicators is None:
         return
-    label = _label(obj.get("name"))
+    title = obj.get("name")
+    label = clean_label(title) if isinstance(title, str) else None
     for indicator in indicators:
         bundle.builder.add(indicator, label, f"{bundle.source} {ident}", 0)
     if until is not None:
         bundle.builder.expires(until)
     counts.loaded += 1
-
-
-def _label(name: object) -> str | None:
-    """An indicator's name as a finding's title shows it: one line, control characters gone, bounded."""
-    if not isinstance(name, str):
-        return None
-    text = " ".join("".join(c if c.isprintable() else " " for c in name).split())
-    return (text if len(text) <= _MAX_LABEL else text[: _MAX_LABEL - 3] + "...") or None
 
 
 def _valid_until(valid_until: object) -> float | None:
