@@ -118,3 +118,10 @@ def test_help_names_what_each_command_needs(capsys):
         out = " ".join(capsys.readouterr().out.split())
         for w in words:
             assert w in out, (argv, w)
+
+
+def test_update_uses_the_agents_default_state_dir():
+    from ringfence.agent._config import DEFAULT_STATE_DIR
+    from ringfence.content._cli import DEFAULT_STATE_DIR as CONTENT_DEFAULT
+
+    assert CONTENT_DEFAULT == DEFAULT_STATE_DIR

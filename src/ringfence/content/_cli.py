@@ -13,7 +13,7 @@ from ringfence.content._package import load_package
 from ringfence.content._repository import Repository
 from ringfence.content._serve import make_server
 
-DEFAULT_STATE_DIR = "/var/lib/ringfence"
+DEFAULT_STATE_DIR = "/var/lib/ringfence"  # the agent's default too (a test holds them equal)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "above every published version of that engine. Warns of roles about to expire. Needs the offline "
         "targets key. Creates the repository from KEYS/root.json on first use.",
     )
-    publish.add_argument("package", metavar="PKG")
+    publish.add_argument(
+        "package", metavar="PKG", help="a package directory or tar (manifest.toml at its top)"
+    )
     _repo_keys(publish)
     sign = cmds.add_parser(
         "sign",
