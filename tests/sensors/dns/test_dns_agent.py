@@ -79,5 +79,5 @@ def test_bad_dns_interface_is_refused_with_its_key_and_line(tmp_path: Path) -> N
     assert all(p.line == line for p in problems.values())
 
 
-def test_dns_is_off_by_default() -> None:
-    assert parse_config(b"", "empty.toml").sensors.dns is False
+def test_dns_is_on_by_default() -> None:
+    assert parse_config(b"", "empty.toml").sensors.dns is True
