@@ -281,3 +281,25 @@ def test_schedule_refuses_nonsense_settings():
         UpdateSchedule(retry_min_s=100, retry_max_s=10)
     with pytest.raises(ValueError, match="interval_s > 0"):
         UpdateSchedule(interval_s=0)
+
+
+def test_second_publisher_at_the_same_time_refused(publisher):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    fd = os.open(publisher.repo_dir / ".publish.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(PublishError, match="another publication holds"):
+            publisher.publish("ringfence.sigma", "linux", "1.1")
+        with pytest.raises(PublishError, match="another publication holds"):
+            publisher.repository().sign("timestamp")
+    finally:
+        os.close(fd)
+    publisher.publish("ringfence.sigma", "linux", "1.1")
+
+
+def test_each_publisher_step_starts_from_the_repository_on_disk(publisher):
+    stale = publisher.repository()
+    publisher.publish("ringfence.sigma", "linux", "1.0")  # through another Repository object
+    stale.sign("timestamp")  # must not put back the timestamp from before the publication
+    assert [m.version for m in publisher.repository().published()] == ["1.0"]
+    assert stale.timestamp.signed.version == 3 and stale.timestamp.signed.snapshot_meta.version == 2

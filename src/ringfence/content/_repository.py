@@ -11,7 +11,10 @@ client or a CDN never sees half of one. Each target carries its package's manife
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,15 +57,53 @@ class Repository:
         self.path, self.keys, self.policy, self.now = path, keys, policy, now
         self.meta_dir = os.path.join(path, "metadata")
         self.targets_dir = os.path.join(path, "targets")
-        if not os.path.exists(os.path.join(self.meta_dir, "timestamp.json")):
-            self._create()
-        self.root, self.targets, self.snapshot, self.timestamp = self._load()
+        with self._locked():
+            if not os.path.exists(os.path.join(self.meta_dir, "timestamp.json")):
+                self._create()
+            self.root, self.targets, self.snapshot, self.timestamp = self._load()
 
-    # -- what callers use --------------------------------------------------------------------------
+    # -- what callers use: each holds the repository's lock and starts from what is on disk -----------
 
     def publish(self, package: Package) -> Published:
         """Add `package` as a target; its version must be above every published one of its engine."""
+        with self._locked():
+            self.root, self.targets, self.snapshot, self.timestamp = self._load()
+            return self._publish(package)
+
+    def sign(self, role: str) -> None:
+        """Bump `role` (targets, snapshot or timestamp) and every role below it, and write them."""
+        with self._locked():
+            self.root, self.targets, self.snapshot, self.timestamp = self._load()
+            self._sign(role)
+
+    def rotate(self, role: str) -> int:
+        """Replace `role`'s key through a new root signed by the old root key and the new one.
+        Returns the new root version. The roles signed by the new key are re-signed with it."""
+        with self._locked():
+            self.root, self.targets, self.snapshot, self.timestamp = self._load()
+            return self._rotate(role)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One publisher at a time (a cron `sign` beside a `publish` would otherwise drop one of them)."""
+        os.makedirs(self.path, exist_ok=True)
+        path = os.path.join(self.path, ".publish.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PublishError(f"another publication holds {path}; try again when it is done") from None
+            yield
+        finally:
+            os.close(fd)
+
+    # -- the steps, under the lock -------------------------------------------------------------------
+
+    def _publish(self, package: Package) -> Published:
         self._check_goes_up(package.manifest)
+        for role in ("targets", "snapshot", "timestamp"):  # every key needed, before anything is written
+            self.keys.signer(role, self.root.signed)
         target = TargetFile.from_data(package.target_path, package.tar, ["sha256"])
         m = package.manifest
         target.unrecognized_fields["custom"] = {
@@ -73,11 +114,10 @@ class Repository:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_atomic(path, package.tar, 0o644)
         self.targets.signed.targets[target.path] = target
-        self.sign("targets")
+        self._sign("targets")
         return Published(target.path, self.targets.signed.version, self.warnings())
 
-    def sign(self, role: str) -> None:
-        """Bump `role` (targets, snapshot or timestamp) and every role below it, and write them."""
+    def _sign(self, role: str) -> None:
         if role == "targets":
             self._bump(self.targets, "targets")
             self._write_versioned(self.targets)
@@ -92,9 +132,7 @@ class Repository:
         self._bump(self.timestamp, "timestamp")
         write_atomic(os.path.join(self.meta_dir, "timestamp.json"), self.timestamp.to_bytes(_JSON), 0o644)
 
-    def rotate(self, role: str) -> int:
-        """Replace `role`'s key through a new root signed by the old root key and the new one.
-        Returns the new root version. The roles signed by the new key are re-signed with it."""
+    def _rotate(self, role: str) -> int:
         old_signer = self.keys.signer("root", self.root.signed)
         new_signer = self.keys.replace(role)
         root = self.root.signed
@@ -111,7 +149,7 @@ class Repository:
         write_atomic(os.path.join(self.meta_dir, f"{root.version}.root.json"), data, 0o644)
         write_atomic(os.path.join(self.meta_dir, "root.json"), data, 0o644)
         if role != "root":
-            self.sign(role)
+            self._sign(role)
         return root.version
 
     def warnings(self) -> list[str]:
@@ -165,8 +203,8 @@ class Repository:
         self.snapshot = Metadata(Snapshot())
         self.timestamp = Metadata(Timestamp())
         for md in (self.targets, self.snapshot, self.timestamp):
-            md.signed.version = 0  # the first sign() makes them version 1
-        self.sign("targets")
+            md.signed.version = 0  # the first _sign() makes them version 1
+        self._sign("targets")
 
     def _load(self) -> tuple[Metadata[Root], Metadata[Targets], Metadata[Snapshot], Metadata[Timestamp]]:
         """The current metadata, each role checked against the root's keys (a repository tampered on
