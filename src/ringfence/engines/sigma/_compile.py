@@ -31,6 +31,7 @@ from sigma.conditions import (
     ConditionOR,
     ConditionValueExpression,
 )
+from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 from sigma.types import (
     CompareOperators,
@@ -263,7 +264,8 @@ def compile_rule(rule: SigmaRule, placeholders: Mapping[str, Sequence[str]]) -> 
     for condition in rule.detection.parsed_condition:
         try:
             parsed = condition.parsed
-        except Exception as e:  # pySigma raises many kinds here; each is one rule's problem
+        except (SigmaError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            # pySigma's parser raises its own errors and, on odd input, plain ones: this rule's problem
             raise CompileError(f"condition {condition.condition!r}: {e}") from e
         trees.append(builder.node(parsed))
     atoms = tuple(sorted(builder.atoms, key=builder.atoms.__getitem__))
