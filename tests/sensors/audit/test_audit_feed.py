@@ -299,3 +299,24 @@ def test_removing_the_baseline_rules_is_itself_recorded(
         "the CONFIG_CHANGE of the removal",
     )
     assert records_of(event, "CONFIG_CHANGE")[0]["res"] == "1"
+
+
+def test_the_sensors_own_rule_changes_are_not_published_but_an_intruders_are(
+    make_sensor: Callable[..., Running], key: str, tmpfs: Path
+) -> None:
+    """At stop the removal's records can be cut from their SYSCALL record (which names our pid) by the
+    reader stopping: they would be a 'rules removed' alarm at every stop."""
+    run = start(make_sensor, Baseline(watches=(Watch("cron", (str(tmpfs / "crontab"),), "wa"),)))
+    intruder = subprocess.run(
+        [sys.executable, "-c", REMOVER, key], capture_output=True, text=True, check=True
+    )
+    assert intruder.stdout.strip() == "1"
+    run.wait_event(
+        lambda e: any(f.get("op") == "remove_rule" for f in records_of(e, "CONFIG_CHANGE")), "the intruder's"
+    )
+    for _ in range(3):  # ours: add the rules again and remove them at stop
+        run.sensor.stop()
+        run.sensor.start()
+    run.sensor.stop()  # the processor has handed over everything it will
+    changes = [f for e in list(run.events.queue) for f in records_of(e, "CONFIG_CHANGE")]
+    assert [f for f in changes if f.get("key", "").startswith(key)] == []

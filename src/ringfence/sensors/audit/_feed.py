@@ -4,8 +4,10 @@ baseline rules it adds for them. Runs on the processor thread (publish) and at s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import threading
 from collections.abc import Sequence
 
 from ringfence.events import AuditEvent as AuditEventRecord
@@ -56,6 +58,32 @@ class FeedPublisher:
         self.baseline_rules = 0
         self.baseline_skipped = 0
         self.baseline_refused = 0
+        # CONFIG_CHANGE records of our own rule changes, not seen yet: (op, key) -> how many
+        self._own_changes: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._own_lock = threading.Lock()
+
+    def expect_own_change(self, op: str, key: str) -> None:
+        """We are about to add or remove a rule: its CONFIG_CHANGE record is ours, not news."""
+        if self._feed.wanted:
+            with self._own_lock:
+                self._own_changes[op, key] += 1
+
+    def _forget_own_change(self, op: str, key: str) -> None:
+        """The kernel refused the change: no record of it will come."""
+        if self._feed.wanted:
+            with self._own_lock:
+                self._own_changes[op, key] -= 1
+
+    def _is_own_change(self, records: list[AuditRecord]) -> bool:
+        first = records[0]
+        if first.type != "CONFIG_CHANGE" or len(records) != 1:
+            return False
+        change = (first.fields.get("op", ""), first.fields.get("key", ""))
+        with self._own_lock:
+            if self._own_changes[change] <= 0:
+                return False
+            self._own_changes[change] -= 1
+            return True
 
     def publish(self, event: AuditEvent, syscall: SyscallInfo | None, *, converted: bool) -> bool:
         """Publish what the feed wants of `event`; whether anything was published."""
@@ -64,7 +92,7 @@ class FeedPublisher:
             return False
         records = [decode_record(t, body) for t, body in event.records]
         pid = syscall.pid if syscall is not None else sender_pid(records[0])
-        if pid is not None and pid == self._own_pid:
+        if (pid is not None and pid == self._own_pid) or self._is_own_change(records):
             return False
         process = self._process(pid, records[0]) if pid is not None else None
         published = False
@@ -120,15 +148,19 @@ class FeedPublisher:
                     self.baseline_skipped += 1
                     log.debug("audit baseline: no parent directory for %s, not watched", path)
                     continue
-                self._add(control, rule, f"watch {path}")
+                self._add(control, rule, f"watch {path}", bl.rule_key(key, watch.category))
         for group in baseline.syscalls:
             for rule in bl.syscall_rules(group, bl.rule_key(key, group.category), archs, exclude_pid):
-                self._add(control, rule, f"syscalls {', '.join(group.names)}")
+                self._add(
+                    control, rule, f"syscalls {', '.join(group.names)}", bl.rule_key(key, group.category)
+                )
 
-    def _add(self, control: AuditClient, rule: bytes, what: str) -> None:
+    def _add(self, control: AuditClient, rule: bytes, what: str, key: str) -> None:
+        self.expect_own_change("add_rule", key)
         try:
             control.add_rule(rule)
         except SensorError as e:
+            self._forget_own_change("add_rule", key)
             self.baseline_refused += 1
             log.warning("audit baseline: %s not added: %s", what, e)
             return

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ringfence.sensors.audit import _netlink as nl
 from ringfence.sensors.audit._baseline import is_ours
@@ -43,10 +43,15 @@ def keyed_rules(client: AuditClient, key: str) -> list[nl.AuditRule]:
     return [rule for rule in client.list_rules() if is_ours(rule.keys, key)]
 
 
-def remove_keyed_rules(client: AuditClient, key: str) -> int:
-    """Delete every rule that carries `key` (ours, or a crashed run's). Returns how many."""
+def remove_keyed_rules(
+    client: AuditClient, key: str, *, before: Callable[[nl.AuditRule], None] | None = None
+) -> int:
+    """Delete every rule that carries `key` (ours, or a crashed run's), calling `before` with each one
+    first. Returns how many."""
     removed = 0
     for rule in keyed_rules(client, key):
+        if before is not None:
+            before(rule)
         client.delete_rule(rule.raw)
         removed += 1
     if removed:

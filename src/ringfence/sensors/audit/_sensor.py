@@ -267,6 +267,7 @@ class _Running:
                 self._take_over()
             self.reader.start()
             for rule in self._rules():
+                self.feed.expect_own_change("add_rule", self.wiring.key)
                 self.control.add_rule(rule)
             if self.wiring.feed.baseline is not None:
                 exclude = os.getpid() if self.tuning.exclude_self else None
@@ -310,7 +311,7 @@ class _Running:
 
     def close(self) -> _Counters:
         """Undo everything, each step on its own so one failure does not skip the rest."""
-        self._undo("remove our rules", lambda: remove_keyed_rules(self.control, self.wiring.key))
+        self._undo("remove our rules", self._remove_rules)
         self.reader.stop()
         if self.registered:
             self._undo("unregister as audit daemon", self._unregister)
@@ -325,6 +326,12 @@ class _Running:
         self.control.sock.close()
         log.info("audit sensor stopped")
         return counters
+
+    def _remove_rules(self) -> None:
+        def expect(rule: nl.AuditRule) -> None:
+            self.feed.expect_own_change("remove_rule", "\x01".join(rule.keys))
+
+        remove_keyed_rules(self.control, self.wiring.key, before=expect)
 
     def _unregister(self) -> None:
         self.daemon.set_status(nl.AuditStatus(mask=nl.AUDIT_STATUS_PID, pid=0))
