@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -162,6 +163,39 @@ def test_endless_trickle_stopped_by_the_download_deadline(publisher, serve, host
     server.overrides["/metadata/timestamp.json"] = endless(chunk=b" " * 512)
     ticks = itertools.count()  # the fake clock: one second per look, however fast the bytes come
     refused(host, "download too slow or stalled", "not complete within 5 s", clock=lambda: float(next(ticks)))
+
+
+@pytest.fixture
+def release():
+    """Set at teardown: lets the server's stalled handlers go (they wait on it, bounded)."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def stall(release, headers_first):
+    def answer(handler):
+        if headers_first:
+            handler.send_response(200)
+            handler.end_headers()
+            handler.wfile.write(b"{")
+            handler.wfile.flush()
+        release.wait(60)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("headers_first", "why"), [(True, "stalled for 0.3 s"), (False, "no answer within 0.3 s")]
+)
+def test_stalled_server_refused_at_the_socket_timeout(
+    publisher, serve, host_factory, release, headers_first, why
+):
+    publisher.publish(SIGMA, "linux", "1.0")
+    server = serve(publisher.repo_dir)
+    host = host_factory(server.url, publisher.keys.root_path, socket_timeout_s=0.3)
+    server.overrides["/metadata/timestamp.json"] = stall(release, headers_first)
+    refused(host, "download too slow or stalled", why)
 
 
 def test_compromised_online_key_after_rotation_refused(updated, host_factory):
