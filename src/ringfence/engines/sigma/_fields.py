@@ -7,7 +7,7 @@ run time such a field is simply absent (a missing field never raises).
 | logsource            | events                                  | fields (Sigma name: record field)      |
 |----------------------|-----------------------------------------|----------------------------------------|
 | process_creation     | ProcessActivity, activity LAUNCH (exec) | see `_PROCESS`                         |
-| file_event           | FileActivity CREATE, RENAME (new name)  | TargetFilename + the acting process    |
+| file_event           | FileActivity CREATE, CLOSE_WRITE, RENAME | TargetFilename + the acting process   |
 | file_change          | FileActivity UPDATE, CLOSE_WRITE        | TargetFilename + the acting process    |
 | file_delete          | FileActivity DELETE                     | TargetFilename + the acting process    |
 | file_rename          | FileActivity RENAME                     | SourceFilename, TargetFilename + proc. |
@@ -183,7 +183,10 @@ _FILE_SOURCES: dict[FileActivityId, tuple[Logsource, ...]] = {
     FileActivityId.CREATE: (Logsource.FILE_EVENT,),
     FileActivityId.RENAME: (Logsource.FILE_EVENT, Logsource.FILE_RENAME),
     FileActivityId.UPDATE: (Logsource.FILE_CHANGE,),
-    FileActivityId.CLOSE_WRITE: (Logsource.FILE_CHANGE,),
+    # a completed write is a file event too: appending to an existing /etc/crontab or authorized_keys is
+    # the persistence file_event rules are written for, and it creates nothing (dedup folds the pair
+    # CREATE + CLOSE_WRITE of a new file into one finding)
+    FileActivityId.CLOSE_WRITE: (Logsource.FILE_EVENT, Logsource.FILE_CHANGE),
     FileActivityId.DELETE: (Logsource.FILE_DELETE,),
 }
 
