@@ -68,6 +68,8 @@ def test_keys_publish_serve_update_from_the_command_line(tmp_path, capsys):
             "not a signed",
         ),
         (["content", "serve", "{tmp}"], "not a content repository"),
+        (["content", "publish", "{pkg}", "--repo", "/dev/null/repo", "--keys", "{keys}"], "Not a directory"),
+        (["content", "keys", "init", "/dev/null/keys"], "Not a directory"),
         (["content", "serve", "{repo}", "--listen", "nowhere"], "expected HOST:PORT"),
     ],
 )

@@ -118,7 +118,10 @@ def _policy(args: argparse.Namespace) -> ExpiryPolicy:
 
 def run(args: argparse.Namespace) -> int:
     handlers = {"keys": _keys, "publish": _publish, "sign": _sign, "serve": _serve, "update": _update}
-    return handlers[args.content_cmd](args)
+    try:
+        return handlers[args.content_cmd](args)
+    except OSError as e:  # a path the operator gave that cannot be written or read: one line, not a traceback
+        raise ContentError(f"{e.filename or args.content_cmd}: {e.strerror or e}") from None
 
 
 def _keys(args: argparse.Namespace) -> int:
