@@ -142,10 +142,13 @@ class Follower:
         cur.restart()
 
     def _find_copy(self, cur: Tail) -> Tail | None:
-        """The sibling that starts with the bytes `cur` started with and is at least as long as what was
-        read of it: the copy copytruncate made. Opened at `cur`'s committed offset."""
+        """The sibling that starts with the bytes `cur` started with, is at least as long as what was read
+        of it and was written since the look before the truncation (an older rotation was not): the copy
+        copytruncate made. Opened at `cur`'s committed offset."""
         for path, st in self._siblings():
-            if (st.st_dev, st.st_ino) == (cur.dev, cur.ino) or st.st_size < cur.committed:
+            if (st.st_dev, st.st_ino) == (cur.dev, cur.ino) or self._is_retired(st):
+                continue
+            if st.st_size < cur.committed or st.st_mtime_ns < cur.looked_mtime_ns:
                 continue
             try:
                 tail = Tail.open(path, self._limits, cur.committed)

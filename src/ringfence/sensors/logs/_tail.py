@@ -46,7 +46,8 @@ class Tail:
         self._partial = bytearray()
         self._partial_since_ns: int | None = None
         self._skipping = False  # inside the rest of a cut line
-        self._seen = (-1, -1)  # (size, mtime_ns) at the last look: unchanged means nothing to read
+        self._seen = (st.st_size, st.st_mtime_ns)  # at the last look: unchanged means nothing to check
+        self.looked_mtime_ns = -1  # mtime at the look before the last change (-1: none yet)
         self.head_len = min(st.st_size, HEAD_BYTES)
         self.head_sha256 = head_digest(fd, self.head_len)
         self.retire_at_ns: int | None = None  # set once the path no longer names this file
@@ -82,14 +83,18 @@ class Tail:
         seen = (st.st_size, st.st_mtime_ns)
         if seen == self._seen:
             return None
+        self.looked_mtime_ns = self._seen[1]
         self._seen = seen
         return st
 
     def rewritten(self, st: os.stat_result) -> bool:
-        """True when the file is shorter than what was read, or its first bytes are not those hashed
-        (truncated and written again past the old offset); else the hashed head grows toward HEAD_BYTES."""
+        """True when the file is shorter than what was read, its first bytes are not those hashed
+        (truncated and written again past the old offset), or it was written and emptied again before
+        anything was read; else the hashed head grows toward HEAD_BYTES."""
         if st.st_size < self.offset:
             return True
+        if self.offset == 0 and st.st_size == 0 and self.looked_mtime_ns >= 0:
+            return True  # written since the last look and empty again: truncated before a byte was read
         if self.head_len and head_digest(self.fd, self.head_len) != self.head_sha256:
             return True
         if self.head_len < HEAD_BYTES and st.st_size > self.head_len:
@@ -103,8 +108,10 @@ class Tail:
         self._partial.clear()
         self._partial_since_ns = None
         self._skipping = False
-        self._seen = (-1, -1)
-        self.head_len, self.head_sha256 = 0, head_digest(self.fd, 0)
+        st = os.fstat(self.fd)
+        self._seen = (st.st_size, st.st_mtime_ns)  # this look: a later write and truncation shows
+        self.head_len = min(st.st_size, HEAD_BYTES)
+        self.head_sha256 = head_digest(self.fd, self.head_len)
 
     def read(self, budget_bytes: int, now_ns: int) -> tuple[list[RawLine], bool]:
         """The complete lines appended since the last read, at most about `budget_bytes` of them, and
