@@ -337,3 +337,11 @@ def test_account_switch_is_a_substitute_user() -> None:
     )
     assert (d["activity_id"], d["activity_name"]) == (7, "Account Switch")
     assert (d["account_switch_type_id"], d["account_switch_type"]) == (1, "Substitute User")
+
+
+def test_detection_records_reach_an_extension_in_an_event_batch() -> None:
+    """The SDK's host frame decodes every new record, so an extension can subscribe to the new kinds."""
+    from ringfence.sdk._protocol import EventBatch, HostFrame
+
+    frame = EventBatch(events=HAND_BUILT)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(frame), type=HostFrame) == frame
