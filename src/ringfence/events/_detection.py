@@ -20,7 +20,8 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     quotes removed and what audit hex-encodes decoded (`proctitle` with its NULs as spaces, execve's
     `aN`, `name`, `comm`, `exe`, `cwd`, ...). A value that did not decode stays as written. Where auditd's
     enriched format adds an interpretation, it is there under auditd's upper-case name (`SYSCALL`, the
-    syscall's name, and `ARCH`).
+    syscall's name, and `ARCH`). A rule with several keys gives one `key` joined by \x01, as the kernel
+    keeps them; a field that appears twice keeps its first value.
     """
 
     type: str
