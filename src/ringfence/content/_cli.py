@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, TypeAlias
 
 from ringfence.content._client import TufContentUpdater, UpdateConfig, install_trusted_root
 from ringfence.content._errors import ContentError
@@ -12,6 +13,9 @@ from ringfence.content._keys import ROLES, ExpiryPolicy, KeyStore, utc_now
 from ringfence.content._package import load_package
 from ringfence.content._repository import Repository
 from ringfence.content._serve import make_server
+
+if TYPE_CHECKING:
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 DEFAULT_STATE_DIR = "/var/lib/ringfence"  # the agent's default too (a test holds them equal)
 
@@ -24,6 +28,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "hosts with signature, version and expiry checks (python-tuf).",
     )
     cmds = content.add_subparsers(dest="content_cmd", metavar="COMMAND", required=True)
+    _add_keys(cmds)
+    _add_publisher(cmds)
+    _add_host(cmds)
+
+
+def _add_keys(cmds: Commands) -> None:
     keys = cmds.add_parser("keys", help="the publisher's signing keys").add_subparsers(
         dest="keys_cmd", metavar="COMMAND", required=True
     )
@@ -46,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     rotate.add_argument("role", choices=ROLES, metavar="ROLE", help="root, targets, snapshot or timestamp")
     _repo_keys(rotate)
+
+
+def _add_publisher(cmds: Commands) -> None:
     publish = cmds.add_parser(
         "publish",
         help="add a package to the repository and sign it",
@@ -66,6 +79,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     sign.add_argument("--snapshot", action="store_true", help="also re-sign the snapshot")
     _repo_keys(sign)
+
+
+def _add_host(cmds: Commands) -> None:
     serve = cmds.add_parser(
         "serve",
         help="serve a repository over HTTP (tests and small setups)",
