@@ -38,6 +38,13 @@ class Driven:
         self.follower.start(saved or [], self.now, at_end_if_new=at_end_if_new)
         return self
 
+    def one_pass(self, budget: int) -> bool:
+        """Exactly one pass; whether it left something to read."""
+        return self.follower.poll(self.now, budget, self._take)
+
+    def _take(self, _source: str, line: RawLine) -> None:
+        self.raw.append(line)
+
     def poll(self, advance_s: float = 0.0, budget: int = 1 << 20) -> list[str]:
         """One or more passes (until nothing is left to read); the lines they gave, decoded."""
         self.now += int(advance_s * S)

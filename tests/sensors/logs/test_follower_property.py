@@ -1,6 +1,7 @@
-"""Generated sequences of appends, passes (of any budget), logrotate renames and copytruncates: every
-line written is handed on exactly once. What the sensor guarantees and the plans keep to: it looks at
-the path at least once between two rotations (every second, however far behind it reads)."""
+"""Generated sequences of appends, passes (of any budget), logrotate renames, copytruncates and restarts
+from the saved positions: every line written is handed on exactly once. What the sensor guarantees and
+the plans keep to: it looks at the path at least once between two rotations (every second, however far
+behind it reads)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .support import Driven, append, copytruncate
+from ringfence.sensors.logs._follower import Follower
+from ringfence.sensors.logs._positions import Position
+from ringfence.sensors.logs._tail import Limits
+
+from .support import Driven, S, append, copytruncate
 
 Step = tuple[str, int]
 
@@ -28,10 +33,18 @@ def _create(path: Path) -> None:
 
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["append", "append", "append", "poll", "rename", "copytruncate"]), st.integers(1, 40)
+        st.sampled_from(["append", "append", "append", "poll", "rename", "copytruncate", "restart"]),
+        st.integers(1, 40),
     ),
     max_size=40,
 )
+
+
+def _restarted(old: Driven, log: Path, saved: list[Position]) -> Driven:
+    new = Driven(log, grace_s=3600)
+    new.raw, new.now, new.counts = old.raw, old.now, old.counts
+    new.follower = Follower(str(log), Limits(16384, 5 * S), 3600 * S, new.counts)
+    return new.start(saved, at_end_if_new=True)
 
 
 @settings(max_examples=60, deadline=None)
@@ -58,7 +71,11 @@ def test_every_line_written_is_handed_on_once_across_rotations(plan: list[Step])
                 _create(log)
                 # One pass, reading almost nothing: the sensor looks every second, so it sees each
                 # rotation (two within one look would hide the middle file), however far behind it reads.
-                d.follower.poll(d.now, 1, lambda _s, line: d.raw.append(line))
+                d.one_pass(budget=1)
+            elif op == "restart":
+                saved = d.follower.positions()  # what the sensor saves at stop
+                d.follower.close()
+                d = _restarted(d, log, saved)
             else:
                 copy = copytruncate(log)
                 d.poll()  # logrotate's copy is replaced at its next run; the sensor has read it by then
