@@ -303,3 +303,23 @@ def test_each_publisher_step_starts_from_the_repository_on_disk(publisher):
     stale.sign("timestamp")  # must not put back the timestamp from before the publication
     assert [m.version for m in publisher.repository().published()] == ["1.0"]
     assert stale.timestamp.signed.version == 3 and stale.timestamp.signed.snapshot_meta.version == 2
+
+
+def test_update_into_an_unusable_state_dir_is_reported_not_raised():
+    from ringfence.content import TufContentUpdater, UpdateConfig
+
+    report = TufContentUpdater(UpdateConfig(url="http://127.0.0.1:1", state_dir="/dev/null/state")).update()
+    assert not report.ok and "cannot open the update lock" in report.problems[0]
+
+
+def test_unexpected_failure_in_an_update_is_reported_not_raised(publisher, serve, host_factory, monkeypatch):
+    publisher.publish("ringfence.sigma", "linux", "1.0")
+    host = host_factory(serve(publisher.repo_dir).url, publisher.keys.root_path)
+    updater = host.updater()
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(updater, "_update", broken)
+    report = updater.update()
+    assert not report.ok and report.problems == ["unexpected RuntimeError: a bug"]
