@@ -10,6 +10,7 @@ there, the loader refused it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,7 +200,7 @@ def describe(rule: RuleInfo) -> str:
         parts.append("ATT&CK " + ", ".join(rule.techniques))
     if rule.tactics:
         parts.append("tactics " + ", ".join(rule.tactics))
-    parts.append(f"Sigma rule {rule.id} ({rule.file})")
+    parts.append(f"Sigma rule {rule.id} ({os.path.basename(rule.file)})")  # not the staged copy's path
     text = "; ".join(parts)
     if rule.description:
         text += ": " + " ".join(rule.description.split())[:500]
