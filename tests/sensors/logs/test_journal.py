@@ -192,3 +192,19 @@ def test_missing_journalctl_makes_the_sensor_unavailable(tmp_path: Path) -> None
     sensor = JournalSensor(Collected().sink, "h", JournalConfig(journalctl=str(tmp_path / "no-journalctl")))
     with pytest.raises(SensorUnavailable, match="systemd journal: cannot start"):
         sensor.start()
+
+
+def test_the_agents_own_entries_are_not_read_back(journal: Journal) -> None:
+    got = Collected()
+    sensor = _sensor(journal, got, None)
+    try:
+        _wait_following(journal, got)
+        journal.write(
+            "finding: reverse shell", pid=os.getpid()
+        )  # the agent's console line, as journald saw it
+        journal.write("someone else")
+        (event,) = got.wait_lines(1)
+        wait_until(lambda: sensor.statistics().detail["own_entries"] == 1, "the own entry counted")
+    finally:
+        sensor.stop()
+    assert event.message == "someone else"

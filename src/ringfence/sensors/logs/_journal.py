@@ -9,6 +9,11 @@ turns subprocess's vfork off). Its stdout is read by one thread; an entry longer
 `--all`). A MESSAGE that is not UTF-8 comes as an array of bytes and is decoded with replacement.
 stop() terminates the child by its pid and waits for it, bounded.
 
+Entries whose `_PID` (set by journald, not by the writer) is the agent's own are skipped and counted:
+run as a service, the agent's console lines (findings among them) go to the journal, and reading them
+back would let a rule match its own findings without end. A log file gives no such trusted pid (a line's
+`name[pid]` is whatever the writer said), so the file sensor skips nothing.
+
 Errors (the tree):
     SensorUnavailable   start(): journalctl is missing or cannot be started
 A child that exits by itself (no journal, a cursor it cannot find) is reported in one line with its
@@ -99,7 +104,10 @@ class JournalSensor:
         self._config = config
         self._clock = clock or SystemClock()
         self._stamper = HeaderStamper(self.name, host, self._clock)
-        self._counts = Counters(("entries", "emitted", "errors", "entries_skipped", "cursor_lost"))
+        self._counts = Counters(
+            ("entries", "emitted", "errors", "entries_skipped", "cursor_lost", "own_entries")
+        )
+        self._own_pid = os.getpid()
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._thread: threading.Thread | None = None
@@ -145,7 +153,7 @@ class JournalSensor:
             dropped=counts["entries_skipped"],
             errors=counts["errors"],
             last_seq=self._stamper.last_seq,
-            detail={"entries_skipped": counts["entries_skipped"], "cursor_lost": counts["cursor_lost"]},
+            detail={k: counts[k] for k in ("entries_skipped", "cursor_lost", "own_entries")},
         )
 
     # -- the child ---------------------------------------------------------------------------------------
@@ -236,6 +244,9 @@ class JournalSensor:
             self._counts.add("entries_skipped")
             return
         self._cursor = entry.cursor
+        if _number(entry.pid) == self._own_pid:
+            self._counts.add("own_entries")  # the agent's own output (as a service): never read back
+            return
         try:
             self._sink(self._event(entry))
         except Exception:  # logged with its traceback and counted; the next entry goes on
