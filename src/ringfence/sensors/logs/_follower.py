@@ -154,8 +154,11 @@ class Follower:
                 tail = Tail.open(path, self._limits, cur.committed)
             except OSError:
                 continue
-            if head_digest(tail.fd, cur.head_len) == cur.head_sha256:
-                return tail
+            try:
+                if head_digest(tail.fd, cur.head_len) == cur.head_sha256:
+                    return tail
+            except OSError as e:  # unreadable: not a copy we can use; the next candidate is looked at
+                log.debug("log sensor: candidate copy %s: %s", path, e)
             tail.close()
         return None
 
