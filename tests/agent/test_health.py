@@ -97,6 +97,20 @@ def test_drops_degrade_for_the_window_then_only_the_total_remains() -> None:
     assert problems(848), "a new drop degrades again"
 
 
+def test_drops_inside_an_extension_degrade_too() -> None:
+    """An extension whose own inbox overflows loses events the agent never sees leave: its runtime's
+    counters say so, and they count as a stage's drops."""
+    clock = FakeClock()
+    tracker = DropTracker(clock)
+    ext = ExtensionStatistics(id="sig", state="running", extension={"events_dropped": 5, "findings": 9})
+    drops = tracker.observe(drop_totals([], _broker(), [], [ext]))
+    assert [(d.stage, d.total) for d in drops] == [("extension sig (inside)", 5)]
+    problems = problems_of(
+        sensors=[], unavailable={}, broker=_broker(), extensions=[ext], drops=drops, drop_window_s=60
+    )
+    assert any(p.startswith("extension sig (inside) dropped events") for p in problems)
+
+
 @pytest.mark.parametrize(
     ("stats", "expected"),
     [
