@@ -61,7 +61,7 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     logs: bool = True  # log lines (the journal, or auth.log, syslog, ...) as LogEvents
     log_files: tuple[str, ...] = DEFAULT_LOG_FILES  # those that do not exist are waited for
     log_source: Literal["auto", "files", "journal"] = "auto"  # auto: the journal where journald runs
-    dns: bool = True  # packet socket, kernel filter for port 53: DNS Activity, host names on network events
+    dns: bool = False  # packet socket, port 53: DNS Activity, host names; parses network bytes as root
     dns_interfaces: tuple[str, ...] = ()  # interfaces the DNS sensor watches; empty: all
 
 

@@ -79,5 +79,8 @@ def test_bad_dns_interface_is_refused_with_its_key_and_line(tmp_path: Path) -> N
     assert all(p.line == line for p in problems.values())
 
 
-def test_dns_is_on_by_default() -> None:
-    assert parse_config(b"", "empty.toml").sensors.dns is True
+def test_dns_is_off_by_default() -> None:
+    """It parses bytes from the network in the root agent (ARCHITECTURE.md section 2 keeps untrusted
+    parsing out of it): on only where the operator asks, until the parser runs in a sandboxed helper."""
+    assert parse_config(b"", "empty.toml").sensors.dns is False
+    assert parse_config(b"[sensors]\ndns = true\n", "on.toml").sensors.dns is True
