@@ -7,7 +7,9 @@ The child is started with subprocess (never vfork while the exec gate runs: the 
 turns subprocess's vfork off). Its stdout is read by one thread; an entry longer than
 `max_entry_bytes` is skipped and counted (journalctl itself turns fields over 4 KiB into null without
 `--all`). A MESSAGE that is not UTF-8 comes as an array of bytes and is decoded with replacement.
-stop() terminates the child by its pid and waits for it, bounded.
+stop() terminates the child by its pid and waits for it, bounded. The child runs in a session of its
+own (a terminal's Ctrl-C reaches only the agent, which then stops it); an agent killed with SIGKILL
+leaves it until its next entry, when writing to the closed pipe ends it (SIGPIPE).
 
 Entries whose `_PID` (set by journald, not by the writer) is the agent's own are skipped and counted:
 run as a service, the agent's console lines (findings among them) go to the journal, and reading them
@@ -176,6 +178,7 @@ class JournalSensor:
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
                 close_fds=True,
+                start_new_session=True,  # a Ctrl-C at the agent's terminal is the agent's to handle
             )
         except OSError as e:
             raise SensorUnavailable(_INTERFACE, f"cannot start {self._config.journalctl}: {e}") from e
