@@ -38,6 +38,7 @@ from ringfence.events import (
     Severity,
     Verdict,
 )
+from ringfence.sdk._dedup import Deduplicator
 from ringfence.sdk._extension import AuthFile, Context, Extension, allow, deny
 from ringfence.sdk._manifest import (
     PROTOCOL_VERSION,
@@ -63,6 +64,7 @@ __all__ = [
     "Authentication",
     "AuthenticationActivityId",
     "Context",
+    "Deduplicator",
     "DetectionFinding",
     "DnsActivity",
     "DnsActivityId",

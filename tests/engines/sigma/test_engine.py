@@ -432,7 +432,7 @@ def test_correlation_with_generate_true_keeps_the_base_rules_own_findings(start,
 
 
 def test_dedup_state_is_bounded_and_an_early_closed_window_still_reports_its_count(clock) -> None:
-    from ringfence.engines.sigma._dedup import Deduplicator
+    from ringfence.sdk import Deduplicator
 
     dedup = Deduplicator(60 * 10**9, clock, max_keys=2)
     assert dedup.admit("a", "a1") and not dedup.admit("a", "a2")

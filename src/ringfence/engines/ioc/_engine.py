@@ -22,7 +22,6 @@ from pathlib import PurePosixPath
 from typing import ClassVar
 
 from ringfence.engines.ioc._config import IocConfig
-from ringfence.engines.ioc._dedup import Deduplicator
 from ringfence.engines.ioc._indicators import Kind
 from ringfence.engines.ioc._iocset import HashMatch
 from ringfence.engines.ioc._memo import Digests, HashMemo, MemoStatistics, file_key
@@ -34,6 +33,7 @@ from ringfence.sdk import (
     AuthParticipation,
     AuthRequest,
     Context,
+    Deduplicator,
     DnsActivity,
     Event,
     EventKind,

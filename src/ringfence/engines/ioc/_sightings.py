@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ringfence.engines.ioc._dedup import Deduplicator
 from ringfence.engines.ioc._iocset import IocSet
 from ringfence.engines.ioc._network import NetworkMatch
-from ringfence.sdk import Context, DnsActivity, Endpoint, NetworkActivity, ProcessRef, Severity
+from ringfence.sdk import Context, Deduplicator, DnsActivity, Endpoint, NetworkActivity, ProcessRef, Severity
 
 _ADDRESS_ANSWERS = frozenset({"A", "AAAA"})
 _NAME_ANSWERS = frozenset({"CNAME", "DNAME", "PTR", "NS", "MX", "SRV"})

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from ringfence.engines.sigma._config import SigmaConfig
 from ringfence.engines.sigma._correlate import CorrelationStatistics, Correlator
-from ringfence.engines.sigma._dedup import Deduplicator
 from ringfence.engines.sigma._fields import (
     LOGSOURCES,
     ContentSchema,
@@ -27,7 +26,16 @@ from ringfence.engines.sigma._fields import (
 )
 from ringfence.engines.sigma._ruleset import RuleInfo, RuleSet
 from ringfence.engines.sigma._watch import Background, WatchedRules, run_in_thread
-from ringfence.sdk import Context, Event, EventKind, Extension, FileActivity, Manifest, ProcessRef
+from ringfence.sdk import (
+    Context,
+    Deduplicator,
+    Event,
+    EventKind,
+    Extension,
+    FileActivity,
+    Manifest,
+    ProcessRef,
+)
 
 CONTENT_INTERFACE = "sigma@1"
 
@@ -85,7 +93,9 @@ class SigmaEngine(Extension):
         exist and not one loads (every issue at once, in one line), so the agent refuses to start."""
         super().setup(ctx)
         self._config = SigmaConfig.from_settings(ctx.settings, ctx.content_dir)
-        self._dedup = Deduplicator(self._config.dedup_window_s * 1_000_000_000, self._clock)
+        self._dedup: Deduplicator[_Occurrence] = Deduplicator(
+            self._config.dedup_window_s * 1_000_000_000, self._clock
+        )
         self._watched = WatchedRules(self._config, self._clock, ctx.log, self._background)
         self._watched.load()
         self._use(self._watched.current)

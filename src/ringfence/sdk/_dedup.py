@@ -1,32 +1,35 @@
-"""Findings deduplicated within a window: the first is raised at once, the repeats are counted and
-summed up in one finding when the window closes. Bounded: at most `max_keys` open windows (the oldest is
-closed early, its count still reported)."""
+"""Findings deduplicated within a window, for any engine: the first is raised at once, the repeats are
+counted and summed up in one finding when the window closes. Bounded: at most `max_keys` open windows
+(the oldest is closed early, its count still reported). Time is the injected monotonic clock.
+Not thread-safe: an extension calls it from its main thread (on_event, on_auth, on_tick)."""
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
-class _Window:
+class _Window(Generic[T]):
     opened_ns: int
     repeats: int
-    last: Any  # what the caller needs to report the repeats (the latest occurrence)
+    last: T  # the latest occurrence, what the summary reports
 
 
-class Deduplicator:
+class Deduplicator(Generic[T]):
     def __init__(self, window_ns: int, clock: Callable[[], int], max_keys: int = 4096) -> None:
         self._window_ns = window_ns
         self._clock = clock
         self._max_keys = max_keys
-        self._open: collections.OrderedDict[Hashable, _Window] = collections.OrderedDict()
-        self._closed: list[tuple[Any, int]] = []
+        self._open: collections.OrderedDict[Hashable, _Window[T]] = collections.OrderedDict()
+        self._closed: list[tuple[T, int]] = []
         self.suppressed = 0
 
-    def admit(self, key: Hashable, occurrence: Any) -> bool:
+    def admit(self, key: Hashable, occurrence: T) -> bool:
         """True: raise this one now. False: a repeat inside its window, counted."""
         self._expire()
         window = self._open.get(key)
@@ -42,7 +45,7 @@ class Deduplicator:
         self._open[key] = _Window(self._clock(), 0, occurrence)
         return True
 
-    def closed(self) -> list[tuple[Any, int]]:
+    def closed(self) -> list[tuple[T, int]]:
         """Windows that ended with repeats: (the latest occurrence, how many repeats), taken once."""
         self._expire()
         out, self._closed = self._closed, []
