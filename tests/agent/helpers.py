@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -72,3 +73,21 @@ class Collector:
             if match(e):
                 return e
         raise AssertionError(f"no matching event within {timeout_s} s; saw {len(self.seen)} events")
+
+
+def runs(path: Path) -> bool:
+    """Whether a real exec of `path` ran (true or false both count): False when it was denied."""
+    try:
+        return subprocess.run([str(path)], check=False, timeout=30).returncode in (0, 1)
+    except PermissionError:
+        return False
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 15) -> bool:
+    """Poll `check` until it holds (a hang guard, not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False

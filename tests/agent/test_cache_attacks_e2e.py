@@ -12,12 +12,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.agent.test_extensions_e2e import shared_dir, start_agent  # noqa: F401
+from tests.agent.test_extensions_e2e import start_agent  # noqa: F401
 
 _TRAILER = 64
 
 
-def _runs(path: Path) -> bool:
+def runs(path: Path) -> bool:
     try:
         return subprocess.run([str(path)], check=False, timeout=30).returncode == 0
     except PermissionError:
@@ -27,7 +27,7 @@ def _runs(path: Path) -> bool:
 def test_mapped_write_after_the_allow_is_caught_by_kernel_cache_and_engine_memo(
     start_agent,  # noqa: F811
     tmpfs: Path,
-    shared_dir: Path,  # noqa: F811
+    shared_dir: Path,
 ) -> None:
     base = Path("/bin/true").read_bytes()
     good, bad = base + b"\0" * _TRAILER, base + b"\1" * _TRAILER
@@ -41,7 +41,7 @@ def test_mapped_write_after_the_allow_is_caught_by_kernel_cache_and_engine_memo(
     for _ in range(50):
         with tool.open("r+b") as f:
             f.write(good)
-        assert _runs(tool)
+        assert runs(tool)
         deadline = time.monotonic() + 10
         while agent.sensors_by_name()["exec-auth"].statistics().detail["cached_files"] == 0:
             assert time.monotonic() < deadline, "the harmless binary was never cached"
@@ -49,4 +49,4 @@ def test_mapped_write_after_the_allow_is_caught_by_kernel_cache_and_engine_memo(
         with tool.open("r+b") as f, mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED) as m:
             assert m[len(bad) - 1] == 0  # read first: tmpfs then maps the page writable and the write
             m[len(bad) - _TRAILER :] = bad[-_TRAILER:]  # never faults, so the times do not change
-        assert not _runs(tool), "the blocklisted content ran from a cache"
+        assert not runs(tool), "the blocklisted content ran from a cache"

@@ -11,7 +11,6 @@ import queue
 import re
 import select
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,15 +33,6 @@ EXT_ID = "test.double-forker"
 T = TypeVar("T")
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the unprivileged extension user can reach (pytest's tmp dirs are root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="rf-cleanup-", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,18 +16,9 @@ import pytest
 
 from ringfence.agent import Agent, Console
 from ringfence.agent._extensions import make_supervisor
-from tests.agent.helpers import scoped_config
+from tests.agent.helpers import eventually, runs, scoped_config
 
 REPO = str(Path(__file__).resolve().parents[2])
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the unprivileged extension user can reach (pytest's tmp dirs are root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="rf-e2e-", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d)
 
 
 @pytest.fixture
@@ -73,22 +63,6 @@ def _findings(agent: Agent, wait_for: Callable[[dict], bool], timeout_s: float =
     raise AssertionError(f"no matching finding in {path} within {timeout_s} s")
 
 
-def _runs(path: Path) -> bool:
-    try:
-        return subprocess.run([str(path)], check=False, timeout=30).returncode in (0, 1)
-    except PermissionError:
-        return False
-
-
-def _eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_blocklisted_binary_denied_under_any_name_until_removed(
     start_agent, tmpfs: Path, shared_dir: Path
 ) -> None:
@@ -107,13 +81,13 @@ def test_blocklisted_binary_denied_under_any_name_until_removed(
         subprocess.run([str(evil)], check=False)
     with pytest.raises(PermissionError):
         subprocess.run([str(other_name)], check=False)
-    assert _runs(fine)
+    assert runs(fine)
     finding = _findings(agent, lambda d: d["class_uid"] == 2004 and "test-evil" in d["finding_info"]["title"])
     assert finding["evidences"][0]["file"]["hashes"][0]["value"] == _sha256(evil)
     assert (finding["action"], finding["disposition"]) == ("Denied", "Blocked")  # OCSF 1.8.0 captions
 
     blocklist.write_text("# emptied\n")
-    assert _eventually(lambda: _runs(evil)), "still denied after the hash left the blocklist"
+    assert eventually(lambda: runs(evil)), "still denied after the hash left the blocklist"
 
 
 def test_file_edited_after_it_was_allowed_is_checked_again(
@@ -126,7 +100,7 @@ def test_file_edited_after_it_was_allowed_is_checked_again(
     blocklist = shared_dir / "blocklist.txt"
     blocklist.write_text(f"{_sha256(bad_source)}\n")
     start_agent(("ringfence.reputation",), {"ringfence.reputation": {"blocklist": str(blocklist)}})
-    assert _runs(tool) and _runs(tool)  # allowed, then (maybe) from the kernel's cache
+    assert runs(tool) and runs(tool)  # allowed, then (maybe) from the kernel's cache
     with tool.open("r+b") as f:  # rewritten in place: same inode, new content
         f.write(bad_source.read_bytes())
         f.truncate()
@@ -185,7 +159,7 @@ def test_faulty_extensions_cost_only_themselves(start_agent, tmpfs: Path) -> Non
         ext = {e.id: e for e in agent.health().extensions}
         return ext["fault.aborter"].crashes >= 1
 
-    assert _eventually(aborter_restarted)
+    assert eventually(aborter_restarted)
     health = agent.health()
     misses = health.broker.auth.subscribers["fault.silent"].deadline_misses
     late_or_missed = misses + health.broker.auth.subscribers["fault.silent"].refused
@@ -201,14 +175,14 @@ def test_hash_added_to_blocklist_applies_to_an_already_cached_file(
     blocklist = shared_dir / "blocklist.txt"
     blocklist.write_text("# nothing yet\n")
     agent = start_agent(("ringfence.reputation",), {"ringfence.reputation": {"blocklist": str(blocklist)}})
-    assert _runs(tool)
+    assert runs(tool)
 
     def cached() -> bool:
-        return _runs(tool) and agent.sensors_by_name()["exec-auth"].statistics().detail["cached"] >= 1
+        return runs(tool) and agent.sensors_by_name()["exec-auth"].statistics().detail["cached"] >= 1
 
-    assert _eventually(cached), "the kernel never cached the ALLOW"
+    assert eventually(cached), "the kernel never cached the ALLOW"
     blocklist.write_text(f"{_sha256(tool)}  now-known-bad\n")
-    assert _eventually(lambda: not _runs(tool)), "a cached file stayed allowed after its hash was listed"
+    assert eventually(lambda: not runs(tool)), "a cached file stayed allowed after its hash was listed"
     ext = {e.id: e for e in agent.health().extensions}["ringfence.reputation"]
     assert ext.verdict_flushes >= 1
 

@@ -11,13 +11,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.agent.test_extensions_e2e import _runs, _sha256, shared_dir, start_agent  # noqa: F401
+from tests.agent.helpers import runs
+from tests.agent.test_extensions_e2e import _sha256, start_agent  # noqa: F401
 
 
 def test_blocklisted_binary_under_a_non_utf8_name_is_denied_and_the_engine_stays_up(
     start_agent,  # noqa: F811
     tmpfs: Path,
-    shared_dir: Path,  # noqa: F811
+    shared_dir: Path,
 ) -> None:
     evil = tmpfs / "evil"
     shutil.copy2("/bin/true", evil)
@@ -35,7 +36,7 @@ def test_blocklisted_binary_under_a_non_utf8_name_is_denied_and_the_engine_stays
         except PermissionError:
             ran = False
         assert not ran, "the blocklisted binary ran under a non-UTF-8 name"
-    assert not _runs(evil)  # and the engine still answers for everything else
-    assert _runs(fine)
+    assert not runs(evil)  # and the engine still answers for everything else
+    assert runs(fine)
     auth = agent.health().broker.auth
     assert sum(s.deadline_misses for s in auth.subscribers.values()) == 0

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,14 +29,6 @@ UNPERMITTED = "test.unpermitted=tests.agent.cleanup_extensions:Unpermitted"
 VICTIM = "test.double-forker=tests.agent.cleanup_extensions:DoubleForker"
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="rf-resp-", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d)
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from tests.agent.helpers import scoped_config
+from tests.agent.helpers import eventually, runs, scoped_config
 from tests.kernel import fanotify_fds
 
 from ringfence.agent import Agent, AgentError, Config, Console
@@ -35,24 +33,6 @@ RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the extension user can pass through (the state dir goes here; pytest's are 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="rf-content-", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d)
-
-
-@pytest.fixture
-def root_only_dir() -> Iterator[Path]:
-    """Where a root-owned list normally lives: a 0700 directory that `ringfence-ext` cannot enter."""
-    d = Path(tempfile.mkdtemp(prefix="rf-root-only-", dir="/tmp"))
-    d.chmod(0o700)
-    yield d
-    shutil.rmtree(d)
 
 
 def config_for(
@@ -89,22 +69,6 @@ def start_agent(agents: list[Agent]) -> Callable[[Config], Agent]:
     return start
 
 
-def _runs(path: Path) -> bool:
-    try:
-        return subprocess.run([str(path)], check=False, timeout=30).returncode in (0, 1)
-    except PermissionError:
-        return False
-
-
-def _eventually(check: Callable[[], bool], timeout_s: float = 15) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _extension(agent: Agent, ext_id: str) -> Any:
     return {e.id: e for e in agent.health().extensions}[ext_id]
 
@@ -130,8 +94,8 @@ def test_root_only_blocklist_in_a_0700_dir_blocks_the_binary(
         config = config_for(tmpfs, shared_dir, {}, settings={REPUTATION: {"blocklist": str(blocklist)}})
     agent = start_agent(config)
     assert _extension(agent, REPUTATION).state == "running"
-    assert not _runs(evil)
-    assert _runs(other)
+    assert not runs(evil)
+    assert runs(other)
 
 
 def test_garbage_line_refuses_start_naming_file_and_line_and_arms_no_sensor(
@@ -216,8 +180,8 @@ def test_million_entry_list_loads_in_the_sandbox_at_the_default_limits_and_block
     agent = start_agent(config)
     ext = _extension(agent, REPUTATION)
     assert ext.state == "running", ext
-    assert not _runs(evil)
-    assert _runs(other)
+    assert not runs(evil)
+    assert runs(other)
     ext = _extension(agent, REPUTATION)
     assert ext.restarts == 0 and ext.rss_bytes is not None and ext.rss_bytes < 256 << 20
 
@@ -229,18 +193,18 @@ def test_list_broken_while_running_keeps_the_old_one_and_is_reported_until_fixed
     blocklist = root_only_dir / "bl.txt"
     blocklist.write_text(f"{sha(evil)}\n")
     agent = start_agent(config_for(tmpfs, shared_dir, {REPUTATION: {"blocklist.txt": str(blocklist)}}))
-    assert not _runs(evil)
+    assert not runs(evil)
 
     blocklist.write_text(f"{sha(other)}\nbroken line\n")  # would allow evil, if it were loaded
-    assert _eventually(lambda: f"{blocklist}:2: error" in _extension(agent, REPUTATION).last_error)
+    assert eventually(lambda: f"{blocklist}:2: error" in _extension(agent, REPUTATION).last_error)
     for _ in range(3):
-        assert not _runs(evil), "the last good list is no longer in force"
-    assert _runs(other)
+        assert not runs(evil), "the last good list is no longer in force"
+    assert runs(other)
     assert _extension(agent, REPUTATION).state == "running"
 
     blocklist.write_text(f"{sha(other)}\n")  # fixed
-    assert _eventually(lambda: not _runs(other)), "the fixed list never took effect"
-    assert _runs(evil)
+    assert eventually(lambda: not runs(other)), "the fixed list never took effect"
+    assert runs(evil)
     assert _extension(agent, REPUTATION).last_error == ""
 
 
@@ -272,7 +236,7 @@ def test_extension_cannot_read_the_operators_path_only_read_its_staged_copy(
                     return str(title)
         return None
 
-    assert _eventually(lambda: probed() is not None)
+    assert eventually(lambda: probed() is not None)
     refused = f"refused({errno.EACCES})"
     assert probed() == f"probe operator={refused} content=read write={refused} create={refused}"
     assert operator_file.read_text() == "anything\n"
@@ -288,7 +252,7 @@ def test_engine_restarted_after_a_rejected_update_comes_back_with_the_last_good_
     blocklist.write_text(f"{sha(evil)}\n")
     agent = start_agent(config_for(tmpfs, shared_dir, {REPUTATION: {"blocklist.txt": str(blocklist)}}))
     blocklist.write_text("garbage\n")
-    assert _eventually(lambda: f"{blocklist}:1: error" in _extension(agent, REPUTATION).last_error)
+    assert eventually(lambda: f"{blocklist}:1: error" in _extension(agent, REPUTATION).last_error)
     pid = _extension(agent, REPUTATION).pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # the engine process this test's agent started: a crash, say
@@ -297,8 +261,8 @@ def test_engine_restarted_after_a_rejected_update_comes_back_with_the_last_good_
         ext = _extension(agent, REPUTATION)
         return ext.state == "running" and ext.pid not in (None, pid)
 
-    assert _eventually(back, timeout_s=30), _extension(agent, REPUTATION)
-    assert not _runs(evil)
+    assert eventually(back, timeout_s=30), _extension(agent, REPUTATION)
+    assert not runs(evil)
     assert _extension(agent, REPUTATION).state == "running"
 
 
@@ -311,8 +275,8 @@ def test_blocklist_deleted_while_running_keeps_the_staged_copy_in_force_and_says
     agent = start_agent(config_for(tmpfs, shared_dir, {REPUTATION: {"blocklist.txt": str(blocklist)}}))
     assert _extension(agent, REPUTATION).content_version == "slot 1"
     blocklist.unlink()
-    assert _eventually(lambda: f"{blocklist}: cannot open" in _extension(agent, REPUTATION).last_error)
-    assert not _runs(evil)
+    assert eventually(lambda: f"{blocklist}: cannot open" in _extension(agent, REPUTATION).last_error)
+    assert not runs(evil)
     assert _extension(agent, REPUTATION).content_version == "slot 1"
 
 
@@ -345,8 +309,8 @@ def test_cli_blocklist_flag_with_a_root_only_list_blocks_the_binary(
             if "running on" in line or len(lines) > 50:
                 break
         assert "running on" in lines[-1], lines
-        assert not _runs(evil)
-        assert _runs(other)
+        assert not runs(evil)
+        assert runs(other)
         status = subprocess.run(
             [*RINGFENCE, "status", "--json", "--state-dir", str(state)],
             capture_output=True,

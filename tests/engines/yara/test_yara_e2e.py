@@ -9,8 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from tests.agent.helpers import scoped_config
+from tests.agent.helpers import eventually, runs, scoped_config
 from tests.engines.yara.content import SLOW_RULE
 
 from ringfence.agent import Agent, AgentError, Config, Console
@@ -50,21 +48,9 @@ rule rf_test_notice : notice {{
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the extension user can pass through (the state dir goes here; pytest's are 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="rf-yara-", dir="/tmp"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d)
-
-
-@pytest.fixture
-def rules_dir() -> Iterator[Path]:
+def rules_dir(root_only_dir: Path) -> Path:
     """Where an operator keeps rules: root-only, so only the agent's staged copy can reach the engine."""
-    d = Path(tempfile.mkdtemp(prefix="rf-yara-rules-", dir="/tmp"))
-    d.chmod(0o700)
-    yield d
-    shutil.rmtree(d)
+    return root_only_dir
 
 
 @pytest.fixture
@@ -123,22 +109,6 @@ def binary(path: Path, source: str = "/bin/true", mark: str = "", pad_bytes: int
     return path
 
 
-def _runs(path: Path) -> bool:
-    try:
-        return subprocess.run([str(path)], check=False, timeout=30).returncode in (0, 1)
-    except PermissionError:
-        return False
-
-
-def _eventually(check: Callable[[], bool], timeout_s: float = 15) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _findings(agent: Agent) -> list[dict[str, Any]]:
     path = Path(agent.state_dir) / "findings.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -146,7 +116,7 @@ def _findings(agent: Agent) -> list[dict[str, Any]]:
 
 def _finding(agent: Agent, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     found: list[dict[str, Any]] = []
-    assert _eventually(lambda: bool(found.extend(f for f in _findings(agent) if match(f)) or found)), [
+    assert eventually(lambda: bool(found.extend(f for f in _findings(agent) if match(f)) or found)), [
         f["finding_info"]["title"] for f in _findings(agent)
     ]
     return found[0]
@@ -156,7 +126,7 @@ def _asks(agent: Agent, path: Path, times: int) -> int:
     """AUTH requests the engine got while `path` ran `times` times (each run must succeed)."""
     before = _ext(agent).auth_asked
     for _ in range(times):
-        assert _runs(path), f"{path} did not run"
+        assert runs(path), f"{path} did not run"
     return int(_ext(agent).auth_asked - before)
 
 
@@ -173,7 +143,7 @@ def test_block_rule_denies_a_real_binary_under_any_name_and_other_files_run(
     for path in (evil, copy, link):
         with pytest.raises(PermissionError):
             subprocess.run([str(path)], check=False, timeout=30)
-    assert _runs(binary(tmpfs / "fine", "/bin/false"))
+    assert runs(binary(tmpfs / "fine", "/bin/false"))
     finding = _finding(
         agent, lambda f: f["finding_info"]["title"] == "Blocked execution of evil: YARA rule rf_test_block"
     )
@@ -188,7 +158,7 @@ def test_non_block_match_raises_a_finding_and_the_binary_runs(
 ) -> None:
     agent = start_agent(config_for(tmpfs, shared_dir, {"test.yar": str(rules)}))
     noted = binary(tmpfs / "noted", mark=NOTICE_MARK)
-    assert _runs(noted)
+    assert runs(noted)
     finding = _finding(
         agent, lambda f: f["finding_info"]["title"] == "YARA rule rf_test_notice matched noted"
     )
@@ -200,7 +170,7 @@ def test_unmatched_binary_runs_and_is_cached_by_the_kernel(
 ) -> None:
     agent = start_agent(config_for(tmpfs, shared_dir, {"test.yar": str(rules)}))
     tool = binary(tmpfs / "tool", "/bin/false")
-    assert _eventually(lambda: _asks(agent, tool, 3) == 0), "the engine was asked about every exec"
+    assert eventually(lambda: _asks(agent, tool, 3) == 0), "the engine was asked about every exec"
 
 
 def test_binary_rewritten_in_place_after_its_first_scan_is_scanned_again_and_denied(
@@ -209,7 +179,7 @@ def test_binary_rewritten_in_place_after_its_first_scan_is_scanned_again_and_den
     agent = start_agent(config_for(tmpfs, shared_dir, {"test.yar": str(rules)}))
     tool = binary(tmpfs / "tool")
     inode = tool.stat().st_ino
-    assert _eventually(lambda: _asks(agent, tool, 2) == 0), "never cached"
+    assert eventually(lambda: _asks(agent, tool, 2) == 0), "never cached"
     evil_bytes = binary(tmpfs / "evil-source", mark=BLOCK_MARK).read_bytes()
     with tool.open("r+b") as f:  # same inode, new content
         f.write(evil_bytes)
@@ -243,15 +213,15 @@ def test_broken_update_keeps_the_old_rules_until_fixed(
     agent = start_agent(config_for(tmpfs, shared_dir, {"test.yar": str(rules)}))
     evil = binary(tmpfs / "evil", mark=BLOCK_MARK)
     other = binary(tmpfs / "other", "/bin/false", mark=NOTICE_MARK)
-    assert not _runs(evil)
+    assert not runs(evil)
     rules.write_text("rule oops : block {\n  condition:\n    and\n}\n")
-    assert _eventually(lambda: f"{rules}:3: error: syntax error" in _ext(agent).last_error), _ext(agent)
+    assert eventually(lambda: f"{rules}:3: error: syntax error" in _ext(agent).last_error), _ext(agent)
     for _ in range(3):
-        assert not _runs(evil), "the last good rules are no longer in force"
+        assert not runs(evil), "the last good rules are no longer in force"
     assert _ext(agent).state == "running"
     rules.write_text(f'rule now_other : block {{ strings: $m = "{NOTICE_MARK}" condition: $m }}\n')
-    assert _eventually(lambda: not _runs(other)), "the fixed rules never took effect"
-    assert _runs(evil)
+    assert eventually(lambda: not runs(other)), "the fixed rules never took effect"
+    assert runs(evil)
     assert _ext(agent).last_error == ""
 
 
@@ -282,7 +252,7 @@ def test_binary_replaced_by_rename_after_its_first_scan_is_denied(
 ) -> None:
     agent = start_agent(config_for(tmpfs, shared_dir, {"test.yar": str(rules)}))
     tool = binary(tmpfs / "tool")
-    assert _eventually(lambda: _asks(agent, tool, 2) == 0), "never cached"
+    assert eventually(lambda: _asks(agent, tool, 2) == 0), "never cached"
     binary(tmpfs / "evil-new", mark=BLOCK_MARK).rename(tool)  # a new inode under the cached name
     with pytest.raises(PermissionError):
         subprocess.run([str(tool)], check=False, timeout=30)
@@ -296,7 +266,7 @@ def test_engine_killed_after_a_refused_update_comes_back_with_the_last_good_rule
     agent = start_agent(config_for(tmpfs, shared_dir, {"test.yar": str(rules)}))
     evil = binary(tmpfs / "evil", mark=BLOCK_MARK)
     rules.write_text("rule broken : block { condition: }\n")
-    assert _eventually(lambda: f"{rules}:1: error" in _ext(agent).last_error), _ext(agent)
+    assert eventually(lambda: f"{rules}:1: error" in _ext(agent).last_error), _ext(agent)
     pid = _ext(agent).pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)  # the engine process this test's agent started
@@ -305,5 +275,5 @@ def test_engine_killed_after_a_refused_update_comes_back_with_the_last_good_rule
         ext = _ext(agent)
         return bool(ext.state == "running" and ext.pid not in (None, pid))
 
-    assert _eventually(back, timeout_s=30), _ext(agent)
-    assert not _runs(evil)
+    assert eventually(back, timeout_s=30), _ext(agent)
+    assert not runs(evil)
