@@ -26,6 +26,7 @@ from ringfence.agent import (
     load_config,
     read_status,
 )
+from ringfence.agent import _rules as rules_cli
 from ringfence.agent._cleanup import SETTLE_S, CleanupError, holding_state_dir
 from ringfence.agent._cleanup import sweep as sweep_leftovers
 from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
@@ -64,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         help="sha256 blocklist for the IOC engine (ringfence.reputation, or ringfence.ioc where that is "
         "enabled instead): one sha256 per line, # comments, optional label; read by the agent and handed "
         "to the engine (any owner or mode works)",
+    )
+    run.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Sigma (.yml, .yaml), YARA (.yar, .yara) or IOC (.ioc, STIX .json) files, or directories of "
+        "them, added to their engine's content for this run (the engine enabled if it is not); checked "
+        "in the sandbox first: any error stops the start. Repeatable",
     )
     run.add_argument("--no-extensions", action="store_true", help="run sensors and outputs only")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: config")
@@ -119,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         "the state dir.",
     )
     content_cli.add_parser(sub)
+    _rules_parser(sub)
     _common(clean)
     clean.add_argument(
         "--empty-now",
@@ -127,6 +138,25 @@ def _parser() -> argparse.ArgumentParser:
         "one up). Safe when no other Ringfence process runs, as in systemd's ExecStopPost",
     )
     return p
+
+
+def _rules_parser(sub: Any) -> None:
+    rules = sub.add_parser(
+        "rules",
+        help="what Sigma, YARA and IOC content would load, and every problem",
+        description="Check rule files before they are used: Sigma (.yml, .yaml), YARA (.yar, .yara) and "
+        "IOC (.ioc, STIX .json) files, or directories of them. Each engine's own loader reads them in a "
+        "sandboxed child (as the extension user when run as root). Exit status 1 on any error.",
+    ).add_subparsers(dest="rules_cmd", metavar="{check,list}", required=True)
+    for name, text in (
+        ("check", "per engine what would load (rules per Sigma logsource), then every problem with "
+         "file, line and rule id"),
+        ("list", "as check, and every rule that would load"),
+    ):  # fmt: skip
+        cmd = rules.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        cmd.add_argument("paths", nargs="+", metavar="PATH", help="a rule file or a directory of them")
+        cmd.add_argument("--json", action="store_true", help="the report as one JSON document")
+        cmd.add_argument("--config", default=None, help="config file (for the sandbox user)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -156,8 +186,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         content = {ext_id: dict(files) for ext_id, files in config.extensions.content.items()}
         content.setdefault(_ioc_engine_id(config), {})["blocklist.txt"] = os.path.abspath(args.blocklist)
         config = with_overrides(config, extensions={"content": content})
+    report = None
+    if args.rules:
+        if args.no_extensions:
+            raise AgentError("--rules needs the extensions: drop --no-extensions")
+        config, report = _with_rules(config, args.rules)
     configure_logging(config.agent.log_level, config.agent.state_dir)
     console = Console()
+    if report is not None:
+        for line in [rules_cli.summary(report), *map(str, report.all_issues())]:
+            console.line(f"ringfence: {line}")
     extensions = None if args.no_extensions else _extension_factory()
     agent = Agent(config, console=console, extensions=extensions)
     agent.start()
@@ -173,6 +211,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         agent.stop()
         console.line("ringfence stopped; marks and audit rules removed")
     return 0
+
+
+def _with_rules(config: Config, paths: list[str]) -> tuple[Config, rules_cli.RulesReport]:
+    """`config` with the --rules files in their engines' content, and what the sandboxed check found.
+    Raises RulesCheckError, one line with every error, when one would not load."""
+    report = rules_cli.check_paths(paths, user=config.extensions.user)
+    if report.blocking:
+        raise rules_cli.RulesCheckError(
+            f"--rules: {len(report.blocking)} errors, not started: "
+            + "; ".join(str(i) for i in report.blocking)
+        )
+    found, _ = rules_cli.find_files(paths)
+    return rules_cli.with_rules(config, found, _ioc_engine_id(config)), report
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    report = rules_cli.check_paths(args.paths, user=config.extensions.user)
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(report), indent=2, sort_keys=True))
+    else:
+        print("\n".join(rules_cli.render(report, list_rules=args.rules_cmd == "list")))
+    return EXIT_FAILED if report.blocking else 0
 
 
 def _extension_factory() -> Any:
@@ -336,6 +397,7 @@ _COMMANDS = {
     "isolate": _cmd_isolate,
     "cleanup": _cmd_cleanup,
     "content": content_cli.run,
+    "rules": _cmd_rules,
 }
 
 

@@ -1,0 +1,413 @@
+"""`ringfence rules check|list` and `ringfence run --rules`: what Sigma, YARA and IOC content would load.
+
+The root CLI never parses content: `check_paths` copies the operator's files (root reads them) into a
+private directory, then runs each engine's own loader in a child process, inside the extension sandbox
+(the sandbox user, no capabilities, cgroups, Landlock, seccomp) when run as root, else as the caller.
+The child is this module, `python -I -m ringfence.agent._rules`: it enters the sandbox first, only then
+imports the engines, and prints one `RulesReport` as JSON on stdout.
+
+Files, by name: Sigma `.yml`/`.yaml`, YARA `.yar`/`.yara`, IOC `.ioc` (plain lists) and `.json` (STIX
+2.1). A directory is searched below (hidden entries skipped); a file named on its own must have one of
+those suffixes.
+
+Errors (under the agent's root, `AgentError`):
+    RulesCheckError     the check itself could not run (the child failed, timed out or said nothing
+                        usable); content problems are not errors but `RuleIssue`s in the report
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ringfence.agent._config import Config, with_overrides
+from ringfence.agent._errors import AgentError
+
+SUFFIXES = {
+    "sigma": (".yml", ".yaml"),
+    "yara": (".yar", ".yara"),
+    "ioc": (".ioc", ".json"),
+}
+ENGINE_IDS = {"sigma": "ringfence.sigma", "yara": "ringfence.yara"}  # ioc: the IOC engine's id in force
+CHILD_ENV = "RINGFENCE_RULES_CHECK"
+CHECK_TIMEOUT_S = 120.0
+MAX_FILE_BYTES = 256 << 20  # per file copied for a check
+MAX_REPORT_BYTES = 64 << 20
+_SANDBOX_ID = "rules-check"
+
+
+class RulesCheckError(AgentError):
+    """The check could not run; one line saying why."""
+
+
+class RuleIssue(msgspec.Struct, frozen=True, kw_only=True):
+    engine: str  # sigma, yara, ioc; "" for a path that is none of them
+    severity: str  # error (blocking), warning, info
+    file: str  # the operator's path
+    line: int | None = None
+    rule: str | None = None  # the rule id, where the engine knows it
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        rule = f" rule {self.rule}:" if self.rule else ""
+        return f"{where}:{rule} {self.severity}: {self.message}"
+
+
+class EngineReport(msgspec.Struct, frozen=True, kw_only=True):
+    engine: str
+    files: int
+    loaded: int  # rules (Sigma, YARA) or indicators (IOC) that would load
+    counts: dict[str, int] = {}  # Sigma: per logsource; YARA: block rules; IOC: per kind
+    rules: list[str] = []  # one line per rule (Sigma, YARA) or per file (IOC)
+    issues: list[RuleIssue] = []
+
+
+class RulesReport(msgspec.Struct, frozen=True, kw_only=True):
+    engines: list[EngineReport] = []
+    issues: list[RuleIssue] = []  # paths that could not be read or are of no engine
+
+    def all_issues(self) -> list[RuleIssue]:
+        return [*self.issues, *(i for e in self.engines for i in e.issues)]
+
+    @property
+    def blocking(self) -> list[RuleIssue]:
+        return [i for i in self.all_issues() if i.severity == "error"]
+
+
+class Found(msgspec.Struct, frozen=True):
+    engine: str
+    path: str  # absolute
+
+
+def engine_of(name: str) -> str | None:
+    lower = name.lower()
+    return next((engine for engine, suffixes in SUFFIXES.items() if lower.endswith(suffixes)), None)
+
+
+def find_files(paths: Sequence[str]) -> tuple[list[Found], list[RuleIssue]]:
+    """The content files that `paths` name (files, or directories searched below), and every problem."""
+    found: list[Found] = []
+    issues: list[RuleIssue] = []
+    for given in paths:
+        path = os.path.abspath(given)
+        if os.path.isdir(path):
+            inside = _walk(path)
+            found += inside
+            if not inside:
+                issues.append(_issue(path, "warning", "no Sigma, YARA or IOC files in this directory"))
+        elif not os.path.lexists(path):
+            issues.append(_issue(path, "error", "no such file or directory"))
+        elif (engine := engine_of(path)) is None:
+            issues.append(_issue(path, "error", _NO_ENGINE))
+        else:
+            found.append(Found(engine, path))
+    return found, issues
+
+
+_NO_ENGINE = "not a Sigma (.yml, .yaml), YARA (.yar, .yara) or IOC (.ioc, STIX .json) file"
+
+
+def _issue(path: str, severity: str, message: str) -> RuleIssue:
+    return RuleIssue(engine="", severity=severity, file=path, message=message)
+
+
+def _walk(root: str) -> list[Found]:
+    out = []
+    for current, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            engine = engine_of(name)
+            if engine is not None and not name.startswith("."):
+                out.append(Found(engine, os.path.join(current, name)))
+    return out
+
+
+# --- the root side: copy, spawn, read the report -------------------------------------------------
+
+
+class _Staged(msgspec.Struct, frozen=True):
+    engine: str
+    origin: str  # the operator's path: what issues name
+    staged: str  # the copy the child reads
+
+
+class _ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
+    files: list[_Staged]
+    sandbox: bool
+    policy: msgspec.Raw = msgspec.Raw(b"null")
+    prepared: msgspec.Raw = msgspec.Raw(b"null")
+
+
+def check_paths(
+    paths: Sequence[str], *, user: str = "ringfence-ext", timeout_s: float = CHECK_TIMEOUT_S
+) -> RulesReport:
+    """What would load from `paths`, per engine, with every problem. The engines' loaders run in a child:
+    sandboxed as `user` when we are root, else as the caller. Raises RulesCheckError."""
+    found, issues = find_files(paths)
+    work = tempfile.mkdtemp(prefix="ringfence-rules-")  # 0700: only root (and, below, the sandbox)
+    try:
+        staged = _stage(found, work, issues)
+        report = _run_child(staged, work, user, timeout_s) if staged else RulesReport()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return RulesReport(engines=report.engines, issues=[*issues, *report.issues])
+
+
+def _stage(found: list[Found], work: str, issues: list[RuleIssue]) -> list[_Staged]:
+    out = []
+    for n, item in enumerate(found):
+        dest = os.path.join(work, item.engine, f"{n:04d}-{_safe_name(os.path.basename(item.path))}")
+        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+        problem = _copy(item.path, dest)
+        if problem is None:
+            out.append(_Staged(item.engine, item.path, dest))
+        else:
+            issues.append(RuleIssue(engine=item.engine, severity="error", file=item.path, message=problem))
+    return out
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[-100:].lstrip(".") or "file"
+
+
+def _copy(origin: str, dest: str) -> str | None:
+    """Copy one file (a regular file, at most MAX_FILE_BYTES); the problem, or None."""
+    try:
+        fd = os.open(origin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        return f"cannot open: {e.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size > MAX_FILE_BYTES:
+            return f"larger than the limit of {MAX_FILE_BYTES} bytes"
+        with (
+            os.fdopen(os.dup(fd), "rb") as src,
+            open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out,
+        ):
+            copied = 0
+            while chunk := src.read(1 << 20):
+                copied += len(chunk)
+                if copied > MAX_FILE_BYTES:
+                    return f"grew past the limit of {MAX_FILE_BYTES} bytes while read"
+                out.write(chunk)
+    except OSError as e:
+        return f"cannot read: {e.strerror}"
+    finally:
+        os.close(fd)
+    return None
+
+
+def _run_child(staged: list[_Staged], work: str, user: str, timeout_s: float) -> RulesReport:
+    sandbox = os.geteuid() == 0
+    policy = prepared = None
+    if sandbox:
+        from ringfence.extensions._sandbox import SandboxError, SandboxPolicy, prepare_sandbox
+
+        policy = SandboxPolicy(extension_id=_SANDBOX_ID, user=user, readable_paths=(work,), max_processes=16)
+        try:
+            prepared = prepare_sandbox(policy)
+        except SandboxError as e:
+            raise RulesCheckError(f"rules check: preparing the sandbox failed: {e}") from e
+        _hand_to(work, prepared.uid, prepared.gid)
+    try:
+        spec = _ChildSpec(
+            files=staged,
+            sandbox=sandbox,
+            policy=msgspec.Raw(msgspec.json.encode(policy)),
+            prepared=msgspec.Raw(msgspec.json.encode(prepared)),
+        )
+        return _spawn(spec, timeout_s)
+    finally:
+        if policy is not None and prepared is not None:
+            from ringfence.extensions._sandbox import release_sandbox
+
+            release_sandbox(policy, prepared)
+
+
+def _hand_to(work: str, uid: int, gid: int) -> None:
+    """The copies to the sandbox user, read-only, and to no one else (they may be root-only files)."""
+    for current, _, names in os.walk(work):
+        for name in names:
+            os.chown(os.path.join(current, name), uid, gid)
+            os.chmod(os.path.join(current, name), 0o400)
+        os.chown(current, uid, gid)
+        os.chmod(current, 0o500)
+
+
+def _spawn(spec: _ChildSpec, timeout_s: float) -> RulesReport:
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        CHILD_ENV: msgspec.json.encode(spec).decode(),
+    }
+    argv = [sys.executable, "-I", "-m", "ringfence.agent._rules"]
+    with subprocess.Popen(
+        argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as proc:  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RulesCheckError(f"rules check: the checker took longer than {timeout_s:g} s") from None
+    if proc.returncode != 0 or len(out) > MAX_REPORT_BYTES:
+        last = (err.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
+        raise RulesCheckError(f"rules check: the checker failed (status {proc.returncode}): {last}")
+    try:
+        return msgspec.json.decode(out, type=RulesReport)
+    except msgspec.DecodeError as e:
+        raise RulesCheckError(f"rules check: the checker's report does not decode: {e}") from e
+
+
+# --- run --rules -----------------------------------------------------------------------------------
+
+
+def with_rules(config: Config, found: Sequence[Found], ioc_id: str) -> Config:
+    """`config` with each found file added to its engine's content ([extensions.content."<id>"]) and
+    that engine enabled (and no longer disabled)."""
+    content = {ext_id: dict(files) for ext_id, files in config.extensions.content.items()}
+    ids = {**ENGINE_IDS, "ioc": ioc_id}
+    for n, item in enumerate(found):
+        name = f"rules-{n:03d}-{_safe_name(os.path.basename(item.path))}"
+        content.setdefault(ids[item.engine], {})[name] = item.path
+    wanted = {ids[item.engine] for item in found}
+    enabled = list(config.extensions.enabled)
+    have = {name.partition("=")[0] for name in enabled}
+    enabled += sorted(wanted - have)
+    disabled = tuple(d for d in config.extensions.disabled if d not in wanted)
+    return with_overrides(
+        config, extensions={"content": content, "enabled": tuple(enabled), "disabled": disabled}
+    )
+
+
+# --- what the commands print ---------------------------------------------------------------------
+
+
+def render(report: RulesReport, *, list_rules: bool = False) -> list[str]:
+    """Per engine: files and what loads (per logsource, kind), the rules with `list_rules`; then every
+    issue, one a line; then the totals."""
+    lines: list[str] = []
+    for e in report.engines:
+        noun = "indicators" if e.engine == "ioc" else "rules"
+        lines.append(f"{e.engine}: {e.files} files, {e.loaded} {noun} would load")
+        lines += [f"  {name}: {count}" for name, count in sorted(e.counts.items())]
+        if list_rules:
+            lines += [f"    {r}" for r in e.rules]
+    issues = report.all_issues()
+    lines += [str(i) for i in issues]
+    errors = len(report.blocking)
+    lines.append(f"{errors} errors, {len(issues) - errors} warnings and notes")
+    return lines
+
+
+def summary(report: RulesReport) -> str:
+    """One line: what loads per engine (for `run --rules`)."""
+    parts = [f"{e.engine} {e.loaded} from {e.files} files" for e in report.engines]
+    return "--rules: " + (", ".join(parts) or "nothing to load")
+
+
+# --- the child: `python -I -m ringfence.agent._rules` --------------------------------------------
+
+
+def _child_main() -> int:
+    spec = msgspec.json.decode(os.environ.pop(CHILD_ENV, ""), type=_ChildSpec)
+    if spec.sandbox:
+        from ringfence.extensions._sandbox import PreparedSandbox, SandboxPolicy, enter_sandbox
+
+        policy = msgspec.json.decode(spec.policy, type=SandboxPolicy)
+        enter_sandbox(policy, msgspec.json.decode(spec.prepared, type=PreparedSandbox))
+    engines = []
+    for engine, check in (("sigma", _check_sigma), ("yara", _check_yara), ("ioc", _check_ioc)):
+        files = [f for f in spec.files if f.engine == engine]
+        if files:
+            engines.append(check(files))
+    sys.stdout.buffer.write(msgspec.json.encode(RulesReport(engines=engines)))
+    return 0
+
+
+def _check_sigma(files: list[_Staged]) -> EngineReport:
+    from ringfence.engines.sigma import load_files
+
+    rules = load_files([(f.origin, f.staged) for f in files])
+    counts = {f"active {source}": index.rule_count for source, index in rules.indexes.items()}
+    counts |= {f"waiting {name}": n for name, n in rules.waiting.items()}
+    if rules.correlations:
+        counts["correlations"] = len(rules.correlations)
+    issues = [
+        RuleIssue(engine="sigma", severity=str(i.severity), file=i.file, line=i.line, rule=i.rule,
+                  message=i.message)
+        for i in rules.issues
+    ]  # fmt: skip
+    listed = [f"{r.id}  {r.logsource}  {r.title}  ({r.file})" for r in rules.rules]
+    return EngineReport(
+        engine="sigma", files=len(files), loaded=rules.loaded, counts=counts, rules=listed, issues=issues
+    )
+
+
+def _check_yara(files: list[_Staged]) -> EngineReport:
+    from ringfence.engines.yara import YaraConfig
+    from ringfence.engines.yara._rules import compile_files
+
+    directory = os.path.dirname(files[0].staged)
+    origins = {f.staged: f.origin for f in files}
+    names = [os.path.basename(f.staged) for f in files]
+    compiled = compile_files(directory, names, directory, max_file_bytes=YaraConfig().max_rules_file_bytes)
+    issues = [
+        RuleIssue(engine="yara", severity=str(i.severity), file=origins.get(i.source, i.source), line=i.line,
+                  message=_name_origins(i.message, origins))
+        for i in compiled.issues
+    ]  # fmt: skip
+    rs = compiled.ruleset
+    if rs is None or rs.rules is None:
+        return EngineReport(engine="yara", files=len(files), loaded=0, issues=issues)
+    listed = [f"{r.namespace}.{r.identifier}  tags: {', '.join(r.tags) or '-'}" for r in rs.rules]
+    return EngineReport(
+        engine="yara", files=len(files), loaded=rs.rule_count, counts={"tagged block": rs.block_rule_count},
+        rules=listed, issues=issues,
+    )  # fmt: skip
+
+
+def _name_origins(text: str, origins: dict[str, str]) -> str:
+    for staged, origin in origins.items():
+        text = text.replace(staged, origin)
+    return text
+
+
+def _check_ioc(files: list[_Staged]) -> EngineReport:
+    from ringfence.engines.ioc import IocBuilder, IocConfig
+    from ringfence.engines.ioc._load import format_of, read_file
+
+    builder = IocBuilder()
+    found: list[Any] = []
+    for f in files:
+        read_file(builder, f.staged, f.origin, max_bytes=IocConfig().max_file_bytes, issues=found,
+                  now_s=time.time())  # fmt: skip
+    iocs = builder.build(found)
+    issues = [
+        RuleIssue(engine="ioc", severity=str(i.severity), file=i.source, line=i.line, message=i.message)
+        for i in found
+    ]
+    listed = [f"{f.origin}  ({format_of(f.origin)})" for f in files]
+    return EngineReport(
+        engine="ioc", files=len(files), loaded=len(iocs), counts=iocs.counts(), rules=listed, issues=issues
+    )
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(_child_main())
