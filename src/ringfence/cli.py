@@ -215,14 +215,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _with_rules(config: Config, paths: list[str]) -> tuple[Config, rules_cli.RulesReport]:
     """`config` with the --rules files in their engines' content, and what the sandboxed check found.
-    Raises RulesCheckError, one line with every error, when one would not load."""
-    report = rules_cli.check_paths(paths, user=config.extensions.user)
+    Raises RulesCheckError, one line with every error, when one would not load or when another user
+    could change one (checked before root reads it)."""
+    found, _ = rules_cli.find_files(paths)
+    untrusted = rules_cli.trust_problems(found)
+    report = (
+        rules_cli.RulesReport(issues=untrusted)
+        if untrusted
+        else rules_cli.check_paths(paths, user=config.extensions.user)
+    )
     if report.blocking:
         raise rules_cli.RulesCheckError(
             f"--rules: {len(report.blocking)} errors, not started: "
             + "; ".join(str(i) for i in report.blocking)
         )
-    found, _ = rules_cli.find_files(paths)
     return rules_cli.with_rules(config, found, _ioc_engine_id(config)), report
 
 

@@ -313,3 +313,24 @@ def test_run_rules_with_a_bad_rule_stops_the_start_in_one_line(shared_dir, conte
     assert line.startswith("ringfence: --rules: 1 errors, not started:")
     assert f"{content / 'bad.yml'}:3: error: YAML" in line
     assert not (state / "status.sock").exists()
+
+
+def test_run_rules_refuses_a_file_another_user_could_change_before_reading_it(
+    shared_dir, content, tmp_path
+) -> None:
+    """Root would copy what the path names: a file or directory others can write is refused unread."""
+    writable = content / "writable.yml"
+    writable.write_text("title: [broken\n")  # a YAML error would show that it was read
+    writable.chmod(0o666)
+    open_dir = shared_dir / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    (open_dir / "r.yml").write_text(rule("sel:\n  Image|endswith: /x\ncondition: sel"))
+    config = _config(shared_dir / "rf.toml", tmp_path, shared_dir / "state")
+    r = _cli("run", "--config", str(config), "--rules", str(writable), "--rules", str(open_dir))
+    assert r.returncode == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("ringfence: --rules: 2 errors, not started:")
+    assert f"{writable}: error: it is uid 0, mode 666: the agent hands over only content" in line
+    assert f"{open_dir / 'r.yml'}: error: {open_dir} is writable by others" in line
+    assert "YAML" not in line

@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from ringfence.agent._config import Config, with_overrides
+from ringfence.agent._content import untrusted_path
 from ringfence.agent._errors import AgentError
 
 SUFFIXES = {
@@ -275,6 +276,28 @@ def _spawn(spec: _ChildSpec, timeout_s: float) -> RulesReport:
 
 
 # --- run --rules -----------------------------------------------------------------------------------
+
+
+def trust_problems(found: Sequence[Found]) -> list[RuleIssue]:
+    """Files the agent would refuse to stage (see agent/_content.py), found before root reads a byte of
+    them for the check: one another user could change, or a path another user could redirect."""
+    issues = []
+    for item in found:
+        problem = untrusted_path(item.path)
+        if problem is None:
+            try:
+                st = os.stat(item.path)
+            except OSError as e:
+                problem = f"cannot stat: {e.strerror}"
+            else:
+                if st.st_uid not in (0, os.geteuid()) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                    problem = (
+                        f"it is uid {st.st_uid}, mode {st.st_mode & 0o7777:o}: the agent hands over only "
+                        "content that only root can change (root's, not writable by group or others)"
+                    )
+        if problem is not None:
+            issues.append(RuleIssue(engine=item.engine, severity="error", file=item.path, message=problem))
+    return issues
 
 
 def with_rules(config: Config, found: Sequence[Found], ioc_id: str) -> Config:
