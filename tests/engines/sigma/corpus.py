@@ -1,11 +1,14 @@
 """Events for the differential test and the benchmark, and pySigma's SQLite backend as the reference.
 
 `ordinary_events` is a realistic Linux mix (shells, compilers, package managers, git, services, file
-writes, connections) drawn from a seeded RNG. `attack_events` is made from the rules themselves: for
+writes, connections) drawn from a seeded RNG; `detection_events` the same for the detection sensors'
+kinds (audit events of several records, log lines of sshd, sudo, cron and the rest, DNS queries and
+responses). `attack_events` is made from the rules themselves: for
 each rule, an event that satisfies one branch of its condition (and a case-changed twin), so most rules
 match something and the comparison means something. `Reference` loads the same rules into SQLite
 queries (one table per logsource, text columns COLLATE NOCASE as Zircolite builds them, a `_text`
-column for keywords) and answers which (rule, event) pairs match.
+column for keywords; an audit event is one row per record, as auditd logs a line per record) and
+answers which (rule, event) pairs match.
 """
 
 from __future__ import annotations
@@ -24,12 +27,20 @@ from sigma.rule import SigmaRule
 
 from ringfence.engines.sigma import LOGSOURCES, Logsource, RuleSet, logsources_of
 from ringfence.engines.sigma._compile import Node, Str
+from ringfence.engines.sigma._fields import _LOG_SERVICES, field_spec, keyword_text, subjects
 from ringfence.sdk import (
+    AuditEvent,
+    AuditRecord,
+    DnsActivity,
+    DnsActivityId,
+    DnsAnswer,
+    DnsQuery,
     Endpoint,
     Event,
     FileActivity,
     FileActivityId,
     Header,
+    LogEvent,
     NetworkActivity,
     NetworkActivityId,
     ProcessActivity,
@@ -156,12 +167,117 @@ def ordinary_events(n: int, seed: int = 7) -> list[Event]:
     return out
 
 
+_EXECS = [
+    ("ls", "-la", "/home/alice"),
+    ("git", "status"),
+    ("make", "-j8"),
+    ("tar", "-xzf", "src.tgz"),
+    ("systemctl", "status", "nginx"),
+    ("grep", "-rn", "TODO", "src"),
+    ("chmod", "644", "notes.txt"),
+    ("id",),
+]
+_WATCHED = ["/etc/passwd", "/etc/ld.so.preload", "/etc/cron.d/backup", "/etc/profile", "/tmp/app.log"]
+_LOG_LINES = [
+    ("sshd", "/var/log/auth.log", "Accepted publickey for alice from 10.0.3.4 port 51234 ssh2"),
+    ("sshd", "/var/log/auth.log", "Disconnected from user alice 10.0.3.4 port 51234"),
+    (
+        "sudo",
+        "/var/log/auth.log",
+        "alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/apt update",
+    ),
+    ("CRON", "/var/log/syslog", "(root) CMD (run-parts /etc/cron.hourly)"),
+    ("systemd", "/var/log/syslog", "Started Daily apt download activities."),
+    ("kernel", "journal", "eth0: link up, 1000 Mbps full duplex"),
+    ("su", "/var/log/auth.log", "(to root) alice on pts/1"),
+    ("rsyslogd", "/var/log/messages", "rsyslogd was HUPed"),
+]
+_NAMES = ["deb.debian.org", "api.github.com", "pypi.org", "registry.npmjs.org", "example.internal"]
+
+
+def _audit(seq: _Seq, rng: random.Random, records: list[AuditRecord]) -> AuditEvent:
+    process = _proc(rng, "/usr/bin/bash", "bash")
+    return AuditEvent(
+        header=seq.header(), serial=seq.n, time_ns=seq.n, records=tuple(records), process=process
+    )
+
+
+def _syscall(name: str, number: int, exe: str, key: str | None = None, **more: str) -> AuditRecord:
+    fields = {"arch": "c000003e", "syscall": str(number), "success": "yes", "exit": "0", "a0": "3"}
+    fields.update({"comm": exe.rsplit("/", 1)[-1], "exe": exe, "SYSCALL": name, "ARCH": "x86_64", **more})
+    if key is not None:
+        fields["key"] = key
+    return AuditRecord(type="SYSCALL", fields=fields)
+
+
+def detection_events(n: int, seed: int = 13) -> list[Event]:
+    """`n` events of the detection kinds: about 40 % audit events (an exec's SYSCALL, EXECVE, CWD, PATH
+    and PROCTITLE records, or a watched file's SYSCALL and PATH), 40 % log lines, 20 % DNS."""
+    rng, seq = random.Random(seed), _Seq()
+    seq.n = 1 << 30
+    out: list[Event] = []
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.2:
+            argv = rng.choice(_EXECS)
+            execve = AuditRecord(
+                type="EXECVE", fields={"argc": str(len(argv)), **{f"a{i}": a for i, a in enumerate(argv)}}
+            )
+            records = [
+                _syscall("execve", 59, f"/usr/bin/{argv[0]}", "ringfence"),
+                execve,
+                AuditRecord(type="CWD", fields={"cwd": rng.choice(_DIRS)}),
+                AuditRecord(
+                    type="PATH", fields={"item": "0", "name": f"/usr/bin/{argv[0]}", "nametype": "NORMAL"}
+                ),
+                AuditRecord(type="PROCTITLE", fields={"proctitle": " ".join(argv)}),
+            ]
+            out.append(_audit(seq, rng, records))
+        elif roll < 0.4:
+            path = rng.choice(_WATCHED)
+            records = [
+                _syscall("openat", 257, "/usr/bin/vim", "ringfence:identity"),
+                AuditRecord(
+                    type="PATH",
+                    fields={"item": "1", "name": path, "nametype": rng.choice(["NORMAL", "CREATE"])},
+                ),
+            ]
+            out.append(_audit(seq, rng, records))
+        elif roll < 0.8:
+            program, source, message = rng.choice(_LOG_LINES)
+            out.append(
+                LogEvent(
+                    header=seq.header(),
+                    source=source,
+                    message=message,
+                    program=program,
+                    pid=rng.randint(2, 9999),
+                )
+            )
+        else:
+            name = rng.choice(_NAMES)
+            query = DnsQuery(hostname=name, type=rng.choice(["A", "AAAA"]), dns_class="IN")
+            response = rng.random() < 0.5
+            out.append(
+                DnsActivity(
+                    header=seq.header(),
+                    activity=DnsActivityId.RESPONSE if response else DnsActivityId.QUERY,
+                    query=query,
+                    answers=(DnsAnswer(name=name, type="A", data=rng.choice(_IPS[:5])),) if response else (),
+                    process=None if response else _proc(rng, "/usr/bin/curl", "curl"),
+                )
+            )
+    return out
+
+
 def _assign(node: Node, atoms: Sequence[Any], values: dict[str, str]) -> None:
     """Make `values` satisfy one branch of `node` where literals can (regexes and negations skipped)."""
     op = node[0]
     if op == "atom":
         atom = atoms[node[1]]
-        if isinstance(atom, Str) and atom.field is not None:
+        if isinstance(atom, Str) and atom.field is None:
+            values[KEYWORDS] = f"{values.get(KEYWORDS, '')} {atom.text} "
+        elif isinstance(atom, Str):
             old = values.get(atom.field, "")
             text = atom.text
             if atom.kind == "exact":
@@ -177,6 +293,9 @@ def _assign(node: Node, atoms: Sequence[Any], values: dict[str, str]) -> None:
             _assign(child, atoms, values)
     elif op == "or":
         _assign(node[1][0], atoms, values)
+
+
+KEYWORDS = "\x00keywords"  # where `_assign` puts the keywords an event's text must hold
 
 
 def _event(source: Logsource, v: dict[str, str], seq: _Seq, rng: random.Random) -> Event:
@@ -195,6 +314,9 @@ def _event(source: Logsource, v: dict[str, str], seq: _Seq, rng: random.Random) 
     )
     if source is Logsource.PROCESS_CREATION:
         return ProcessActivity(header=seq.header(), activity=ProcessActivityId.LAUNCH, process=proc)
+    made = _detection_event(source, v, seq, proc)
+    if made is not None:
+        return made
     if source is Logsource.NETWORK_CONNECTION:
         ip = v.get("DestinationIp", "203.0.113.9")
         family = "inet6" if ":" in ip else "inet"
@@ -204,7 +326,9 @@ def _event(source: Logsource, v: dict[str, str], seq: _Seq, rng: random.Random) 
             syscall="accept" if v.get("Initiated") == "false" else "connect",
             success=True,
             local=Endpoint(family=family, ip=v.get("SourceIp", "10.0.0.5"), port=num("SourcePort", 40000)),
-            remote=Endpoint(family=family, ip=ip, port=num("DestinationPort", 443)),
+            remote=Endpoint(
+                family=family, ip=ip, port=num("DestinationPort", 443), hostname=v.get("DestinationHostname")
+            ),
             process=proc,
         )
     activity = {
@@ -214,6 +338,32 @@ def _event(source: Logsource, v: dict[str, str], seq: _Seq, rng: random.Random) 
     return FileActivity(
         header=seq.header(), activity=activity, path=v.get("TargetFilename", "/tmp/x"), process=proc
     )
+
+
+def _detection_event(source: Logsource, v: dict[str, str], seq: _Seq, proc: ProcessRef) -> Event | None:
+    """An audit event (its one record built from the values, keywords in a field of their own), a log
+    line of the logsource's program (keywords in its message), or a DNS query or response."""
+    keywords = v.get(KEYWORDS, "")
+    if source is Logsource.AUDITD:
+        fields = {k: x for k, x in v.items() if k not in ("type", KEYWORDS)}
+        if keywords:
+            fields["kw"] = keywords
+        record = AuditRecord(type=v.get("type", "SYSCALL"), fields=fields)
+        return AuditEvent(header=seq.header(), serial=seq.n, time_ns=seq.n, records=(record,), process=proc)
+    if source in (Logsource.DNS_QUERY, Logsource.DNS):
+        query = DnsQuery(
+            hostname=v.get("QueryName", v.get("query", "x.example")),
+            type=v.get("QueryType", v.get("record_type")),
+        )
+        answers = (DnsAnswer(name=query.hostname, type="A", data=v["answer"]),) if "answer" in v else ()
+        activity = DnsActivityId.QUERY if source is Logsource.DNS_QUERY else DnsActivityId.RESPONSE
+        return DnsActivity(header=seq.header(), activity=activity, query=query, answers=answers, process=proc)
+    if not LOGSOURCES[source] or source is Logsource.SUDO:
+        pairs = " ; ".join(f"{k}={x}" for k, x in v.items() if k != KEYWORDS)
+        message = f"alice : {pairs} ; {keywords}" if pairs else keywords or "nothing"
+        programs = sorted(_LOG_SERVICES.get(source, {"pkexec" if source is Logsource.AUTH else "kernel"}))
+        return LogEvent(header=seq.header(), source="/var/log/auth.log", message=message, program=programs[0])
+    return None
 
 
 def attack_events(ruleset: RuleSet, seed: int = 11) -> list[Event]:
@@ -241,19 +391,18 @@ class Reference:
         self.db.create_function("REGEXP", 2, _regexp, deterministic=True)
         self.queries: dict[Logsource, list[tuple[str, str]]] = {s: [] for s in LOGSOURCES}
         self.skipped: dict[str, str] = {}
-        for source in LOGSOURCES:
-            columns = ", ".join(
-                f'"{name}" {"INTEGER" if spec.numeric else "TEXT COLLATE NOCASE"}'
-                for name, spec in LOGSOURCES[source].items()
+        self.columns = {source: _columns(source) for source in LOGSOURCES}
+        for source, names in self.columns.items():
+            columns = "".join(
+                f', "{name}" {"INTEGER" if field_spec(source, name).numeric else "TEXT COLLATE NOCASE"}'  # type: ignore[union-attr]
+                for name in names
             )
-            self.db.execute(
-                f'CREATE TABLE "{source}" (rowid_ INTEGER PRIMARY KEY, _text TEXT COLLATE NOCASE, {columns})'
-            )
+            self.db.execute(f'CREATE TABLE "{source}" (event_ INTEGER, _text TEXT COLLATE NOCASE{columns})')
         backend = sqliteBackend(fulltext_field="_text")
         for rule in collection.rules:
             if not isinstance(rule, SigmaRule) or rule.errors:
                 continue
-            name = rule.logsource.category or rule.logsource.service
+            name = rule.logsource.category or rule.logsource.service or "builtin"
             if name not in {str(s) for s in LOGSOURCES} or rule.logsource.product not in (None, "linux"):
                 continue
             try:
@@ -266,30 +415,55 @@ class Reference:
                 self.queries[source].append((str(rule.id), query.replace("FROM logs", f'FROM "{source}"', 1)))
 
     def load(self, events: Sequence[Event]) -> None:
-        for source, fields in LOGSOURCES.items():
-            names = [n for n, spec in fields.items() if spec.getter is not None]
+        for source, names in self.columns.items():
+            getters = [field_spec(source, n).getter for n in names]  # type: ignore[union-attr]
             rows = []
             for i, event in enumerate(events):
                 if source not in logsources_of(event):
                     continue
-                vals = [fields[n].getter(event) for n in names]  # type: ignore[misc]
-                text = "\n".join(str(x) for x in vals if x is not None and x != "")
-                rows.append((i, text, *vals))
-            cols = ", ".join(f'"{n}"' for n in names)
+                for subject in subjects(source, event):  # an audit event: a row per record
+                    vals = [g(subject) for g in getters]  # type: ignore[misc]
+                    text = keyword_text(source, subject)
+                    if text is None:
+                        text = "\n".join(str(x) for x in vals if x is not None and x != "")
+                    rows.append((i, text, *vals))
+            cols = "".join(f', "{n}"' for n in names)
             marks = ", ".join("?" * (len(names) + 2))
-            self.db.executemany(f'INSERT INTO "{source}" (rowid_, _text, {cols}) VALUES ({marks})', rows)
+            self.db.executemany(f'INSERT INTO "{source}" (event_, _text{cols}) VALUES ({marks})', rows)
 
     def matches(self) -> set[tuple[str, int]]:
         out = set()
         for queries in self.queries.values():
             for rule_id, query in queries:
-                sql = query.replace("SELECT *", "SELECT rowid_", 1)
-                out.update((rule_id, row[0]) for row in self.db.execute(sql))
+                sql = query.replace("SELECT *", "SELECT DISTINCT event_", 1)
+                out.update((rule_id, row[0]) for row in self._execute(sql))
         return out
 
+    def _execute(self, sql: str) -> list[Any]:
+        """The query's rows; a field no column holds is added, empty (a field we do not supply is absent)."""
+        while True:
+            try:
+                return self.db.execute(sql).fetchall()
+            except sqlite3.OperationalError as e:
+                table = re.search(r'FROM "(\w+)"', sql)
+                missing = re.fullmatch(r"no such column: (\w+)", str(e))
+                if table is None or missing is None:
+                    raise
+                self.db.execute(f'ALTER TABLE "{table[1]}" ADD COLUMN "{missing[1]}" TEXT')
+
     def clear(self) -> None:
-        for source in LOGSOURCES:
+        for source in self.columns:
             self.db.execute(f'DELETE FROM "{source}"')
+
+
+def _columns(source: Logsource) -> list[str]:
+    """The supplied fields as columns; for auditd also a0..a15, and of names that differ only in case
+    (SQLite's column names do not) the upper-case one: rules write SYSCALL (the name), not syscall."""
+    names = [n for n, spec in LOGSOURCES[source].items() if spec.getter is not None]
+    if source is Logsource.AUDITD:
+        names += [f"a{i}" for i in range(16) if f"a{i}" not in names]
+    folded = [n.lower() for n in names]
+    return [n for n in names if n == n.upper() or folded.count(n.lower()) == 1]
 
 
 def _regexp(pattern: str, value: object) -> bool:
@@ -301,5 +475,6 @@ def engine_matches(ruleset: RuleSet, events: Sequence[Event]) -> Iterator[tuple[
         for source in logsources_of(event):
             index = ruleset.indexes.get(source)
             if index is not None:
-                for key in index.match(event):
+                keys = {key for subject in subjects(source, event) for key in index.match(subject)}
+                for key in sorted(keys):
                     yield ruleset.rules[key].id, i

@@ -2,9 +2,17 @@
 (queries on one table per logsource, text columns COLLATE NOCASE, keywords on a `_text` column) must give
 the same (rule, event) matches.
 
+The events: the ordinary mix and the detection kinds' (audit events, log lines, DNS), plus for each rule
+one built to match it (and its upper-cased twin). An audit event is one SQLite row per record, and a
+rule matches the event when it matches one of them (as SigmaHQ's auditd rules are written, one log line
+a record).
+
 Differences that are explained, not bugs, each pinned by its own test below:
 - SQLite's NOCASE and LIKE fold ASCII letters only; Sigma matches case-insensitively, and so does this
   engine for every letter (`test_non_ascii_case_is_folded_here_and_not_by_sqlite`).
+- SQLite column names ignore case, so an audit record's `syscall` (the number) and `SYSCALL` (the
+  name) cannot both be columns: the reference has `SYSCALL` only, and no rule here names `syscall`
+  (`test_syscall_is_the_number_and_SYSCALL_the_name` pins this engine's side).
 Nothing else differs: any other difference fails the test with the rule and the event.
 """
 
@@ -20,6 +28,7 @@ from tests.engines.sigma.corpus import (
     LINUX_RULE_DIRS,
     Reference,
     attack_events,
+    detection_events,
     engine_matches,
     ordinary_events,
 )
@@ -36,7 +45,7 @@ def _explain(diff: set[tuple[str, int]], events: list) -> list[str]:
 def test_sigmahq_linux_rules_match_exactly_what_the_sqlite_backend_matches() -> None:
     files = [(str(d / n), str(d / n)) for d in LINUX_RULE_DIRS for n in rule_files(str(d))]
     rules = load_files(files)
-    events = ordinary_events(5000) + attack_events(rules)
+    events = ordinary_events(5000) + detection_events(3000) + attack_events(rules)
     mine = set(engine_matches(rules, events))
     reference = Reference(LINUX_RULE_DIRS)
     assert not reference.skipped, reference.skipped

@@ -29,18 +29,16 @@ def test_unknown_field_is_reported_at_its_own_line_with_file_and_rule(tmp_path: 
 
 
 def test_check_counts_active_and_waiting_rules_and_lists_every_problem(tmp_path: Path) -> None:
-    auditd = rule("sel:\n  type: EXECVE\ncondition: sel").replace(
-        "category: process_creation", "service: auditd"
-    )
+    web = rule("sel:\n  cs-method: POST\ncondition: sel", category="webserver")
     d = write_rules(
         tmp_path,
-        **{"a.yml": rule("sel:\n  Image: /x\ncondition: sel"), "b.yml": auditd, "c.yml": "title: [x\n"},
+        **{"a.yml": rule("sel:\n  Image: /x\ncondition: sel"), "b.yml": web, "c.yml": "title: [x\n"},
     )
     report = check_report(load_paths([str(d)]))
     lines = report.splitlines()
     assert lines[0] == "3 files, 2 rules loaded, 1 errors"
     assert "  active   process_creation: 1" in lines
-    assert "  waiting  auditd: 1 (no event kind for this logsource yet)" in lines
+    assert "  waiting  webserver: 1 (no event kind for this logsource yet)" in lines
     assert any(line.startswith(f"{d / 'c.yml'}:2: error: YAML") for line in lines)
 
 

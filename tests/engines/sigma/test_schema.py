@@ -8,16 +8,23 @@ import msgspec
 from tests.engines.sigma.build import header, rule, write_rules
 
 from ringfence.engines.sigma import CONTENT_INTERFACE, LOGSOURCES, Logsource, SigmaEngine, load_directory
+from ringfence.engines.sigma._fields import field_spec
 from ringfence.sdk import (
+    DnsActivity,
+    DnsActivityId,
+    DnsAnswer,
+    DnsQuery,
     Endpoint,
     FileActivity,
     FileActivityId,
+    LogEvent,
     NetworkActivity,
     NetworkActivityId,
     ProcessActivity,
     ProcessActivityId,
     ProcessRef,
 )
+from ringfence.sensors.audit._records import decode_record
 
 PARENT = ProcessRef(pid=1, exe="/sbin/init", cmdline=("init",), user="root", uid=0)
 FULL = ProcessRef(pid=9, ppid=1, exe="/bin/x", cmdline=("x", "-y"), cwd="/w", uid=5, user="u", parent=PARENT)
@@ -43,15 +50,51 @@ EVENTS = {
         syscall="connect",
         success=True,
         local=Endpoint(family="inet", ip="10.0.0.1", port=40000),
-        remote=Endpoint(family="inet", ip="1.2.3.4", port=443),
+        remote=Endpoint(family="inet", ip="1.2.3.4", port=443, hostname="a.example"),
         process=FULL,
     ),
+    Logsource.DNS_QUERY: DnsActivity(
+        header=header(),
+        activity=DnsActivityId.QUERY,
+        query=DnsQuery(hostname="a.example", type="A"),
+        process=FULL,
+    ),
+    Logsource.DNS: DnsActivity(
+        header=header(),
+        activity=DnsActivityId.RESPONSE,
+        query=DnsQuery(hostname="a.example", type="A"),
+        answers=(DnsAnswer(name="a.example", type="A", data="1.2.3.4"),),
+    ),
+    Logsource.SUDO: LogEvent(
+        header=header(),
+        source="/var/log/auth.log",
+        program="sudo",
+        message="alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/id -u",
+    ),
 }
+# real records as the audit sensor decodes them (hex decoded, enriched SYSCALL), one of each kind rules read
+AUDIT_LINES = [
+    (1300, 'arch=c000003e syscall=59 success=yes exit=0 a0=55d1 a1=55d2 a2=55d3 a3=0 items=2 ppid=10 pid=11 '
+     'auid=1000 uid=0 gid=0 euid=33 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=pts0 ses=3 comm="split" '
+     'exe=2F7573722F62696E2F73706C6974 subj=unconfined key="susp_activity"'),
+    (1309, 'argc=3 a0="getcap" a1="-r" a2=2F'),
+    (1302, 'item=0 name="/etc/ld.so.preload" inode=12 dev=fd:01 mode=0100644 ouid=0 ogid=0 rdev=00:00 '
+     'nametype=CREATE'),
+    (1131, "pid=1 uid=0 auid=4294967295 ses=4294967295 msg='unit=ufw comm=\"systemd\" "
+     "exe=\"/usr/lib/systemd/systemd\" hostname=? addr=? terminal=? res=success'"),
+]  # fmt: skip
+AUDIT_RULE_FIELDS = {
+    "type": "SYSCALL", "SYSCALL": "execve", "comm": "split", "exe": "/usr/bin/split", "key": "susp_activity",
+    "euid": "33", "a0": "getcap", "a1": "-r", "a2": "/", "name": "/etc/ld.so.preload", "nametype": "CREATE",
+    "unit": "ufw", "syscall": "59",
+}  # fmt: skip
 
 
 def test_every_supplied_field_is_read_from_a_real_record_with_its_declared_type() -> None:
-    assert set(EVENTS) == set(LOGSOURCES)
+    assert set(EVENTS) | {Logsource.AUDITD} == {s for s, fields in LOGSOURCES.items() if fields}
     for source, fields in LOGSOURCES.items():
+        if source is Logsource.AUDITD:
+            continue  # below: its fields are whatever the kernel writes
         for name, spec in fields.items():
             if spec.getter is None:
                 continue
@@ -60,13 +103,27 @@ def test_every_supplied_field_is_read_from_a_real_record_with_its_declared_type(
             assert isinstance(value, int if spec.numeric else str), (source, name, value)
 
 
+def test_the_audit_fields_sigmahq_rules_name_are_read_from_records_the_sensor_decodes() -> None:
+    records = [decode_record(t, body) for t, body in AUDIT_LINES]
+    for name, expected in AUDIT_RULE_FIELDS.items():
+        spec = field_spec(Logsource.AUDITD, name)
+        assert spec is not None and spec.getter is not None, name
+        values = [spec.getter(r) for r in records]
+        assert expected in values, (name, values)
+    assert field_spec(Logsource.AUDITD, "a17") is not None  # any execve argument
+    assert field_spec(Logsource.AUDITD, "Image") is None  # not a record's field: reported, absent
+    assert field_spec(Logsource.AUDITD, "type").getter(EVENTS[Logsource.SUDO]) is None  # type: ignore[union-attr]
+
+
 def test_the_schema_lists_supplied_fields_with_types_under_the_interface_version() -> None:
     schema = SigmaEngine.schema()
     assert schema.interface == CONTENT_INTERFACE == SigmaEngine.manifest.content_interface
     fields = {f.name: f.type for f in schema.logsources["network_connection"]}
     assert fields["DestinationPort"] == "integer" and fields["DestinationIp"] == "string"
-    assert "DestinationHostname" not in fields  # documented, not supplied: not in the contract
-    assert "auditd" in schema.waiting
+    assert fields["DestinationHostname"] == "string"  # the DNS sensor's name cache supplies it now
+    assert "QueryResults" not in {f.name for f in schema.logsources["dns_query"]}  # documented, not supplied
+    assert {"type", "SYSCALL", "exe", "key", "name"} <= {f.name for f in schema.logsources["auditd"]}
+    assert schema.waiting == ()
     assert msgspec.json.decode(msgspec.json.encode(schema), type=type(schema)) == schema
 
 

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from ringfence.engines.sigma._config import SigmaConfig
 from ringfence.engines.sigma._correlate import CorrelationStatistics, Correlator
 from ringfence.engines.sigma._fields import (
-    LOGSOURCES,
     ContentSchema,
     Logsource,
+    Subject,
     content_schema,
+    field_spec,
     logsources_of,
+    subjects,
 )
 from ringfence.engines.sigma._ruleset import RuleInfo, RuleSet
 from ringfence.engines.sigma._watch import Background, WatchedRules, run_in_thread
@@ -76,9 +78,18 @@ class SigmaEngine(Extension):
         id="ringfence.sigma",
         vendor="Ringfence",
         version="0.1.0",
-        subscribes=frozenset({EventKind.PROCESS, EventKind.FILE, EventKind.NETWORK}),
+        subscribes=frozenset(
+            {
+                EventKind.PROCESS,
+                EventKind.FILE,
+                EventKind.NETWORK,
+                EventKind.AUDIT,
+                EventKind.DNS,
+                EventKind.LOG,
+            }
+        ),
         content_interface=CONTENT_INTERFACE,
-        description="Sigma rules (process, file and network logsources) matched on every event.",
+        description="Sigma rules (process, file, network, auditd, DNS and log logsources) on every event.",
     )
 
     def __init__(
@@ -111,9 +122,19 @@ class SigmaEngine(Extension):
             index = self._rules.indexes.get(source)
             if index is None:
                 continue
-            for key in index.match(event):
+            parts = subjects(source, event)
+            if len(parts) == 1:
+                for key in index.match(parts[0]):
+                    counters.matches += 1
+                    self._matched(self._rules.rules[key], source, event, parts[0])
+                continue
+            first: dict[int, Subject] = {}  # an audit event: each rule once, for the first record it matches
+            for part in parts:
+                for key in index.match(part):
+                    first.setdefault(key, part)
+            for key, part in first.items():
                 counters.matches += 1
-                self._matched(self._rules.rules[key], source, event)
+                self._matched(self._rules.rules[key], source, event, part)
 
     def on_tick(self) -> None:
         if self._watched.poll():
@@ -165,16 +186,15 @@ class SigmaEngine(Extension):
             self._problem = self._watched.problem
             self.ctx.report_problem(self._problem)
 
-    def _matched(self, rule: RuleInfo, source: Logsource, event: Event) -> None:
+    def _matched(self, rule: RuleInfo, source: Logsource, event: Event, subject: Subject) -> None:
         if rule.generate:
             self._raise(rule, event)
         if self._correlator.watches(rule.key):
-            specs = LOGSOURCES[source]
             values = {}
             for name in self._correlator.fields_for(rule.key):
-                spec = specs.get(name)
+                spec = field_spec(source, name)
                 if spec is not None and spec.getter is not None:
-                    values[name] = spec.getter(event)
+                    values[name] = spec.getter(subject)
             for key in self._correlator.observe(rule.key, values):
                 self._raise(self._rules.rules[key], event)
 

@@ -12,24 +12,43 @@ run time such a field is simply absent (a missing field never raises).
 | file_delete          | FileActivity DELETE                     | TargetFilename + the acting process    |
 | file_rename          | FileActivity RENAME                     | SourceFilename, TargetFilename + proc. |
 | network_connection   | NetworkActivity connect/accept (OPEN)   | see `_NETWORK`                         |
+| auditd (service)     | AuditEvent: each of its records apart   | the record's own fields, see `_AUDIT`  |
+| dns_query            | DnsActivity QUERY                       | QueryName, QueryType + the asker       |
+| dns                  | DnsActivity (query and response)        | query, answer, record_type             |
+| builtin (no service) | LogEvent, any                           | keywords: the message                  |
+| syslog, auth         | LogEvent (auth: auth.log, secure, or an auth program's) | keywords          |
+| sshd, sudo, su, ...  | LogEvent of that program (`_LOG_SERVICES`) | keywords; sudo: USER, COMMAND, TTY, PWD
 
-Logsources in `WAITING` have no event kind yet (DNS, audit records, logs, authentication): their rules
-are compiled and counted as waiting, never matched and never an error.
+An audit event is matched record by record, as SigmaHQ's auditd rules are written (one log line a
+record: `type: EXECVE` with `a0`, `type: SYSCALL` with `exe` and `key`, `type: PATH` with `name`); a
+rule matches the event when it matches one of its records. Field names are the record's own, as
+`sensors/audit/_records.py` decodes them (hex decoded, as `ausearch -i` shows them): `syscall` is the
+number the kernel wrote, `SYSCALL` its name. The keywords of a record are its type and every value.
+
+Logsources in `WAITING` have no event kind yet: their rules are compiled and counted as waiting, never
+matched and never an error.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
-from collections.abc import Callable
+import os
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
 
 from ringfence.sdk import (
+    AuditEvent,
+    AuditRecord,
+    DnsActivity,
+    DnsActivityId,
     Event,
     FileActivity,
     FileActivityId,
+    LogEvent,
     NetworkActivity,
     NetworkActivityId,
     ProcessActivity,
@@ -38,7 +57,8 @@ from ringfence.sdk import (
 )
 
 FieldValue = str | int
-Getter = Callable[[Event], FieldValue | None]
+Subject = Event | AuditRecord  # what a getter reads: the event, or one record of an audit event
+Getter = Callable[[Subject], FieldValue | None]
 
 
 class Logsource(enum.StrEnum):
@@ -48,13 +68,26 @@ class Logsource(enum.StrEnum):
     FILE_DELETE = "file_delete"
     FILE_RENAME = "file_rename"
     NETWORK_CONNECTION = "network_connection"
+    AUDITD = "auditd"
+    DNS_QUERY = "dns_query"
+    DNS = "dns"
+    BUILTIN = "builtin"
+    SYSLOG = "syslog"
+    AUTH = "auth"
+    SSHD = "sshd"
+    SUDO = "sudo"
+    SU = "su"
+    LOGIN = "login"
+    CRON = "cron"
+    VSFTPD = "vsftpd"
+    CLAMAV = "clamav"
+    GUACAMOLE = "guacamole"
 
 
-WAITING = frozenset(
-    {"dns_query", "dns", "auditd", "syslog", "auth", "sshd", "sudo", "cron", "vsftpd", "clamav", "guacamole"}
-)
-"""Logsources (category or service) whose rules wait for an event kind that does not exist yet. Any other
-unknown Linux logsource waits too; these are the ones the issue plans sensors for."""
+WAITING: frozenset[str] = frozenset()
+"""Logsources (category or service) whose rules wait for an event kind that does not exist yet: none
+since the audit, DNS and log sensors publish theirs. Any other unknown logsource (a web server's, say)
+waits too: it loads, is counted as waiting and never matches."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +103,7 @@ def _cmdline(p: ProcessRef | None) -> str | None:
     return " ".join(p.cmdline) if p is not None and p.cmdline else None
 
 
-def _proc(e: Event) -> ProcessRef | None:
+def _proc(e: Subject) -> ProcessRef | None:
     return getattr(e, "process", None)
 
 
@@ -82,7 +115,7 @@ def _user(p: ProcessRef | None) -> str | None:
     return None if p.uid is None else str(p.uid)
 
 
-def _parent(e: Event) -> ProcessRef | None:
+def _parent(e: Subject) -> ProcessRef | None:
     p = _proc(e)
     return None if p is None else p.parent
 
@@ -92,22 +125,22 @@ def _of(p: ProcessRef | None, attr: str) -> FieldValue | None:
     return value
 
 
-def _exe(e: Event) -> str | None:
+def _exe(e: Subject) -> str | None:
     p: ProcessRef | None = getattr(e, "process", None)
     return None if p is None else p.exe
 
 
-def _command_line(e: Event) -> str | None:
+def _command_line(e: Subject) -> str | None:
     p: ProcessRef | None = getattr(e, "process", None)
     return " ".join(p.cmdline) if p is not None and p.cmdline else None
 
 
-def _parent_exe(e: Event) -> str | None:
+def _parent_exe(e: Subject) -> str | None:
     p: ProcessRef | None = getattr(e, "process", None)
     return None if p is None or p.parent is None else p.parent.exe
 
 
-def _cwd(e: Event) -> str | None:
+def _cwd(e: Subject) -> str | None:
     p: ProcessRef | None = getattr(e, "process", None)
     return None if p is None else p.cwd
 
@@ -133,7 +166,7 @@ _PROCESS: dict[str, FieldSpec] = {
 }
 
 
-def _file_target(e: Event) -> str | None:
+def _file_target(e: Subject) -> str | None:
     if not isinstance(e, FileActivity):
         return None
     return e.new_path if e.activity is FileActivityId.RENAME and e.new_path else e.path
@@ -146,17 +179,17 @@ _FILE: dict[str, FieldSpec] = {
 }
 
 
-def _remote(e: Event, attr: str) -> FieldValue | None:
+def _remote(e: Subject, attr: str) -> FieldValue | None:
     ep = getattr(e, "remote", None)
     return None if ep is None else getattr(ep, attr)
 
 
-def _local(e: Event, attr: str) -> FieldValue | None:
+def _local(e: Subject, attr: str) -> FieldValue | None:
     ep = getattr(e, "local", None)
     return None if ep is None else getattr(ep, attr)
 
 
-def _initiated(e: Event) -> str | None:
+def _initiated(e: Subject) -> str | None:
     return "true" if getattr(e, "syscall", None) == "connect" else "false"
 
 
@@ -167,7 +200,83 @@ _NETWORK: dict[str, FieldSpec] = {
     "SourceIp": FieldSpec(lambda e: _local(e, "ip"), "local.ip"),
     "SourcePort": FieldSpec(lambda e: _local(e, "port"), "local.port", numeric=True),
     "Initiated": FieldSpec(_initiated, "'true' for connect, 'false' for accept"),
-    "DestinationHostname": FieldSpec(None, "not supplied yet: needs the DNS sensor's name cache"),
+    "DestinationHostname": FieldSpec(
+        lambda e: _remote(e, "hostname"), "remote.hostname (the DNS sensor's name for the address)"
+    ),
+}
+
+
+def _record(name: str) -> Getter:
+    def get(r: Subject) -> str | None:
+        return r.fields.get(name) if isinstance(r, AuditRecord) else None
+
+    return get
+
+
+def _record_type(r: Subject) -> str | None:
+    return r.type if isinstance(r, AuditRecord) else None
+
+
+# the fields of audit records that rules use (and the common others); `a<N>` of any N is supplied too
+# (`field_spec`): execve's arguments, or a syscall's first four in hex
+_AUDIT_FIELDS = (
+    "SYSCALL", "ARCH", "syscall", "arch", "success", "exit", "items", "ppid", "pid", "auid", "uid", "gid",
+    "euid", "suid", "fsuid", "egid", "sgid", "fsgid", "tty", "ses", "comm", "exe", "subj", "key", "argc",
+    "name", "nametype", "inode", "dev", "mode", "ouid", "ogid", "rdev", "item", "cwd", "proctitle",
+    "saddr", "op", "acct", "id", "hostname", "addr", "terminal", "res", "unit", "cmd", "old", "new",
+    "grp", "exe_path", "data", "family", "laddr", "lport", "fd", "path", "list", "audit_enabled",
+)  # fmt: skip
+_AUDIT: dict[str, FieldSpec] = {
+    "type": FieldSpec(_record_type, "record type (SYSCALL, EXECVE, PATH, USER_AUTH, ...)"),
+    **{name: FieldSpec(_record(name), f"the record's {name}") for name in _AUDIT_FIELDS},
+}
+_AUDIT_ARG = re.compile(r"a\d{1,4}$")
+
+
+def _dns_query(e: Subject, attr: str) -> str | None:
+    query = e.query if isinstance(e, DnsActivity) else None
+    value: str | None = None if query is None else getattr(query, attr)
+    return value
+
+
+def _answers(e: Subject) -> str | None:
+    if not isinstance(e, DnsActivity) or not e.answers:
+        return None
+    return ";".join(a.data for a in e.answers)
+
+
+_DNS_QUERY: dict[str, FieldSpec] = {
+    **_ACTOR,
+    "QueryName": FieldSpec(lambda e: _dns_query(e, "hostname"), "query.hostname"),
+    "QueryType": FieldSpec(lambda e: _dns_query(e, "type"), "query.type (A, AAAA, TXT, ...)"),
+    "QueryResults": FieldSpec(None, "not supplied: answers come in a response event of their own"),
+}
+
+_DNS: dict[str, FieldSpec] = {
+    "query": FieldSpec(lambda e: _dns_query(e, "hostname"), "query.hostname"),
+    "record_type": FieldSpec(lambda e: _dns_query(e, "type"), "query.type"),
+    "answer": FieldSpec(_answers, "answers' data joined by ';' (a response)"),
+}
+
+_SUDO_PAIR = re.compile(r"(?:^|[\s;:])(USER|COMMAND|TTY|PWD)=(.*?)(?:\s;|$)")
+
+
+def _sudo(name: str) -> Getter:
+    """A `KEY=value ;` item of sudo's log line (`alice : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/id`)."""
+
+    def get(e: Subject) -> str | None:
+        if not isinstance(e, LogEvent):
+            return None
+        for key, value in _SUDO_PAIR.findall(e.message):
+            if key == name:
+                return str(value)
+        return None
+
+    return get
+
+
+_SUDO: dict[str, FieldSpec] = {
+    name: FieldSpec(_sudo(name), f"{name}= of sudo's log line") for name in ("USER", "COMMAND", "TTY", "PWD")
 }
 
 LOGSOURCES: dict[Logsource, dict[str, FieldSpec]] = {
@@ -177,7 +286,32 @@ LOGSOURCES: dict[Logsource, dict[str, FieldSpec]] = {
     Logsource.FILE_DELETE: _FILE,
     Logsource.FILE_RENAME: _FILE,
     Logsource.NETWORK_CONNECTION: _NETWORK,
+    Logsource.AUDITD: _AUDIT,
+    Logsource.DNS_QUERY: _DNS_QUERY,
+    Logsource.DNS: _DNS,
+    **{source: {} for source in Logsource if source.value in ("builtin", "syslog", "auth")},
 }
+_LOG_SERVICES: dict[Logsource, frozenset[str]] = {
+    Logsource.SSHD: frozenset({"sshd", "sshd-session", "sshd-auth"}),
+    Logsource.SUDO: frozenset({"sudo"}),
+    Logsource.SU: frozenset({"su"}),
+    Logsource.LOGIN: frozenset({"login"}),
+    Logsource.CRON: frozenset({"cron", "crond", "crontab", "anacron"}),
+    Logsource.VSFTPD: frozenset({"vsftpd"}),
+    Logsource.CLAMAV: frozenset({"clamd", "freshclam", "clamav", "clamscan", "clamav-milter"}),
+    Logsource.GUACAMOLE: frozenset({"guacd", "guacamole"}),
+}
+"""The services read from log lines: a line belongs to one when its program (syslog tag, journal
+identifier) is one of these, compared case-insensitively (cron logs as CRON)."""
+for _source in _LOG_SERVICES:
+    LOGSOURCES[_source] = _SUDO if _source is Logsource.SUDO else {}
+_AUTH_FILES = frozenset({"auth.log", "secure"})
+_AUTH_PROGRAMS = frozenset().union(
+    *(_LOG_SERVICES[s] for s in (Logsource.SSHD, Logsource.SUDO, Logsource.SU, Logsource.LOGIN)),
+    {"pkexec", "polkitd", "passwd", "chpasswd", "chage", "useradd", "usermod", "userdel", "groupadd",
+     "groupdel", "groupmod", "gpasswd", "newgrp", "systemd-logind", "unix_chkpwd"},
+)  # fmt: skip
+"""`auth`: the lines of auth.log or secure, or (from the journal, syslog) of these programs."""
 
 _FILE_SOURCES: dict[FileActivityId, tuple[Logsource, ...]] = {
     FileActivityId.CREATE: (Logsource.FILE_EVENT,),
@@ -202,7 +336,53 @@ def logsources_of(event: Event) -> tuple[Logsource, ...]:
         return () if event.is_dir else _FILE_SOURCES.get(event.activity, ())
     if isinstance(event, NetworkActivity):
         return (Logsource.NETWORK_CONNECTION,) if _is_connection(event) else ()
+    return _detection_sources(event)
+
+
+def _detection_sources(event: Event) -> tuple[Logsource, ...]:
+    if isinstance(event, AuditEvent):
+        return (Logsource.AUDITD,)
+    if isinstance(event, LogEvent):
+        return _log_sources(event)
+    if isinstance(event, DnsActivity) and event.query is not None:
+        return (Logsource.DNS_QUERY, Logsource.DNS) if event.activity is DnsActivityId.QUERY else _DNS_ONLY
     return ()
+
+
+_DNS_ONLY = (Logsource.DNS,)
+_ANY_LOG = (Logsource.BUILTIN, Logsource.SYSLOG)
+
+
+def _log_sources(event: LogEvent) -> tuple[Logsource, ...]:
+    program = (event.program or "").lower()
+    services = tuple(s for s, programs in _LOG_SERVICES.items() if program in programs)
+    auth = program in _AUTH_PROGRAMS or os.path.basename(event.source) in _AUTH_FILES
+    return _ANY_LOG + ((Logsource.AUTH,) if auth else ()) + services
+
+
+def subjects(source: Logsource, event: Event) -> Sequence[Subject]:
+    """What one event gives a logsource to match: itself, or (auditd) each of its records."""
+    if source is Logsource.AUDITD and isinstance(event, AuditEvent):
+        return event.records
+    return (event,)
+
+
+def keyword_text(source: Logsource, subject: Subject) -> str | None:
+    """The text keyword rules search, where it is not every supplied field's value joined: a log line's
+    message, an audit record's type and values. None: the default."""
+    if isinstance(subject, LogEvent):
+        return subject.message
+    if isinstance(subject, AuditRecord):
+        return "\n".join((subject.type, *subject.fields.values()))
+    return None
+
+
+def field_spec(source: Logsource, name: str) -> FieldSpec | None:
+    """How `name` is read for `source` (an audit record's `a<N>` of any N too), or None."""
+    spec = LOGSOURCES[source].get(name)
+    if spec is None and source is Logsource.AUDITD and _AUDIT_ARG.match(name):
+        return FieldSpec(_record(name), f"the record's {name}")
+    return spec
 
 
 def _is_connection(event: NetworkActivity) -> bool:
@@ -213,7 +393,7 @@ def _is_connection(event: NetworkActivity) -> bool:
 
 
 def supplied(source: Logsource, name: str) -> bool:
-    spec = LOGSOURCES[source].get(name)
+    spec = field_spec(source, name)
     return spec is not None and spec.getter is not None
 
 
@@ -248,7 +428,7 @@ def content_schema(interface: str) -> ContentSchema:
 
 
 def numeric(source: Logsource, name: str) -> bool:
-    spec = LOGSOURCES[source].get(name)
+    spec = field_spec(source, name)
     return spec is not None and spec.numeric
 
 

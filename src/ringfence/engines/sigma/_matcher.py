@@ -7,7 +7,8 @@ if one of its trigger atoms (`_compile.trigger`) was hit; rules without a trigge
 numeric or CIDR tests) are evaluated on every event of the logsource and counted as such.
 
 Keyword atoms (`field` None) are matched against the event's text: every supplied field's value, joined
-by newlines.
+by newlines, or the logsource's own text (`_fields.keyword_text`: a log line's message, an audit record's
+type and values). `match` takes what the logsource matches (`_fields.subjects`): an event, or one record.
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ from ringfence.engines.sigma._compile import (
     Str,
     trigger,
 )
-from ringfence.engines.sigma._fields import LOGSOURCES, FieldValue, Getter, Logsource
+from ringfence.engines.sigma._fields import (
+    LOGSOURCES,
+    FieldValue,
+    Getter,
+    Logsource,
+    Subject,
+    field_spec,
+    keyword_text,
+)
 from ringfence.engines.sigma._predicate import predicate
-from ringfence.sdk import Event
 
 KEYWORDS = "\x00keywords"  # the pseudo-field keyword atoms are indexed under
 Values = dict[str, FieldValue]
@@ -215,7 +223,7 @@ class LogsourceIndex:
         wanted = {a.field for a in atoms if a.field is not None}
         wanted |= {a.other for a in atoms if isinstance(a, FieldRef)}
         for name in sorted(wanted):
-            spec = specs.get(name)
+            spec = field_spec(self.source, name)
             fields[name] = _FieldIndex(name, None if spec is None else spec.getter)
         keywords = _FieldIndex(KEYWORDS, None)
         for atom_id, atom in enumerate(atoms):
@@ -228,7 +236,7 @@ class LogsourceIndex:
         keywords.build()
         return [f for f in fields.values() if f.getter is not None]
 
-    def match(self, event: Event) -> list[int]:
+    def match(self, event: Subject) -> list[int]:
         self.events += 1
         values: Values = {}
         hits: set[int] = set()
@@ -251,7 +259,10 @@ class LogsourceIndex:
         keys, predicates = self._keys, self._predicates
         return [keys[i] for i in sorted(candidates) if predicates[i](hits, values)]
 
-    def _text(self, event: Event) -> str:
+    def _text(self, event: Subject) -> str:
+        own = keyword_text(self.source, event)
+        if own is not None:
+            return own
         parts = (g(event) for g in self._keyword_getters)
         return "\n".join(str(v) for v in parts if v is not None and v != "")
 
