@@ -20,7 +20,7 @@ import pytest
 
 from ringfence.agent import Config
 from ringfence.agent._config import ExtensionsSection
-from ringfence.agent._rules import Found, _run_child, _Staged, check_paths, with_rules
+from ringfence.agent._rules import Found, RulesCheckError, _run_child, _Staged, check_paths, with_rules
 from tests.engines.sigma.build import rule
 
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
@@ -334,3 +334,42 @@ def test_run_rules_refuses_a_file_another_user_could_change_before_reading_it(
     assert f"{writable}: error: it is uid 0, mode 666: the agent hands over only content" in line
     assert f"{open_dir / 'r.yml'}: error: {open_dir} is writable by others" in line
     assert "YAML" not in line
+
+
+def _rules_cgroups() -> list[Path]:
+    return list(Path("/sys/fs/cgroup").glob(f"*/ringfence/rules-check-{os.getpid()}"))
+
+
+def test_a_checker_past_its_deadline_is_killed_and_reported_in_one_line(content) -> None:
+    (content / "probe.yml").write_text(rule("sel:\n  Image|endswith: /x\ncondition: sel"))
+    with pytest.raises(RulesCheckError) as raised:
+        check_paths([str(content)], timeout_s=0)
+    assert str(raised.value) == "rules check: the checker did not finish in time"
+    assert not _rules_cgroups()  # its sandbox is released, its processes gone with it
+    assert not list(Path("/tmp").glob("ringfence-rules-*/sigma/*-probe.yml"))
+
+
+def test_rules_check_as_an_unprivileged_user_runs_without_the_sandbox(shared_dir) -> None:
+    (shared_dir / "probe.yml").write_text(rule("sel:\n  Image|endswith: /x\ncondition: sel", rule_id=RULE_ID))
+    (shared_dir / "bad.yar").write_text(YARA_BAD)
+    for f in shared_dir.iterdir():
+        f.chmod(0o644)
+    r = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *RINGFENCE,
+            "rules",
+            "list",
+            str(shared_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert r.returncode == 1, r.stderr
+    assert f"{RULE_ID}  process_creation" in r.stdout
+    assert f"{shared_dir / 'bad.yar'}:3: error:" in r.stdout

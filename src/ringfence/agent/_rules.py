@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import selectors
 import shutil
 import stat
 import subprocess
@@ -45,7 +46,7 @@ CHILD_ENV = "RINGFENCE_RULES_CHECK"
 CHECK_TIMEOUT_S = 120.0
 MAX_FILE_BYTES = 256 << 20  # per file copied for a check
 MAX_REPORT_BYTES = 64 << 20
-_SANDBOX_ID = "rules-check"
+STDERR_TAIL_BYTES = 16384
 
 
 class RulesCheckError(AgentError):
@@ -218,7 +219,9 @@ def _run_child(staged: list[_Staged], work: str, user: str, timeout_s: float) ->
     if sandbox:
         from ringfence.extensions._sandbox import SandboxError, SandboxPolicy, prepare_sandbox
 
-        policy = SandboxPolicy(extension_id=_SANDBOX_ID, user=user, readable_paths=(work,), max_processes=16)
+        policy = SandboxPolicy(
+            extension_id=f"rules-check-{os.getpid()}", user=user, readable_paths=(work,), max_processes=16
+        )
         try:
             prepared = prepare_sandbox(policy)
         except SandboxError as e:
@@ -261,18 +264,50 @@ def _spawn(spec: _ChildSpec, timeout_s: float) -> RulesReport:
         start_new_session=True,
     ) as proc:  # fmt: skip
         try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise RulesCheckError(f"rules check: the checker took longer than {timeout_s:g} s") from None
-    if proc.returncode != 0 or len(out) > MAX_REPORT_BYTES:
+            out, err = _read_bounded(proc, time.monotonic() + timeout_s)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
         last = (err.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
-        raise RulesCheckError(f"rules check: the checker failed (status {proc.returncode}): {last}")
+        raise RulesCheckError(f"rules check: the checker failed ({_exit_text(proc.returncode)}): {last}")
     try:
         return msgspec.json.decode(out, type=RulesReport)
     except msgspec.DecodeError as e:
         raise RulesCheckError(f"rules check: the checker's report does not decode: {e}") from e
+
+
+def _exit_text(returncode: int) -> str:
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+
+
+def _read_bounded(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
+    """The child's stdout (at most MAX_REPORT_BYTES) and the tail of its stderr, until both close and it
+    exits, by `deadline` (time.monotonic). Raises RulesCheckError: the caller kills the child."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = bytearray(), bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            ready = sel.select(left) if left > 0 else []
+            if not ready:
+                raise RulesCheckError("rules check: the checker did not finish in time")
+            for key, _ in ready:
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                key.data.extend(chunk)
+            if len(out) > MAX_REPORT_BYTES:
+                raise RulesCheckError(f"rules check: the checker wrote more than {MAX_REPORT_BYTES} bytes")
+            del err[: max(0, len(err) - STDERR_TAIL_BYTES)]
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise RulesCheckError("rules check: the checker did not exit in time") from None
+    return bytes(out), bytes(err)
 
 
 # --- run --rules -----------------------------------------------------------------------------------
