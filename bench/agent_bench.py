@@ -90,15 +90,18 @@ def capture_under_load(
     return capture, resources
 
 
+_EXEC = b'"launch_type_id":3'  # Launch (100701) by exec; a fork is a Launch too, with launch_type_id 2
+
+
 def _wait_captured(state: Path, marker: str, made: int) -> int:
     """Count launch events of exactly `/bin/true <marker>`, waiting (bounded) for the agent to drain."""
-    needle = f'"args":["/bin/true","{marker}"]'.encode()
+    needle = f'"cmd_line":"/bin/true {marker}"'.encode()  # OCSF 1.8.0: argv is in cmd_line only
     count, last_change = -1, time.monotonic()
     while time.monotonic() - last_change < 5:
         n = 0
         for path in state.glob("events.jsonl*"):
             with path.open("rb") as f:
-                n += sum(1 for line in f if needle in line and b'"type_uid":100701' in line)
+                n += sum(1 for line in f if needle in line and _EXEC in line)
         if n != count:
             count, last_change = n, time.monotonic()
         if count >= made:

@@ -65,7 +65,7 @@ def _processes(
     sup = Supervisor(specs, findings_sink=findings or broker.publish, on_first_ready=broker.subscribe)
     sup.start()
     try:
-        if not sup.wait_ready(60) or any(s["state"] != "running" for s in sup.statistics()):
+        if not sup.wait_ready(60) or any(s.state != "running" for s in sup.statistics()):
             raise RuntimeError(f"bench extensions did not start: {sup.statistics()}")
         yield sup
     finally:
