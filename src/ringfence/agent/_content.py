@@ -12,6 +12,7 @@ Layout, the seam the content pipeline (issue 8) builds on:
         active -> slots/<n>               the version in force: a symlink, replaced atomically
         slots/<n>/<name>                  one complete version (dirs 0755, files 0644), never modified
         slots/.new-<n>/                   a version being written; renamed to slots/<n> once complete
+        slots/<n>/.package                the signed package in that slot, if any: {"version", "path"}
 
 `ExtensionSpec.content_dir` is `<ext-id>/active`; the engine resolves it once per load, so it reads one
 version whole. The newest `KEEP_SLOTS` versions stay on disk (the previous ones are what a
@@ -22,6 +23,12 @@ engine, by `--blocklist` and its old `blocklist` setting (migrated here, with a 
 changes is staged again once it has been stable for one check (about a second), so a file caught halfway
 through an in-place write is not handed over.
 
+A signed package (staged by the TUF client in STATE_DIR/content-updates/<engine>/<version>/, chosen by
+agent/_updates.py) goes into the same slots: a slot holds the active package's files (its manifest.toml
+left out, the package named in `.package`) and the operator's files beside them, the operator's file
+winning a name both have. A slot swap is the one way an extension is told of new content, whichever
+source changed; `ContentStore` takes one lock for it, so the watcher and the update thread never race.
+
 Errors (under the agent's root, `AgentError`):
     ContentError    content that cannot be staged; one line naming the extension and every file at fault
 """
@@ -29,17 +36,18 @@ Errors (under the agent's root, `AgentError`):
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ringfence._linux import fsync_dir
+from ringfence._linux import fsync_dir, write_all, write_atomic
 from ringfence.agent._errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,8 @@ MAX_CONTENT_BYTES = 1 << 30  # per file
 CHECK_INTERVAL_S = 1.0
 ACTIVE = "active"
 SLOTS = "slots"
+PACKAGE_MARK = ".package"  # in a slot: the signed package it holds
+PACKAGE_MANIFEST = "manifest.toml"  # a package's own; not handed to the engine (it would read it as content)
 LEGACY_SETTINGS = {"ringfence.reputation": {"blocklist": "blocklist.txt"}}
 """Settings keys that once named content files: extension id -> {key: content file name}."""
 
@@ -81,6 +91,9 @@ class StagedContent:
     errors: int = 0
     reverts: int = 0
     last_error: str = ""
+    package_version: str = ""  # the signed package in the active slot; "" for none
+    package_dir: str | None = None  # where that package is staged
+    rejected: set[str] = field(default_factory=set)  # package versions reverted after a failed start
 
     @property
     def content_dir(self) -> str:
@@ -134,15 +147,24 @@ class ContentStore:
 
     def __init__(self, state_dir: str) -> None:
         self.root = os.path.join(state_dir, "content")
+        self._lock = threading.Lock()  # one slot swap at a time: the watcher's and the update thread's
 
-    def stage_all(self, content: Mapping[str, Mapping[str, str]]) -> dict[str, StagedContent]:
-        """Stage every extension's files (at start). Raises ContentError naming every file at fault."""
+    def stage_all(
+        self,
+        content: Mapping[str, Mapping[str, str]],
+        packages: Mapping[str, tuple[str, str]] | None = None,
+    ) -> dict[str, StagedContent]:
+        """Stage every extension's files (at start), with the signed package chosen for it (ext id ->
+        (version, staged dir)). Raises ContentError naming every file at fault."""
         if content:
             _mkdir(self.root, 0o711)
+        packages = packages or {}
         staged: dict[str, StagedContent] = {}
         problems: list[str] = []
         for ext_id, files in sorted(content.items()):
             item = StagedContent(ext_id, os.path.join(self.root, ext_id), dict(files))
+            item.package_version, item.package_dir = packages.get(ext_id, ("", None))
+            item.rejected = _read_rejected(item.root)
             try:
                 self.stage(item)
             except ContentError as e:
@@ -153,9 +175,37 @@ class ContentStore:
             raise ContentError("; ".join(problems))
         return staged
 
+    def previous_packages(self, ext_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Ext id -> (version, staged dir) of the package active when the agent last ran, for those that
+        had one still staged and not rejected: what a start runs again (newer ones wait for the update
+        thread, where a failed start reverts). A start never tries an unproven package."""
+        out = {}
+        for ext_id in ext_ids:
+            root = os.path.join(self.root, ext_id)
+            version, path = _package_in(os.path.realpath(os.path.join(root, ACTIVE)))
+            if path is not None and os.path.isdir(path) and version not in _read_rejected(root):
+                out[ext_id] = (version, path)
+        return out
+
     def stage(self, item: StagedContent) -> None:
-        """Copy every file of `item` into a new slot and make it active. Raises ContentError (nothing
-        changes then: the slot in force stays)."""
+        """Copy every file of `item` (its package's and the operator's) into a new slot and make it
+        active. Raises ContentError (nothing changes then: the slot in force stays)."""
+        with self._lock:
+            self._stage(item)
+
+    def activate_package(self, item: StagedContent, version: str, path: str) -> None:
+        """A new slot with the staged package at `path` (and the operator's files), made active. Raises
+        ContentError or OSError; the slot in force and `item`'s package stay then."""
+        with self._lock:
+            before = item.package_version, item.package_dir
+            item.package_version, item.package_dir = version, path
+            try:
+                self._stage(item)
+            except BaseException:
+                item.package_version, item.package_dir = before
+                raise
+
+    def _stage(self, item: StagedContent) -> None:
         _mkdir(item.root, 0o755)
         slots = os.path.join(item.root, SLOTS)
         _mkdir(slots, 0o755)
@@ -165,6 +215,8 @@ class ContentStore:
         os.mkdir(tmp, 0o755)
         try:
             signatures = self._copy_all(item, tmp)
+            if item.package_dir is not None:
+                _copy_package(item, tmp)
             fsync_dir(tmp)
             os.rename(tmp, os.path.join(slots, str(number)))
         except BaseException:
@@ -176,10 +228,18 @@ class ContentStore:
         _prune(slots, keep=KEEP_SLOTS, also=item.good_slot)
 
     def revert(self, item: StagedContent) -> None:
-        """Make the last-known-good slot active again."""
-        _swap_active(item.root, item.good_slot)
-        item.slot = item.good_slot
-        item.reverts += 1
+        """Make the last-known-good slot active again (and its package the one in force: a package that
+        was active in the slot given up is remembered as rejected, and not activated again)."""
+        with self._lock:
+            _swap_active(item.root, item.good_slot)
+            if item.package_version:
+                item.rejected.add(item.package_version)
+                _write_rejected(item.root, item.rejected)
+            item.package_version, item.package_dir = _package_in(
+                os.path.join(item.root, SLOTS, str(item.good_slot))
+            )
+            item.slot = item.good_slot
+            item.reverts += 1
 
     def _copy_all(self, item: StagedContent, slot_dir: str) -> dict[str, _Signature]:
         signatures: dict[str, _Signature] = {}
@@ -192,6 +252,90 @@ class ContentStore:
         if problems:
             raise ContentError(f"content of extension {item.ext_id}: " + "; ".join(problems))
         return signatures
+
+
+def _copy_package(item: StagedContent, slot_dir: str) -> None:
+    """The package's files (not its manifest) into the slot, beside the operator's; then `.package`."""
+    assert item.package_dir is not None
+    root = item.package_dir
+    problems: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            origin = os.path.join(dirpath, name)
+            rel = os.path.relpath(origin, root)
+            if rel == PACKAGE_MANIFEST or rel.startswith("."):
+                continue
+            dest = os.path.join(slot_dir, rel)
+            if os.path.lexists(dest):
+                log.warning(
+                    "content of %s: %s of the operator's is kept over the package's", item.ext_id, rel
+                )
+                continue
+            os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+            try:
+                _copy(origin, dest)
+            except ContentError as e:
+                problems.append(str(e))
+    if problems:
+        raise ContentError(
+            f"package {item.package_version} of extension {item.ext_id}: " + "; ".join(problems)
+        )
+    mark = json.dumps({"version": item.package_version, "path": root}).encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    fd = os.open(os.path.join(slot_dir, PACKAGE_MARK), flags, 0o644)
+    try:
+        write_all(fd, mark)
+        os.fchmod(fd, 0o644)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+REJECTED = "rejected.json"  # in <ext-id>/: package versions reverted after a failed start, kept across runs
+
+
+def _read_rejected(root: str) -> set[str]:
+    try:
+        with open(os.path.join(root, REJECTED), "rb") as f:
+            versions = json.loads(f.read(1 << 20))
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as e:
+        why = str(e)
+    else:
+        if isinstance(versions, list) and all(isinstance(v, str) for v in versions):
+            return set(versions)
+        why = "not a list of versions"
+    log.error(
+        "%s: unreadable (%s): no package version is taken as rejected", os.path.join(root, REJECTED), why
+    )
+    return set()
+
+
+def _write_rejected(root: str, versions: set[str]) -> None:
+    path = os.path.join(root, REJECTED)
+    try:
+        write_atomic(path, json.dumps(sorted(versions)).encode(), 0o644)
+    except OSError as e:
+        why = e.strerror
+    else:
+        return
+    log.error("%s: cannot record the rejected versions (they are kept for this run only): %s", path, why)
+
+
+def _package_in(slot_dir: str) -> tuple[str, str | None]:
+    """The package a slot holds: (version, staged dir), or ("", None) for none or an unreadable mark."""
+    try:
+        with open(os.path.join(slot_dir, PACKAGE_MARK), "rb") as f:
+            mark = json.loads(f.read(65536))
+        return str(mark["version"]), str(mark["path"])
+    except FileNotFoundError:
+        return "", None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = str(e)
+    log.error("%s: unreadable package mark (%s): the slot is taken as holding no package", slot_dir, why)
+    return "", None
 
 
 def _copy(origin: str, dest: str) -> _Signature:
