@@ -20,6 +20,7 @@ import msgspec
 
 from ringfence.agent._errors import ConfigError, ConfigProblem
 from ringfence.agent._metrics import MetricsAddressError, parse_listen
+from ringfence.content import version_key
 from ringfence.events import EventKind
 from ringfence.response import ActionScope, parse_networks
 from ringfence.sensors.audit import DEFAULT_BASELINE
@@ -105,6 +106,17 @@ class ResponseSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields
         return {ext_id: msgspec.convert(raw, ActionScope) for ext_id, raw in self.scope.items()}
 
 
+class ContentSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Signed content releases (agent/_updates.py): where to follow them, and which version to run."""
+
+    url: str = ""  # the TUF repository's base URL (URL/metadata/, URL/targets/); empty: no updates
+    update_interval_s: float = 3600.0  # between clean updates; a failed one is retried sooner (backoff)
+    root: str = ""  # the publisher's root.json, installed as trust anchor on first use; later roots chain
+    # "newest", "n-1" (one behind the newest staged), or a table engine -> "newest" | "n-1" | "VERSION"
+    follow: str | dict[str, str] = "newest"
+    failure_grace_s: float = 21600.0  # updates failing for longer than this make the agent degraded
+
+
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     sensors: SensorsSection = msgspec.field(default_factory=SensorsSection)
@@ -112,6 +124,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     output: OutputSection = msgspec.field(default_factory=OutputSection)
     extensions: ExtensionsSection = msgspec.field(default_factory=ExtensionsSection)
     response: ResponseSection = msgspec.field(default_factory=ResponseSection)
+    content: ContentSection = msgspec.field(default_factory=ContentSection)
 
     @property
     def host(self) -> str:
@@ -222,6 +235,7 @@ def _check(config: Config, source: str, text: str | None = None) -> None:
         problems.append(f"response.management_addresses: {e}")
     problems += _response_problems(config)
     problems += _content_problems(config)
+    problems += _update_problems(config.content)
     problems += _one_ioc_engine(config)
     if problems:
         raise ConfigError([_problem(source, *_split(p), text) for p in problems])
@@ -274,6 +288,45 @@ def _content_problems(config: Config) -> list[str]:
             if not os.path.isabs(path):
                 problems.append(f"{key}: must be an absolute path, got {path!r}")
     return problems
+
+
+FOLLOW_WORDS = ("newest", "n-1")
+
+
+def _update_problems(content: ContentSection) -> list[str]:
+    problems: list[str] = []
+    if content.url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", content.url):
+        problems.append(f"content.url: an http:// or https:// URL, got {content.url!r}")
+    if not 1 <= content.update_interval_s <= 30 * 86400:
+        problems.append(f"content.update_interval_s: 1..2592000, got {content.update_interval_s:g}")
+    if content.failure_grace_s < 0:
+        problems.append(f"content.failure_grace_s: must be >= 0, got {content.failure_grace_s:g}")
+    if content.root and not os.path.isabs(content.root):
+        problems.append(f"content.root: must be an absolute path, got {content.root!r}")
+    follow = content.follow
+    items = [("content.follow", follow)] if isinstance(follow, str) else []
+    if isinstance(follow, dict):
+        for engine, value in follow.items():
+            key = f'content.follow."{engine}"'
+            if not _CONTENT_NAME.fullmatch(engine):
+                problems.append(f"{key}: not an engine (extension) id")
+            items.append((key, value))
+    for key, value in items:
+        if value in FOLLOW_WORDS or (isinstance(follow, dict) and _is_version(value)):
+            continue
+        pinned = (
+            " or a version (like 2026.12.2)" if isinstance(follow, dict) else " (pin versions per engine)"
+        )
+        problems.append(f"{key}: newest, n-1{pinned}; got {value!r}")
+    return problems
+
+
+def _is_version(value: str) -> bool:
+    try:
+        version_key(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _response_problems(config: Config) -> list[str]:
