@@ -129,6 +129,33 @@ class StageDrops(msgspec.Struct, frozen=True):
     last_s: float
 
 
+class EngineContentStatus(msgspec.Struct):
+    """One engine's signed content on the host."""
+
+    staged: list[str] = msgspec.field(default_factory=list)  # versions staged, lowest first
+    active: str = ""  # the package version in the active slot; "" for none
+    follow: str = "newest"  # newest, n-1, or a pinned version
+    rejected: list[str] = msgspec.field(default_factory=list)  # reverted after the engine failed on them
+    problem: str = ""  # why the version the policy wants is not active
+
+
+class ContentUpdateStatus(msgspec.Struct):
+    """The agent's following of a signed content repository (`[content] url`)."""
+
+    url: str
+    last_at_ns: int = 0  # wall clock of the last update; 0: none yet
+    ok: bool = True  # the last update had no problem
+    failures: int = 0  # updates failed in a row
+    failing_since_ns: int = 0  # wall clock of the first of them; 0: not failing
+    next_in_s: float = 0.0
+    staged: list[str] = msgspec.field(default_factory=list)  # "ENGINE VERSION" the last update staged
+    problems: list[str] = msgspec.field(default_factory=list)  # the last update's, one line each
+    warnings: list[str] = msgspec.field(default_factory=list)  # expiry ahead (root, targets)
+    engines: dict[str, EngineContentStatus] = msgspec.field(default_factory=dict)
+    activations: int = 0  # packages made active since the start
+    failure_grace_s: float = 21600.0  # failing longer than this makes the agent degraded
+
+
 class Health(msgspec.Struct, kw_only=True):
     version: str
     pid: int
@@ -149,6 +176,7 @@ class Health(msgspec.Struct, kw_only=True):
     cpu_user_s: float
     cpu_system_s: float
     threads: int
+    content_updates: ContentUpdateStatus | None = None  # None: no [content] url
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
