@@ -212,7 +212,8 @@ def _syscall(name: str, number: int, exe: str, key: str | None = None, **more: s
 
 def detection_events(n: int, seed: int = 13) -> list[Event]:
     """`n` events of the detection kinds: about 40 % audit events (an exec's SYSCALL, EXECVE, CWD, PATH
-    and PROCTITLE records, or a watched file's SYSCALL and PATH), 40 % log lines, 20 % DNS."""
+    and PROCTITLE records, or a watched file's SYSCALL and PATH), 40 % log lines, 10 % DNS queries and
+    responses (one or two answers), 10 % connections to an address with a host name."""
     rng, seq = random.Random(seed), _Seq()
     seq.n = 1 << 30
     out: list[Event] = []
@@ -254,7 +255,7 @@ def detection_events(n: int, seed: int = 13) -> list[Event]:
                     pid=rng.randint(2, 9999),
                 )
             )
-        else:
+        elif roll < 0.9:
             name = rng.choice(_NAMES)
             query = DnsQuery(hostname=name, type=rng.choice(["A", "AAAA"]), dns_class="IN")
             response = rng.random() < 0.5
@@ -263,8 +264,27 @@ def detection_events(n: int, seed: int = 13) -> list[Event]:
                     header=seq.header(),
                     activity=DnsActivityId.RESPONSE if response else DnsActivityId.QUERY,
                     query=query,
-                    answers=(DnsAnswer(name=name, type="A", data=rng.choice(_IPS[:5])),) if response else (),
+                    answers=tuple(
+                        DnsAnswer(name=name, type="A", data=ip)
+                        for ip in rng.sample(_IPS[:5], rng.randint(1, 2))
+                    )
+                    if response
+                    else (),
                     process=None if response else _proc(rng, "/usr/bin/curl", "curl"),
+                )
+            )
+        else:  # a connection to an address the DNS sensor learnt a name for
+            out.append(
+                NetworkActivity(
+                    header=seq.header(),
+                    activity=NetworkActivityId.OPEN,
+                    syscall="connect",
+                    success=True,
+                    local=Endpoint(family="inet", ip="10.0.0.5", port=rng.randint(30000, 60000)),
+                    remote=Endpoint(
+                        family="inet", ip=rng.choice(_IPS[:5]), port=443, hostname=rng.choice(_NAMES)
+                    ),
+                    process=_proc(rng, "/usr/bin/curl", "curl"),
                 )
             )
     return out

@@ -85,6 +85,54 @@ def test_every_modifier_and_condition_form_matches_what_the_sqlite_backend_match
     shutil.rmtree(directory)
 
 
+DETECTION_RULES = {
+    "dns_query": ["sel:\n  QueryName|endswith: .org\n  QueryType: A\ncondition: sel"],
+    "dns": [
+        "sel:\n  answer|startswith: '151.'\ncondition: sel",
+        "sel:\n  query: pypi.org\nfilter:\n  answer: 8.8.8.8\ncondition: sel and not filter",
+    ],
+    "network_connection": ["sel:\n  DestinationHostname|contains: github\ncondition: sel"],
+    "auditd": [
+        "sel:\n  type: PATH\n  nametype: CREATE\n  name|startswith: /etc/\ncondition: sel",
+        "sel:\n  type: SYSCALL\n  key|startswith: 'ringfence:'\n  exe|endswith: /vim\ncondition: sel",
+        "sel:\n  type: EXECVE\nkw:\n  - status\n  - TODO\ncondition: sel and kw",
+        "sel:\n  a2: nginx\ncondition: sel",
+    ],
+    "sudo": ["sel:\n  USER: root\n  COMMAND|contains: apt\ncondition: sel"],
+    "sshd": ["kw:\n  - 'Accepted publickey'\ncondition: kw"],
+    "auth": ["kw:\n  '|all':\n    - alice\n    - pts\ncondition: kw"],
+    "cron": ["kw:\n  - 'cron.hourly'\ncondition: kw"],
+    "syslog": ["kw:\n  - '|re': 'link up, \\d+ Mbps'\ncondition: kw"],
+}
+
+
+def _logsource(text: str, name: str) -> str:
+    services = {"auditd", "sudo", "sshd", "auth", "cron", "syslog"}
+    return text.replace("category: process_creation", f"service: {name}") if name in services else text
+
+
+def test_rules_of_the_detection_kinds_match_what_the_sqlite_backend_matches(tmp_path: Path) -> None:
+    files = {}
+    for source, detections in DETECTION_RULES.items():
+        for n, detection in enumerate(detections):
+            text = rule(detection, category=source, rule_id=f"00000000-0000-4000-9000-{len(files):012}")
+            files[f"{source}{n}.yml"] = _logsource(text, source)
+    directory = write_rules(tmp_path / "kinds", **files)
+    rules = load_directory(str(directory))
+    assert not rules.errors and not rules.waiting and rules.active == len(files)
+    events = detection_events(3000) + ordinary_events(500)
+    mine = set(engine_matches(rules, events))
+    reference = Reference([directory])
+    assert not reference.skipped, reference.skipped
+    reference.load(events)
+    theirs = reference.matches()
+    assert not mine - theirs, _explain(mine - theirs, events)
+    assert not theirs - mine, _explain(theirs - mine, events)
+    missed = {r.file for r in rules.rules} - {r.file for r in rules.rules if r.id in {i for i, _ in mine}}
+    assert not missed, missed  # every rule here matched something
+    shutil.rmtree(directory)
+
+
 def test_non_ascii_case_is_folded_here_and_not_by_sqlite(tmp_path: Path) -> None:
     directory = write_rules(
         tmp_path / "u", **{"u.yml": rule("sel:\n  CommandLine|contains: 'müller'\ncondition: sel")}

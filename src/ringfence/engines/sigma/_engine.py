@@ -2,8 +2,10 @@
 
 Per event: the logsources it belongs to (`_fields.logsources_of`), each logsource's index matches every
 rule at once (`_matcher.py`), a matched rule feeds the correlations that reference it and raises a
-finding unless it is only a correlation's building block (`generate: false`). Findings are deduplicated
-per rule and process (exe, command line, file) within `dedup_window_s`; the repeats are summed up in
+finding unless it is only a correlation's building block (`generate: false`). An audit event is matched
+record by record (`_fields.subjects`); a rule raises once per event, for the first record it matches.
+Findings are deduplicated per rule and process (exe, command line, file; a log line's message) within
+`dedup_window_s`; the repeats are summed up in
 one finding when the window closes. Nothing on the event path raises for bad content: it cannot exist
 there, the loader refused it.
 """
@@ -35,6 +37,7 @@ from ringfence.sdk import (
     EventKind,
     Extension,
     FileActivity,
+    LogEvent,
     Manifest,
     ProcessRef,
 )
@@ -202,7 +205,8 @@ class SigmaEngine(Extension):
         process: ProcessRef | None = getattr(event, "process", None)
         path = (event.new_path or event.path) if isinstance(event, FileActivity) else None
         occurrence = _Occurrence(rule, process, path, event.header.id)
-        key = (rule.key, None if process is None else (process.exe, process.cmdline), path)
+        line = event.message if isinstance(event, LogEvent) else None  # log lines often have no process
+        key = (rule.key, None if process is None else (process.exe, process.cmdline), path, line)
         if self._dedup.admit(key, occurrence):
             self._emit(occurrence, 0)
 

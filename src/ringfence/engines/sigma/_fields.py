@@ -14,7 +14,7 @@ run time such a field is simply absent (a missing field never raises).
 | network_connection   | NetworkActivity connect/accept (OPEN)   | see `_NETWORK`                         |
 | auditd (service)     | AuditEvent: each of its records apart   | the record's own fields, see `_AUDIT`  |
 | dns_query            | DnsActivity QUERY                       | QueryName, QueryType + the asker       |
-| dns                  | DnsActivity (query and response)        | query, answer, record_type             |
+| dns                  | DnsActivity (query; response per answer)| query, answer, record_type             |
 | builtin (no service) | LogEvent, any                           | keywords: the message                  |
 | syslog, auth         | LogEvent (auth: auth.log, secure, or an auth program's) | keywords          |
 | sshd, sudo, su, ...  | LogEvent of that program (`_LOG_SERVICES`) | keywords; sudo: USER, COMMAND, TTY, PWD
@@ -239,10 +239,10 @@ def _dns_query(e: Subject, attr: str) -> str | None:
     return value
 
 
-def _answers(e: Subject) -> str | None:
+def _answer(e: Subject) -> str | None:
     if not isinstance(e, DnsActivity) or not e.answers:
         return None
-    return ";".join(a.data for a in e.answers)
+    return e.answers[0].data  # `subjects` gives a response once per answer
 
 
 _DNS_QUERY: dict[str, FieldSpec] = {
@@ -255,7 +255,7 @@ _DNS_QUERY: dict[str, FieldSpec] = {
 _DNS: dict[str, FieldSpec] = {
     "query": FieldSpec(lambda e: _dns_query(e, "hostname"), "query.hostname"),
     "record_type": FieldSpec(lambda e: _dns_query(e, "type"), "query.type"),
-    "answer": FieldSpec(_answers, "answers' data joined by ';' (a response)"),
+    "answer": FieldSpec(_answer, "an answer's data (a response: matched once per answer)"),
 }
 
 _SUDO_PAIR = re.compile(r"(?:^|[\s;:])(USER|COMMAND|TTY|PWD)=(.*?)(?:\s;|$)")
@@ -361,9 +361,12 @@ def _log_sources(event: LogEvent) -> tuple[Logsource, ...]:
 
 
 def subjects(source: Logsource, event: Event) -> Sequence[Subject]:
-    """What one event gives a logsource to match: itself, or (auditd) each of its records."""
+    """What one event gives a logsource to match: itself, or (auditd) each of its records, or (dns) the
+    response once per answer, so that `answer` is any one answer, not their concatenation."""
     if source is Logsource.AUDITD and isinstance(event, AuditEvent):
         return event.records
+    if source is Logsource.DNS and isinstance(event, DnsActivity) and len(event.answers) > 1:
+        return tuple(msgspec.structs.replace(event, answers=(a,)) for a in event.answers)
     return (event,)
 
 
