@@ -20,7 +20,15 @@ import pytest
 
 from ringfence.agent import Config
 from ringfence.agent._config import ExtensionsSection
-from ringfence.agent._rules import Found, RulesCheckError, _run_child, _Staged, check_paths, with_rules
+from ringfence.agent._rules import (
+    Found,
+    RulesCheckError,
+    _ChildSpec,
+    _run_child,
+    _Staged,
+    check_paths,
+    with_rules,
+)
 from tests.engines.sigma.build import rule
 
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
@@ -174,8 +182,8 @@ def test_the_checker_runs_sandboxed_and_cannot_read_what_root_can(tmp_path) -> N
     """The copy step is root's; the parsing child is not: pointed at /etc/shadow, it cannot open it."""
     work = Path(tempfile.mkdtemp(prefix="rf-rules-sandbox-", dir="/tmp"))
     try:
-        staged = [_Staged("ioc", "/etc/shadow", "/etc/shadow")]
-        report = _run_child(staged, str(work), "ringfence-ext", 60)
+        spec = _ChildSpec(files=[_Staged("ioc", "/etc/shadow", "/etc/shadow")], sandbox=True)
+        report = _run_child(spec, str(work), "ringfence-ext", 60)
     finally:
         shutil.rmtree(work)
     (issue,) = report.engines[0].issues
@@ -373,3 +381,26 @@ def test_rules_check_as_an_unprivileged_user_runs_without_the_sandbox(shared_dir
     assert r.returncode == 1, r.stderr
     assert f"{RULE_ID}  process_creation" in r.stdout
     assert f"{shared_dir / 'bad.yar'}:3: error:" in r.stdout
+
+
+def test_sigma_placeholders_come_from_the_config_and_bad_settings_are_named(content, tmp_path) -> None:
+    (content / "admins.yml").write_text(
+        rule("sel:\n  User|expand: '%admins%'\ncondition: sel", rule_id=RULE_ID)
+    )
+    without = _cli("rules", "check", "--config", str(tmp_path / "none.toml"), str(content))
+    assert without.returncode == 1 and "cannot read the config: No such file" in without.stderr
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    unset = _cli("rules", "check", "--config", str(empty), str(content))
+    assert unset.returncode == 1 and f"rule {RULE_ID}:" in unset.stdout and "admins" in unset.stdout
+    config = tmp_path / "rf.toml"
+    config.write_text('[extensions.config."ringfence.sigma".placeholders]\nadmins = ["root", "alice"]\n')
+    good = _cli("rules", "check", "--config", str(config), str(content))
+    assert good.returncode == 0, good.stdout
+    assert "sigma: 1 files, 1 rules would load" in good.stdout
+    config.write_text('[extensions.config."ringfence.sigma"]\nplaceholders = "admins"\n')
+    bad = _cli("rules", "check", "--config", str(config), str(content))
+    assert bad.returncode == 1
+    assert (
+        '[extensions.config."ringfence.sigma"]: error: ringfence.sigma settings: placeholders' in bad.stdout
+    )

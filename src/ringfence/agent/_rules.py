@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -147,21 +147,28 @@ class _Staged(msgspec.Struct, frozen=True):
 
 class _ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     files: list[_Staged]
+    sigma_settings: dict[str, Any] = {}  # [extensions.config."ringfence.sigma"]: its placeholders
     sandbox: bool
     policy: msgspec.Raw = msgspec.Raw(b"null")
     prepared: msgspec.Raw = msgspec.Raw(b"null")
 
 
 def check_paths(
-    paths: Sequence[str], *, user: str = "ringfence-ext", timeout_s: float = CHECK_TIMEOUT_S
+    paths: Sequence[str],
+    *,
+    user: str = "ringfence-ext",
+    sigma_settings: Mapping[str, Any] | None = None,
+    timeout_s: float = CHECK_TIMEOUT_S,
 ) -> RulesReport:
     """What would load from `paths`, per engine, with every problem. The engines' loaders run in a child:
-    sandboxed as `user` when we are root, else as the caller. Raises RulesCheckError."""
+    sandboxed as `user` when we are root, else as the caller. `sigma_settings`: the Sigma engine's table
+    of the config (its `|expand` placeholders). Raises RulesCheckError."""
     found, issues = find_files(paths)
     work = tempfile.mkdtemp(prefix="ringfence-rules-")  # 0700: only root (and, below, the sandbox)
     try:
         staged = _stage(found, work, issues)
-        report = _run_child(staged, work, user, timeout_s) if staged else RulesReport()
+        spec = _ChildSpec(files=staged, sigma_settings=dict(sigma_settings or {}), sandbox=False)
+        report = _run_child(spec, work, user, timeout_s) if staged else RulesReport()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return RulesReport(engines=report.engines, issues=[*issues, *report.issues])
@@ -213,7 +220,7 @@ def _copy(origin: str, dest: str) -> str | None:
     return None
 
 
-def _run_child(staged: list[_Staged], work: str, user: str, timeout_s: float) -> RulesReport:
+def _run_child(spec: _ChildSpec, work: str, user: str, timeout_s: float) -> RulesReport:
     sandbox = os.geteuid() == 0
     policy = prepared = None
     if sandbox:
@@ -228,8 +235,8 @@ def _run_child(staged: list[_Staged], work: str, user: str, timeout_s: float) ->
             raise RulesCheckError(f"rules check: preparing the sandbox failed: {e}") from e
         _hand_to(work, prepared.uid, prepared.gid)
     try:
-        spec = _ChildSpec(
-            files=staged,
+        spec = msgspec.structs.replace(
+            spec,
             sandbox=sandbox,
             policy=msgspec.Raw(msgspec.json.encode(policy)),
             prepared=msgspec.Raw(msgspec.json.encode(prepared)),
@@ -390,7 +397,12 @@ def _child_main() -> int:
         policy = msgspec.json.decode(spec.policy, type=SandboxPolicy)
         enter_sandbox(policy, msgspec.json.decode(spec.prepared, type=PreparedSandbox))
     engines = []
-    for engine, check in (("sigma", _check_sigma), ("yara", _check_yara), ("ioc", _check_ioc)):
+    sigma = spec.sigma_settings
+    for engine, check in (
+        ("sigma", lambda f: _check_sigma(f, sigma)),
+        ("yara", _check_yara),
+        ("ioc", _check_ioc),
+    ):
         files = [f for f in spec.files if f.engine == engine]
         if files:
             engines.append(check(files))
@@ -398,10 +410,15 @@ def _child_main() -> int:
     return 0
 
 
-def _check_sigma(files: list[_Staged]) -> EngineReport:
-    from ringfence.engines.sigma import load_files
+def _check_sigma(files: list[_Staged], settings: Mapping[str, Any]) -> EngineReport:
+    from ringfence.engines.sigma import SettingsError, SigmaConfig, load_files
 
-    rules = load_files([(f.origin, f.staged) for f in files])
+    try:
+        placeholders = SigmaConfig.from_settings(settings, None).placeholders
+    except SettingsError as e:
+        issue = RuleIssue(engine="sigma", severity="error", file=_SIGMA_SETTINGS, message=str(e))
+        return EngineReport(engine="sigma", files=len(files), loaded=0, issues=[issue])
+    rules = load_files([(f.origin, f.staged) for f in files], placeholders)
     counts = {f"active {source}": index.rule_count for source, index in rules.indexes.items()}
     counts |= {f"waiting {name}": n for name, n in rules.waiting.items()}
     if rules.correlations:
@@ -415,6 +432,9 @@ def _check_sigma(files: list[_Staged]) -> EngineReport:
     return EngineReport(
         engine="sigma", files=len(files), loaded=rules.loaded, counts=counts, rules=listed, issues=issues
     )
+
+
+_SIGMA_SETTINGS = '[extensions.config."ringfence.sigma"]'
 
 
 def _check_yara(files: list[_Staged]) -> EngineReport:
