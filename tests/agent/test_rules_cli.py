@@ -277,16 +277,30 @@ def _finding_for(findings: Path, marker: str) -> bool:
     )
 
 
+def _denied(path: Path) -> bool:
+    try:
+        subprocess.run([str(path)], check=False, timeout=30)
+    except PermissionError:
+        return True
+    return False
+
+
 @pytest.mark.kernel
-def test_run_rules_loads_a_sigma_rule_that_catches_a_real_exec(tmpfs, shared_dir, content) -> None:
-    (content / "probe.yml").write_text(
-        rule("sel:\n  Image|endswith: /rf-rules-probe\ncondition: sel", rule_id=RULE_ID)
+def test_run_rules_enables_sigma_and_yara_whose_rules_catch_real_execs(tmpfs, shared_dir, content) -> None:
+    """The config enables no extension: --rules turns on each engine its files are for."""
+    sigma_rule = rule("sel:\n  Image|endswith: /rf-rules-probe\ncondition: sel", rule_id=RULE_ID)
+    (content / "probe.yml").write_text(sigma_rule)
+    mark = f"RF-RULES-CLI-BLOCK-{uuid.uuid4().hex[:12]}"
+    (content / "block.yar").write_text(
+        f'rule rf_rules_cli_block : block {{ strings: $m = "{mark}" condition: $m }}\n'
     )
-    (content / "probe.yml").chmod(0o600)
+    for f in content.iterdir():
+        f.chmod(0o600)
     state = shared_dir / "state"
     config = _config(shared_dir / "rf.toml", tmpfs, state)
+    rules_args = ["--rules", str(content / "probe.yml"), "--rules", str(content / "block.yar")]
     proc = subprocess.Popen(
-        [*RINGFENCE, "run", "--config", str(config), "--rules", str(content / "probe.yml")],
+        [*RINGFENCE, "run", "--config", str(config), *rules_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -301,12 +315,18 @@ def test_run_rules_loads_a_sigma_rule_that_catches_a_real_exec(tmpfs, shared_dir
             subprocess.run([str(probe), marker], check=True, timeout=30)
             return _finding_for(state / "findings.jsonl", marker)
 
-        _eventually(caught, "a finding of the --rules rule for the probe's exec")
+        _eventually(caught, "a finding of the --rules Sigma rule for the probe's exec")
+        evil = tmpfs / "rf-rules-evil"
+        shutil.copy2("/bin/true", evil)
+        with evil.open("ab") as f:
+            f.write(mark.encode())
+        _eventually(lambda: _denied(evil), "the --rules YARA block rule denying the marked binary")
+        assert not _denied(probe)  # the unmarked binary still runs
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert b"--rules: sigma 1 from 1 files" in out
+    assert b"--rules: sigma 1 from 1 files, yara 1 from 1 files" in out
     assert b"Traceback" not in err
 
 
