@@ -4,6 +4,7 @@ good and bad, checked by the engines' own loaders in a sandboxed child; a real a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -286,7 +287,9 @@ def _denied(path: Path) -> bool:
 
 
 @pytest.mark.kernel
-def test_run_rules_enables_sigma_and_yara_whose_rules_catch_real_execs(tmpfs, shared_dir, content) -> None:
+def test_run_rules_enables_sigma_yara_and_ioc_whose_content_catches_real_execs(
+    tmpfs, shared_dir, content
+) -> None:
     """The config enables no extension: --rules turns on each engine its files are for."""
     sigma_rule = rule("sel:\n  Image|endswith: /rf-rules-probe\ncondition: sel", rule_id=RULE_ID)
     (content / "probe.yml").write_text(sigma_rule)
@@ -294,11 +297,17 @@ def test_run_rules_enables_sigma_and_yara_whose_rules_catch_real_execs(tmpfs, sh
     (content / "block.yar").write_text(
         f'rule rf_rules_cli_block : block {{ strings: $m = "{mark}" condition: $m }}\n'
     )
+    listed = tmpfs / "rf-rules-listed"
+    shutil.copy2("/bin/true", listed)
+    with listed.open("ab") as f:
+        f.write(uuid.uuid4().bytes)  # a binary of its own, whose sha256 no other file has
+    digest = hashlib.sha256(listed.read_bytes()).hexdigest()
+    (content / "hashes.ioc").write_text(f"# test list\n{digest} rf-rules-cli test\n")
     for f in content.iterdir():
         f.chmod(0o600)
     state = shared_dir / "state"
     config = _config(shared_dir / "rf.toml", tmpfs, state)
-    rules_args = ["--rules", str(content / "probe.yml"), "--rules", str(content / "block.yar")]
+    rules_args = ["--rules", str(content)]
     proc = subprocess.Popen(
         [*RINGFENCE, "run", "--config", str(config), *rules_args],
         stdout=subprocess.PIPE,
@@ -321,12 +330,13 @@ def test_run_rules_enables_sigma_and_yara_whose_rules_catch_real_execs(tmpfs, sh
         with evil.open("ab") as f:
             f.write(mark.encode())
         _eventually(lambda: _denied(evil), "the --rules YARA block rule denying the marked binary")
-        assert not _denied(probe)  # the unmarked binary still runs
+        _eventually(lambda: _denied(listed), "the --rules IOC list denying the listed binary")
+        assert not _denied(probe)  # the unmarked, unlisted binary still runs
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert b"--rules: sigma 1 from 1 files, yara 1 from 1 files" in out
+    assert b"--rules: sigma 1 from 1 files, yara 1 from 1 files, ioc 1 from 1 files" in out
     assert b"Traceback" not in err
 
 
