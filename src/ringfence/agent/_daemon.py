@@ -30,6 +30,7 @@ from ringfence.agent._errors import AgentError as AgentError  # noqa: PLC0414 - 
 from ringfence.agent._health import DropTracker, drop_totals, problems_of, summary_line
 from ringfence.agent._metrics import MetricsAddressError, MetricsServer, parse_listen
 from ringfence.agent._status import StatusServer
+from ringfence.agent._updates import ContentUpdateLoop
 from ringfence.broker import Broker, DeadlineRunner, Mutes
 from ringfence.events import EventKind, ExtensionStatistics, Health, Heartbeat, SensorStatistics, SystemClock
 from ringfence.outputs import JsonlSink
@@ -395,6 +396,9 @@ class Agent:
             drops=drops,
             drop_window_s=window,
         )
+        updates = getattr(self.supervisor, "updates", None)  # the extensions own the content store
+        update_status = updates.status() if isinstance(updates, ContentUpdateLoop) else None
+        problems += updates.problems() if isinstance(updates, ContentUpdateLoop) else []
         with self._proc.oneshot():
             mem = self._proc.memory_info().rss
             cpu = self._proc.cpu_times()
@@ -419,6 +423,7 @@ class Agent:
             cpu_user_s=cpu.user,
             cpu_system_s=cpu.system,
             threads=threads,
+            content_updates=update_status,
         )
 
     def render_status(self) -> bytes:

@@ -17,6 +17,7 @@ from ringfence.agent._content import (
     migrate_settings,
 )
 from ringfence.agent._errors import AgentError
+from ringfence.agent._updates import make_update_loop
 from ringfence.events import ActionRequest, ActionResult, ExtensionStatistics
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
 from ringfence.response import ResponseConfig, ResponseExecutor
@@ -99,13 +100,16 @@ def stage_content(config: Config) -> tuple[ContentStore, dict[str, StagedContent
         log.warning("content configured for %s, which is not enabled: not staged", ext_id)
     wanted = {ext_id: files for ext_id, files in content.items() if ext_id in enabled and files}
     state_dir = config.agent.state_dir
+    if config.content.url:  # every enabled extension gets a content dir that signed packages can fill
+        wanted = {ext_id: content.get(ext_id, {}) for ext_id in enabled}
     if wanted and config.extensions.sandbox and not reachable_by_others(state_dir):
         raise AgentError(
             f"state dir {state_dir}: extensions cannot reach their content there (a parent directory is "
             "not searchable by others, o+x); choose a state dir whose parents are"
         )
     store = ContentStore(state_dir)
-    return store, store.stage_all(wanted)
+    packages = store.previous_packages(wanted) if config.content.url else {}
+    return store, store.stage_all(wanted, packages)
 
 
 class _Extensions:
@@ -126,6 +130,9 @@ class _Extensions:
         self.content_store, self.contents = stage_content(config)
         self.content = ContentWatcher(
             self.content_store, self.contents, extension_state=self._extension_state
+        )
+        self.updates = make_update_loop(
+            config.content, config.agent.state_dir, self.content_store, self.contents, self._extension_state
         )
         specs = extension_specs(config, self.contents)
         for spec in specs:
@@ -167,6 +174,8 @@ class _Extensions:
             )
         self._refuse_failed_content()
         self.content.start()
+        if self.updates is not None:
+            self.updates.start()
 
     def _refuse_failed_content(self) -> None:
         for st in self.supervisor.statistics():
@@ -175,6 +184,8 @@ class _Extensions:
                 raise AgentError(f"extension {st.id} cannot load its content: {why}")
 
     def stop(self) -> None:
+        if self.updates is not None:
+            self.updates.stop()
         self.content.stop()
         self.supervisor.stop()
 
@@ -186,7 +197,8 @@ class _Extensions:
         for st in stats:
             item = self.contents.get(st.id)
             if item is not None:
-                st.content_version = f"slot {item.slot}"
+                package = f" (package {item.package_version})" if item.package_version else ""
+                st.content_version = f"slot {item.slot}{package}"
                 st.last_error = st.last_error or item.last_error
         return stats
 

@@ -1,0 +1,374 @@
+"""The update thread on a fake clock with FakeContentUpdates: schedule, backoff, activation, never raising."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ringfence.agent import ConfigError, parse_config
+from ringfence.agent._content import ContentStore, ExtensionView, StagedContent
+from ringfence.agent._updates import ContentUpdateLoop, choose
+from ringfence.content import FakeContentUpdates as Fake
+from ringfence.content import UpdateReport, UpdateSchedule
+
+ENGINE = "ringfence.reputation"
+OK = UpdateReport(ok=True)
+DOWN = UpdateReport(ok=False, problems=["http://127.0.0.1:1/metadata/timestamp.json: download failed"])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stage_package(state: Path, version: str, files: dict[str, str], engine: str = ENGINE) -> Path:
+    """What the TUF client leaves: STATE/content-updates/ENGINE/VERSION/ with the manifest, root's, 0600."""
+    d = state / "content-updates" / engine / version
+    d.mkdir(parents=True, mode=0o700)
+    (d / "manifest.toml").write_text(f'name = "lists"\nengine = "{engine}"\nversion = "{version}"\n')
+    for name, text in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (d / name).write_text(text)
+    for p in d.rglob("*"):
+        p.chmod(0o700 if p.is_dir() else 0o600)
+    return d
+
+
+class Host:
+    def __init__(self, state: Path, origins: dict[str, str] | None = None) -> None:
+        self.state = state
+        self.store = ContentStore(str(state))
+        self.contents = self.store.stage_all({ENGINE: origins or {}})
+        self.item: StagedContent = self.contents[ENGINE]
+        self.item.good_slot = self.item.slot
+        self.clock = Clock()
+        self.views: list[ExtensionView] = []
+
+    def loop(
+        self, updates: object, follow: str | dict[str, str] = "newest", **kw: object
+    ) -> ContentUpdateLoop:
+        schedule = UpdateSchedule(interval_s=3600, retry_min_s=60, retry_max_s=600)
+        return ContentUpdateLoop(
+            updates,  # type: ignore[arg-type]
+            schedule,
+            self.store,
+            self.contents,
+            state_dir=str(self.state),
+            url="http://127.0.0.1:1",
+            follow=follow,
+            clock=self.clock,
+            wall_ns=lambda: 1_700_000_000 * 10**9,
+            extension_state=lambda _id: ExtensionView("running", 0, 0),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    @property
+    def active(self) -> Path:
+        return Path(self.item.content_dir)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return Host(tmp_path / "state")
+
+
+def test_update_runs_at_first_look_then_only_each_interval(host: Host) -> None:
+    updates = Fake(OK)
+    loop = host.loop(updates)
+    assert loop.step() is OK and updates.calls == 1
+    host.clock.now += 3599
+    assert loop.step() is None and updates.calls == 1
+    host.clock.now += 1
+    assert loop.step() is OK and updates.calls == 2
+
+
+def test_unreachable_repository_backs_off_and_keeps_the_active_package(host: Host) -> None:
+    stage_package(host.state, "1.0", {"blocklist.txt": "a" * 64 + "\n"})
+    updates = Fake(OK, DOWN)
+    loop = host.loop(updates)
+    loop.step()
+    slot = host.item.slot
+    assert host.item.package_version == "1.0"
+    host.clock.now += 3600
+    assert loop.step() is DOWN  # the first failure: retried after 60 s, then 120, 240, ...
+    for wait in (60, 120, 240):
+        host.clock.now += wait - 1
+        assert loop.step() is None
+        host.clock.now += 1
+        assert loop.step() is DOWN
+    assert updates.calls == 5
+    assert (host.item.slot, host.item.package_version) == (slot, "1.0")
+    assert (host.active / "blocklist.txt").read_text() == "a" * 64 + "\n"
+    status = loop.status()
+    assert not status.ok and status.failures >= 2 and "download failed" in status.problems[0]
+
+
+def test_failure_degrades_only_past_the_grace_period(host: Host) -> None:
+    loop = host.loop(Fake(DOWN), failure_grace_s=3600)
+    loop.step()
+    assert loop.problems() == []
+    host.clock.now += 3600
+    loop.step()
+    assert loop.problems() == []
+    host.clock.now += 1
+    [line] = loop.problems()
+    assert "content updates failing for 3601 s" in line and "download failed" in line
+
+
+def test_a_clean_update_ends_the_degraded_state(host: Host) -> None:
+    loop = host.loop(Fake(DOWN, OK), failure_grace_s=10)
+    loop.step()
+    host.clock.now += 3600
+    assert loop.problems()
+    loop.step()
+    assert loop.problems() == [] and loop.status().failing_since_ns == 0
+
+
+def test_staged_package_becomes_the_active_slot_without_its_manifest(host: Host) -> None:
+    stage_package(host.state, "1.0", {"blocklist.txt": "b" * 64 + "\n", "more/list.ioc": "evil.example\n"})
+    loop = host.loop(Fake(OK))
+    before = host.item.slot
+    loop.step()
+    assert host.item.slot == before + 1 and host.item.package_version == "1.0"
+    assert sorted(p.name for p in host.active.iterdir()) == [".package", "blocklist.txt", "more"]
+    assert (host.active / "more" / "list.ioc").read_text() == "evil.example\n"
+    assert oct((host.active / "blocklist.txt").stat().st_mode & 0o777) == "0o644"
+    assert loop.status().engines[ENGINE].active == "1.0"
+    loop.step()  # not due, and nothing new: no slot churn
+    host.clock.now += 3600
+    loop.step()
+    assert host.item.slot == before + 1
+
+
+def test_newer_staged_version_is_activated_on_the_next_update(host: Host) -> None:
+    stage_package(host.state, "1.0", {"blocklist.txt": "1\n"})
+    loop = host.loop(Fake(OK))
+    loop.step()
+    stage_package(host.state, "1.1", {"blocklist.txt": "2\n"})
+    host.clock.now += 3600
+    loop.step()
+    assert host.item.package_version == "1.1" and (host.active / "blocklist.txt").read_text() == "2\n"
+
+
+def test_operator_file_is_kept_over_a_package_file_of_the_same_name(tmp_path: Path) -> None:
+    operator = tmp_path / "ops" / "blocklist.txt"
+    operator.parent.mkdir()
+    operator.write_text("operator\n")
+    h = Host(tmp_path / "state", {"blocklist.txt": str(operator)})
+    stage_package(h.state, "1.0", {"blocklist.txt": "package\n", "extra.txt": "x\n"})
+    h.loop(Fake(OK)).step()
+    assert (h.active / "blocklist.txt").read_text() == "operator\n"
+    assert (h.active / "extra.txt").read_text() == "x\n"
+
+
+def test_operator_file_change_keeps_the_package_in_the_new_slot(tmp_path: Path) -> None:
+    operator = tmp_path / "ops" / "own.txt"
+    operator.parent.mkdir()
+    operator.write_text("one\n")
+    h = Host(tmp_path / "state", {"own.txt": str(operator)})
+    stage_package(h.state, "1.0", {"pkg.txt": "p\n"})
+    h.loop(Fake(OK)).step()
+    operator.write_text("two\n")
+    h.store.stage(h.item)  # what the content watcher does on a change
+    assert (h.active / "own.txt").read_text() == "two\n" and (h.active / "pkg.txt").read_text() == "p\n"
+    assert h.item.package_version == "1.0"
+
+
+def test_follow_n_minus_1_runs_the_second_newest_staged(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "old\n"})
+    loop = host.loop(Fake(OK), follow="n-1")
+    loop.step()
+    assert host.item.package_version == ""
+    assert "only one version staged" in loop.status().engines[ENGINE].problem
+    stage_package(host.state, "2.0", {"l.txt": "new\n"})
+    host.clock.now += 3600
+    loop.step()
+    assert host.item.package_version == "1.0" and (host.active / "l.txt").read_text() == "old\n"
+
+
+def test_pinned_version_runs_and_a_missing_pin_is_reported(host: Host) -> None:
+    for v in ("1.0", "1.1", "1.2"):
+        stage_package(host.state, v, {"l.txt": f"{v}\n"})
+    loop = host.loop(Fake(OK), follow={ENGINE: "1.1"})
+    loop.step()
+    assert host.item.package_version == "1.1"
+    pinned = host.loop(Fake(OK), follow={ENGINE: "9.9"})
+    pinned.step()
+    assert host.item.package_version == "1.1"  # the pin that cannot be met changes nothing
+    assert "pinned 9.9 is not staged" in pinned.status().engines[ENGINE].problem
+
+
+def test_package_for_an_engine_not_enabled_is_reported_not_activated(host: Host) -> None:
+    stage_package(host.state, "1.0", {"r.yml": "title: x\n"}, engine="ringfence.sigma")
+    loop = host.loop(Fake(OK))
+    loop.step()
+    assert "not an enabled extension" in loop.status().engines["ringfence.sigma"].problem
+    assert host.item.package_version == ""
+
+
+def test_package_reverted_after_a_failed_start_is_not_activated_again(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "good\n"})
+    loop = host.loop(Fake(OK))
+    loop.step()
+    host.item.good_slot = host.item.slot  # the engine started with 1.0: proven
+    stage_package(host.state, "2.0", {"l.txt": "bad\n"})
+    host.clock.now += 3600
+    loop.step()
+    assert host.item.package_version == "2.0"
+    host.store.revert(host.item)  # what the watcher does when the engine fails to start with it
+    assert host.item.package_version == "1.0" and (host.active / "l.txt").read_text() == "good\n"
+    host.clock.now += 3600
+    loop.step()
+    assert host.item.package_version == "1.0"
+    assert loop.status().engines[ENGINE].rejected == ["2.0"]
+
+
+def test_package_file_others_could_change_is_refused_and_the_slot_stays(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "good\n"})
+    loop = host.loop(Fake(OK))
+    loop.step()
+    slot = host.item.slot
+    bad = stage_package(host.state, "2.0", {"l.txt": "planted\n"})
+    (bad / "l.txt").chmod(0o666)
+    host.clock.now += 3600
+    loop.step()
+    assert (host.item.slot, host.item.package_version) == (slot, "1.0")
+    assert (host.active / "l.txt").read_text() == "good\n"
+    problem = loop.status().engines[ENGINE].problem
+    assert "package 2.0 not activated" in problem and "only root may be able" in problem
+
+
+class Raising:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def update(self) -> UpdateReport:
+        self.calls += 1
+        raise RuntimeError("a bug in the client")
+
+
+def test_exception_in_a_round_is_counted_and_the_thread_goes_on(host: Host) -> None:
+    updates = Raising()
+    loop = host.loop(updates)
+    loop._schedule = UpdateSchedule(interval_s=0.01, retry_min_s=0.01, retry_max_s=0.01)
+    loop._clock = time.monotonic
+    loop.start()
+    try:
+        deadline = time.monotonic() + 15
+        while loop.round_errors < 2 and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+        assert loop.round_errors >= 2 and updates.calls >= 2
+        assert loop._thread.is_alive()
+    finally:
+        loop.stop()
+    assert not loop._thread.is_alive()
+
+
+def test_choose_never_picks_a_rejected_version() -> None:
+    assert choose(["1", "2", "3"], "newest", {"3"}) == ("2", "")
+    assert choose(["1", "2", "3"], "n-1", {"3"}) == ("1", "")
+    assert choose(["1"], "newest", {"1"})[0] is None
+    assert choose(["1", "2"], "2", {"2"}) == (None, "pinned 2 was rejected by the engine")
+
+
+def test_content_config_problems_are_all_reported_with_key_and_line() -> None:
+    text = b"""[content]
+url = "ftp://mirror"
+update_interval_s = 0
+root = "keys/root.json"
+failure_grace_s = -1
+follow = "1.2"
+"""
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "/etc/ringfence/ringfence.toml")
+    got = {(p.key, p.line) for p in e.value.problems}
+    assert got == {
+        ("content.url", 2),
+        ("content.update_interval_s", 3),
+        ("content.root", 4),
+        ("content.failure_grace_s", 5),
+        ("content.follow", 6),
+    }
+
+
+def test_follow_table_checks_each_engine_and_version() -> None:
+    text = b"""[content]
+url = "https://content.example/repo"
+follow = { "ringfence.sigma" = "n-1", "ringfence.ioc" = "2026.12.2", "ringfence.yara" = "latest" }
+"""
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "c.toml")
+    [problem] = e.value.problems
+    assert problem.key == 'content.follow."ringfence.yara"' and "'latest'" in problem.message
+    ok = parse_config(text.replace(b'"latest"', b'"newest"'), "c.toml")
+    assert ok.content.follow == {
+        "ringfence.sigma": "n-1",
+        "ringfence.ioc": "2026.12.2",
+        "ringfence.yara": "newest",
+    }
+
+
+def test_follow_of_a_wrong_type_is_a_config_problem() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(b"[content]\nfollow = 3\n", "c.toml")
+    assert [p.key for p in e.value.problems] == ["content.follow"]
+
+
+def test_no_url_means_no_updates_by_default() -> None:
+    config = parse_config(b"", "c.toml")
+    assert config.content.url == "" and config.content.follow == "newest"
+    assert os.path.isabs(config.agent.state_dir)
+
+
+def test_a_restart_runs_the_package_active_before_it_not_a_newer_unproven_one(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "proven\n"})
+    host.loop(Fake(OK)).step()
+    stage_package(host.state, "2.0", {"l.txt": "never tried\n"})  # staged by `content update`, say
+
+    store = ContentStore(str(host.state))  # the next run of the agent
+    packages = store.previous_packages([ENGINE])
+    assert packages == {ENGINE: ("1.0", str(host.state / "content-updates" / ENGINE / "1.0"))}
+    item = store.stage_all({ENGINE: {}}, packages)[ENGINE]
+    assert item.package_version == "1.0"
+    assert (Path(item.content_dir) / "l.txt").read_text() == "proven\n"
+
+
+def test_a_rejected_version_stays_rejected_after_a_restart(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "good\n"})
+    loop = host.loop(Fake(OK))
+    loop.step()
+    host.item.good_slot = host.item.slot
+    stage_package(host.state, "2.0", {"l.txt": "bad\n"})
+    host.clock.now += 3600
+    loop.step()
+    host.store.revert(host.item)
+
+    again = Host(host.state)
+    assert again.item.rejected == {"2.0"}
+    again.loop(Fake(OK)).step()
+    assert again.item.package_version == "1.0"
+
+
+def test_an_unreadable_rejected_record_is_logged_and_taken_as_empty(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    (Path(host.item.root) / "rejected.json").write_text("{not json")
+    again = Host(host.state)
+    assert again.item.rejected == set()
+    assert "rejected.json: unreadable" in caplog.text
+
+
+def test_a_garbled_package_mark_is_taken_as_no_package(host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "x\n"})
+    host.loop(Fake(OK)).step()
+    (host.active / ".package").chmod(0o644)
+    (host.active / ".package").write_text("[1, 2]")
+    assert ContentStore(str(host.state)).previous_packages([ENGINE]) == {}
+    assert "unreadable package mark" in caplog.text
