@@ -33,7 +33,7 @@ from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
 from ringfence.agent._console import configure_logging
 from ringfence.content import ContentError
 from ringfence.content import _cli as content_cli
-from ringfence.events import ExtensionStatistics, Health
+from ringfence.events import ContentUpdateStatus, ExtensionStatistics, Health
 from ringfence.response import ResponseError
 
 EXIT_FAILED = 1
@@ -298,7 +298,29 @@ def _render_status(h: Health) -> str:
     if h.drops:
         lines.append(f"drops (degraded for {h.drop_window_s:g} s after each):")
         lines += [f"  {d.stage}: {d.total} in all, the last {d.last_s:.0f} s ago" for d in h.drops]
+    if h.content_updates is not None:
+        lines += _render_updates(h.content_updates)
     return "\n".join(lines)
+
+
+def _render_updates(u: ContentUpdateStatus) -> list[str]:
+    if u.last_at_ns:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(u.last_at_ns / 1e9))
+        state = "ok" if u.ok else f"FAILED ({u.failures} in a row)"
+        last = f"last {when} {state}"
+    else:
+        last = "no update yet"
+    lines = [f"content updates from {u.url}: {last}, next in {u.next_in_s:.0f} s"]
+    lines += [f"  staged {line}" for line in u.staged]
+    lines += [f"  problem: {line}" for line in u.problems]
+    lines += [f"  warning: {line}" for line in u.warnings]
+    for engine, e in sorted(u.engines.items()):
+        rejected = f" rejected={','.join(e.rejected)}" if e.rejected else ""
+        lines.append(
+            f"  {engine:<24} active={e.active or '-'} follow={e.follow} "
+            f"staged={','.join(e.staged) or '-'}{rejected}" + (f"\n    {e.problem}" if e.problem else "")
+        )
+    return lines
 
 
 def _render_auth(h: Health) -> list[str]:
