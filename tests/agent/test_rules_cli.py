@@ -164,9 +164,15 @@ def test_json_report_holds_every_engine_and_issue(content) -> None:
 
 def test_missing_paths_and_files_of_no_engine_are_errors(content) -> None:
     (content / "notes.txt").write_text("hello\n")
+    (content / "SHOUT.YML").write_text(
+        rule("sel:\n  Image|endswith: /x\ncondition: sel")
+    )  # the engine skips it
     (content / "empty").mkdir()
-    r = _cli("rules", "check", str(content / "notes.txt"), str(content / "nope.yml"), str(content / "empty"))
+    (content / "empty" / "SHOUT.YAR").write_text(YARA_GOOD)
+    names = ("notes.txt", "nope.yml", "empty", "SHOUT.YML")
+    r = _cli("rules", "check", *(str(content / n) for n in names))
     assert r.returncode == 1
+    assert f"{content / 'SHOUT.YML'}: error: not a Sigma" in r.stdout
     assert f"{content / 'notes.txt'}: error: not a Sigma" in r.stdout
     assert f"{content / 'nope.yml'}: error: no such file or directory" in r.stdout
     assert f"{content / 'empty'}: warning: no Sigma, YARA or IOC files" in r.stdout

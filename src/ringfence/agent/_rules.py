@@ -94,8 +94,8 @@ class Found(msgspec.Struct, frozen=True):
 
 
 def engine_of(name: str) -> str | None:
-    lower = name.lower()
-    return next((engine for engine, suffixes in SUFFIXES.items() if lower.endswith(suffixes)), None)
+    """The engine a file is for, by its suffix (case matters: the engines find their files so)."""
+    return next((engine for engine, suffixes in SUFFIXES.items() if name.endswith(suffixes)), None)
 
 
 def find_files(paths: Sequence[str]) -> tuple[list[Found], list[RuleIssue]]:
