@@ -440,3 +440,17 @@ def test_sigma_placeholders_come_from_the_config_and_bad_settings_are_named(cont
     assert (
         '[extensions.config."ringfence.sigma"]: error: ringfence.sigma settings: placeholders' in bad.stdout
     )
+
+
+def test_content_and_file_names_cannot_drive_the_terminal(content) -> None:
+    """A rule title, a YAML error or a file name with escape sequences is printed escaped."""
+    (content / "title.yml").write_text(
+        rule("sel:\n  Image|endswith: /x\ncondition: sel", rule_id=RULE_ID).replace(
+            "title: test rule", 'title: "\\e]0;owned\\a\\e[2J"\ndescription: test rule'
+        )
+    )
+    (content / "evil\x1b[31m\n.yml").write_text("title: [broken\n")
+    r = _cli("rules", "list", str(content))
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in r.stdout  # the title, escaped
+    assert f"{content}/evil\\x1b[31m\\x0a.yml:" in r.stdout  # the file name, escaped

@@ -64,7 +64,15 @@ class RuleIssue(msgspec.Struct, frozen=True, kw_only=True):
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         rule = f" rule {self.rule}:" if self.rule else ""
-        return f"{where}:{rule} {self.severity}: {self.message}"
+        return printable(f"{where}:{rule} {self.severity}: {self.message}")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped: content (and file names) must not drive the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class EngineReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -369,10 +377,10 @@ def render(report: RulesReport, *, list_rules: bool = False) -> list[str]:
     lines: list[str] = []
     for e in report.engines:
         noun = "indicators" if e.engine == "ioc" else "rules"
-        lines.append(f"{e.engine}: {e.files} files, {e.loaded} {noun} would load")
-        lines += [f"  {name}: {count}" for name, count in sorted(e.counts.items())]
+        lines.append(printable(f"{e.engine}: {e.files} files, {e.loaded} {noun} would load"))
+        lines += [printable(f"  {name}: {count}") for name, count in sorted(e.counts.items())]
         if list_rules:
-            lines += [f"    {r}" for r in e.rules]
+            lines += [printable(f"    {r}") for r in e.rules]
     issues = report.all_issues()
     lines += [str(i) for i in issues]
     errors = len(report.blocking)
@@ -383,7 +391,7 @@ def render(report: RulesReport, *, list_rules: bool = False) -> list[str]:
 def summary(report: RulesReport) -> str:
     """One line: what loads per engine (for `run --rules`)."""
     parts = [f"{e.engine} {e.loaded} from {e.files} files" for e in report.engines]
-    return "--rules: " + (", ".join(parts) or "nothing to load")
+    return printable("--rules: " + (", ".join(parts) or "nothing to load"))
 
 
 # --- the child: `python -I -m ringfence.agent._rules` --------------------------------------------
