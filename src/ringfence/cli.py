@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH",
         help="Sigma (.yml, .yaml), YARA (.yar, .yara) or IOC (.ioc, STIX .json) files, or directories of "
-        "them, added to their engine's content for this run (the engine enabled if it is not); checked "
-        "in the sandbox first: any error stops the start. Repeatable",
+        "them (the files found at start), added to their engine's content for this run (the engine "
+        "enabled if it is not); checked in the sandbox first: any error stops the start. Repeatable",
     )
     run.add_argument("--no-extensions", action="store_true", help="run sensors and outputs only")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: config")
@@ -153,10 +153,20 @@ def _rules_parser(sub: Any) -> None:
          "file, line and rule id"),
         ("list", "as check, and every rule that would load"),
     ):  # fmt: skip
-        cmd = rules.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        cmd = rules.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog="Exit status: 0 nothing blocks, 1 an error (warnings do not block), 2 bad usage.",
+        )
         cmd.add_argument("paths", nargs="+", metavar="PATH", help="a rule file or a directory of them")
         cmd.add_argument("--json", action="store_true", help="the report as one JSON document")
-        cmd.add_argument("--config", default=None, help="config file (for the sandbox user)")
+        cmd.add_argument(
+            "--config",
+            default=None,
+            help=f"config file (default {DEFAULT_CONFIG_PATH} if present): the extension user, the Sigma "
+            "engine's placeholders",
+        )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
