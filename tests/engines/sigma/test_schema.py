@@ -4,6 +4,8 @@ value of the wrong type is reported at its line."""
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 from tests.engines.sigma.build import header, rule, write_rules
 
@@ -124,6 +126,8 @@ def test_the_schema_lists_supplied_fields_with_types_under_the_interface_version
     assert "QueryResults" not in {f.name for f in schema.logsources["dns_query"]}  # documented, not supplied
     assert {"type", "SYSCALL", "exe", "key", "name"} <= {f.name for f in schema.logsources["auditd"]}
     assert schema.waiting == ()
+    (args,) = schema.patterns["auditd"]  # execve's arguments, any number of them
+    assert re.fullmatch(args.name, "a17") and not re.fullmatch(args.name, "Image")
     assert msgspec.json.decode(msgspec.json.encode(schema), type=type(schema)) == schema
 
 

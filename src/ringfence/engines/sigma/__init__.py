@@ -1,4 +1,5 @@
-"""The Sigma engine: SigmaHQ-style rules matched on the agent's process, file and network events.
+"""The Sigma engine: SigmaHQ-style rules matched on the agent's process, file, network, raw audit, DNS
+and log events.
 
 Entry point: `extension` (group `ringfence.extensions`, name `ringfence.sigma`).
 

@@ -413,6 +413,7 @@ class ContentSchema(msgspec.Struct, frozen=True, kw_only=True):
     interface: str
     logsources: dict[str, tuple[SchemaField, ...]]
     waiting: tuple[str, ...]  # logsources whose rules load but wait for an event kind
+    patterns: dict[str, tuple[SchemaField, ...]] = {}  # fields named by a regex (auditd's a<N>): strings
 
 
 def content_schema(interface: str) -> ContentSchema:
@@ -427,6 +428,11 @@ def content_schema(interface: str) -> ContentSchema:
             for source, fields in LOGSOURCES.items()
         },
         waiting=tuple(sorted(WAITING)),
+        patterns={
+            str(Logsource.AUDITD): (
+                SchemaField(name=_AUDIT_ARG.pattern, type="string", source="the record's a<N> (any N)"),
+            )
+        },
     )
 
 
