@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tests.engines.conftest import FakeClock, FakeContext
 from tests.engines.sigma.build import connect, exec_event, header, proc, rule, write_rules
+from tests.engines.sigma.corpus import SIGMAHQ
 
 from ringfence.engines.sigma import SigmaEngine, logsources_of
 from ringfence.sdk import (
@@ -234,4 +235,40 @@ def test_destination_hostname_is_the_name_the_address_resolved_from(start) -> No
         "remote": Endpoint(family="inet", ip="203.0.113.9", port=443, hostname="x1.tcp.ngrok.io"),
     })  # fmt: skip
     engine.on_event(named)
+    assert len(ctx.findings) == 1
+
+
+PWNKIT = SIGMAHQ / "rules-emerging-threats" / "2021" / "Exploits" / "CVE-2021-4034"
+
+
+@pytest.mark.skipif(not PWNKIT.is_dir(), reason="../shared/data/sigmahq is not there")
+def test_sigmahq_pwnkit_rule_finds_pkexec_named_only_in_the_syslog_tag(start) -> None:
+    """The keyword `pkexec` is in the line's tag, not its message: a text of the message alone misses it."""
+    (path,) = PWNKIT.glob("*.yml")
+    engine, ctx = start(**{path.name: path.read_text()})
+    message = (
+        "alice: The value for environment variable XAUTHORITY contains suspicious content "
+        "[USER=root] [TTY=/dev/pts/0] [CWD=/home/alice] [COMMAND=GCONV_PATH=./pwnkit.so:.]"
+    )
+    engine.on_event(log(message, program="sudo", source="/var/log/auth.log"))
+    assert not ctx.findings
+    engine.on_event(log(message, program="pkexec", source="/var/log/auth.log"))
+    (finding,) = ctx.findings
+    assert "T1548.001" in finding.fields["description"]
+
+
+def test_a_timestamp_gives_no_keyword_a_colon(start) -> None:
+    """Keywords search the program and message, not the whole line with its `hh:mm:ss`."""
+    text = builtin_rule("tools:\n  - 'rsync '\nremote:\n  - ':'\ncondition: tools and remote")
+    engine, ctx = start(**{"b.yml": text})
+    line = LogEvent(
+        header=header(),
+        source="/var/log/syslog",
+        program="backup",
+        message="rsync finished",
+        line="Dec  2 06:00:00 h backup[9]: rsync finished",
+    )
+    engine.on_event(line)
+    assert not ctx.findings
+    engine.on_event(log("rsync -a /srv backup:/srv", program="backup"))
     assert len(ctx.findings) == 1

@@ -15,7 +15,7 @@ run time such a field is simply absent (a missing field never raises).
 | auditd (service)     | AuditEvent: each of its records apart   | the record's own fields, see `_AUDIT`  |
 | dns_query            | DnsActivity QUERY                       | QueryName, QueryType + the asker       |
 | dns                  | DnsActivity (query; response per answer)| query, answer, record_type             |
-| builtin (no service) | LogEvent, any                           | keywords: the message                  |
+| builtin (no service) | LogEvent, any                           | keywords: its program and message      |
 | syslog, auth         | LogEvent (auth: auth.log, secure, or an auth program's) | keywords          |
 | sshd, sudo, su, ...  | LogEvent of that program (`_LOG_SERVICES`) | keywords; sudo: USER, COMMAND, TTY, PWD
 
@@ -372,9 +372,11 @@ def subjects(source: Logsource, event: Event) -> Sequence[Subject]:
 
 def keyword_text(source: Logsource, subject: Subject) -> str | None:
     """The text keyword rules search, where it is not every supplied field's value joined: a log line's
-    message, an audit record's type and values. None: the default."""
+    program and message (SigmaHQ's pwnkit rule needs `pkexec`, which only the syslog tag names; not the
+    whole line, whose timestamp would hold every ':' a rule looks for), an audit record's type and
+    values. None: the default."""
     if isinstance(subject, LogEvent):
-        return subject.message
+        return subject.message if subject.program is None else f"{subject.program}\n{subject.message}"
     if isinstance(subject, AuditRecord):
         return "\n".join((subject.type, *subject.fields.values()))
     return None
