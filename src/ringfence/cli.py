@@ -232,7 +232,7 @@ def _with_rules(config: Config, paths: list[str]) -> tuple[Config, rules_cli.Rul
     report = (
         rules_cli.RulesReport(issues=untrusted)
         if untrusted
-        else rules_cli.check_paths(paths, user=config.extensions.user, sigma_settings=_sigma_settings(config))
+        else rules_cli.check_paths(paths, config.extensions)
     )
     if report.blocking:
         raise rules_cli.RulesCheckError(
@@ -242,15 +242,9 @@ def _with_rules(config: Config, paths: list[str]) -> tuple[Config, rules_cli.Rul
     return rules_cli.with_rules(config, found, _ioc_engine_id(config)), report
 
 
-def _sigma_settings(config: Config) -> dict[str, Any]:
-    return config.extensions.config.get(rules_cli.ENGINE_IDS["sigma"], {})
-
-
 def _cmd_rules(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    report = rules_cli.check_paths(
-        args.paths, user=config.extensions.user, sigma_settings=_sigma_settings(config)
-    )
+    report = rules_cli.check_paths(args.paths, config.extensions)
     if args.json:
         print(json.dumps(msgspec.to_builtins(report), indent=2, sort_keys=True))
     else:

@@ -190,7 +190,7 @@ def test_the_checker_runs_sandboxed_and_cannot_read_what_root_can(tmp_path) -> N
     work = Path(tempfile.mkdtemp(prefix="rf-rules-sandbox-", dir="/tmp"))
     try:
         spec = _ChildSpec(files=[_Staged("ioc", "/etc/shadow", "/etc/shadow")], sandbox=True)
-        report = _run_child(spec, str(work), "ringfence-ext", 60)
+        report = _run_child(spec, str(work), ExtensionsSection(), 60)
     finally:
         shutil.rmtree(work)
     (issue,) = report.engines[0].issues
@@ -454,3 +454,18 @@ def test_content_and_file_names_cannot_drive_the_terminal(content) -> None:
     assert "\x1b" not in r.stdout and "\x07" not in r.stdout
     assert "\\x1b]0;owned\\x07\\x1b[2J" in r.stdout  # the title, escaped
     assert f"{content}/evil\\x1b[31m\\x0a.yml:" in r.stdout  # the file name, escaped
+
+
+def test_a_checker_over_the_extension_memory_limit_is_named_in_one_line(content) -> None:
+    """The check runs within extensions.memory_mb, as the engine will: content it cannot load there fails."""
+    limits = ExtensionsSection(memory_mb=64)
+    (content / "small.ioc").write_text(f"{SHA256}\n")
+    assert check_paths([str(content)], limits).engines[0].loaded == 1  # the checker itself fits
+    with (content / "huge.ioc").open("w") as f:  # 1.5 million sha256 lines: far more than 64 MiB loaded
+        f.writelines(f"{n:064x}\n" for n in range(1, 1_500_000))
+    with pytest.raises(RulesCheckError) as raised:
+        check_paths([str(content)], limits)
+    assert str(raised.value) == (
+        "rules check: the checker ran out of memory (64 MiB, extensions.memory_mb: the engine would too)"
+    )
+    assert not _rules_cgroups()

@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from ringfence.agent._config import Config, with_overrides
+from ringfence.agent._config import Config, ExtensionsSection, with_overrides
 from ringfence.agent._content import untrusted_path
 from ringfence.agent._errors import AgentError
 
@@ -163,20 +163,22 @@ class _ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 def check_paths(
     paths: Sequence[str],
+    extensions: ExtensionsSection | None = None,
     *,
-    user: str = "ringfence-ext",
-    sigma_settings: Mapping[str, Any] | None = None,
     timeout_s: float = CHECK_TIMEOUT_S,
 ) -> RulesReport:
     """What would load from `paths`, per engine, with every problem. The engines' loaders run in a child:
-    sandboxed as `user` when we are root, else as the caller. `sigma_settings`: the Sigma engine's table
-    of the config (its `|expand` placeholders). Raises RulesCheckError."""
+    sandboxed (as `extensions.user`, within `extensions.memory_mb`, as the engines run) when we are root,
+    else as the caller; the Sigma engine's settings give its `|expand` placeholders. Raises
+    RulesCheckError."""
+    extensions = extensions or ExtensionsSection()
     found, issues = find_files(paths)
     work = tempfile.mkdtemp(prefix="ringfence-rules-")  # 0700: only root (and, below, the sandbox)
     try:
         staged = _stage(found, work, issues)
-        spec = _ChildSpec(files=staged, sigma_settings=dict(sigma_settings or {}), sandbox=False)
-        report = _run_child(spec, work, user, timeout_s) if staged else RulesReport()
+        sigma = extensions.config.get(ENGINE_IDS["sigma"], {})
+        spec = _ChildSpec(files=staged, sigma_settings=dict(sigma), sandbox=False)
+        report = _run_child(spec, work, extensions, timeout_s) if staged else RulesReport()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return RulesReport(engines=report.engines, issues=[*issues, *report.issues])
@@ -228,14 +230,19 @@ def _copy(origin: str, dest: str) -> str | None:
     return None
 
 
-def _run_child(spec: _ChildSpec, work: str, user: str, timeout_s: float) -> RulesReport:
+def _run_child(spec: _ChildSpec, work: str, extensions: ExtensionsSection, timeout_s: float) -> RulesReport:
     sandbox = os.geteuid() == 0
     policy = prepared = None
     if sandbox:
         from ringfence.extensions._sandbox import SandboxError, SandboxPolicy, prepare_sandbox
 
         policy = SandboxPolicy(
-            extension_id=f"rules-check-{os.getpid()}", user=user, readable_paths=(work,), max_processes=16
+            extension_id=f"rules-check-{os.getpid()}",
+            user=extensions.user,
+            readable_paths=(work,),
+            memory_mb=extensions.memory_mb,
+            cpu_percent=100,  # a check an operator waits for; the engines' own quota applies when they run
+            max_processes=64,
         )
         try:
             prepared = prepare_sandbox(policy)
@@ -250,6 +257,15 @@ def _run_child(spec: _ChildSpec, work: str, user: str, timeout_s: float) -> Rule
             prepared=msgspec.Raw(msgspec.json.encode(prepared)),
         )
         return _spawn(spec, timeout_s)
+    except RulesCheckError as e:
+        from ringfence.extensions._sandbox import cgroup_oom_killed
+
+        if prepared is not None and cgroup_oom_killed(prepared):
+            raise RulesCheckError(
+                f"rules check: the checker ran out of memory ({extensions.memory_mb} MiB, "
+                "extensions.memory_mb: the engine would too)"
+            ) from e
+        raise
     finally:
         if policy is not None and prepared is not None:
             from ringfence.extensions._sandbox import release_sandbox
