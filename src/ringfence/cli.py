@@ -235,10 +235,13 @@ def _with_rules(config: Config, paths: list[str]) -> tuple[Config, rules_cli.Rul
         else rules_cli.check_paths(paths, config.extensions)
     )
     if report.blocking:
-        raise rules_cli.RulesCheckError(
-            f"--rules: {len(report.blocking)} errors, not started: "
-            + "; ".join(str(i) for i in report.blocking)
+        shown = "; ".join(str(i) for i in report.blocking[:20])
+        more = (
+            f"; and {len(report.blocking) - 20} more (ringfence rules check)"
+            if len(report.blocking) > 20
+            else ""
         )
+        raise rules_cli.RulesCheckError(f"--rules: {len(report.blocking)} errors, not started: {shown}{more}")
     return rules_cli.with_rules(config, found, _ioc_engine_id(config)), report
 
 

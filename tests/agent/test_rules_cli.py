@@ -357,6 +357,12 @@ def test_run_rules_with_a_bad_rule_stops_the_start_in_one_line(shared_dir, conte
     assert line.startswith("ringfence: --rules: 1 errors, not started:")
     assert f"{content / 'bad.yml'}:3: error: YAML" in line
     assert not (state / "status.sock").exists()
+    for n in range(25):
+        (content / f"bad-{n:02d}.yml").write_text("title: [broken\n")
+    many = _cli("run", "--config", str(config), "--rules", str(content), timeout_s=120)
+    (line,) = many.stderr.strip().splitlines()
+    assert line.startswith("ringfence: --rules: 26 errors, not started:")
+    assert line.endswith("; and 6 more (ringfence rules check)") and line.count("error: YAML") == 20
 
 
 def test_run_rules_refuses_a_file_another_user_could_change_before_reading_it(
