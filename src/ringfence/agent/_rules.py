@@ -3,8 +3,13 @@
 The root CLI never parses content: `check_paths` copies the operator's files (root reads them) into a
 private directory, then runs each engine's own loader in a child process, inside the extension sandbox
 (the sandbox user, no capabilities, cgroups, Landlock, seccomp) when run as root, else as the caller.
-The child is this module, `python -I -m ringfence.agent._rules`: it enters the sandbox first, only then
-imports the engines, and prints one `RulesReport` as JSON on stdout.
+The child is this module, `python -I -m ringfence.agent._rules`: it enters the sandbox first (a cgroup
+of its own, `extensions.memory_mb`, the extension user), only then imports the engines, and prints one
+`RulesReport` as JSON on stdout, which the parent reads with a size bound and a deadline. What is printed
+has its control characters escaped (`printable`): content must not drive the operator's terminal.
+
+`run --rules` first refuses any file another user could change (`trust_problems`, the content store's
+rule), then checks, then adds the files to `[extensions.content."<id>"]` (`with_rules`).
 
 Files, by name: Sigma `.yml`/`.yaml`, YARA `.yar`/`.yara`, IOC `.ioc` (plain lists) and `.json` (STIX
 2.1). A directory is searched below (hidden entries skipped); a file named on its own must have one of
