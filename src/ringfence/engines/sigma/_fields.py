@@ -25,8 +25,8 @@ rule matches the event when it matches one of its records. Field names are the r
 `sensors/audit/_records.py` decodes them (hex decoded, as `ausearch -i` shows them): `syscall` is the
 number the kernel wrote, `SYSCALL` its name. The keywords of a record are its type and every value.
 
-Logsources in `WAITING` have no event kind yet: their rules are compiled and counted as waiting, never
-matched and never an error.
+A logsource not in `Logsource` (a web server's, say) has no event kind: its rules are compiled and
+counted as waiting, never matched and never an error.
 """
 
 from __future__ import annotations
@@ -279,18 +279,6 @@ _SUDO: dict[str, FieldSpec] = {
     name: FieldSpec(_sudo(name), f"{name}= of sudo's log line") for name in ("USER", "COMMAND", "TTY", "PWD")
 }
 
-LOGSOURCES: dict[Logsource, dict[str, FieldSpec]] = {
-    Logsource.PROCESS_CREATION: _PROCESS,
-    Logsource.FILE_EVENT: _FILE,
-    Logsource.FILE_CHANGE: _FILE,
-    Logsource.FILE_DELETE: _FILE,
-    Logsource.FILE_RENAME: _FILE,
-    Logsource.NETWORK_CONNECTION: _NETWORK,
-    Logsource.AUDITD: _AUDIT,
-    Logsource.DNS_QUERY: _DNS_QUERY,
-    Logsource.DNS: _DNS,
-    **{source: {} for source in Logsource if source.value in ("builtin", "syslog", "auth")},
-}
 _LOG_SERVICES: dict[Logsource, frozenset[str]] = {
     Logsource.SSHD: frozenset({"sshd", "sshd-session", "sshd-auth"}),
     Logsource.SUDO: frozenset({"sudo"}),
@@ -303,8 +291,24 @@ _LOG_SERVICES: dict[Logsource, frozenset[str]] = {
 }
 """The services read from log lines: a line belongs to one when its program (syslog tag, journal
 identifier) is one of these, compared case-insensitively (cron logs as CRON)."""
-for _source in _LOG_SERVICES:
-    LOGSOURCES[_source] = _SUDO if _source is Logsource.SUDO else {}
+
+LOGSOURCES: dict[Logsource, dict[str, FieldSpec]] = {
+    Logsource.PROCESS_CREATION: _PROCESS,
+    Logsource.FILE_EVENT: _FILE,
+    Logsource.FILE_CHANGE: _FILE,
+    Logsource.FILE_DELETE: _FILE,
+    Logsource.FILE_RENAME: _FILE,
+    Logsource.NETWORK_CONNECTION: _NETWORK,
+    Logsource.AUDITD: _AUDIT,
+    Logsource.DNS_QUERY: _DNS_QUERY,
+    Logsource.DNS: _DNS,
+    Logsource.BUILTIN: {},  # keywords only
+    Logsource.SYSLOG: {},
+    Logsource.AUTH: {},
+    **{source: {} for source in _LOG_SERVICES},
+    Logsource.SUDO: _SUDO,
+}
+
 _AUTH_FILES = frozenset({"auth.log", "secure"})
 _AUTH_PROGRAMS = frozenset().union(
     *(_LOG_SERVICES[s] for s in (Logsource.SSHD, Logsource.SUDO, Logsource.SU, Logsource.LOGIN)),
