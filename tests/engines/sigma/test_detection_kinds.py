@@ -84,6 +84,16 @@ def test_an_auditd_rule_matches_the_path_record_of_a_watched_write(start) -> Non
     (finding,) = ctx.findings
     assert finding.fields["rule"] == AUDIT_ID and finding.fields["related_event"] == write.header.id
     assert finding.fields["process"] == write.process
+    assert finding.fields["file_path"] == "/etc/ld.so.preload"  # the PATH record that matched
+
+
+def test_one_process_writing_two_watched_files_raises_a_finding_for_each(start) -> None:
+    text = service_rule("sel:\n  type: PATH\n  name|startswith: /etc/cron.d/\ncondition: sel", "auditd")
+    engine, ctx = start(**{"a.yml": text})
+    for name in ("/etc/cron.d/a", "/etc/cron.d/b", "/etc/cron.d/a"):
+        engine.on_event(audit(syscall("openat"), AuditRecord(type="PATH", fields={"name": name})))
+    assert [f.fields["file_path"] for f in ctx.findings] == ["/etc/cron.d/a", "/etc/cron.d/b"]
+    assert engine.statistics().findings_suppressed == 1  # the repeat of /etc/cron.d/a
 
 
 def test_fields_of_two_different_records_do_not_make_one_match(start) -> None:

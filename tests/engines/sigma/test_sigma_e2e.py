@@ -289,3 +289,4 @@ def test_sigmahq_auditd_rule_fires_on_a_unit_file_created_under_the_audit_baseli
         unit.unlink(missing_ok=True)
     assert finding["severity_id"] == 3  # level: medium
     assert "T1543.002" in finding["finding_info"]["desc"]
+    assert finding["evidences"][0]["file"]["path"] == str(unit)  # the PATH record's name

@@ -4,7 +4,8 @@ Per event: the logsources it belongs to (`_fields.logsources_of`), each logsourc
 rule at once (`_matcher.py`), a matched rule feeds the correlations that reference it and raises a
 finding unless it is only a correlation's building block (`generate: false`). An audit event is matched
 record by record (`_fields.subjects`); a rule raises once per event, for the first record it matches.
-Findings are deduplicated per rule and process (exe, command line, file; a log line's message) within
+Findings are deduplicated per rule and process (exe, command line, file or audit PATH name; a log line's
+message) within
 `dedup_window_s`; the repeats are summed up in
 one finding when the window closes. Nothing on the event path raises for bad content: it cannot exist
 there, the loader refused it.
@@ -31,6 +32,7 @@ from ringfence.engines.sigma._fields import (
 from ringfence.engines.sigma._ruleset import RuleInfo, RuleSet
 from ringfence.engines.sigma._watch import Background, WatchedRules, run_in_thread
 from ringfence.sdk import (
+    AuditRecord,
     Context,
     Deduplicator,
     Event,
@@ -191,7 +193,7 @@ class SigmaEngine(Extension):
 
     def _matched(self, rule: RuleInfo, source: Logsource, event: Event, subject: Subject) -> None:
         if rule.generate:
-            self._raise(rule, event)
+            self._raise(rule, event, subject)
         if self._correlator.watches(rule.key):
             values = {}
             for name in self._correlator.fields_for(rule.key):
@@ -199,11 +201,11 @@ class SigmaEngine(Extension):
                 if spec is not None and spec.getter is not None:
                     values[name] = spec.getter(subject)
             for key in self._correlator.observe(rule.key, values):
-                self._raise(self._rules.rules[key], event)
+                self._raise(self._rules.rules[key], event, subject)
 
-    def _raise(self, rule: RuleInfo, event: Event) -> None:
+    def _raise(self, rule: RuleInfo, event: Event, subject: Subject) -> None:
         process: ProcessRef | None = getattr(event, "process", None)
-        path = (event.new_path or event.path) if isinstance(event, FileActivity) else None
+        path = _file_path(event, subject)
         occurrence = _Occurrence(rule, process, path, event.header.id)
         line = event.message if isinstance(event, LogEvent) else None  # log lines often have no process
         key = (rule.key, None if process is None else (process.exe, process.cmdline), path, line)
@@ -225,6 +227,16 @@ class SigmaEngine(Extension):
             file_path=o.file_path,
             related_event=o.event_id,
         )
+
+
+def _file_path(event: Event, subject: Subject) -> str | None:
+    """The file a finding is about: a file event's (new) path, or the name of the audit PATH record
+    that matched (a watched file written)."""
+    if isinstance(event, FileActivity):
+        return event.new_path or event.path
+    if isinstance(subject, AuditRecord) and subject.type == "PATH":
+        return subject.fields.get("name")
+    return None
 
 
 def describe(rule: RuleInfo) -> str:
