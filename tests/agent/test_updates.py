@@ -7,10 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from ringfence.agent import ConfigError, parse_config
-from ringfence.agent._content import ContentStore, ExtensionView, StagedContent
+from ringfence.agent._content import TRIAL_CHECKS, ContentStore, ContentWatcher, ExtensionView, StagedContent
 from ringfence.agent._updates import ContentUpdateLoop, choose
 from ringfence.content import FakeContentUpdates as Fake
 from ringfence.content import UpdateReport, UpdateSchedule
@@ -49,7 +50,14 @@ class Host:
         self.item: StagedContent = self.contents[ENGINE]
         self.item.good_slot = self.item.slot
         self.clock = Clock()
-        self.views: list[ExtensionView] = []
+        self.view = ExtensionView("running", 0, 0)
+        self.watcher = ContentWatcher(self.store, self.contents, extension_state=lambda _id: self.view)
+
+    def prove(self) -> None:
+        """The extension runs the whole trial with the active package and reports no problem."""
+        for _ in range(TRIAL_CHECKS):
+            self.watcher.check()
+        assert not self.item.package_on_trial and self.item.good_slot == self.item.slot
 
     def loop(
         self, updates: object, follow: str | dict[str, str] = "newest", **kw: object
@@ -65,7 +73,7 @@ class Host:
             follow=follow,
             clock=self.clock,
             wall_ns=lambda: 1_700_000_000 * 10**9,
-            extension_state=lambda _id: ExtensionView("running", 0, 0),
+            extension_state=lambda _id: self.view,
             **kw,  # type: ignore[arg-type]
         )
 
@@ -217,7 +225,7 @@ def test_package_reverted_after_a_failed_start_is_not_activated_again(host: Host
     stage_package(host.state, "1.0", {"l.txt": "good\n"})
     loop = host.loop(Fake(OK))
     loop.step()
-    host.item.good_slot = host.item.slot  # the engine started with 1.0: proven
+    host.prove()
     stage_package(host.state, "2.0", {"l.txt": "bad\n"})
     host.clock.now += 3600
     loop.step()
@@ -329,8 +337,13 @@ def test_no_url_means_no_updates_by_default() -> None:
 
 def test_a_restart_runs_the_package_active_before_it_not_a_newer_unproven_one(host: Host) -> None:
     stage_package(host.state, "1.0", {"l.txt": "proven\n"})
-    host.loop(Fake(OK)).step()
-    stage_package(host.state, "2.0", {"l.txt": "never tried\n"})  # staged by `content update`, say
+    loop = host.loop(Fake(OK))
+    loop.step()
+    host.prove()
+    stage_package(host.state, "2.0", {"l.txt": "on trial\n"})
+    host.clock.now += 3600
+    loop.step()
+    assert host.item.package_version == "2.0" and host.item.package_on_trial
 
     store = ContentStore(str(host.state))  # the next run of the agent
     packages = store.previous_packages([ENGINE])
@@ -344,7 +357,7 @@ def test_a_rejected_version_stays_rejected_after_a_restart(host: Host) -> None:
     stage_package(host.state, "1.0", {"l.txt": "good\n"})
     loop = host.loop(Fake(OK))
     loop.step()
-    host.item.good_slot = host.item.slot
+    host.prove()
     stage_package(host.state, "2.0", {"l.txt": "bad\n"})
     host.clock.now += 3600
     loop.step()
@@ -365,10 +378,99 @@ def test_an_unreadable_rejected_record_is_logged_and_taken_as_empty(
     assert "rejected.json: unreadable" in caplog.text
 
 
-def test_a_garbled_package_mark_is_taken_as_no_package(host: Host, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_garbled_good_record_is_taken_as_no_package(host: Host, caplog: pytest.LogCaptureFixture) -> None:
     stage_package(host.state, "1.0", {"l.txt": "x\n"})
     host.loop(Fake(OK)).step()
-    (host.active / ".package").chmod(0o644)
-    (host.active / ".package").write_text("[1, 2]")
+    host.prove()
+    good = Path(host.item.root) / "good.json"
+    assert ContentStore(str(host.state)).previous_packages([ENGINE])[ENGINE][0] == "1.0"
+    good.write_text("[1, 2]")
     assert ContentStore(str(host.state)).previous_packages([ENGINE]) == {}
-    assert "unreadable package mark" in caplog.text
+    assert "good.json: unreadable package mark" in caplog.text
+
+
+def _health_doc() -> dict[str, object]:
+    from ringfence.events import AuthStatistics, BrokerStatistics, Health
+
+    h = Health(
+        version="0",
+        pid=1,
+        host="h",
+        state_dir="/s",
+        started_at_ns=0,
+        uptime_s=0,
+        healthy=True,
+        problems=[],
+        sensors=[],
+        unavailable={},
+        broker=BrokerStatistics(kinds={}, auth=AuthStatistics(), subscribers=[]),
+        outputs=[],
+        extensions=[],
+        memory_rss_bytes=0,
+        cpu_user_s=0,
+        cpu_system_s=0,
+        threads=1,
+    )
+    return msgspec.to_builtins(h)  # type: ignore[no-any-return]
+
+
+def test_health_from_an_agent_without_content_updates_still_decodes() -> None:
+    from ringfence.events import Health
+
+    doc = _health_doc()
+    del doc["content_updates"]
+    assert msgspec.json.decode(msgspec.json.encode(doc), type=Health).content_updates is None
+
+
+def test_health_with_content_updates_round_trips(host: Host) -> None:
+    from ringfence.events import Health
+
+    stage_package(host.state, "1.0", {"l.txt": "x\n"})
+    loop = host.loop(Fake(DOWN))
+    loop.step()
+    doc = _health_doc() | {"content_updates": msgspec.to_builtins(loop.status())}
+    back = msgspec.json.decode(msgspec.json.encode(doc), type=Health).content_updates
+    assert back is not None and back.engines[ENGINE].active == "1.0" and back.failures == 1
+    assert back.problems == DOWN.problems and back.url == "http://127.0.0.1:1"
+
+
+def test_package_the_running_engine_refuses_is_given_up_for_the_last_good_one(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "good\n"})
+    loop = host.loop(Fake(OK))
+    loop.step()
+    host.prove()
+    stage_package(host.state, "1.1", {"l.txt": "refused\n"})
+    host.clock.now += 3600
+    loop.step()
+    assert loop.status().engines[ENGINE].trial
+    host.watcher.check()
+    host.view = ExtensionView("running", 0, 0, "new IOC content rejected, 1 entries stay in force: ...")
+    host.watcher.check()
+    assert host.item.package_version == "1.0" and (host.active / "l.txt").read_text() == "good\n"
+    assert "package 1.1) was rejected by the running extension" in host.item.last_error
+    status = loop.status().engines[ENGINE]
+    assert status.rejected == ["1.1"] and not status.trial
+
+
+def test_a_problem_after_the_trial_does_not_revert_a_proven_package(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "one\n"})
+    loop = host.loop(Fake(OK))
+    loop.step()
+    host.prove()
+    host.view = ExtensionView("running", 0, 0, "some later trouble")
+    host.watcher.check()
+    assert host.item.package_version == "1.0" and host.item.rejected == set()
+
+
+def test_a_problem_already_there_before_the_package_is_not_taken_as_its_refusal(host: Host) -> None:
+    host.view = ExtensionView("running", 0, 0, "an operator file was refused")
+    stage_package(host.state, "1.0", {"l.txt": "one\n"})
+    host.loop(Fake(OK)).step()
+    host.watcher.check()
+    assert host.item.package_version == "1.0" and host.item.package_on_trial
+
+
+def test_a_restart_before_any_package_was_proven_runs_none(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "x\n"})
+    host.loop(Fake(OK)).step()
+    assert ContentStore(str(host.state)).previous_packages([ENGINE]) == {}

@@ -103,6 +103,22 @@ def test_published_blocklist_denies_after_the_update_and_an_unreachable_repo_kee
             e.content_version and "package 1.1" in e.content_version for e in status_of(state).extensions
         )
 
+        def proven() -> bool:
+            u = status_of(state).content_updates
+            return u is not None and not u.engines[ENGINE].trial
+
+        assert eventually(proven, timeout_s=30), "1.1 never passed its trial"
+        publish(tmp_path, repo, keys, "1.2", "this line is no sha256\n")  # the engine refuses it
+
+        def rejected() -> bool:
+            u = status_of(state).content_updates
+            return u is not None and u.engines[ENGINE].rejected == ["1.2"]
+
+        assert eventually(rejected, timeout_s=30), "the version the engine rejected was kept active"
+        assert status_of(state).content_updates.engines[ENGINE].active == "1.1"  # type: ignore[union-attr]
+        assert (active / "blocklist.txt").read_text() == f"{evil_sha}  published-evil\n"
+        assert not runs(evil), "the last good blocklist was lost with the rejected one"
+
         server.stop()  # the repository goes away: updates fail, the active content stays
 
         def failing() -> bool:

@@ -58,6 +58,7 @@ CHECK_INTERVAL_S = 1.0
 ACTIVE = "active"
 SLOTS = "slots"
 PACKAGE_MARK = ".package"  # in a slot: the signed package it holds
+TRIAL_CHECKS = 10  # watcher checks (about 10 s) a running extension has to take a package without a Problem
 PACKAGE_MANIFEST = "manifest.toml"  # a package's own; not handed to the engine (it would read it as content)
 LEGACY_SETTINGS = {"ringfence.reputation": {"blocklist": "blocklist.txt"}}
 """Settings keys that once named content files: extension id -> {key: content file name}."""
@@ -74,6 +75,7 @@ class ExtensionView(NamedTuple):
     state: str  # "running", "backoff", ...
     restarts: int
     start_failures: int  # starts that failed before or at the handshake (its setup raised or hung)
+    problem: str = ""  # what the running extension says is wrong (a Problem: new content rejected)
 
 
 @dataclass
@@ -93,7 +95,9 @@ class StagedContent:
     last_error: str = ""
     package_version: str = ""  # the signed package in the active slot; "" for none
     package_dir: str | None = None  # where that package is staged
-    rejected: set[str] = field(default_factory=set)  # package versions reverted after a failed start
+    rejected: set[str] = field(default_factory=set)  # package versions given up (see ContentWatcher)
+    package_on_trial: bool = False  # a package went active and the extension has not yet proven it
+    trial_checks: int = 0  # watcher checks the extension has run with it, with no new problem
 
     @property
     def content_dir(self) -> str:
@@ -176,13 +180,13 @@ class ContentStore:
         return staged
 
     def previous_packages(self, ext_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-        """Ext id -> (version, staged dir) of the package active when the agent last ran, for those that
-        had one still staged and not rejected: what a start runs again (newer ones wait for the update
-        thread, where a failed start reverts). A start never tries an unproven package."""
+        """Ext id -> (version, staged dir) of the last package proven good (`good.json`), for those that
+        have one still staged and not rejected: what a start runs again (newer ones wait for the update
+        thread and their trial). A start never loads an unproven package."""
         out = {}
         for ext_id in ext_ids:
             root = os.path.join(self.root, ext_id)
-            version, path = _package_in(os.path.realpath(os.path.join(root, ACTIVE)))
+            version, path = _read_mark(os.path.join(root, GOOD))
             if path is not None and os.path.isdir(path) and version not in _read_rejected(root):
                 out[ext_id] = (version, path)
         return out
@@ -204,6 +208,7 @@ class ContentStore:
             except BaseException:
                 item.package_version, item.package_dir = before
                 raise
+            item.package_on_trial, item.trial_checks = True, 0
 
     def _stage(self, item: StagedContent) -> None:
         _mkdir(item.root, 0o755)
@@ -324,17 +329,40 @@ def _write_rejected(root: str, versions: set[str]) -> None:
     log.error("%s: cannot record the rejected versions (they are kept for this run only): %s", path, why)
 
 
+GOOD = "good.json"  # in <ext-id>/: the package of the last slot proven good, kept across runs
+
+
+def _write_good(item: StagedContent) -> None:
+    path = os.path.join(item.root, GOOD)
+    try:
+        if item.package_version:
+            mark = {"version": item.package_version, "path": item.package_dir}
+            write_atomic(path, json.dumps(mark).encode(), 0o644)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    except OSError as e:
+        why = e.strerror
+    else:
+        return
+    log.error("%s: cannot record the good package (a restart runs without it): %s", path, why)
+
+
 def _package_in(slot_dir: str) -> tuple[str, str | None]:
     """The package a slot holds: (version, staged dir), or ("", None) for none or an unreadable mark."""
+    return _read_mark(os.path.join(slot_dir, PACKAGE_MARK))
+
+
+def _read_mark(path: str) -> tuple[str, str | None]:
     try:
-        with open(os.path.join(slot_dir, PACKAGE_MARK), "rb") as f:
+        with open(path, "rb") as f:
             mark = json.loads(f.read(65536))
         return str(mark["version"]), str(mark["path"])
     except FileNotFoundError:
         return "", None
     except (OSError, ValueError, KeyError, TypeError) as e:
         why = str(e)
-    log.error("%s: unreadable package mark (%s): the slot is taken as holding no package", slot_dir, why)
+    log.error("%s: unreadable package mark (%s): taken as no package", path, why)
     return "", None
 
 
@@ -480,7 +508,10 @@ class ContentWatcher:
     start (its setup raised or hung) while an unproven slot is active, the good slot is made active
     again before the next restart, so that content the engine rejected cannot crash-loop it into
     quarantine; the rejected file is not staged again until it changes. A crash while running changes
-    nothing: the restart tells whether the content loads."""
+    nothing: the restart tells whether the content loads. A signed package is given up sooner: when the
+    running extension reports a new problem (a Problem frame: it rejected the reload) while the package
+    is on trial, the good slot comes back at once (the engine reloads it) and the version is recorded
+    as rejected, so that a later start never loads it."""
 
     def __init__(
         self,
@@ -533,20 +564,40 @@ class ContentWatcher:
         if view is None or staged is None or item.slot == item.good_slot:
             return
         if view.state == "running" and view.restarts > staged.restarts:
-            item.good_slot = item.slot  # it started again with this slot active, and runs: proven
+            self._proven(item)  # it started again with this slot active, and runs
+            return
+        if item.package_on_trial and view.state == "running":
+            if view.problem not in ("", staged.problem):
+                self._give_up(item, view, f"was rejected by the running extension ({view.problem})")
+                return
+            item.trial_checks += 1
+            if item.trial_checks >= TRIAL_CHECKS:
+                self._proven(item)  # it has run with the package for the whole trial and said nothing
             return
         if view.state != "backoff" or view.start_failures <= staged.start_failures:
             return  # a crash while running says nothing about content: the restart will tell
-        bad = item.slot
+        self._give_up(item, view, "failed the extension's start")
+
+    @staticmethod
+    def _proven(item: StagedContent) -> None:
+        item.good_slot = item.slot
+        item.package_on_trial = False
+        _write_good(item)
+        log.info("content of %s: slot %d proven good", item.ext_id, item.slot)
+
+    def _give_up(self, item: StagedContent, view: ExtensionView, why: str) -> None:
+        bad, package = item.slot, item.package_version
         try:
             self._store.revert(item)
         except OSError:
             log.exception("content of %s: restoring slot %d failed", item.ext_id, item.good_slot)
             return
         item.seen_at_stage = view
+        item.package_on_trial = False
+        what = ", ".join([*item.origins.values(), *([f"package {package}"] if package else [])])
         item.last_error = (
-            f"content of {item.ext_id}: slot {bad} ({', '.join(item.origins.values())}) failed the "
-            f"extension's start; slot {item.good_slot}, the last known good, is active again"
+            f"content of {item.ext_id}: slot {bad} ({what}) {why}; slot {item.good_slot}, the last known "
+            "good, is active again"
         )
         log.error("%s", item.last_error)
 

@@ -154,7 +154,8 @@ class _Extensions:
         """One extension as the content watcher's last-known-good check needs it."""
         for st in self.supervisor.statistics():
             if st.id == ext_id:
-                return ExtensionView(st.state, st.restarts, st.restart_reasons.get("handshake", 0))
+                problem = st.last_error if st.state == "running" else ""  # its Problem, while it runs
+                return ExtensionView(st.state, st.restarts, st.restart_reasons.get("handshake", 0), problem)
         return None
 
     def _extension_pids(self) -> frozenset[int]:

@@ -9,9 +9,11 @@ The TUF client (`ringfence.content`) fetches and verifies and stages each engine
 STATE_DIR/content-updates/<engine>/<version>/; this module picks, per engine, the version to run
 (`[content] follow`) from what is staged and hands it to the content store, which writes a new slot and
 swaps it active. The engine (the extension whose id is the manifest's `engine`) reloads from its
-content directory as it does after an operator's file change; if it then fails to start with it, the
-content watcher's last-known-good rule puts the previous slot back and that version is not tried again
-(`StagedContent.rejected`). No shadow run yet (issue 8): a version goes active directly.
+content directory as it does after an operator's file change. The package is then on trial (the content
+watcher's last-known-good rule, agent/_content.py): a Problem from the running engine (it refused the
+reload) or a failed start puts the last good slot back and the version is never tried again
+(`StagedContent.rejected`, kept across runs); about 10 s without either proves it good (`good.json`,
+what a restart runs). No shadow run yet (issue 8): a version goes active directly, for real.
 
 Nothing here stops the agent: an unreachable, expired or tampered repository is a problem in the
 report (the active content stays), retried with backoff (`UpdateSchedule`); an exception in a round is
@@ -203,6 +205,7 @@ class ContentUpdateLoop:
                 active=item.package_version if item is not None else "",
                 follow=follow_of(self._follow, engine),
                 rejected=sorted(item.rejected) if item is not None else [],
+                trial=item.package_on_trial if item is not None else False,
                 problem=problems.get(engine, ""),
             )
         return ContentUpdateStatus(

@@ -135,7 +135,8 @@ class EngineContentStatus(msgspec.Struct):
     staged: list[str] = msgspec.field(default_factory=list)  # versions staged, lowest first
     active: str = ""  # the package version in the active slot; "" for none
     follow: str = "newest"  # newest, n-1, or a pinned version
-    rejected: list[str] = msgspec.field(default_factory=list)  # reverted after the engine failed on them
+    rejected: list[str] = msgspec.field(default_factory=list)  # given up: the engine failed or refused them
+    trial: bool = False  # the active package is on trial: a Problem from the engine now reverts it
     problem: str = ""  # why the version the policy wants is not active
 
 
