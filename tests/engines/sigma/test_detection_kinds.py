@@ -12,7 +12,7 @@ from tests.engines.conftest import FakeClock, FakeContext
 from tests.engines.sigma.build import connect, exec_event, header, proc, rule, write_rules
 from tests.engines.sigma.corpus import SIGMAHQ
 
-from ringfence.engines.sigma import SigmaEngine, logsources_of
+from ringfence.engines.sigma import SigmaEngine, logsources_of, mapping_table
 from ringfence.sdk import (
     AuditEvent,
     AuditRecord,
@@ -282,3 +282,11 @@ def test_a_timestamp_gives_no_keyword_a_colon(start) -> None:
     assert not ctx.findings
     engine.on_event(log("rsync -a /srv backup:/srv", program="backup"))
     assert len(ctx.findings) == 1
+
+
+def test_the_printed_mapping_names_every_new_source_and_its_keyword_text() -> None:
+    rows = {(source, name): where for source, name, where in mapping_table()}
+    assert rows[("network_connection", "DestinationHostname")].startswith("remote.hostname")
+    assert ("auditd", "a<N>") in rows and ("auditd", "(keywords)") in rows
+    assert {s for s, n in rows if n == "(keywords)"} >= {"builtin", "syslog", "auth", "sshd", "sudo", "cron"}
+    assert rows[("dns_query", "QueryResults")].startswith("not supplied")

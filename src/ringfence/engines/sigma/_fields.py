@@ -448,9 +448,18 @@ def numeric(source: Logsource, name: str) -> bool:
 
 
 def mapping_table() -> list[tuple[str, str, str]]:
-    """(logsource, Sigma field, record field or why not), for documentation and `rules check` output."""
-    return [
+    """(logsource, Sigma field, record field or why not), for documentation and `rules check` output;
+    `a<N>` for auditd's arguments, `(keywords)` for the text a logsource's keyword rules search."""
+    rows = [
         (str(source), name, spec.source)
         for source, fields in LOGSOURCES.items()
         for name, spec in fields.items()
     ]
+    rows.append((str(Logsource.AUDITD), "a<N>", "the record's aN, any N (execve's arguments)"))
+    rows.append((str(Logsource.AUDITD), "(keywords)", "the record's type and every value"))
+    rows.extend(
+        (str(source), "(keywords)", "the line's program and message")
+        for source, fields in LOGSOURCES.items()
+        if not fields or source is Logsource.SUDO
+    )
+    return rows
