@@ -13,6 +13,8 @@ Layout, the seam the content pipeline (issue 8) builds on:
         slots/<n>/<name>                  one complete version (dirs 0755, files 0644), never modified
         slots/.new-<n>/                   a version being written; renamed to slots/<n> once complete
         slots/<n>/.package                the signed package in that slot, if any: {"version", "path"}
+        good.json                         the package of the last slot proven good (what a start runs)
+        rejected.json                     package versions given up; never activated again
 
 `ExtensionSpec.content_dir` is `<ext-id>/active`; the engine resolves it once per load, so it reads one
 version whole. The newest `KEEP_SLOTS` versions stay on disk (the previous ones are what a
@@ -151,7 +153,9 @@ class ContentStore:
 
     def __init__(self, state_dir: str) -> None:
         self.root = os.path.join(state_dir, "content")
-        self._lock = threading.Lock()  # one slot swap at a time: the watcher's and the update thread's
+        # One slot swap, and one last-known-good decision, at a time: the watcher's and the update
+        # thread's. Reentrant: the watcher decides under it and reverts within the decision.
+        self.lock = threading.RLock()
 
     def stage_all(
         self,
@@ -194,13 +198,16 @@ class ContentStore:
     def stage(self, item: StagedContent) -> None:
         """Copy every file of `item` (its package's and the operator's) into a new slot and make it
         active. Raises ContentError (nothing changes then: the slot in force stays)."""
-        with self._lock:
+        with self.lock:
             self._stage(item)
 
-    def activate_package(self, item: StagedContent, version: str, path: str) -> None:
-        """A new slot with the staged package at `path` (and the operator's files), made active. Raises
-        ContentError or OSError; the slot in force and `item`'s package stay then."""
-        with self._lock:
+    def activate_package(
+        self, item: StagedContent, version: str, path: str, seen: ExtensionView | None = None
+    ) -> None:
+        """A new slot with the staged package at `path` (and the operator's files), made active and on
+        trial; `seen` is the extension now. Raises ContentError or OSError; the slot in force and
+        `item`'s package stay then."""
+        with self.lock:
             before = item.package_version, item.package_dir
             item.package_version, item.package_dir = version, path
             try:
@@ -208,7 +215,7 @@ class ContentStore:
             except BaseException:
                 item.package_version, item.package_dir = before
                 raise
-            item.package_on_trial, item.trial_checks = True, 0
+            item.package_on_trial, item.trial_checks, item.seen_at_stage = True, 0, seen
 
     def _stage(self, item: StagedContent) -> None:
         _mkdir(item.root, 0o755)
@@ -235,7 +242,7 @@ class ContentStore:
     def revert(self, item: StagedContent) -> None:
         """Make the last-known-good slot active again (and its package the one in force: a package that
         was active in the slot given up is remembered as rejected, and not activated again)."""
-        with self._lock:
+        with self.lock:
             _swap_active(item.root, item.good_slot)
             if item.package_version:
                 item.rejected.add(item.package_version)
@@ -560,6 +567,10 @@ class ContentWatcher:
 
     def _check_good(self, item: StagedContent) -> None:
         view = self._extension_state(item.ext_id) if self._extension_state is not None else None
+        with self._store.lock:  # the update thread may be activating a package for the same item
+            self._decide(item, view)
+
+    def _decide(self, item: StagedContent, view: ExtensionView | None) -> None:
         staged = item.seen_at_stage
         if view is None or staged is None or item.slot == item.good_slot:
             return

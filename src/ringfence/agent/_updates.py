@@ -176,8 +176,9 @@ class ContentUpdateLoop:
         )
         if version is None or version == item.package_version:
             return why
+        seen = self._extension_state(engine) if self._extension_state is not None else None
         try:
-            self._store.activate_package(item, version, staged_dir(self._state_dir, engine, version))
+            self._store.activate_package(item, version, staged_dir(self._state_dir, engine, version), seen)
         except (ContentError, OSError) as e:
             failure = f"package {version} not activated, slot {item.slot} stays: {e}"
         else:
@@ -185,7 +186,6 @@ class ContentUpdateLoop:
         if failure:
             log.error("content of %s: %s", engine, failure)
             return failure
-        item.seen_at_stage = self._extension_state(engine) if self._extension_state is not None else None
         self._activations += 1
         log.info("content of %s: package %s active as slot %d", engine, version, item.slot)
         return ""
