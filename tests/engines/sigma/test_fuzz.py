@@ -13,7 +13,19 @@ from tests.engines.sigma.build import exec_event, file_event, header, rule, writ
 from tests.engines.sigma.corpus import LINUX_RULE_DIRS
 
 from ringfence.engines.sigma import load_directory, logsources_of
-from ringfence.sdk import Endpoint, NetworkActivity, NetworkActivityId
+from ringfence.engines.sigma._fields import subjects
+from ringfence.sdk import (
+    AuditEvent,
+    AuditRecord,
+    DnsActivity,
+    DnsActivityId,
+    DnsAnswer,
+    DnsQuery,
+    Endpoint,
+    LogEvent,
+    NetworkActivity,
+    NetworkActivityId,
+)
 
 ALL_LINUX = load_directory(str(LINUX_RULE_DIRS[0])) if LINUX_RULE_DIRS[0].is_dir() else None
 text = st.text(
@@ -24,7 +36,11 @@ text = st.text(
 def _match_all(event) -> list[int]:
     assert ALL_LINUX is not None
     return [
-        k for s in logsources_of(event) if s in ALL_LINUX.indexes for k in ALL_LINUX.indexes[s].match(event)
+        k
+        for s in logsources_of(event)
+        if s in ALL_LINUX.indexes
+        for part in subjects(s, event)
+        for k in ALL_LINUX.indexes[s].match(part)
     ]
 
 
@@ -51,6 +67,46 @@ def test_no_network_event_makes_the_sigmahq_rules_raise(ip, port, syscall) -> No
         remote=remote,
     )
     _match_all(event)
+
+
+records = st.builds(
+    AuditRecord,
+    type=st.sampled_from(["SYSCALL", "EXECVE", "PATH", "USER_AUTH", "UNKNOWN[9]"]) | text,
+    fields=st.dictionaries(
+        st.sampled_from(["a0", "a1", "a17", "exe", "name", "key", "SYSCALL"]) | text, text
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(records, max_size=6))
+def test_no_audit_event_makes_the_sigmahq_rules_raise(records) -> None:
+    if ALL_LINUX is None:
+        return
+    _match_all(AuditEvent(header=header(), serial=1, time_ns=1, records=tuple(records)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=text, program=st.none() | text | st.sampled_from(["sshd", "sudo", "CRON"]), source=text)
+def test_no_log_line_makes_the_sigmahq_rules_raise(message, program, source) -> None:
+    if ALL_LINUX is None:
+        return
+    _match_all(LogEvent(header=header(), source=source, message=message, program=program))
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=text, qtype=st.none() | text, answers=st.lists(text, max_size=4), query=st.booleans())
+def test_no_dns_event_makes_the_sigmahq_rules_raise(name, qtype, answers, query) -> None:
+    if ALL_LINUX is None:
+        return
+    _match_all(
+        DnsActivity(
+            header=header(),
+            activity=DnsActivityId.QUERY if query else DnsActivityId.RESPONSE,
+            query=DnsQuery(hostname=name, type=qtype),
+            answers=tuple(DnsAnswer(name=name, type="A", data=a) for a in answers),
+        )
+    )
 
 
 yaml_values = st.recursive(
