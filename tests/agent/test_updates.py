@@ -474,3 +474,21 @@ def test_a_restart_before_any_package_was_proven_runs_none(host: Host) -> None:
     stage_package(host.state, "1.0", {"l.txt": "x\n"})
     host.loop(Fake(OK)).step()
     assert ContentStore(str(host.state)).previous_packages([ENGINE]) == {}
+
+
+def test_expiry_warnings_reach_status_and_the_log_once(host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    warned = UpdateReport(ok=True, warnings=["root expires in 12 days (2026-12-14): rotate it"])
+    loop = host.loop(Fake(warned))
+    loop.step()
+    host.clock.now += 3600
+    loop.step()
+    assert loop.status().warnings == warned.warnings
+    assert caplog.text.count("root expires in 12 days") == 1
+
+
+def test_an_update_that_outlives_stop_activates_nothing(host: Host) -> None:
+    stage_package(host.state, "1.0", {"l.txt": "x\n"})
+    loop = host.loop(Fake(OK))
+    loop.stop()
+    assert loop.step() is OK
+    assert host.item.package_version == ""

@@ -140,13 +140,18 @@ class ContentUpdateLoop:
         report = self._schedule.run_if_due(self._updates, now)
         if report is None:
             return None
+        previous = self._report
+        if report.warnings and (previous is None or previous.warnings != report.warnings):
+            for line in report.warnings:
+                log.warning("content repository %s: %s", self._url, line)
         with self._lock:
             self._report, self._last_at_ns = report, self._wall_ns()
             if report.ok:
                 self._failing_since_s = None
             elif self._failing_since_s is None:
                 self._failing_since_s, self._failing_since_ns = now, self._last_at_ns
-        self.activate()
+        if not self._stop.is_set():  # an update that outlived stop() activates nothing
+            self.activate()
         return report
 
     def activate(self) -> None:
