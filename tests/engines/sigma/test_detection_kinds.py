@@ -12,7 +12,7 @@ from tests.engines.conftest import FakeClock, FakeContext
 from tests.engines.sigma.build import connect, exec_event, header, proc, rule, write_rules
 from tests.engines.sigma.corpus import SIGMAHQ
 
-from ringfence.engines.sigma import SigmaEngine, logsources_of, mapping_table
+from ringfence.engines.sigma import Logsource, SigmaEngine, load_directory, logsources_of, mapping_table
 from ringfence.sdk import (
     AuditEvent,
     AuditRecord,
@@ -290,3 +290,15 @@ def test_the_printed_mapping_names_every_new_source_and_its_keyword_text() -> No
     assert ("auditd", "a<N>") in rows and ("auditd", "(keywords)") in rows
     assert {s for s, n in rows if n == "(keywords)"} >= {"builtin", "syslog", "auth", "sshd", "sudo", "cron"}
     assert rows[("dns_query", "QueryResults")].startswith("not supplied")
+
+
+@pytest.mark.skipif(not SIGMAHQ.is_dir(), reason="../shared/data/sigmahq is not there")
+def test_an_ordinary_syscall_record_makes_no_sigmahq_auditd_rule_a_candidate() -> None:
+    """`type: SYSCALL` is in a dozen rules and in every SYSCALL record: as the trigger it would send each
+    record through all of them (and their regexes). The rule's other, selective test triggers instead."""
+    index = load_directory(str(SIGMAHQ / "rules" / "linux" / "auditd")).indexes[Logsource.AUDITD]
+    fields = {"syscall": "257", "SYSCALL": "openat", "exe": "/usr/bin/vim", "comm": "vim", "a0": "3"}
+    assert index.match(AuditRecord(type="SYSCALL", fields=fields)) == []
+    assert index.evaluations == 0
+    dropped = AuditRecord(type="SYSCALL", fields={**fields, "exe": "/home/bob/public_html/x"})  # a wildcard
+    assert len(index.match(dropped)) == 1  # still found: lnx_auditd_susp_exe_folders

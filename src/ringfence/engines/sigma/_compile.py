@@ -287,9 +287,17 @@ def trigger(node: Node, atoms: Sequence[Atom]) -> frozenset[int] | None:
         return (
             None if any(s is None for s in sets) else frozenset().union(*[s for s in sets if s is not None])
         )
-    if op == "and":  # any one child's set will do: the one without regexes, then the smallest
+    if op == "and":  # any one child's set will do: not only a record type, without regexes, the smallest
         known = [s for s in (trigger(c, atoms) for c in node[1]) if s is not None]
-        return (
-            min(known, key=lambda s: (any(isinstance(atoms[i], Regex) for i in s), len(s))) if known else None
-        )
+        return min(known, key=lambda s: _cost(s, atoms)) if known else None
     return None  # "not"
+
+
+BROAD_FIELDS = frozenset({"type"})
+"""Fields whose few values most events share (an audit record's `type`: every SYSCALL record is one): a
+trigger on them alone makes nearly every event a candidate, so another child of an AND is preferred."""
+
+
+def _cost(found: frozenset[int], atoms: Sequence[Atom]) -> tuple[bool, bool, int]:
+    broad = all(atoms[i].field in BROAD_FIELDS for i in found)
+    return broad, any(isinstance(atoms[i], Regex) for i in found), len(found)
