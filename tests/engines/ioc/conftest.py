@@ -1,6 +1,6 @@
-"""The content end-to-end fixtures (a state dir the extension user can reach, a root-only dir, agents
-stopped at teardown) shared with tests/engines/test_content_e2e.py."""
+"""The content end-to-end fixtures (agents stopped at teardown) shared with
+tests/engines/test_content_e2e.py; `shared_dir` and `root_only_dir` come from tests/conftest.py."""
 
-from tests.engines.test_content_e2e import agents, root_only_dir, shared_dir, start_agent
+from tests.engines.test_content_e2e import agents, start_agent
 
-__all__ = ["agents", "root_only_dir", "shared_dir", "start_agent"]
+__all__ = ["agents", "start_agent"]

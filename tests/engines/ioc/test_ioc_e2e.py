@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.engines.test_content_e2e import _eventually, _extension, _runs, binaries, config_for
+from tests.agent.helpers import eventually, runs
+from tests.engines.test_content_e2e import _extension, binaries, config_for
 
 from ringfence.agent import Agent, Config
 
@@ -69,9 +70,9 @@ def test_exec_of_a_binary_listed_by_md5_or_sha1_is_denied_with_a_finding(
     feed.chmod(0o600)
     agent = start_agent(config_for(tmpfs, shared_dir, {IOC: {name: str(feed)}}, enabled=(IOC,)))
     assert _extension(agent, IOC).state == "running"
-    assert not _runs(evil)
-    assert _runs(other)
-    assert _eventually(lambda: bool(titled(agent, f"Blocked execution of e2e-{algorithm}")))
+    assert not runs(evil)
+    assert runs(other)
+    assert eventually(lambda: bool(titled(agent, f"Blocked execution of e2e-{algorithm}")))
 
 
 def test_loopback_connect_to_a_listed_address_raises_a_finding(
@@ -89,7 +90,7 @@ def test_loopback_connect_to_a_listed_address_raises_a_finding(
         try:
             conn, _ = server.accept()
             with conn:
-                assert _eventually(lambda: bool(titled(agent, "Connection to listed address 127.0.0.77")))
+                assert eventually(lambda: bool(titled(agent, "Connection to listed address 127.0.0.77")))
                 conn.send(b"x")
         finally:
             client.wait(timeout=30)
@@ -108,11 +109,11 @@ def test_broken_update_of_a_list_keeps_the_last_good_one_in_force(
     feed = root_only_dir / "feed.ioc"
     feed.write_text(hashlib.md5(evil.read_bytes()).hexdigest() + "\n")
     agent = start_agent(config_for(tmpfs, shared_dir, {IOC: {"feed.ioc": str(feed)}}, enabled=(IOC,)))
-    assert not _runs(evil)
+    assert not runs(evil)
     feed.write_text(hashlib.sha1(other.read_bytes()).hexdigest() + "\nnot-an-indicator\n")
-    assert _eventually(lambda: f"{feed}:2: error: cannot infer the kind" in _extension(agent, IOC).last_error)
-    assert not _runs(evil), "the last good list is no longer in force"
-    assert _runs(other)
+    assert eventually(lambda: f"{feed}:2: error: cannot infer the kind" in _extension(agent, IOC).last_error)
+    assert not runs(evil), "the last good list is no longer in force"
+    assert runs(other)
     feed.write_text(hashlib.sha1(other.read_bytes()).hexdigest() + "\n")
-    assert _eventually(lambda: not _runs(other)), "the fixed list never took effect"
-    assert _runs(evil)
+    assert eventually(lambda: not runs(other)), "the fixed list never took effect"
+    assert runs(evil)
