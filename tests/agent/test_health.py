@@ -297,3 +297,12 @@ def test_a_running_agent_numbers_its_heartbeats_and_they_decode_on_the_other_sid
     assert back.schema_version == HEARTBEAT_SCHEMA_VERSION and back.host_id == agent.config.host
     assert back.health.healthy, back.health.problems
     assert {s.name for s in back.health.sensors} >= {"process", "file", "exec-auth"}
+
+
+def test_a_running_sensor_with_a_problem_degrades() -> None:
+    """Audit switched off under a running sensor: running, but the agent is not healthy."""
+    sensors = [SensorStatistics(name="audit", running=True, problem="audit was disabled (auditctl -e 0?)")]
+    problems = problems_of(
+        sensors=sensors, unavailable={}, broker=_broker(), extensions=[], drops=[], drop_window_s=60
+    )
+    assert problems == ["sensor audit: audit was disabled (auditctl -e 0?)"]

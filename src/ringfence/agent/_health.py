@@ -104,6 +104,7 @@ def problems_of(
 ) -> list[str]:
     problems = [f"sensor {n} unavailable: {why}" for n, why in unavailable.items()]
     problems += [f"sensor {s.name} stopped" for s in sensors if not s.running]
+    problems += [f"sensor {s.name}: {s.problem}" for s in sensors if s.running and s.problem]
     problems += [p for p in map(extension_problem, extensions) if p is not None]
     problems += auth_problems(broker)
     problems += [

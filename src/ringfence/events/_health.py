@@ -25,6 +25,9 @@ class SensorStatistics(msgspec.Struct):
     errors: int = 0
     last_seq: int = 0
     detail: dict[str, int] = msgspec.field(default_factory=dict)
+    # Running, but part of it is switched off from outside (audit disabled, its rules deleted, a mount
+    # whose execs cannot be gated): one line, and the agent is degraded while it is set.
+    problem: str = ""
 
 
 class ChannelStatistics(msgspec.Struct, frozen=True):

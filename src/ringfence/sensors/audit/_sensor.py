@@ -154,6 +154,7 @@ class AuditSensor:
             errors=counters.parse_errors + counters.sink_errors,
             last_seq=self._wiring.stamper.last_seq,
             detail=dataclasses.asdict(counters),
+            problem=state.problem if state else "",
         )
 
 
@@ -235,6 +236,7 @@ class _Running:
         self.foreign_key = 0
         self.own_pid = os.getpid() if self.tuning.exclude_self else -1
         self.lost_now = found.lost
+        self.problem = ""  # what someone else switched off, as the last status read showed
         sink = wiring.event_sink or wiring.network_sink
         self.feed = FeedPublisher(wiring.feed, sink, wiring.stamper, wiring.resolver, own_pid=self.own_pid)
 
@@ -299,6 +301,20 @@ class _Running:
             )
         )
 
+    def _tampering(self, status: nl.AuditStatus) -> str:
+        """What someone else switched off since we started, or "": a root process can disable audit,
+        take the daemon role, or delete our rules, and the records would just stop coming."""
+        if status.enabled == 0:
+            return "audit was disabled (auditctl -e 0?): no exec or network records arrive"
+        if self.mode is Mode.DAEMON and status.pid != os.getpid():
+            holder = f"pid {status.pid}" if status.pid else "no process"
+            return f"the audit daemon role was taken from this agent ({holder} has it): no records arrive"
+        if self._rules() and self.wiring.key not in {
+            key.partition(":")[0] for rule in self.control.list_rules() for key in rule.keys
+        }:
+            return f"its audit rules (key {self.wiring.key!r}) were deleted (auditctl -D?): no records"
+        return ""
+
     def _rules(self) -> list[bytes]:
         names = (EXEC_SYSCALLS if self.wiring.want_exec else ()) + (
             NETWORK_SYSCALLS if self.wiring.want_network else ()
@@ -350,7 +366,9 @@ class _Running:
     def counters(self, *, refresh_lost: bool) -> _Counters:
         if refresh_lost:
             try:
-                self.lost_now = self.control.status().lost
+                status = self.control.status()
+                self.lost_now = status.lost
+                self.problem = self._tampering(status)
             except (SensorError, OSError) as e:
                 log.debug("audit status for statistics: %s", e)
         stats = self.assembler.stats
