@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -388,3 +390,52 @@ def test_file_rewritten_while_it_is_judged_does_not_run(make_sensor: MakeSensor,
     assert target.read_bytes() == evil  # the writer was let through, after the answer
     assert not marker.exists()
     assert _detail(sensor[0], "denied_written_while_judged") == 1
+
+
+def _mount_tmpfs(at: Path) -> None:
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "rf-test", str(at)], check=True)
+
+
+def test_mount_made_again_at_the_same_path_is_gated_again(make_sensor: MakeSensor, tmpfs: Path) -> None:
+    """Unmount a gated mount and mount a new one at the same path: the new one has no mark. It was
+    skipped as "already marked", and a denied binary copied there ran."""
+    sub = tmpfs / "sub"
+    sub.mkdir()
+    sink = PolicySink(deny=(str(sub / "evil"),))
+    sensor = make_sensor(sink, mounts=[f"{tmpfs}/*"])
+    marked = _detail(sensor, "mounts_marked")
+    try:
+        for round_ in range(2):
+            _mount_tmpfs(sub)
+            wait_until(lambda r=round_: _detail(sensor, "mounts_marked") == marked + r + 1, what="the mark")
+            shutil.copy2("/bin/true", sub / "evil")
+            with pytest.raises(PermissionError):
+                run(sub / "evil")
+            subprocess.run(["umount", str(sub)], check=True)
+    finally:
+        subprocess.run(["umount", "-q", str(sub)], check=False)
+    assert sensor.statistics().problem == ""
+
+
+def test_mount_whose_execs_cannot_be_gated_degrades_status(
+    make_sensor: MakeSensor, tmpfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = tmpfs / "sub"
+    sub.mkdir()
+    sensor = make_sensor(PolicySink(), mounts=[f"{tmpfs}/*"])
+    real = sensor._mark_mount
+
+    def refuse_sub(fd: int, mount: str) -> None:
+        if mount == str(sub):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, mount)
+
+    monkeypatch.setattr(sensor, "_mark_mount", refuse_sub)
+    try:
+        _mount_tmpfs(sub)
+        wait_until(lambda: _detail(sensor, "mounts_unmarked") == 1, what="the refused mark")
+        assert sensor.statistics().problem == f"execs on 1 mount(s) are not gated: {sub} (Invalid argument)"
+        subprocess.run(["umount", str(sub)], check=True)
+        wait_until(lambda: sensor.statistics().problem == "", what="the problem to clear with the mount")
+    finally:
+        subprocess.run(["umount", "-q", str(sub)], check=False)

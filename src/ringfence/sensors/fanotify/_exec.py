@@ -96,6 +96,7 @@ class ExecAuthSensor(VerdictCaching):
         self._mounts = tuple(mounts)
         self._watch_mounts = any(m.endswith("/*") for m in self._mounts)
         self._marked: set[str] = set()
+        self._unmarked: dict[str, str] = {}  # mount -> why its execs cannot be gated (status says so)
         self._open_paths = tuple(open_paths)
         self._deadline_ns = deadline_ms * 1_000_000
         self._stamper = HeaderStamper(self.name, host, clock)
@@ -145,6 +146,7 @@ class ExecAuthSensor(VerdictCaching):
         except OSError as e:
             raise lc.unavailable(INTERFACE, e) from e
         self._marked = set()
+        self._unmarked = {}
         try:
             explicit, expanded = mounts.expand(self._mounts)
             for mount in explicit:
@@ -171,6 +173,7 @@ class ExecAuthSensor(VerdictCaching):
                 self._mark_mount(fd, mount)
             except OSError as e:
                 self._marked.add(mount)  # do not retry it on every mount-table change
+                self._unmarked[mount] = e.strerror or str(e)
                 self._counters.add("mounts_unmarked")
                 log.warning("exec-auth cannot gate execs on mount %s: %s", mount, e.strerror)
 
@@ -181,10 +184,18 @@ class ExecAuthSensor(VerdictCaching):
         while chunk := os.read(mountinfo_fd, 65536):
             chunks.append(chunk)
         text = b"".join(chunks).decode("utf-8", "surrogateescape")
-        _, expanded = mounts.expand(self._mounts, text)
+        explicit, expanded = mounts.expand(self._mounts, text)
         with self._lock:
             if self._fd >= 0:
+                self._forget_unmounted(set(explicit) | set(expanded))
                 self._mark_mounts(self._fd, expanded)
+
+    def _forget_unmounted(self, present: set[str]) -> None:
+        """A mount that went away took its mark with it: a mount made later at the same path must be
+        marked afresh (it was skipped as already marked: unmount, mount again, and its execs ran ungated)."""
+        self._marked &= present
+        for mount in [m for m in self._unmarked if m not in present]:
+            del self._unmarked[mount]
 
     def _mark_open_paths(self, fd: int) -> None:
         """A mount point gets a mount mark (its whole tree), a directory its children, a file itself."""
@@ -261,6 +272,7 @@ class ExecAuthSensor(VerdictCaching):
                     self._on_mount_change(mountinfo)
                 except Exception:  # supervision boundary: this thread must keep reading permission events
                     log.exception("exec-auth could not gate new mounts")
+                    self._unmarked["(new mounts)"] = "the mount table could not be read"
                     self._counters.add("mounts_unmarked")
                 if fd not in ready:
                     continue
@@ -407,7 +419,15 @@ class ExecAuthSensor(VerdictCaching):
             errors=detail["decode_errors"] + detail["sink_errors"] + detail["answer_errors"],
             last_seq=self._stamper.last_seq,
             detail=detail,
+            problem=self._unmarked_problem(),
         )
+
+    def _unmarked_problem(self) -> str:
+        unmarked = dict(self._unmarked)  # written by the reader thread; a copy is enough here
+        if not unmarked:
+            return ""
+        listed = ", ".join(f"{m} ({why})" for m, why in sorted(unmarked.items())[:5])
+        return f"execs on {len(unmarked)} mount(s) are not gated: {listed}"
 
 
 def _disable_vfork() -> None:
