@@ -47,6 +47,7 @@ from ringfence.sdk._manifest import (
     ManifestError,
     Permission,
 )
+from ringfence.sdk._memo import LruMemo, MemoStatistics
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -79,8 +80,10 @@ __all__ = [
     "FileActivityId",
     "Header",
     "LogEvent",
+    "LruMemo",
     "Manifest",
     "ManifestError",
+    "MemoStatistics",
     "NetworkActivity",
     "NetworkActivityId",
     "Permission",
