@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -492,3 +493,24 @@ def test_an_update_that_outlives_stop_activates_nothing(host: Host) -> None:
     loop.stop()
     assert loop.step() is OK
     assert host.item.package_version == ""
+
+
+def test_slots_staged_under_a_umask_of_077_stay_readable_by_the_sandbox(tmp_path: Path) -> None:
+    """The umask is the whole process's: the operator's (077 is common for root) or one another thread
+    set for a moment must never make a slot unreadable to `ringfence-ext`, which cannot then load it
+    (a CI failure: the status socket's bind used to set 0177 while the update thread staged a slot)."""
+    operator = tmp_path / "ops" / "own.txt"
+    operator.parent.mkdir()
+    operator.write_text("one\n")
+    old = os.umask(0o077)
+    try:
+        h = Host(tmp_path / "state", {"own.txt": str(operator)})
+        stage_package(h.state, "1.0", {"rules/deep/pkg.txt": "p\n"})
+        h.loop(Fake(OK)).step()
+    finally:
+        os.umask(old)
+    assert (h.active / "rules" / "deep" / "pkg.txt").read_text() == "p\n"
+    slot = h.active.resolve()
+    for path in [slot, *slot.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), f"{path}: {mode:o}"

@@ -224,7 +224,8 @@ class ContentStore:
         number = max(_slot_numbers(slots), default=0) + 1
         tmp = os.path.join(slots, f".new-{number}")
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-write
-        os.mkdir(tmp, 0o755)
+        os.mkdir(tmp)
+        os.chmod(tmp, 0o755)  # noqa: S103 - the sandbox reads it; never the umask (a thread or operator may set 077)
         try:
             signatures = self._copy_all(item, tmp)
             if item.package_dir is not None:
@@ -284,7 +285,7 @@ def _copy_package(item: StagedContent, slot_dir: str) -> None:
                     "content of %s: %s of the operator's is kept over the package's", item.ext_id, rel
                 )
                 continue
-            os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+            _readable_dirs(slot_dir, os.path.dirname(rel))
             try:
                 _copy(origin, dest)
             except ContentError as e:
@@ -480,6 +481,16 @@ def _swap_active(root: str, number: int) -> None:
     os.symlink(os.path.join(SLOTS, str(number)), link)
     os.replace(link, os.path.join(root, ACTIVE))
     fsync_dir(root)
+
+
+def _readable_dirs(slot_dir: str, rel: str) -> None:
+    """`slot_dir/rel` and each directory between, 0755 whatever the umask."""
+    path = slot_dir
+    for part in rel.split(os.sep) if rel else ():
+        path = os.path.join(path, part)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        os.chmod(path, 0o755)  # noqa: S103 - read by the sandbox: content, not secrets
 
 
 def _slot_numbers(slots: str) -> list[int]:

@@ -137,7 +137,8 @@ class _Extensions:
         specs = extension_specs(config, self.contents)
         for spec in specs:
             if spec.state_dir:
-                os.makedirs(os.path.dirname(spec.state_dir), mode=0o711, exist_ok=True)
+                os.makedirs(os.path.dirname(spec.state_dir), exist_ok=True)
+                os.chmod(os.path.dirname(spec.state_dir), 0o711)  # noqa: S103 - the sandbox user passes through
                 os.makedirs(spec.state_dir, mode=0o700, exist_ok=True)  # the sandbox gives it to the user
         broker = agent.broker
         self.supervisor = Supervisor(

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 from collections.abc import Callable
 
@@ -43,12 +45,20 @@ class StatusServer:
         if os.path.exists(self.path):
             os.unlink(self.path)  # a stale socket of a previous run; the caller holds the pid lock
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
+        # Bound in a private directory, made 0600 there, then renamed into place: so no umask (not
+        # os.umask, which is the whole process's and would make a content thread's files unreadable
+        # to the sandbox) ever exposes it. connect() finds a socket by its inode, which rename keeps.
+        private = tempfile.mkdtemp(prefix=".status-", dir=os.path.dirname(self.path))  # 0700
         try:
-            sock.bind(self.path)
+            staged = os.path.join(private, SOCKET_NAME)
+            sock.bind(staged)
+            os.chmod(staged, 0o600)
+            os.rename(staged, self.path)
+        except BaseException:
+            sock.close()
+            raise
         finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+            shutil.rmtree(private, ignore_errors=True)
         sock.listen(16)
         self._sock = sock
         self._thread.start()
