@@ -281,6 +281,7 @@ def _render_status(h: Health) -> str:
         + ("healthy" if h.healthy else "DEGRADED (" + "; ".join(h.problems) + ")"),
         f"uptime {h.uptime_s:.0f} s, rss {h.memory_rss_bytes >> 20} MiB, "
         f"cpu {h.cpu_user_s + h.cpu_system_s:.1f} s, threads {h.threads}",
+        *(f"WARNING {line}" for line in h.warnings),
         "sensors:",
     ]
     for s in h.sensors:

@@ -27,7 +27,7 @@ from ringfence.agent._cleanup import sweep as sweep_leftovers
 from ringfence.agent._config import Config
 from ringfence.agent._console import Console
 from ringfence.agent._errors import AgentError as AgentError  # noqa: PLC0414 - where callers import it
-from ringfence.agent._health import DropTracker, drop_totals, problems_of, summary_line
+from ringfence.agent._health import DropTracker, drop_totals, exposure_warnings, problems_of, summary_line
 from ringfence.agent._metrics import MetricsAddressError, MetricsServer, parse_listen
 from ringfence.agent._status import StatusServer
 from ringfence.agent._updates import ContentUpdateLoop
@@ -129,6 +129,8 @@ class Agent:
             raise
         for name, why in self.unavailable.items():
             self.console.line(f"WARNING sensor {name} unavailable: {why}. {WHAT_STILL_WORKS.get(name, '')}")
+        for line in exposure_warnings(exec_gated=any(s.name == "exec-auth" for s in self.sensors)):
+            self.console.line(f"WARNING {line}")
 
     def _open_state_dir(self) -> None:
         try:
@@ -412,6 +414,7 @@ class Agent:
             uptime_s=(time.time_ns() - self._started_ns) / 1e9,
             healthy=not problems,
             problems=problems,
+            warnings=exposure_warnings(exec_gated=any(s.name == "exec-auth" and s.running for s in sensors)),
             sensors=sensors,
             unavailable=dict(self.unavailable),
             broker=broker,

@@ -28,6 +28,34 @@ from ringfence.events import (
 
 DEFAULT_DROP_WINDOW_S = 300.0
 
+USERNS_SYSCTLS = ("/proc/sys/kernel/unprivileged_userns_clone", "/proc/sys/user/max_user_namespaces")
+
+
+def exposure_warnings(*, exec_gated: bool, sysctls: tuple[str, str] = USERNS_SYSCTLS) -> list[str]:
+    """The ways around the exec gate that this kernel's settings leave open (README, Known limits).
+
+    fanotify mount marks cover the agent's own mount namespace: where an unprivileged user may create a
+    user namespace, they can mount a tmpfs inside it and exec from there unseen by the gate."""
+    if not exec_gated:
+        return []
+    clone, max_userns = (_read_int(path) for path in sysctls)
+    if clone == 0 or max_userns == 0:
+        return []
+    return [
+        "exec gate: unprivileged user namespaces are allowed, so any user can exec from a mount made in "
+        "a namespace of their own, which the gate does not see (sysctl user.max_user_namespaces=0 or "
+        "kernel.unprivileged_userns_clone=0 closes it; such execs are still recorded)"
+    ]
+
+
+def _read_int(path: str) -> int | None:
+    """The sysctl's value; None when this kernel has no such file (it then does not restrict)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
 
 class DropTracker:
     """Per stage: the drop total last seen and when it last grew, on the injected monotonic clock."""

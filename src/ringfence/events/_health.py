@@ -169,6 +169,9 @@ class Health(msgspec.Struct, kw_only=True):
     uptime_s: float
     healthy: bool
     problems: list[str]  # one line each; empty when healthy
+    # Ways around the protection that this host leaves open, one line each: they do not make the agent
+    # degraded (it works as configured) but the operator must see them (status, console, heartbeat).
+    warnings: list[str] = msgspec.field(default_factory=list)
     sensors: list[SensorStatistics]
     unavailable: dict[str, str]  # sensor -> why it is not running
     broker: BrokerStatistics
