@@ -96,6 +96,8 @@ HAND_BUILT: list[Event] = [
     _finding("denied", file_path="/tmp/m", file_sha256="ab" * 32, rule="r1", related_event="e1"),
     _finding("killed", process=IN_CONTAINER, description="why"),
     _finding(None),
+    _finding(None, techniques=("T1059.004", "T1105"), tactics=("execution", "command-and-control")),
+    _finding(None, tactics=("persistence", "made-up-tactic")),
     *(_finding(a) for a in ("allowed", "quarantined", "isolated", "deleted", "observed", "")),
     AuthRequest(header=STAMP.stamp(), kind=AuthKind.EXEC, path="/tmp/m", process=PROC),
     AuthRequest(header=STAMP.stamp(), kind=AuthKind.OPEN, path="/etc/shadow", process=BARE),
@@ -111,6 +113,27 @@ def test_every_record_declares_ocsf_1_8_0_and_the_host_profile() -> None:
     for event in HAND_BUILT:
         metadata = to_ocsf(event)["metadata"]
         assert metadata["version"] == "1.8.0" and "host" in metadata["profiles"]
+
+
+def test_finding_carries_attack_techniques_sub_techniques_and_tactics_with_their_ids() -> None:
+    d = to_ocsf(
+        _finding(None, techniques=("T1059.004", "T1105"), tactics=("execution", "command-and-control"))
+    )
+    attacks = d["finding_info"]["attacks"]
+    assert len(attacks) == 4  # two techniques, each under both tactics
+    first = attacks[0]
+    assert first["technique"] == {"uid": "T1059"} and first["sub_technique"] == {"uid": "T1059.004"}
+    assert first["tactic"] == {"uid": "TA0002", "name": "Execution"}
+    assert attacks[1]["tactic"] == {"uid": "TA0011", "name": "Command and Control"}
+    assert attacks[2]["technique"] == {"uid": "T1105"} and "sub_technique" not in attacks[2]
+    only_tactics = to_ocsf(_finding(None, tactics=("persistence", "made-up-tactic")))["finding_info"][
+        "attacks"
+    ]
+    assert only_tactics == [
+        {"tactic": {"uid": "TA0003", "name": "Persistence"}},
+        {"tactic": {"name": "made-up-tactic"}},
+    ]
+    assert "attacks" not in to_ocsf(_finding(None))["finding_info"]
 
 
 def test_process_launch_has_its_parent_as_actor_and_no_argv_list() -> None:

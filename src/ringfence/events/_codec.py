@@ -202,7 +202,53 @@ def _finding_info(e: DetectionFinding) -> dict[str, Any]:
         info["analytic"] = {"name": e.rule, "type_id": 1, "type": "Rule"}
     if e.related_event is not None:
         info["related_events"] = [{"uid": e.related_event}]
+    attacks = _attacks(e.techniques, e.tactics)
+    if attacks:
+        info["attacks"] = attacks
     return info
+
+
+# ATT&CK Enterprise tactics: the short names Sigma tags use -> (id, name).
+_TACTICS = {
+    "reconnaissance": ("TA0043", "Reconnaissance"),
+    "resource-development": ("TA0042", "Resource Development"),
+    "initial-access": ("TA0001", "Initial Access"),
+    "execution": ("TA0002", "Execution"),
+    "persistence": ("TA0003", "Persistence"),
+    "privilege-escalation": ("TA0004", "Privilege Escalation"),
+    "defense-evasion": ("TA0005", "Defense Evasion"),
+    "credential-access": ("TA0006", "Credential Access"),
+    "discovery": ("TA0007", "Discovery"),
+    "lateral-movement": ("TA0008", "Lateral Movement"),
+    "collection": ("TA0009", "Collection"),
+    "command-and-control": ("TA0011", "Command and Control"),
+    "exfiltration": ("TA0010", "Exfiltration"),
+    "impact": ("TA0040", "Impact"),
+}
+
+
+def _tactic(short: str) -> dict[str, str]:
+    known = _TACTICS.get(short.lower().replace("_", "-"))
+    return {"uid": known[0], "name": known[1]} if known else {"name": short}
+
+
+def _attacks(techniques: tuple[str, ...], tactics: tuple[str, ...]) -> list[dict[str, Any]]:
+    """OCSF `attack` objects (one tactic each: `tactics` is deprecated in 1.8.0): each technique (a
+    sub-technique with its parent) under each of the rule's tactics; only tactics, one per tactic."""
+    named: list[dict[str, str] | None] = [_tactic(t) for t in tactics] or [None]
+    if not techniques:
+        return [{"tactic": t} for t in named if t is not None]
+    out = []
+    for uid in techniques:
+        parent, dot, _ = uid.upper().partition(".")
+        for tactic in named:
+            attack: dict[str, Any] = {"technique": {"uid": parent}}
+            if dot:
+                attack["sub_technique"] = {"uid": uid.upper()}
+            if tactic is not None:
+                attack["tactic"] = tactic
+            out.append(attack)
+    return out
 
 
 def _evidence(e: DetectionFinding, profiles: set[str]) -> dict[str, Any]:

@@ -172,6 +172,8 @@ class DetectionFinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     file_sha256: str | None = None
     action: str | None = None  # what was done about it: "denied", "killed", "quarantined", ...
     related_event: str | None = None  # header.id of the event that triggered it
+    techniques: tuple[str, ...] = ()  # MITRE ATT&CK technique ids: "T1059", "T1059.004"
+    tactics: tuple[str, ...] = ()  # ATT&CK tactic short names: "execution", "defense-evasion"
 
 
 Event = (

@@ -93,6 +93,8 @@ class Context(Protocol):
         file_sha256: str | None = None,
         action: str | None = None,
         related_event: str | None = None,
+        techniques: tuple[str, ...] = (),
+        tactics: tuple[str, ...] = (),
     ) -> None: ...
 
     def invalidate_verdicts(self, reason: str) -> None:

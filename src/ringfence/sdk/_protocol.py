@@ -125,6 +125,10 @@ class AuthReply(msgspec.Struct, frozen=True, tag="verdict", tag_field="t"):
     answer: AuthAnswer
 
 
+AttackId = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+"""An ATT&CK technique id (T1059.004) or tactic short name (defense-evasion), as Sigma tags carry them."""
+
+
 class FindingReport(
     msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="finding", tag_field="t"
 ):
@@ -139,6 +143,8 @@ class FindingReport(
     file_sha256: Sha256 | None = None
     action: Short | None = None
     related_event: Short | None = None
+    techniques: Annotated[tuple[AttackId, ...], msgspec.Meta(max_length=32)] = ()  # "T1059", "T1059.004"
+    tactics: Annotated[tuple[AttackId, ...], msgspec.Meta(max_length=16)] = ()  # "execution", ...
 
 
 class ActionCall(msgspec.Struct, frozen=True, tag="action", tag_field="t"):

