@@ -224,8 +224,7 @@ class ContentStore:
         number = max(_slot_numbers(slots), default=0) + 1
         tmp = os.path.join(slots, f".new-{number}")
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-write
-        os.mkdir(tmp)
-        os.chmod(tmp, 0o755)  # noqa: S103 - the sandbox reads it; never the umask (a thread or operator may set 077)
+        _mkdir(tmp, 0o755)
         try:
             signatures = self._copy_all(item, tmp)
             if item.package_dir is not None:
@@ -484,13 +483,12 @@ def _swap_active(root: str, number: int) -> None:
 
 
 def _readable_dirs(slot_dir: str, rel: str) -> None:
-    """`slot_dir/rel` and each directory between, 0755 whatever the umask."""
+    """`slot_dir/rel` and each directory between, 0755 whatever the umask (makedirs would give the
+    intermediate ones the umask's mode)."""
     path = slot_dir
     for part in rel.split(os.sep) if rel else ():
         path = os.path.join(path, part)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path)
-        os.chmod(path, 0o755)  # noqa: S103 - read by the sandbox: content, not secrets
+        _mkdir(path, 0o755)
 
 
 def _slot_numbers(slots: str) -> list[int]:
@@ -504,6 +502,8 @@ def _prune(slots: str, *, keep: int, also: int) -> None:
 
 
 def _mkdir(path: str, mode: int) -> None:
+    """A root-owned directory of exactly `mode`: chmod'ed, never left to the umask, which is the whole
+    process's (another thread's, or the operator's 077, would hide content from the sandbox)."""
     os.makedirs(path, mode=mode, exist_ok=True)
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or (st.st_uid != 0 and os.geteuid() == 0):
