@@ -58,7 +58,8 @@ def test_specs_grant_the_content_store_and_no_operator_directory(tmp_path: Path)
     config = Config(
         agent=AgentSection(state_dir=str(state)),
         extensions=ExtensionsSection(
-            config={"ringfence.reputation": {"blocklist": str(blocklist), "memo_entries": 8}}
+            enabled=("ringfence.reputation",),
+            config={"ringfence.reputation": {"blocklist": str(blocklist), "memo_entries": 8}},
         ),
     )
     try:

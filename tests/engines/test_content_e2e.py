@@ -318,7 +318,7 @@ def test_cli_blocklist_flag_with_a_root_only_list_blocks_the_binary(
             check=False,
             timeout=30,
         )
-        [ext] = json.loads(status.stdout)["extensions"]
+        ext = {e["id"]: e for e in json.loads(status.stdout)["extensions"]}[REPUTATION]
         assert (ext["id"], ext["state"]) == (REPUTATION, "running")
     finally:
         proc.send_signal(signal.SIGINT)

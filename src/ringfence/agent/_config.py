@@ -54,10 +54,10 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     open_auth_paths: tuple[str, ...] = ()  # paths whose opens are gated too (FAN_OPEN_PERM)
     audit_key: str = "ringfence"
     audit_backlog_limit: int = 8192  # records
-    audit_events: bool = False  # every other audit event (baseline watches, ...) as an AuditEvent, kind audit
+    audit_events: bool = True  # every other audit event (baseline watches, ...) as an AuditEvent, kind audit
     audit_events_all: bool = False  # ... and those already turned into process and network events too
-    audit_identity: bool = False  # PAM and shadow records: Authentication and Account Change events
-    audit_baseline: bool = False  # the documented audit rules (README): credentials, cron, modules, ...
+    audit_identity: bool = True  # PAM and shadow records: Authentication and Account Change events
+    audit_baseline: bool = True  # the documented audit rules (README): credentials, cron, modules, ...
     audit_baseline_off: tuple[str, ...] = ()  # baseline categories left out, e.g. ("xattr", "memfd")
     logs: bool = True  # log lines (the journal, or auth.log, syslog, ...) as LogEvents
     log_files: tuple[str, ...] = DEFAULT_LOG_FILES  # those that do not exist are waited for
@@ -81,7 +81,13 @@ class OutputSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class ExtensionsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    enabled: tuple[str, ...] = ("ringfence.reputation",)  # entry-point names, or "id=module:attr"
+    enabled: tuple[str, ...] = (
+        "ringfence.reputation",
+        "ringfence.sigma",
+    )  # entry-point names, or "id=module:attr"
+    default_pack: bool = (
+        True  # Ringfence's own rules (content/default/) for the enabled engines that run them
+    )
     disabled: tuple[str, ...] = ()
     import_paths: tuple[str, ...] = ()  # extra import roots for "id=module:attr" extensions
     sandbox: bool = True

@@ -18,6 +18,7 @@ from ringfence.agent._content import (
 )
 from ringfence.agent._errors import AgentError
 from ringfence.agent._updates import make_update_loop
+from ringfence.content._default import default_pack
 from ringfence.events import ActionRequest, ActionResult, ExtensionStatistics
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
 from ringfence.response import ResponseConfig, ResponseExecutor
@@ -91,11 +92,32 @@ def _enabled_ids(config: Config) -> set[str]:
     return {name.partition("=")[0] for name in ext.enabled if name not in ext.disabled}
 
 
+DEFAULT_PACK_ENGINES = {"sigma": "ringfence.sigma"}
+"""The extension that runs each engine's part of the default pack."""
+
+
+def with_default_pack(
+    content: Mapping[str, Mapping[str, str]], enabled: set[str]
+) -> dict[str, dict[str, str]]:
+    """`content` with the default pack's files (content/default/) added for each enabled engine, under
+    names `default-<file>` that an operator's own files cannot take (theirs win if they do)."""
+    out = {ext_id: dict(files) for ext_id, files in content.items()}
+    for engine, paths in default_pack().items():
+        ext_id = DEFAULT_PACK_ENGINES.get(engine)
+        if ext_id is None or ext_id not in enabled:
+            continue
+        files = out.setdefault(ext_id, {})
+        for path in paths:
+            files.setdefault(f"default-{os.path.basename(path)}", path)
+    return out
+
+
 def stage_content(config: Config) -> tuple[ContentStore, dict[str, StagedContent]]:
     """Read every enabled extension's content files (as root) into the state dir. Raises AgentError, one
     line naming each file at fault, before anything is started (ContentError is one)."""
     content, _ = migrate_settings(config.extensions.content, config.extensions.config)
     enabled = _enabled_ids(config)
+    content = with_default_pack(content, enabled) if config.extensions.default_pack else content
     for ext_id in sorted(set(content) - enabled):
         log.warning("content configured for %s, which is not enabled: not staged", ext_id)
     wanted = {ext_id: files for ext_id, files in content.items() if ext_id in enabled and files}

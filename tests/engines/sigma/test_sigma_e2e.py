@@ -69,8 +69,10 @@ def agents() -> Iterator[list[Agent]]:
 def config_for(tmpfs: Path, shared_dir: Path, files: dict[str, Path]) -> Config:
     config = scoped_config(tmpfs, shared_dir / "state", extensions=(SIGMA,), import_paths=(REPO,))
     content = {SIGMA: {name: str(path) for name, path in files.items()}}
+    # the operator's rules alone: these tests are about how content is loaded, replaced and refused
+    # (the default pack has tests of its own, tests/agent/test_default_pack_e2e.py)
     return msgspec.structs.replace(
-        config, extensions=msgspec.structs.replace(config.extensions, content=content)
+        config, extensions=msgspec.structs.replace(config.extensions, content=content, default_pack=False)
     )
 
 

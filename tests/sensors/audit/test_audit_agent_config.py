@@ -16,8 +16,13 @@ def _feed(text: bytes) -> AuditFeed:
     return Agent(parse_config(text, "ringfence.toml"), console=Console(io.StringIO()))._audit_feed()
 
 
-def test_the_feed_is_off_by_default() -> None:
+def test_the_feed_and_the_baseline_are_on_by_default() -> None:
     feed = _feed(b"")
+    assert (feed.audit_events, feed.identity, feed.baseline) == (True, True, DEFAULT_BASELINE)
+
+
+def test_the_feed_turns_off() -> None:
+    feed = _feed(b"[sensors]\naudit_events = false\naudit_identity = false\naudit_baseline = false\n")
     assert (feed.wanted, feed.baseline) == (False, None)
 
 

@@ -19,6 +19,10 @@ run time such a field is simply absent (a missing field never raises).
 | syslog, auth         | LogEvent (auth: auth.log, secure, or an auth program's) | keywords          |
 | sshd, sudo, su, ...  | LogEvent of that program (`_LOG_SERVICES`) | keywords; sudo: USER, COMMAND, TTY, PWD
 
+The acting process of a file, network or DNS event comes with its parent (ParentImage,
+ParentCommandLine, ...), as a process creation does: a write to /etc/cron.d by `sh` whose parent is dpkg
+is a package's, not an attacker's.
+
 An audit event is matched record by record, as SigmaHQ's auditd rules are written (one log line a
 record: `type: EXECVE` with `a0`, `type: SYSCALL` with `exe` and `key`, `type: PATH` with `name`); a
 rule matches the event when it matches one of its records. Field names are the record's own, as
@@ -153,12 +157,17 @@ _ACTOR: dict[str, FieldSpec] = {
     "CurrentDirectory": FieldSpec(_cwd, "process.cwd"),
 }
 
-_PROCESS: dict[str, FieldSpec] = {
-    **_ACTOR,
+_PARENT: dict[str, FieldSpec] = {
     "ParentImage": FieldSpec(_parent_exe, "process.parent.exe"),
     "ParentCommandLine": FieldSpec(lambda e: _cmdline(_parent(e)), "process.parent.cmdline joined"),
     "ParentProcessId": FieldSpec(lambda e: _of(_proc(e), "ppid"), "process.ppid", numeric=True),
     "ParentUser": FieldSpec(lambda e: _user(_parent(e)), "process.parent.user (else its uid)"),
+}
+"""The acting process's parent: every event with an actor carries it (the process table's entry)."""
+
+_PROCESS: dict[str, FieldSpec] = {
+    **_ACTOR,
+    **_PARENT,
     "OriginalFileName": FieldSpec(None, "not supplied: an ELF file has no original-name resource"),
     "LogonId": FieldSpec(None, "not supplied: the audit session id is not in ProcessRef yet"),
     "ProcessGuid": FieldSpec(None, "not supplied"),
@@ -174,6 +183,7 @@ def _file_target(e: Subject) -> str | None:
 
 _FILE: dict[str, FieldSpec] = {
     **_ACTOR,
+    **_PARENT,
     "TargetFilename": FieldSpec(_file_target, "path (new_path for a rename)"),
     "SourceFilename": FieldSpec(lambda e: getattr(e, "path", None), "path (the old name of a rename)"),
 }
@@ -195,6 +205,7 @@ def _initiated(e: Subject) -> str | None:
 
 _NETWORK: dict[str, FieldSpec] = {
     **_ACTOR,
+    **_PARENT,
     "DestinationIp": FieldSpec(lambda e: _remote(e, "ip"), "remote.ip"),
     "DestinationPort": FieldSpec(lambda e: _remote(e, "port"), "remote.port", numeric=True),
     "SourceIp": FieldSpec(lambda e: _local(e, "ip"), "local.ip"),
@@ -247,6 +258,7 @@ def _answer(e: Subject) -> str | None:
 
 _DNS_QUERY: dict[str, FieldSpec] = {
     **_ACTOR,
+    **_PARENT,
     "QueryName": FieldSpec(lambda e: _dns_query(e, "hostname"), "query.hostname"),
     "QueryType": FieldSpec(lambda e: _dns_query(e, "type"), "query.type (A, AAAA, TXT, ...)"),
     "QueryResults": FieldSpec(None, "not supplied: answers come in a response event of their own"),

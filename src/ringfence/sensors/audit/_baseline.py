@@ -58,6 +58,9 @@ DEFAULT_BASELINE = Baseline(
         Watch(
             "identity", ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow", "/etc/security/opasswd")
         ),
+        # reads too: a password hash dumper is any program that opens these (the pack names the
+        # authentication tools that may)
+        Watch("credentials-read", ("/etc/shadow", "/etc/gshadow", "/etc/security/opasswd"), perms="r"),
         Watch("sudoers", ("/etc/sudoers", "/etc/sudoers.d")),
         Watch(
             "cron",
