@@ -25,8 +25,8 @@ from ringfence.events import Health, decode_heartbeat
 from ringfence.outputs import SD_ID
 from tests.agent.e2e_extensions import FindingsOnExec
 from tests.agent.helpers import eventually, runs, scoped_config
+from tests.outputs.receivers import TcpReceiver
 from tests.outputs.rfc5424_strict import Message, parse
-from tests.outputs.test_syslog_sink import TcpReceiver
 
 REPO = str(Path(__file__).resolve().parents[2])
 EXTENSION = "e2e.findings=tests.agent.e2e_extensions:FindingsOnExec"
