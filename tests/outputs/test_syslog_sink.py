@@ -203,3 +203,17 @@ def test_message_too_large_for_the_socket_is_dropped_counted_and_the_next_goes(
     assert eventually(lambda: sink.statistics().sent == 1)
     s = sink.statistics()
     assert s.unsendable == 1 and "too large" in s.last_error
+
+
+def test_stop_wakes_a_send_blocked_on_a_receiver_that_never_reads(
+    tcp_receiver: Callable[..., TcpReceiver],
+) -> None:
+    rx = tcp_receiver(read=False, rcvbuf=4096)
+    sink = _sink(f"tcp://127.0.0.1:{rx.port}", capacity=16, send_buffer_bytes=4096, timeout_s=600.0)
+    sink.start()
+    for f in _findings(100, pad=4000):
+        sink.deliver(f)
+    assert eventually(lambda: sink.statistics().channel.dropped > 0)  # the sender is stuck in a send
+    sink.stop(timeout=0.5)  # its own deadline is 10 minutes away: only the shutdown can end it
+    assert not sink._thread.is_alive()
+    assert sink.statistics().sent < 100

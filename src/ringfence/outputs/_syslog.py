@@ -227,8 +227,8 @@ class SyslogSink(FixedSubscription):
 
     def _step(self) -> bool:
         """One turn: connect if due, take a message if none is pending, send it. False: done."""
-        if self._link is None and self._clock() >= self._retry_at:
-            self._connect()
+        if self._link is None and self._drain_until is None and self._clock() >= self._retry_at:
+            self._connect()  # (not while stopping: a connect may take its whole deadline)
         if self._pending is None:
             try:
                 item = self._channel.get(timeout=self._idle_wait())
