@@ -33,7 +33,7 @@ from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
 from ringfence.agent._console import configure_logging
 from ringfence.content import ContentError
 from ringfence.content import _cli as content_cli
-from ringfence.events import ContentUpdateStatus, ExtensionStatistics, Health
+from ringfence.events import ContentUpdateStatus, ExtensionStatistics, Health, SyslogStatistics
 from ringfence.response import ResponseError
 
 EXIT_FAILED = 1
@@ -303,12 +303,24 @@ def _render_status(h: Health) -> str:
         lines += [_render_extension(e) for e in h.extensions]
     for o in h.outputs:
         lines.append(f"output {o.path}: written={o.written} dropped={o.channel.dropped}")
+    if h.syslog is not None:
+        lines.append(_render_syslog(h.syslog))
     if h.drops:
         lines.append(f"drops (degraded for {h.drop_window_s:g} s after each):")
         lines += [f"  {d.stage}: {d.total} in all, the last {d.last_s:.0f} s ago" for d in h.drops]
     if h.content_updates is not None:
         lines += _render_updates(h.content_updates)
     return "\n".join(lines)
+
+
+def _render_syslog(s: SyslogStatistics) -> str:
+    state = "FAILING" if s.failing_since_ns else ("connected" if s.connected else "not connected yet")
+    line = (
+        f"output syslog {s.address}: {state} sent={s.sent} queued={s.channel.queued} "
+        f"dropped={s.channel.dropped + s.unsendable} truncated={s.truncated} errors={s.errors} "
+        f"connections={s.connections}"
+    )
+    return line + (f"\n  last error: {s.last_error}" if s.last_error else "")
 
 
 def _render_updates(u: ContentUpdateStatus) -> list[str]:

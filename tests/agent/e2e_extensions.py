@@ -50,3 +50,40 @@ class KillOnSight(Extension):
         self.ctx.emit_finding(
             f"action {result.kind} ok={result.ok}", Severity.INFORMATIONAL, description=result.message
         )
+
+
+class FindingsOnExec(Extension):
+    """Raises findings when a file named `raise-finding` is launched (one, with hostile text in every
+    field a syslog message carries) or `raise-many` (`count` findings, each `pad` characters long)."""
+
+    manifest = Manifest(
+        id="e2e.findings",
+        vendor="ringfence-tests",
+        version="0",
+        subscribes=frozenset({EventKind.PROCESS}),
+    )
+    HOSTILE_TITLE = 'evil ] "quoted" \\ back\nnew line \x1b[31m'
+    HOSTILE_RULE = 'rule"]\\x'
+
+    def setup(self, ctx: Any) -> None:
+        super().setup(ctx)
+        self.count = int(ctx.settings.get("count", 300))
+        self.pad = int(ctx.settings.get("pad", 2000))
+
+    def on_event(self, event: Event) -> None:
+        if not isinstance(event, ProcessActivity) or event.activity is not ProcessActivityId.LAUNCH:
+            return
+        exe = event.process.exe or ""
+        if exe.endswith("/raise-finding"):
+            self.ctx.emit_finding(
+                self.HOSTILE_TITLE,
+                Severity.HIGH,
+                rule=self.HOSTILE_RULE,
+                process=event.process,
+                file_path=exe,
+                techniques=("T1059", "T1059.004"),
+                tactics=("execution",),
+            )
+        elif exe.endswith("/raise-many"):
+            for i in range(self.count):
+                self.ctx.emit_finding(f"many {i}", Severity.LOW, description="x" * self.pad)

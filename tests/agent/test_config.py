@@ -135,3 +135,57 @@ def test_toml_syntax_error_says_where() -> None:
         parse_config(b"[agent]\nstate_dir = \n", "r.toml")
     [problem] = caught.value.problems
     assert problem.key == "" and "not valid TOML" in problem.message and "line 2" in problem.message
+
+
+def test_syslog_output_keys_parse() -> None:
+    text = (
+        b'[output]\nsyslog = "tcp://[2001:db8::1]:6514"\nsyslog_facility = "local4"\n'
+        b'syslog_kinds = ["finding", "authentication"]\nsyslog_max_bytes = 2048\nsyslog_queue = 16\n'
+    )
+    out = parse_config(text, "r.toml").output
+    assert (out.syslog, out.syslog_facility, out.syslog_max_bytes, out.syslog_queue) == (
+        "tcp://[2001:db8::1]:6514",
+        "local4",
+        2048,
+        16,
+    )
+    assert [str(k) for k in out.syslog_kinds] == ["finding", "authentication"]
+    assert Config().output.syslog == "" and Config().output.syslog_facility == "authpriv"
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        ('syslog = "udp://::1:514"', "output.syslog", "IPv6 address goes in brackets: [::1]:514"),
+        ('syslog = "udp://127.0.0.1:70000"', "output.syslog", "the port must be 1..65535"),
+        ('syslog = "tls://siem:6514"', "output.syslog", "unknown scheme 'tls'"),
+        ('syslog = "gopher://siem:70"', "output.syslog", "unknown scheme 'gopher'"),
+        ('syslog = "unix:dev/log"', "output.syslog", "absolute path"),
+        ('syslog_facility = "security"', "output.syslog_facility", "ambiguous"),
+        ('syslog_facility = "local9"', "output.syslog_facility", "unknown facility 'local9'"),
+        ('syslog_kinds = ["auth.exec"]', "output.syslog_kinds[0]", "AUTH request"),
+        ('syslog_kinds = ["nope"]', "output.syslog_kinds[0]", "Invalid enum value 'nope'"),
+        ("syslog_max_bytes = 480", "output.syslog_max_bytes", "2048..65507"),
+        ("syslog_max_bytes = 70000", "output.syslog_max_bytes", "2048..65507"),
+        ("syslog_queue = 0", "output.syslog_queue", "16..1000000"),
+        ("syslog = 514", "output.syslog", "Expected `str`, got `int`"),
+    ],
+)
+def test_bad_syslog_values_name_file_key_and_line(line: str, key: str, message: str) -> None:
+    text = f"[agent]\nlog_level = 'info'\n[output]\nmax_file_mb = 64\n{line}\n".encode()
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "r.toml")
+    [problem] = caught.value.problems
+    assert (problem.source, problem.key, problem.line) == ("r.toml", key, 5), problem
+    assert message in problem.message, problem
+
+
+def test_every_bad_syslog_value_is_reported_at_once() -> None:
+    text = b'[output]\nsyslog = "udp://x"\nsyslog_facility = "nope"\nsyslog_queue = 1\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "r.toml")
+    assert {p.key for p in caught.value.problems} == {
+        "output.syslog",
+        "output.syslog_facility",
+        "output.syslog_queue",
+    }

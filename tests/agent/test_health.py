@@ -306,3 +306,85 @@ def test_a_running_sensor_with_a_problem_degrades() -> None:
         sensors=sensors, unavailable={}, broker=_broker(), extensions=[], drops=[], drop_window_s=60
     )
     assert problems == ["sensor audit: audit was disabled (auditctl -e 0?)"]
+
+
+def _syslog(**kw: object) -> object:
+    from ringfence.events import SyslogStatistics
+
+    fields: dict = {
+        "address": "tcp://127.0.0.1:601",
+        "connected": False,
+        "channel": ChannelStatistics(16, 16, 40, 24, "drop-oldest"),
+        "sent": 3,
+        "truncated": 1,
+        "errors": 5,
+        "unsendable": 1,
+        "last_error": "cannot connect: Connection refused",
+        "failing_since_ns": 1_000_000_000,
+    } | kw
+    return SyslogStatistics(**fields)
+
+
+def test_syslog_failing_is_a_problem_and_its_drops_a_stage_of_their_own() -> None:
+    from ringfence.agent._health import syslog_problem
+
+    s = _syslog()
+    line = syslog_problem(s, now_ns=13_000_000_000)  # type: ignore[arg-type]
+    assert line == (
+        "output syslog tcp://127.0.0.1:601 failing for 12 s: cannot connect: Connection refused "
+        "(16 queued, 25 dropped; findings.jsonl still has every finding)"
+    )
+    assert syslog_problem(_syslog(failing_since_ns=0), now_ns=1) is None  # type: ignore[arg-type]
+    assert syslog_problem(None, now_ns=1) is None
+    totals = drop_totals([], _broker(), [], [], s)  # type: ignore[arg-type]
+    assert totals["output syslog tcp://127.0.0.1:601"] == 25
+    problems = problems_of(
+        sensors=[],
+        unavailable={},
+        broker=_broker(),
+        extensions=[],
+        drops=[],
+        drop_window_s=300,
+        syslog=s,  # type: ignore[arg-type]
+        now_ns=2_000_000_000,
+    )
+    assert problems == [line.replace("12 s", "1 s")]  # type: ignore[union-attr]
+
+
+def test_syslog_in_metrics_status_and_heartbeat() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from ringfence.agent._metrics import HealthCollector
+    from ringfence.cli import _render_status
+
+    h = _health(syslog=_syslog())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HealthCollector(lambda: h))
+    text = generate_latest(registry).decode()
+    for line in (
+        'ringfence_syslog_messages_total{result="sent"} 3.0',
+        'ringfence_syslog_messages_total{result="dropped"} 25.0',
+        'ringfence_syslog_messages_total{result="truncated"} 1.0',
+        "ringfence_syslog_errors_total 5.0",
+        "ringfence_syslog_queued 16.0",
+        "ringfence_syslog_up 0.0",
+        'ringfence_dropped_events_total{stage="output syslog tcp://127.0.0.1:601"} 25.0',
+    ):
+        assert line in text, line
+    assert "ringfence_syslog" not in generate_latest(_registry_of(_health())).decode()
+    status = _render_status(h)
+    assert "output syslog tcp://127.0.0.1:601: FAILING sent=3 queued=16 dropped=25 truncated=1" in status
+    assert "  last error: cannot connect: Connection refused" in status
+    beat = Heartbeat(host_id="h", sequence=1, sent_at_ns=1, health=h)
+    assert decode_heartbeat(msgspec.json.encode(beat)).health.syslog == h.syslog
+
+
+def _registry_of(h: Health) -> object:
+    from prometheus_client.registry import CollectorRegistry
+
+    from ringfence.agent._metrics import HealthCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HealthCollector(lambda: h))
+    return registry

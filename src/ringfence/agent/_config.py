@@ -22,6 +22,15 @@ from ringfence.agent._errors import ConfigError, ConfigProblem
 from ringfence.agent._metrics import MetricsAddressError, parse_listen
 from ringfence.content import version_key
 from ringfence.events import EventKind
+from ringfence.outputs import (
+    DEFAULT_FACILITY,
+    DEFAULT_MAX_BYTES,
+    MAX_MAX_BYTES,
+    MIN_MAX_BYTES,
+    SyslogAddressError,
+    parse_address,
+    parse_facility,
+)
 from ringfence.response import ActionScope, parse_networks
 from ringfence.sensors.audit import DEFAULT_BASELINE
 from ringfence.sensors.logs import DEFAULT_LOG_FILES
@@ -78,6 +87,11 @@ class OutputSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     max_file_mb: int = 64  # events.jsonl rotates past this size
     keep_files: int = 5
     console_interval_s: float = 5.0  # live summary period; 0 turns it off
+    syslog: str = ""  # "udp://HOST:PORT", "tcp://HOST:PORT" (RFC 6587 framing), "unix:/dev/log"; empty: off
+    syslog_facility: str = DEFAULT_FACILITY  # authpriv, auth, audit, daemon, local0..local7, ...
+    syslog_kinds: tuple[EventKind, ...] = (EventKind.FINDING,)  # what is forwarded; findings.jsonl keeps all
+    syslog_max_bytes: int = DEFAULT_MAX_BYTES  # one message at most; past it the MSG (JSON) is cut, marked
+    syslog_queue: int = 4096  # messages waiting for the receiver; full: the oldest is dropped, counted
 
 
 class ExtensionsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -243,6 +257,7 @@ def _check(config: Config, source: str, text: str | None = None) -> None:
     problems += _content_problems(config)
     problems += _update_problems(config.content)
     problems += _one_ioc_engine(config)
+    problems += _syslog_problems(config.output)
     if problems:
         raise ConfigError([_problem(source, *_split(p), text) for p in problems])
 
@@ -263,6 +278,35 @@ def _agent_problems(config: Config) -> list[str]:
             parse_listen(agent.metrics_listen, allow_remote=agent.metrics_allow_remote)
         except MetricsAddressError as e:
             problems.append(f"agent.metrics_listen: {e}")
+    return problems
+
+
+_NOT_FORWARDED = frozenset({EventKind.AUTH_EXEC, EventKind.AUTH_OPEN})  # requests, not events
+
+
+def _syslog_problems(out: OutputSection) -> list[str]:
+    problems: list[str] = []
+    if out.syslog:
+        try:
+            parse_address(out.syslog)
+        except SyslogAddressError as e:
+            problems.append(f"output.syslog: {e}")
+    try:
+        parse_facility(out.syslog_facility)
+    except ValueError as e:
+        problems.append(f"output.syslog_facility: {e}")
+    problems += [
+        f"output.syslog_kinds[{i}]: {kind} is an AUTH request, not an event that is forwarded"
+        for i, kind in enumerate(out.syslog_kinds)
+        if kind in _NOT_FORWARDED
+    ]
+    if not MIN_MAX_BYTES <= out.syslog_max_bytes <= MAX_MAX_BYTES:
+        problems.append(
+            f"output.syslog_max_bytes: {MIN_MAX_BYTES}..{MAX_MAX_BYTES} (RFC 5426: receivers should take "
+            f"2048; the largest UDP payload is {MAX_MAX_BYTES}), got {out.syslog_max_bytes}"
+        )
+    if not 16 <= out.syslog_queue <= 1_000_000:
+        problems.append(f"output.syslog_queue: 16..1000000, got {out.syslog_queue}")
     return problems
 
 

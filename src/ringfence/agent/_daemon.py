@@ -33,7 +33,8 @@ from ringfence.agent._status import StatusServer
 from ringfence.agent._updates import ContentUpdateLoop
 from ringfence.broker import Broker, DeadlineRunner, Mutes
 from ringfence.events import EventKind, ExtensionStatistics, Health, Heartbeat, SensorStatistics, SystemClock
-from ringfence.outputs import JsonlSink
+from ringfence.outputs import JsonlSink, Rfc5424Formatter, SyslogAddressError, SyslogSink, parse_address
+from ringfence.outputs import parse_facility as syslog_facility
 from ringfence.sensors import EventSink, ProcessResolver, Sensor, SensorUnavailable
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class Agent:
         self.sensors: list[Sensor] = []
         self.unavailable: dict[str, str] = {}
         self.outputs: list[JsonlSink] = []
+        self.syslog: SyslogSink | None = None
         self._make_extensions = extensions
         self.supervisor: _Supervised | None = None
         self.status: StatusServer | None = None
@@ -197,6 +199,26 @@ class Agent:
             sink.start()
             self.broker.subscribe(sink)
             self.outputs.append(sink)
+        self._start_syslog()
+
+    def _start_syslog(self) -> None:
+        """`[output] syslog`: findings (and `syslog_kinds`) to a syslog receiver, beside findings.jsonl.
+        A receiver that is away does not stop the start: the sink connects (again) by itself."""
+        out = self.config.output
+        if not out.syslog:
+            return
+        try:
+            address = parse_address(out.syslog)
+            facility = syslog_facility(out.syslog_facility)
+        except (SyslogAddressError, ValueError) as e:  # checked with the config already
+            raise AgentError(f"output.syslog: {e}") from e
+        formatter = Rfc5424Formatter(
+            facility=facility, hostname=self.config.host, procid=os.getpid(), max_bytes=out.syslog_max_bytes
+        )
+        sink = SyslogSink(address, formatter, frozenset(out.syslog_kinds), capacity=out.syslog_queue)
+        sink.start()
+        self.broker.subscribe(sink)
+        self.syslog = sink
 
     def _start_sensors(self) -> None:
         # Imported here: each sensor module binds kernel interfaces, and only the agent wires them.
@@ -359,6 +381,9 @@ class Agent:
         for sink in self.outputs:
             self._guard(f"closing output {sink.name}", sink.stop)
         self.outputs.clear()
+        if self.syslog is not None:
+            self._guard("closing the syslog output", self.syslog.stop)
+            self.syslog = None
         if self.status is not None:
             self._guard("closing the status socket", self.status.stop)
             self.status = None
@@ -388,7 +413,8 @@ class Agent:
         extensions = self.supervisor.statistics() if self.supervisor is not None else []
         broker = self.broker.statistics()
         outputs = [o.statistics() for o in self.outputs]
-        drops = self._drops.observe(drop_totals(sensors, broker, outputs, extensions))
+        syslog = self.syslog.statistics() if self.syslog is not None else None
+        drops = self._drops.observe(drop_totals(sensors, broker, outputs, extensions, syslog))
         window = self.config.agent.drop_window_s
         problems = problems_of(
             sensors=sensors,
@@ -397,6 +423,8 @@ class Agent:
             extensions=extensions,
             drops=drops,
             drop_window_s=window,
+            syslog=syslog,
+            now_ns=time.time_ns(),
         )
         updates = getattr(self.supervisor, "updates", None)  # the extensions own the content store
         update_status = updates.status() if isinstance(updates, ContentUpdateLoop) else None
@@ -427,6 +455,7 @@ class Agent:
             cpu_system_s=cpu.system,
             threads=threads,
             content_updates=update_status,
+            syslog=syslog,
         )
 
     def render_status(self) -> bytes:

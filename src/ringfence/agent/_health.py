@@ -6,6 +6,7 @@ The agent is degraded while any of these holds:
 - an enabled extension is not running (starting past the ready timeout, restarting, backing off,
   quarantined, stopped): the line carries the extension's own error; or it runs but says something is
   wrong (a Problem frame: new content rejected, the last good content still in force);
+- the syslog output cannot reach its receiver (connect or send failing), or
 - a stage (a sensor, a broker kind, an output, an extension's queue) dropped events within the last
   `drop_window_s` seconds. A drop is seen when health is assessed (every status request, metrics
   scrape and console line), so "within the window" is up to one assessment late; the total since the
@@ -24,6 +25,7 @@ from ringfence.events import (
     JsonlStatistics,
     SensorStatistics,
     StageDrops,
+    SyslogStatistics,
 )
 
 DEFAULT_DROP_WINDOW_S = 300.0
@@ -85,10 +87,13 @@ def drop_totals(
     broker: BrokerStatistics,
     outputs: list[JsonlStatistics],
     extensions: list[ExtensionStatistics],
+    syslog: SyslogStatistics | None = None,
 ) -> dict[str, int]:
     totals = {f"sensor {s.name}": s.dropped for s in sensors}
     totals |= {f"broker {kind}": k.dropped for kind, k in broker.kinds.items()}
     totals |= {f"output {o.path}": o.channel.dropped for o in outputs}
+    if syslog is not None:
+        totals[f"output syslog {syslog.address}"] = syslog.channel.dropped + syslog.unsendable
     totals |= {f"extension {e.id}": e.events_dropped for e in extensions}
     # What the extension itself dropped (its inbox or outbox full), as its runtime reports it: the agent
     # cannot see those from outside, and they are losses all the same.
@@ -121,6 +126,17 @@ def auth_problems(broker: BrokerStatistics) -> list[str]:
     ]
 
 
+def syslog_problem(s: SyslogStatistics | None, now_ns: int) -> str | None:
+    """None while the receiver takes what is sent, else one line: since when, why, what waits."""
+    if s is None or not s.failing_since_ns:
+        return None
+    return (
+        f"output syslog {s.address} failing for {max(0, now_ns - s.failing_since_ns) / 1e9:.0f} s: "
+        f"{s.last_error} ({s.channel.queued} queued, {s.channel.dropped + s.unsendable} dropped; "
+        "findings.jsonl still has every finding)"
+    )
+
+
 def problems_of(
     *,
     sensors: list[SensorStatistics],
@@ -129,12 +145,15 @@ def problems_of(
     extensions: list[ExtensionStatistics],
     drops: list[StageDrops],
     drop_window_s: float,
+    syslog: SyslogStatistics | None = None,
+    now_ns: int = 0,
 ) -> list[str]:
     problems = [f"sensor {n} unavailable: {why}" for n, why in unavailable.items()]
     problems += [f"sensor {s.name} stopped" for s in sensors if not s.running]
     problems += [f"sensor {s.name}: {s.problem}" for s in sensors if s.running and s.problem]
     problems += [p for p in map(extension_problem, extensions) if p is not None]
     problems += auth_problems(broker)
+    problems += [p for p in (syslog_problem(syslog, now_ns),) if p is not None]
     problems += [
         f"{d.stage} dropped events {d.last_s:.0f} s ago ({d.total} in all; degraded for {drop_window_s:g} s "
         "after a drop)"
@@ -152,6 +171,7 @@ def summary_line(h: Health) -> str:
     misses = sum(s.deadline_misses for s in auth.subscribers.values())
     drops = sum(s.dropped for s in h.sensors) + sum(k.dropped for k in kinds.values())
     drops += sum(o.channel.dropped for o in h.outputs)
+    drops += h.syslog.channel.dropped + h.syslog.unsendable if h.syslog is not None else 0
     findings = kinds["finding"].published if "finding" in kinds else 0
     state = "healthy" if h.healthy else "DEGRADED: " + "; ".join(h.problems)
     return (

@@ -69,6 +69,7 @@ class HealthCollector(Collector):
         yield from _auth(h)
         yield from _extensions(h.extensions)
         yield from _sensors(h)
+        yield from _syslog(h)
         yield GaugeMetricFamily(
             "ringfence_memory_rss_bytes", "Resident memory of the agent", h.memory_rss_bytes
         )
@@ -79,7 +80,7 @@ class HealthCollector(Collector):
 
 def _drops(h: Health) -> Metric:
     family = CounterMetricFamily("ringfence_dropped_events", "Events dropped, by stage", labels=["stage"])
-    for stage, total in sorted(drop_totals(h.sensors, h.broker, h.outputs, h.extensions).items()):
+    for stage, total in sorted(drop_totals(h.sensors, h.broker, h.outputs, h.extensions, h.syslog).items()):
         family.add_metric([stage], total)
     return family
 
@@ -150,6 +151,25 @@ def _sensors(h: Health) -> Iterator[Metric]:
     for kind, k in sorted(h.broker.kinds.items()):
         published.add_metric([kind], k.published)
     yield from (running, emitted, published)
+
+
+def _syslog(h: Health) -> Iterator[Metric]:
+    """The syslog output, when configured: messages by result, and whether its receiver takes them."""
+    s = h.syslog
+    if s is None:
+        return
+    messages = CounterMetricFamily(
+        "ringfence_syslog_messages", "Messages to the syslog receiver, by result", labels=["result"]
+    )
+    messages.add_metric(["sent"], s.sent)
+    messages.add_metric(["dropped"], s.channel.dropped + s.unsendable)
+    messages.add_metric(["truncated"], s.truncated)
+    yield messages
+    yield CounterMetricFamily("ringfence_syslog_errors", "Failed connects and sends (each retried)", s.errors)
+    yield GaugeMetricFamily("ringfence_syslog_queued", "Messages waiting for the receiver", s.channel.queued)
+    yield GaugeMetricFamily(
+        "ringfence_syslog_up", "1 while the receiver takes what is sent", float(not s.failing_since_ns)
+    )
 
 
 class MetricsServer:

@@ -36,6 +36,7 @@ from ringfence.events._health import (
     SensorStatistics,
     StageDrops,
     SubscriberAuthStatistics,
+    SyslogStatistics,
     decode_heartbeat,
 )
 from ringfence.events._model import (
@@ -114,6 +115,7 @@ __all__ = [
     "Severity",
     "StageDrops",
     "SubscriberAuthStatistics",
+    "SyslogStatistics",
     "SystemClock",
     "Verdict",
     "boot_time_ns",

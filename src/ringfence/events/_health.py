@@ -90,6 +90,22 @@ class JsonlStatistics(msgspec.Struct, frozen=True):
     errors: int
 
 
+class SyslogStatistics(msgspec.Struct, frozen=True):
+    """The syslog output (`[output] syslog`): what it sent, and whether its receiver takes it now."""
+
+    address: str  # udp://HOST:PORT, tcp://HOST:PORT, unix:/PATH
+    connected: bool  # a link is up and the last send on it (or its connect) worked
+    channel: ChannelStatistics  # its queue: `dropped` counts findings the receiver never got
+    sent: int = 0
+    truncated: int = 0  # sent with the MSG cut to the size limit (`truncated="N"` in the message)
+    errors: int = 0  # connects and sends that failed (each retried), messages that could not be formatted
+    unsendable: int = 0  # refused by the transport whatever is done (too large for the socket): dropped
+    connections: int = 0  # links made since the start; more than 1: it reconnected
+    last_error: str = ""
+    failing_since_ns: int = 0  # wall clock of the first failure in a row; 0: not failing
+    last_sent_ns: int = 0  # wall clock
+
+
 class ExtensionStatistics(msgspec.Struct):
     id: str
     state: str
@@ -184,6 +200,7 @@ class Health(msgspec.Struct, kw_only=True):
     cpu_system_s: float
     threads: int
     content_updates: ContentUpdateStatus | None = None  # None: no [content] url
+    syslog: SyslogStatistics | None = None  # None: no [output] syslog
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
