@@ -5,6 +5,7 @@ dicts exist only inside the codec (`to_ocsf`).
 """
 
 from ringfence.events._actions import ActionKind, ActionRequest, ActionResult
+from ringfence.events._attack import TACTICS, split_ids, tactic_name, technique_id
 from ringfence.events._codec import OcsfEncoder, to_ocsf, valid_text
 from ringfence.events._common import Endpoint, Header, ProcessRef
 from ringfence.events._detection import (
@@ -66,6 +67,7 @@ from ringfence.events._stamp import Clock, HeaderStamper, SystemClock
 
 __all__ = [
     "HEARTBEAT_SCHEMA_VERSION",
+    "TACTICS",
     "AbsentAuthStatistics",
     "AccountChange",
     "AccountChangeActivityId",
@@ -120,8 +122,11 @@ __all__ = [
     "clock_tick_ns",
     "decode_heartbeat",
     "event_kind",
+    "split_ids",
     "start_time_from_kernel_ns",
     "start_time_from_ticks",
+    "tactic_name",
+    "technique_id",
     "to_ocsf",
     "valid_text",
 ]

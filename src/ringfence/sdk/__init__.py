@@ -37,6 +37,9 @@ from ringfence.events import (
     ProcessRef,
     Severity,
     Verdict,
+    split_ids,
+    tactic_name,
+    technique_id,
 )
 from ringfence.sdk._dedup import Deduplicator
 from ringfence.sdk._extension import AuthFile, Context, Extension, allow, deny
@@ -94,4 +97,7 @@ __all__ = [
     "Verdict",
     "allow",
     "deny",
+    "split_ids",
+    "tactic_name",
+    "technique_id",
 ]

@@ -235,6 +235,8 @@ class YaraEngine(Extension):
             file_sha256=sha256,
             action=action,
             related_event=request.header.id,
+            techniques=match.techniques,
+            tactics=match.tactics,
         )
 
 
@@ -242,4 +244,6 @@ def _describe(path: str, match: RuleMatch) -> str:
     tags = ", ".join(match.tags) or "none"
     meta = "; ".join(f"{k}={v}" for k, v in match.metadata) or "none"
     text = f"YARA rule {match.namespace}.{match.rule} matched {path}; tags: {tags}; metadata: {meta}"
+    if match.techniques or match.tactics:
+        text += "; ATT&CK: " + ", ".join(match.techniques + match.tactics)
     return text if len(text) <= 4000 else text[:3997] + "..."
