@@ -89,7 +89,7 @@ def drop_totals(
     totals = {f"sensor {s.name}": s.dropped for s in sensors}
     totals |= {f"broker {kind}": k.dropped for kind, k in broker.kinds.items()}
     totals |= {f"output {o.path}": o.channel.dropped for o in outputs}
-    totals |= {f"extension {e.id}": e.events_dropped for e in extensions}
+    totals |= {f"extension {e.id}": e.events_dropped + e.files_dropped for e in extensions}
     # What the extension itself dropped (its inbox or outbox full), as its runtime reports it: the agent
     # cannot see those from outside, and they are losses all the same.
     totals |= {f"extension {e.id} (inside)": _self_reported_drops(e) for e in extensions}
