@@ -107,7 +107,7 @@ def test_written_file_matching_a_rule_raises_a_finding_with_its_technique_and_bl
 def test_written_file_over_the_size_limit_is_not_scanned_and_the_next_one_is(
     start_agent: Callable[[Config], Agent], tmpfs: Path, shared_dir: Path, rules: Path
 ) -> None:
-    agent = start_agent(scan_config(tmpfs, shared_dir, rules, (tmpfs,), max_scan_bytes=1 << 20))
+    agent = start_agent(scan_config(tmpfs, shared_dir, rules, (tmpfs,), close_write_max_bytes=1 << 20))
     written(tmpfs / "big", f"# {WRITTEN_MARK}\n", pad_bytes=2 << 20)
     written(tmpfs / "small", f"# {WRITTEN_MARK}\n")
     titled(agent, "YARA rule rf_written_notice matched written file small")  # handled after big, in order

@@ -126,7 +126,7 @@ def test_same_content_closed_again_is_not_scanned_again_and_new_content_is(
 def test_written_file_over_the_size_limit_is_counted_not_scanned(
     setup: Callable[..., Any], tmp_path: Path, open_ro: Open
 ) -> None:
-    engine, ctx = setup(max_scan_bytes=1024)
+    engine, ctx = setup(close_write_max_bytes=1024)
     written(engine, tmp_path / "big", b"\0" * 2048 + EVIL, open_ro)
     assert ctx.findings == []
     stats = engine.statistics()

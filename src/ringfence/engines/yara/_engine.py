@@ -59,7 +59,7 @@ class YaraStatistics:
     written: int  # file.written notices: files closed after writing under the agent's scan paths
     written_scans: int  # of them, scanned (the others: unchanged, too large, failed, no rules)
     written_unchanged: int  # a version already scanned (the memo, keyed by content): nothing raised again
-    written_too_large: int  # over max_scan_bytes: not scanned
+    written_too_large: int  # over close_write_max_bytes: not scanned
     written_failed: int  # unreadable, timed out, or yara-x failed: not scanned, logged
     rule_reloads: int  # other rules came into force after the first load
     unchanged_reloads: int  # new files, same rules: no verdict flush
@@ -157,14 +157,14 @@ class YaraEngine(Extension):
     def _read_written(self, notice: FileWritten, file: AuthFile) -> bytes | None:
         """The file's bytes, or None (counted) when it is too large or cannot be read."""
         try:
-            data = read_fd(file.fd, self._config.max_scan_bytes)
+            data = read_fd(file.fd, self._config.close_write_max_bytes)
         except OSError as e:
             self._n["written_failed"] += 1
             self.ctx.log.warning("written file not scanned: %s: read failed: %s", notice.path, e.strerror)
             return None
         if data is None:
             self._n["written_too_large"] += 1
-            self.ctx.log.debug("written file not scanned: %s: over max_scan_bytes", notice.path)
+            self.ctx.log.debug("written file not scanned: %s: over close_write_max_bytes", notice.path)
         return data
 
     def _report_written(self, notice: FileWritten, result: ScanResult) -> None:
