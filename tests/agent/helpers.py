@@ -30,11 +30,14 @@ def scoped_config(
     settings: dict[str, dict[str, object]] | None = None,
     import_paths: tuple[str, ...] = (),
 ) -> Config:
-    """All sensors on; fanotify marks only on the test's tmpfs; a unique audit key."""
+    """All sensors on; fanotify marks only on the test's tmpfs (none for close-write); a unique audit key."""
     return Config(
         agent=AgentSection(state_dir=str(state_dir)),
         sensors=SensorsSection(
-            file_paths=(str(tmpfs),), exec_mounts=(str(tmpfs),), audit_key=f"rf-t-{uuid.uuid4().hex[:8]}"
+            file_paths=(str(tmpfs),),
+            exec_mounts=(str(tmpfs),),
+            close_write_paths=(),  # a test that wants close-write scans names its tmpfs
+            audit_key=f"rf-t-{uuid.uuid4().hex[:8]}",
         ),
         broker=BrokerSection(auth_deadline_ms=deadline_ms),
         output=OutputSection(console_interval_s=0),

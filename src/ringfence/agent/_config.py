@@ -73,6 +73,10 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     log_source: Literal["auto", "files", "journal"] = "auto"  # auto: the journal where journald runs
     dns: bool = False  # packet socket, port 53: DNS Activity, host names; parses network bytes as root
     dns_interfaces: tuple[str, ...] = ()  # interfaces the DNS sensor watches; empty: all
+    # Directories whose files are handed, as read-only descriptors, to extensions subscribed to
+    # file.written (YARA) when closed after writing: a mount point with all below it, else the files
+    # directly in it. Marked only while such an extension runs; empty: never.
+    close_write_paths: tuple[str, ...] = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 class BrokerSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -427,7 +431,7 @@ def _range_problems(config: Config) -> list[str]:
 
 def _path_problems(config: Config) -> list[str]:
     problems: list[str] = []
-    for key in ("file_paths", "exec_mounts", "open_auth_paths", "log_files"):
+    for key in ("file_paths", "exec_mounts", "open_auth_paths", "log_files", "close_write_paths"):
         for i, path in enumerate(getattr(config.sensors, key)):
             if not os.path.isabs(path):
                 problems.append(f"sensors.{key}[{i}]: must be an absolute path, got {path!r}")

@@ -53,6 +53,7 @@ WHAT_STILL_WORKS = {
     "process": "exec details from audit still arrive; fork, exit and uid changes are not seen",
     "journal": 'journal entries are not seen (log_source = "files" reads the log files instead)',
     "dns": "DNS queries are not seen, and network events carry no host name",
+    "close-write": "files written under close_write_paths are not scanned (execs still are)",
 }
 
 
@@ -264,6 +265,7 @@ class Agent:
                 self.broker.publish, table, host, cfg.file_paths, exclude_prefixes=(self.state_dir,)
             )
             self._try_start(files)
+        self._start_close_write(table, host)
         if cfg.exec_auth:
             auth = ExecAuthSensor(
                 self.broker.authorize,
@@ -277,6 +279,19 @@ class Agent:
                 self.broker.on_invalidate(auth.flush_cache)
         if cfg.logs:
             self._start_logs(host)
+
+    def _start_close_write(self, table: ProcessResolver, host: str) -> None:
+        """Files closed after writing under `close_write_paths`, with their descriptors, for the extensions
+        subscribed to file.written; marked only when one is running now (extensions start first)."""
+        paths = self.config.sensors.close_write_paths
+        if not paths or not self.broker.has_subscribers(EventKind.FILE_WRITTEN):
+            return
+        from ringfence.sensors.fanotify import WrittenFileSensor
+
+        sensor = WrittenFileSensor(
+            self.broker.publish_file, table, host, paths, exclude_prefixes=(self.state_dir,)
+        )
+        self._try_start(sensor)
 
     def _start_logs(self, host: str) -> None:
         """The systemd journal where journald runs (`log_source = "auto"`), else the log files; where each

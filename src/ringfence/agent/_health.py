@@ -94,7 +94,7 @@ def drop_totals(
     totals |= {f"output {o.path}": o.channel.dropped for o in outputs}
     if syslog is not None:
         totals[f"output syslog {syslog.address}"] = syslog.channel.dropped + syslog.unsendable
-    totals |= {f"extension {e.id}": e.events_dropped for e in extensions}
+    totals |= {f"extension {e.id}": e.events_dropped + e.files_dropped for e in extensions}
     # What the extension itself dropped (its inbox or outbox full), as its runtime reports it: the agent
     # cannot see those from outside, and they are losses all the same.
     totals |= {f"extension {e.id} (inside)": _self_reported_drops(e) for e in extensions}

@@ -9,7 +9,14 @@ from ringfence.broker._auth import Arbiter
 from ringfence.broker._broker import Broker, DeadlineRunner, Mutes
 from ringfence.broker._errors import BrokerConfigError, BrokerError, DuplicateSubscriber
 from ringfence.broker._inprocess import Handler, ThreadedSubscriber, ThreadedSubscriberStatistics
-from ringfence.broker._types import AuthPolicy, AuthTicket, FixedSubscription, Reply, Subscriber
+from ringfence.broker._types import (
+    AuthPolicy,
+    AuthTicket,
+    FileSubscriber,
+    FixedSubscription,
+    Reply,
+    Subscriber,
+)
 from ringfence.events import (
     AuthStatistics,
     BrokerStatistics,
@@ -34,6 +41,7 @@ __all__ = [
     "DeadlineRunner",
     "DuplicateSubscriber",
     "FailurePolicy",
+    "FileSubscriber",
     "FixedSubscription",
     "Handler",
     "KindStatistics",

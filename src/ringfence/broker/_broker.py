@@ -14,7 +14,7 @@ import msgspec
 
 from ringfence.broker._auth import ALLOW_CACHEABLE, Arbiter, Respond
 from ringfence.broker._errors import DuplicateSubscriber
-from ringfence.broker._types import Subscriber
+from ringfence.broker._types import FileSubscriber, Subscriber
 from ringfence.events import (
     AuthRequest,
     BrokerStatistics,
@@ -22,6 +22,7 @@ from ringfence.events import (
     Event,
     EventKind,
     FailurePolicy,
+    FileWritten,
     KindStatistics,
     SystemClock,
     event_kind,
@@ -42,7 +43,7 @@ class Mutes(msgspec.Struct, frozen=True):
     executables: frozenset[str] = frozenset()
     kinds: frozenset[EventKind] = frozenset()
 
-    def mutes(self, event: Event, kind: EventKind) -> bool:
+    def mutes(self, event: Event | FileWritten, kind: EventKind) -> bool:
         if kind in self.kinds:
             return True
         process = getattr(event, "process", None)
@@ -116,6 +117,8 @@ class Broker:
             chosen = [s for s in subs if kind in s.kinds]
             if kind in _AUTH_KINDS:
                 chosen = [s for s in chosen if s.auth_policy is not None]
+            elif kind is EventKind.FILE_WRITTEN:
+                chosen = [s for s in chosen if isinstance(s, FileSubscriber)]
             routes[kind] = tuple(chosen)
         self._routes = routes  # swapped whole: readers never take the lock
 
@@ -155,6 +158,23 @@ class Broker:
             st.muted += muted
             st.delivered += delivered
             st.dropped += dropped
+
+    def has_subscribers(self, kind: EventKind) -> bool:
+        return bool(self._routes[kind])
+
+    def publish_file(self, notice: FileWritten, fd: int) -> None:
+        """Hand a file.written notice and its descriptor to each subscriber of the kind; each dups `fd`, the
+        caller closes it afterwards. Never blocks: a full subscriber drops it, counted here and there."""
+        kind = EventKind.FILE_WRITTEN
+        muted = self.mutes.mutes(notice, kind)
+        delivered = dropped = 0
+        if not muted:
+            for sub in self._routes[kind]:
+                if isinstance(sub, FileSubscriber) and sub.deliver_file(notice, fd):
+                    delivered += 1
+                else:
+                    dropped += 1
+        self._count(kind, muted, delivered, dropped)
 
     def authorize(self, request: AuthRequest, fd: int, respond: Respond) -> None:
         """Decide `request`; `respond` is called exactly once, within the deadline."""

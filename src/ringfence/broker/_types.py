@@ -8,11 +8,11 @@ proxy. Both give the broker the same guarantees: a full queue is a counted drop,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from ringfence.events import AuthAnswer, AuthRequest, Event, EventKind, FailurePolicy
+from ringfence.events import AuthAnswer, AuthRequest, Event, EventKind, FailurePolicy, FileWritten
 
 
 class AuthPolicy(msgspec.Struct, frozen=True):
@@ -58,6 +58,17 @@ class Subscriber(Protocol):
 
     def auth_missed(self, ticket_id: int) -> None:
         """Told by the broker when this subscriber let an AUTH deadline pass. Never blocks."""
+        ...
+
+
+@runtime_checkable
+class FileSubscriber(Protocol):
+    """A subscriber that can take a file.written notice with its descriptor (an extension proxy). Only
+    these get `file.written`: a subscriber without `deliver_file` never sees the kind."""
+
+    def deliver_file(self, notice: FileWritten, fd: int) -> bool:
+        """Queue the notice with a dup of `fd` (the sensor closes its own once this returns). Never blocks.
+        False: dropped (and counted by the subscriber), or this subscriber may not read files."""
         ...
 
 

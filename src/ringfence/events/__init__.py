@@ -5,6 +5,7 @@ dicts exist only inside the codec (`to_ocsf`).
 """
 
 from ringfence.events._actions import ActionKind, ActionRequest, ActionResult
+from ringfence.events._attack import TACTICS, split_ids, tactic_name, technique_id
 from ringfence.events._codec import OcsfEncoder, to_ocsf, valid_text
 from ringfence.events._common import Endpoint, Header, ProcessRef
 from ringfence.events._detection import (
@@ -49,6 +50,7 @@ from ringfence.events._model import (
     FailurePolicy,
     FileActivity,
     FileActivityId,
+    FileWritten,
     NetworkActivity,
     NetworkActivityId,
     ProcessActivity,
@@ -67,6 +69,7 @@ from ringfence.events._stamp import Clock, HeaderStamper, SystemClock
 
 __all__ = [
     "HEARTBEAT_SCHEMA_VERSION",
+    "TACTICS",
     "AbsentAuthStatistics",
     "AccountChange",
     "AccountChangeActivityId",
@@ -98,6 +101,7 @@ __all__ = [
     "FailurePolicy",
     "FileActivity",
     "FileActivityId",
+    "FileWritten",
     "Header",
     "HeaderStamper",
     "Health",
@@ -122,8 +126,11 @@ __all__ = [
     "clock_tick_ns",
     "decode_heartbeat",
     "event_kind",
+    "split_ids",
     "start_time_from_kernel_ns",
     "start_time_from_ticks",
+    "tactic_name",
+    "technique_id",
     "to_ocsf",
     "valid_text",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from ringfence.events._attack import TACTICS as _TACTICS
 from ringfence.events._codec_detection import (
     account_change,
     audit_event,
@@ -206,25 +207,6 @@ def _finding_info(e: DetectionFinding) -> dict[str, Any]:
     if attacks:
         info["attacks"] = attacks
     return info
-
-
-# ATT&CK Enterprise tactics: the short names Sigma tags use -> (id, name).
-_TACTICS = {
-    "reconnaissance": ("TA0043", "Reconnaissance"),
-    "resource-development": ("TA0042", "Resource Development"),
-    "initial-access": ("TA0001", "Initial Access"),
-    "execution": ("TA0002", "Execution"),
-    "persistence": ("TA0003", "Persistence"),
-    "privilege-escalation": ("TA0004", "Privilege Escalation"),
-    "defense-evasion": ("TA0005", "Defense Evasion"),
-    "credential-access": ("TA0006", "Credential Access"),
-    "discovery": ("TA0007", "Discovery"),
-    "lateral-movement": ("TA0008", "Lateral Movement"),
-    "collection": ("TA0009", "Collection"),
-    "command-and-control": ("TA0011", "Command and Control"),
-    "exfiltration": ("TA0010", "Exfiltration"),
-    "impact": ("TA0040", "Impact"),
-}
 
 
 def _tactic(short: str) -> dict[str, str]:

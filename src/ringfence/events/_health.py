@@ -121,6 +121,8 @@ class ExtensionStatistics(msgspec.Struct):
     quarantine_reason: str | None = None
     events_delivered: int = 0
     events_dropped: int = 0  # not running, lane full, or could not be sent in time
+    files_delivered: int = 0  # file.written notices queued with their descriptor
+    files_dropped: int = 0  # not running, its file lane full, or could not be sent in time
     auth_asked: int = 0
     auth_refused: int = 0  # not running or lane full: the broker applied the failure policy at once
     auth_answered: int = 0

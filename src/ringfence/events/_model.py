@@ -35,6 +35,7 @@ class EventKind(enum.StrEnum):
     ACCOUNT = "account"
     DNS = "dns"
     LOG = "log"
+    FILE_WRITTEN = "file.written"  # FileWritten notices, each with a read-only descriptor (file-contents)
 
 
 class ProcessActivityId(enum.IntEnum):
@@ -156,6 +157,22 @@ class AuthRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     # change (tmpfs and other filesystems that keep their times on a mapped write; a file changed in the
     # last seconds). When set, a cache keyed on (dev, ino, size, mtime) must not be trusted for it.
     sha256: str | None = None
+
+
+class FileWritten(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="file-written"):
+    """A regular file was closed after writing, under a path the operator chose for content scans
+    (`sensors.close_write_paths`). It reaches an extension only with a read-only descriptor of that very
+    file (the kernel's own open, never a path lookup), so it is not in `Event`: no event batch carries it.
+    dev, ino, size, mtime_ns and ctime_ns are the descriptor's when the agent read the kernel's event."""
+
+    header: Header
+    path: str
+    process: ProcessRef | None = None  # who closed it, when the process table knew the pid
+    dev: int = 0
+    ino: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
 
 
 class DetectionFinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="finding"):

@@ -1,9 +1,11 @@
 """One live extension process as the agent sees it: socket, outbound lanes, writer thread, tickets.
 
 A `Connection` lives from spawn to reap; the `ExtensionProxy` (the broker's subscriber) outlives it and
-gets a new one on each restart. The writer thread drains three bounded lanes, most urgent first:
+gets a new one on each restart. The writer thread drains four bounded lanes, most urgent first:
 control frames (action results, Shutdown), AUTH calls (each with a dup of the file descriptor, closed
-after sending or dropping), then events in batches. A send that cannot finish within `io_timeout_s`
+after sending or dropping), file.written notices (the same: each with its own dup, at most `file_queue`
+of them, so an extension that stops reading holds a bounded number of the agent's descriptors), then
+events in batches. A send that cannot finish within `io_timeout_s`
 drops that frame, counted: the writer never waits on the extension for longer than that.
 """
 
@@ -19,11 +21,19 @@ from collections.abc import Callable
 import msgspec
 
 from ringfence.broker import BoundedChannel, ChannelClosed, Reply
-from ringfence.events import AuthRequest, Event
+from ringfence.events import AuthRequest, Event, FileWritten
 from ringfence.extensions._policy import CpuBudget, TokenBucket
 from ringfence.extensions._process import Spawned
 from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
-from ringfence.sdk._protocol import AuthCall, EventBatch, ExtensionFrame, FrameTooLarge, ProtocolError, Wire
+from ringfence.sdk._protocol import (
+    AuthCall,
+    EventBatch,
+    ExtensionFrame,
+    FileCall,
+    FrameTooLarge,
+    ProtocolError,
+    Wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,11 @@ class AuthItem(msgspec.Struct):
     ticket: int
     request: AuthRequest
     fd: int | None  # our dup, closed by whoever drops or sends it
+
+
+class FileItem(msgspec.Struct):
+    notice: FileWritten
+    fd: int  # our dup, closed by whoever drops or sends it
 
 
 class Connection:
@@ -45,6 +60,8 @@ class Connection:
         self.wire: Wire[ExtensionFrame] = Wire(spawned.sock, ExtensionFrame, config.max_frame_bytes)
         self.events: BoundedChannel[Event] = BoundedChannel(config.event_queue)
         self.auth: BoundedChannel[AuthItem] = BoundedChannel(config.auth_queue)
+        self.files: BoundedChannel[FileItem] = BoundedChannel(config.file_queue)
+        self.files_unsent = 0  # taken from the lane but not sent in time (their descriptors closed)
         self.control: BoundedChannel[msgspec.Struct] = BoundedChannel(64)
         self.doorbell = threading.Event()
         self.lock = threading.Lock()  # guards the ticket table and `closed`
@@ -121,6 +138,15 @@ class Connection:
             os.close(item.fd)
         return ok
 
+    def put_file(self, item: FileItem) -> bool:
+        """Queue a notice with our dup of its descriptor; on a full lane the dup is closed here."""
+        ok = self.files.put(item)
+        if ok:
+            self.doorbell.set()
+        else:
+            os.close(item.fd)
+        return ok
+
     def put_event(self, event: Event) -> bool:
         ok = self.events.put(event)
         self.doorbell.set()
@@ -157,6 +183,9 @@ class Connection:
             while (item := self.auth.get(0)) is not None:
                 self._send_auth(item)
                 sent = True
+            while (file := self.files.get(0)) is not None:
+                self._send_file(file)
+                sent = True
             batch = self.events.get_batch(self.config.event_batch, 0)
         except ChannelClosed:
             return False
@@ -180,6 +209,13 @@ class Connection:
         finally:
             if item.fd is not None:
                 os.close(item.fd)
+
+    def _send_file(self, item: FileItem) -> None:
+        try:
+            if not self._send(FileCall(item.notice), item.fd):
+                self.files_unsent += 1
+        finally:
+            os.close(item.fd)
 
     def _send_events(self, batch: list[Event]) -> None:
         try:
@@ -205,7 +241,7 @@ class Connection:
             pending = list(self._pending.values())
             self._pending.clear()
         self.doorbell.set()
-        for ch in (self.events, self.auth, self.control):
+        for ch in (self.events, self.auth, self.files, self.control):
             ch.close()
         with contextlib.suppress(OSError):
             self.spawned.sock.shutdown(socket.SHUT_RDWR)
@@ -217,6 +253,15 @@ class Connection:
         return pending
 
     def _drain_fds(self) -> None:
+        while True:
+            try:
+                file = self.files.get(0)
+            except ChannelClosed:
+                break
+            if file is None:
+                break
+            os.close(file.fd)
+            self.files_unsent += 1
         while True:
             try:
                 item = self.auth.get(0)

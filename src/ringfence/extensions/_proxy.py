@@ -25,9 +25,10 @@ from ringfence.events import (
     Event,
     EventKind,
     ExtensionStatistics,
+    FileWritten,
     HeaderStamper,
 )
-from ringfence.extensions._connection import AuthItem, Connection
+from ringfence.extensions._connection import AuthItem, Connection, FileItem
 from ringfence.extensions._policy import ExtensionState, Lifecycle
 from ringfence.extensions._process import HandshakeFailed, host_handshake, kill, rss_bytes
 from ringfence.extensions._proxy_frames import ActionSubmit, FrameHandling
@@ -106,6 +107,20 @@ class ExtensionProxy(FrameHandling):
         conn.withdraw(ticket.id)
         self.stats.add(auth_refused=1)
         return False
+
+    def deliver_file(self, notice: FileWritten, fd: int) -> bool:
+        """A file.written notice with our own dup of `fd`, only to a running extension that may read files
+        (its manifest subscribes to the kind only with that permission: checked twice, on purpose)."""
+        conn = self.conn
+        ok = (
+            conn is not None
+            and conn.ready
+            and not conn.closed
+            and self._may_read_files()
+            and conn.put_file(FileItem(notice, os.dup(fd)))
+        )
+        self.stats.add(**({"files_delivered": 1} if ok else {"files_dropped": 1}))
+        return ok
 
     def _may_read_files(self) -> bool:
         return self.manifest is not None and Permission.FILE_CONTENTS in self.manifest.permissions
@@ -260,6 +275,8 @@ class ExtensionProxy(FrameHandling):
             st.events_dropped += conn.events_unsent
             st.events_delivered -= min(st.events_delivered, conn.events_unsent)
             st.frames_unsent += conn.send_failures
+            st.files_dropped += conn.files_unsent
+            st.files_delivered -= min(st.files_delivered, conn.files_unsent)
             st.rss_bytes = rss_bytes(conn.pid)
         else:
             st.pid = None
@@ -268,3 +285,5 @@ class ExtensionProxy(FrameHandling):
     def fold_connection(self, conn: Connection) -> None:
         """Add a finished connection's writer-side losses (and what it still had queued) to the counters."""
         self.stats.fold_unsent(conn.events_unsent + conn.events.statistics().queued, conn.send_failures)
+        if conn.files_unsent:  # each was counted delivered when queued
+            self.stats.add(files_dropped=conn.files_unsent, files_delivered=-conn.files_unsent)

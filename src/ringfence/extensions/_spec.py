@@ -72,6 +72,7 @@ class SupervisorConfig:
     max_frame_bytes: int = 1 << 20
     event_queue: int = 8192  # per extension, drop-newest, counted
     auth_queue: int = 256  # per extension; full: the broker applies the failure policy at once
+    file_queue: int = 64  # file.written notices per extension, each holding a descriptor; drop-newest
     event_batch: int = 256  # events per EventBatch frame at most
     io_timeout_s: float = 1.0  # one socket send; a frame that cannot go in this time is dropped, counted
     auth_miss_limit: int = 3  # consecutive AUTH deadline misses before a restart
@@ -90,7 +91,13 @@ class SupervisorConfig:
     python: str | None = None  # interpreter for extension processes; None: this one
 
     def __post_init__(self) -> None:
-        if self.max_frame_bytes < 4096 or self.event_queue < 1 or self.auth_queue < 1 or self.event_batch < 1:
+        if (
+            self.max_frame_bytes < 4096
+            or self.event_queue < 1
+            or self.auth_queue < 1
+            or self.event_batch < 1
+            or self.file_queue < 1
+        ):
             raise ValueError("supervisor config: max_frame_bytes >= 4096 and queues/batch >= 1")
         if self.auth_miss_limit < 1 or self.io_timeout_s <= 0 or self.resource_check_interval_s <= 0:
             raise ValueError("supervisor config: auth_miss_limit >= 1, io_timeout_s > 0, check interval > 0")

@@ -28,6 +28,7 @@ from ringfence.events import (
     FailurePolicy,
     FileActivity,
     FileActivityId,
+    FileWritten,
     Header,
     LogEvent,
     NetworkActivity,
@@ -37,6 +38,9 @@ from ringfence.events import (
     ProcessRef,
     Severity,
     Verdict,
+    split_ids,
+    tactic_name,
+    technique_id,
 )
 from ringfence.sdk._dedup import Deduplicator
 from ringfence.sdk._extension import AuthFile, Context, Extension, allow, deny
@@ -78,6 +82,7 @@ __all__ = [
     "FailurePolicy",
     "FileActivity",
     "FileActivityId",
+    "FileWritten",
     "Header",
     "LogEvent",
     "LruMemo",
@@ -94,4 +99,7 @@ __all__ = [
     "Verdict",
     "allow",
     "deny",
+    "split_ids",
+    "tactic_name",
+    "technique_id",
 ]

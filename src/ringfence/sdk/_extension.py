@@ -10,6 +10,12 @@ Contract, per entry point (who calls it, on which thread, who owns what):
   by the declared failure policy, if this is late: a late answer is discarded and counted. `file` is a
   read-only handle owned by the SDK and closed after `on_auth` returns; never by path, so what is checked
   is exactly what runs.
+- `on_file(notice, file)`: required when `manifest.subscribes` holds `file.written` (which needs the
+  `file-contents` permission). Called on the main thread for a file just closed after writing under a
+  path the operator chose (`sensors.close_write_paths`); `file` is a read-only handle of that file (the
+  kernel's own open, never a lookup by path), owned by the SDK and closed after `on_file` returns. It
+  is after the fact: nothing waits for it, and a notice the extension cannot take in time is dropped and
+  counted (agent side `files_dropped`, SDK side `files_dropped` in its counters).
 - `on_tick()`: optional, called on the main thread about once a second (between other handlers), for
   periodic work such as noticing that content changed on disk.
 - `teardown()`: optional, called once at a clean shutdown.
@@ -24,7 +30,16 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
-from ringfence.events import ActionRequest, AuthAnswer, AuthRequest, Event, ProcessRef, Severity, Verdict
+from ringfence.events import (
+    ActionRequest,
+    AuthAnswer,
+    AuthRequest,
+    Event,
+    FileWritten,
+    ProcessRef,
+    Severity,
+    Verdict,
+)
 from ringfence.sdk._manifest import Manifest
 
 
@@ -39,7 +54,8 @@ def deny(reason: str) -> AuthAnswer:
 
 
 class AuthFile:
-    """A read-only view of the file an AUTH request is about, through the descriptor the agent passed."""
+    """A read-only view of the file an AUTH request (or a file.written notice) is about, through the
+    descriptor the agent passed."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -124,6 +140,11 @@ class Extension:
 
     def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
         raise NotImplementedError(f"{type(self).__name__} declares auth but does not implement on_auth")
+
+    def on_file(self, notice: FileWritten, file: AuthFile) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} subscribes to file.written but does not implement on_file"
+        )
 
     def on_action_result(self, result: Any) -> None:
         return None

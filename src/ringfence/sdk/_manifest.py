@@ -17,7 +17,7 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 class Permission(enum.StrEnum):
-    FILE_CONTENTS = "file-contents"  # AUTH requests carry a read-only descriptor of the file
+    FILE_CONTENTS = "file-contents"  # AUTH requests and file.written notices carry a read-only descriptor
     RESPONSE = "response"  # may ask the agent to kill, quarantine, isolate
     NETWORK = "network"  # may open network sockets (denied by the sandbox otherwise)
 
@@ -57,3 +57,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
                 raise ManifestError(f"manifest {self.id}: auth.deadline_ms must be 1..10000")
         if EventKind.AUTH_EXEC in self.subscribes or EventKind.AUTH_OPEN in self.subscribes:
             raise ManifestError(f"manifest {self.id}: subscribe to AUTH through `auth`, not `subscribes`")
+        if EventKind.FILE_WRITTEN in self.subscribes and Permission.FILE_CONTENTS not in self.permissions:
+            raise ManifestError(
+                f"manifest {self.id}: subscribing to file.written needs the file-contents permission "
+                "(each notice comes with a descriptor of the file)"
+            )

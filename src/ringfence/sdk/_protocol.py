@@ -12,7 +12,8 @@ Handshake: the agent sends `Hello` (the protocol versions it supports); the exte
 and answers `HelloAck` (the version it speaks, and its manifest), `Refusal`, or `SetupFailed` (setup
 raised: the exception's one-line message; then it exits). Either side refuses a version it does not
 speak, naming both. Then:
-    agent -> extension: EventBatch, AuthCall (+ one fd when `has_file`), ActionReply, Shutdown
+    agent -> extension: EventBatch, AuthCall (+ one fd when `has_file`), FileCall (+ exactly one fd),
+                        ActionReply, Shutdown
     extension -> agent: AuthReply, FindingReport, ActionCall, StatsReport, LogLine, VerdictsStale,
                         Problem
 Each side decodes only the frames the other side may send: anything else is a protocol error.
@@ -41,6 +42,7 @@ from ringfence.events import (
     AuthAnswer,
     AuthRequest,
     Event,
+    FileWritten,
     ProcessRef,
     Severity,
     valid_text,
@@ -95,6 +97,13 @@ class AuthCall(msgspec.Struct, frozen=True, kw_only=True, tag="auth", tag_field=
     ticket: Id
     request: AuthRequest
     has_file: bool = False  # one read-only descriptor rides with this frame
+
+
+class FileCall(msgspec.Struct, frozen=True, tag="file", tag_field="t"):
+    """A file written under a close-write scan path; its read-only descriptor rides with this frame (only
+    to an extension that subscribes to `file.written` and holds the `file-contents` permission)."""
+
+    notice: FileWritten
 
 
 class ActionReply(msgspec.Struct, frozen=True, tag="action-result", tag_field="t"):
@@ -179,7 +188,7 @@ class Problem(msgspec.Struct, frozen=True, tag="problem", tag_field="t"):
     message: Text | None
 
 
-HostFrame = Hello | EventBatch | AuthCall | ActionReply | Shutdown | Refusal
+HostFrame = Hello | EventBatch | AuthCall | FileCall | ActionReply | Shutdown | Refusal
 ExtensionFrame = (
     HelloAck
     | AuthReply

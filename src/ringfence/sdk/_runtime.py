@@ -10,13 +10,15 @@ Failure policy, per handler (each counted in the stats the agent receives):
   of HelloAck), the traceback to stderr once, and the process exits with status 1; the agent records the
   message as the extension's `last_error` (and refuses to start if it concerns staged content).
 - `on_event` raises: logged with the traceback, counted (`event_errors`), the next event is handled.
+- `on_file` raises: the same (`file_errors`); its descriptor is closed either way.
 - `on_auth` raises or returns something other than an AuthAnswer: no verdict is sent (counted as
   `auth_errors`). The agent applies the extension's declared failure policy at the deadline; a crash
   would cost every pending request the same, and a restart on top.
 - `on_action_result` / `teardown` raise: logged and counted; shutdown still exits 0.
 - The inbox is full: the event is dropped and counted (`events_dropped`); AUTH over its own bound is
-  dropped (`auth_dropped`, a deadline miss at the agent). The outbox is full: the finding, action or log
-  line is dropped and counted.
+  dropped (`auth_dropped`, a deadline miss at the agent); a file.written notice over its own bound
+  (`INBOX_FILES`: each holds a descriptor) is dropped, its descriptor closed (`files_dropped`). The
+  outbox is full: the finding, action or log line is dropped and counted.
 
 Exit status: 0 after Shutdown; 1 setup failed; 2 bad handshake (including a protocol version the agent
 does not support: the reason, naming both versions, goes to the agent as a Refusal and to stderr);
@@ -38,7 +40,7 @@ from typing import Any
 import msgspec
 
 from ringfence._counters import Counters
-from ringfence.events import ActionRequest, AuthAnswer, Event, ProcessRef, Severity
+from ringfence.events import ActionRequest, AuthAnswer, Event, FileWritten, ProcessRef, Severity
 from ringfence.sdk._extension import AuthFile, Extension
 from ringfence.sdk._manifest import PROTOCOL_VERSION
 from ringfence.sdk._protocol import (
@@ -47,6 +49,7 @@ from ringfence.sdk._protocol import (
     AuthCall,
     AuthReply,
     EventBatch,
+    FileCall,
     FindingReport,
     Hello,
     HelloAck,
@@ -71,6 +74,7 @@ HANDSHAKE_TIMEOUT_S = 30.0
 IO_TIMEOUT_S = 2.0
 INBOX_EVENTS = 4096
 INBOX_PRIORITY = 1024
+INBOX_FILES = 64  # file.written notices waiting, each holding a descriptor
 OUTBOX = 1024
 EXIT_OK, EXIT_SETUP, EXIT_HANDSHAKE, EXIT_WIRE = 0, 1, 2, 3
 
@@ -201,6 +205,9 @@ class _Context:
         self._outbox.put(Problem(None if message is None else one_line(message)), "control")
 
 
+Item = tuple[AuthCall, int | None] | tuple[FileCall, int] | ActionReply | Event
+
+
 class _Inbox:
     """What the reader thread hands the main thread: priority items (AUTH, action results) first."""
 
@@ -209,6 +216,8 @@ class _Inbox:
         self._cond = threading.Condition()
         self._priority: collections.deque[tuple[AuthCall, int | None] | ActionReply] = collections.deque()
         self._events: collections.deque[Event] = collections.deque()
+        self._files: collections.deque[tuple[FileCall, int]] = collections.deque()
+        self._file_turn = False
         self.stop_reason: str | None = None  # set once: "shutdown" or why the wire failed
         self.clean = False
 
@@ -231,21 +240,35 @@ class _Inbox:
             self._priority.append(item)
             self._cond.notify()
 
+    def add_file(self, call: FileCall, fd: int) -> None:
+        with self._cond:
+            self._counters.add("files_received")
+            if len(self._files) >= INBOX_FILES:
+                self._counters.add("files_dropped")
+                os.close(fd)
+                return
+            self._files.append((call, fd))
+            self._cond.notify()
+
     def finish(self, reason: str, *, clean: bool) -> None:
         with self._cond:
             if self.stop_reason is None:
                 self.stop_reason, self.clean = reason, clean
             self._cond.notify()
 
-    def next(self, timeout: float) -> tuple[AuthCall, int | None] | ActionReply | Event | None:
-        """The next item, None on timeout or once stopped (check `stop_reason`)."""
+    def next(self, timeout: float) -> Item | None:
+        """The next item, None on timeout or once stopped (check `stop_reason`). AUTH first; then a
+        waiting file.written notice and an event take turns, so neither lane starves the other."""
         with self._cond:
-            if not self._priority and not self._events and self.stop_reason is None:
+            if not self._priority and not self._events and not self._files and self.stop_reason is None:
                 self._cond.wait(timeout)
             if self.stop_reason is not None:
                 return None
             if self._priority:
                 return self._priority.popleft()
+            self._file_turn = not self._file_turn
+            if self._files and (self._file_turn or not self._events):
+                return self._files.popleft()
             if self._events:
                 return self._events.popleft()
             return None
@@ -256,6 +279,9 @@ class _Inbox:
                 if isinstance(item, tuple) and item[1] is not None:
                     os.close(item[1])
             self._priority.clear()
+            for _, fd in self._files:
+                os.close(fd)
+            self._files.clear()
 
 
 def _read_loop(wire: Wire[HostFrame], inbox: _Inbox) -> None:
@@ -278,6 +304,9 @@ def _route(frame: HostFrame, fds: list[int], inbox: _Inbox) -> bool:
     """Queue one frame. False: stop reading."""
     if isinstance(frame, AuthCall) and len(fds) == int(frame.has_file):
         inbox.add_priority((frame, fds[0] if fds else None))
+        return True
+    if isinstance(frame, FileCall) and len(fds) == 1:
+        inbox.add_file(frame, fds[0])
         return True
     close_fds(fds)
     if fds:
@@ -328,9 +357,11 @@ class _Runner:
             if self.inbox.stop_reason is not None:
                 return self._stop()
 
-    def _dispatch(self, item: tuple[AuthCall, int | None] | ActionReply | Event) -> None:
-        if isinstance(item, tuple):
-            self._auth(*item)
+    def _dispatch(self, item: Item) -> None:
+        if isinstance(item, tuple) and isinstance(item[0], FileCall):
+            self._file(item[0], item[1])
+        elif isinstance(item, tuple) and isinstance(item[0], AuthCall):
+            self._auth(item[0], item[1])
         elif isinstance(item, ActionReply):
             self._guarded("action_result_errors", self.ext.on_action_result, item.result)
         else:
@@ -343,6 +374,18 @@ class _Runner:
         except Exception:  # supervision boundary: the author's handler; logged, counted, next item
             self.counters.add(counter)
             self.logger.exception("%s failed", getattr(handler, "__name__", "handler"))
+
+    def _file(self, call: FileCall, fd: int | None) -> None:
+        assert fd is not None  # _route queues a FileCall only with its descriptor
+
+        def on_file(notice: FileWritten) -> None:
+            self.ext.on_file(notice, AuthFile(fd))
+
+        try:
+            self._guarded("file_errors", on_file, call.notice)
+            self.counters.add("files_handled")
+        finally:
+            os.close(fd)
 
     def _auth(self, call: AuthCall, fd: int | None) -> None:
         self.counters.add("auth_received")

@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,6 @@ rule rf_test_notice : notice {{
 
 
 @pytest.fixture
-def rules_dir(root_only_dir: Path) -> Path:
-    """Where an operator keeps rules: root-only, so only the agent's staged copy can reach the engine."""
-    return root_only_dir
-
-
-@pytest.fixture
 def rules(rules_dir: Path) -> Path:
     path = rules_dir / "test.yar"
     path.write_text(RULES)
@@ -75,22 +69,6 @@ def config_for(
     return msgspec.structs.replace(
         config, extensions=msgspec.structs.replace(config.extensions, content={YARA: rules})
     )
-
-
-@pytest.fixture
-def start_agent() -> Iterator[Callable[[Config], Agent]]:
-    started: list[Agent] = []
-
-    def start(config: Config) -> Agent:
-        agent = Agent(config, console=Console(io.StringIO()), extensions=make_supervisor)
-        started.append(agent)
-        agent.start()
-        assert _ext(agent).state == "running", _ext(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.stop()
 
 
 def _ext(agent: Agent) -> Any:

@@ -10,7 +10,9 @@ Entry points (group `ringfence.extensions`): `ringfence.ioc` -> `extension`; `ri
 
 Content: every file in `ctx.content_dir`, its format by its name: `*.ioc` plain lists (kind inferred per
 line), `*.json` STIX 2.1 bundles, any other name the sha256 blocklist format. The agent stages them there
-(read-only, swapped atomically), so the engine never opens an operator's path.
+(read-only, swapped atomically), so the engine never opens an operator's path. Findings carry ATT&CK
+techniques and tactics: `# attack:` directives in plain lists, `mitre-attack` kill chain phases and
+external references in STIX (`_attack.py`).
 
 Errors, raised by `setup` so that a broken configuration stops the extension instead of running empty
 (the message is one line, which the SDK hands to the agent):

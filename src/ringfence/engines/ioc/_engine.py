@@ -212,6 +212,7 @@ class IocEngine(Extension):
     def _deny(self, request: AuthRequest, match: HashMatch, digests: Digests) -> AuthAnswer:
         self._denied += 1
         name = match.label or PurePosixPath(request.path).name or request.path
+        techniques, tactics = self._watched.current.attack(match.source)
         self.ctx.emit_finding(
             f"Blocked execution of {name}",
             Severity.HIGH,
@@ -223,6 +224,8 @@ class IocEngine(Extension):
             file_sha256=digests.get(Kind.SHA256),
             action="denied",
             related_event=request.header.id,
+            techniques=techniques,
+            tactics=tactics,
         )
         label = f" ({match.label})" if match.label else ""
         return deny(f"ioc: {match.kind} {match.digest} is listed{label}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ringfence.engines.ioc._attack import NO_ATTACK, Attack
 from ringfence.engines.ioc._indicators import HASH_BYTES, HASH_KINDS, Indicator, Kind
 from ringfence.engines.ioc._issues import Issue
 from ringfence.engines.ioc._network import (
@@ -26,7 +27,7 @@ class HashMatch:
 
 
 class IocSet:
-    __slots__ = ("addresses", "domains", "expires_at", "hashes")
+    __slots__ = ("_attack", "addresses", "domains", "expires_at", "hashes")
 
     def __init__(
         self,
@@ -34,11 +35,13 @@ class IocSet:
         addresses: AddressSet | None = None,
         domains: DomainSet | None = None,
         expires_at: float | None = None,
+        attack: Mapping[str, Attack] | None = None,
     ) -> None:
         self.hashes = {k: s for k, s in (hashes or {}).items() if len(s)}
         self.addresses = addresses or AddressSet()
         self.domains = domains or DomainSet()
         self.expires_at = expires_at  # when the first indicator's validity ends (epoch s); None: never
+        self._attack = dict(attack or {})  # source (a match's `source`) -> its ATT&CK ids
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.hashes.values()) + len(self.addresses) + len(self.domains)
@@ -49,6 +52,7 @@ class IocSet:
             and self.hashes == other.hashes
             and self.addresses == other.addresses
             and self.domains == other.domains
+            and self._attack == other._attack
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -76,6 +80,10 @@ class IocSet:
                 return HashMatch(kind, found.hex, found.label, found.source)
         return None
 
+    def attack(self, source: str) -> Attack:
+        """The ATT&CK (techniques, tactics) of the indicators from `source` (see `_attack.py`)."""
+        return self._attack.get(source, NO_ATTACK)
+
     def match_address(self, ip: str) -> NetworkMatch | None:
         return self.addresses.match(ip) if len(self.addresses) else None
 
@@ -91,6 +99,12 @@ class IocBuilder:
         self._addresses = AddressSetBuilder()
         self._domains = DomainSetBuilder()
         self._expires_at: float | None = None
+        self._attack: dict[str, Attack] = {}
+
+    def attack(self, source: str, ids: Attack) -> None:
+        """The indicators added under `source` carry these ATT&CK ids (techniques, tactics)."""
+        if ids[0] or ids[1]:
+            self._attack[source] = ids
 
     def expires(self, at: float) -> None:
         """An indicator just added is valid until `at` (epoch seconds)."""
@@ -106,8 +120,10 @@ class IocBuilder:
 
     def build(self, issues: list[Issue]) -> IocSet:
         hashes = {kind: builder.build(issues) for kind, builder in self.hashes.items()}
-        built = IocSet(hashes, self._addresses.build(issues), self._domains.build(issues), self._expires_at)
-        self._expires_at = None
+        built = IocSet(
+            hashes, self._addresses.build(issues), self._domains.build(issues), self._expires_at, self._attack
+        )
+        self._expires_at, self._attack = None, {}
         self.hashes = {kind: KeySetBuilder(HASH_BYTES[kind], str(kind)) for kind in HASH_KINDS}
         self._addresses, self._domains = AddressSetBuilder(), DomainSetBuilder()
         return built

@@ -98,6 +98,7 @@ class Sightings:
 
     def _emit(self, s: Sighting, title: str) -> None:
         self.findings += 1
+        techniques, tactics = self._current().attack(s.match.source)
         self._ctx.emit_finding(
             title,
             Severity.HIGH,
@@ -106,6 +107,8 @@ class Sightings:
             f"{s.evidence}",
             process=s.process,
             related_event=s.event_id,
+            techniques=techniques,
+            tactics=tactics,
         )
 
 

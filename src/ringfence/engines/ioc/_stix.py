@@ -17,6 +17,9 @@ url:value, a qualifier, FOLLOWEDBY, ...), with a pattern_type other than `stix`,
 not parse or with a bad value is a warning naming the file and the indicator id, and is skipped; the
 bundle's other indicators load. Revoked indicators and those whose `valid_until` has passed are skipped
 (counted, logged at info). A file that is not a JSON bundle is an error: the file is rejected.
+
+ATT&CK: an indicator's `kill_chain_phases` and `external_references` of `mitre-attack`, and those of
+the attack patterns it `indicates` (relationship objects in the same bundle); see `_attack.py`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from stix2patterns.exceptions import ParseException  # type: ignore[import-untyp
 from stix2patterns.v21.inspector import InspectionListener  # type: ignore[import-untyped]
 from stix2patterns.v21.pattern import Pattern  # type: ignore[import-untyped]
 
+from ringfence.engines.ioc._attack import MITRE, NO_ATTACK, Attack, merge, parse_ids
 from ringfence.engines.ioc._indicators import (
     Indicator,
     IndicatorProblem,
@@ -84,6 +88,8 @@ class _Bundle:
     issues: list[Issue]
     now_s: float
     counts: StixCounts = field(default_factory=StixCounts)
+    patterns: dict[str, Attack] = field(default_factory=dict)  # attack-pattern id -> its ATT&CK ids
+    indicates: dict[str, list[str]] = field(default_factory=dict)  # indicator id -> attack-pattern ids
 
 
 def parse_stix(
@@ -103,10 +109,50 @@ def parse_stix(
     if not isinstance(doc, dict) or doc.get("type") != "bundle" or not isinstance(objects, list):
         issues.append(error(source, None, 'not a STIX bundle: expected {"type": "bundle", "objects": [...]}'))
         return bundle.counts
+    _attack_links(bundle, objects)
     for index, obj in enumerate(objects):
         if isinstance(obj, dict) and obj.get("type") == "indicator":
             _indicator(bundle, obj, index)
     return bundle.counts
+
+
+def _attack_links(bundle: _Bundle, objects: list[Any]) -> None:
+    """The bundle's attack patterns (their ATT&CK ids) and which indicator indicates which of them."""
+    for obj in objects:
+        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+            continue
+        if obj.get("type") == "attack-pattern":
+            bundle.patterns[obj["id"]] = _attack_of(bundle, obj, f"attack-pattern {obj['id']}")
+        elif obj.get("type") == "relationship" and obj.get("relationship_type") == "indicates":
+            src, dst = obj.get("source_ref"), obj.get("target_ref")
+            if isinstance(src, str) and isinstance(dst, str) and dst.startswith("attack-pattern--"):
+                bundle.indicates.setdefault(src, []).append(dst)
+
+
+def _attack_of(bundle: _Bundle, obj: dict[str, Any], name: str) -> Attack:
+    """The ATT&CK ids an object names itself; a bad one is a warning naming `name`, and left out."""
+
+    def warn(message: str) -> None:
+        bundle.issues.append(warning(bundle.source, None, f"{name}: {message}"))
+
+    words: list[str] = []
+    for key, id_key, field_name in (
+        ("kill_chain_phases", "kill_chain_name", "phase_name"),
+        ("external_references", "source_name", "external_id"),
+    ):
+        entries = obj.get(key, [])
+        if not isinstance(entries, list):
+            warn(f"{key} is not a list: ignored")
+            continue
+        for entry in entries:
+            if not isinstance(entry, dict) or str(entry.get(id_key, "")).lower() != MITRE:
+                continue
+            value = entry.get(field_name)
+            if isinstance(value, str) and value.strip():
+                words.append(value.strip())
+            else:
+                warn(f"{key} entry of {MITRE} has no {field_name}: ignored")
+    return parse_ids(words, warn) if words else NO_ATTACK
 
 
 def _indicator(bundle: _Bundle, obj: dict[str, Any], index: int) -> None:
@@ -138,8 +184,11 @@ def _indicator(bundle: _Bundle, obj: dict[str, Any], index: int) -> None:
         return
     title = obj.get("name")
     label = clean_label(title) if isinstance(title, str) else None
+    source = f"{bundle.source} {ident}"
+    linked = [bundle.patterns.get(ref, NO_ATTACK) for ref in bundle.indicates.get(ident, ())]
+    bundle.builder.attack(source, merge(_attack_of(bundle, obj, f"indicator {ident}"), *linked))
     for indicator in indicators:
-        bundle.builder.add(indicator, label, f"{bundle.source} {ident}", 0)
+        bundle.builder.add(indicator, label, source, 0)
     if until is not None:
         bundle.builder.expires(until)
     counts.loaded += 1

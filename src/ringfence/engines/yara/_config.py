@@ -5,6 +5,9 @@
     scan_timeout_s = 1           # optional, 1..8: a scan gets at least this, at most 1 s more; then it
                                  #   is allowed uncached (yara-x counts whole seconds on a shared ticker)
     memo_entries = 4096          # optional, 1..1000000: verdicts remembered per file version
+    close_write_max_bytes = 8388608  # optional, 1..1073741824: written files larger are not scanned;
+                                 #   a close-write scan runs on the thread that answers AUTH, so
+                                 #   keep it small (about 10-70 ms a scan at 8 MiB)
 
 The rules are content (`ctx.content_dir`, filled by the agent from `[extensions.content."ringfence.yara"]`).
 Unknown keys are errors: a misspelt key would otherwise change a limit without a word.
@@ -33,6 +36,7 @@ _LIMITS: dict[str, tuple[int, int, int]] = {  # key -> (low, high, default)
     "max_scan_bytes": (1, 1 << 30, 32 << 20),
     "scan_timeout_s": (1, 8, 1),  # + 1 s (see _scan.py) stays inside the manifest's 10 s deadline
     "memo_entries": (1, 1_000_000, 4096),
+    "close_write_max_bytes": (1, 1 << 30, 8 << 20),
 }
 
 
@@ -42,6 +46,7 @@ class YaraConfig:
     max_scan_bytes: int = _LIMITS["max_scan_bytes"][2]
     scan_timeout_s: int = _LIMITS["scan_timeout_s"][2]
     memo_entries: int = _LIMITS["memo_entries"][2]
+    close_write_max_bytes: int = _LIMITS["close_write_max_bytes"][2]
     recheck_interval_ns: int = 1_000_000_000  # how often, at most, a tick stats the content
     max_rules_file_bytes: int = 64 << 20  # per rules file
 

@@ -1,7 +1,10 @@
-"""The YARA engine's AUTH handler: scan an executable at exec, deny on a `block` rule, report the rest."""
+"""The YARA engine's handlers: at exec (AUTH) scan the executable, deny on a `block` rule, report the
+rest; on close-write (`on_file`) scan the file just written and report every match (see `_written.py`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -11,7 +14,7 @@ from pathlib import PurePosixPath
 
 from ringfence.engines.yara._config import YaraConfig
 from ringfence.engines.yara._memo import MemoKey, MemoStatistics, ResultMemo, hash_key, stat_key
-from ringfence.engines.yara._scan import FileScanner, Outcome, RuleMatch, ScanResult
+from ringfence.engines.yara._scan import FileScanner, Outcome, RuleMatch, ScanResult, read_fd
 from ringfence.engines.yara._watch import RulesStatistics, WatchedRules
 from ringfence.sdk import (
     AuthAnswer,
@@ -22,6 +25,7 @@ from ringfence.sdk import (
     EventKind,
     Extension,
     FailurePolicy,
+    FileWritten,
     Manifest,
     Permission,
     Severity,
@@ -52,6 +56,11 @@ class YaraStatistics:
     no_descriptor: int  # allowed uncached: the request came without a file
     past_deadline: int  # not scanned: it waited past its deadline, the agent answered by itself
     changed_while_scanned: int  # answered uncached and not remembered: the file changed during the read
+    written: int  # file.written notices: files closed after writing under the agent's scan paths
+    written_scans: int  # of them, scanned (the others: unchanged, too large, failed, no rules)
+    written_unchanged: int  # a version already scanned (the memo, keyed by content): nothing raised again
+    written_too_large: int  # over close_write_max_bytes: not scanned
+    written_failed: int  # unreadable, timed out, or yara-x failed: not scanned, logged
     rule_reloads: int  # other rules came into force after the first load
     unchanged_reloads: int  # new files, same rules: no verdict flush
     rules: RulesStatistics  # rules in force, content version, compile errors
@@ -65,12 +74,16 @@ class YaraEngine(Extension):
         id="ringfence.yara",
         vendor="Ringfence",
         version="1.0.0",
+        subscribes=frozenset({EventKind.FILE_WRITTEN}),  # needs FILE_CONTENTS: each comes with its fd
         auth=AuthParticipation(
             kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=10_000, failure=FailurePolicy.FAIL_OPEN
         ),
         permissions=frozenset({Permission.FILE_CONTENTS}),
         content_interface="yara@1",  # .yar/.yara files that yara-x compiles, no include
-        description="Scans executables with YARA rules (yara-x) at exec; denies on a rule tagged block.",
+        description=(
+            "Scans executables with YARA rules (yara-x) at exec, denying on a rule tagged block, and files "
+            "written under the agent's close-write paths, raising findings."
+        ),
     )
 
     def __init__(self, *, clock: Callable[[], int] = time.monotonic_ns) -> None:
@@ -78,7 +91,8 @@ class YaraEngine(Extension):
         self._n: dict[str, int] = dict.fromkeys(
             ("requests", "scans", "scanned_bytes", "matches", "denied", "allowed", "findings",
              "findings_capped", "timeouts", "too_large", "read_errors", "scan_errors", "no_descriptor",
-             "past_deadline",
+             "past_deadline", "written", "written_scans", "written_unchanged", "written_too_large",
+             "written_failed",
              "changed_while_scanned", "rule_reloads", "unchanged_reloads"),
             0,
         )  # fmt: skip
@@ -111,6 +125,72 @@ class YaraEngine(Extension):
         if result is not None:
             return self._answer(request, result, cacheable=True)
         return self._scan(request, file, key)
+
+    def on_file(self, notice: FileWritten, file: AuthFile) -> None:
+        """A file just closed after writing: scan it once per content version and report each match. After
+        the fact, so nothing is denied here; the result is remembered under the content's sha256, which is
+        what the agent sends at the exec of a file this fresh, so that exec costs a memo lookup."""
+        self._n["written"] += 1
+        if self._watched.current.rules is None:
+            return
+        data = self._read_written(notice, file)
+        if data is None:
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        key = hash_key(digest)
+        if self._memo.get(key) is not None:
+            self._n["written_unchanged"] += 1
+            return
+        result = self._scanner.scan_bytes(data)
+        self._n["written_scans"] += 1
+        self._n["scanned_bytes"] += result.scanned_bytes
+        if result.outcome is not Outcome.SCANNED:
+            self._n["written_failed"] += 1
+            self.ctx.log.warning(
+                "written file not scanned: %s: %s", notice.path, result.detail or result.outcome
+            )
+            return
+        result = dataclasses.replace(result, sha256=digest)
+        self._memo.put(key, result)
+        self._report_written(notice, result)
+
+    def _read_written(self, notice: FileWritten, file: AuthFile) -> bytes | None:
+        """The file's bytes, or None (counted) when it is too large or cannot be read."""
+        try:
+            data = read_fd(file.fd, self._config.close_write_max_bytes)
+        except OSError as e:
+            self._n["written_failed"] += 1
+            self.ctx.log.warning("written file not scanned: %s: read failed: %s", notice.path, e.strerror)
+            return None
+        if data is None:
+            self._n["written_too_large"] += 1
+            self.ctx.log.debug("written file not scanned: %s: over close_write_max_bytes", notice.path)
+        return data
+
+    def _report_written(self, notice: FileWritten, result: ScanResult) -> None:
+        self._n["matches"] += len(result.matches)
+        shown = sorted(result.matches, key=lambda m: not m.blocks)[:MAX_FINDINGS_PER_FILE]
+        self._n["findings_capped"] += len(result.matches) - len(shown)
+        name = PurePosixPath(notice.path).name or notice.path
+        for match in shown:
+            self._n["findings"] += 1
+            if match.blocks:  # cannot block after the fact; its exec will be denied (the memo has it)
+                title, severity = f"Written file {name} matches YARA block rule {match.rule}", Severity.HIGH
+            else:
+                title, severity = f"YARA rule {match.rule} matched written file {name}", Severity.MEDIUM
+            self.ctx.emit_finding(
+                title,
+                max(severity, _meta_severity(match)),
+                rule=RULE_PREFIX + match.rule,
+                description=_describe(notice.path, match, "written"),
+                process=notice.process,
+                file_path=notice.path,
+                file_sha256=result.sha256,
+                action="detected",
+                related_event=notice.header.id,
+                techniques=match.techniques,
+                tactics=match.tactics,
+            )
 
     def _check(self, request: AuthRequest, file: AuthFile | None) -> os.stat_result | tuple[str, str]:
         """The open file's status when it is to be scanned, else why not: (counter, reason)."""
@@ -223,23 +303,29 @@ class YaraEngine(Extension):
             )
         else:
             title, severity, action = f"YARA rule {match.rule} matched {name}", Severity.MEDIUM, "allowed"
-        meta = dict(match.metadata)
-        severity = max(severity, _SEVERITIES.get(meta.get("severity", "").lower(), Severity.UNKNOWN))
         self.ctx.emit_finding(
             title,
-            severity,
+            max(severity, _meta_severity(match)),
             rule=RULE_PREFIX + match.rule,
-            description=_describe(request.path, match),
+            description=_describe(request.path, match, "executed"),
             process=request.process,
             file_path=request.path,
             file_sha256=sha256,
             action=action,
             related_event=request.header.id,
+            techniques=match.techniques,
+            tactics=match.tactics,
         )
 
 
-def _describe(path: str, match: RuleMatch) -> str:
+def _meta_severity(match: RuleMatch) -> Severity:
+    return _SEVERITIES.get(dict(match.metadata).get("severity", "").lower(), Severity.UNKNOWN)
+
+
+def _describe(path: str, match: RuleMatch, how: str) -> str:
     tags = ", ".join(match.tags) or "none"
     meta = "; ".join(f"{k}={v}" for k, v in match.metadata) or "none"
-    text = f"YARA rule {match.namespace}.{match.rule} matched {path}; tags: {tags}; metadata: {meta}"
+    text = f"YARA rule {match.namespace}.{match.rule} matched {path} ({how}); tags: {tags}; metadata: {meta}"
+    if match.techniques or match.tactics:
+        text += "; ATT&CK: " + ", ".join(match.techniques + match.tactics)
     return text if len(text) <= 4000 else text[:3997] + "..."

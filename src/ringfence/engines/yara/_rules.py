@@ -14,12 +14,14 @@ import enum
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import yara_x
 
+from ringfence.engines.yara._attack import RuleAttack, RuleLocator, rule_attack
 from ringfence.engines.yara._config import YaraError
 
 RULE_SUFFIXES = (".yar", ".yara")
@@ -66,6 +68,8 @@ class RuleSet:
     rule_count: int
     block_rule_count: int
     version: str  # the first 16 hex digits of a sha256 over the files' names and bytes; "" when empty
+    # "namespace.rule" -> its ATT&CK ids (see _attack.py); rules without any are not in it
+    attack: Mapping[str, RuleAttack] = field(default_factory=lambda: MappingProxyType({}))
 
 
 EMPTY = RuleSet(None, (), 0, 0, "")
@@ -112,7 +116,26 @@ def _compile(sources: list[tuple[str, str]], issues: list[Issue]) -> Compiled:
     all_rules = list(rules)
     blocking = sum(1 for r in all_rules if BLOCK_TAG in r.tags)
     names = tuple(os.path.basename(origin) for origin, _ in sources)
-    return Compiled(RuleSet(rules, names, len(all_rules), blocking, digest.hexdigest()[:16]), tuple(issues))
+    attack = _attack_of(all_rules, RuleLocator(sources), issues)
+    ruleset = RuleSet(
+        rules, names, len(all_rules), blocking, digest.hexdigest()[:16], MappingProxyType(attack)
+    )
+    return Compiled(ruleset, tuple(issues))
+
+
+def _attack_of(rules: list[yara_x.Rule], locator: RuleLocator, issues: list[Issue]) -> dict[str, RuleAttack]:
+    """Each rule's ATT&CK ids; every id left out is a warning at the rule's file and line."""
+    out: dict[str, RuleAttack] = {}
+    for rule in rules:
+
+        def warn(key: str | None, message: str, name: str = rule.identifier) -> None:
+            source, line = locator.where(name, key)
+            issues.append(Issue(IssueSeverity.WARNING, source, line, f"rule {name}: {message}"))
+
+        attack = rule_attack(tuple(rule.tags), tuple(rule.metadata), warn)
+        if attack.techniques or attack.tactics:
+            out[f"{rule.namespace}.{rule.identifier}"] = attack
+    return out
 
 
 def _issue(severity: IssueSeverity, report: dict[str, Any]) -> Issue:

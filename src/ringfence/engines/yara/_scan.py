@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import yara_x
 
+from ringfence.engines.yara._attack import NO_ATTACK
 from ringfence.engines.yara._rules import BLOCK_TAG, RuleSet
 
 MAX_MATCHES_PER_PATTERN = 1000  # bounds a scan's memory on files full of one pattern
@@ -43,6 +44,8 @@ class RuleMatch:
     namespace: str
     tags: tuple[str, ...]
     metadata: tuple[tuple[str, str], ...]  # values as text, each cut to 200 characters
+    techniques: tuple[str, ...] = ()  # ATT&CK, from its metadata and tags (see _attack.py)
+    tactics: tuple[str, ...] = ()
 
     @property
     def blocks(self) -> bool:
@@ -111,7 +114,7 @@ class FileScanner:
             return ScanResult(Outcome.TIMEOUT, scanned_bytes=len(data))
         except yara_x.ScanError as e:
             return ScanResult(Outcome.SCAN_ERROR, scanned_bytes=len(data), detail=str(e).splitlines()[0])
-        matches = tuple(_match(rule) for rule in results.matching_rules)
+        matches = tuple(_match(rule, self.ruleset) for rule in results.matching_rules)
         sha256 = hashlib.sha256(data).hexdigest() if matches or digest else None
         return ScanResult(Outcome.SCANNED, matches, sha256, len(data))
 
@@ -119,9 +122,12 @@ class FileScanner:
         self._log.debug("yara console: %s", message[:500])
 
 
-def _match(rule: yara_x.Rule) -> RuleMatch:
+def _match(rule: yara_x.Rule, ruleset: RuleSet) -> RuleMatch:
     meta = tuple((str(k), _text(v)) for k, v in rule.metadata)
-    return RuleMatch(rule.identifier, rule.namespace, tuple(rule.tags), meta)
+    attack = ruleset.attack.get(f"{rule.namespace}.{rule.identifier}", NO_ATTACK)
+    return RuleMatch(
+        rule.identifier, rule.namespace, tuple(rule.tags), meta, attack.techniques, attack.tactics
+    )
 
 
 def _text(value: object) -> str:
