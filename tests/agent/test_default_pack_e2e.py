@@ -315,6 +315,17 @@ ATTACKS = [
         "uid 0 account", ("T1136.001", "T1098"), "usermod -o -u 0 rf-no-such-user-$ID 2>/dev/null || true"
     ),
     Attack("passwd rewritten", ("T1136.001", "T1098"), "sed -i -e '$ s/$//' /etc/passwd"),
+    Attack(
+        "renamed useradd",
+        ("T1136.001",),
+        "cp /usr/sbin/useradd $W/mkacct.$ID && $W/mkacct.$ID -M rg$ID && userdel rg$ID; rm -f $W/mkacct.$ID",
+    ),
+    Attack("privileged group", ("T1098",), "useradd -M rp$ID && usermod -aG sudo rp$ID; userdel rp$ID"),
+    Attack(
+        "password guessing",
+        ("T1110.001",),
+        "for i in 1 2 3 4 5 6; do runuser -u nobody -- sh -c 'echo wrong | sudo -S -k -p \"\" /bin/true' 2>/dev/null; done; true",
+    ),
     Attack("pam file", ("T1556.003",), "echo '# rf' > /etc/pam.d/rf-$ID; rm -f /etc/pam.d/rf-$ID"),
     Attack("kernel module", ("T1547.006",), "modprobe rf_no_such_module_$ID 2>/dev/null || true"),
     # privilege escalation
