@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -130,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     content_cli.add_parser(sub)
     _rules_parser(sub)
+    _fleet_parser(sub)
     _common(clean)
     clean.add_argument(
         "--empty-now",
@@ -138,6 +140,73 @@ def _parser() -> argparse.ArgumentParser:
         "one up). Safe when no other Ringfence process runs, as in systemd's ExecStopPost",
     )
     return p
+
+
+# The scenarios of `fleet simulate`, here so that a plain `ringfence` never imports numpy (a test holds
+# them equal to ringfence.fleet.SCENARIOS).
+FLEET_SCENARIOS = {
+    "crash-all": "the release crashes the engine on every host that takes it, as Channel File 291 did; "
+    "each host's own crash-loop revert brings it back to last-known-good within a minute, and the "
+    "crashes show in its heartbeats",
+    "crash-some": "the release crashes the engine on the 2 % of hosts with one kernel flavour (rt)",
+    "deny-storm": "the release denies 5 % of execs on 1 % of hosts",
+    "good": "a good release on a noisy fleet: it must complete without a halt",
+}
+
+
+def _fleet_parser(sub: Any) -> None:
+    fleet = sub.add_parser(
+        "fleet", help="the fleet control plane: simulate a rollout over millions of hosts"
+    ).add_subparsers(dest="fleet_cmd", metavar="COMMAND", required=True)
+    scenarios = "\n".join(
+        textwrap.fill(v, 100, initial_indent=f"  {k:<12}", subsequent_indent=" " * 14)
+        for k, v in FLEET_SCENARIOS.items()
+    )
+    what = textwrap.fill(
+        "Run one release through the default ring plan (0.01, 0.1, 1, 10, 50, 100 %, bakes of 15 min "
+        "to 4 h) with the same controller and gates a server runs, on a simulated clock and a simulated "
+        "fleet: heartbeats every 30 s with jitter, 6 % of hosts asleep at any time, and background "
+        "crashes, restarts, deadline misses, drops, CPU, RSS, deny and finding rates. The simulation "
+        "stops when the rollout completes, halts, or holds (there is no operator to ask).",
+        100,
+    )
+    sim = fleet.add_parser(
+        "simulate",
+        help="drive the rollout controller over a simulated fleet, beside the all-at-once baseline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"{what}\n\nscenarios:\n{scenarios}",
+        epilog="output (--json names):\n"
+        "  exposed_hosts          hosts that ran the release\n"
+        "  affected_hosts         of them, those it hurt (crashed, denied execs)\n"
+        "  halted, time_to_halt_s whether a gate halted it (and rolled every host back), and when\n"
+        "  ring_reached           the last ring assigned (0 = canary), ring_fraction its share\n"
+        "  manual_recovery_hosts  hosts a person must fix (0: the crash-loop revert is on the host)\n"
+        "  phase                  completed, halted or hold\n"
+        "  decisions              the rollout log: every start, gate, advance and halt with its reason\n"
+        "  all_at_once            the same release pushed to every online host at once, no gates\n"
+        "Progress goes to stderr on a terminal.",
+    )
+    sim.add_argument("--hosts", type=_positive_int, default=100_000, help="fleet size (default 100000)")
+    sim.add_argument("--scenario", choices=tuple(FLEET_SCENARIOS), required=True, metavar="NAME",
+                     help="crash-all, crash-some, deny-storm or good")  # fmt: skip
+    sim.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same run")
+    sim.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= n <= 100_000_000:
+        raise argparse.ArgumentTypeError(f"between 1 and 100000000, got {n}")
+    return n
+
+
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from ringfence.fleet._simulate_cli import run  # numpy and scipy: only for this command
+
+    return run(args)
 
 
 def _rules_parser(sub: Any) -> None:
@@ -452,6 +521,7 @@ _COMMANDS = {
     "cleanup": _cmd_cleanup,
     "content": content_cli.run,
     "rules": _cmd_rules,
+    "fleet": _cmd_fleet,
 }
 
 

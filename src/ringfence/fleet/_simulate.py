@@ -27,8 +27,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from ringfence.fleet._gates import Counts, HealthWindow, Samples
-from ringfence.fleet._rollout import Assignment, Phase, Rollout, RolloutController, RolloutPlan
+from ringfence.fleet._gates import Counts, HealthWindow, Samples, Verdict
+from ringfence.fleet._rollout import Assignment, Decision, Phase, Rollout, RolloutController, RolloutPlan
 
 SCENARIOS: dict[str, str] = {
     "crash-all": "the release crashes the engine on every host that takes it (as Channel File 291 did); "
@@ -281,10 +281,20 @@ def _result(cfg: SimConfig, ctl: RolloutController, fleet: _Fleet, baseline: Out
         ring_reached=r.ring, ring_fraction=r.plan.rings[r.ring].fraction, exposed_hosts=int(took.sum()),
         affected_hosts=int((took & fleet.hurt).sum()), time_to_halt_s=halt, manual_recovery_hosts=0,
         simulated_s=now, wall_s=round(wall_s, 3),
-        decisions=[
-            {"at_s": d.at_s, "action": d.action, "ring": d.ring, "reason": d.reason,
-             "treated_hosts": d.treated_hosts, "control_hosts": d.control_hosts}
-            for d in r.log
-        ],
+        decisions=[_decision(d) for d in r.log],
         all_at_once=baseline,
     )  # fmt: skip
+
+
+def _decision(d: Decision) -> dict[str, object]:
+    out: dict[str, object] = {
+        "at_s": d.at_s, "action": d.action, "ring": d.ring, "reason": d.reason,
+        "treated_hosts": d.treated_hosts, "control_hosts": d.control_hosts,
+    }  # fmt: skip
+    if d.gate is not None:  # the evidence of what failed (all of it is in the controller's log)
+        out["failed"] = [
+            {"metric": m.name, "test": m.test, "statistic": m.statistic, "p_value": m.p_value,
+             "treated": m.treated, "control": m.control}
+            for m in d.gate.metrics if m.verdict is Verdict.FAIL
+        ]  # fmt: skip
+    return out
