@@ -59,18 +59,18 @@ class Ring(msgspec.Struct, frozen=True, kw_only=True):
 # of them, so a release that crashes every host it reaches touches at most 850 before the first look
 # halts it. At least 100 hosts, so a small fleet's canary still has enough hosts to judge.
 DEFAULT_RINGS: tuple[Ring, ...] = (
-    Ring(fraction=0.0001, bake_s=900, min_hosts=100, min_reporting_hosts=50),
-    Ring(fraction=0.001, bake_s=1800, min_hosts=500, min_reporting_hosts=250),
-    Ring(fraction=0.01, bake_s=3600, min_hosts=2000, min_reporting_hosts=1000),
-    Ring(fraction=0.1, bake_s=7200, min_hosts=5000, min_reporting_hosts=2500),
-    Ring(fraction=0.5, bake_s=14400, min_reporting_hosts=2500),
-    Ring(fraction=1.0, bake_s=0),  # nobody is left to compare with: reaching it completes the rollout
+    Ring(fraction=0.0001, bake_s=900.0, min_hosts=100, min_reporting_hosts=50),
+    Ring(fraction=0.001, bake_s=1800.0, min_hosts=500, min_reporting_hosts=250),
+    Ring(fraction=0.01, bake_s=3600.0, min_hosts=2000, min_reporting_hosts=1000),
+    Ring(fraction=0.1, bake_s=7200.0, min_hosts=5000, min_reporting_hosts=2500),
+    Ring(fraction=0.5, bake_s=14400.0, min_reporting_hosts=2500),
+    Ring(fraction=1.0, bake_s=0.0),  # nobody is left to compare with: reaching it completes the rollout
 )
 
 
 class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True):
     rings: tuple[Ring, ...] = DEFAULT_RINGS
-    max_wait_s: float = 3600  # after a bake, waiting for min_reporting_hosts, before holding
+    max_wait_s: float = 3600.0  # after a bake, waiting for min_reporting_hosts, before holding
     gates: GateConfig = msgspec.field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
