@@ -107,14 +107,16 @@ class SimResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Fleet:
-    """The hosts: arrays over host index; group counts per look."""
+    """The hosts: arrays over host index (float32 times: half the memory traffic of a look)."""
 
     def __init__(self, cfg: SimConfig, rng: np.random.Generator) -> None:
         n, self.cfg, self.rng = cfg.hosts, cfg, rng
-        self.phase = rng.uniform(0, cfg.heartbeat_s, n)
-        self.online = rng.random(n) >= cfg.offline_fraction
-        self.changed = np.where(self.online, -1e9, -rng.exponential(cfg.mean_offline_s, n))
-        self.took = np.full(n, np.inf)
+        self.phase = rng.uniform(0, cfg.heartbeat_s, n).astype(np.float32)
+        asleep = rng.random(n) < cfg.offline_fraction
+        # when the host went to sleep; inf while it is awake (one array answers "heard from since w0")
+        self.offline_at = np.full(n, np.inf, dtype=np.float32)
+        self.offline_at[asleep] = -rng.exponential(cfg.mean_offline_s, int(asleep.sum()))
+        self.took = np.full(n, np.inf, dtype=np.float32)  # when it took the release
         flavour = rng.choice(len(FLAVOURS), n, p=[p for _, p in FLAVOURS]).astype(np.uint8)
         storm = rng.random(n) < STORM_FRACTION
         self.hurt = {
@@ -126,17 +128,18 @@ class _Fleet:
         self.end = 0  # hosts [0, end) are assigned the release
         self.halted_at: float | None = None
 
-    def next_heartbeat(
-        self, idx: npt.NDArray[np.int64], t: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.float64]:
+    def awake(self, idx: Index) -> npt.NDArray[np.bool_]:
+        return np.isinf(self.offline_at[idx])
+
+    def next_heartbeat(self, idx: Index, t: Times) -> Times:
         hb, ph = self.cfg.heartbeat_s, self.phase[idx]
         slot = ph + hb * np.ceil((t - ph) / hb)
         return np.maximum(slot + self.rng.normal(0, self.cfg.jitter_s, len(idx)), t)
 
     def assign(self, end: int, now: float) -> None:
-        """Hosts [self.end, end) are assigned the release now: the online ones take it at their next beat."""
+        """Hosts [self.end, end) are assigned the release now: the awake ones take it at their next beat."""
         new = np.arange(self.end, end)
-        new = new[self.online[new]]
+        new = new[self.awake(new)]
         self.took[new] = self.next_heartbeat(new, np.full(len(new), now))
         self.end = end
 
@@ -153,35 +156,37 @@ class _Fleet:
         wake_rate = 1.0 / cfg.mean_offline_s
         sleep_rate = wake_rate * cfg.offline_fraction / (1 - cfg.offline_fraction)
         idx = rng.integers(0, n, rng.poisson(n * sleep_rate * dt))
-        idx = idx[self.online[idx]]
+        idx = idx[self.awake(idx)]
         at = t0 + rng.random(len(idx)) * dt
-        self.online[idx], self.changed[idx] = False, at
+        self.offline_at[idx] = at
         not_yet = self.took[idx] > at  # asleep before its beat: takes it when it wakes
         self.took[idx[not_yet]] = np.inf
         idx = rng.integers(0, n, rng.poisson(n * wake_rate * dt))
-        idx = idx[~self.online[idx]]
+        idx = idx[~self.awake(idx)]
         at = t0 + rng.random(len(idx)) * dt
-        keep = at > self.changed[idx]
+        keep = at > self.offline_at[idx]
         idx, at = idx[keep], at[keep]
-        self.online[idx], self.changed[idx] = True, at
+        self.offline_at[idx] = np.inf
         wakes = (idx < self.end) & np.isinf(self.took[idx])
         self.took[idx[wakes]] = self.next_heartbeat(idx[wakes], at[wakes])
 
+    def _groups(self, w0: float, now: float) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """treated: took it, reported since (a beat later), heard from in the window; control: rings not
+        assigned, heard from in the window."""
+        e = self.end
+        treated = self.took[:e] <= now - self.cfg.heartbeat_s
+        treated &= self.offline_at[:e] >= w0
+        return treated, self.offline_at[e:] >= w0
+
     def window(self, w0: float, now: float, full: bool) -> HealthWindow:
-        cfg, e, hb = self.cfg, self.end, self.cfg.heartbeat_s
-        took, online, changed = self.took[:e], self.online[:e], self.changed[:e]
-        # treated: took it and reported since (at the next beat), and heard from in this window
-        reported = took <= now - hb
-        gone = ~online & (changed >= np.maximum(w0, took + hb))
-        t_mask = reported & (online | gone)
-        t_silent = gone & (changed <= now - cfg.silent_after_s)
-        c_online, c_changed = self.online[e:], self.changed[e:]
-        c_gone = ~c_online & (c_changed >= w0)
-        c_mask = c_online | c_gone
-        c_silent = c_gone & (c_changed <= now - cfg.silent_after_s)
-        n_t, n_c = int(t_mask.sum()), int(c_mask.sum())
-        hurt = int((t_mask & self.hurt[:e]).sum()) if cfg.scenario != "good" else 0
-        counts = {"silent_hosts": Counts(int(t_silent.sum()), n_t, int(c_silent.sum()), n_c)}
+        cfg, e = self.cfg, self.end
+        treated, control = self._groups(w0, now)
+        quiet = now - cfg.silent_after_s  # asleep since before this: silent
+        n_t, n_c = int(np.count_nonzero(treated)), int(np.count_nonzero(control))
+        t_silent = int(np.count_nonzero(self.offline_at[:e][treated] <= quiet))
+        c_silent = n_c - int(np.count_nonzero(self.offline_at[e:] > quiet))
+        hurt = int(np.count_nonzero(self.hurt[:e][treated])) if cfg.scenario != "good" else 0
+        counts = {"silent_hosts": Counts(t_silent, n_t, c_silent, n_c)}
         for name, rate in BASELINE_RATES_PER_H.items():
             if not full and name not in ("engine_crashes", "agent_crashes", "deny_jump_hosts"):
                 continue
@@ -192,7 +197,7 @@ class _Fleet:
             if name == "deny_jump_hosts" and cfg.scenario == "deny-storm":
                 k_t = min(n_t, k_t + hurt)
             counts[name] = Counts(k_t, n_t, k_c, n_c)
-        samples = self._samples(t_mask, c_mask, now - w0) if full else {}
+        samples = self._samples(treated, control, now - w0) if full else {}
         return HealthWindow(
             start_s=w0, end_s=now, treated_hosts=n_t, control_hosts=n_c, counts=counts, samples=samples
         )
@@ -262,7 +267,7 @@ def _apply(fleet: _Fleet, a: Assignment, sizes: tuple[int, ...], now: float) -> 
 
 def _all_at_once(fleet: _Fleet) -> Outcome:
     """Every online host takes the release at once, no gate: what a push to everybody exposes."""
-    exposed = fleet.online
+    exposed = np.isinf(fleet.offline_at)
     affected = int((exposed & fleet.hurt).sum())
     return Outcome(
         exposed_hosts=int(exposed.sum()), affected_hosts=affected, manual_recovery_hosts=0, halted=False,
