@@ -1,6 +1,6 @@
 """Run every benchmark and print one table per measurement, each against a baseline from the same run.
 
-sudo .venv/bin/python bench/run.py [--quick] [--only agent|extensions|content|sigma|yara|dns|audit]
+sudo .venv/bin/python bench/run.py [--quick] [--only agent|extensions|content|sigma|yara|dns|audit|fleet]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bench._common import require_root
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run, not a measurement")
-    groups = ("agent", "extensions", "content", "sigma", "yara", "dns", "audit")
+    groups = ("agent", "extensions", "content", "sigma", "yara", "dns", "audit", "fleet")
     p.add_argument("--only", choices=groups, help="run one group")
     args = p.parse_args()
     require_root()
@@ -48,6 +48,10 @@ def main() -> None:
         from bench import audit_bench
 
         print("\n" + audit_bench.run(args.quick), flush=True)
+    if args.only in (None, "fleet"):
+        from bench import fleet_bench
+
+        print("\n" + fleet_bench.run(args.quick), flush=True)
 
 
 if __name__ == "__main__":
