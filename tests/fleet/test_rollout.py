@@ -219,3 +219,16 @@ def test_ring_sizes_keep_the_canary_at_0_01_percent_of_a_large_fleet():
     small = plan.ring_sizes(20_000)
     assert small[0] == 100 and small[-1] == 20_000 and list(small) == sorted(small)
     assert plan.ring_sizes(50) == (50,) * 6
+
+
+def test_halted_rollout_round_trips_with_its_gate_evidence(ctl):
+    ctl.start()
+    ctl.clock.now += 60
+    ctl.observe(healthy(crashes=200))
+    data = encode_rollout(ctl.rollout)
+    restored = decode_rollout(data)
+    assert restored == ctl.rollout and restored.log[-1].gate == ctl.rollout.log[-1].gate
+    crash = next(m for m in restored.log[-1].gate.metrics if m.name == "engine_crashes")
+    assert (
+        crash.verdict == "fail" and crash.p_value is not None and crash.statistic == 200.0
+    )  # 0.2 of treated hosts vs 0.001

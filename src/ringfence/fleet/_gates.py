@@ -19,7 +19,6 @@ metric, makes it inconclusive (hold, ask an operator); otherwise it passes.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 
 import msgspec
@@ -127,11 +126,12 @@ def rate_test(c: Counts, margin: float = 1.0) -> tuple[float, float]:
     """(rate ratio, one-sided p) for H0 "treated rate <= margin x control rate", exposure = hosts.
 
     Given k = treated + control events, the treated count is Binomial(k, q) with q = m t / (m t + c)
-    under H0's boundary; p = P(X >= treated). `special.bdtrc` is that tail without scipy.stats' overhead
+    under H0's boundary; p = P(X >= treated). With no control event the ratio counts half of one, so
+    that it stays finite (a stored log is JSON). `special.bdtrc` is that tail without scipy.stats' overhead
     (the simulator calls this at every look).
     """
     t, n_t, k_c, n_c = c.treated, c.treated_hosts, c.control, c.control_hosts
-    ratio = (t / n_t) / (k_c / n_c) if k_c else (math.inf if t else 1.0)
+    ratio = (t / n_t) / (max(k_c, 0.5) / n_c)  # no control event: half of one (JSON has no inf)
     if t == 0:
         return ratio, 1.0
     q = margin * n_t / (margin * n_t + n_c)
