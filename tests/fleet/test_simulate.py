@@ -120,7 +120,8 @@ def test_exported_names_are_pinned():
         "DEFAULT_METRICS", "DEFAULT_RINGS", "SCENARIOS", "Assignment", "Counts", "Decision", "GateConfig",
         "GateResult", "HealthWindow", "Metric", "MetricResult", "Outcome", "Phase", "Ring", "Rollout",
         "RolloutController", "RolloutError", "RolloutPlan", "Samples", "SimConfig", "SimResult", "Verdict",
-        "decode_rollout", "encode_rollout", "evaluate", "rate_test", "simulate",
+        "decode_rollout", "encode_rollout", "evaluate", "rate_test", "simulate", "HostWindow",
+        "window_from_hosts",
     ])  # fmt: skip
     for name in ringfence.fleet.__all__:
         assert hasattr(ringfence.fleet, name)

@@ -11,6 +11,7 @@ from heartbeats; `simulate` feeds it simulated ones.
     ctl.pause / resume / abort / rollback(by, reason)
     encode_rollout(r) / decode_rollout(bytes)     the state, for a database
     evaluate(window, GateConfig()) -> GateResult  the gate on its own: per metric test, statistic, p
+    window_from_hosts(start, end, treated, control)   HostWindow per host (from heartbeats) -> HealthWindow
     simulate(SimConfig(hosts=..., scenario=...)) -> SimResult
 
 Errors: RolloutError (a ValueError): an operator action the phase does not allow, a bad plan or a bad
@@ -30,6 +31,7 @@ from ringfence.fleet._gates import (
     evaluate,
     rate_test,
 )
+from ringfence.fleet._hosts import HostWindow, window_from_hosts
 from ringfence.fleet._rollout import (
     DEFAULT_RINGS,
     Assignment,
@@ -55,6 +57,7 @@ __all__ = [
     "GateConfig",
     "GateResult",
     "HealthWindow",
+    "HostWindow",
     "Metric",
     "MetricResult",
     "Outcome",
@@ -73,4 +76,5 @@ __all__ = [
     "evaluate",
     "rate_test",
     "simulate",
+    "window_from_hosts",
 ]
