@@ -166,7 +166,8 @@ def _fleet_parser(sub: Any) -> None:
         "Run one release through the default ring plan (0.01, 0.1, 1, 10, 50, 100 %, bakes of 15 min "
         "to 4 h) with the same controller and gates a server runs, on a simulated clock and a simulated "
         "fleet: heartbeats every 30 s with jitter, 6 % of hosts asleep at any time, and background "
-        "crashes, restarts, deadline misses, drops, CPU, RSS, deny and finding rates. The simulation "
+        "crashes, restarts, deadline misses, drops, CPU, RSS, deny and finding rates, and one region of "
+        "hosts (2 %) losing its network for 30 min. The simulation "
         "stops when the rollout completes, halts, or holds (there is no operator to ask).",
         100,
     )

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import ringfence.fleet
@@ -125,3 +126,24 @@ def test_exported_names_are_pinned():
     ])  # fmt: skip
     for name in ringfence.fleet.__all__:
         assert hasattr(ringfence.fleet, name)
+
+
+def test_a_regional_outage_silences_both_sides_alike():
+    from ringfence.fleet._simulate import _Fleet
+
+    cfg = SimConfig(hosts=100_000, scenario="good", seed=3)
+    fleet = _Fleet(cfg, np.random.default_rng(3))
+    start, region = fleet.outage
+    fleet.assign(50_000, 0.0)
+    t = 0.0
+    while t < start + 600:
+        fleet.churn(t, t + 60)
+        t += 60
+    during = fleet.window(0.0, t, full=False).counts["silent_hosts"]
+    in_region = int(np.count_nonzero(fleet.region == region))
+    assert during.treated + during.control > 0.8 * in_region  # the region is silent, on both sides
+    assert abs(during.treated / during.treated_hosts - during.control / during.control_hosts) < 0.01
+    while t < start + cfg.outage_s + 600:
+        fleet.churn(t, t + 60)
+        t += 60
+    assert np.count_nonzero(np.isinf(fleet.offline_at[fleet.region == region])) > 0.8 * in_region  # back

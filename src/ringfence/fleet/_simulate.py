@@ -10,7 +10,8 @@ at a per-host phase with per-beat jitter, content taken at the first heartbeat a
 assigned (or after waking), a kernel flavour, and background noise: crashes, restarts, deadline misses,
 drops and deny jumps at per-host-hour rates (drawn per look as binomial counts over each group), and
 CPU, RSS, deny and finding rates from heavy-tailed distributions (drawn for a sample of hosts at each
-gate). What a scenario's release does is applied to exactly the hosts that took it, seen at their next
+gate), and one regional outage (every host of one of 50 regions silent for 30 min, some time in the
+first 6 h). What a scenario's release does is applied to exactly the hosts that took it, seen at their next
 heartbeat. A host whose engine crash-loops reverts itself to last-known-good within a minute (the
 agent's crash-loop revert runs on the host, not the control plane), so no host needs a person.
 
@@ -69,6 +70,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     mean_offline_s: float = 7200.0
     silent_after_s: float = 120.0  # no heartbeat for this long: silent
     sample_hosts: int = 20_000  # per group, for the distributions
+    regions: int = 50  # hosts are spread over regions; one of them loses its network once, for a while
+    outage_s: float = 1800.0
     max_simulated_s: float = 3 * 86400.0
 
     def __post_init__(self) -> None:
@@ -76,6 +79,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"scenario {self.scenario!r}: one of {', '.join(SCENARIOS)}")
         if self.hosts < 1:
             raise ValueError(f"hosts: at least 1, got {self.hosts}")
+        if not 1 <= self.regions <= 255:
+            raise ValueError(f"regions: 1 to 255, got {self.regions}")
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,6 +132,12 @@ class _Fleet:
         }[cfg.scenario]
         self.end = 0  # hosts [0, end) are assigned the release
         self.halted_at: float | None = None
+        # A regional outage (a data centre loses its uplink): every host of one region goes silent at
+        # once, some time in the first 6 h, and comes back outage_s later. Rings are not regions, so it
+        # falls on both sides of every gate alike; it must not halt a good release.
+        self.region = rng.integers(0, cfg.regions, n, dtype=np.uint8)
+        self.outage = (float(rng.uniform(0, 6 * 3600)), int(rng.integers(0, cfg.regions)))
+        self.cut_off: Index = np.zeros(0, dtype=np.int64)
 
     def awake(self, idx: Index) -> npt.NDArray[np.bool_]:
         return np.isinf(self.offline_at[idx])
@@ -157,18 +168,33 @@ class _Fleet:
         sleep_rate = wake_rate * cfg.offline_fraction / (1 - cfg.offline_fraction)
         idx = rng.integers(0, n, rng.poisson(n * sleep_rate * dt))
         idx = idx[self.awake(idx)]
-        at = t0 + rng.random(len(idx)) * dt
-        self.offline_at[idx] = at
-        not_yet = self.took[idx] > at  # asleep before its beat: takes it when it wakes
-        self.took[idx[not_yet]] = np.inf
+        self._sleep(idx, t0 + rng.random(len(idx)) * dt)
         idx = rng.integers(0, n, rng.poisson(n * wake_rate * dt))
         idx = idx[~self.awake(idx)]
         at = t0 + rng.random(len(idx)) * dt
         keep = at > self.offline_at[idx]
-        idx, at = idx[keep], at[keep]
+        self._wake(idx[keep], at[keep])
+        self._regional_outage(t0, t1)
+
+    def _wake(self, idx: Index, at: Times) -> None:
         self.offline_at[idx] = np.inf
         wakes = (idx < self.end) & np.isinf(self.took[idx])
         self.took[idx[wakes]] = self.next_heartbeat(idx[wakes], at[wakes])
+
+    def _sleep(self, idx: Index, at: Times) -> None:
+        self.offline_at[idx] = at
+        not_yet = self.took[idx] > at  # asleep before its beat: takes it when it wakes
+        self.took[idx[not_yet]] = np.inf
+
+    def _regional_outage(self, t0: float, t1: float) -> None:
+        start, region = self.outage
+        if t0 <= start < t1:
+            idx = np.flatnonzero((self.region == region) & np.isinf(self.offline_at))
+            self._sleep(idx, np.full(len(idx), start))
+            self.cut_off = idx
+        if t0 <= start + self.cfg.outage_s < t1:
+            idx = self.cut_off[self.offline_at[self.cut_off] == np.float32(start)]
+            self._wake(idx, np.full(len(idx), start + self.cfg.outage_s))
 
     def _groups(self, w0: float, now: float) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """treated: took it, reported since (a beat later), heard from in the window; control: rings not
