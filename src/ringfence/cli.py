@@ -184,9 +184,9 @@ def _replay_parser(sub: Any) -> None:
         "match for the same reason. A line that is not an OCSF event Ringfence writes is reported on "
         "stderr with its number and what is wrong, skipped and counted. Progress on stderr when it is a "
         "terminal; a summary at the end.",
-        epilog="Exit status: 0 every line replayed (with or without findings); 1 a bad line, or the "
-        "replay could not run (a file that cannot be read, an engine whose content does not load); "
-        "2 bad usage.",
+        epilog="Exit status: 0 every line replayed (with or without findings); 1 a bad line, a content "
+        "problem an engine reports (a rule that does not load: the others run), or the replay could not "
+        "run (a file that cannot be read, an engine none of whose content loads); 2 bad usage.",
     )
     replay.add_argument("events", metavar="EVENTS", help="a file of OCSF JSON lines (events.jsonl), or -")
     replay.add_argument(

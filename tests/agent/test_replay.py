@@ -487,3 +487,22 @@ def test_a_correlation_counts_over_the_hosts_time_whatever_the_replays_speed(roo
     ]
     assert [f.rule for f in quiet if f.rule == "7c1a0000-0000-4000-8000-00000000c001"] == []
     assert summary.events == 3
+
+
+def test_a_rule_that_does_not_load_is_named_the_others_run_and_the_exit_is_one(root_only) -> None:
+    (root_only / "rules.yml").write_text(
+        rule("sel:\n  CommandLine|re: '(a)\\1'\ncondition: sel", rule_id=OWN_RULE)  # re2 has no backreference
+        + "---\n"
+        + rule("sel:\n  DestinationPort: 4444\ncondition: sel", category="network_connection")
+    )
+    r = _cli(
+        str(_write(root_only / "e.jsonl", _connect(1))),
+        "--no-default",
+        "--rules",
+        str(root_only / "rules.yml"),
+    )
+    assert r.returncode == 1
+    assert "test rule" in r.stdout and "(line 1)" in r.stdout  # the rule that loads raised its finding
+    assert f"{root_only / 'rules.yml'}" in r.stderr and OWN_RULE in r.stderr
+    assert "/tmp/ringfence-replay-" not in r.stderr
+    assert "ringfence.sigma: a content problem (above): exit status 1" in r.stderr

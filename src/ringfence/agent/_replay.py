@@ -103,11 +103,12 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
     events_muted: int = 0  # by the config's [broker] mute_paths, mute_executables, mute_kinds
     handler_errors: dict[str, int] = {}
     actions_not_taken: dict[str, int] = {}  # response actions the engines asked for
+    problems: dict[str, str] = {}  # engine -> what it reported wrong at the end (a rule that did not load)
     out: str | None = None
 
     @property
     def clean(self) -> bool:
-        return not self.bad_lines and not self.findings_refused
+        return not self.bad_lines and not self.findings_refused and not self.problems
 
 
 Sink = Callable[[DetectionFinding, int], None]  # a finding and the line of the event that raised it
@@ -224,7 +225,10 @@ class _Reader:
             if message.level >= 30 or message.engine not in self.summary.engines:
                 self.note(printable(f"{message.engine}: {message.message}"))
         elif isinstance(message, Problem):
-            if message.message is not None:
+            if message.message is None:
+                self.summary.problems.pop(message.engine, None)
+            else:
+                self.summary.problems[message.engine] = printable(message.message)
                 self.note(printable(f"{message.engine}: problem: {message.message}"))
         elif isinstance(message, Ready):
             self.summary.engines.append(message.engine)
@@ -512,6 +516,7 @@ def render_summary(s: ReplaySummary) -> list[str]:
         if value:
             lines.append(f"{label}: {value}")
     lines += [f"{engine}: {n} handler errors" for engine, n in s.handler_errors.items()]
+    lines += [f"{engine}: a content problem (above): exit status 1" for engine in s.problems]
     lines += [
         f"response actions asked for, not taken by replay: {k}: {n}" for k, n in s.actions_not_taken.items()
     ]
