@@ -38,6 +38,7 @@ from ringfence.events import (
     decode_line,
     from_ocsf,
 )
+from ringfence.sdk._protocol import EventBatch
 from tests.events.test_codec_properties import ENDPOINTS, EVENTS, HEADERS, PROCESSES, TEXT, _optional
 
 ENCODER = OcsfEncoder()
@@ -250,7 +251,10 @@ def _line(**changes: object) -> bytes:
         (_line(class_uid="1007"), "Expected `int` - at `$.class_uid` (Ringfence writes class_uid 0, 1001"),
         (_line(time="yesterday"), "Expected `int`, got `str` - at `$.time`"),
         (_line(process={"pid": "4242"}), "Expected `int`, got `str` - at `$.process.pid`"),
-        (_line(process={"pid": 1, "user": {"uid": "root"}}), "$.process.user.uid is not a number"),
+        (_line(process={"pid": 1, "user": {"uid": "root"}}), "$.process.user.uid is not a 64-bit number"),
+        (_line(process={"pid": 1, "user": {"uid": str(2**64)}}), "$.process.user.uid is not a 64-bit number"),
+        (_line(time=2**70), "Expected `int` <= 9223372036854 - at `$.time`"),
+        (_line(process={"pid": -(2**64)}), "Expected `int` >= -9223372036854775808 - at `$.process.pid`"),
         (_line(activity_id=42), "Process Activity activity_id 42 is not one Ringfence writes"),
         (_line(metadata={"version": "1.8.0"}), "Object missing required field `uid` - at `$.metadata`"),
         (
@@ -314,6 +318,7 @@ def _decodes_or_refuses(line: bytes) -> None:
     except OcsfDecodeError:
         return
     ENCODER.encode(event)  # what decodes is a record the encoder takes
+    msgspec.msgpack.encode(EventBatch([event]))  # and the wire to an extension
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

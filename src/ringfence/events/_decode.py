@@ -13,9 +13,9 @@ absent: a user named "unknown" with no uid, a service "unknown", an endpoint nam
 with no other endpoint, a file actor of pid 0.
 
 Hostile input: every line is checked against the declared types (msgspec) before a record is built;
-an unknown `class_uid`, an enum value no sensor writes, a uid that is not a number, nesting deeper than
-`MAX_ANCESTRY` processes: `OcsfDecodeError`, whose message says what is wrong and where (a JSON path),
-never the line's content.
+an unknown `class_uid`, an enum value no sensor writes, a uid that is not a number, a number past 64
+bits (no record could carry it to an extension), nesting deeper than `MAX_ANCESTRY` processes:
+`OcsfDecodeError`, whose message says what is wrong and where (a JSON path), never the line's content.
 
 Errors:
     OcsfDecodeError(ValueError)    this document is not an event Ringfence writes
@@ -123,9 +123,10 @@ def _enum(kind: Callable[[int], E], value: int, what: str) -> E:
 
 
 def _int(text: str, where: str) -> int:
-    if not _NUMBER.fullmatch(text):
-        raise OcsfDecodeError(f"{where} is not a number - at `{where}`")
-    return int(text)
+    """A number written as text (OCSF's uids): digits, within 64 bits like every other number."""
+    if not _NUMBER.fullmatch(text) or not -(2**63) <= (value := int(text)) < 2**63:
+        raise OcsfDecodeError(f"{where} is not a 64-bit number - at `{where}`")
+    return value
 
 
 # --- the shared parts -------------------------------------------------------------------------------

@@ -9,7 +9,13 @@ apart by `class_uid` (an int tag).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+# What fits the records on the wire (msgpack: 64-bit); a time in ms whose ns fit, from the epoch on.
+Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Ms = Annotated[int, msgspec.Meta(ge=0, le=(2**63 - 1) // 1_000_000)]
 
 
 class _Doc(msgspec.Struct, kw_only=True, frozen=True):
@@ -29,12 +35,12 @@ class Group(_Doc, frozen=True):
 
 class File(_Doc, frozen=True):
     path: str
-    type_id: int = 1
+    type_id: Int = 1
     hashes: list[Hash] | None = None
 
 
 class Hash(_Doc, frozen=True):
-    algorithm_id: int
+    algorithm_id: Int
     value: str
 
 
@@ -47,12 +53,12 @@ class XAttributes(_Doc, frozen=True):
 
 
 class Process(_Doc, frozen=True):
-    pid: int
+    pid: Int
     file: File | None = None
     cmd_line: str | None = None
     working_directory: str | None = None
     user: User | None = None
-    created_time: int | None = None
+    created_time: Ms | None = None
     container: Container | None = None
     xattributes: XAttributes | None = None
     parent_process: Process | None = None
@@ -64,7 +70,7 @@ class Actor(_Doc, frozen=True):
 
 class Endpoint(_Doc, frozen=True):
     ip: str | None = None
-    port: int | None = None
+    port: Int | None = None
     hostname: str | None = None
     name: str | None = None
 
@@ -72,7 +78,7 @@ class Endpoint(_Doc, frozen=True):
 class Metadata(_Doc, frozen=True):
     uid: str
     log_name: str = ""
-    sequence: int | None = None
+    sequence: Int | None = None
 
 
 class Device(_Doc, frozen=True):
@@ -85,7 +91,7 @@ class AuditRecord(_Doc, frozen=True):
 
 
 class AuditUnmapped(_Doc, frozen=True):
-    serial: int | None = None
+    serial: Int | None = None
     records: list[AuditRecord] | None = None
     complete: bool = True
     type: str | None = None  # Authentication, Account Change: the record type and its op
@@ -96,15 +102,15 @@ class LogUnmapped(_Doc, frozen=True):
     source: str
     host: str | None = None
     program: str | None = None
-    pid: int | None = None
-    facility: int | None = None
-    severity: int | None = None
+    pid: Int | None = None
+    facility: Int | None = None
+    severity: Int | None = None
 
 
 class Unmapped(_Doc, frozen=True):
-    sequence: int | None = None
-    new_uid: int | None = None
-    new_gid: int | None = None
+    sequence: Int | None = None
+    new_uid: Int | None = None
+    new_gid: Int | None = None
     auth: str | None = None
     syscall: str | None = None
     family: str | None = None
@@ -115,8 +121,8 @@ class Unmapped(_Doc, frozen=True):
 
 
 class Base(_Doc, tag_field="class_uid", kw_only=True, frozen=True):
-    activity_id: int
-    time: int
+    activity_id: Int
+    time: Ms
     metadata: Metadata
     device: Device = Device()
     unmapped: Unmapped | None = None
@@ -125,8 +131,8 @@ class Base(_Doc, tag_field="class_uid", kw_only=True, frozen=True):
 
 class ProcessDoc(Base, tag=1007, kw_only=True, frozen=True):
     process: Process
-    launch_type_id: int | None = None
-    exit_code: int | None = None
+    launch_type_id: Int | None = None
+    exit_code: Int | None = None
 
 
 class FileDoc(Base, tag=1001, kw_only=True, frozen=True):
@@ -135,7 +141,7 @@ class FileDoc(Base, tag=1001, kw_only=True, frozen=True):
 
 
 class NetworkDoc(Base, tag=4001, kw_only=True, frozen=True):
-    status_id: int = 1
+    status_id: Int = 1
     status_code: str | None = None
     src_endpoint: Endpoint | None = None
     dst_endpoint: Endpoint | None = None
@@ -179,12 +185,12 @@ class Evidence(_Doc, frozen=True):
 
 
 class FindingDoc(Base, tag=2004, kw_only=True, frozen=True):
-    severity_id: int
+    severity_id: Int
     finding_info: FindingInfo
     evidences: list[Evidence] | None = None
-    action_id: int | None = None
+    action_id: Int | None = None
     action: str | None = None
-    disposition_id: int | None = None
+    disposition_id: Int | None = None
 
 
 class BaseEventDoc(Base, tag=0, kw_only=True, frozen=True):
@@ -202,7 +208,7 @@ class Session(_Doc, frozen=True):
 
 
 class AuthenticationDoc(Base, tag=3002, kw_only=True, frozen=True):
-    status_id: int = 1
+    status_id: Int = 1
     user: User | None = None
     service: Service | None = None
     src_endpoint: Endpoint | None = None
@@ -210,7 +216,7 @@ class AuthenticationDoc(Base, tag=3002, kw_only=True, frozen=True):
 
 
 class AccountDoc(Base, tag=3001, kw_only=True, frozen=True):
-    status_id: int = 1
+    status_id: Int = 1
     user: User | None = None
 
 
@@ -219,19 +225,19 @@ class Query(_Doc, frozen=True):
     type: str | None = None
     # `class` is a keyword: renamed below
     dns_class: str | None = msgspec.field(default=None, name="class")
-    packet_uid: int | None = None
+    packet_uid: Int | None = None
 
 
 class Answer(_Doc, frozen=True):
     rdata: str
     type: str
-    ttl: int | None = None
+    ttl: Int | None = None
     dns_class: str | None = msgspec.field(default=None, name="class")
 
 
 class DnsDoc(Base, tag=4003, kw_only=True, frozen=True):
     query: Query | None = None
-    rcode_id: int | None = None
+    rcode_id: Int | None = None
     rcode: str | None = None
     answers: list[Answer] | None = None
     src_endpoint: Endpoint | None = None
