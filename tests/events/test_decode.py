@@ -262,6 +262,8 @@ def _line(**changes: object) -> bytes:
             "a Base Event is an audit",
         ),
         (b"\xff\xfe", "not JSON: JSON is malformed: invalid character"),
+        # a lone surrogate: the agent writes such text \xNN-escaped (valid_text), and no engine gets one
+        (_line(message="a \udc80 b"), "not JSON: JSON is malformed: invalid utf-16 surrogate pair"),
     ],
 )
 def test_a_hostile_line_is_refused_with_what_is_wrong_and_where(line: bytes, message: str) -> None:
