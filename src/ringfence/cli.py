@@ -330,6 +330,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if out is not None:
             out.commit()
             summary.out = out.path
+    except BrokenPipeError:  # `| head`: whoever read the findings has gone; the child is stopped already
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     finally:
         if out is not None:
             out.abort()  # no-op after a commit

@@ -516,3 +516,16 @@ def test_an_attackers_command_line_cannot_drive_the_terminal(root_only) -> None:
     assert r.returncode == 0, r.stderr
     assert "\x1b" not in r.stdout and "\x07" not in r.stdout
     assert "\\x1b]0;owned\\x07\\x1b[2J exec 3<>/dev/tcp/h/1" in r.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_replay_quietly(root_only) -> None:
+    """`ringfence replay big.jsonl | head -1`: no traceback, the child stopped, its copies gone."""
+    events = _write(root_only / "e.jsonl", *(_exec(n, at_s=n * 120) for n in range(1, 2000)))  # no dedup
+    before = set(Path("/tmp").glob("ringfence-replay-*"))
+    r = subprocess.run(
+        f"{' '.join(RINGFENCE)} replay {events} | head -1", shell=True, capture_output=True, text=True,
+        timeout=120, cwd="/",
+    )  # fmt: skip
+    assert REVERSE_SHELL_RULE in r.stdout and len(r.stdout.splitlines()) == 1
+    assert "Traceback" not in r.stderr, r.stderr
+    assert set(Path("/tmp").glob("ringfence-replay-*")) == before
