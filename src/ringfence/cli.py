@@ -34,6 +34,8 @@ from ringfence.agent._console import configure_logging
 from ringfence.content import ContentError
 from ringfence.content import _cli as content_cli
 from ringfence.events import ContentUpdateStatus, ExtensionStatistics, Health, SyslogStatistics
+from ringfence.fleet import FleetError
+from ringfence.fleet import _cli as fleet_cli
 from ringfence.response import ResponseError
 
 EXIT_FAILED = 1
@@ -129,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "the state dir.",
     )
     content_cli.add_parser(sub)
+    fleet_cli.add_parsers(sub)
     _rules_parser(sub)
     _common(clean)
     clean.add_argument(
@@ -452,6 +455,8 @@ _COMMANDS = {
     "cleanup": _cmd_cleanup,
     "content": content_cli.run,
     "rules": _cmd_rules,
+    "server": fleet_cli.run_server,
+    "enroll": fleet_cli.run_enroll,
 }
 
 
@@ -459,7 +464,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AgentError, StatusUnavailable, ResponseError, CleanupError, ContentError) as e:
+    except (
+        ConfigError,
+        AgentError,
+        StatusUnavailable,
+        ResponseError,
+        CleanupError,
+        ContentError,
+        FleetError,
+    ) as e:
         print(f"ringfence: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
