@@ -9,6 +9,18 @@ Not built yet: rollouts (the `releases` and `assignments` tables are their seam)
 the console.
 """
 
+from ringfence.fleet._client import credential_path
 from ringfence.fleet._errors import CredentialError, EnrollError, FleetError, ServerError
+from ringfence.fleet._spool import FindingsSpool
+from ringfence.fleet._uplink import Uplink, UplinkConfig
 
-__all__ = ["CredentialError", "EnrollError", "FleetError", "ServerError"]
+__all__ = [
+    "CredentialError",
+    "EnrollError",
+    "FindingsSpool",
+    "FleetError",
+    "ServerError",
+    "Uplink",
+    "UplinkConfig",
+    "credential_path",
+]

@@ -34,6 +34,26 @@ class Position(msgspec.Struct, frozen=True):
     dev: int
     ino: int
     offset: int
+    head: str = ""  # the file's first line, hashed (see `_head`): an inode used again is not taken for it
+
+
+HEAD_BYTES = 4096
+
+
+def _head_of(data: bytes) -> str:
+    """What tells one file from another that got the same inode later: its first line (findings carry
+    their time and uid), or its first 4 KiB."""
+    data = data[:HEAD_BYTES]
+    nl = data.find(b"\n")
+    return hashlib.sha256(data[: nl + 1] if nl >= 0 else data).hexdigest()[:32]
+
+
+def _head(name: str) -> str | None:
+    try:
+        with open(name, "rb") as f:
+            return _head_of(f.read(HEAD_BYTES))
+    except OSError:
+        return None
 
 
 @dataclass
@@ -105,9 +125,9 @@ class FindingsSpool:
         """(index into files, offset) of the position; the oldest file's start when it is gone."""
         pos = self._position
         if pos is not None:
-            for i, (_, st) in enumerate(files):
-                if (st.st_dev, st.st_ino) == (pos.dev, pos.ino):
-                    return i, min(pos.offset, st.st_size)
+            found = self._find(files, pos)
+            if found is not None:
+                return found
             self.lost += 1
             log.warning("findings: the file at the upload position was rotated away before it was all sent")
         return 0, 0
@@ -121,10 +141,20 @@ class FindingsSpool:
 
     def _where_quiet(self, files: list[tuple[str, os.stat_result]]) -> tuple[int, int]:
         pos = self._position
-        for i, (_, st) in enumerate(files):
-            if pos is not None and (st.st_dev, st.st_ino) == (pos.dev, pos.ino):
-                return i, min(pos.offset, st.st_size)
-        return 0, 0
+        found = self._find(files, pos) if pos is not None else None
+        return found if found is not None else (0, 0)
+
+    @staticmethod
+    def _find(files: list[tuple[str, os.stat_result]], pos: Position) -> tuple[int, int] | None:
+        for i, (name, st) in enumerate(files):
+            if (st.st_dev, st.st_ino) != (pos.dev, pos.ino):
+                continue
+            if pos.offset > 0 and _head(name) != pos.head:
+                return None  # the file was deleted and its inode given to a new one
+            if st.st_size < pos.offset:
+                return None  # cut short: not the file the position was taken in
+            return i, pos.offset
+        return None
 
     def next_batch(self, max_lines: int, max_bytes: int) -> Batch | None:
         """The next lines to send, None when there are none. A batch may be empty of findings (all its
@@ -134,7 +164,8 @@ class FindingsSpool:
             return None
         i, offset = self._where(files)
         name, st = files[i]
-        start = Position(st.st_dev, st.st_ino, offset)
+        head = self._position.head if self._position is not None and offset > 0 else ""
+        start = Position(st.st_dev, st.st_ino, offset, head)
         if self._position != start:  # moved to another file (or started): remember where
             self._position = start
         data = _read(name, st, offset, max_bytes)
@@ -165,7 +196,8 @@ class FindingsSpool:
             return self._skip_long_line(start, max_bytes)
         if used == 0:
             return None
-        batch.end = Position(start.dev, start.ino, start.offset + used)
+        head = start.head if start.offset > 0 else _head_of(data)
+        batch.end = Position(start.dev, start.ino, start.offset + used, head)
         return batch
 
     def _skip_long_line(self, start: Position, max_bytes: int) -> Batch | None:
@@ -182,9 +214,9 @@ class FindingsSpool:
                     log.warning(
                         "findings: a line of over %d bytes at offset %d skipped", max_bytes, start.offset
                     )
-                    return Batch(
-                        start=start, end=Position(start.dev, start.ino, start.offset + skipped), skipped=1
-                    )
+                    head = start.head if start.offset > 0 else (_head(name) or "")
+                    end = Position(start.dev, start.ino, start.offset + skipped, head)
+                    return Batch(start=start, end=end, skipped=1)
                 skipped += len(chunk)
         return None  # still being written
 

@@ -14,6 +14,7 @@ in a round is logged with its traceback, counted as a failure, and the thread go
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -24,8 +25,16 @@ import httpx
 import msgspec
 
 from ringfence.events import FleetStatistics, Heartbeat
-from ringfence.fleet._client import FleetClient, Unreachable, detail_of, load_credential
-from ringfence.fleet._errors import CredentialError
+from ringfence.fleet._client import (
+    CREDENTIAL_FILE,
+    Credential,
+    FleetClient,
+    Unreachable,
+    detail_of,
+    enroll,
+    load_credential,
+)
+from ringfence.fleet._errors import CredentialError, EnrollError
 from ringfence.fleet._spool import FindingsSpool
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,8 @@ class Uplink:
         config: UplinkConfig | None = None,
         *,
         http: httpx.Client | None = None,
+        enroll_token: str = "",
+        hostname: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -68,6 +79,7 @@ class Uplink:
         self._heartbeat, self._spool = heartbeat, spool
         self.config = config or UplinkConfig()
         self._http, self._clock, self._wall_ns = http, clock, wall_ns
+        self._token, self._hostname = enroll_token, hostname
         self._client: FleetClient | None = None
         self._lock = threading.Lock()
         self._stats = FleetStatistics(url=url)
@@ -122,8 +134,8 @@ class Uplink:
     def _client_now(self) -> FleetClient:
         if self._client is None:
             try:
-                credential = load_credential(self._credential_path)
-            except CredentialError as e:
+                credential = self._credential()
+            except (CredentialError, EnrollError) as e:
                 raise _Failed(str(e), problem=f"fleet: {e}") from e
             self._client = FleetClient(
                 self.url, credential, http=self._http, timeout_s=self.config.timeout_s, wall_ns=self._wall_ns
@@ -131,6 +143,20 @@ class Uplink:
             with self._lock:
                 self._stats.host_id = credential.host_id
         return self._client
+
+    def _credential(self) -> Credential:
+        """The stored credential; with `[fleet] token` and none stored yet, enroll first."""
+        try:
+            return load_credential(self._credential_path)
+        except CredentialError:
+            if not self._token or os.path.exists(self._credential_path):
+                raise
+        directory = os.path.dirname(self._credential_path)
+        log.info("fleet: enrolling with %s ([fleet] token)", self.url)
+        credential = enroll(self.url, self._token, directory, hostname=self._hostname, http=self._http)
+        if os.path.join(directory, CREDENTIAL_FILE) != self._credential_path:
+            os.replace(os.path.join(directory, CREDENTIAL_FILE), self._credential_path)
+        return credential
 
     def _post(self, client: FleetClient, path: str, body: bytes) -> httpx.Response:
         try:
