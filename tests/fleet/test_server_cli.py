@@ -58,3 +58,15 @@ def test_token_create_hosts_and_revoke(tmp_path: Path) -> None:
     assert r.returncode == 1 and "no host 'no-such-host'" in r.stderr
     r = _run("server", "hosts", "--db", f"sqlite:///{state}/fleet.db")
     assert r.returncode == 0 and r.stdout == ""
+
+
+def test_enroll_errors_are_one_line_and_leave_no_credential(tmp_path: Path) -> None:
+    state = tmp_path / "agent"
+    r = _run("enroll", "ftp://fleet", "--token", "t", "--state-dir", str(state))
+    assert r.returncode == 1 and "an http:// or https:// URL, got 'ftp://fleet'" in r.stderr
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        r = _run("enroll", f"http://127.0.0.1:{port}", "--token", "t", "--state-dir", str(state))
+    assert r.returncode == 1 and "no answer" in r.stderr and "Traceback" not in r.stderr
+    assert not state.exists()
