@@ -34,6 +34,7 @@ from ringfence import __version__
 from ringfence.events import HEARTBEAT_SCHEMA_VERSION, Heartbeat, decode_heartbeat
 from ringfence.fleet import _store
 from ringfence.fleet._auth import DATE_HEADER, HOST_HEADER, NONCE_HEADER, SIGNATURE_HEADER
+from ringfence.fleet._console import add_console
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         new = await call(_store.store_findings, host_id, batch.batch_id, raws)
         return _json(Stored(stored=len(raws) if new else 0, duplicate=not new))
 
+    add_console(app, sessions, settings.now_ns)
     _with_components(app)
     return app
 

@@ -4,9 +4,11 @@ returns an exit status; errors are FleetError lines, printed by cli.py."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import re
+import sys
 import time
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ringfence.fleet._defaults import AGENT_STATE_DIR, DEFAULT_LISTEN, DEFAULT_SERVER_STATE_DIR
 from ringfence.fleet._errors import FleetError
@@ -59,6 +61,20 @@ def add_parsers(sub: Commands) -> None:
     )
     revoke.add_argument("host_id", metavar="HOST_ID")
     _db_options(revoke)
+    operator = cmds.add_parser("operator", help="console accounts").add_subparsers(
+        dest="operator_cmd", metavar="COMMAND", required=True
+    )
+    add = operator.add_parser(
+        "add",
+        help="add a console account",
+        description="Add an operator who logs in to the console (http://LISTEN/login). admin may revoke "
+        "hosts and read the audit log; viewer may look. The password (10 characters at least) is asked "
+        "twice, or read from standard input with --password-stdin; it is stored under scrypt.",
+    )
+    add.add_argument("username", metavar="USERNAME")
+    add.add_argument("--role", choices=("admin", "viewer"), required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _db_options(add)
 
     host = sub.add_parser(
         "enroll",
@@ -127,6 +143,8 @@ def run_server(args: argparse.Namespace) -> int:
         expires_s = parse_duration(args.expires)
         print(_store.create_token(sessions, now, expires_s))
         return 0
+    if args.server_cmd == "operator":
+        return _add_operator(args, sessions, now)
     if args.server_cmd == "revoke":
         if not _store.revoke(sessions, now, args.host_id):
             raise FleetError(f"revoke: no host {args.host_id!r} (ringfence server hosts lists them)")
@@ -144,6 +162,23 @@ def run_server(args: argparse.Namespace) -> int:
             else "-"
         )
         print(f"{h.id}  {h.name:<24} {state:<10} last seen {seen}  {h.agent_version}")
+    return 0
+
+
+def _add_operator(args: argparse.Namespace, sessions: Any, now: int) -> int:
+    from ringfence.fleet._operators import OperatorError, add_operator
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("again: ") != password:
+            raise FleetError("operator add: the passwords differ")
+    try:
+        add_operator(sessions, now, args.username, password, args.role, by="cli")
+    except OperatorError as e:
+        raise FleetError(f"operator add: {e}") from e
+    print(f"operator {args.username} ({args.role}) added")
     return 0
 
 

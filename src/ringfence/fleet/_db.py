@@ -124,6 +124,38 @@ class Assignment(Base):
     assigned_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
 
 
+class Operator(Base):
+    """A console account: admin (may change things) or viewer (may look)."""
+
+    __tablename__ = "operators"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(255))  # scrypt$N$r$p$salt$hash
+    role: Mapped[str] = mapped_column(sa.String(16))
+    created_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class OperatorSession(Base):
+    __tablename__ = "operator_sessions"
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # SHA-256 of the cookie's token
+    operator_id: Mapped[int] = mapped_column(sa.ForeignKey("operators.id"))
+    csrf: Mapped[str] = mapped_column(sa.String(64))
+    created_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    expires_at_ns: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+
+
+class AuditEntry(Base):
+    """Every change an operator made (and every login), oldest first."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    operator: Mapped[str] = mapped_column(sa.String(64))  # a username, or "cli" for the server's commands
+    action: Mapped[str] = mapped_column(sa.String(64))
+    target: Mapped[str] = mapped_column(sa.String(255))
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
+
+
 def default_url(state_dir: str) -> str:
     return f"sqlite:///{os.path.join(os.path.abspath(state_dir), DB_FILE)}"
 

@@ -27,6 +27,7 @@ from ringfence.fleet._db import (
     HostStatus,
     RequestNonce,
 )
+from ringfence.fleet._operators import audit
 
 Sessions = sessionmaker[Session]
 
@@ -63,6 +64,7 @@ def create_token(sessions: Sessions, now_ns: int, expires_s: float) -> str:
     """A new one-time enrollment token; only its hash is stored."""
     token = new_token()
     with sessions.begin() as s:
+        audit(s, now_ns, "cli", "token.create", token_hash(token)[:12], detail=f"expires_s={expires_s:g}")
         s.add(
             EnrollmentToken(
                 token_hash=token_hash(token),
@@ -196,14 +198,15 @@ def store_findings(
     return True
 
 
-def revoke(sessions: Sessions, now_ns: int, host_id: str) -> bool:
-    """False: no such host. Revoking twice keeps the first time."""
+def revoke(sessions: Sessions, now_ns: int, host_id: str, by: str = "cli") -> bool:
+    """False: no such host. Revoking twice keeps the first time. In the audit log, as done `by`."""
     with sessions.begin() as s:
         host = s.get(Host, host_id)
         if host is None:
             return False
         if host.revoked_at_ns is None:
             host.revoked_at_ns = now_ns
+            audit(s, now_ns, by, "host.revoke", host_id, detail=f"name={host.name}")
     return True
 
 
