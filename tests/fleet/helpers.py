@@ -50,8 +50,9 @@ class Server:
             return s.scalar(statement)
 
 
-def make_server(tmp_path: Path, **settings: Any) -> Server:
-    engine = database(ServerOptions(state_dir=str(tmp_path)))  # SQLite there, as `ringfence server`
+def make_server(tmp_path: Path, db_url: str = "", **settings: Any) -> Server:
+    """A node on `db_url` ("": SQLite in `tmp_path`, as `ringfence server` with no --db)."""
+    engine = database(ServerOptions(state_dir=str(tmp_path), db=db_url))
     clock = FakeClock()
     app = create_app(ServerSettings(engine=engine, now_ns=clock, **settings))
     return Server(TestClient(app), sessionmaker(engine), clock, engine)

@@ -18,8 +18,8 @@ from tests.fleet.helpers import NOW_NS, URL, finding, heartbeat, make_server
 
 
 @pytest.fixture
-def server(tmp_path: Path):
-    s = make_server(tmp_path / "server", heartbeat_history=3)
+def server(tmp_path: Path, db_url: str):
+    s = make_server(tmp_path / "server", db_url, heartbeat_history=3)
     yield s
     s.engine.dispose()
 
@@ -137,9 +137,9 @@ def test_revoked_host_refused(server, tmp_path: Path) -> None:
     ],
 )
 def test_malformed_and_oversized_heartbeats_refused_clearly(
-    tmp_path: Path, body: bytes, status: int, detail: str
+    tmp_path: Path, db_url: str, body: bytes, status: int, detail: str
 ) -> None:
-    server = make_server(tmp_path / "server", max_heartbeat_bytes=(64 << 10) - 1)
+    server = make_server(tmp_path / "server", db_url, max_heartbeat_bytes=(64 << 10) - 1)
     host = server.host_client(server.enroll(tmp_path / "agent"))
     r = host.post("/heartbeat", body)
     assert r.status_code == status and detail in r.json()["detail"], r.text
@@ -169,8 +169,10 @@ def test_findings_batches_stored_once(server, tmp_path: Path) -> None:
         ({"findings": []}, 422, "missing required field `batch_id`"),
     ],
 )
-def test_bad_findings_batches_refused_clearly(tmp_path: Path, batch: dict, status: int, detail: str) -> None:
-    server = make_server(tmp_path / "server", max_findings_per_batch=10)
+def test_bad_findings_batches_refused_clearly(
+    tmp_path: Path, db_url: str, batch: dict, status: int, detail: str
+) -> None:
+    server = make_server(tmp_path / "server", db_url, max_findings_per_batch=10)
     host = server.host_client(server.enroll(tmp_path / "agent"))
     r = host.post("/findings", msgspec.json.encode(batch))
     assert r.status_code == status and detail in r.json()["detail"], r.text
@@ -190,3 +192,33 @@ def test_openapi_schema_names_every_endpoint_and_the_heartbeat(server) -> None:
     assert body == {"$ref": "#/components/schemas/Heartbeat"}
     assert "schema_version" in doc["components"]["schemas"]["Heartbeat"]["properties"]
     assert "Health" in doc["components"]["schemas"]
+
+
+def test_two_nodes_on_one_database_share_everything(tmp_path: Path, db_url: str) -> None:
+    """Stateless nodes: a host enrolled on one is served by the other, which refuses the first one's
+    replayed request and the token the first one spent."""
+    a = make_server(tmp_path / "node", db_url)
+    b = make_server(tmp_path / "node", db_url)  # the same SQLite file, or the same PostgreSQL database
+    token = a.token()
+    from ringfence.fleet._auth import load_private
+    from ringfence.fleet._client import enroll
+
+    cred = enroll(URL, token, str(tmp_path / "agent"), hostname="h", http=a.client)
+    with pytest.raises(EnrollError, match="already used"):
+        enroll(URL, token, str(tmp_path / "other"), hostname="h2", http=b.client)
+    body = heartbeat()
+    headers = sign_headers(
+        load_private(cred.private_key),
+        cred.host_id,
+        method="POST",
+        path="/api/v1/heartbeat",
+        body=body,
+        now_s=NOW_NS // 10**9,
+    )
+    assert a.client.post("/api/v1/heartbeat", content=body, headers=headers).status_code == 200
+    r = b.client.post("/api/v1/heartbeat", content=body, headers=headers)
+    assert r.status_code == 401 and "replayed" in r.json()["detail"]
+    assert b.host_client(cred).post("/heartbeat", heartbeat(2)).status_code == 200
+    assert b.scalar(sa.select(HostStatus.sequence)) == 2
+    a.engine.dispose()
+    b.engine.dispose()
