@@ -222,3 +222,17 @@ def test_two_nodes_on_one_database_share_everything(tmp_path: Path, db_url: str)
     assert b.scalar(sa.select(HostStatus.sequence)) == 2
     a.engine.dispose()
     b.engine.dispose()
+
+
+def test_nodes_starting_together_migrate_one_at_a_time(tmp_path: Path, db_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ringfence.fleet._server import ServerOptions, database
+
+    options = ServerOptions(state_dir=str(tmp_path), db=db_url)
+    with ThreadPoolExecutor(4) as pool:
+        engines = list(pool.map(lambda _: database(options), range(4)))
+    with engines[0].connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+    for engine in engines:
+        engine.dispose()

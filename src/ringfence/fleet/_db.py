@@ -23,6 +23,7 @@ from ringfence.fleet._errors import ServerError
 
 DB_FILE = "fleet.db"
 DIALECTS = ("sqlite", "postgresql")
+MIGRATION_LOCK = 0x52_46_4C_54  # "RFLT": the advisory lock key held while migrating (PostgreSQL)
 
 
 class Base(DeclarativeBase):
@@ -182,14 +183,23 @@ def make_engine(url: str) -> Engine:
         raise ServerError(f"--db: the driver for {parsed.drivername} is not installed ({e})") from e
     if parsed.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
 def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+    # The driver's own transaction handling leaves DDL outside transactions and begins lazily: off, and
+    # every transaction begins IMMEDIATE (below), so a migration is atomic, two servers starting on one
+    # file migrate one after the other, and a read-then-write never fails on upgrading its lock.
+    conn.isolation_level = None
     cur = conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits for the writer lock (connect timeout, 30 s)
 
 
 def open_database(url: str) -> Engine:
@@ -200,6 +210,8 @@ def open_database(url: str) -> Engine:
     safe = engine.url.render_as_string(hide_password=True)
     try:
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # nodes starting together migrate one at a time
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             migrate(conn)
     except sa_exc.OperationalError as e:
         raise ServerError(f"database {safe}: cannot connect or write: {_one_line(e.orig)}") from e
