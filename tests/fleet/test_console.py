@@ -111,6 +111,7 @@ def test_admin_revokes_with_csrf_only_and_it_is_audited(server: Server, tmp_path
     log = server.client.get("/audit").text
     assert "host.revoke" in log and "alice" in log and cred.host_id in log
     assert "operator.add" in log and "victor" in log
+    assert "host.enroll" in log and "name=web-1" in log
 
 
 def test_session_expires_and_logout_ends_it(server: Server) -> None:

@@ -96,6 +96,7 @@ def enroll(sessions: Sessions, now_ns: int, token: str, hostname: str, public_ke
         if spent.rowcount != 1:  # type: ignore[attr-defined]
             raise Refused(401, _why_token_refused(s, token, now_ns))
         s.add(Host(id=host_id, name=hostname, public_key=public_key, enrolled_at_ns=now_ns))
+        audit(s, now_ns, "enrollment", "host.enroll", host_id, detail=f"name={hostname}")
     return host_id
 
 
