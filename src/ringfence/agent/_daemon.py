@@ -419,12 +419,12 @@ class Agent:
     def stop(self) -> None:
         """Stop everything, exec gate first so no exec waits on a stopping agent. Idempotent."""
         self.request_stop()
-        if self.uplink is not None:
-            self._guard("stopping the fleet uplink", self.uplink.stop)
-            self.uplink = None
         for sensor in sorted(self.sensors, key=lambda s: s.name != "exec-auth"):
             self._guard(f"stopping sensor {sensor.name}", sensor.stop)
         self.sensors.clear()
+        if self.uplink is not None:  # after the gate: a request in flight may take its timeout to end
+            self._guard("stopping the fleet uplink", self.uplink.stop)
+            self.uplink = None
         if self.supervisor is not None:
             self._guard("stopping extensions", self.supervisor.stop)
             self.supervisor = None
