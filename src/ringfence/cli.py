@@ -33,7 +33,15 @@ from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
 from ringfence.agent._console import configure_logging
 from ringfence.content import ContentError
 from ringfence.content import _cli as content_cli
-from ringfence.events import ContentUpdateStatus, ExtensionStatistics, Health, SyslogStatistics
+from ringfence.events import (
+    ContentUpdateStatus,
+    ExtensionStatistics,
+    FleetStatistics,
+    Health,
+    SyslogStatistics,
+)
+from ringfence.fleet import FleetError
+from ringfence.fleet import _cli as fleet_cli
 from ringfence.response import ResponseError
 
 EXIT_FAILED = 1
@@ -129,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         "the state dir.",
     )
     content_cli.add_parser(sub)
+    fleet_cli.add_parsers(sub)
     _rules_parser(sub)
     _replay_parser(sub)
     _common(clean)
@@ -435,6 +444,8 @@ def _render_status(h: Health) -> str:
         lines += [f"  {d.stage}: {d.total} in all, the last {d.last_s:.0f} s ago" for d in h.drops]
     if h.content_updates is not None:
         lines += _render_updates(h.content_updates)
+    if h.fleet is not None:
+        lines += _render_fleet(h.fleet)
     return "\n".join(lines)
 
 
@@ -446,6 +457,26 @@ def _render_syslog(s: SyslogStatistics) -> str:
         f"connections={s.connections}"
     )
     return line + (f"\n  last error: {s.last_error}" if s.last_error else "")
+
+
+def _render_fleet(f: FleetStatistics) -> list[str]:
+    if f.failing_since_ns:
+        since = time.strftime("%H:%M:%S UTC", time.gmtime(f.failing_since_ns / 1e9))
+        state = f"FAILING since {since} ({f.failures} in a row, next try in {f.retry_in_s:.0f} s)"
+    else:
+        state = "connected" if f.connected else "not connected yet"
+    last = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(f.last_heartbeat_ns / 1e9))
+        if f.last_heartbeat_ns
+        else "none yet"
+    )
+    lines = [
+        f"fleet {f.url}: {state}; host {f.host_id or 'NOT ENROLLED'}",
+        f"  heartbeats sent={f.heartbeats_sent} (last {last}); findings sent={f.findings_sent} "
+        f"in {f.batches_sent} batches, waiting={f.pending_bytes} bytes, dropped={f.findings_dropped}, "
+        f"rotated away unsent={f.spool_lost}",
+    ]
+    return lines + ([f"  last error: {f.last_error}"] if f.last_error else [])
 
 
 def _render_updates(u: ContentUpdateStatus) -> list[str]:
@@ -578,6 +609,8 @@ _COMMANDS = {
     "content": content_cli.run,
     "rules": _cmd_rules,
     "replay": _cmd_replay,
+    "server": fleet_cli.run_server,
+    "enroll": fleet_cli.run_enroll,
 }
 
 
@@ -585,7 +618,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AgentError, StatusUnavailable, ResponseError, CleanupError, ContentError) as e:
+    except (
+        ConfigError,
+        AgentError,
+        StatusUnavailable,
+        ResponseError,
+        CleanupError,
+        ContentError,
+        FleetError,
+    ) as e:
         print(f"ringfence: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
