@@ -217,7 +217,7 @@ def _replay_parser(sub: Any) -> None:
         "--config",
         default=None,
         help=f"config file (default {DEFAULT_CONFIG_PATH} if present): the extension user and memory limit, "
-        "the engines' settings ([extensions.config.\"<id>\"]), the IOC engine's id",
+        "the engines' settings ([extensions.config.\"<id>\"]), the IOC engine's id, the [broker] mutes",
     )
 
 
@@ -321,6 +321,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 args.rules,
                 with_default=not args.no_default,
                 extensions=config.extensions,
+                broker=config.broker,
                 ioc_id=_ioc_engine_id(config),
                 sink=out or show or (lambda finding, line: None),
                 note=notes,

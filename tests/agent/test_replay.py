@@ -13,11 +13,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from ringfence.agent._child import SandboxedChild
 from ringfence.agent._config import ExtensionsSection
-from ringfence.agent._replay import ReplayError, _Reader, _run, replay
+from ringfence.agent._replay import ReplayError, ReplaySummary, _Reader, _run, replay
 from ringfence.agent._replay_child import EngineSpec, ReplaySpec
 from ringfence.engines.ioc import IocEngine
 from ringfence.engines.sigma import SigmaEngine
@@ -271,14 +272,12 @@ def test_the_child_cannot_read_what_only_root_can(root_only) -> None:
             engines=[EngineSpec(id="ringfence.ioc", content_dir=str(root_only))],
             max_line_bytes=1 << 20, max_frame_bytes=1 << 20,
         )  # fmt: skip
-        from ringfence.agent._replay import ReplaySummary
-
         reader = _Reader(ReplaySummary(events_file=str(events)), lambda f, n: None, lambda line: None, "t")
-        with SandboxedChild("replay", "replay", str(work), ExtensionsSection(), ReplayError) as child:
-            import msgspec
-
-            with events.open("rb") as source:
-                _run(msgspec.structs.replace(spec, **child.spec_fields()), source, reader, None, 60)
+        with (
+            SandboxedChild("replay", "replay", str(work), ExtensionsSection(), ReplayError) as child,
+            events.open("rb") as source,
+        ):
+            _run(msgspec.structs.replace(spec, **child.spec_fields()), source, reader, None, 60)
     finally:
         shutil.rmtree(work)
     assert reader.failed is not None
@@ -394,3 +393,19 @@ def test_a_child_that_goes_quiet_is_killed_and_reported_in_one_line(root_only) -
     }
     assert not list(Path("/sys/fs/cgroup").glob(f"*/ringfence/replay-{os.getpid()}"))
     assert set(Path("/tmp").glob("ringfence-replay-*")) == before
+
+
+def test_the_configs_mutes_and_engine_settings_apply_as_in_the_agent(root_only) -> None:
+    """A muted executable never reaches an engine; the Sigma engine's dedup window comes from its table."""
+    config = root_only / "rf.toml"
+    config.write_text(
+        '[broker]\nmute_executables = ["/usr/sbin/sshd-muted"]\n'
+        '[extensions.config."ringfence.sigma"]\ndedup_window_s = 0\n'
+    )
+    muted = msgspec.structs.replace(SHELL, pid=4300, exe="/usr/sbin/sshd-muted")
+    events = _write(root_only / "events.jsonl", _exec(1), _exec(2, at_s=1), _exec(3, muted))
+    r = _cli(str(events), "--config", str(config), "--json")
+    summary = json.loads(r.stdout)
+    assert r.returncode == 0, r.stderr
+    assert summary["findings_by_rule"] == {REVERSE_SHELL_RULE: 2}  # no window: each exec its own finding
+    assert summary["events_muted"] == 1 and summary["events"] == 3

@@ -43,7 +43,7 @@ import msgspec
 
 from ringfence._linux import fsync_dir, write_all
 from ringfence.agent._child import STDERR_TAIL_BYTES, SandboxedChild, copy_file, exit_text, spawn
-from ringfence.agent._config import ExtensionsSection
+from ringfence.agent._config import BrokerSection, ExtensionsSection
 from ringfence.agent._errors import AgentError
 from ringfence.agent._replay_child import (
     CHILD_ENV,
@@ -59,6 +59,7 @@ from ringfence.agent._replay_child import (
     SetupFailed,
 )
 from ringfence.agent._rules import ENGINE_IDS, find_files, printable, rules_content_name
+from ringfence.broker import Mutes
 from ringfence.content._default import default_pack
 from ringfence.events import DetectionFinding, Header, OcsfEncoder
 from ringfence.extensions import SupervisorConfig
@@ -98,6 +99,7 @@ class ReplaySummary(msgspec.Struct, kw_only=True):
     findings_refused: int = 0  # frames the agent would refuse (the live extension would be restarted)
     findings_unsendable: int = 0  # over the wire's frame size
     events_not_delivered: int = 0  # over the wire's frame size: the agent could not send them
+    events_muted: int = 0  # by the config's [broker] mute_paths, mute_executables, mute_kinds
     handler_errors: dict[str, int] = {}
     actions_not_taken: dict[str, int] = {}  # response actions the engines asked for
     out: str | None = None
@@ -270,6 +272,7 @@ def replay(
     *,
     with_default: bool = True,
     extensions: ExtensionsSection | None = None,
+    broker: BrokerSection | None = None,
     ioc_id: str = "ringfence.reputation",
     sink: Sink,
     note: Note = lambda _line: None,
@@ -280,6 +283,12 @@ def replay(
     `with_default` is False) and `rules`. Each finding goes to `sink`, each note for the operator to
     `note`, `progress(bytes_sent, total)` is called as the input goes in. Raises ReplayError."""
     extensions = extensions or ExtensionsSection()
+    broker = broker or BrokerSection()
+    mutes = Mutes(
+        path_prefixes=broker.mute_paths,
+        executables=frozenset(broker.mute_executables),
+        kinds=frozenset(broker.mute_kinds),
+    )
     summary = ReplaySummary(events_file=events)
     content = _content(rules, with_default, note)
     source = _open_events(events)
@@ -292,7 +301,7 @@ def replay(
             raise ReplayError(
                 "replay: no Sigma or IOC content to run (--no-default, and no --rules of theirs)"
             )
-        spec = ReplaySpec(engines=specs, max_line_bytes=MAX_LINE_BYTES,
+        spec = ReplaySpec(engines=specs, max_line_bytes=MAX_LINE_BYTES, mutes=mutes,
                           max_frame_bytes=SupervisorConfig().max_frame_bytes)  # fmt: skip
         reader = _Reader(summary, sink, note, os.urandom(4).hex())
         with SandboxedChild("replay", "replay", work, extensions, ReplayError) as child:
@@ -312,6 +321,7 @@ def replay(
     assert done is not None
     summary.lines, summary.events, summary.kinds = done.lines, done.events, dict(sorted(done.kinds.items()))
     summary.events_not_delivered, summary.findings_unsendable = done.not_delivered, done.unsendable_findings
+    summary.events_muted = done.muted
     summary.handler_errors, summary.actions_not_taken = done.handler_errors, done.actions
     return summary
 
@@ -503,6 +513,7 @@ def render_summary(s: ReplaySummary) -> list[str]:
         ("findings the agent would refuse", s.findings_refused),
         ("findings over the wire's frame size", s.findings_unsendable),
         ("events over the wire's frame size, not delivered", s.events_not_delivered),
+        ("events muted by [broker] mute_*, not delivered", s.events_muted),
     ):
         if value:
             lines.append(f"{label}: {value}")

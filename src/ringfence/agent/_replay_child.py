@@ -36,6 +36,7 @@ from typing import IO, Any
 import msgspec
 
 from ringfence.agent._child import enter
+from ringfence.broker import Mutes
 from ringfence.events import (
     ActionRequest,
     AuthRequest,
@@ -66,6 +67,7 @@ class ReplaySpec(msgspec.Struct, frozen=True, kw_only=True):
     engines: list[EngineSpec]
     max_line_bytes: int
     max_frame_bytes: int
+    mutes: Mutes = Mutes()  # the config's [broker] mutes: the broker delivers no muted event
     sandbox: bool = False
     policy: msgspec.Raw = msgspec.Raw(b"null")
     prepared: msgspec.Raw = msgspec.Raw(b"null")
@@ -114,6 +116,7 @@ class Done(msgspec.Struct, frozen=True, kw_only=True, tag="done", tag_field="t")
     bad_lines: int
     kinds: dict[str, int]
     not_delivered: int  # over the wire's frame size: the agent could not have sent it to an extension
+    muted: int  # muted by the config's [broker] mute_* (the broker would not have delivered them)
     handler_errors: dict[str, int]  # engine -> handlers that raised
     actions: dict[str, int]  # "engine kind" -> response actions asked for (replay carries out none)
     unsendable_findings: int  # over the frame size: the extension could not have sent it
@@ -305,7 +308,7 @@ class _Replay:
         self.clock = _EventClock()
         self.hosted: list[_Hosted] | None = None
         self.next_tick_ns = 0
-        self.events = self.bad = self.not_delivered = self.lines = 0
+        self.events = self.bad = self.not_delivered = self.muted = self.lines = 0
         self.kinds: Counter[str] = Counter()
         self._msgpack = msgspec.msgpack.Encoder()
 
@@ -362,6 +365,9 @@ class _Replay:
         assert self.hosted is not None
         if self.clock.now_ns >= self.next_tick_ns:
             self._tick()
+        if self.spec.mutes.mutes(event, kind):
+            self.muted += 1
+            return True
         if size > self.spec.max_frame_bytes // 4 and self._too_large(event):  # JSON is the longer form
             self.not_delivered += 1
             return True
@@ -395,6 +401,7 @@ class _Replay:
                 bad_lines=self.bad,
                 kinds=dict(self.kinds),
                 not_delivered=self.not_delivered,
+                muted=self.muted,
                 handler_errors={h.spec.id: h.errors for h in hosted_all if h.errors},
                 actions=dict(sum((h.ctx.actions for h in hosted_all), Counter())),
                 unsendable_findings=sum(h.ctx.unsendable for h in hosted_all),
