@@ -287,3 +287,55 @@ def test_an_error_never_quotes_the_line() -> None:
         with pytest.raises(OcsfDecodeError) as raised:
             decode_line(line)
         assert "hunter2" not in str(raised.value)
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _leaves(value: object, path: tuple = ()) -> list[tuple]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _leaves(v, (*path, k))] or [path]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _leaves(v, (*path, i))] or [path]
+    return [path]
+
+
+def _decodes_or_refuses(line: bytes) -> None:
+    try:
+        event = decode_line(line)
+    except OcsfDecodeError:
+        return
+    ENCODER.encode(event)  # what decodes is a record the encoder takes
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), EVENTS.filter(_text_action) | FINDINGS | DETECTION, JSON)
+def test_any_part_of_an_event_replaced_by_any_json_decodes_or_is_refused(data, event: Event, junk) -> None:
+    """Hostile lines: an event with one attribute swapped for any JSON value, or one removed, gives a
+    record or an OcsfDecodeError, never another exception (which would stop a replay)."""
+    doc = _ocsf(event)
+    path = data.draw(st.sampled_from(_leaves(doc)))
+    if not path:
+        return
+    target = doc
+    for step in path[:-1]:
+        target = target[step]
+    if data.draw(st.booleans()) and isinstance(target, dict):
+        del target[path[-1]]
+    else:
+        target[path[-1]] = junk
+    _decodes_or_refuses(json.dumps(doc).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(JSON | st.dictionaries(st.sampled_from(["class_uid", "activity_id", "time", "metadata"]), JSON))
+def test_any_json_document_decodes_or_is_refused(document) -> None:
+    _decodes_or_refuses(json.dumps(document).encode())
