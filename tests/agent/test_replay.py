@@ -24,6 +24,9 @@ from ringfence.engines.ioc import IocEngine
 from ringfence.engines.sigma import SigmaEngine
 from ringfence.events import (
     DetectionFinding,
+    DnsActivity,
+    DnsActivityId,
+    DnsQuery,
     Endpoint,
     Event,
     FileActivity,
@@ -171,15 +174,27 @@ def test_an_own_sigma_rule_and_an_ioc_list_run_beside_the_default_pack(root_only
     assert summary.engines == ["ringfence.sigma", "ringfence.reputation"]  # type: ignore[attr-defined]
 
 
-def test_the_ioc_engine_runs_under_the_id_in_force(root_only) -> None:
-    (root_only / "c2.ioc").write_text("203.0.113.7\n")
+def test_the_ioc_engine_runs_under_the_id_in_force_on_connections_and_dns(root_only) -> None:
+    (root_only / "c2.ioc").write_text("203.0.113.7\n*.evil.example\n")
+    query = DnsActivity(
+        header=_header(2, "dns"),
+        activity=DnsActivityId.QUERY,
+        query=DnsQuery(hostname="cdn.evil.example", type="A"),
+        transaction_id=7,
+        src=Endpoint(family="inet", ip="10.0.0.2", port=40000),
+        dst=Endpoint(family="inet", ip="10.0.0.53", port=53),
+    )
     got, _ = _findings(
-        _write(root_only / "e.jsonl", _connect(1)),
+        _write(root_only / "e.jsonl", _connect(1), query),
         str(root_only / "c2.ioc"),
         with_default=False,
         ioc_id="ringfence.ioc",
     )
-    assert [(f.source, f.rule) for f in got] == [("ringfence.ioc", "ioc.ipv4")]
+    assert [(f.source, f.rule, f.related_event) for f in got] == [
+        ("ringfence.ioc", "ioc.ipv4", "rec-audit-1"),
+        ("ringfence.ioc", "ioc.domain", "rec-dns-2"),
+    ]
+    assert got[1].title == "DNS query for listed domain cdn.evil.example"
 
 
 def test_repeats_are_one_finding_and_a_summary_on_the_events_time_not_the_replays(root_only) -> None:
@@ -409,3 +424,14 @@ def test_the_configs_mutes_and_engine_settings_apply_as_in_the_agent(root_only) 
     assert r.returncode == 0, r.stderr
     assert summary["findings_by_rule"] == {REVERSE_SHELL_RULE: 2}  # no window: each exec its own finding
     assert summary["events_muted"] == 1 and summary["events"] == 3
+
+
+def test_run_by_another_user_the_replay_runs_unsandboxed_as_that_user(shared_dir) -> None:
+    events = _write(shared_dir / "events.jsonl", _exec(1))
+    events.chmod(0o644)
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *RINGFENCE, "replay", str(events)],
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"[{REVERSE_SHELL_RULE}]" in r.stdout
