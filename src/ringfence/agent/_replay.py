@@ -31,7 +31,9 @@ import contextlib
 import os
 import selectors
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -156,7 +158,11 @@ def _stage(content: list[_Content], work: str, engine_ids: dict[str, str], setti
             id=ext_id, content_dir=directory, settings=dict(settings.config.get(ext_id, {}))
         )
         specs[item.engine] = msgspec.structs.replace(spec, origins={**spec.origins, dest: item.origin})
-    return list(specs.values())
+    # the directory itself last: each file's own path is replaced first
+    return [
+        msgspec.structs.replace(s, origins={**s.origins, s.content_dir: "its content"})
+        for s in specs.values()
+    ]
 
 
 # --- the root side: stream in, read out -------------------------------------------------------------
@@ -215,8 +221,8 @@ class _Reader:
             self._finding(message)
         elif isinstance(message, BadLine):
             self._bad(message)
-        elif isinstance(message, Log):
-            if message.level >= 30:
+        elif isinstance(message, Log):  # warnings, and what the engine says while it loads its content
+            if message.level >= 30 or message.engine not in self.summary.engines:
                 self.note(printable(f"{message.engine}: {message.message}"))
         elif isinstance(message, Problem):
             if message.message is not None:
@@ -327,8 +333,6 @@ def replay(
 
 
 def _stdin() -> IO[bytes]:
-    import sys
-
     return sys.stdin.buffer
 
 
@@ -350,8 +354,6 @@ def _size(source: IO[bytes]) -> int | None:
         st = os.fstat(source.fileno())
     except (OSError, ValueError):
         return None
-    import stat
-
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
