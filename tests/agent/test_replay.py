@@ -106,7 +106,7 @@ def root_only() -> Iterator[Path]:
     shutil.rmtree(d)
 
 
-def _findings(events: Path, *rules: str, **kw: object) -> tuple[list[DetectionFinding], object]:
+def _findings(events: Path, *rules: str, **kw: object) -> tuple[list[DetectionFinding], ReplaySummary]:
     got: list[DetectionFinding] = []
     summary = replay(str(events), list(rules), sink=lambda f, _line: got.append(f), **kw)  # type: ignore[arg-type]
     return got, summary
@@ -177,7 +177,7 @@ def test_an_own_sigma_rule_and_an_ioc_list_run_beside_the_default_pack(root_only
     assert ioc.source == "ringfence.reputation" and ioc.process is not None and ioc.process.pid == 4242
     assert " ".join(ioc.process.cmdline) == " ".join(SHELL.cmdline)
     assert "203.0.113.7 from rules-001-c2.ioc: connect 10.0.0.2:50000 -> 203.0.113.7:4444" in ioc.description
-    assert summary.engines == ["ringfence.sigma", "ringfence.reputation"]  # type: ignore[attr-defined]
+    assert summary.engines == ["ringfence.sigma", "ringfence.reputation"]
 
 
 def test_the_ioc_engine_runs_under_the_id_in_force_on_connections_and_dns(root_only) -> None:
@@ -445,3 +445,40 @@ def test_run_by_another_user_the_replay_runs_unsandboxed_as_that_user(shared_dir
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"[{REVERSE_SHELL_RULE}]" in r.stdout
+
+
+CORRELATION = """title: downloads in a burst
+id: 7c1a0000-0000-4000-8000-00000000c001
+status: test
+level: critical
+correlation:
+    type: event_count
+    rules:
+        - 5f0a1c1e-0000-4000-8000-00000000b001
+    group-by:
+        - User
+    timespan: 1m
+    condition:
+        gte: 3
+"""
+
+
+def test_a_correlation_counts_over_the_hosts_time_whatever_the_replays_speed(root_only) -> None:
+    """Three downloads within a minute on the host fire it; the same three spread over three minutes do
+    not, though the replay feeds both in a blink."""
+    (root_only / "curl.yml").write_text(
+        rule("sel:\n  Image|endswith: /curl\ncondition: sel", rule_id="5f0a1c1e-0000-4000-8000-00000000b001")
+    )
+    (root_only / "burst.yml").write_text(CORRELATION)
+    curl = [ProcessRef(pid=5000 + n, exe="/usr/bin/curl", cmdline=("curl", f"http://x/{n}"), user="alice")
+            for n in range(3)]  # fmt: skip
+    burst = _write(root_only / "burst.jsonl", *(_exec(n, curl[n], at_s=n * 10) for n in range(3)))
+    spread = _write(root_only / "spread.jsonl", *(_exec(n, curl[n], at_s=n * 70) for n in range(3)))
+    rules = (str(root_only / "curl.yml"), str(root_only / "burst.yml"))
+    fired, _ = _findings(burst, *rules, with_default=False)
+    quiet, summary = _findings(spread, *rules, with_default=False)
+    assert [f.title for f in fired if f.rule == "7c1a0000-0000-4000-8000-00000000c001"] == [
+        "downloads in a burst"
+    ]
+    assert [f.rule for f in quiet if f.rule == "7c1a0000-0000-4000-8000-00000000c001"] == []
+    assert summary.events == 3
