@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import select
 import shutil
 import subprocess
 import sys
@@ -312,7 +313,7 @@ def test_the_child_cannot_read_what_only_root_can(root_only) -> None:
     )
 
 
-def test_the_child_runs_as_the_extension_user_and_reads_stdin(root_only) -> None:
+def test_the_child_runs_as_the_extension_user_and_streams_stdin(root_only) -> None:
     user = pwd.getpwnam(ExtensionsSection().user)
     proc = subprocess.Popen(
         [*RINGFENCE, "replay", "-"],
@@ -342,7 +343,11 @@ def test_the_child_runs_as_the_extension_user_and_reads_stdin(root_only) -> None
             return False
 
         assert eventually(child_uid)
+        assert proc.stdout is not None  # the finding comes while stdin is still open: streamed, not slurped
+        assert select.select([proc.stdout], [], [], 60)[0], "no finding before the end of the input"
+        first = proc.stdout.readline()
         out, err = proc.communicate(timeout=120)
+        out = first + out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -28,18 +28,17 @@ Errors (under the agent's root, `AgentError`):
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import selectors
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import IO
 
 import msgspec
 
@@ -171,7 +170,7 @@ def _stage(content: list[_Content], work: str, engine_ids: dict[str, str], setti
 class _Pump(threading.Thread):
     """Copies the events file into the child's stdin; says when it is waiting on the child."""
 
-    def __init__(self, source: IO[bytes], fd: int) -> None:
+    def __init__(self, source: io.BufferedReader, fd: int) -> None:
         super().__init__(name="replay-pump", daemon=True)
         self.source, self.fd = source, fd
         self.sent = 0
@@ -181,7 +180,7 @@ class _Pump(threading.Thread):
 
     def run(self) -> None:
         try:
-            while chunk := self.source.read(1 << 16):
+            while chunk := self.source.read1(1 << 16):  # what is there: a pipe's lines go on at once
                 self.writing_since = time.monotonic()
                 write_all(self.fd, chunk)
                 self.writing_since = None
@@ -319,8 +318,7 @@ def replay(
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if source is not _stdin():
-            source.close()
+        source.close()
     if reader.failed is not None:
         raise ReplayError(f"replay: {reader.failed}")
     done = reader.done
@@ -332,24 +330,18 @@ def replay(
     return summary
 
 
-def _stdin() -> IO[bytes]:
-    return sys.stdin.buffer
-
-
-def _open_events(path: str) -> IO[bytes]:
-    if path == "-":
-        return _stdin()
+def _open_events(path: str) -> io.BufferedReader:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.dup(0) if path == "-" else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise ReplayError(f"{printable(path)}: cannot open: {e.strerror}") from None
-    if os.path.isdir(path):
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
         os.close(fd)
         raise ReplayError(f"{printable(path)}: a directory, not a file of OCSF JSON lines")
-    return os.fdopen(fd, "rb")
+    return io.BufferedReader(io.FileIO(fd, "rb", closefd=True))
 
 
-def _size(source: IO[bytes]) -> int | None:
+def _size(source: io.BufferedReader) -> int | None:
     try:
         st = os.fstat(source.fileno())
     except (OSError, ValueError):
@@ -359,7 +351,7 @@ def _size(source: IO[bytes]) -> int | None:
 
 def _run(
     spec: ReplaySpec,
-    source: IO[bytes],
+    source: io.BufferedReader,
     reader: _Reader,
     progress: Callable[[int, int | None], None] | None,
     stall_s: float,

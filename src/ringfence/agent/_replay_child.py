@@ -131,7 +131,10 @@ class _Out:
         self._encoder = msgspec.json.Encoder()
 
     def send(self, message: Message) -> None:
+        """One message, flushed: findings are few beside events, and one read from a pipe (`-`, a
+        following `tail -f`) must show before the input ends."""
         self._stream.write(self._encoder.encode(message) + b"\n")
+        self._stream.flush()
 
     def flush(self) -> None:
         self._stream.flush()
