@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     content_cli.add_parser(sub)
     _rules_parser(sub)
+    _replay_parser(sub)
     _common(clean)
     clean.add_argument(
         "--empty-now",
@@ -167,6 +168,57 @@ def _rules_parser(sub: Any) -> None:
             help=f"config file (default {DEFAULT_CONFIG_PATH} if present): the extension user, the Sigma "
             "engine's placeholders",
         )
+
+
+def _replay_parser(sub: Any) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="run the detection engines over recorded OCSF events and print the findings",
+        description="Run the Sigma and IOC engines over the OCSF JSON lines of EVENTS (an events.jsonl the "
+        "agent wrote, or lines made the same way; - for stdin), with the default content pack and each "
+        "--rules file, and print the findings they raise: what the live engines would have raised on "
+        "those events. The events and the content are parsed only in a child process in the extension "
+        "sandbox (as the extension user when run as root), which runs the real engines. The engines' "
+        "clocks are the events' own times (dedup windows and correlations span what they spanned). Not "
+        "run: YARA (it scans a file's bytes at exec, and recorded events carry none); IOC hashes cannot "
+        "match for the same reason. A line that is not an OCSF event Ringfence writes is reported on "
+        "stderr with its number and what is wrong, skipped and counted. Progress on stderr when it is a "
+        "terminal; a summary at the end.",
+        epilog="Exit status: 0 every line replayed (with or without findings); 1 a bad line, or the "
+        "replay could not run (a file that cannot be read, an engine whose content does not load); "
+        "2 bad usage.",
+    )
+    replay.add_argument("events", metavar="EVENTS", help="a file of OCSF JSON lines (events.jsonl), or -")
+    replay.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Sigma (.yml, .yaml) or IOC (.ioc, STIX .json) files, or directories of them, run with the "
+        "default pack (YARA files are named and skipped). Repeatable",
+    )
+    replay.add_argument(
+        "--no-default", action="store_true", help="leave the default content pack (content/default/) out"
+    )
+    replay.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the findings there as OCSF Detection Finding (2004) JSON lines instead of printing "
+        "them: a temp file beside FILE, renamed over it once the replay is done (nothing half-written; "
+        "mode 0600)",
+    )
+    replay.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary (events read per kind, bad lines, findings per rule, ...) as one JSON "
+        "document on stdout; the findings are then not printed (use --out)",
+    )
+    replay.add_argument(
+        "--config",
+        default=None,
+        help=f"config file (default {DEFAULT_CONFIG_PATH} if present): the extension user and memory limit, "
+        "the engines' settings ([extensions.config.\"<id>\"]), the IOC engine's id, the [broker] mutes",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -253,6 +305,76 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     else:
         print("\n".join(rules_cli.render(report, list_rules=args.rules_cmd == "list")))
     return EXIT_FAILED if report.blocking else 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ringfence.agent import _replay
+
+    config = load_config(args.config)
+    out = _replay.AtomicOcsfFile(args.out) if args.out else None
+    show = None if args.json else (lambda finding, line: print(_replay.readable(finding, line), flush=True))
+    notes = lambda line: print(f"ringfence: {line}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        with _replay_progress() as progress:
+            summary = _replay.replay(
+                args.events,
+                args.rules,
+                with_default=not args.no_default,
+                extensions=config.extensions,
+                broker=config.broker,
+                ioc_id=_ioc_engine_id(config),
+                sink=out or show or (lambda finding, line: None),
+                note=notes,
+                progress=progress,
+            )
+        if out is not None:
+            out.commit()
+            summary.out = out.path
+    finally:
+        if out is not None:
+            out.abort()  # no-op after a commit
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(summary), indent=2, sort_keys=True))
+    else:
+        for line in _replay.render_summary(summary):
+            print(line, file=sys.stderr)
+    return 0 if summary.clean else EXIT_FAILED
+
+
+def _replay_progress() -> Any:
+    """A rich progress bar on stderr while a big file goes in, when stderr is a terminal."""
+    import contextlib
+
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    return _ProgressBar()
+
+
+class _ProgressBar:
+    BIG_BYTES = 4 << 20
+
+    def __enter__(self) -> Any:
+        from rich.console import Console as RichConsole
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress(
+            "replay", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+            console=RichConsole(stderr=True), transient=True,
+        )  # fmt: skip
+        self._task: Any = None
+        return self.update
+
+    def update(self, sent: int, total: int | None) -> None:
+        if total is None or total < self.BIG_BYTES:
+            return
+        if self._task is None:
+            self._bar.start()
+            self._task = self._bar.add_task("replay", total=total)
+        self._bar.update(self._task, completed=sent)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._bar.stop()
 
 
 def _extension_factory() -> Any:
@@ -452,6 +574,7 @@ _COMMANDS = {
     "cleanup": _cmd_cleanup,
     "content": content_cli.run,
     "rules": _cmd_rules,
+    "replay": _cmd_replay,
 }
 
 
