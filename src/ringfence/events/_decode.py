@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from ringfence.events import _decode_doc as doc
-from ringfence.events._codec import _ACTIONS, _TACTICS
+from ringfence.events._attack import TACTICS as _TACTICS
+from ringfence.events._codec import _ACTIONS
 from ringfence.events._common import Endpoint, Header, ProcessRef
 from ringfence.events._detection import (
     AccountChange,
