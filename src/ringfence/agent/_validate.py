@@ -471,7 +471,14 @@ def package_problem(
     """Why the agent must not activate the package staged at `staged` for `engine`, or None: a checksum
     that does not match its manifest, another interface than the engine's, or content that names fields
     the engine does not supply or compares values of the wrong type (the schema contract). A check that
-    cannot run refuses too (fail closed: the active content stays)."""
+    cannot run refuses too (fail closed: the active content stays). Never raises."""
+    try:
+        return _package_problem(staged, engine, extensions, timeout_s)
+    except (OSError, AgentError) as e:
+        return f"the contract check could not run: {e}"
+
+
+def _package_problem(staged: str, engine: str, extensions: ExtensionsSection, timeout_s: float) -> str | None:
     issues: list[Issue] = []
     try:
         files = read_package(staged, issues)
