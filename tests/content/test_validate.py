@@ -252,3 +252,21 @@ def test_the_agents_check_refuses_what_breaks_the_contract_and_only_that(tmp_pat
         package_problem(str(staged), "ringfence.sigma", ExtensionsSection()) or ""
     )
     assert os.listdir(staged)  # the check reads; it never changes what is staged
+
+
+def test_yara_and_ioc_packages_go_through_their_own_engines(tmp_path) -> None:
+    good = 'rule evil : block {\n  strings:\n    $a = "EVILEVIL"\n  condition:\n    $a\n}\n'
+    yara = package(tmp_path, {"r.yar": good}, engine="ringfence.yara", interface="yara@1")
+    report = validate_package(yara, ExtensionsSection(), ValidateOptions(fuzz_s=1))
+    assert report.blocking == [] and report.fuzz_events > 0  # AUTH requests with no descriptor: allowed
+    broken = package(tmp_path, {"r.yar": good, "bad.yar": "rule bad {\n  condition:\n    nonsense\n}\n"},
+                     engine="ringfence.yara", interface="yara@1")  # fmt: skip
+    (issue, *_) = validate_package(broken, ExtensionsSection(), QUICK).blocking
+    assert (issue.stage, issue.file, issue.line) == ("static", "bad.yar", 3)
+    ioc = package(
+        tmp_path, {"list.ioc": "203.0.113.7\nevil.example\n"}, engine="ringfence.ioc", interface="ioc@1"
+    )
+    assert validate_package(ioc, ExtensionsSection(), ValidateOptions(fuzz_s=1)).blocking == []
+    wrong = package(tmp_path, {"list.ioc": "203.0.113.7\n"}, engine="ringfence.ioc", interface="sigma@1")
+    (issue,) = validate_package(wrong, ExtensionsSection(), QUICK).blocking
+    assert issue.code == "contract-interface" and "engine ringfence.ioc runs ioc@1" in issue.message

@@ -48,6 +48,7 @@ from ringfence.content import (
     install_trusted_root,
     staged_dir,
     staged_versions,
+    version_key,
 )
 from ringfence.events import ContentUpdateStatus, EngineContentStatus
 
@@ -193,7 +194,7 @@ class ContentUpdateLoop:
             staged_versions(self._state_dir, engine), follow_of(self._follow, engine), item.rejected
         )
         if version is None or version == item.package_version:
-            return why
+            return why or self._refusal(engine)
         refused = self._contract(engine, version)
         if refused:
             return refused
@@ -229,6 +230,15 @@ class ContentUpdateLoop:
         if item is not None:
             item.rejected.add(version)  # for status and `choose`; not kept: a restart checks it again
         return f"package {version} {problem}"
+
+    def _refusal(self, engine: str) -> str:
+        """The newest version of `engine` the contract check refused, with why ("" for none): it stays
+        the engine's problem in status while the one before it runs."""
+        refused = [(v, why) for (e, v), why in self._refused.items() if e == engine and why]
+        if not refused:
+            return ""
+        version, why = max(refused, key=lambda r: version_key(r[0]))
+        return f"package {version} {why}"
 
     # -- health ------------------------------------------------------------------------------------------
 

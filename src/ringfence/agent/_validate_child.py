@@ -229,22 +229,23 @@ class _Host:
     """The engine, hosted as the SDK runtime hosts it: each event to the handler its manifest asks for."""
 
     def __init__(self, ext: Any) -> None:
-        from ringfence.events import AuthRequest, EventKind, event_kind
+        from ringfence.events import AuthRequest, EventKind, FileWritten, event_kind
 
         self.ext = ext
         manifest = ext.manifest
         self.events = frozenset(manifest.subscribes)
         self.auth = frozenset(manifest.auth.kinds) if manifest.auth is not None else frozenset()
-        self.kinds = self.events | self.auth
-        self._kind_of, self._auth_request, self._written = event_kind, AuthRequest, EventKind.FILE_WRITTEN
+        # file.written goes to on_file with the file's descriptor, which no recorded or generated event has
+        self.kinds = (self.events | self.auth) - {EventKind.FILE_WRITTEN}
+        self._kind_of, self._auth_request, self._written = event_kind, AuthRequest, FileWritten
 
     def deliver(self, event: Any) -> None:
         """Raises whatever the handler raises."""
+        if isinstance(event, self._written):
+            return
         kind = self._kind_of(event)
         if kind in self.auth and isinstance(event, self._auth_request):
             self.ext.on_auth(event, None)
-        elif kind == self._written:
-            return  # needs the file's descriptor, which no recorded or generated event has
         elif kind in self.events:
             self.ext.on_event(event)
 
