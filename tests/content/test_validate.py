@@ -159,6 +159,16 @@ def test_bad_usage_is_exit_2_and_a_package_that_cannot_be_read_is_one_line(tmp_p
     assert e.value.code == 2
     assert main(["content", "validate", str(tmp_path / "none.tar")]) == 1
     assert "cannot read" in capsys.readouterr().err
+    pkg = package(tmp_path, {"curl.yml": GOOD})
+    assert main(["content", "validate", pkg, "--corpus", str(tmp_path), "--fuzz-seconds", "0"]) == 1
+    assert "expect.toml: cannot read" in capsys.readouterr().err  # a corpus without its expectations
+    d = corpus(tmp_path, 'benign = ["../../etc/shadow"]\n', [], [])
+    assert main(["content", "validate", pkg, "--corpus", d, "--fuzz-seconds", "0"]) == 1
+    assert "named as files of the corpus directory" in capsys.readouterr().err
+    (Path(d) / "expect.toml").write_text("must_fire = 3\n")
+    assert main(["content", "validate", pkg, "--corpus", d, "--fuzz-seconds", "0"]) == 1
+    assert "must_fire" in capsys.readouterr().err
+    assert main(["content", "validate", pkg, "--fuzz-seconds", "-1"]) == 2
 
 
 @pytest.mark.parametrize(

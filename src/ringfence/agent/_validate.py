@@ -64,7 +64,14 @@ from ringfence.agent._validate_child import (
     Stage,
 )
 from ringfence.content._errors import PackageError
-from ringfence.content._package import MANIFEST, MAX_PACKAGE_BYTES, Manifest, check_manifest, file_sha256
+from ringfence.content._package import (
+    MANIFEST,
+    MAX_PACKAGE_BYTES,
+    Manifest,
+    check_manifest,
+    file_sha256,
+    safe_member_name,
+)
 from ringfence.sdk import ContentSchema
 
 MODULE = "ringfence.agent._validate_child"
@@ -394,11 +401,15 @@ def _read_expect(corpus: str) -> Expect:
     path = os.path.join(corpus, EXPECT)
     try:
         with open(path, "rb") as f:
-            return msgspec.toml.decode(f.read(1 << 20), type=Expect)
+            expect = msgspec.toml.decode(f.read(1 << 20), type=Expect)
     except OSError as e:
         raise ValidateError(f"{path}: cannot read: {e.strerror} (a corpus has an {EXPECT})") from None
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ValidateError(f"{path}: {e}") from None
+    for name in (*expect.attacks, *expect.benign):
+        if not safe_member_name(name) or "/" in name:
+            raise ValidateError(f"{path}: {name!r}: corpus files are named as files of the corpus directory")
+    return expect
 
 
 def _stage_corpus(corpus: str, expect: Expect, work: str) -> list[CorpusFile]:

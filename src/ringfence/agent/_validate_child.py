@@ -295,6 +295,7 @@ def _corpus(spec: ChildSpec, host: _Host, ctx: _Context, out: _Out) -> None:
                     out.send(Issue(severity="warning", stage="corpus", file=corpus.name, line=n,
                                    message=f"not an event the agent writes: {e}"))  # fmt: skip
                     continue
+                out.progress(len(times))  # before the event: the parent's per-event deadline runs from here
                 start = time.perf_counter_ns()
                 try:
                     host.deliver(event)
@@ -302,7 +303,6 @@ def _corpus(spec: ChildSpec, host: _Host, ctx: _Context, out: _Out) -> None:
                     out.send(Issue(severity="error", stage="corpus", file=corpus.name, line=n,
                                    message=f"the engine raised {type(e).__name__}: {e}"))  # fmt: skip
                 times.append(time.perf_counter_ns() - start)
-                out.progress(len(times))
         with contextlib.suppress(Exception):  # a dedup window's summary; a raise here was seen above
             host.ext.on_tick()
         times.sort()
