@@ -176,13 +176,14 @@ def test_bad_usage_is_exit_2_and_a_package_that_cannot_be_read_is_one_line(tmp_p
     [
         ("t.crasher", "crash", "killed by signal 6"),
         ("t.hog", "hog", "out of memory"),
+        ("t.sleeper", "sleep", "did not finish within 5 s (the load budget)"),
     ],
 )
-def test_an_engine_that_dies_on_the_package_in_the_sandbox_is_blocking_with_what_it_printed(
+def test_an_engine_that_dies_or_overruns_on_the_package_in_the_sandbox_is_blocking_with_what_it_printed(
     tmp_path, engine, content, words
 ) -> None:
     pkg = package(tmp_path, {"rule.txt": content}, engine=engine, interface="t@1")
-    report = validate_package(pkg, SMALL, QUICK)
+    report = validate_package(pkg, SMALL, ValidateOptions(fuzz_s=0, load_s=5))
     (issue,) = report.blocking
     assert issue.stage == "load" and words in issue.message, issue
     if engine == "t.crasher":

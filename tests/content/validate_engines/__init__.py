@@ -69,7 +69,13 @@ class Brittle(_Base):
 
 
 class Sleeper(_Base):
-    """Hangs on an exec of /hang (a recorded event of the corpus), raises a finding on /bin/ok."""
+    """Hangs in setup when its content says `sleep`; on an exec of /hang (a recorded event of the
+    corpus); raises a finding on /bin/ok."""
+
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        if "sleep" in _words(ctx):
+            time.sleep(600)
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, ProcessActivity) and event.process.exe == "/hang":
