@@ -306,6 +306,40 @@ def _with_rules(config: Config, paths: list[str]) -> tuple[Config, rules_cli.Rul
     return rules_cli.with_rules(config, found, _ioc_engine_id(config)), report
 
 
+def _cmd_content(args: argparse.Namespace) -> int:
+    from ringfence.agent import _validate
+
+    if args.content_cmd not in ("build", "validate", "schema"):
+        return content_cli.run(args)
+    config = load_config(args.config)
+
+    def interface_of(engine: str) -> str:
+        return _validate.engine_schema(engine, config.extensions).interface
+
+    def validate(a: argparse.Namespace) -> int:
+        if a.fuzz_seconds < 0 or a.load_seconds <= 0 or a.event_deadline <= 0:
+            print("ringfence: content validate: the budgets must be positive", file=sys.stderr)
+            return 2
+        options = _validate.ValidateOptions(
+            corpus=a.corpus, fuzz_s=a.fuzz_seconds, load_s=a.load_seconds, event_deadline_s=a.event_deadline,
+            seed=a.seed,
+        )  # fmt: skip
+        report = _validate.validate_package(a.package, config.extensions, options)
+        if a.json:
+            doc = msgspec.to_builtins(report) | {"blocking": len(report.blocking)}
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        else:
+            print("\n".join(_validate.render(report)))
+        return EXIT_FAILED if report.blocking else 0
+
+    def schema(a: argparse.Namespace) -> int:
+        found = _validate.engine_schema(a.engine, config.extensions)
+        print(json.dumps(msgspec.to_builtins(found), indent=2, sort_keys=True))
+        return 0
+
+    return content_cli.run(args, interface_of=interface_of, more={"validate": validate, "schema": schema})
+
+
 def _cmd_rules(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     report = rules_cli.check_paths(args.paths, config.extensions)
@@ -606,7 +640,7 @@ _COMMANDS = {
     "quarantine": _cmd_quarantine,
     "isolate": _cmd_isolate,
     "cleanup": _cmd_cleanup,
-    "content": content_cli.run,
+    "content": _cmd_content,
     "rules": _cmd_rules,
     "replay": _cmd_replay,
     "server": fleet_cli.run_server,

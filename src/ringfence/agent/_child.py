@@ -87,13 +87,21 @@ class SandboxedChild:
     `error` builds the exception for a failure: `what` names the command (`rules check`, `replay`)."""
 
     def __init__(
-        self, name: str, what: str, work: str, extensions: ExtensionsSection, error: type[AgentError]
+        self,
+        name: str,
+        what: str,
+        work: str,
+        extensions: ExtensionsSection,
+        error: type[AgentError],
+        *,
+        readable: tuple[str, ...] = (),
     ) -> None:
         self.sandbox = os.geteuid() == 0
         self.policy: SandboxPolicy | None = None
         self.prepared: PreparedSandbox | None = None
         self._name, self._what, self._work = name, what, work
         self._extensions, self._error = extensions, error
+        self._readable = readable  # more read-only paths: import roots of an "id=module:attr" engine
 
     def __enter__(self) -> SandboxedChild:
         if not self.sandbox:
@@ -103,7 +111,7 @@ class SandboxedChild:
         self.policy = SandboxPolicy(
             extension_id=f"{self._name}-{os.getpid()}",
             user=self._extensions.user,
-            readable_paths=(self._work,),
+            readable_paths=(self._work, *self._readable),
             memory_mb=self._extensions.memory_mb,
             cpu_percent=100,  # a command an operator waits for; the engines' own quota applies when they run
             max_processes=64,

@@ -72,6 +72,7 @@ class RuleIssue(msgspec.Struct, frozen=True, kw_only=True):
     line: int | None = None
     rule: str | None = None  # the rule id, where the engine knows it
     message: str
+    code: str | None = None  # the engine's kind of problem (Sigma: contract-field, contract-type, ...)
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -373,7 +374,7 @@ def _check_sigma(files: list[_Staged], settings: Mapping[str, Any]) -> EngineRep
         counts["correlations"] = len(rules.correlations)
     issues = [
         RuleIssue(engine="sigma", severity=str(i.severity), file=i.file, line=i.line, rule=i.rule,
-                  message=i.message)
+                  message=i.message, code=i.code)
         for i in rules.issues
     ]  # fmt: skip
     listed = [f"{r.id}  {r.logsource}  {r.title}  ({r.file})" for r in rules.rules]
