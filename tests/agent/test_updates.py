@@ -514,3 +514,26 @@ def test_slots_staged_under_a_umask_of_077_stay_readable_by_the_sandbox(tmp_path
     for path in [slot, *slot.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), f"{path}: {mode:o}"
+
+
+def test_a_version_the_contract_check_refuses_never_goes_active_and_is_checked_once(host: Host) -> None:
+    """The check (agent/_validate.py's package_problem in the agent; a fake here: the real one is run by
+    tests/content/test_validate.py and end to end by test_updates_e2e.py) runs before activation."""
+    asked: list[tuple[str, str]] = []
+
+    def check(engine: str, path: str) -> str | None:
+        asked.append((engine, os.path.basename(path)))
+        return "refused before loading: x.ioc: error [contract]: ..." if path.endswith("1.1") else None
+
+    stage_package(host.state, "1.0", {"blocklist.txt": "1\n"})
+    loop = host.loop(Fake(OK), check=check)
+    loop.step()
+    assert host.item.package_version == "1.0"
+    stage_package(host.state, "1.1", {"blocklist.txt": "2\n"})
+    for _ in range(3):
+        host.clock.now += 3600
+        loop.step()
+    assert host.item.package_version == "1.0" and (host.active / "blocklist.txt").read_text() == "1\n"
+    engine = loop.status().engines[ENGINE]
+    assert engine.rejected == ["1.1"] and engine.problem.startswith("package 1.1 refused before loading")
+    assert asked == [(ENGINE, "1.0"), (ENGINE, "1.1")]  # once per version, not once per round

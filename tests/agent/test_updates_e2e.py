@@ -27,10 +27,13 @@ RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 ENGINE = "ringfence.reputation"
 
 
-def publish(tmp: Path, repo: Path, keys: Path, version: str, blocklist: str) -> None:
+def publish(tmp: Path, repo: Path, keys: Path, version: str, blocklist: str, interface: str = "") -> None:
     pkg = tmp / f"pkg-{version}"
     pkg.mkdir()
-    (pkg / "manifest.toml").write_text(f'name = "lists"\nengine = "{ENGINE}"\nversion = "{version}"\n')
+    with_interface = f'interface = "{interface}"\n' if interface else ""
+    (pkg / "manifest.toml").write_text(
+        f'name = "lists"\nengine = "{ENGINE}"\nversion = "{version}"\n{with_interface}'
+    )
     (pkg / "blocklist.txt").write_text(blocklist)
     assert main(["content", "publish", str(pkg), "--repo", str(repo), "--keys", str(keys)]) == 0
 
@@ -134,5 +137,42 @@ def test_published_blocklist_denies_after_the_update_and_an_unreachable_repo_kee
         assert f"content updates from {server.url}" in text and "FAILED" in text and "problem:" in text
         assert not runs(evil), "the active content was lost when the repository went away"
         assert all(e.state == "running" for e in health.extensions)
+    finally:
+        agent.stop()
+
+
+def test_a_package_that_breaks_the_schema_contract_is_refused_on_the_host_and_the_active_one_stays(
+    tmpfs: Path, shared_dir: Path, tmp_path: Path, served: list[Served]
+) -> None:
+    """The host's own check before loading (agent/_validate.py, in the sandbox): a release written for
+    another interface version than the engine's is never activated, whatever the validator said."""
+    keys, repo, state = tmp_path / "keys", tmp_path / "repo", shared_dir / "state"
+    assert main(["content", "keys", "init", str(keys)]) == 0
+    evil = tmpfs / "evil"
+    shutil.copy2("/bin/true", evil)
+    evil_sha = hashlib.sha256(evil.read_bytes()).hexdigest()
+    publish(tmp_path, repo, keys, "1.0", f"{evil_sha}  evil\n", interface="ioc@1")
+    server = Served(repo)
+    served.append(server)
+    config = scoped_config(tmpfs, state, extensions=(ENGINE,), import_paths=(REPO,))
+    content = ContentSection(url=server.url, update_interval_s=1, root=str(keys / "root.json"))
+    agent = Agent(msgspec.structs.replace(config, content=content), console=Console(io.StringIO()),
+                  extensions=make_supervisor)  # fmt: skip
+    agent.start()
+    try:
+        assert eventually(lambda: not runs(evil), timeout_s=30), "package 1.0 never denied the exec"
+        publish(tmp_path, repo, keys, "1.1", "# lists nothing\n", interface="ioc@2")
+
+        def refused() -> bool:
+            u = status_of(state).content_updates
+            return u is not None and "1.1" in u.engines[ENGINE].rejected
+
+        assert eventually(refused, timeout_s=30), "the package for another interface was not refused"
+        engine = status_of(state).content_updates.engines[ENGINE]  # type: ignore[union-attr]
+        assert engine.active == "1.0" and "interface ioc@2" in engine.problem and "ioc@1" in engine.problem
+        active = state / "content" / ENGINE / "active"
+        assert (active / "blocklist.txt").read_text() == f"{evil_sha}  evil\n"
+        assert not runs(evil), "the active content was lost with the refused package"
+        assert all(e.state == "running" for e in status_of(state).extensions)
     finally:
         agent.stop()

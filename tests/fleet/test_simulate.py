@@ -123,9 +123,22 @@ def test_exported_names_are_pinned():
         "RolloutController", "RolloutError", "RolloutPlan", "Samples", "SimConfig", "SimResult", "Verdict",
         "decode_rollout", "encode_rollout", "evaluate", "rate_test", "simulate", "HostWindow",
         "window_from_hosts",
+        # the server's and the uplink's
+        "CredentialError", "EnrollError", "FindingsSpool", "FleetError", "ServerError", "Uplink",
+        "UplinkConfig", "credential_path",
     ])  # fmt: skip
     for name in ringfence.fleet.__all__:
         assert hasattr(ringfence.fleet, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = ringfence.fleet.nothing
+
+
+def test_the_agent_importing_the_fleet_uplink_does_not_load_numpy_or_scipy():
+    code = (
+        "import sys, ringfence.agent, ringfence.fleet; ringfence.fleet.FleetError; "
+        "sys.exit('numpy' in sys.modules or 'scipy' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_a_regional_outage_silences_both_sides_alike():

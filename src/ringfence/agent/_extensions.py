@@ -18,6 +18,7 @@ from ringfence.agent._content import (
 )
 from ringfence.agent._errors import AgentError
 from ringfence.agent._updates import make_update_loop
+from ringfence.agent._validate import package_problem
 from ringfence.content._default import default_pack
 from ringfence.events import ActionRequest, ActionResult, ExtensionStatistics
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
@@ -153,8 +154,14 @@ class _Extensions:
         self.content = ContentWatcher(
             self.content_store, self.contents, extension_state=self._extension_state
         )
+        extensions = config.extensions
         self.updates = make_update_loop(
-            config.content, config.agent.state_dir, self.content_store, self.contents, self._extension_state
+            config.content,
+            config.agent.state_dir,
+            self.content_store,
+            self.contents,
+            self._extension_state,
+            check=lambda engine, path: package_problem(path, engine, extensions),
         )
         specs = extension_specs(config, self.contents)
         for spec in specs:

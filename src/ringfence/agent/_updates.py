@@ -15,6 +15,14 @@ reload) or a failed start puts the last good slot back and the version is never 
 (`StagedContent.rejected`, kept across runs); about 10 s without either proves it good (`good.json`,
 what a restart runs). No shadow run yet (issue 8): a version goes active directly, for real.
 
+Before a version goes active it is checked against the engine's schema contract (`check`, which is
+agent/_validate.py's `package_problem` in the agent: a sandboxed child, as `content validate` runs it):
+a file whose sha256 is not its manifest's, another interface version than the engine's, a rule that
+names a field the engine does not supply or compares a value of the wrong type. Such a version is
+refused with the reason (the engine's `problem` in status, and in `rejected` for this run) and never
+reaches the engine; the active content stays. Other problems of the content are the engine's verdict,
+as above.
+
 Nothing here stops the agent: an unreachable, expired or tampered repository is a problem in the
 report (the active content stays), retried with backoff (`UpdateSchedule`); an exception in a round is
 logged with its traceback, counted, and the thread goes on.
@@ -40,11 +48,14 @@ from ringfence.content import (
     install_trusted_root,
     staged_dir,
     staged_versions,
+    version_key,
 )
 from ringfence.events import ContentUpdateStatus, EngineContentStatus
 
 log = logging.getLogger(__name__)
 
+PackageCheck = Callable[[str, str], "str | None"]
+"""(engine, staged package dir) -> why it must not go active, or None."""
 LOOK_INTERVAL_S = 1.0  # how often the thread looks whether an update is due (the schedule decides)
 STOP_TIMEOUT_S = 5.0
 Follow = str | dict[str, str]
@@ -92,8 +103,11 @@ class ContentUpdateLoop:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         setup_problem: str = "",
+        check: PackageCheck | None = None,
     ) -> None:
         self._updates, self._schedule, self._store = updates, schedule, store
+        self._check = check
+        self._refused: dict[tuple[str, str], str] = {}  # (engine, version) -> why, once checked
         self._contents = contents
         self._state_dir, self._url, self._follow = state_dir, url, follow
         self._grace_s = failure_grace_s
@@ -180,7 +194,10 @@ class ContentUpdateLoop:
             staged_versions(self._state_dir, engine), follow_of(self._follow, engine), item.rejected
         )
         if version is None or version == item.package_version:
-            return why
+            return why or self._refusal(engine)
+        refused = self._contract(engine, version)
+        if refused:
+            return refused
         seen = self._extension_state(engine) if self._extension_state is not None else None
         try:
             self._store.activate_package(item, version, staged_dir(self._state_dir, engine, version), seen)
@@ -194,6 +211,34 @@ class ContentUpdateLoop:
         self._activations += 1
         log.info("content of %s: package %s active as slot %d", engine, version, item.slot)
         return ""
+
+    def _contract(self, engine: str, version: str) -> str:
+        """Why `version` must not go active ("" if it may): checked once per version (the check runs a
+        sandboxed child), refused ones kept out of `choose` for this run."""
+        if self._check is None:
+            return ""
+        key = (engine, version)
+        if key not in self._refused:
+            problem = self._check(engine, staged_dir(self._state_dir, engine, version)) or ""
+            self._refused[key] = problem
+            if problem:
+                log.error("content of %s: package %s %s; the active content stays", engine, version, problem)
+        problem = self._refused[key]
+        if not problem:
+            return ""
+        item = self._contents.get(engine)
+        if item is not None:
+            item.rejected.add(version)  # for status and `choose`; not kept: a restart checks it again
+        return f"package {version} {problem}"
+
+    def _refusal(self, engine: str) -> str:
+        """The newest version of `engine` the contract check refused, with why ("" for none): it stays
+        the engine's problem in status while the one before it runs."""
+        refused = [(v, why) for (e, v), why in self._refused.items() if e == engine and why]
+        if not refused:
+            return ""
+        version, why = max(refused, key=lambda r: version_key(r[0]))
+        return f"package {version} {why}"
 
     # -- health ------------------------------------------------------------------------------------------
 
@@ -251,6 +296,8 @@ def make_update_loop(
     store: ContentStore,
     contents: Mapping[str, StagedContent],
     extension_state: ExtensionState | None,
+    *,
+    check: PackageCheck | None = None,
 ) -> ContentUpdateLoop | None:
     """The loop for `[content]` (a ContentSection), None when no `url` is set. A trust anchor named by
     `root` is installed when none is; one that cannot be is a problem in status, never a failed start."""
@@ -281,4 +328,5 @@ def make_update_loop(
         failure_grace_s=content.failure_grace_s,
         extension_state=extension_state,
         setup_problem=setup_problem,
+        check=check,
     )

@@ -4,9 +4,12 @@ errors are ContentError lines, printed by cli.py."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
+from ringfence.content._build import BuildOptions, InterfaceOf, build_package
 from ringfence.content._client import TufContentUpdater, UpdateConfig, install_trusted_root
 from ringfence.content._errors import ContentError
 from ringfence.content._keys import ROLES, ExpiryPolicy, KeyStore, utc_now
@@ -23,14 +26,89 @@ DEFAULT_STATE_DIR = "/var/lib/ringfence"  # the agent's default too (a test hold
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     content = sub.add_parser(
         "content",
-        help="signed content releases: keys, publish, serve, update (TUF)",
-        description="Publish content packages as a TUF repository of static files, and fetch them on "
-        "hosts with signature, version and expiry checks (python-tuf).",
+        help="content packages: build, validate, schema; signed releases: keys, publish, serve, update",
+        description="Build content packages and put them through the validation gauntlet, then publish "
+        "them as a TUF repository of static files, and fetch them on hosts with signature, version and "
+        "expiry checks (python-tuf).",
     )
     cmds = content.add_subparsers(dest="content_cmd", metavar="COMMAND", required=True)
+    _add_packages(cmds)
     _add_keys(cmds)
     _add_publisher(cmds)
     _add_host(cmds)
+
+
+def _add_packages(cmds: Commands) -> None:
+    build = cmds.add_parser(
+        "build",
+        help="make a package (manifest with sha256 of every file, plus the files) from a folder",
+        description="Package the files under DIR (hidden ones skipped) as a tar with manifest.toml: name, "
+        "engine, version, the engine's interface version, release notes and the sha256 of every file. "
+        "Without DIR/manifest.toml (whose fields are used when present) the engine is inferred from the "
+        "files (Sigma .yml/.yaml -> ringfence.sigma, YARA .yar/.yara -> ringfence.yara, IOC .ioc and STIX "
+        ".json -> ringfence.ioc; files of two engines in one folder are refused), the name from the folder "
+        "and the version from the clock (UTC YYYY.MMDD.HHMMSS); each flag overrides. The interface is the "
+        "engine's own (its content schema, read in the extension sandbox). PKG is written to a temp file "
+        "and renamed. Versions only go up: `content publish` refuses one not above every published "
+        "version of that engine.",
+    )
+    build.add_argument("dir", metavar="DIR", help="the folder of content files")
+    build.add_argument("-o", "--output", required=True, metavar="PKG", help="the package tar to write")
+    build.add_argument("--name", help="package name (default: the folder's)")
+    build.add_argument("--version", help="dotted numbers, like 1.4.0 (default: the UTC clock)")
+    build.add_argument("--engine", help="the extension id the package is for (default: from the files)")
+    build.add_argument("--interface", help="NAME@N (default: the engine's own, from its content schema)")
+    build.add_argument("--notes", metavar="FILE", help="release notes, read from FILE (UTF-8)")
+    build.add_argument("--config", default=None, help="config file: the extension user and engines' entries")
+    validate = cmds.add_parser(
+        "validate",
+        help="the gauntlet: structure, checksums, schema contract, load, corpus, fuzz; every issue at once",
+        description="Check a package before release and report every issue, each with severity (error "
+        "blocks), stage, file, line and rule id. Stages: structure (manifest, sha256 of every file, files "
+        "not in the manifest, names that leave the package); the schema contract (the manifest's interface "
+        "is the engine's, no rule names a field the engine does not supply or compares a value of the "
+        "wrong type); the engine's own loader (parse and compile errors, regexes re2 cannot run, duplicate "
+        "rule ids); the package loaded into the real engine in the extension sandbox (extensions.memory_mb; "
+        "a crash, an OOM kill or an overrun of the load budget blocks, with what the engine printed); the "
+        "corpus of --corpus (see expect.toml in the README: rules that must fire on attacks.jsonl, a budget "
+        "of findings on benign.jsonl, per-event latency); and --fuzz-seconds of generated events "
+        "(hypothesis): no exception, no crash, no event past --event-deadline.",
+        epilog="Exit status: 0 nothing blocks, 1 a blocking issue (or the validation could not run), "
+        "2 bad usage.",
+    )
+    validate.add_argument("package", metavar="PKG", help="a package tar or directory")
+    validate.add_argument("--json", action="store_true", help="the report as one JSON document")
+    validate.add_argument("--corpus", metavar="DIR", help="a regression corpus: expect.toml and events files")
+    validate.add_argument(
+        "--fuzz-seconds",
+        type=float,
+        default=10.0,
+        metavar="N",
+        help="seconds of fuzzing (default 10; 0: none)",
+    )
+    validate.add_argument(
+        "--load-seconds", type=float, default=60.0, metavar="N",
+        help="budget of the static checks and of the engine's setup, each (default 60)",
+    )  # fmt: skip
+    validate.add_argument(
+        "--event-deadline", type=float, default=2.0, metavar="S",
+        help="the longest one event may take in the corpus and fuzz stages (default 2 s)",
+    )  # fmt: skip
+    validate.add_argument("--seed", type=int, default=0, help="the fuzz stage's first seed (default 0)")
+    validate.add_argument(
+        "--config", default=None, help="config file: extensions.memory_mb, user, the engine's settings"
+    )
+    schema = cmds.add_parser(
+        "schema",
+        help="print the content schema an engine declares (its contract), as JSON",
+        description="Print ENGINE's content schema: the interface version its content must name, the "
+        "event kinds it matches, the files it reads and, per logsource, the fields it really supplies "
+        "with their types. Read from the engine (Extension.content_schema) in the extension sandbox.",
+    )
+    schema.add_argument(
+        "engine", metavar="ENGINE", help="an extension id: ringfence.sigma, ringfence.yara, ..."
+    )
+    schema.add_argument("--config", default=None, help="config file: the extension user, engines' entries")
 
 
 def _add_keys(cmds: Commands) -> None:
@@ -132,12 +210,49 @@ def _policy(args: argparse.Namespace) -> ExpiryPolicy:
     return ExpiryPolicy().with_days(overrides)
 
 
-def run(args: argparse.Namespace) -> int:
-    handlers = {"keys": _keys, "publish": _publish, "sign": _sign, "serve": _serve, "update": _update}
+Handler = Callable[[argparse.Namespace], int]
+
+
+def run(
+    args: argparse.Namespace,
+    *,
+    interface_of: InterfaceOf | None = None,
+    more: Mapping[str, Handler] | None = None,
+) -> int:
+    """Run one `content` command. `interface_of` (engine -> interface) and `more` (the handlers of the
+    commands that run engines: validate, schema) come from cli.py, which may reach the agent's layer."""
+    handlers: dict[str, Handler] = {
+        "keys": _keys, "publish": _publish, "sign": _sign, "serve": _serve, "update": _update,
+        "build": lambda a: _build(a, interface_of), **(more or {}),
+    }  # fmt: skip
     try:
         return handlers[args.content_cmd](args)
     except OSError as e:  # a path the operator gave that cannot be written or read: one line, not a traceback
         raise ContentError(f"{e.filename or args.content_cmd}: {e.strerror or e}") from None
+
+
+def _build(args: argparse.Namespace, interface_of: InterfaceOf | None) -> int:
+    notes = None
+    if args.notes:
+        with open(args.notes, "rb") as f:
+            try:
+                notes = f.read(1 << 20).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ContentError(f"{args.notes}: release notes must be UTF-8 text") from None
+
+    def no_lookup(engine: str) -> str:
+        raise ContentError(
+            f"content build: the interface of {engine} is unknown here: name it with --interface"
+        )
+
+    options = BuildOptions(
+        name=args.name, version=args.version, engine=args.engine, interface=args.interface, notes=notes
+    )
+    m = build_package(
+        args.dir, args.output, options, interface_of or no_lookup, datetime.datetime.now(datetime.UTC)
+    )
+    print(f"built {args.output}: {m.name} {m.version} for {m.engine} ({m.interface}), {len(m.sha256)} files")
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:

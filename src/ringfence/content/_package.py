@@ -1,14 +1,19 @@
-"""The content package model: a manifest (name, version, engine) and its files, as a normalised tar.
+"""The content package model: a manifest and its files, as a normalised tar.
 
-This model is deliberately small. The validator of issue 8 extends `Manifest` (engine interface version,
-the sha256 of every file, release notes) and adds its checks beside `load_package`; the TUF layer only
-needs what is here: who the package is for, which version, and bytes that hash the same everywhere.
-
-A package is a directory or a tar with `manifest.toml` at its top:
+A package is a directory or a tar with `manifest.toml` at its top (`ringfence content build` writes it):
 
     name = "sigmahq-linux"
     engine = "ringfence.sigma"
-    version = "2026.12.2"        # dotted non-negative integers; compared number by number
+    version = "2026.1202.154600" # dotted non-negative integers; compared number by number
+    interface = "sigma@1"        # the engine interface the content was written for (its schema contract)
+    notes = "..."                # release notes, optional
+
+    [sha256]                     # every other file of the package, by its path inside
+    "rules/ssh.yml" = "9f86d0..."
+
+`interface`, `notes` and `sha256` are optional here (packages made before them still load and publish);
+`ringfence content validate` refuses a package without them, or whose files do not match. The TUF layer
+needs only who the package is for, which version, and bytes that hash the same everywhere.
 
 Only regular files and directories may be in it (no links, devices, absolute paths or `..`). The tar
 that `package_tar` returns is rebuilt in sorted order with zeroed owners and times, so a package hashes
@@ -17,7 +22,9 @@ the same whoever packs it.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import re
 import tarfile
@@ -33,12 +40,25 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,12}){0,5}$")
 
 
-class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """What a package says it is. Extended by the validator (issue 8); unknown keys are refused."""
+_INTERFACE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}@[0-9]{1,6}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_NOTES = 65536
+
+
+class Manifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What a package says it is; unknown keys are refused."""
 
     name: str
     engine: str
     version: str
+    interface: str = ""  # name@version of the engine interface (its ContentSchema); "" for none given
+    notes: str = ""
+    sha256: dict[str, str] = {}  # path inside the package -> the sha256 of its bytes (hex)
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """What the signed metadata names: (name, engine, version)."""
+        return (self.name, self.engine, self.version)
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -61,7 +81,46 @@ def check_manifest(manifest: Manifest, where: str) -> Manifest:
         version_key(manifest.version)
     except ValueError as e:
         raise PackageError(where, str(e)) from None
+    if manifest.interface and not _INTERFACE.match(manifest.interface):
+        raise PackageError(where, f"interface {manifest.interface!r} must be NAME@NUMBER, like sigma@1")
+    if len(manifest.notes) > MAX_NOTES:
+        raise PackageError(where, f"notes are longer than {MAX_NOTES} characters")
+    for name, digest in manifest.sha256.items():
+        if not safe_member_name(name) or name == MANIFEST:
+            raise PackageError(where, f"sha256 names {name!r}: not a relative path that stays inside")
+        if not _SHA256.match(digest):
+            raise PackageError(where, f"sha256 of {name!r}: {digest!r} is not 64 lowercase hex digits")
     return manifest
+
+
+def safe_member_name(name: str) -> bool:
+    """A relative path that stays inside the package: no absolute path, `..`, empty part or NUL."""
+    if not name or name.startswith("/") or "\x00" in name or "\\" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The manifest as TOML (by hand: msgspec writes TOML only with tomli-w, and these are a few strings
+    and one table). Read back and compared, so a value TOML cannot hold is an error, never a bad file."""
+    lines = [f"{key} = {_toml_string(value)}" for key, value in
+             (("name", manifest.name), ("engine", manifest.engine), ("version", manifest.version),
+              ("interface", manifest.interface), ("notes", manifest.notes)) if value]  # fmt: skip
+    if manifest.sha256:
+        lines += ["", "[sha256]"]
+        lines += [
+            f"{_toml_string(name)} = {_toml_string(manifest.sha256[name])}"
+            for name in sorted(manifest.sha256)
+        ]
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    if decode_manifest(data, MANIFEST) != manifest:
+        raise PackageError(MANIFEST, "the manifest does not read back as written")  # pragma: no cover
+    return data
+
+
+def _toml_string(value: str) -> str:
+    """A TOML basic string: JSON's escapes are TOML's, except that DEL must be escaped too."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def decode_manifest(data: bytes, where: str) -> Manifest:
@@ -158,3 +217,7 @@ def _safe_name(member: tarfile.TarInfo, where: str) -> str:
     if name.startswith(("/", "..")) or name in {".", ""} or "\x00" in name:
         raise PackageError(where, f"{member.name!r}: member names must be relative and stay inside")
     return name
+
+
+def file_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

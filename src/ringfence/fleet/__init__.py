@@ -1,51 +1,89 @@
-"""Fleet: the rollout controller, its health gates, and a simulated fleet that drives them.
+"""The fleet control plane (ARCHITECTURE.md section 6): the server's API and database, the host's
+uplink to it, and the rollout controller with its health gates and a simulated fleet that drives it.
+Never imports the host side: what it knows of a host's health is in `ringfence.events`.
 
-Pure logic and numpy; no host side (never sensors, broker, extensions or agent). The server (API,
-database, enrollment, heartbeats) persists a `Rollout` and feeds the controller health windows built
-from heartbeats; `simulate` feeds it simulated ones.
+    ringfence server ...            fleet/_cli.py -> _server.py (uvicorn) -> _api.py (FastAPI) -> _store.py
+    ringfence enroll URL --token    fleet/_client.py: the credential (an Ed25519 key, see _auth.py)
+    the agent's [fleet] section     fleet/_uplink.py (heartbeats, findings from the _spool.py offset)
+
+Rollouts (pure logic on an injected clock, no I/O; _rollout.py, _gates.py, _hosts.py, _simulate.py):
 
     plan = RolloutPlan()                          rings 0.01 / 0.1 / 1 / 10 / 50 / 100 %, bakes, gates
     ctl = RolloutController(Rollout(id=..., release=..., last_known_good=..., plan=plan), clock)
     ctl.start() -> Assignment                     rings 0..through_ring run the release, the rest LKG
     ctl.observe(HealthWindow(...)) -> Assignment  every look; gate decisions land in ctl.rollout.log
     ctl.pause / resume / abort / rollback(by, reason)
-    encode_rollout(r) / decode_rollout(bytes)     the state, for a database
+    encode_rollout(r) / decode_rollout(bytes)     the state, for the database
+    window_from_hosts(start, end, treated, control)   a HostWindow per host (from heartbeats) -> HealthWindow
     evaluate(window, GateConfig()) -> GateResult  the gate on its own: per metric test, statistic, p
-    window_from_hosts(start, end, treated, control)   HostWindow per host (from heartbeats) -> HealthWindow
-    simulate(SimConfig(hosts=..., scenario=...)) -> SimResult
+    simulate(SimConfig(hosts=..., scenario=...)) -> SimResult   `ringfence fleet simulate`
 
-Errors: RolloutError (a ValueError): an operator action the phase does not allow, a bad plan or a bad
-stored rollout.
+The rollout names load numpy and scipy on first use, not on import: the agent imports this package
+for its uplink and must not pay for them. The errors are drawn in _errors.py.
 """
 
-from ringfence.fleet._gates import (
-    DEFAULT_METRICS,
-    Counts,
-    GateConfig,
-    GateResult,
-    HealthWindow,
-    Metric,
-    MetricResult,
-    Samples,
-    Verdict,
-    evaluate,
-    rate_test,
-)
-from ringfence.fleet._hosts import HostWindow, window_from_hosts
-from ringfence.fleet._rollout import (
-    DEFAULT_RINGS,
-    Assignment,
-    Decision,
-    Phase,
-    Ring,
-    Rollout,
-    RolloutController,
-    RolloutError,
-    RolloutPlan,
-    decode_rollout,
-    encode_rollout,
-)
-from ringfence.fleet._simulate import SCENARIOS, Outcome, SimConfig, SimResult, simulate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ringfence.fleet._client import credential_path
+from ringfence.fleet._errors import CredentialError, EnrollError, FleetError, RolloutError, ServerError
+from ringfence.fleet._spool import FindingsSpool
+from ringfence.fleet._uplink import Uplink, UplinkConfig
+
+if TYPE_CHECKING:
+    from ringfence.fleet._gates import (
+        DEFAULT_METRICS,
+        Counts,
+        GateConfig,
+        GateResult,
+        HealthWindow,
+        Metric,
+        MetricResult,
+        Samples,
+        Verdict,
+        evaluate,
+        rate_test,
+    )
+    from ringfence.fleet._hosts import HostWindow, window_from_hosts
+    from ringfence.fleet._rollout import (
+        DEFAULT_RINGS,
+        Assignment,
+        Decision,
+        Phase,
+        Ring,
+        Rollout,
+        RolloutController,
+        RolloutPlan,
+        decode_rollout,
+        encode_rollout,
+    )
+    from ringfence.fleet._simulate import SCENARIOS, Outcome, SimConfig, SimResult, simulate
+
+_LAZY = {
+    "ringfence.fleet._gates": (
+        "DEFAULT_METRICS", "Counts", "GateConfig", "GateResult", "HealthWindow", "Metric", "MetricResult",
+        "Samples", "Verdict", "evaluate", "rate_test",
+    ),
+    "ringfence.fleet._hosts": ("HostWindow", "window_from_hosts"),
+    "ringfence.fleet._rollout": (
+        "DEFAULT_RINGS", "Assignment", "Decision", "Phase", "Ring", "Rollout", "RolloutController",
+        "RolloutPlan", "decode_rollout", "encode_rollout",
+    ),
+    "ringfence.fleet._simulate": ("SCENARIOS", "Outcome", "SimConfig", "SimResult", "simulate"),
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> object:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ringfence.fleet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -53,7 +91,11 @@ __all__ = [
     "SCENARIOS",
     "Assignment",
     "Counts",
+    "CredentialError",
     "Decision",
+    "EnrollError",
+    "FindingsSpool",
+    "FleetError",
     "GateConfig",
     "GateResult",
     "HealthWindow",
@@ -68,9 +110,13 @@ __all__ = [
     "RolloutError",
     "RolloutPlan",
     "Samples",
+    "ServerError",
     "SimConfig",
     "SimResult",
+    "Uplink",
+    "UplinkConfig",
     "Verdict",
+    "credential_path",
     "decode_rollout",
     "encode_rollout",
     "evaluate",

@@ -23,11 +23,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from ringfence.fleet._errors import RolloutError
 from ringfence.fleet._gates import GateConfig, GateResult, HealthWindow, Verdict, evaluate
-
-
-class RolloutError(ValueError):
-    """An operator action that the rollout's phase does not allow, or a plan that cannot work."""
 
 
 class Phase(enum.StrEnum):

@@ -52,8 +52,10 @@ from ringfence.sdk._manifest import (
     Permission,
 )
 from ringfence.sdk._memo import LruMemo, MemoStatistics
+from ringfence.sdk._schema import FIELD_TYPES, ContentSchema, SchemaField
 
 __all__ = [
+    "FIELD_TYPES",
     "PROTOCOL_VERSION",
     "AccountChange",
     "AccountChangeActivityId",
@@ -68,6 +70,7 @@ __all__ = [
     "AuthRequest",
     "Authentication",
     "AuthenticationActivityId",
+    "ContentSchema",
     "Context",
     "Deduplicator",
     "DetectionFinding",
@@ -95,6 +98,7 @@ __all__ = [
     "ProcessActivity",
     "ProcessActivityId",
     "ProcessRef",
+    "SchemaField",
     "Severity",
     "Verdict",
     "allow",

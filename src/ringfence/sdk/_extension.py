@@ -19,6 +19,8 @@ Contract, per entry point (who calls it, on which thread, who owns what):
 - `on_tick()`: optional, called on the main thread about once a second (between other handlers), for
   periodic work such as noticing that content changed on disk.
 - `teardown()`: optional, called once at a clean shutdown.
+- `content_schema()` (a classmethod): what the extension's content may use, for the tooling
+  (`ringfence content validate`, `content schema`) and the agent's check before it activates a package.
 Handlers run one at a time: no locking is needed inside an extension.
 """
 
@@ -41,6 +43,7 @@ from ringfence.events import (
     Verdict,
 )
 from ringfence.sdk._manifest import Manifest
+from ringfence.sdk._schema import ContentSchema
 
 
 def allow(*, cacheable: bool = True) -> AuthAnswer:
@@ -131,6 +134,13 @@ class Context(Protocol):
 
 class Extension:
     manifest: ClassVar[Manifest]
+
+    @classmethod
+    def content_schema(cls) -> ContentSchema | None:
+        """The interface this engine's content may use (the schema contract, `sdk/_schema.py`), or None
+        for an extension that takes no content. A classmethod: the tooling reads it without a setup,
+        in the sandbox. Its `interface` is the manifest's `content_interface`."""
+        return None
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx

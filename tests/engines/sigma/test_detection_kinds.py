@@ -4,6 +4,7 @@ DestinationHostname on a connection. Each test names the failure it would catch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -370,3 +371,31 @@ def test_authentication_and_account_change_fields_are_in_the_mapping_and_the_sch
         assert ("authentication", name) in rows
     for name in ("TargetUser", "TargetUserId", "Group", "Activity", "RecordType", "ParentImage"):
         assert ("account_change", name) in rows
+
+
+def test_an_unreadable_rule_subdirectory_is_an_error_not_an_empty_rule_set(shared_dir: Path) -> None:
+    """Path.rglob skipped a directory it could not list: rules there were lost without a word."""
+    from ringfence.engines.sigma._load import rule_files
+
+    (shared_dir / "ok.yml").write_text("x")
+    locked = shared_dir / "more"
+    locked.mkdir()
+    (locked / "a.yml").write_text("x")
+    assert rule_files(str(shared_dir)) == ["more/a.yml", "ok.yml"]
+    locked.chmod(0)
+    try:
+        pid = os.fork()  # as another user: root reads past the mode
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                rule_files(str(shared_dir))
+            except PermissionError as e:
+                code = 0 if e.filename == str(locked) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        locked.chmod(0o755)

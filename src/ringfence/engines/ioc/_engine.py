@@ -32,6 +32,7 @@ from ringfence.sdk import (
     AuthFile,
     AuthParticipation,
     AuthRequest,
+    ContentSchema,
     Context,
     Deduplicator,
     DnsActivity,
@@ -42,6 +43,7 @@ from ringfence.sdk import (
     Manifest,
     NetworkActivity,
     Permission,
+    SchemaField,
     Severity,
     allow,
     deny,
@@ -67,6 +69,28 @@ class IocStatistics:
     content: ContentStatistics
 
 
+CONTENT_INTERFACE = "ioc@1"
+_CONTRACT = {
+    "auth.exec": (
+        SchemaField(
+            name="sha256", type="string", source="the executable's sha256 (read from its descriptor)"
+        ),
+        SchemaField(name="sha1", type="string", source="the executable's sha1"),
+        SchemaField(name="md5", type="string", source="the executable's md5"),
+    ),
+    "network": (
+        SchemaField(name="ipv4", type="string", source="remote.ip (and its networks, for CIDRs)"),
+        SchemaField(name="ipv6", type="string", source="remote.ip (and its networks, for CIDRs)"),
+        SchemaField(name="domain", type="string", source="remote.hostname (the DNS sensor's name)"),
+    ),
+    "dns": (
+        SchemaField(name="domain", type="string", source="query.hostname, and its parent domains"),
+        SchemaField(name="ipv4", type="string", source="an A answer's data"),
+        SchemaField(name="ipv6", type="string", source="an AAAA answer's data"),
+    ),
+}
+
+
 def _manifest(ext_id: str) -> Manifest:
     return Manifest(
         id=ext_id,
@@ -77,6 +101,7 @@ def _manifest(ext_id: str) -> Manifest:
             kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=250, failure=FailurePolicy.FAIL_OPEN
         ),
         permissions=frozenset({Permission.FILE_CONTENTS}),
+        content_interface=CONTENT_INTERFACE,
         description="IOCs: denies the exec of listed file hashes (sha256, sha1, md5); raises findings on "
         "connections and DNS traffic with listed addresses, networks and domains.",
     )
@@ -84,6 +109,20 @@ def _manifest(ext_id: str) -> Manifest:
 
 class IocEngine(Extension):
     manifest: ClassVar[Manifest] = _manifest("ringfence.ioc")
+
+    @classmethod
+    def content_schema(cls) -> ContentSchema:
+        """Indicator kinds per event kind they are matched on (a list entry of any other kind, or a STIX
+        pattern over another object, is refused by the loader with its line)."""
+        return ContentSchema(
+            interface=CONTENT_INTERFACE,
+            kinds=("auth.exec", "dns", "network"),
+            files=(".ioc", ".json", ".txt"),
+            logsources=dict(_CONTRACT),
+            notes="IOC lists (.ioc: one indicator a line, '# attack:' directives), STIX 2.1 bundles "
+            "(.json: indicators with [file:hashes...], [ipv4-addr:value], [ipv6-addr:value], "
+            "[domain-name:value] patterns), the sha256 blocklist (blocklist.txt).",
+        )
 
     def __init__(
         self,

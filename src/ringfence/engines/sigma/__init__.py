@@ -31,9 +31,7 @@ from ringfence.engines.sigma._engine import CONTENT_INTERFACE, SigmaEngine, Sigm
 from ringfence.engines.sigma._fields import (
     LOGSOURCES,
     WAITING,
-    ContentSchema,
     Logsource,
-    SchemaField,
     content_schema,
     logsources_of,
     mapping_table,
@@ -48,6 +46,7 @@ from ringfence.engines.sigma._ruleset import (
     RuleSet,
     SigmaEngineError,
 )
+from ringfence.sdk import ContentSchema, SchemaField
 
 extension = SigmaEngine
 

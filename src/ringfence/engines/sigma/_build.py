@@ -16,6 +16,9 @@ from ringfence.engines.sigma._correlate import Correlation
 from ringfence.engines.sigma._fields import LOGSOURCES, Logsource, numeric, supplied
 from ringfence.engines.sigma._matcher import LogsourceIndex
 from ringfence.engines.sigma._ruleset import (
+    CONTRACT_FIELD,
+    CONTRACT_TYPE,
+    DUPLICATE_ID,
     Issue,
     IssueSeverity,
     Parsed,
@@ -80,9 +83,11 @@ class Builder:
         for source, entries in self.per_source.items():
             self.ruleset.indexes[source] = LogsourceIndex(source, entries)  # type: ignore[arg-type]
 
-    def _issue(self, p: Parsed, message: str, severity: IssueSeverity = IssueSeverity.ERROR) -> None:
+    def _issue(
+        self, p: Parsed, message: str, severity: IssueSeverity = IssueSeverity.ERROR, code: str | None = None
+    ) -> None:
         self.ruleset.issues.append(
-            Issue(severity, p.file, line_of(p.text, p.rule), rule_name(p.rule), message)
+            Issue(severity, p.file, line_of(p.text, p.rule), rule_name(p.rule), message, code)
         )
 
     def _rule(self, p: Parsed, rule: SigmaRule) -> None:
@@ -114,7 +119,7 @@ class Builder:
         if first is None:
             self.seen_ids[rule_id] = p.file
         else:
-            self._issue(p, f"rule id {rule_id} is also used in {first}", IssueSeverity.WARNING)
+            self._issue(p, f"rule id {rule_id} is also used in {first}", IssueSeverity.WARNING, DUPLICATE_ID)
 
     def _check_schema(self, p: Parsed, source: Logsource, compiled: CompiledCondition) -> None:
         """Warn (the rule still loads) for each field the logsource does not supply and each comparison
@@ -124,15 +129,19 @@ class Builder:
             if not supplied(source, f):
                 spec = LOGSOURCES[source].get(f)
                 why = f" ({spec.source})" if spec is not None else ""
-                problems.append((f, f"field {f} is not supplied for {source}{why}: absent at run time"))
+                problems.append(
+                    (f, f"field {f} is not supplied for {source}{why}: absent at run time", CONTRACT_FIELD)
+                )
         problems.extend(
-            (atom.field or "", problem)
+            (atom.field or "", problem, CONTRACT_TYPE)
             for atom in compiled.atoms
             if (problem := _type_problem(source, atom)) is not None
         )
-        for field_name, message in problems:
+        for field_name, message, code in problems:
             line = field_line(p.text, field_name) or line_of(p.text, p.rule)
-            self.ruleset.issues.append(Issue(IssueSeverity.WARNING, p.file, line, rule_name(p.rule), message))
+            self.ruleset.issues.append(
+                Issue(IssueSeverity.WARNING, p.file, line, rule_name(p.rule), message, code)
+            )
 
     def _correlation(self, p: Parsed, rule: SigmaCorrelationRule) -> None:
         try:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from ringfence.engines.sigma._config import SigmaConfig
 from ringfence.engines.sigma._correlate import CorrelationStatistics, Correlator
 from ringfence.engines.sigma._fields import (
-    ContentSchema,
     Logsource,
     Subject,
     content_schema,
@@ -33,6 +32,7 @@ from ringfence.engines.sigma._ruleset import RuleInfo, RuleSet
 from ringfence.engines.sigma._watch import Background, WatchedRules, run_in_thread
 from ringfence.sdk import (
     AuditRecord,
+    ContentSchema,
     Context,
     Deduplicator,
     Event,
@@ -157,7 +157,11 @@ class SigmaEngine(Extension):
     @staticmethod
     def schema() -> ContentSchema:
         """The content interface of this engine: the fields each logsource supplies, with their types."""
-        return content_schema(CONTENT_INTERFACE)
+        return content_schema(CONTENT_INTERFACE, sorted(str(k) for k in SigmaEngine.manifest.subscribes))
+
+    @classmethod
+    def content_schema(cls) -> ContentSchema:
+        return cls.schema()
 
     def statistics(self) -> SigmaStatistics:
         rules = self._rules

@@ -51,6 +51,7 @@ from ringfence.sdk import (
     AuditEvent,
     AuditRecord,
     Authentication,
+    ContentSchema,
     DnsActivity,
     DnsActivityId,
     Event,
@@ -62,6 +63,7 @@ from ringfence.sdk import (
     ProcessActivity,
     ProcessActivityId,
     ProcessRef,
+    SchemaField,
 )
 
 FieldValue = str | int
@@ -490,25 +492,17 @@ def supplied(source: Logsource, name: str) -> bool:
     return spec is not None and spec.getter is not None
 
 
-class SchemaField(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    type: str  # "string" or "integer"
-    source: str  # the record field it is read from
-
-
-class ContentSchema(msgspec.Struct, frozen=True, kw_only=True):
-    """The interface content may use (issue 8's schema contract): per logsource, the fields really
-    supplied, with their types, under `interface`. Built from `LOGSOURCES`, the table extraction uses."""
-
-    interface: str
-    logsources: dict[str, tuple[SchemaField, ...]]
-    waiting: tuple[str, ...]  # logsources whose rules load but wait for an event kind
-    patterns: dict[str, tuple[SchemaField, ...]] = {}  # fields named by a regex (auditd's a<N>): strings
-
-
-def content_schema(interface: str) -> ContentSchema:
+def content_schema(interface: str, kinds: Sequence[str] = ()) -> ContentSchema:
+    """The interface content may use (issue 8's schema contract, `ringfence.sdk.ContentSchema`): per
+    logsource, the fields really supplied, with their types, under `interface`. Built from `LOGSOURCES`,
+    the table extraction uses, so it cannot drift from what runs."""
     return ContentSchema(
         interface=interface,
+        kinds=tuple(kinds),
+        files=(".yml", ".yaml"),
+        notes="Sigma rules; a field a rule names must be supplied for its logsource (category or "
+        "service), an integer field is compared with numbers only and |lt/|lte/|gt/|gte apply to integer "
+        "fields only; keywords search the logsource's text; a logsource not listed loads and waits.",
         logsources={
             str(source): tuple(
                 SchemaField(name=name, type="integer" if spec.numeric else "string", source=spec.source)

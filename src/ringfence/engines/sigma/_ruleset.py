@@ -38,11 +38,17 @@ class Issue:
     line: int | None
     rule: str | None  # the rule id (or title when it has none)
     message: str
+    code: str | None = None  # what kind of problem, for the tooling: CONTRACT_FIELD, CONTRACT_TYPE, ...
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         rule = f" rule {self.rule}:" if self.rule else ""
         return f"{where}:{rule} {self.severity}: {self.message}"
+
+
+CONTRACT_FIELD = "contract-field"  # a field the logsource does not supply (the rule loads; it is absent)
+CONTRACT_TYPE = "contract-type"  # a comparison that does not fit the field's type
+DUPLICATE_ID = "duplicate-id"  # a second rule with an id already used
 
 
 class SigmaEngineError(Exception):

@@ -21,6 +21,7 @@ from ringfence.sdk import (
     AuthFile,
     AuthParticipation,
     AuthRequest,
+    ContentSchema,
     Context,
     EventKind,
     Extension,
@@ -33,6 +34,7 @@ from ringfence.sdk import (
     deny,
 )
 
+CONTENT_INTERFACE = "yara@1"
 RULE_PREFIX = "yara."  # a finding's `rule` is this plus the YARA rule's name
 MAX_FINDINGS_PER_FILE = 16  # matches beyond it are counted, not reported one by one
 _ORDINARY = frozenset({"too_large", "no_descriptor", "past_deadline"})
@@ -79,12 +81,24 @@ class YaraEngine(Extension):
             kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=10_000, failure=FailurePolicy.FAIL_OPEN
         ),
         permissions=frozenset({Permission.FILE_CONTENTS}),
-        content_interface="yara@1",  # .yar/.yara files that yara-x compiles, no include
+        content_interface=CONTENT_INTERFACE,  # .yar/.yara files that yara-x compiles, no include
         description=(
             "Scans executables with YARA rules (yara-x) at exec, denying on a rule tagged block, and files "
             "written under the agent's close-write paths, raising findings."
         ),
     )
+
+    @classmethod
+    def content_schema(cls) -> ContentSchema:
+        """YARA rules see the file's bytes only: no fields, no external variables, no include."""
+        return ContentSchema(
+            interface=CONTENT_INTERFACE,
+            kinds=("auth.exec", "file.written"),
+            files=(".yar", ".yara"),
+            notes="YARA rules compiled together by yara-x; they see the bytes of the executable (at exec) "
+            "or of the written file, no external variables and no include; a rule tagged block denies "
+            "the exec; metadata severity, and ATT&CK in metadata or tags, go into findings.",
+        )
 
     def __init__(self, *, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self._clock = clock
