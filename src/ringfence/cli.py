@@ -26,6 +26,7 @@ from ringfence.agent import (
     load_config,
     read_status,
 )
+from ringfence.agent import _content_cli as content_host_cli
 from ringfence.agent import _rules as rules_cli
 from ringfence.agent._cleanup import SETTLE_S, CleanupError, holding_state_dir
 from ringfence.agent._cleanup import sweep as sweep_leftovers
@@ -128,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         "has used, and restore the audit settings found before the first run. Refused while an agent holds "
         "the state dir.",
     )
-    content_cli.add_parser(sub)
+    content_host_cli.add_parsers(content_cli.add_parser(sub))
     _rules_parser(sub)
     _common(clean)
     clean.add_argument(
@@ -310,6 +311,9 @@ def _render_status(h: Health) -> str:
         lines += [f"  {d.stage}: {d.total} in all, the last {d.last_s:.0f} s ago" for d in h.drops]
     if h.content_updates is not None:
         lines += _render_updates(h.content_updates)
+    if h.content is not None:
+        lines += ["content on this host (`ringfence content status` for more):"]
+        lines += [f"  {line}" for line in content_host_cli.render_summary(h.content)]
     return "\n".join(lines)
 
 
@@ -450,7 +454,9 @@ _COMMANDS = {
     "quarantine": _cmd_quarantine,
     "isolate": _cmd_isolate,
     "cleanup": _cmd_cleanup,
-    "content": content_cli.run,
+    "content": lambda args: (
+        content_host_cli.run(args) if args.content_cmd in content_host_cli.COMMANDS else content_cli.run(args)
+    ),
     "rules": _cmd_rules,
 }
 

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 DEFAULT_STATE_DIR = "/var/lib/ringfence"  # the agent's default too (a test holds them equal)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Commands:
     content = sub.add_parser(
         "content",
-        help="signed content releases: keys, publish, serve, update (TUF)",
+        help="signed content releases (keys, publish, serve, update) and content on this host (status, "
+        "history, rollback, restore-blocking)",
         description="Publish content packages as a TUF repository of static files, and fetch them on "
         "hosts with signature, version and expiry checks (python-tuf).",
     )
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _add_keys(cmds)
     _add_publisher(cmds)
     _add_host(cmds)
+    return cmds  # cli.py adds the host's own (status, history, rollback, restore-blocking: agent side)
 
 
 def _add_keys(cmds: Commands) -> None:
