@@ -332,6 +332,11 @@ class ContentStore:
             item.slot = item.good_slot
             item.reverts += 1
 
+    @staticmethod
+    def record_good(item: StagedContent) -> None:
+        """good.json for `item`'s good slot (and the package in it)."""
+        _write_good(item)
+
     def reject(self, item: StagedContent, versions: Iterable[str], why: str) -> None:
         with self.lock:
             for version in versions:

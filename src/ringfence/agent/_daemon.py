@@ -391,6 +391,9 @@ class Agent:
         """Up for `start_loop_clean_s`: a clean run, the start-loop breaker's count starts over."""
         if self._running and not self._stopping:
             self.start_loop.clean()
+            mark_clean = getattr(self.supervisor, "mark_clean", None)
+            if mark_clean is not None:
+                self._guard("recording the last-known-good content", mark_clean)
             log.info(
                 "running for %g s: a clean run (start counter reset)", self.config.content.start_loop_clean_s
             )

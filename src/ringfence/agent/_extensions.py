@@ -285,6 +285,14 @@ class _Extensions:
             except Exception:  # supervision boundary: one bad look must not end the breaker
                 log.exception("deny-rate breaker look failed; going on")
 
+    def mark_clean(self) -> None:
+        """The run is clean (up long enough): each extension's slot in force, when it is its good one, is
+        recorded as last-known-good (what a safe start runs)."""
+        with self.content_store.lock:
+            for item in self.contents.values():
+                if item.slot == item.good_slot:
+                    self.content_store.record_good(item)
+
     def restore_blocking(self, ext_id: str) -> str:
         message = self.deny_rate.restore(ext_id)
         self._broker.invalidate_auth_cache()
