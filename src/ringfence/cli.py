@@ -358,6 +358,7 @@ def _render_auth(h: Health) -> list[str]:
         lines.append(
             f"  {name:<24} asked={s.asked} allowed={s.allowed} denied={s.denied} "
             f"deadline-misses={s.deadline_misses} late={s.late_answers}"
+            + (f" advisory-denied={s.advisory_denied}" if s.advisory_denied else "")
         )
     for name, gone in sorted(a.absent.items()):
         lines.append(f"  {name:<24} LEFT AUTH ({gone.reason}): {gone.failure}, denied={gone.denied}")

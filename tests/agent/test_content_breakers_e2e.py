@@ -153,6 +153,7 @@ def test_update_that_crashes_the_engine_on_every_exec_is_reverted_and_rejected_w
 
         assert eventually(back, timeout_s=30), health(state).extensions
         assert {e.id: e for e in health(state).extensions}[PROBE].crashes >= 3
+        assert any("crash-loop breaker" in line for line in health(state).problems), health(state).problems
         for _ in range(5):  # it runs on the good content again, and asked: no crash now
             assert execs.once()
         asked = health(state).broker.auth.subscribers[PROBE]

@@ -26,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Comm
         help="signed content releases (keys, publish, serve, update) and content on this host (status, "
         "history, rollback, restore-blocking)",
         description="Publish content packages as a TUF repository of static files, and fetch them on "
-        "hosts with signature, version and expiry checks (python-tuf).",
+        "hosts with signature, version and expiry checks (python-tuf). On a host: status, history, "
+        "rollback and restore-blocking show and steer its content (last-known-good, the breakers).",
     )
     cmds = content.add_subparsers(dest="content_cmd", metavar="COMMAND", required=True)
     _add_keys(cmds)
