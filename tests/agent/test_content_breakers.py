@@ -116,6 +116,16 @@ def test_crashes_counted_across_a_restart_that_first_proved_the_slot(host: Host)
     assert host.item.good_slot == 1
 
 
+def test_quarantine_by_the_supervisor_after_a_change_reverts_even_under_the_limit(tmp_path: Path) -> None:
+    host = Host(tmp_path / "state", crashes=10)
+    host.activate("2.0", "crash")
+    host.fails(2)
+    assert host.item.package_version == "2.0"
+    host.fails(3, state="quarantined")
+    assert host.item.package_version == "1.0" and host.item.crash_loop_reverts == 1
+    assert ("crash-loop", 1, "1.0") in host.events
+
+
 def test_crashes_after_the_window_do_not_revert(host: Host) -> None:
     host.activate("2.0", "fine")
     host.clock.now += 61

@@ -167,6 +167,36 @@ def test_update_that_crashes_the_engine_on_every_exec_is_reverted_and_rejected_w
         server.stop()
 
 
+def test_engine_quarantined_by_its_new_content_is_released_on_the_last_known_good(
+    start_agent: Callable[[Config], Agent], tmpfs: Path, shared_dir: Path, root_only_dir: Path, target: Path
+) -> None:
+    """With a crash limit above the supervisor's own (5 within 60 s), the supervisor quarantines first; the
+    breaker then reverts the change and brings the engine back, into the broker's AUTH set again."""
+    state, mode = shared_dir / "state", root_only_dir / "mode"
+    mode.write_text("allow\n")
+    start_agent(config_with(tmpfs, state, mode, crash_loop_crashes=20))
+    execs = Execs(target)
+    mode.write_text("crash\n")
+    active = state / "content" / PROBE / "active" / "mode"
+    assert eventually(lambda: active.read_text() == "crash\n", timeout_s=30)
+    assert execs.until(lambda: probe_content(state).crash_loop_reverts >= 1, timeout_s=90), health(state)  # type: ignore[attr-defined]
+    assert execs.denied == 0
+    assert active.read_text() == "allow\n"
+
+    def rejoined() -> bool:
+        h = health(state)
+        probe = {e.id: e for e in h.extensions}[PROBE]
+        return probe.state == "running" and PROBE not in h.broker.auth.absent
+
+    assert eventually(rejoined, timeout_s=30), health(state)
+    probe = {e.id: e for e in health(state).extensions}[PROBE]
+    assert probe.quarantine_reason is None and probe.crashes >= 5
+    asked = health(state).broker.auth.subscribers[PROBE].asked
+    for _ in range(3):
+        assert execs.once()
+    assert health(state).broker.auth.subscribers[PROBE].asked >= asked + 3, "not asked again after release"
+
+
 def test_deny_rate_jump_removes_blocking_until_restored_and_both_survive_a_restart(
     start_agent: Callable[[Config], Agent],
     agents: list[Agent],
@@ -213,7 +243,8 @@ def test_deny_rate_jump_removes_blocking_until_restored_and_both_survive_a_resta
     assert execs.once(), "a restart gave the tripped extension its power to block back"
 
     assert main(["content", "restore-blocking", "nope", "--state-dir", str(state)]) == 1
-    assert "nope has its power to block" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no extension 'nope' runs here (enabled: {PROBE})" in err
     assert main(["content", "restore-blocking", PROBE, "--state-dir", str(state)]) == 0
     assert "blocking restored" in capsys.readouterr().out
     assert not execs.once(), "restored, yet the DENY did not block"

@@ -34,9 +34,10 @@ Every change is told to `ContentStore.on_event` (the agent keeps the history, ag
 
 Crash-loop breaker: a content change (a new slot at run time) arms it for `CrashLoopPolicy.window_s`;
 if the extension fails `crashes` times in that window (crashes, kills for cause, failed starts: the
-supervisor's `failures`), the slot that was good before the change is made active again, its package
-(if any) is rejected, and a quarantined extension is released (`on_event` "crash-loop"). Unlike the
-supervisor's own quarantine, this does not wait for the agent to be restarted.
+supervisor's `failures`), or the supervisor quarantines it after failures in that window, the slot
+that was good before the change is made active again, its package (if any) is rejected, and a
+quarantined extension is released (`on_event` "crash-loop"). Unlike the supervisor's own quarantine,
+this does not wait for the agent to be restarted.
 
 Errors (under the agent's root, `AgentError`):
     ContentError    content that cannot be staged; one line naming the extension and every file at fault
@@ -798,7 +799,8 @@ class ContentWatcher:
             item.changed_at = None  # the window passed, or the change is gone already: disarmed
             return False
         crashes = view.failures - staged.failures
-        if crashes < policy.crashes:
+        quarantined = view.state == "quarantined" and crashes > 0  # the supervisor gave up first
+        if crashes < policy.crashes and not quarantined:
             return False
         item.good_slot = item.prior_good_slot
         why = f"failed {crashes} times within {policy.window_s:g} s of the change (crash-loop breaker)"

@@ -294,6 +294,10 @@ class _Extensions:
                     self.content_store.record_good(item)
 
     def restore_blocking(self, ext_id: str) -> str:
+        enabled = {proxy.spec.id for proxy in self.supervisor.proxies()}
+        if ext_id not in enabled and ext_id not in self.deny_rate.advisory():
+            shown = ", ".join(sorted(enabled)) or "none"
+            raise BreakerError(f"no extension {ext_id!r} runs here (enabled: {shown})")
         message = self.deny_rate.restore(ext_id)
         self._broker.invalidate_auth_cache()
         item = self.contents.get(ext_id)
