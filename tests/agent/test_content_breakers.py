@@ -464,3 +464,21 @@ def test_breaker_config_is_checked_with_every_problem_named() -> None:
     defaults = parse_config(b"", "rf.toml").content
     assert (defaults.crash_loop_crashes, defaults.start_loop_starts) == (3, 3)
     assert msgspec.structs.asdict(defaults)["deny_rate_factor"] == 10.0
+
+
+def test_heartbeat_carries_the_content_section_and_an_older_one_without_it_decodes() -> None:
+    from ringfence.events import ContentHostStatus, ExtensionContentStatus, Heartbeat, decode_heartbeat
+    from tests.agent.test_updates import _health_doc
+
+    content = ContentHostStatus(
+        safe_mode="3 starts ...",
+        extensions={
+            EXT: ExtensionContentStatus(active="1.0", blocking=False, rejected={"2.0": "crash loop"})
+        },
+    )
+    doc = _health_doc() | {"content": msgspec.to_builtins(content)}
+    beat = {"host_id": "h", "sequence": 1, "sent_at_ns": 1, "health": doc, "schema_version": 1}
+    back = decode_heartbeat(msgspec.json.encode(beat))
+    assert isinstance(back, Heartbeat) and back.health.content == content
+    older = {**beat, "health": _health_doc()}
+    assert decode_heartbeat(msgspec.json.encode(older)).health.content is None
