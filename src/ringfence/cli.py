@@ -34,7 +34,15 @@ from ringfence.agent._config import DEFAULT_STATE_DIR, with_overrides
 from ringfence.agent._console import configure_logging
 from ringfence.content import ContentError
 from ringfence.content import _cli as content_cli
-from ringfence.events import ContentUpdateStatus, ExtensionStatistics, Health, SyslogStatistics
+from ringfence.events import (
+    ContentUpdateStatus,
+    ExtensionStatistics,
+    FleetStatistics,
+    Health,
+    SyslogStatistics,
+)
+from ringfence.fleet import FleetError
+from ringfence.fleet import _cli as fleet_cli
 from ringfence.response import ResponseError
 
 EXIT_FAILED = 1
@@ -130,7 +138,9 @@ def _parser() -> argparse.ArgumentParser:
         "the state dir.",
     )
     content_host_cli.add_parsers(content_cli.add_parser(sub))
+    fleet_cli.add_parsers(sub)
     _rules_parser(sub)
+    _replay_parser(sub)
     _common(clean)
     clean.add_argument(
         "--empty-now",
@@ -168,6 +178,57 @@ def _rules_parser(sub: Any) -> None:
             help=f"config file (default {DEFAULT_CONFIG_PATH} if present): the extension user, the Sigma "
             "engine's placeholders",
         )
+
+
+def _replay_parser(sub: Any) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="run the detection engines over recorded OCSF events and print the findings",
+        description="Run the Sigma and IOC engines over the OCSF JSON lines of EVENTS (an events.jsonl the "
+        "agent wrote, or lines made the same way; - for stdin), with the default content pack and each "
+        "--rules file, and print the findings they raise: what the live engines would have raised on "
+        "those events. The events and the content are parsed only in a child process in the extension "
+        "sandbox (as the extension user when run as root), which runs the real engines. The engines' "
+        "clocks are the events' own times (dedup windows and correlations span what they spanned). Not "
+        "run: YARA (it scans a file's bytes at exec, and recorded events carry none); IOC hashes cannot "
+        "match for the same reason. A line that is not an OCSF event Ringfence writes is reported on "
+        "stderr with its number and what is wrong, skipped and counted. Progress on stderr when it is a "
+        "terminal; a summary at the end.",
+        epilog="Exit status: 0 every line replayed (with or without findings); 1 a bad line, a content "
+        "problem an engine reports (a rule that does not load: the others run), or the replay could not "
+        "run (a file that cannot be read, an engine none of whose content loads); 2 bad usage.",
+    )
+    replay.add_argument("events", metavar="EVENTS", help="a file of OCSF JSON lines (events.jsonl), or -")
+    replay.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Sigma (.yml, .yaml) or IOC (.ioc, STIX .json) files, or directories of them, run with the "
+        "default pack (YARA files are named and skipped). Repeatable",
+    )
+    replay.add_argument(
+        "--no-default", action="store_true", help="leave the default content pack (content/default/) out"
+    )
+    replay.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the findings there as OCSF Detection Finding (2004) JSON lines instead of printing "
+        "them: a temp file beside FILE, renamed over it once the replay is done (nothing half-written; "
+        "mode 0600)",
+    )
+    replay.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary (events read per kind, bad lines, findings per rule, ...) as one JSON "
+        "document on stdout; the findings are then not printed (use --out)",
+    )
+    replay.add_argument(
+        "--config",
+        default=None,
+        help=f"config file (default {DEFAULT_CONFIG_PATH} if present): the extension user and memory limit, "
+        "the engines' settings ([extensions.config.\"<id>\"]), the IOC engine's id, the [broker] mutes",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -256,6 +317,79 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.blocking else 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ringfence.agent import _replay
+
+    config = load_config(args.config)
+    out = _replay.AtomicOcsfFile(args.out) if args.out else None
+    show = None if args.json else (lambda finding, line: print(_replay.readable(finding, line), flush=True))
+    notes = lambda line: print(f"ringfence: {line}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        with _replay_progress() as progress:
+            summary = _replay.replay(
+                args.events,
+                args.rules,
+                with_default=not args.no_default,
+                extensions=config.extensions,
+                broker=config.broker,
+                ioc_id=_ioc_engine_id(config),
+                sink=out or show or (lambda finding, line: None),
+                note=notes,
+                progress=progress,
+            )
+        if out is not None:
+            out.commit()
+            summary.out = out.path
+    except BrokenPipeError:  # `| head`: whoever read the findings has gone; the child is stopped already
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    finally:
+        if out is not None:
+            out.abort()  # no-op after a commit
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(summary), indent=2, sort_keys=True))
+    else:
+        for line in _replay.render_summary(summary):
+            print(line, file=sys.stderr)
+    return 0 if summary.clean else EXIT_FAILED
+
+
+def _replay_progress() -> Any:
+    """A rich progress bar on stderr while a big file goes in, when stderr is a terminal."""
+    import contextlib
+
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    return _ProgressBar()
+
+
+class _ProgressBar:
+    BIG_BYTES = 4 << 20
+
+    def __enter__(self) -> Any:
+        from rich.console import Console as RichConsole
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress(
+            "replay", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+            console=RichConsole(stderr=True), transient=True,
+        )  # fmt: skip
+        self._task: Any = None
+        return self.update
+
+    def update(self, sent: int, total: int | None) -> None:
+        if total is None or total < self.BIG_BYTES:
+            return
+        if self._task is None:
+            self._bar.start()
+            self._task = self._bar.add_task("replay", total=total)
+        self._bar.update(self._task, completed=sent)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._bar.stop()
+
+
 def _extension_factory() -> Any:
     from ringfence.agent._extensions import make_supervisor
 
@@ -314,6 +448,8 @@ def _render_status(h: Health) -> str:
     if h.content is not None:
         lines += ["content on this host (`ringfence content status` for more):"]
         lines += [f"  {line}" for line in content_host_cli.render_summary(h.content)]
+    if h.fleet is not None:
+        lines += _render_fleet(h.fleet)
     return "\n".join(lines)
 
 
@@ -325,6 +461,26 @@ def _render_syslog(s: SyslogStatistics) -> str:
         f"connections={s.connections}"
     )
     return line + (f"\n  last error: {s.last_error}" if s.last_error else "")
+
+
+def _render_fleet(f: FleetStatistics) -> list[str]:
+    if f.failing_since_ns:
+        since = time.strftime("%H:%M:%S UTC", time.gmtime(f.failing_since_ns / 1e9))
+        state = f"FAILING since {since} ({f.failures} in a row, next try in {f.retry_in_s:.0f} s)"
+    else:
+        state = "connected" if f.connected else "not connected yet"
+    last = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(f.last_heartbeat_ns / 1e9))
+        if f.last_heartbeat_ns
+        else "none yet"
+    )
+    lines = [
+        f"fleet {f.url}: {state}; host {f.host_id or 'NOT ENROLLED'}",
+        f"  heartbeats sent={f.heartbeats_sent} (last {last}); findings sent={f.findings_sent} "
+        f"in {f.batches_sent} batches, waiting={f.pending_bytes} bytes, dropped={f.findings_dropped}, "
+        f"rotated away unsent={f.spool_lost}",
+    ]
+    return lines + ([f"  last error: {f.last_error}"] if f.last_error else [])
 
 
 def _render_updates(u: ContentUpdateStatus) -> list[str]:
@@ -459,6 +615,9 @@ _COMMANDS = {
         content_host_cli.run(args) if args.content_cmd in content_host_cli.COMMANDS else content_cli.run(args)
     ),
     "rules": _cmd_rules,
+    "replay": _cmd_replay,
+    "server": fleet_cli.run_server,
+    "enroll": fleet_cli.run_enroll,
 }
 
 
@@ -466,7 +625,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AgentError, StatusUnavailable, ResponseError, CleanupError, ContentError) as e:
+    except (
+        ConfigError,
+        AgentError,
+        StatusUnavailable,
+        ResponseError,
+        CleanupError,
+        ContentError,
+        FleetError,
+    ) as e:
         print(f"ringfence: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

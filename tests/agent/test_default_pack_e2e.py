@@ -315,6 +315,17 @@ ATTACKS = [
         "uid 0 account", ("T1136.001", "T1098"), "usermod -o -u 0 rf-no-such-user-$ID 2>/dev/null || true"
     ),
     Attack("passwd rewritten", ("T1136.001", "T1098"), "sed -i -e '$ s/$//' /etc/passwd"),
+    Attack(
+        "renamed useradd",
+        ("T1136.001",),
+        "cp /usr/sbin/useradd $W/mkacct.$ID && $W/mkacct.$ID -M rg$ID && userdel rg$ID; rm -f $W/mkacct.$ID",
+    ),
+    Attack("privileged group", ("T1098",), "useradd -M rp$ID && usermod -aG sudo rp$ID; userdel rp$ID"),
+    Attack(
+        "password guessing",
+        ("T1110.001",),
+        "for i in 1 2 3 4 5 6; do runuser -u nobody -- sh -c 'echo wrong | sudo -S -k -p \"\" /bin/true' 2>/dev/null; done; true",
+    ),
     Attack("pam file", ("T1556.003",), "echo '# rf' > /etc/pam.d/rf-$ID; rm -f /etc/pam.d/rf-$ID"),
     Attack("kernel module", ("T1547.006",), "modprobe rf_no_such_module_$ID 2>/dev/null || true"),
     # privilege escalation
@@ -426,6 +437,19 @@ ATTACKS = [
         ("T1082", "T1087", "T1016", "T1057"),
         "sh -c 'uname -a; id; whoami; ps aux; ip addr; ss -tan; cat /etc/passwd; cat /etc/hosts' > /dev/null",
     ),
+    Attack("files listed", ("T1083",), "ls -R / > /dev/null 2>&1 || true"),
+    Attack("sudo rights listed", ("T1548.003",), "sudo -n -l > /dev/null 2>&1 || true"),
+    Attack(
+        "script run from /tmp",
+        ("T1059.004",),
+        "echo true > /tmp/rf-$ID.sh && sh /tmp/rf-$ID.sh; rm -f /tmp/rf-$ID.sh",
+    ),
+    Attack(
+        "service scripts stop auditd",
+        ("T1562.012",),
+        "service rf-no-such-auditd stop > /dev/null 2>&1 || true",
+    ),
+    Attack("ufw disabled", ("T1562.004",), "sh -c 'ufw disable' > /dev/null 2>&1 || true"),
     # collection, exfiltration, command and control
     Attack(
         "archive of keys",
@@ -468,8 +492,19 @@ ATTACKS = [
         ("T1090.003",),
         "python3 -c 'import socket;s=socket.create_connection((\"127.0.0.1\",9050),1);s.close()'",
     ),
+    Attack(
+        "http server",
+        ("T1048.003",),
+        "timeout 2 python3 -m http.server --bind 127.0.0.1 0 > /dev/null 2>&1 || true",
+    ),
     # impact
     Attack("miner", ("T1496",), "/bin/true --donate-level 1 -o stratum+tcp://127.0.0.1:3333"),
+    Attack(
+        "file overwritten",
+        ("T1485",),
+        "echo x > $W/o.$ID && dd if=/dev/zero of=$W/o.$ID bs=1 count=1 conv=notrunc 2>/dev/null; rm -f $W/o.$ID",
+    ),
+    Attack("shutdown cancelled", ("T1529",), "shutdown -c > /dev/null 2>&1 || true"),
     Attack("rm --no-preserve-root", ("T1485",), "mkdir -p $W/d.$ID && rm -rf --no-preserve-root $W/d.$ID"),
 ]
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ringfence._counters import Counters
 from ringfence.events import (
     AuthAnswer,
     AuthKind,
@@ -27,12 +28,14 @@ from ringfence.sdk._protocol import (
     ExtensionFrame,
     Hello,
     HelloAck,
+    HostFrame,
+    LogLine,
     Refusal,
     Shutdown,
     StatsReport,
     Wire,
 )
-from ringfence.sdk._runtime import run_extension
+from ringfence.sdk._runtime import _Outbox, run_extension
 
 STAMP = HeaderStamper("t", "h")
 
@@ -140,3 +143,23 @@ def test_agent_going_away_ends_the_extension(running: Running) -> None:
     running.host.sock.shutdown(socket.SHUT_RDWR)
     running.thread.join(10)
     assert running.status == [3]
+
+
+def test_a_frame_too_large_for_the_wire_is_dropped_counted_and_later_frames_still_go() -> None:
+    """One finding over the frame limit (a huge argv in its evidence) used to kill the outbox thread
+    silently: every later finding, stat and log line was lost."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        a.settimeout(2.0)
+        b.settimeout(2.0)
+        ext: Wire[HostFrame] = Wire(a, HostFrame, max_frame_bytes=4096)
+        host: Wire[ExtensionFrame] = Wire(b, ExtensionFrame)
+        counters = Counters()  # as the runtime makes them: any name
+        outbox = _Outbox(ext, counters)
+        outbox.start()
+        outbox.put(LogLine(20, "x" * 10_000), "logs")  # over the 4096-byte limit
+        outbox.put(LogLine(20, "after"), "logs")
+        got, fds = host.recv()
+        outbox.close()
+    assert isinstance(got, LogLine) and got.message == "after" and fds == []
+    assert counters.snapshot()["logs_dropped"] == 1 and counters.snapshot()["outbox_unsendable"] == 1

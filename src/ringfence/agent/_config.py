@@ -158,6 +158,18 @@ class ContentSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     deny_rate_watch_s: float = 3600.0
 
 
+class FleetSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The fleet server this host reports to (fleet/_uplink.py); enroll first: `ringfence enroll`."""
+
+    url: str = ""  # the server's base URL (http:// or https://); empty: no uplink
+    credential: str = ""  # the credential `ringfence enroll` wrote; empty: STATE_DIR/fleet-credential.json
+    token: str = ""  # an enrollment token: the agent enrolls itself when it has no credential yet
+    heartbeat_interval_s: float = 30.0
+    findings_batch: int = 500  # findings per upload at most
+    request_timeout_s: float = 10.0
+    max_backoff_s: float = 300.0  # the longest wait between tries while the server is away
+
+
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     agent: AgentSection = msgspec.field(default_factory=AgentSection)
     sensors: SensorsSection = msgspec.field(default_factory=SensorsSection)
@@ -166,6 +178,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     extensions: ExtensionsSection = msgspec.field(default_factory=ExtensionsSection)
     response: ResponseSection = msgspec.field(default_factory=ResponseSection)
     content: ContentSection = msgspec.field(default_factory=ContentSection)
+    fleet: FleetSection = msgspec.field(default_factory=FleetSection)
 
     @property
     def host(self) -> str:
@@ -279,6 +292,7 @@ def _check(config: Config, source: str, text: str | None = None) -> None:
     problems += _update_problems(config.content)
     problems += _one_ioc_engine(config)
     problems += _syslog_problems(config.output)
+    problems += _fleet_problems(config.fleet)
     if problems:
         raise ConfigError([_problem(source, *_split(p), text) for p in problems])
 
@@ -418,6 +432,25 @@ def _breaker_problems(content: ContentSection) -> list[str]:
             f"content.deny_rate_watch_s: at least deny_rate_window_s ({content.deny_rate_window_s:g}), "
             f"got {content.deny_rate_watch_s:g}"
         )
+    return problems
+
+
+def _fleet_problems(fleet: FleetSection) -> list[str]:
+    problems: list[str] = []
+    if fleet.url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", fleet.url):
+        problems.append(f"fleet.url: an http:// or https:// URL, got {fleet.url!r}")
+    if fleet.credential and not os.path.isabs(fleet.credential):
+        problems.append(f"fleet.credential: must be an absolute path, got {fleet.credential!r}")
+    if not 1 <= fleet.heartbeat_interval_s <= 3600:
+        problems.append(f"fleet.heartbeat_interval_s: 1..3600, got {fleet.heartbeat_interval_s:g}")
+    if not 1 <= fleet.findings_batch <= 1000:
+        problems.append(
+            f"fleet.findings_batch: 1..1000 (the server takes 1000 at most), got {fleet.findings_batch}"
+        )
+    if not 0.1 <= fleet.request_timeout_s <= 300:
+        problems.append(f"fleet.request_timeout_s: 0.1..300, got {fleet.request_timeout_s:g}")
+    if not 1 <= fleet.max_backoff_s <= 86400:
+        problems.append(f"fleet.max_backoff_s: 1..86400, got {fleet.max_backoff_s:g}")
     return problems
 
 

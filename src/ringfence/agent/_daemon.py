@@ -43,6 +43,7 @@ from ringfence.events import (
     SensorStatistics,
     SystemClock,
 )
+from ringfence.fleet import FindingsSpool, Uplink, UplinkConfig, credential_path
 from ringfence.outputs import JsonlSink, Rfc5424Formatter, SyslogAddressError, SyslogSink, parse_address
 from ringfence.outputs import parse_facility as syslog_facility
 from ringfence.sensors import EventSink, ProcessResolver, Sensor, SensorUnavailable
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 LOG_POSITIONS = "log-positions.json"  # in the state dir: where the log sensor stopped reading
 JOURNAL_CURSOR = "journal-cursor"  # in the state dir: the last journal entry the journal sensor read
+FLEET_OFFSET = "fleet-findings.offset"  # in the state dir: findings.jsonl up to here reached the server
 
 WHAT_STILL_WORKS = {
     "exec-auth": "events are still recorded, but no exec can be blocked",
@@ -105,6 +107,7 @@ class Agent:
         self.supervisor: _Supervised | None = None
         self.status: StatusServer | None = None
         self.metrics: MetricsServer | None = None
+        self.uplink: Uplink | None = None
         self._lock_fd = -1
         self._started_ns = time.time_ns()
         # A pipe, not a threading.Event: request_stop runs in signal handlers, and Event.set takes a lock
@@ -147,6 +150,7 @@ class Agent:
             self.status = StatusServer(self.state_dir, self.render_status, self.handle_command)
             self.status.start()
             self._start_metrics()
+            self._start_uplink()
         except BaseException:
             self.stop()
             raise
@@ -421,6 +425,35 @@ class Agent:
         result: str = handler(ext_id, to) if command == "content-rollback" else handler(ext_id)
         return result
 
+    def _start_uplink(self) -> None:
+        """`[fleet] url`: heartbeats and findings to the fleet server, from a thread of its own. Not being
+        enrolled, or the server away, does not stop the start: the uplink retries and says why."""
+        fleet = self.config.fleet
+        if not fleet.url:
+            return
+        spool = FindingsSpool(
+            os.path.join(self.state_dir, "findings.jsonl"),
+            os.path.join(self.state_dir, FLEET_OFFSET),
+            keep_files=self.config.output.keep_files,
+        )
+        config = UplinkConfig(
+            heartbeat_interval_s=fleet.heartbeat_interval_s,
+            batch_lines=fleet.findings_batch,
+            timeout_s=fleet.request_timeout_s,
+            max_backoff_s=fleet.max_backoff_s,
+        )
+        credential = fleet.credential or credential_path(self.state_dir)
+        self.uplink = Uplink(
+            fleet.url,
+            credential,
+            self.heartbeat,
+            spool,
+            config,
+            enroll_token=fleet.token,
+            hostname=self.config.host,
+        )
+        self.uplink.start()
+
     def sensors_by_name(self) -> dict[str, Sensor]:
         return {s.name: s for s in self.sensors}
 
@@ -452,6 +485,9 @@ class Agent:
         for sensor in sorted(self.sensors, key=lambda s: s.name != "exec-auth"):
             self._guard(f"stopping sensor {sensor.name}", sensor.stop)
         self.sensors.clear()
+        if self.uplink is not None:  # after the gate: a request in flight may take its timeout to end
+            self._guard("stopping the fleet uplink", self.uplink.stop)
+            self.uplink = None
         if self.supervisor is not None:
             self._guard("stopping extensions", self.supervisor.stop)
             self.supervisor = None
@@ -492,7 +528,9 @@ class Agent:
         broker = self.broker.statistics()
         outputs = [o.statistics() for o in self.outputs]
         syslog = self.syslog.statistics() if self.syslog is not None else None
-        drops = self._drops.observe(drop_totals(sensors, broker, outputs, extensions, syslog))
+        uplink = self.uplink
+        fleet = uplink.statistics() if uplink is not None else None
+        drops = self._drops.observe(drop_totals(sensors, broker, outputs, extensions, syslog, fleet=fleet))
         window = self.config.agent.drop_window_s
         problems = problems_of(
             sensors=sensors,
@@ -503,6 +541,7 @@ class Agent:
             drop_window_s=window,
             syslog=syslog,
             now_ns=time.time_ns(),
+            fleet=fleet,
         )
         updates = getattr(self.supervisor, "updates", None)  # the extensions own the content store
         update_status = updates.status() if isinstance(updates, ContentUpdateLoop) else None
@@ -540,6 +579,7 @@ class Agent:
             content_updates=update_status,
             syslog=syslog,
             content=content,
+            fleet=fleet,
         )
 
     def _content_status(self) -> ContentHostStatus | None:

@@ -7,6 +7,8 @@ The agent is degraded while any of these holds:
   quarantined, stopped): the line carries the extension's own error; or it runs but says something is
   wrong (a Problem frame: new content rejected, the last good content still in force);
 - the syslog output cannot reach its receiver (connect or send failing), or
+- the fleet uplink has no credential, or the server refuses it (a server that is away is not a problem:
+  the uplink backs off and findings wait in findings.jsonl; `status` shows it failing), or
 - a stage (a sensor, a broker kind, an output, an extension's queue) dropped events within the last
   `drop_window_s` seconds. A drop is seen when health is assessed (every status request, metrics
   scrape and console line), so "within the window" is up to one assessment late; the total since the
@@ -21,6 +23,7 @@ from ringfence.events import (
     BrokerStatistics,
     Clock,
     ExtensionStatistics,
+    FleetStatistics,
     Health,
     JsonlStatistics,
     SensorStatistics,
@@ -88,12 +91,16 @@ def drop_totals(
     outputs: list[JsonlStatistics],
     extensions: list[ExtensionStatistics],
     syslog: SyslogStatistics | None = None,
+    *,
+    fleet: FleetStatistics | None = None,
 ) -> dict[str, int]:
     totals = {f"sensor {s.name}": s.dropped for s in sensors}
     totals |= {f"broker {kind}": k.dropped for kind, k in broker.kinds.items()}
     totals |= {f"output {o.path}": o.channel.dropped for o in outputs}
     if syslog is not None:
         totals[f"output syslog {syslog.address}"] = syslog.channel.dropped + syslog.unsendable
+    if fleet is not None:  # findings that never reached the fleet server (findings.jsonl has them)
+        totals["fleet findings"] = fleet.findings_dropped + fleet.spool_lost
     totals |= {f"extension {e.id}": e.events_dropped + e.files_dropped for e in extensions}
     # What the extension itself dropped (its inbox or outbox full), as its runtime reports it: the agent
     # cannot see those from outside, and they are losses all the same.
@@ -147,6 +154,7 @@ def problems_of(
     drop_window_s: float,
     syslog: SyslogStatistics | None = None,
     now_ns: int = 0,
+    fleet: FleetStatistics | None = None,
 ) -> list[str]:
     problems = [f"sensor {n} unavailable: {why}" for n, why in unavailable.items()]
     problems += [f"sensor {s.name} stopped" for s in sensors if not s.running]
@@ -154,6 +162,7 @@ def problems_of(
     problems += [p for p in map(extension_problem, extensions) if p is not None]
     problems += auth_problems(broker)
     problems += [p for p in (syslog_problem(syslog, now_ns),) if p is not None]
+    problems += [fleet.problem] if fleet is not None and fleet.problem else []
     problems += [
         f"{d.stage} dropped events {d.last_s:.0f} s ago ({d.total} in all; degraded for {drop_window_s:g} s "
         "after a drop)"

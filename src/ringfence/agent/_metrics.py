@@ -80,7 +80,9 @@ class HealthCollector(Collector):
 
 def _drops(h: Health) -> Metric:
     family = CounterMetricFamily("ringfence_dropped_events", "Events dropped, by stage", labels=["stage"])
-    for stage, total in sorted(drop_totals(h.sensors, h.broker, h.outputs, h.extensions, h.syslog).items()):
+    for stage, total in sorted(
+        drop_totals(h.sensors, h.broker, h.outputs, h.extensions, h.syslog, fleet=h.fleet).items()
+    ):
         family.add_metric([stage], total)
     return family
 

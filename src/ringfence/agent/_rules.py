@@ -37,6 +37,15 @@ from typing import Any
 
 import msgspec
 
+from ringfence.agent._child import (
+    STDERR_TAIL_BYTES,
+    SandboxedChild,
+    copy_file,
+    enter,
+    exit_text,
+    safe_name,
+    spawn,
+)
 from ringfence.agent._config import Config, ExtensionsSection, with_overrides
 from ringfence.agent._content import untrusted_path
 from ringfence.agent._errors import AgentError
@@ -49,9 +58,7 @@ SUFFIXES = {
 ENGINE_IDS = {"sigma": "ringfence.sigma", "yara": "ringfence.yara"}  # ioc: the IOC engine's id in force
 CHILD_ENV = "RINGFENCE_RULES_CHECK"
 CHECK_TIMEOUT_S = 120.0
-MAX_FILE_BYTES = 256 << 20  # per file copied for a check
 MAX_REPORT_BYTES = 64 << 20
-STDERR_TAIL_BYTES = 16384
 
 
 class RulesCheckError(AgentError):
@@ -192,9 +199,9 @@ def check_paths(
 def _stage(found: list[Found], work: str, issues: list[RuleIssue]) -> list[_Staged]:
     out = []
     for n, item in enumerate(found):
-        dest = os.path.join(work, item.engine, f"{n:04d}-{_safe_name(os.path.basename(item.path))}")
+        dest = os.path.join(work, item.engine, f"{n:04d}-{safe_name(os.path.basename(item.path))}")
         os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-        problem = _copy(item.path, dest)
+        problem = copy_file(item.path, dest)
         if problem is None:
             out.append(_Staged(item.engine, item.path, dest))
         else:
@@ -202,103 +209,18 @@ def _stage(found: list[Found], work: str, issues: list[RuleIssue]) -> list[_Stag
     return out
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[-100:].lstrip(".") or "file"
-
-
-def _copy(origin: str, dest: str) -> str | None:
-    """Copy one file (a regular file, at most MAX_FILE_BYTES); the problem, or None."""
-    try:
-        fd = os.open(origin, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        return f"cannot open: {e.strerror}"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        if st.st_size > MAX_FILE_BYTES:
-            return f"larger than the limit of {MAX_FILE_BYTES} bytes"
-        with (
-            os.fdopen(os.dup(fd), "rb") as src,
-            open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out,
-        ):
-            copied = 0
-            while chunk := src.read(1 << 20):
-                copied += len(chunk)
-                if copied > MAX_FILE_BYTES:
-                    return f"grew past the limit of {MAX_FILE_BYTES} bytes while read"
-                out.write(chunk)
-    except OSError as e:
-        return f"cannot read: {e.strerror}"
-    finally:
-        os.close(fd)
-    return None
-
-
 def _run_child(spec: _ChildSpec, work: str, extensions: ExtensionsSection, timeout_s: float) -> RulesReport:
-    sandbox = os.geteuid() == 0
-    policy = prepared = None
-    if sandbox:
-        from ringfence.extensions._sandbox import SandboxError, SandboxPolicy, prepare_sandbox
-
-        policy = SandboxPolicy(
-            extension_id=f"rules-check-{os.getpid()}",
-            user=extensions.user,
-            readable_paths=(work,),
-            memory_mb=extensions.memory_mb,
-            cpu_percent=100,  # a check an operator waits for; the engines' own quota applies when they run
-            max_processes=64,
-        )
+    with SandboxedChild("rules-check", "rules check", work, extensions, RulesCheckError) as child:
         try:
-            prepared = prepare_sandbox(policy)
-        except SandboxError as e:
-            raise RulesCheckError(f"rules check: preparing the sandbox failed: {e}") from e
-        _hand_to(work, prepared.uid, prepared.gid)
-    try:
-        spec = msgspec.structs.replace(
-            spec,
-            sandbox=sandbox,
-            policy=msgspec.Raw(msgspec.json.encode(policy)),
-            prepared=msgspec.Raw(msgspec.json.encode(prepared)),
-        )
-        return _spawn(spec, timeout_s)
-    except RulesCheckError as e:
-        from ringfence.extensions._sandbox import cgroup_oom_killed
-
-        if prepared is not None and cgroup_oom_killed(prepared):
-            raise RulesCheckError(
-                f"rules check: the checker ran out of memory ({extensions.memory_mb} MiB, "
-                "extensions.memory_mb: the engine would too)"
-            ) from e
-        raise
-    finally:
-        if policy is not None and prepared is not None:
-            from ringfence.extensions._sandbox import release_sandbox
-
-            release_sandbox(policy, prepared)
-
-
-def _hand_to(work: str, uid: int, gid: int) -> None:
-    """The copies to the sandbox user, read-only, and to no one else (they may be root-only files)."""
-    for current, _, names in os.walk(work):
-        for name in names:
-            os.chown(os.path.join(current, name), uid, gid)
-            os.chmod(os.path.join(current, name), 0o400)
-        os.chown(current, uid, gid)
-        os.chmod(current, 0o500)
+            return _spawn(msgspec.structs.replace(spec, **child.spec_fields()), timeout_s)
+        except RulesCheckError as e:
+            if (oom := child.out_of_memory()) is not None:
+                raise RulesCheckError(f"rules check: the checker {oom}") from e
+            raise
 
 
 def _spawn(spec: _ChildSpec, timeout_s: float) -> RulesReport:
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        CHILD_ENV: msgspec.json.encode(spec).decode(),
-    }
-    argv = [sys.executable, "-I", "-m", "ringfence.agent._rules"]
-    with subprocess.Popen(
-        argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True,
-    ) as proc:  # fmt: skip
+    with spawn("ringfence.agent._rules", CHILD_ENV, spec) as proc:
         try:
             out, err = _read_bounded(proc, time.monotonic() + timeout_s)
         finally:
@@ -307,15 +229,11 @@ def _spawn(spec: _ChildSpec, timeout_s: float) -> RulesReport:
             proc.wait()
     if proc.returncode != 0:
         last = (err.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
-        raise RulesCheckError(f"rules check: the checker failed ({_exit_text(proc.returncode)}): {last}")
+        raise RulesCheckError(f"rules check: the checker failed ({exit_text(proc.returncode)}): {last}")
     try:
         return msgspec.json.decode(out, type=RulesReport)
     except msgspec.DecodeError as e:
         raise RulesCheckError(f"rules check: the checker's report does not decode: {e}") from e
-
-
-def _exit_text(returncode: int) -> str:
-    return f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
 
 
 def _read_bounded(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
@@ -371,13 +289,18 @@ def trust_problems(found: Sequence[Found]) -> list[RuleIssue]:
     return issues
 
 
+def rules_content_name(n: int, path: str) -> str:
+    """The content name of the n-th file of `--rules` (counted over every engine), as the agent stages it."""
+    return f"rules-{n:03d}-{safe_name(os.path.basename(path))}"
+
+
 def with_rules(config: Config, found: Sequence[Found], ioc_id: str) -> Config:
     """`config` with each found file added to its engine's content ([extensions.content."<id>"]) and
     that engine enabled (and no longer disabled)."""
     content = {ext_id: dict(files) for ext_id, files in config.extensions.content.items()}
     ids = {**ENGINE_IDS, "ioc": ioc_id}
     for n, item in enumerate(found):
-        name = f"rules-{n:03d}-{_safe_name(os.path.basename(item.path))}"
+        name = rules_content_name(n, item.path)
         content.setdefault(ids[item.engine], {})[name] = item.path
     wanted = {ids[item.engine] for item in found}
     enabled = list(config.extensions.enabled)
@@ -420,11 +343,7 @@ def summary(report: RulesReport) -> str:
 
 def _child_main() -> int:
     spec = msgspec.json.decode(os.environ.pop(CHILD_ENV, ""), type=_ChildSpec)
-    if spec.sandbox:
-        from ringfence.extensions._sandbox import PreparedSandbox, SandboxPolicy, enter_sandbox
-
-        policy = msgspec.json.decode(spec.policy, type=SandboxPolicy)
-        enter_sandbox(policy, msgspec.json.decode(spec.prepared, type=PreparedSandbox))
+    enter(spec.sandbox, spec.policy, spec.prepared)
     engines = []
     sigma = spec.sigma_settings
     for engine, check in (

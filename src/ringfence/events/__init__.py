@@ -1,13 +1,14 @@
 """The event model: typed, immutable records aligned with OCSF, and their codecs.
 
 Pure: nothing here does I/O or imports another part of Ringfence. Every other layer speaks these types;
-dicts exist only inside the codec (`to_ocsf`).
+dicts exist only inside the codecs (`to_ocsf`, and `decode_line`/`from_ocsf` back).
 """
 
 from ringfence.events._actions import ActionKind, ActionRequest, ActionResult
 from ringfence.events._attack import TACTICS, split_ids, tactic_name, technique_id
 from ringfence.events._codec import OcsfEncoder, to_ocsf, valid_text
 from ringfence.events._common import Endpoint, Header, ProcessRef
+from ringfence.events._decode import OcsfDecodeError, decode_line, from_ocsf
 from ringfence.events._detection import (
     AccountChange,
     AccountChangeActivityId,
@@ -32,6 +33,7 @@ from ringfence.events._health import (
     EngineContentStatus,
     ExtensionContentStatus,
     ExtensionStatistics,
+    FleetStatistics,
     Health,
     Heartbeat,
     JsonlStatistics,
@@ -106,6 +108,7 @@ __all__ = [
     "FileActivity",
     "FileActivityId",
     "FileWritten",
+    "FleetStatistics",
     "Header",
     "HeaderStamper",
     "Health",
@@ -115,6 +118,7 @@ __all__ = [
     "LogEvent",
     "NetworkActivity",
     "NetworkActivityId",
+    "OcsfDecodeError",
     "OcsfEncoder",
     "ProcessActivity",
     "ProcessActivityId",
@@ -129,7 +133,9 @@ __all__ = [
     "boot_time_ns",
     "clock_tick_ns",
     "decode_heartbeat",
+    "decode_line",
     "event_kind",
+    "from_ocsf",
     "split_ids",
     "start_time_from_kernel_ns",
     "start_time_from_ticks",

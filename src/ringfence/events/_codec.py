@@ -307,8 +307,8 @@ def valid_text(value: Any) -> Any:
     msgpack encoder takes it."""
     if isinstance(value, str):
         return _text(value)
-    if isinstance(value, dict):
-        return {k: valid_text(v) for k, v in value.items()}
+    if isinstance(value, dict):  # keys too: an audit record's field names are the kernel's text
+        return {_text(k) if isinstance(k, str) else k: valid_text(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [valid_text(v) for v in value]
     return value

@@ -208,6 +208,26 @@ class ContentUpdateStatus(msgspec.Struct):
     failure_grace_s: float = 21600.0  # failing longer than this makes the agent degraded
 
 
+class FleetStatistics(msgspec.Struct):
+    """The agent's uplink to its fleet server (`[fleet] url`): heartbeats and the findings upload."""
+
+    url: str
+    host_id: str = ""  # "": not enrolled
+    connected: bool = False  # the last request got an answer the uplink could use
+    heartbeats_sent: int = 0
+    last_heartbeat_ns: int = 0  # wall clock of the last heartbeat the server stored
+    findings_sent: int = 0  # findings the server acknowledged
+    batches_sent: int = 0
+    pending_bytes: int = 0  # of findings.jsonl (and its rotated files) not acknowledged yet
+    findings_dropped: int = 0  # lines that cannot be sent: not JSON objects, too large, refused
+    spool_lost: int = 0  # times the unsent rest of a findings file was rotated away (see README)
+    failures: int = 0  # requests failed in a row
+    failing_since_ns: int = 0  # wall clock of the first of them; 0: not failing
+    retry_in_s: float = 0.0  # the backoff before the next try
+    last_error: str = ""
+    problem: str = ""  # not enrolled, or the credential refused: makes the agent degraded
+
+
 class Health(msgspec.Struct, kw_only=True):
     version: str
     pid: int
@@ -234,6 +254,7 @@ class Health(msgspec.Struct, kw_only=True):
     content_updates: ContentUpdateStatus | None = None  # None: no [content] url
     syslog: SyslogStatistics | None = None  # None: no [output] syslog
     content: ContentHostStatus | None = None  # None: no extension has content (or an older agent)
+    fleet: FleetStatistics | None = None  # None: no [fleet] url
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):

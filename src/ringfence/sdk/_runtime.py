@@ -85,7 +85,7 @@ class _Outbox:
     def __init__(self, wire: Wire[HostFrame], counters: Counters) -> None:
         self._wire = wire
         self._counters = counters
-        self._items: collections.deque[msgspec.Struct] = collections.deque()
+        self._items: collections.deque[tuple[msgspec.Struct, str]] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="ringfence-outbox", daemon=True)
@@ -98,7 +98,7 @@ class _Outbox:
             if self._closed or len(self._items) >= OUTBOX:
                 self._counters.add(f"{kind}_dropped")
                 return
-            self._items.append(frame)
+            self._items.append((frame, kind))
             self._cond.notify()
 
     def close(self, timeout: float = 1.0) -> None:
@@ -116,11 +116,19 @@ class _Outbox:
                     self._cond.wait()
                 if not self._items:
                     return
-                frame = self._items.popleft()
+                frame, kind = self._items.popleft()
             try:
                 self._wire.send(frame)
             except TimeoutError:
                 self._counters.add("outbox_send_timeouts")
+            except ProtocolError as e:
+                # one frame the wire cannot carry (a finding whose evidence holds a megabyte of argv): that
+                # frame is lost and counted as a drop the agent shows; the thread, and every later finding,
+                # stat and log line, go on
+                self._counters.add(f"{kind}_dropped")
+                self._counters.add("outbox_unsendable")
+                if kind != "logs":  # a log line about a log line that did not fit would not fit either
+                    log.warning("a %s frame could not be sent and was dropped: %s", kind, e)
             except OSError:
                 return
 

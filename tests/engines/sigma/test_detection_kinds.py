@@ -4,9 +4,11 @@ DestinationHostname on a connection. Each test names the failure it would catch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from tests.engines.conftest import FakeClock, FakeContext
 from tests.engines.sigma.build import connect, exec_event, header, proc, rule, write_rules
@@ -14,8 +16,12 @@ from tests.engines.sigma.corpus import SIGMAHQ
 
 from ringfence.engines.sigma import Logsource, SigmaEngine, load_directory, logsources_of, mapping_table
 from ringfence.sdk import (
+    AccountChange,
+    AccountChangeActivityId,
     AuditEvent,
     AuditRecord,
+    Authentication,
+    AuthenticationActivityId,
     DnsActivity,
     DnsActivityId,
     DnsAnswer,
@@ -310,3 +316,86 @@ def test_a_finding_carries_the_attack_techniques_and_tactics_of_its_rule_tags(st
     (finding,) = ctx.findings
     assert finding.fields["techniques"] == ("T1059.004",)
     assert finding.fields["tactics"] == ("execution",)
+
+
+def category_rule(detection: str, category: str, rule_id: str = AUDIT_ID) -> str:
+    return rule(detection, rule_id=rule_id).replace("category: process_creation", f"category: {category}")
+
+
+def test_the_manifest_subscribes_to_authentication_and_account_events() -> None:
+    assert {EventKind.AUTHENTICATION, EventKind.ACCOUNT} <= SigmaEngine.manifest.subscribes
+
+
+def test_authentication_rules_read_the_account_service_outcome_and_source(start) -> None:
+    text = category_rule(
+        "sel:\n  TargetUser: root\n  Service: sshd\n  Outcome: failure\n  Activity: logon\n"
+        "  SourceIp|cidr: 203.0.113.0/24\n  Image|endswith: /sshd\ncondition: sel",
+        "authentication",
+    )
+    engine, ctx = start(**{"a.yml": text})
+    failed = Authentication(
+        header=header(), activity=AuthenticationActivityId.LOGON, success=False, record_type="USER_AUTH",
+        user="root", service="sshd", source=Endpoint(family="inet", ip="203.0.113.9"),
+        process=proc("/usr/sbin/sshd"),
+    )  # fmt: skip
+    assert logsources_of(failed) == (Logsource.AUTHENTICATION,)
+    engine.on_event(msgspec.structs.replace(failed, success=True))  # a success: Outcome differs
+    engine.on_event(msgspec.structs.replace(failed, user="alice"))  # another account
+    assert ctx.findings == []
+    engine.on_event(failed)
+    assert [f.fields["rule"] for f in ctx.findings] == [AUDIT_ID]
+
+
+def test_account_change_rules_read_the_record_type_and_the_actor(start) -> None:
+    text = category_rule(
+        "sel:\n  RecordType: ADD_USER\n  Activity: create\n  TargetUserId|gte: 1000\n"
+        "  Image|endswith: /mkacct\ncondition: sel",
+        "account_change",
+    )
+    engine, ctx = start(**{"a.yml": text})
+    added = AccountChange(
+        header=header(), activity=AccountChangeActivityId.CREATE, success=True, record_type="ADD_USER",
+        uid=1001, process=proc("/tmp/mkacct"),
+    )  # fmt: skip
+    assert logsources_of(added) == (Logsource.ACCOUNT_CHANGE,)
+    engine.on_event(msgspec.structs.replace(added, uid=999))  # a system account's id
+    engine.on_event(msgspec.structs.replace(added, record_type="DEL_USER"))
+    assert ctx.findings == []
+    engine.on_event(added)
+    assert len(ctx.findings) == 1
+
+
+def test_authentication_and_account_change_fields_are_in_the_mapping_and_the_schema() -> None:
+    rows = {(source, name) for source, name, _ in mapping_table()}
+    for name in ("TargetUser", "Service", "Outcome", "SourceIp", "Terminal", "Command", "Image"):
+        assert ("authentication", name) in rows
+    for name in ("TargetUser", "TargetUserId", "Group", "Activity", "RecordType", "ParentImage"):
+        assert ("account_change", name) in rows
+
+
+def test_an_unreadable_rule_subdirectory_is_an_error_not_an_empty_rule_set(shared_dir: Path) -> None:
+    """Path.rglob skipped a directory it could not list: rules there were lost without a word."""
+    from ringfence.engines.sigma._load import rule_files
+
+    (shared_dir / "ok.yml").write_text("x")
+    locked = shared_dir / "more"
+    locked.mkdir()
+    (locked / "a.yml").write_text("x")
+    assert rule_files(str(shared_dir)) == ["more/a.yml", "ok.yml"]
+    locked.chmod(0)
+    try:
+        pid = os.fork()  # as another user: root reads past the mode
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                rule_files(str(shared_dir))
+            except PermissionError as e:
+                code = 0 if e.filename == str(locked) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        locked.chmod(0o755)

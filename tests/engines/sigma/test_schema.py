@@ -12,6 +12,10 @@ from tests.engines.sigma.build import header, rule, write_rules
 from ringfence.engines.sigma import CONTENT_INTERFACE, LOGSOURCES, Logsource, SigmaEngine, load_directory
 from ringfence.engines.sigma._fields import field_spec
 from ringfence.sdk import (
+    AccountChange,
+    AccountChangeActivityId,
+    Authentication,
+    AuthenticationActivityId,
     DnsActivity,
     DnsActivityId,
     DnsAnswer,
@@ -53,6 +57,32 @@ EVENTS = {
         success=True,
         local=Endpoint(family="inet", ip="10.0.0.1", port=40000),
         remote=Endpoint(family="inet", ip="1.2.3.4", port=443, hostname="a.example"),
+        process=FULL,
+    ),
+    Logsource.AUTHENTICATION: Authentication(
+        header=header(),
+        activity=AuthenticationActivityId.LOGON,
+        success=False,
+        record_type="USER_AUTH",
+        user="root",
+        uid=0,
+        service="sshd",
+        operation="PAM:authentication",
+        source=Endpoint(family="inet", ip="203.0.113.9", hostname="scanner.example"),
+        terminal="ssh",
+        command="/usr/bin/id",
+        process=FULL,
+    ),
+    Logsource.ACCOUNT_CHANGE: AccountChange(
+        header=header(),
+        activity=AccountChangeActivityId.CREATE,
+        success=True,
+        record_type="ADD_USER",
+        user="alice",
+        uid=1001,
+        group="sudo",
+        gid=27,
+        operation="adding user",
         process=FULL,
     ),
     Logsource.DNS_QUERY: DnsActivity(

@@ -30,7 +30,7 @@ def _dfid_name(info_type: int, fsid: tuple[int, int], handle: bytes, name: str) 
 
 
 def test_exported_names_are_pinned() -> None:
-    assert fan.__all__ == ["ExecAuthSensor", "FileSensor"]
+    assert fan.__all__ == ["ExecAuthSensor", "FileSensor", "WrittenFileSensor"]
 
 
 def test_rename_record_decodes_both_names_and_fsid() -> None:

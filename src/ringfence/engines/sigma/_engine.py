@@ -89,12 +89,15 @@ class SigmaEngine(Extension):
                 EventKind.FILE,
                 EventKind.NETWORK,
                 EventKind.AUDIT,
+                EventKind.AUTHENTICATION,
+                EventKind.ACCOUNT,
                 EventKind.DNS,
                 EventKind.LOG,
             }
         ),
         content_interface=CONTENT_INTERFACE,
-        description="Sigma rules (process, file, network, auditd, DNS and log logsources) on every event.",
+        description="Sigma rules (process, file, network, auditd, authentication, account, DNS and log "
+        "logsources) on every event.",
     )
 
     def __init__(

@@ -15,6 +15,8 @@ run time such a field is simply absent (a missing field never raises).
 | auditd (service)     | AuditEvent: each of its records apart   | the record's own fields, see `_AUDIT`  |
 | dns_query            | DnsActivity QUERY                       | QueryName, QueryType + the asker       |
 | dns                  | DnsActivity (query; response per answer)| query, answer, record_type             |
+| authentication       | Authentication (audit's PAM records)    | TargetUser, Service, Outcome, ... + proc |
+| account_change       | AccountChange (ADD_USER, DEL_USER, ...) | TargetUser, Group, Activity, ... + proc |
 | builtin (no service) | LogEvent, any                           | keywords: its program and message      |
 | syslog, auth         | LogEvent (auth: auth.log, secure, or an auth program's) | keywords          |
 | sshd, sudo, su, ...  | LogEvent of that program (`_LOG_SERVICES`) | keywords; sudo: USER, COMMAND, TTY, PWD
@@ -45,8 +47,10 @@ from dataclasses import dataclass
 import msgspec
 
 from ringfence.sdk import (
+    AccountChange,
     AuditEvent,
     AuditRecord,
+    Authentication,
     DnsActivity,
     DnsActivityId,
     Event,
@@ -75,6 +79,8 @@ class Logsource(enum.StrEnum):
     AUDITD = "auditd"
     DNS_QUERY = "dns_query"
     DNS = "dns"
+    AUTHENTICATION = "authentication"
+    ACCOUNT_CHANGE = "account_change"
     BUILTIN = "builtin"
     SYSLOG = "syslog"
     AUTH = "auth"
@@ -270,6 +276,64 @@ _DNS: dict[str, FieldSpec] = {
     "answer": FieldSpec(_answer, "an answer's data (a response: matched once per answer)"),
 }
 
+
+def _attr(cls: type, name: str) -> Getter:
+    def get(e: Subject) -> FieldValue | None:
+        value: FieldValue | None = getattr(e, name, None) if isinstance(e, cls) else None
+        return value
+
+    return get
+
+
+def _outcome(e: Subject) -> str | None:
+    ok = getattr(e, "success", None) if isinstance(e, Authentication | AccountChange) else None
+    return None if ok is None else ("success" if ok else "failure")
+
+
+def _activity(e: Subject) -> str | None:
+    if not isinstance(e, Authentication | AccountChange):
+        return None
+    return e.activity.name.lower()
+
+
+def _auth_source(attr: str) -> Getter:
+    def get(e: Subject) -> FieldValue | None:
+        source = e.source if isinstance(e, Authentication) else None
+        value: FieldValue | None = None if source is None else getattr(source, attr)
+        return value
+
+    return get
+
+
+_AUTHENTICATION: dict[str, FieldSpec] = {
+    **_ACTOR,
+    **_PARENT,
+    "TargetUser": FieldSpec(_attr(Authentication, "user"), "user (the account authenticated as; else uid)"),
+    "TargetUserId": FieldSpec(_attr(Authentication, "uid"), "uid", numeric=True),
+    "Service": FieldSpec(_attr(Authentication, "service"), "service (the PAM application: sshd, su, sudo)"),
+    "Operation": FieldSpec(_attr(Authentication, "operation"), "operation (audit's op: PAM:authentication)"),
+    "Outcome": FieldSpec(_outcome, "'success' or 'failure'"),
+    "Activity": FieldSpec(_activity, "logon, logoff, account_switch or other"),
+    "SourceIp": FieldSpec(_auth_source("ip"), "source.ip (a login over the network)"),
+    "SourceHostname": FieldSpec(_auth_source("hostname"), "source.hostname"),
+    "Terminal": FieldSpec(_attr(Authentication, "terminal"), "terminal (ssh, pts/0, ...)"),
+    "Command": FieldSpec(_attr(Authentication, "command"), "command (what sudo ran: USER_CMD)"),
+    "RecordType": FieldSpec(_attr(Authentication, "record_type"), "record_type (USER_AUTH, USER_LOGIN...)"),
+}
+
+_ACCOUNT_CHANGE: dict[str, FieldSpec] = {
+    **_ACTOR,
+    **_PARENT,
+    "TargetUser": FieldSpec(_attr(AccountChange, "user"), "user (the account changed)"),
+    "TargetUserId": FieldSpec(_attr(AccountChange, "uid"), "uid", numeric=True),
+    "Group": FieldSpec(_attr(AccountChange, "group"), "group"),
+    "GroupId": FieldSpec(_attr(AccountChange, "gid"), "gid", numeric=True),
+    "Operation": FieldSpec(_attr(AccountChange, "operation"), "operation (audit's op: adding user, ...)"),
+    "Outcome": FieldSpec(_outcome, "'success' or 'failure'"),
+    "Activity": FieldSpec(_activity, "create, delete, password_change, password_reset, lock, other, ..."),
+    "RecordType": FieldSpec(_attr(AccountChange, "record_type"), "record_type (ADD_USER, DEL_USER...)"),
+}
+
 _SUDO_PAIR = re.compile(r"(?:^|[\s;:])(USER|COMMAND|TTY|PWD)=(.*?)(?:\s;|$)")
 
 
@@ -314,6 +378,8 @@ LOGSOURCES: dict[Logsource, dict[str, FieldSpec]] = {
     Logsource.AUDITD: _AUDIT,
     Logsource.DNS_QUERY: _DNS_QUERY,
     Logsource.DNS: _DNS,
+    Logsource.AUTHENTICATION: _AUTHENTICATION,
+    Logsource.ACCOUNT_CHANGE: _ACCOUNT_CHANGE,
     Logsource.BUILTIN: {},  # keywords only
     Logsource.SYSLOG: {},
     Logsource.AUTH: {},
@@ -360,12 +426,18 @@ def _detection_sources(event: Event) -> tuple[Logsource, ...]:
         return (Logsource.AUDITD,)
     if isinstance(event, LogEvent):
         return _log_sources(event)
+    if isinstance(event, Authentication):
+        return _AUTHENTICATION_ONLY
+    if isinstance(event, AccountChange):
+        return _ACCOUNT_CHANGE_ONLY
     if isinstance(event, DnsActivity) and event.query is not None:
         return (Logsource.DNS_QUERY, Logsource.DNS) if event.activity is DnsActivityId.QUERY else _DNS_ONLY
     return ()
 
 
 _DNS_ONLY = (Logsource.DNS,)
+_AUTHENTICATION_ONLY = (Logsource.AUTHENTICATION,)
+_ACCOUNT_CHANGE_ONLY = (Logsource.ACCOUNT_CHANGE,)
 _ANY_LOG = (Logsource.BUILTIN, Logsource.SYSLOG)
 
 

@@ -11,6 +11,7 @@ the rest load. Severities:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,22 @@ MAX_FILE_BYTES = 4 << 20
 
 
 def rule_files(directory: str) -> list[str]:
-    """The rule files of a directory tree, sorted, hidden entries skipped."""
+    """The rule files of a directory tree, sorted, hidden entries skipped. Raises OSError for a directory
+    (the root or one below it) that cannot be listed: Path.rglob would skip it without a word, and an
+    unreadable rule directory would load as no rules at all."""
+
+    def fail(e: OSError) -> None:
+        raise e
+
     root = Path(directory)
-    found = [
-        p
-        for p in root.rglob("*")
-        if p.suffix in RULE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
-    return sorted(str(p.relative_to(root)) for p in found if p.is_file())
+    found = []
+    for current, dirs, names in os.walk(root, onerror=fail):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            path = Path(current) / name
+            if path.suffix in RULE_SUFFIXES and not name.startswith(".") and path.is_file():
+                found.append(str(path.relative_to(root)))
+    return sorted(found)
 
 
 def load_directory(

@@ -126,7 +126,10 @@ class WatchedRules:
         if signature is None:
             return None, _failed(directory, "content directory missing or unreadable")
         resolved = signature[0]
-        return signature, load_directory(resolved, directory, self._config.placeholders)
+        try:
+            return signature, load_directory(resolved, directory, self._config.placeholders)
+        except OSError as e:  # a subdirectory made unreadable since the signature was taken
+            return None, _failed(directory, f"content directory unreadable: {e.strerror}")
 
 
 def _failed(where: str, message: str) -> RuleSet:

@@ -25,6 +25,7 @@ from ringfence.events import Clock, FileActivity, FileActivityId, HeaderStamper,
 from ringfence.sensors._base import EventSink, ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
 from ringfence.sensors.fanotify._handles import HandleResolver
+from ringfence.sensors.fanotify._scope import as_prefix, notification_statistics, wanted
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ class FileSensor:
         self._sink = sink
         self._resolver = resolver
         self._paths = tuple(os.path.realpath(p) for p in paths)
-        self._roots = tuple(_as_prefix(p) for p in self._paths)
-        self._excluded = tuple(_as_prefix(os.path.realpath(p)) for p in exclude_prefixes)
+        self._roots = tuple(as_prefix(p) for p in self._paths)
+        self._excluded = tuple(as_prefix(os.path.realpath(p)) for p in exclude_prefixes)
         self._report_pidfd = report_pidfd
         self._stamper = HeaderStamper(self.name, host, clock)
         self._counters = Counters(_COUNTERS)
@@ -293,31 +294,20 @@ class FileSensor:
             self._handles.remember(target.fid, path)
 
     def _wanted(self, path: str) -> bool:
-        candidate = _as_prefix(path)
-        return candidate.startswith(self._roots) and not candidate.startswith(self._excluded)
+        return wanted(path, self._roots, self._excluded)
 
     # -- statistics ----------------------------------------------------------------------------------------
 
     def statistics(self) -> SensorStatistics:
-        detail = self._counters.snapshot()
-        return SensorStatistics(
-            name=self.name,
+        return notification_statistics(
+            self.name,
             running=self._reader is not None,
             received=self._received,
             emitted=self._emitted,
-            dropped=detail["overflows"]
-            + detail["decode_errors"]
-            + detail["sink_errors"]
-            + detail["unresolved"],
-            errors=detail["decode_errors"] + detail["sink_errors"],
-            last_seq=self._stamper.last_seq,
-            detail=detail,
+            stamper=self._stamper,
+            detail=self._counters.snapshot(),
+            dropped=("overflows", "decode_errors", "sink_errors", "unresolved"),
         )
-
-
-def _as_prefix(path: str) -> str:
-    """`path` with exactly one trailing slash, so "/a/b" is under "/a/" but "/a/bc" is not under "/a/b/"."""
-    return path.rstrip("/") + "/"
 
 
 def _close_pidfd(event: lc.RawEvent) -> None:

@@ -34,6 +34,7 @@ from ringfence._counters import Counters
 from ringfence.events import Clock, FileWritten, HeaderStamper, ProcessRef
 from ringfence.sensors._base import ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
+from ringfence.sensors.fanotify._scope import as_prefix, notification_statistics, wanted
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class WrittenFileSensor:
         self._resolver = resolver
         self._paths = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
         self._roots: tuple[str, ...] = ()
-        self._excluded = tuple(_as_prefix(os.path.realpath(p)) for p in exclude_prefixes)
+        self._excluded = tuple(as_prefix(os.path.realpath(p)) for p in exclude_prefixes)
         self._stamper = HeaderStamper(self.name, host, clock)
         self._counters = Counters(_COUNTERS)
         self._received = self._emitted = 0
@@ -98,7 +99,7 @@ class WrittenFileSensor:
         if not roots:
             os.close(fd)
             raise lc.unavailable(INTERFACE, OSError(2, f"none of {list(self._paths)} could be marked"))
-        self._roots = tuple(_as_prefix(p) for p in roots)
+        self._roots = tuple(as_prefix(p) for p in roots)
         self._fd = fd
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._reader = threading.Thread(target=self._read_loop, name="fanotify-close-write", daemon=True)
@@ -214,23 +215,17 @@ class WrittenFileSensor:
         self._emitted += 1
 
     def _wanted(self, path: str) -> bool:
-        candidate = _as_prefix(path)
-        return candidate.startswith(self._roots) and not candidate.startswith(self._excluded)
+        return wanted(path, self._roots, self._excluded)
 
     def statistics(self) -> SensorStatistics:
-        detail = self._counters.snapshot()
-        return SensorStatistics(
-            name=self.name,
+        return notification_statistics(
+            self.name,
             running=self._reader is not None,
             received=self._received,
             emitted=self._emitted,
-            dropped=detail["overflows"]
-            + detail["no_descriptor"]
-            + detail["sink_errors"]
-            + detail["decode_errors"],
-            errors=detail["decode_errors"] + detail["sink_errors"],
-            last_seq=self._stamper.last_seq,
-            detail=detail,
+            stamper=self._stamper,
+            detail=self._counters.snapshot(),
+            dropped=("overflows", "no_descriptor", "sink_errors", "decode_errors"),
         )
 
 
@@ -249,7 +244,3 @@ def _close_plain_records(buf: bytes) -> None:
         ) and fd > 2:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _as_prefix(path: str) -> str:
-    return path.rstrip("/") + "/"

@@ -1,0 +1,233 @@
+"""The HTTP API (FastAPI): enrollment, heartbeats, findings. `create_app(settings)` builds it.
+
+Bodies are read by hand, to a size limit, and decoded with msgspec into the typed records (a
+heartbeat is `ringfence.events.Heartbeat`, the agent's own type): the first bad byte gets a 4xx with
+one line naming what is wrong. Their schemas are published in /openapi.json all the same.
+
+    POST /api/v1/enroll       {token, hostname, public_key} -> {host_id}       (the token is the proof)
+    POST /api/v1/heartbeat    a Heartbeat                   -> {stored}        (signed by the host)
+    POST /api/v1/findings     {batch_id, findings: [...]}   -> {stored, duplicate}  (signed)
+    GET  /api/v1/ping         -> {ok, heartbeat_schema_version}                (no auth; for probes)
+
+Backpressure: past `max_inflight` requests at once on this node, or while the database is away, the
+answer is 503 with Retry-After; the uplink backs off (and honours Retry-After on 429 too).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from ringfence import __version__
+from ringfence.events import HEARTBEAT_SCHEMA_VERSION, Heartbeat, decode_heartbeat
+from ringfence.fleet import _store
+from ringfence.fleet._auth import DATE_HEADER, HOST_HEADER, NONCE_HEADER, SIGNATURE_HEADER
+from ringfence.fleet._console import add_console
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+API = "/api/v1"
+BATCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    engine: Engine
+    heartbeat_history: int = 100  # recent heartbeats kept per host (the latest is also in host_status)
+    max_heartbeat_bytes: int = 1 << 20
+    max_findings_bytes: int = 8 << 20
+    max_findings_per_batch: int = 1000
+    max_inflight: int = 64  # requests at once on this node; more get 503 + Retry-After
+    retry_after_s: int = 5
+    now_ns: Callable[[], int] = field(default=time.time_ns)
+
+
+class EnrollRequest(msgspec.Struct, forbid_unknown_fields=True):
+    token: str
+    hostname: str
+    public_key: str  # Ed25519, 32 bytes, base64
+
+
+class EnrollResponse(msgspec.Struct):
+    host_id: str
+    server_version: str
+
+
+class FindingsBatch(msgspec.Struct, forbid_unknown_fields=True):
+    batch_id: str  # the client's; a retry with the same id is stored once
+    findings: list[dict[str, Any]]  # OCSF findings, as the agent writes them to findings.jsonl
+
+
+class Stored(msgspec.Struct):
+    stored: int
+    duplicate: bool = False
+
+
+class Error(msgspec.Struct):
+    detail: str
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.retry_after_s = status, detail, retry_after_s
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    app = FastAPI(title="Ringfence fleet", version=__version__, openapi_url="/openapi.json", docs_url=None)
+    sessions = sessionmaker(settings.engine, expire_on_commit=False)
+    inflight = [0]  # this node's own load, not state another node needs
+
+    @app.exception_handler(_Refused)
+    async def refused(_request: Request, e: _Refused) -> Response:
+        headers = {"Retry-After": str(e.retry_after_s)} if e.retry_after_s is not None else None
+        return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
+
+    @app.middleware("http")
+    async def limit_inflight(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if inflight[0] >= settings.max_inflight:
+            return JSONResponse(
+                {"detail": "server busy: retry later"},
+                status_code=503,
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        inflight[0] += 1
+        try:
+            return await call_next(request)
+        finally:
+            inflight[0] -= 1
+
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await run_in_threadpool(fn, sessions, settings.now_ns(), *args, **kwargs)
+        except _store.Refused as e:
+            raise _Refused(e.status, str(e)) from e
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
+            log.warning("database unavailable: %s", e)
+            raise _Refused(503, "database unavailable: retry later", settings.retry_after_s) from e
+
+    async def signed(request: Request, limit: int) -> tuple[str, bytes]:
+        body = await _read_body(request, limit)
+        h = request.headers
+        signed_request = _store.SignedRequest(
+            method=request.method,
+            path=request.url.path,
+            host_id=h.get(HOST_HEADER, ""),
+            date=h.get(DATE_HEADER, ""),
+            nonce=h.get(NONCE_HEADER, ""),
+            signature=h.get(SIGNATURE_HEADER, ""),
+            body=body,
+        )
+        host_id = await call(_store.authenticate, signed_request)
+        return host_id, body
+
+    @app.get(f"{API}/ping", summary="liveness; no authentication")
+    async def ping() -> dict[str, Any]:
+        return {"ok": True, "heartbeat_schema_version": HEARTBEAT_SCHEMA_VERSION, "version": __version__}
+
+    @app.post(
+        f"{API}/enroll", summary="trade a one-time token for a host id", openapi_extra=_body(EnrollRequest)
+    )
+    async def enroll(request: Request) -> Response:
+        req = _decode(await _read_body(request, 16 << 10), EnrollRequest, "enroll request")
+        if not req.hostname or len(req.hostname) > 255:
+            raise _Refused(422, "hostname: 1..255 characters")
+        host_id = await call(_store.enroll, req.token, req.hostname, req.public_key)
+        log.info("enrolled host %s as %s", req.hostname, host_id)
+        return _json(EnrollResponse(host_id=host_id, server_version=__version__), 201)
+
+    @app.post(f"{API}/heartbeat", summary="a host's health (signed)", openapi_extra=_body(Heartbeat))
+    async def heartbeat(request: Request) -> Response:
+        host_id, body = await signed(request, settings.max_heartbeat_bytes)
+        try:
+            beat = decode_heartbeat(body)
+        except ValueError as e:
+            raise _Refused(422, str(e)) from e
+        await call(_store.store_heartbeat, host_id, beat, body, history=settings.heartbeat_history)
+        return _json(Stored(stored=1))
+
+    @app.post(f"{API}/findings", summary="a batch of findings (signed)", openapi_extra=_body(FindingsBatch))
+    async def findings(request: Request) -> Response:
+        host_id, body = await signed(request, settings.max_findings_bytes)
+        batch = _decode(body, FindingsBatch, "findings batch")
+        if not BATCH_ID.fullmatch(batch.batch_id):
+            raise _Refused(422, "findings batch: batch_id: 1..64 of [A-Za-z0-9_-]")
+        if len(batch.findings) > settings.max_findings_per_batch:
+            raise _Refused(
+                413,
+                f"findings batch: {len(batch.findings)} findings, at most {settings.max_findings_per_batch}",
+            )
+        raws = [msgspec.Raw(msgspec.json.encode(f)) for f in batch.findings]
+        new = await call(_store.store_findings, host_id, batch.batch_id, raws)
+        return _json(Stored(stored=len(raws) if new else 0, duplicate=not new))
+
+    add_console(app, sessions, settings.now_ns)
+    _with_components(app)
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refused(400, "Content-Length: not a number")
+        if int(declared) > limit:
+            raise _Refused(413, f"body of {declared} bytes, at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(413, f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(body: bytes, tp: type[T], what: str) -> T:
+    try:
+        return msgspec.json.decode(body, type=tp)
+    except msgspec.DecodeError as e:
+        raise _Refused(422, f"{what}: {e}") from e
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+def _body(tp: type) -> dict[str, Any]:
+    """The request body's schema for /openapi.json, from the msgspec type that decodes it (its
+    components are merged into the document's by `_with_components`)."""
+    (schema,), _ = msgspec.json.schema_components([tp], ref_template="#/components/schemas/{name}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _with_components(app: FastAPI) -> None:
+    """/openapi.json with the msgspec types' components beside FastAPI's own."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            _, components = msgspec.json.schema_components(
+                [EnrollRequest, EnrollResponse, Heartbeat, FindingsBatch, Stored, Error],
+                ref_template="#/components/schemas/{name}",
+            )
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,235 @@
+"""The control plane's database: SQLAlchemy 2 models, the engine for a URL, and migrations at start.
+
+Everything a second API node needs is here, never in a node's memory: enrollment tokens (hashed),
+hosts and their public keys, request nonces, heartbeats (the latest per host and a bounded history),
+findings, and the seam for rollouts (releases and per-host assignments, filled by the rollout
+controller, not by this slice). Times are integers of nanoseconds since the epoch (UTC): the same on
+SQLite and PostgreSQL, and what the agent's records carry.
+
+    open_database(url)  -> Engine, migrated to the newest revision (alembic); raises ServerError
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ringfence.fleet._errors import ServerError
+
+DB_FILE = "fleet.db"
+DIALECTS = ("sqlite", "postgresql")
+MIGRATION_LOCK = 0x52_46_4C_54  # "RFLT": the advisory lock key held while migrating (PostgreSQL)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    expires_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    used_at_ns: Mapped[int | None] = mapped_column(sa.BigInteger)
+    host_id: Mapped[str | None] = mapped_column(sa.String(36))
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)  # a UUID the server gives
+    name: Mapped[str] = mapped_column(sa.String(255))  # what the host called itself at enrollment
+    public_key: Mapped[str] = mapped_column(sa.String(64))  # Ed25519, base64
+    enrolled_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    revoked_at_ns: Mapped[int | None] = mapped_column(sa.BigInteger)
+    last_seen_at_ns: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
+class RequestNonce(Base):
+    """Nonces of signed requests inside the clock window: a replayed request finds its nonce here."""
+
+    __tablename__ = "request_nonces"
+    host_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    nonce: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    expires_at_ns: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+
+
+class HostStatus(Base):
+    """The latest heartbeat of each host."""
+
+    __tablename__ = "host_status"
+    host_id: Mapped[str] = mapped_column(sa.ForeignKey("hosts.id"), primary_key=True)
+    received_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    sequence: Mapped[int] = mapped_column(sa.BigInteger)
+    healthy: Mapped[bool] = mapped_column(sa.Boolean)
+    agent_version: Mapped[str] = mapped_column(sa.String(64))
+    document: Mapped[str] = mapped_column(sa.Text)  # the heartbeat as received (JSON)
+
+
+class HeartbeatRecord(Base):
+    """Each host's recent heartbeats, at most `history` of them (older ones are deleted on insert)."""
+
+    __tablename__ = "heartbeats"
+    __table_args__ = (sa.Index("ix_heartbeats_host_id_id", "host_id", "id"),)
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    host_id: Mapped[str] = mapped_column(sa.ForeignKey("hosts.id"))
+    received_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    sequence: Mapped[int] = mapped_column(sa.BigInteger)
+    sent_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    healthy: Mapped[bool] = mapped_column(sa.Boolean)
+    document: Mapped[str] = mapped_column(sa.Text)
+
+
+class FindingBatch(Base):
+    """One upload: a retried batch (same id) is acknowledged again, not stored twice."""
+
+    __tablename__ = "finding_batches"
+    host_id: Mapped[str] = mapped_column(sa.ForeignKey("hosts.id"), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    received_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    count: Mapped[int] = mapped_column(sa.Integer)
+
+
+class Finding(Base):
+    __tablename__ = "findings"
+    __table_args__ = (sa.Index("ix_findings_host_id_id", "host_id", "id"),)
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    host_id: Mapped[str] = mapped_column(sa.ForeignKey("hosts.id"))
+    batch_id: Mapped[str] = mapped_column(sa.String(64))
+    received_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    document: Mapped[str] = mapped_column(sa.Text)  # one OCSF finding (JSON)
+
+
+class Release(Base):
+    """The seam for rollouts: a content version that can be assigned (the rollout controller's)."""
+
+    __tablename__ = "releases"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    engine: Mapped[str] = mapped_column(sa.String(128))
+    version: Mapped[str] = mapped_column(sa.String(64))
+    created_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class Assignment(Base):
+    """Which release each host should run, per engine (written by the rollout controller)."""
+
+    __tablename__ = "assignments"
+    host_id: Mapped[str] = mapped_column(sa.ForeignKey("hosts.id"), primary_key=True)
+    engine: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    release_id: Mapped[int] = mapped_column(sa.ForeignKey("releases.id"))
+    assigned_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class Operator(Base):
+    """A console account: admin (may change things) or viewer (may look)."""
+
+    __tablename__ = "operators"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(255))  # scrypt$N$r$p$salt$hash
+    role: Mapped[str] = mapped_column(sa.String(16))
+    created_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class OperatorSession(Base):
+    __tablename__ = "operator_sessions"
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # SHA-256 of the cookie's token
+    operator_id: Mapped[int] = mapped_column(sa.ForeignKey("operators.id"))
+    csrf: Mapped[str] = mapped_column(sa.String(64))
+    created_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    expires_at_ns: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+
+
+class AuditEntry(Base):
+    """Every change an operator made (and every login), oldest first."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    operator: Mapped[str] = mapped_column(sa.String(64))  # a username, or "cli" for the server's commands
+    action: Mapped[str] = mapped_column(sa.String(64))
+    target: Mapped[str] = mapped_column(sa.String(255))
+    detail: Mapped[str] = mapped_column(sa.Text, default="")
+
+
+def default_url(state_dir: str) -> str:
+    return f"sqlite:///{os.path.join(os.path.abspath(state_dir), DB_FILE)}"
+
+
+def make_engine(url: str) -> Engine:
+    """An Engine for `url` (not yet connected). Raises ServerError for a URL that is not one, or not for
+    SQLite or PostgreSQL, or whose driver is not installed."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as e:
+        raise ServerError(f"--db {url!r}: not a database URL (sqlite:///PATH or postgresql://...)") from e
+    if parsed.get_backend_name() not in DIALECTS:
+        raise ServerError(
+            f"--db: {parsed.get_backend_name()!r} is not supported; use sqlite:///PATH or postgresql://..."
+        )
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    try:
+        engine = sa.create_engine(parsed, **kwargs)
+    except (ImportError, sa_exc.NoSuchModuleError) as e:
+        raise ServerError(f"--db: the driver for {parsed.drivername} is not installed ({e})") from e
+    if parsed.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+    # The driver's own transaction handling leaves DDL outside transactions and begins lazily: off, and
+    # every transaction begins IMMEDIATE (below), so a migration is atomic, two servers starting on one
+    # file migrate one after the other, and a read-then-write never fails on upgrading its lock.
+    conn.isolation_level = None
+    cur = conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits for the writer lock (connect timeout, 30 s)
+
+
+def open_database(url: str) -> Engine:
+    """The engine for `url`, connected once and migrated to the newest revision.
+
+    Raises ServerError: a bad URL, an unreachable database or one that refuses us, a failed migration."""
+    engine = make_engine(url)
+    safe = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # nodes starting together migrate one at a time
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            migrate(conn)
+    except sa_exc.OperationalError as e:
+        raise ServerError(f"database {safe}: cannot connect or write: {_one_line(e.orig)}") from e
+    except sa_exc.SQLAlchemyError as e:
+        raise ServerError(f"database {safe}: {e}") from e
+    return engine
+
+
+def migrate(conn: sa.Connection) -> None:
+    """alembic upgrade head, on `conn` (its transaction)."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", os.path.join(os.path.dirname(__file__), "migrations"))
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
+
+
+def _one_line(e: BaseException | None) -> str:
+    return " ".join(str(e).split())

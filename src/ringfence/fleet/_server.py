@@ -1,0 +1,93 @@
+"""`ringfence server`: the database opened and migrated, then the API on uvicorn.
+
+The listening socket is bound here, before uvicorn runs, so a port in use or an address this host does
+not have is one clear ServerError rather than a log line and an exit from inside uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from ringfence.fleet._api import ServerSettings, create_app
+from ringfence.fleet._db import default_url, open_database
+from ringfence.fleet._defaults import DEFAULT_LISTEN, DEFAULT_SERVER_STATE_DIR
+from ringfence.fleet._errors import ServerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    listen: str = DEFAULT_LISTEN
+    db: str = ""  # "": SQLite in the state dir
+    state_dir: str = DEFAULT_SERVER_STATE_DIR
+    heartbeat_history: int = 100
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT. Raises ServerError."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ServerError(f"--listen {listen!r}: HOST:PORT (like 127.0.0.1:8477 or [::1]:8477)")
+    return host, int(port)
+
+
+def database(options: ServerOptions) -> Engine:
+    """The migrated database the options name (SQLite in the state dir by default)."""
+    url = options.db or _sqlite_in(options.state_dir)
+    return open_database(url)
+
+
+def _sqlite_in(state_dir: str) -> str:
+    """The default database; made root-only (0600) before SQLite opens it (it keeps its mode)."""
+    url = default_url(state_dir)
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        os.close(os.open(url.removeprefix("sqlite:///"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError as e:
+        raise ServerError(f"--state-dir {state_dir}: {e.strerror}") from e
+    return url
+
+
+def bind(listen: str) -> socket.socket:
+    host, port = parse_listen(listen)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ServerError(f"--listen {listen}: {e.strerror}") from e
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as e:
+        sock.close()
+        raise ServerError(f"--listen {listen}: {e.strerror}") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(options: ServerOptions, announce: Callable[[str], None] = log.info) -> None:
+    """Runs until SIGINT or SIGTERM. Raises ServerError before serving anything."""
+    import uvicorn
+
+    engine = database(options)
+    sock = bind(options.listen)
+    app = create_app(ServerSettings(engine=engine, heartbeat_history=options.heartbeat_history))
+    config = uvicorn.Config(app, log_level="info", access_log=False, proxy_headers=False)
+    log.info(
+        "ringfence server on %s, database %s", options.listen, engine.url.render_as_string(hide_password=True)
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        engine.dispose()

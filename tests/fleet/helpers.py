@@ -1,0 +1,89 @@
+"""A fleet server in-process (FastAPI's TestClient on a SQLite file) with a fake clock, and records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import sessionmaker
+
+from ringfence.events import AuthStatistics, BrokerStatistics, Health, Heartbeat
+from ringfence.fleet import _store
+from ringfence.fleet._api import ServerSettings, create_app
+from ringfence.fleet._client import Credential, FleetClient, enroll
+from ringfence.fleet._server import ServerOptions, database
+
+URL = "http://testserver"
+NOW_NS = 1_800_000_000 * 10**9
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_ns = NOW_NS
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
+@dataclass
+class Server:
+    client: TestClient
+    sessions: sessionmaker[Any]
+    clock: FakeClock
+    engine: sa.Engine
+
+    def token(self, expires_s: float = 3600) -> str:
+        return _store.create_token(self.sessions, self.clock.now_ns, expires_s)
+
+    def enroll(self, state_dir: Path, name: str = "web-1") -> Credential:
+        return enroll(URL, self.token(), str(state_dir), hostname=name, http=self.client)
+
+    def host_client(self, credential: Credential) -> FleetClient:
+        return FleetClient(URL, credential, http=self.client, wall_ns=self.clock)
+
+    def scalar(self, statement: Any) -> Any:
+        with self.sessions() as s:
+            return s.scalar(statement)
+
+
+def make_server(tmp_path: Path, db_url: str = "", **settings: Any) -> Server:
+    """A node on `db_url` ("": SQLite in `tmp_path`, as `ringfence server` with no --db)."""
+    engine = database(ServerOptions(state_dir=str(tmp_path), db=db_url))
+    clock = FakeClock()
+    app = create_app(ServerSettings(engine=engine, now_ns=clock, **settings))
+    return Server(TestClient(app), sessionmaker(engine), clock, engine)
+
+
+def health(host: str = "web-1", healthy: bool = True) -> Health:
+    return Health(
+        version="0.1.0",
+        pid=1234,
+        host=host,
+        state_dir="/var/lib/ringfence",
+        started_at_ns=NOW_NS,
+        uptime_s=12.5,
+        healthy=healthy,
+        problems=[] if healthy else ["sensor file stopped"],
+        sensors=[],
+        unavailable={},
+        broker=BrokerStatistics(kinds={}, auth=AuthStatistics(), subscribers=[]),
+        outputs=[],
+        extensions=[],
+        memory_rss_bytes=50 << 20,
+        cpu_user_s=1.0,
+        cpu_system_s=0.5,
+        threads=12,
+    )
+
+
+def heartbeat(sequence: int = 1, healthy: bool = True) -> bytes:
+    beat = Heartbeat(host_id="web-1", sequence=sequence, sent_at_ns=NOW_NS, health=health(healthy=healthy))
+    return msgspec.json.encode(beat)
+
+
+def finding(n: int) -> dict[str, Any]:
+    return {"class_uid": 2004, "message": f"finding {n}", "time": 1_800_000_000_000 + n}
