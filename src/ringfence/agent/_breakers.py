@@ -216,12 +216,14 @@ class DenyRateBreaker:
         set_advisory: Callable[[str, bool], None],
         *,
         on_trip: Callable[[str, str], None] | None = None,
+        version_of: Callable[[str], str] = lambda _name: "",
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.path = os.path.join(state_dir, BREAKERS)
         self.policy = policy
         self._counts, self._set_advisory, self._on_trip = counts, set_advisory, on_trip
+        self._version_of = version_of
         self._clock, self._wall_ns = clock, wall_ns
         self._lock = threading.Lock()
         self._history: deque[tuple[float, dict[str, tuple[int, int]]]] = deque()  # for the baseline
@@ -276,7 +278,7 @@ class DenyRateBreaker:
                     del self._watches[name]
                     tripped.append((name, reason))
         for name, reason in tripped:
-            self._trip(name, reason)
+            self._trip(name, reason, self._version_of(name))
 
     def _check(self, name: str, watch: _Watch, now: float, count: tuple[int, int] | None) -> str:
         p = self.policy

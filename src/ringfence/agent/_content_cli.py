@@ -158,7 +158,10 @@ def _render_one(e: ExtensionContentStatus) -> list[str]:
     if e.blocking:
         lines.append("blocking    yes")
     else:
-        lines.append(f"blocking    NO, advisory since {_when(e.advisory_since_ns)}: {e.advisory_reason}")
+        with_version = f" (package {e.advisory_version})" if e.advisory_version else ""
+        lines.append(
+            f"blocking    NO, advisory since {_when(e.advisory_since_ns)}{with_version}: {e.advisory_reason}"
+        )
         last = f", the last: {e.last_would_be_deny}" if e.last_would_be_deny else ""
         lines.append(f"            would-be denies this run: {e.would_be_denies}{last}")
         lines.append("            (`ringfence content restore-blocking` gives it back)")

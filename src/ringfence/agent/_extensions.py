@@ -196,6 +196,7 @@ class _Extensions:
             self._auth_counts,
             agent.broker.arbiter.set_advisory,
             on_trip=self._deny_rate_tripped,
+            version_of=lambda name: item.package_version if (item := self.contents.get(name)) else "",
         )
         agent.broker.arbiter.on_advisory_deny = self._would_be_deny
         self._stamper = HeaderStamper(CONTENT_SOURCE, config.host, agent.clock)
@@ -334,6 +335,7 @@ class _Extensions:
                 blocking=record is None,
                 advisory_since_ns=record.since_ns if record is not None else 0,
                 advisory_reason=record.reason if record is not None else "",
+                advisory_version=record.version if record is not None else "",
                 would_be_denies=would_be,
                 last_would_be_deny=last_would_be,
                 crash_loop_reverts=item.crash_loop_reverts,

@@ -176,6 +176,7 @@ class ExtensionContentStatus(msgspec.Struct):
     blocking: bool = True  # False: the deny-rate breaker tripped; its DENYs are advice, execs are allowed
     advisory_since_ns: int = 0  # wall clock
     advisory_reason: str = ""
+    advisory_version: str = ""  # the package active when it tripped
     would_be_denies: int = 0  # DENYs taken as advice since then (this run)
     last_would_be_deny: str = ""  # "PATH: REASON"
     crash_loop_reverts: int = 0  # this run
