@@ -27,6 +27,7 @@ from ringfence.agent import (
     load_config,
     read_status,
 )
+from ringfence.agent import _content_cli as content_host_cli
 from ringfence.agent import _rules as rules_cli
 from ringfence.agent._cleanup import SETTLE_S, CleanupError, holding_state_dir
 from ringfence.agent._cleanup import sweep as sweep_leftovers
@@ -137,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         "has used, and restore the audit settings found before the first run. Refused while an agent holds "
         "the state dir.",
     )
-    content_cli.add_parser(sub)
+    content_host_cli.add_parsers(content_cli.add_parser(sub))
     fleet_cli.add_parsers(sub)
     _rules_parser(sub)
     _replay_parser(sub)
@@ -379,6 +380,8 @@ def _with_rules(config: Config, paths: list[str]) -> tuple[Config, rules_cli.Rul
 def _cmd_content(args: argparse.Namespace) -> int:
     from ringfence.agent import _validate
 
+    if args.content_cmd in content_host_cli.COMMANDS:
+        return content_host_cli.run(args)
     if args.content_cmd not in ("build", "validate", "schema"):
         return content_cli.run(args)
     config = load_config(args.config)
@@ -548,6 +551,9 @@ def _render_status(h: Health) -> str:
         lines += [f"  {d.stage}: {d.total} in all, the last {d.last_s:.0f} s ago" for d in h.drops]
     if h.content_updates is not None:
         lines += _render_updates(h.content_updates)
+    if h.content is not None:
+        lines += ["content on this host (`ringfence content status` for more):"]
+        lines += [f"  {line}" for line in content_host_cli.render_summary(h.content)]
     if h.fleet is not None:
         lines += _render_fleet(h.fleet)
     return "\n".join(lines)
@@ -614,6 +620,7 @@ def _render_auth(h: Health) -> list[str]:
         lines.append(
             f"  {name:<24} asked={s.asked} allowed={s.allowed} denied={s.denied} "
             f"deadline-misses={s.deadline_misses} late={s.late_answers}"
+            + (f" advisory-denied={s.advisory_denied}" if s.advisory_denied else "")
         )
     for name, gone in sorted(a.absent.items()):
         lines.append(f"  {name:<24} LEFT AUTH ({gone.reason}): {gone.failure}, denied={gone.denied}")

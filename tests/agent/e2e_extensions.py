@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ringfence.sdk import (
     ActionKind,
     ActionRequest,
+    AuthAnswer,
+    AuthFile,
+    AuthParticipation,
+    AuthRequest,
     Event,
     EventKind,
     Extension,
@@ -15,6 +20,7 @@ from ringfence.sdk import (
     ProcessActivity,
     ProcessActivityId,
     Severity,
+    Verdict,
 )
 
 
@@ -87,3 +93,43 @@ class FindingsOnExec(Extension):
         elif exe.endswith("/raise-many"):
             for i in range(self.count):
                 self.ctx.emit_finding(f"many {i}", Severity.LOW, description="x" * self.pad)
+
+
+class ContentProbe(Extension):
+    """Takes part in AUTH on exec (fail-open). Its content file `mode` says what to do with an exec of a
+    file named `probe-target`: "allow", "deny" (every one), or "crash" (the process exits: an engine that
+    crashes on every event of its new content). It reads `mode` again whenever the active slot changes."""
+
+    manifest = Manifest(
+        id="e2e.probe",
+        vendor="ringfence-tests",
+        version="0",
+        auth=AuthParticipation(kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=250),
+    )
+
+    def setup(self, ctx: Any) -> None:
+        super().setup(ctx)
+        self._slot = ""
+        self._mode = "allow"
+        self._load()
+
+    def _load(self) -> None:
+        content = self.ctx.content_dir
+        real = os.path.realpath(content) if content else ""
+        if real and real != self._slot:
+            self._slot = real
+            try:
+                with open(os.path.join(real, "mode"), encoding="utf-8") as f:
+                    self._mode = f.read().strip()
+            except FileNotFoundError:  # no package yet
+                self._mode = "allow"
+
+    def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
+        self._load()
+        if not request.path.endswith("/probe-target"):
+            return AuthAnswer(Verdict.ALLOW, cacheable=False)
+        if self._mode == "crash":
+            os._exit(3)
+        if self._mode == "deny":
+            return AuthAnswer(Verdict.DENY, cacheable=False, reason="probe: deny mode")
+        return AuthAnswer(Verdict.ALLOW, cacheable=False)

@@ -224,3 +224,62 @@ def test_withdrawn_fail_closed_subscriber_denies_at_once_and_flushes_the_verdict
     assert answers.got[0].reason == "gone: not running (fail-closed)"
     assert not stays.tickets  # nobody is asked: nothing can make it an ALLOW
     assert broker.statistics().auth.absent["gone"].denied == 1
+
+
+def test_advisory_subscriber_deny_is_allowed_uncached_recorded_and_binding_again_once_restored() -> None:
+    tripped = RecordingSubscriber("tripped", AUTH, AuthPolicy())
+    clock, broker = _setup(tripped)
+    advised: list[tuple[str, str, str]] = []
+    broker.arbiter.on_advisory_deny = lambda name, req, why: advised.append((name, req.path, why))
+    broker.arbiter.set_advisory("tripped", True)
+    answers = Answers()
+    broker.authorize(_request(clock, "/t/x"), -1, answers)
+    tripped.tickets[0][1](AuthAnswer(Verdict.DENY, reason="new rule"))
+    assert answers.got == [AuthAnswer(Verdict.ALLOW, cacheable=False)]
+    assert advised == [("tripped", "/t/x", "new rule")]
+    st = broker.statistics().auth
+    assert (st.subscribers["tripped"].advisory_denied, st.subscribers["tripped"].denied, st.denied) == (
+        1,
+        0,
+        0,
+    )
+    broker.arbiter.set_advisory("tripped", False)
+    broker.authorize(_request(clock, "/t/x"), -1, answers)
+    tripped.tickets[1][1](AuthAnswer(Verdict.DENY, reason="new rule"))
+    assert answers.got[1].verdict is Verdict.DENY and len(advised) == 1
+
+
+def test_advisory_subscriber_waits_for_the_others_and_a_binding_deny_still_blocks() -> None:
+    tripped = RecordingSubscriber("tripped", AUTH, AuthPolicy())
+    other = RecordingSubscriber("other", AUTH, AuthPolicy())
+    clock, broker = _setup(tripped, other)
+    broker.arbiter.set_advisory("tripped", True)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    tripped.tickets[0][1](AuthAnswer(Verdict.DENY))
+    assert answers.got == []  # the other one has not answered yet
+    other.tickets[0][1](AuthAnswer(Verdict.DENY, reason="known bad"))
+    assert [(a.verdict, a.reason) for a in answers.got] == [(Verdict.DENY, "known bad")]
+
+
+def test_silent_advisory_subscriber_is_settled_at_its_deadline() -> None:
+    tripped = RecordingSubscriber("tripped", AUTH, AuthPolicy(deadline_ms=100))
+    clock, broker = _setup(tripped)
+    broker.arbiter.set_advisory("tripped", True)
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    clock.advance_ms(100)
+    broker.arbiter.expire()
+    assert [a.verdict for a in answers.got] == [Verdict.ALLOW]
+
+
+def test_fail_closed_subscriber_back_from_quarantine_is_asked_again_not_denied_for() -> None:
+    sub = RecordingSubscriber("back", AUTH, AuthPolicy(failure=FailurePolicy.FAIL_CLOSED))
+    clock, broker = _setup(sub)
+    broker.withdraw("back", "quarantined")
+    broker.subscribe(sub)
+    assert "back" not in broker.statistics().auth.absent
+    answers = Answers()
+    broker.authorize(_request(clock), -1, answers)
+    sub.tickets[0][1](AuthAnswer(Verdict.ALLOW, cacheable=True))
+    assert answers.got == [AuthAnswer(Verdict.ALLOW, cacheable=True)]

@@ -139,6 +139,23 @@ class ContentSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     # "newest", "n-1" (one behind the newest staged), or a table engine -> "newest" | "n-1" | "VERSION"
     follow: str | dict[str, str] = "newest"
     failure_grace_s: float = 21600.0  # updates failing for longer than this make the agent degraded
+    # The breakers (agent/_breakers.py; README "Content on the host: last-known-good and breakers").
+    # Crash loop: an extension failing this often within the window after a content change is reverted.
+    crash_loop_crashes: int = 3
+    crash_loop_window_s: float = 300.0
+    # Start loop: this many agent starts within the window, none reaching a clean run (up this long) or a
+    # clean stop, after a content change: the next start runs last-known-good content, with no updates.
+    start_loop_starts: int = 3
+    start_loop_window_s: float = 900.0
+    start_loop_clean_s: float = 120.0
+    # Deny rate: within deny_rate_watch_s of a content change, an extension denying more than
+    # deny_rate_min of its AUTH requests (over deny_rate_window_s, at least deny_rate_min_requests of
+    # them) and more than deny_rate_factor times its rate before the change loses its power to block.
+    deny_rate_factor: float = 10.0
+    deny_rate_min: float = 0.2
+    deny_rate_min_requests: int = 50
+    deny_rate_window_s: float = 300.0
+    deny_rate_watch_s: float = 3600.0
 
 
 class FleetSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -371,6 +388,7 @@ def _update_problems(content: ContentSection) -> list[str]:
         problems.append(f"content.failure_grace_s: must be >= 0, got {content.failure_grace_s:g}")
     if content.root and not os.path.isabs(content.root):
         problems.append(f"content.root: must be an absolute path, got {content.root!r}")
+    problems += _breaker_problems(content)
     follow = content.follow
     items = [("content.follow", follow)] if isinstance(follow, str) else []
     if isinstance(follow, dict):
@@ -386,6 +404,34 @@ def _update_problems(content: ContentSection) -> list[str]:
             " or a version (like 2026.12.2)" if isinstance(follow, dict) else " (pin versions per engine)"
         )
         problems.append(f"{key}: newest, n-1{pinned}; got {value!r}")
+    return problems
+
+
+_BREAKER_RANGES: tuple[tuple[str, float, float, str], ...] = (
+    ("crash_loop_crashes", 1, 1000, "1..1000 failures"),
+    ("crash_loop_window_s", 1, 7 * 86400, "1..604800 s"),
+    ("start_loop_starts", 2, 1000, "2..1000 starts"),
+    ("start_loop_window_s", 1, 7 * 86400, "1..604800 s"),
+    ("start_loop_clean_s", 1, 86400, "1..86400 s"),
+    ("deny_rate_factor", 1, 1e6, "1..1000000 (times the rate before the change)"),
+    ("deny_rate_min", 1e-6, 1, "a fraction of the requests, above 0 and at most 1"),
+    ("deny_rate_min_requests", 1, 1e9, "at least 1 request"),
+    ("deny_rate_window_s", 1, 86400, "1..86400 s"),
+    ("deny_rate_watch_s", 1, 30 * 86400, "1..2592000 s"),
+)
+
+
+def _breaker_problems(content: ContentSection) -> list[str]:
+    problems = []
+    for key, low, high, what in _BREAKER_RANGES:
+        value = getattr(content, key)
+        if not low <= value <= high:
+            problems.append(f"content.{key}: {what}, got {value:g}")
+    if content.deny_rate_watch_s < content.deny_rate_window_s:
+        problems.append(
+            f"content.deny_rate_watch_s: at least deny_rate_window_s ({content.deny_rate_window_s:g}), "
+            f"got {content.deny_rate_watch_s:g}"
+        )
     return problems
 
 

@@ -13,8 +13,8 @@ Layout, the seam the content pipeline (issue 8) builds on:
         slots/<n>/<name>                  one complete version (dirs 0755, files 0644), never modified
         slots/.new-<n>/                   a version being written; renamed to slots/<n> once complete
         slots/<n>/.package                the signed package in that slot, if any: {"version", "path"}
-        good.json                         the package of the last slot proven good (what a start runs)
-        rejected.json                     package versions given up; never activated again
+        good.json                         the last slot proven good and its package (what a start runs)
+        rejected.json                     package versions given up, each with why; never activated again
 
 `ExtensionSpec.content_dir` is `<ext-id>/active`; the engine resolves it once per load, so it reads one
 version whole. The newest `KEEP_SLOTS` versions stay on disk (the previous ones are what a
@@ -30,6 +30,14 @@ agent/_updates.py) goes into the same slots: a slot holds the active package's f
 left out, the package named in `.package`) and the operator's files beside them, the operator's file
 winning a name both have. A slot swap is the one way an extension is told of new content, whichever
 source changed; `ContentStore` takes one lock for it, so the watcher and the update thread never race.
+Every change is told to `ContentStore.on_event` (the agent keeps the history, agent/_breakers.py).
+
+Crash-loop breaker: a content change (a new slot at run time) arms it for `CrashLoopPolicy.window_s`;
+if the extension fails `crashes` times in that window (crashes, kills for cause, failed starts: the
+supervisor's `failures`), or the supervisor quarantines it after failures in that window, the slot
+that was good before the change is made active again, its package (if any) is rejected, and a
+quarantined extension is released (`on_event` "crash-loop"). Unlike the supervisor's own quarantine,
+this does not wait for the agent to be restarted.
 
 Errors (under the agent's root, `AgentError`):
     ContentError    content that cannot be staged; one line naming the extension and every file at fault
@@ -45,6 +53,7 @@ import re
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -78,6 +87,21 @@ class ExtensionView(NamedTuple):
     restarts: int
     start_failures: int  # starts that failed before or at the handshake (its setup raised or hung)
     problem: str = ""  # what the running extension says is wrong (a Problem: new content rejected)
+    failures: int = 0  # every failure (crash, kill for cause, failed start): what the crash loop counts
+
+
+@dataclass(frozen=True)
+class CrashLoopPolicy:
+    """`crashes` failures within `window_s` of a content change revert it (`[content]` crash_loop_*)."""
+
+    crashes: int = 3
+    window_s: float = 300.0
+
+
+ContentEvent = Callable[["StagedContent", str, str], None]
+"""(item, what, detail): "started" (the slot a start staged), "activated" (a new slot at run time),
+"promoted" (proven good), "rejected" (given up: refused by the engine or a failed start), "crash-loop"
+(reverted by the crash-loop breaker), "rolled-back" (by an operator). Called under the store's lock."""
 
 
 @dataclass
@@ -98,8 +122,18 @@ class StagedContent:
     package_version: str = ""  # the signed package in the active slot; "" for none
     package_dir: str | None = None  # where that package is staged
     rejected: set[str] = field(default_factory=set)  # package versions given up (see ContentWatcher)
+    rejected_why: dict[str, str] = field(default_factory=dict)  # version -> why, for those that say
     package_on_trial: bool = False  # a package went active and the extension has not yet proven it
     trial_checks: int = 0  # watcher checks the extension has run with it, with no new problem
+    changed_at: float | None = None  # monotonic s of the last change at run time: the crash loop's window
+    prior_good_slot: int = 0  # the good slot when that change was made: what the crash-loop breaker restores
+    recorded_good_slot: int = 0  # the slot good.json named at the start (kept on disk; the safe start's)
+    crash_loop_reverts: int = 0
+    last_revert: str = ""
+
+    def kept_slots(self) -> set[int]:
+        """Slots pruning must leave: every one a revert may swap back to."""
+        return {self.good_slot, self.prior_good_slot, self.recorded_good_slot, self.slot} - {0}
 
     @property
     def content_dir(self) -> str:
@@ -151,19 +185,34 @@ def migrate_settings(
 class ContentStore:
     """STATE_DIR/content: stages operator files as slots and swaps them in. Runs as root."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = os.path.join(state_dir, "content")
         # One slot swap, and one last-known-good decision, at a time: the watcher's and the update
         # thread's. Reentrant: the watcher decides under it and reverts within the decision.
         self.lock = threading.RLock()
+        self.clock = clock
+        self.on_event: ContentEvent | None = None
+
+    def emit(self, item: StagedContent, what: str, detail: str = "") -> None:
+        hook = self.on_event
+        if hook is None:
+            return
+        try:
+            hook(item, what, detail)
+        except Exception:  # supervision boundary: the swap is done; only its record is lost
+            log.exception("recording content event %s of %s failed", what, item.ext_id)
 
     def stage_all(
         self,
         content: Mapping[str, Mapping[str, str]],
         packages: Mapping[str, tuple[str, str]] | None = None,
+        *,
+        safe: bool = False,
     ) -> dict[str, StagedContent]:
         """Stage every extension's files (at start), with the signed package chosen for it (ext id ->
-        (version, staged dir)). Raises ContentError naming every file at fault."""
+        (version, staged dir)). `safe` (the start-loop breaker): an extension whose last-known-good slot
+        is still on disk starts on that slot as it is, its operator files not read again until they
+        change. Raises ContentError naming every file at fault."""
         if content:
             _mkdir(self.root, 0o711)
         packages = packages or {}
@@ -172,16 +221,40 @@ class ContentStore:
         for ext_id, files in sorted(content.items()):
             item = StagedContent(ext_id, os.path.join(self.root, ext_id), dict(files))
             item.package_version, item.package_dir = packages.get(ext_id, ("", None))
-            item.rejected = _read_rejected(item.root)
+            item.rejected_why = _read_rejected(item.root)
+            item.rejected = set(item.rejected_why)
+            item.recorded_good_slot = _read_good(item.root)[2] or 0
             try:
-                self.stage(item)
+                if not (safe and self._start_on_good_slot(item)):
+                    self.stage(item)
             except ContentError as e:
                 problems.append(str(e))
                 continue
             staged[ext_id] = item
+            self.emit(item, "started", "safe start: last-known-good" if safe else "")
         if problems:
             raise ContentError("; ".join(problems))
         return staged
+
+    def _start_on_good_slot(self, item: StagedContent) -> bool:
+        number = item.recorded_good_slot
+        slot_dir = os.path.join(item.root, SLOTS, str(number))
+        if not number or not os.path.isdir(slot_dir):
+            log.warning(
+                "safe start: no last-known-good slot of %s on disk; its content is staged", item.ext_id
+            )
+            return False
+        with self.lock:
+            _swap_active(item.root, number)
+            item.slot = number
+            item.package_version, item.package_dir = _package_in(slot_dir)
+            item.signatures = {
+                name: sig
+                for name, path in item.origins.items()
+                if (sig := origin_signature(path)) is not None
+            }
+        log.warning("safe start: %s runs its last-known-good slot %d", item.ext_id, number)
+        return True
 
     def previous_packages(self, ext_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
         """Ext id -> (version, staged dir) of the last package proven good (`good.json`), for those that
@@ -190,7 +263,7 @@ class ContentStore:
         out = {}
         for ext_id in ext_ids:
             root = os.path.join(self.root, ext_id)
-            version, path = _read_mark(os.path.join(root, GOOD))
+            version, path, _ = _read_good(root)
             if path is not None and os.path.isdir(path) and version not in _read_rejected(root):
                 out[ext_id] = (version, path)
         return out
@@ -215,7 +288,15 @@ class ContentStore:
             except BaseException:
                 item.package_version, item.package_dir = before
                 raise
-            item.package_on_trial, item.trial_checks, item.seen_at_stage = True, 0, seen
+            item.package_on_trial, item.trial_checks = True, 0
+            self.changed(item, seen)
+            self.emit(item, "activated", f"package {version}")
+
+    def changed(self, item: StagedContent, seen: ExtensionView | None) -> None:
+        """A new slot went active at run time: arm the crash-loop breaker. Caller holds the lock."""
+        item.seen_at_stage = seen
+        item.prior_good_slot = item.good_slot  # a change on an unproven change: the good one before both
+        item.changed_at = self.clock()
 
     def _stage(self, item: StagedContent) -> None:
         _mkdir(item.root, 0o755)
@@ -237,21 +318,105 @@ class ContentStore:
         _swap_active(item.root, number)
         item.slot, item.signatures = number, signatures
         item.stages += 1
-        _prune(slots, keep=KEEP_SLOTS, also=item.good_slot)
+        _prune(slots, keep=KEEP_SLOTS, also=item.kept_slots())
 
-    def revert(self, item: StagedContent) -> None:
+    def revert(self, item: StagedContent, why: str = "") -> None:
         """Make the last-known-good slot active again (and its package the one in force: a package that
-        was active in the slot given up is remembered as rejected, and not activated again)."""
+        was active in the slot given up is remembered as rejected, with `why`, and not activated again).
+        Raises OSError (nothing changes) when that slot is not on disk."""
         with self.lock:
-            _swap_active(item.root, item.good_slot)
-            if item.package_version:
-                item.rejected.add(item.package_version)
-                _write_rejected(item.root, item.rejected)
-            item.package_version, item.package_dir = _package_in(
-                os.path.join(item.root, SLOTS, str(item.good_slot))
-            )
+            good = _package_in(self._slot_dir(item, item.good_slot))
+            self._swap_to(item, item.good_slot)
+            if item.package_version and item.package_version != good[0]:
+                self.reject(item, [item.package_version], why)
+            item.package_version, item.package_dir = good
             item.slot = item.good_slot
             item.reverts += 1
+
+    @staticmethod
+    def record_good(item: StagedContent) -> None:
+        """good.json for `item`'s good slot (and the package in it)."""
+        _write_good(item)
+
+    def reject(self, item: StagedContent, versions: Iterable[str], why: str) -> None:
+        with self.lock:
+            for version in versions:
+                item.rejected.add(version)
+                item.rejected_why[version] = why
+            _write_rejected(item.root, {v: item.rejected_why.get(v, "") for v in item.rejected})
+
+    def _slot_dir(self, item: StagedContent, number: int | None = None) -> str:
+        return os.path.join(item.root, SLOTS, str(item.slot if number is None else number))
+
+    def _swap_to(self, item: StagedContent, number: int) -> None:
+        if not number or not os.path.isdir(self._slot_dir(item, number)):
+            raise FileNotFoundError(f"slot {number} of {item.ext_id} is not on disk")
+        _swap_active(item.root, number)
+
+    def kept(self, item: StagedContent) -> list[tuple[int, str]]:
+        """The slots on disk, lowest first, with the package each holds ("" for none)."""
+        slots = os.path.join(item.root, SLOTS)
+        try:
+            numbers = sorted(_slot_numbers(slots))
+        except FileNotFoundError:
+            return []
+        return [(n, _package_in(os.path.join(slots, str(n)))[0]) for n in numbers]
+
+    def rollback(
+        self,
+        item: StagedContent,
+        to_version: str | None,
+        *,
+        newer_than: Callable[[str], Iterable[str]] = lambda _version: (),
+    ) -> str:
+        """An operator's revert: to the last-known-good slot (or, when the active one is it, the kept
+        slot before it), or to the newest kept slot holding package `to_version`. The package left, and
+        every staged version `newer_than` the target's (so that following the newest does not bring them
+        back), are rejected; the target becomes last-known-good. Returns what was done in one line;
+        raises ContentError saying why it cannot."""
+        with self.lock:
+            kept = self.kept(item)
+            target = self._rollback_target(item, to_version, kept)
+            left, left_slot = item.package_version, item.slot
+            self._swap_to(item, target)
+            item.package_version, item.package_dir = _package_in(self._slot_dir(item, target))
+            item.slot = item.good_slot = target
+            item.package_on_trial, item.changed_at, item.reverts = False, None, item.reverts + 1
+            why = "rolled back by the operator"
+            gone = {v for v in [left, *newer_than(item.package_version)] if v and v != item.package_version}
+            if gone:
+                self.reject(item, sorted(gone), why)
+            _write_good(item)
+            what = f"slot {target}" + (f" (package {item.package_version})" if item.package_version else "")
+            left_what = f"slot {left_slot}" + (f" (package {left})" if left else "")
+            item.last_revert = f"{left_what} rolled back by the operator: {what} is active"
+            log.warning("content of %s: %s", item.ext_id, item.last_revert)
+            self.emit(item, "rolled-back", item.last_revert)
+            return item.last_revert
+
+    @staticmethod
+    def _rollback_target(item: StagedContent, to_version: str | None, kept: list[tuple[int, str]]) -> int:
+        shown = ", ".join(f"{n}" + (f" {v}" if v else "") for n, v in kept) or "none"
+        if to_version is not None:
+            holding = [n for n, v in kept if v == to_version]
+            if not holding:
+                raise ContentError(
+                    f"{item.ext_id}: no kept slot holds version {to_version} (kept slots: {shown})"
+                )
+            target = holding[-1]
+        elif item.slot != item.good_slot and any(n == item.good_slot for n, _ in kept):
+            target = item.good_slot
+        else:
+            older = [n for n, _ in kept if n < item.slot]
+            if not older:
+                raise ContentError(
+                    f"{item.ext_id}: nothing to roll back to: slot {item.slot} is the oldest kept "
+                    f"(kept slots: {shown})"
+                )
+            target = older[-1]
+        if target == item.slot:
+            raise ContentError(f"{item.ext_id}: slot {target} ({to_version}) is the active one already")
+        return target
 
     def _copy_all(self, item: StagedContent, slot_dir: str) -> dict[str, _Signature]:
         signatures: dict[str, _Signature] = {}
@@ -307,28 +472,32 @@ def _copy_package(item: StagedContent, slot_dir: str) -> None:
 REJECTED = "rejected.json"  # in <ext-id>/: package versions reverted after a failed start, kept across runs
 
 
-def _read_rejected(root: str) -> set[str]:
+def _read_rejected(root: str) -> dict[str, str]:
+    """Version -> why. The file is {"VERSION": "why", ...}; a list of versions (the first format) is read
+    as versions without a reason."""
     try:
         with open(os.path.join(root, REJECTED), "rb") as f:
             versions = json.loads(f.read(1 << 20))
     except FileNotFoundError:
-        return set()
+        return {}
     except (OSError, ValueError) as e:
         why = str(e)
     else:
         if isinstance(versions, list) and all(isinstance(v, str) for v in versions):
-            return set(versions)
+            return dict.fromkeys(versions, "")
+        if isinstance(versions, dict) and all(isinstance(v, str) for v in [*versions, *versions.values()]):
+            return dict(versions)
         why = "not a list of versions"
     log.error(
         "%s: unreadable (%s): no package version is taken as rejected", os.path.join(root, REJECTED), why
     )
-    return set()
+    return {}
 
 
-def _write_rejected(root: str, versions: set[str]) -> None:
+def _write_rejected(root: str, versions: Mapping[str, str]) -> None:
     path = os.path.join(root, REJECTED)
     try:
-        write_atomic(path, json.dumps(sorted(versions)).encode(), 0o644)
+        write_atomic(path, json.dumps(dict(sorted(versions.items()))).encode(), 0o644)
     except OSError as e:
         why = e.strerror
     else:
@@ -336,23 +505,40 @@ def _write_rejected(root: str, versions: set[str]) -> None:
     log.error("%s: cannot record the rejected versions (they are kept for this run only): %s", path, why)
 
 
-GOOD = "good.json"  # in <ext-id>/: the package of the last slot proven good, kept across runs
+GOOD = "good.json"  # in <ext-id>/: the last slot proven good and its package, kept across runs
 
 
 def _write_good(item: StagedContent) -> None:
+    """{"slot": N, "version": V, "path": P} (version and path only when the slot holds a package)."""
     path = os.path.join(item.root, GOOD)
     try:
+        mark: dict[str, object] = {"slot": item.good_slot}
         if item.package_version:
-            mark = {"version": item.package_version, "path": item.package_dir}
-            write_atomic(path, json.dumps(mark).encode(), 0o644)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            mark |= {"version": item.package_version, "path": item.package_dir}
+        write_atomic(path, json.dumps(mark).encode(), 0o644)
     except OSError as e:
         why = e.strerror
     else:
         return
     log.error("%s: cannot record the good package (a restart runs without it): %s", path, why)
+
+
+def _read_good(root: str) -> tuple[str, str | None, int | None]:
+    """good.json: (package version, staged dir, slot); ("", None, None) for none or an unreadable one."""
+    path = os.path.join(root, GOOD)
+    try:
+        with open(path, "rb") as f:
+            mark = json.loads(f.read(65536))
+        slot = mark.get("slot")
+        if "version" not in mark:
+            return "", None, slot if isinstance(slot, int) else None
+        return str(mark["version"]), str(mark["path"]), slot if isinstance(slot, int) else None
+    except FileNotFoundError:
+        return "", None, None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = str(e)
+    log.error("%s: unreadable package mark (%s): taken as no package", path, why)
+    return "", None, None
 
 
 def _package_in(slot_dir: str) -> tuple[str, str | None]:
@@ -495,9 +681,9 @@ def _slot_numbers(slots: str) -> list[int]:
     return [int(name) for name in os.listdir(slots) if _SLOT.match(name)]
 
 
-def _prune(slots: str, *, keep: int, also: int) -> None:
+def _prune(slots: str, *, keep: int, also: set[int]) -> None:
     for number in sorted(_slot_numbers(slots))[:-keep]:
-        if number != also:
+        if number not in also:
             shutil.rmtree(os.path.join(slots, str(number)), ignore_errors=True)
 
 
@@ -539,8 +725,10 @@ class ContentWatcher:
         interval_s: float = CHECK_INTERVAL_S,
         on_staged: Callable[[StagedContent], None] | None = None,
         extension_state: ExtensionState | None = None,
+        crash_loop: CrashLoopPolicy | None = None,
     ) -> None:
         self._store = store
+        self._crash_loop = crash_loop or CrashLoopPolicy()
         self._contents = dict(contents)
         self._interval_s = interval_s
         self._on_staged = on_staged
@@ -583,7 +771,9 @@ class ContentWatcher:
 
     def _decide(self, item: StagedContent, view: ExtensionView | None) -> None:
         staged = item.seen_at_stage
-        if view is None or staged is None or item.slot == item.good_slot:
+        if view is None or staged is None or self._crash_looped(item, view, staged):
+            return
+        if item.slot == item.good_slot:
             return
         if view.state == "running" and view.restarts > staged.restarts:
             self._proven(item)  # it started again with this slot active, and runs
@@ -600,28 +790,51 @@ class ContentWatcher:
             return  # a crash while running says nothing about content: the restart will tell
         self._give_up(item, view, "failed the extension's start")
 
-    @staticmethod
-    def _proven(item: StagedContent) -> None:
+    def _crash_looped(self, item: StagedContent, view: ExtensionView, staged: ExtensionView) -> bool:
+        """The crash-loop breaker: True when it reverted the change."""
+        if item.changed_at is None:
+            return False
+        policy = self._crash_loop
+        if self._store.clock() - item.changed_at > policy.window_s or item.slot == item.prior_good_slot:
+            item.changed_at = None  # the window passed, or the change is gone already: disarmed
+            return False
+        crashes = view.failures - staged.failures
+        quarantined = view.state == "quarantined" and crashes > 0  # the supervisor gave up first
+        if crashes < policy.crashes and not quarantined:
+            return False
+        item.good_slot = item.prior_good_slot
+        why = f"failed {crashes} times within {policy.window_s:g} s of the change (crash-loop breaker)"
+        if not self._give_up(item, view, why, event="crash-loop"):
+            return False
+        item.crash_loop_reverts += 1
+        _write_good(item)
+        return True
+
+    def _proven(self, item: StagedContent) -> None:
         item.good_slot = item.slot
         item.package_on_trial = False
         _write_good(item)
         log.info("content of %s: slot %d proven good", item.ext_id, item.slot)
+        self._store.emit(item, "promoted", f"slot {item.slot}")
 
-    def _give_up(self, item: StagedContent, view: ExtensionView, why: str) -> None:
+    def _give_up(self, item: StagedContent, view: ExtensionView, why: str, event: str = "rejected") -> bool:
         bad, package = item.slot, item.package_version
         try:
-            self._store.revert(item)
+            self._store.revert(item, why)
         except OSError:
             log.exception("content of %s: restoring slot %d failed", item.ext_id, item.good_slot)
-            return
+            return False
         item.seen_at_stage = view
         item.package_on_trial = False
+        item.changed_at = None
         what = ", ".join([*item.origins.values(), *([f"package {package}"] if package else [])])
-        item.last_error = (
+        item.last_error = item.last_revert = (
             f"content of {item.ext_id}: slot {bad} ({what}) {why}; slot {item.good_slot}, the last known "
             "good, is active again"
         )
         log.error("%s", item.last_error)
+        self._store.emit(item, event, item.last_error)
+        return True
 
     def _check_origins(self, item: StagedContent) -> None:
         now = {name: origin_signature(path) for name, path in item.origins.items()}
@@ -642,7 +855,10 @@ class ContentWatcher:
             item.signatures = {name: sig for name, sig in now.items() if sig is not None}  # not retried
             log.error("content of %s not updated, slot %d stays active: %s", item.ext_id, item.slot, failure)
             return
-        item.seen_at_stage = self._extension_state(item.ext_id) if self._extension_state is not None else None
+        seen = self._extension_state(item.ext_id) if self._extension_state is not None else None
+        with self._store.lock:
+            self._store.changed(item, seen)
+            self._store.emit(item, "activated", "operator files")
         log.info("content of %s staged as slot %d", item.ext_id, item.slot)
         if self._on_staged is not None:
             self._on_staged(item)

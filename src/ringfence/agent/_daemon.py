@@ -14,14 +14,16 @@ import itertools
 import logging
 import os
 import select
+import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import psutil
 
 from ringfence import __version__
+from ringfence.agent._breakers import StartLoopBreaker
 from ringfence.agent._cleanup import AUDIT_SETTINGS, record_run
 from ringfence.agent._cleanup import sweep as sweep_leftovers
 from ringfence.agent._config import Config
@@ -32,7 +34,15 @@ from ringfence.agent._metrics import MetricsAddressError, MetricsServer, parse_l
 from ringfence.agent._status import StatusServer
 from ringfence.agent._updates import ContentUpdateLoop
 from ringfence.broker import Broker, DeadlineRunner, Mutes
-from ringfence.events import EventKind, ExtensionStatistics, Health, Heartbeat, SensorStatistics, SystemClock
+from ringfence.events import (
+    ContentHostStatus,
+    EventKind,
+    ExtensionStatistics,
+    Health,
+    Heartbeat,
+    SensorStatistics,
+    SystemClock,
+)
 from ringfence.fleet import FindingsSpool, Uplink, UplinkConfig, credential_path
 from ringfence.outputs import JsonlSink, Rfc5424Formatter, SyslogAddressError, SyslogSink, parse_address
 from ringfence.outputs import parse_facility as syslog_facility
@@ -107,6 +117,13 @@ class Agent:
         self._proc = psutil.Process()
         self._drops = DropTracker(self.clock)
         self._beats = itertools.count(1)  # next() is atomic under the GIL
+        self.start_loop = StartLoopBreaker(
+            self.state_dir,
+            starts=config.content.start_loop_starts,
+            window_s=config.content.start_loop_window_s,
+        )
+        self._running = False  # started in full: a stop from here on is a clean one
+        self._clean_timer: threading.Timer | None = None
 
     # -- start -------------------------------------------------------------------------------------------
 
@@ -118,6 +135,9 @@ class Agent:
             )
         self._open_state_dir()
         self._clean_up_after_earlier_runs()
+        if self.start_loop.on_start():  # recorded before anything runs: a crash from here on counts
+            log.error("safe start: %s", self.start_loop.safe_mode)
+            self.console.line(f"WARNING safe start: {self.start_loop.safe_mode}")
         self._start_outputs()
         self.deadlines.start()
         try:
@@ -127,13 +147,17 @@ class Agent:
                 self.supervisor = self._make_extensions(self)
                 self.supervisor.start()
             self._start_sensors()
-            self.status = StatusServer(self.state_dir, self.render_status)
+            self.status = StatusServer(self.state_dir, self.render_status, self.handle_command)
             self.status.start()
             self._start_metrics()
             self._start_uplink()
         except BaseException:
             self.stop()
             raise
+        self._running = True
+        self._clean_timer = threading.Timer(self.config.content.start_loop_clean_s, self._clean_run)
+        self._clean_timer.daemon = True
+        self._clean_timer.start()
         for name, why in self.unavailable.items():
             self.console.line(f"WARNING sensor {name} unavailable: {why}. {WHAT_STILL_WORKS.get(name, '')}")
         for line in exposure_warnings(exec_gated=any(s.name == "exec-auth" for s in self.sensors)):
@@ -367,6 +391,40 @@ class Agent:
             raise AgentError(f"agent.metrics_listen {listen}: {e.strerror or e}") from e
         self.metrics = server
 
+    def _clean_run(self) -> None:
+        """Up for `start_loop_clean_s`: a clean run, the start-loop breaker's count starts over."""
+        if self._running and not self._stopping:
+            self.start_loop.clean()
+            mark_clean = getattr(self.supervisor, "mark_clean", None)
+            if mark_clean is not None:
+                self._guard("recording the last-known-good content", mark_clean)
+            log.info(
+                "running for %g s: a clean run (start counter reset)", self.config.content.start_loop_clean_s
+            )
+
+    def handle_command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A command from the status socket (root only): {"command", "extension", "to"?} -> {"ok": bool,
+        "message" or "error": one line}."""
+        try:
+            return {"ok": True, "message": self._command(request)}
+        except AgentError as e:
+            return {"ok": False, "error": str(e)}
+
+    def _command(self, request: dict[str, Any]) -> str:
+        command, ext_id, to = request.get("command"), request.get("extension"), request.get("to")
+        handlers = {"content-rollback": "rollback", "content-restore-blocking": "restore_blocking"}
+        if command not in handlers:
+            raise AgentError(f"unknown command {command!r}")
+        if not isinstance(ext_id, str) or not ext_id:
+            raise AgentError(f"{command}: needs an extension id")
+        if to is not None and not isinstance(to, str):
+            raise AgentError(f"{command}: `to` must be a version string")
+        handler = getattr(self.supervisor, handlers[command], None)
+        if handler is None:
+            raise AgentError("this agent runs no extensions (--no-extensions)")
+        result: str = handler(ext_id, to) if command == "content-rollback" else handler(ext_id)
+        return result
+
     def _start_uplink(self) -> None:
         """`[fleet] url`: heartbeats and findings to the fleet server, from a thread of its own. Not being
         enrolled, or the server away, does not stop the start: the uplink retries and says why."""
@@ -419,6 +477,11 @@ class Agent:
     def stop(self) -> None:
         """Stop everything, exec gate first so no exec waits on a stopping agent. Idempotent."""
         self.request_stop()
+        if self._clean_timer is not None:
+            self._clean_timer.cancel()
+        if self._running:  # a clean stop of a run that started in full: not a crash loop
+            self._running = False
+            self._guard("recording the clean stop", self.start_loop.clean)
         for sensor in sorted(self.sensors, key=lambda s: s.name != "exec-auth"):
             self._guard(f"stopping sensor {sensor.name}", sensor.stop)
         self.sensors.clear()
@@ -483,6 +546,11 @@ class Agent:
         updates = getattr(self.supervisor, "updates", None)  # the extensions own the content store
         update_status = updates.status() if isinstance(updates, ContentUpdateLoop) else None
         problems += updates.problems() if isinstance(updates, ContentUpdateLoop) else []
+        content = self._content_status()
+        if self.start_loop.safe_mode:
+            problems.append(f"safe start: {self.start_loop.safe_mode}; restart the agent to leave it")
+        content_problems = getattr(self.supervisor, "content_problems", None)
+        problems += content_problems() if content_problems is not None else []
         with self._proc.oneshot():
             mem = self._proc.memory_info().rss
             cpu = self._proc.cpu_times()
@@ -510,7 +578,19 @@ class Agent:
             threads=threads,
             content_updates=update_status,
             syslog=syslog,
+            content=content,
             fleet=fleet,
+        )
+
+    def _content_status(self) -> ContentHostStatus | None:
+        per_extension = getattr(self.supervisor, "content_status", None)
+        extensions = per_extension() if per_extension is not None else {}
+        if not extensions and not self.start_loop.safe_mode:
+            return None
+        return ContentHostStatus(
+            safe_mode=self.start_loop.safe_mode,
+            unclean_starts=self.start_loop.unclean_starts,
+            extensions=extensions,
         )
 
     def render_status(self) -> bytes:

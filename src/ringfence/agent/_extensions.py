@@ -5,13 +5,24 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ringfence.agent._breakers import (
+    BreakerError,
+    ContentHistory,
+    DenyRateBreaker,
+    DenyRatePolicy,
+    StartLoopBreaker,
+)
 from ringfence.agent._config import Config
 from ringfence.agent._content import (
+    ContentError,
+    ContentEvent,
     ContentStore,
     ContentWatcher,
+    CrashLoopPolicy,
     ExtensionView,
     StagedContent,
     migrate_settings,
@@ -19,8 +30,18 @@ from ringfence.agent._content import (
 from ringfence.agent._errors import AgentError
 from ringfence.agent._updates import make_update_loop
 from ringfence.agent._validate import package_problem
+from ringfence.content import staged_versions, version_key
 from ringfence.content._default import default_pack
-from ringfence.events import ActionRequest, ActionResult, ExtensionStatistics
+from ringfence.events import (
+    ActionRequest,
+    ActionResult,
+    AuthRequest,
+    DetectionFinding,
+    ExtensionContentStatus,
+    ExtensionStatistics,
+    HeaderStamper,
+    Severity,
+)
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
 from ringfence.response import ResponseConfig, ResponseExecutor
 
@@ -113,8 +134,11 @@ def with_default_pack(
     return out
 
 
-def stage_content(config: Config) -> tuple[ContentStore, dict[str, StagedContent]]:
-    """Read every enabled extension's content files (as root) into the state dir. Raises AgentError, one
+def stage_content(
+    config: Config, *, safe: bool = False, on_event: ContentEvent | None = None
+) -> tuple[ContentStore, dict[str, StagedContent]]:
+    """Read every enabled extension's content files (as root) into the state dir (`safe`: the
+    last-known-good slots where there are some, see ContentStore.stage_all). Raises AgentError, one
     line naming each file at fault, before anything is started (ContentError is one)."""
     content, _ = migrate_settings(config.extensions.content, config.extensions.config)
     enabled = _enabled_ids(config)
@@ -131,8 +155,13 @@ def stage_content(config: Config) -> tuple[ContentStore, dict[str, StagedContent
             "not searchable by others, o+x); choose a state dir whose parents are"
         )
     store = ContentStore(state_dir)
+    store.on_event = on_event
     packages = store.previous_packages(wanted) if config.content.url else {}
-    return store, store.stage_all(wanted, packages)
+    return store, store.stage_all(wanted, packages, safe=safe)
+
+
+CONTENT_SOURCE = "ringfence.content"
+BREAKER_INTERVAL_S = 1.0
 
 
 class _Extensions:
@@ -150,19 +179,52 @@ class _Extensions:
             ),
             protected_pids=self._extension_pids,
         )
-        self.content_store, self.contents = stage_content(config)
-        self.content = ContentWatcher(
-            self.content_store, self.contents, extension_state=self._extension_state
+        state_dir, section = config.agent.state_dir, config.content
+        self._broker = agent.broker
+        self._state_dir = state_dir
+        self.start_loop: StartLoopBreaker | None = getattr(agent, "start_loop", None)
+        self.safe_mode = self.start_loop.safe_mode if self.start_loop is not None else ""
+        self.history = ContentHistory(state_dir)
+        self.deny_rate = DenyRateBreaker(
+            state_dir,
+            DenyRatePolicy(
+                factor=section.deny_rate_factor,
+                min_rate=section.deny_rate_min,
+                min_requests=section.deny_rate_min_requests,
+                window_s=section.deny_rate_window_s,
+                watch_s=section.deny_rate_watch_s,
+            ),
+            self._auth_counts,
+            agent.broker.arbiter.set_advisory,
+            on_trip=self._deny_rate_tripped,
+            version_of=lambda name: item.package_version if (item := self.contents.get(name)) else "",
         )
-        extensions = config.extensions
-        self.updates = make_update_loop(
-            config.content,
-            config.agent.state_dir,
+        agent.broker.arbiter.on_advisory_deny = self._would_be_deny
+        self._stamper = HeaderStamper(CONTENT_SOURCE, config.host, agent.clock)
+        self.content_store, self.contents = stage_content(
+            config, safe=bool(self.safe_mode), on_event=self._content_event
+        )
+        self.content = ContentWatcher(
             self.content_store,
             self.contents,
-            self._extension_state,
-            check=lambda engine, path: package_problem(path, engine, extensions),
+            extension_state=self._extension_state,
+            crash_loop=CrashLoopPolicy(section.crash_loop_crashes, section.crash_loop_window_s),
         )
+        extensions = config.extensions
+        self.updates = (
+            None
+            if self.safe_mode  # safe start: no network, the last-known-good content only
+            else make_update_loop(
+                section,
+                state_dir,
+                self.content_store,
+                self.contents,
+                self._extension_state,
+                check=lambda engine, path: package_problem(path, engine, extensions),
+            )
+        )
+        self._stop_breakers = threading.Event()
+        self._breakers = threading.Thread(target=self._run_breakers, name="ringfence-breakers", daemon=True)
         specs = extension_specs(config, self.contents)
         for spec in specs:
             if spec.state_dir:
@@ -185,8 +247,127 @@ class _Extensions:
         for st in self.supervisor.statistics():
             if st.id == ext_id:
                 problem = st.last_error if st.state == "running" else ""  # its Problem, while it runs
-                return ExtensionView(st.state, st.restarts, st.restart_reasons.get("handshake", 0), problem)
+                handshakes = st.restart_reasons.get("handshake", 0)
+                return ExtensionView(st.state, st.restarts, handshakes, problem, st.failures)
         return None
+
+    # -- the breakers ------------------------------------------------------------------------------------
+
+    def _content_event(self, item: StagedContent, what: str, detail: str) -> None:
+        """Every content change (under the store's lock): the history, and the breakers' part in it."""
+        self.history.append(item.ext_id, what, item.slot, item.package_version, detail)
+        if what == "activated":
+            if self.start_loop is not None:
+                self.start_loop.content_changed()
+            self.deny_rate.content_changed(item.ext_id)
+        supervisor: Supervisor | None = getattr(self, "supervisor", None)  # None while staging at start
+        if what in ("crash-loop", "rejected", "rolled-back") and supervisor is not None:
+            supervisor.release(item.ext_id, f"its last-known-good content is back ({what})")
+
+    def _auth_counts(self) -> dict[str, tuple[int, int]]:
+        subs = self._broker.arbiter.statistics().subscribers
+        return {name: (s.asked, s.denied + s.advisory_denied) for name, s in subs.items()}
+
+    def _would_be_deny(self, name: str, request: AuthRequest, reason: str) -> None:
+        self.deny_rate.record_would_be(name, request.path, reason)
+
+    def _deny_rate_tripped(self, name: str, reason: str) -> None:
+        item = self.contents.get(name)
+        slot, version = (item.slot, item.package_version) if item is not None else (0, "")
+        self.history.append(name, "blocking-removed", slot, version, reason)
+        finding = DetectionFinding(
+            header=self._stamper.stamp(),
+            title=f"extension {name} lost its power to block (deny-rate breaker)",
+            severity=Severity.HIGH,
+            source=CONTENT_SOURCE,
+            rule="deny-rate-breaker",
+            description=f"{reason}; its DENYs are advice only until `ringfence content restore-blocking "
+            f"{name}`",
+        )
+        self._broker.publish(finding)
+
+    def _run_breakers(self) -> None:
+        while not self._stop_breakers.wait(BREAKER_INTERVAL_S):
+            try:
+                self.deny_rate.sample()
+            except Exception:  # supervision boundary: one bad look must not end the breaker
+                log.exception("deny-rate breaker look failed; going on")
+
+    def mark_clean(self) -> None:
+        """The run is clean (up long enough): each extension's slot in force, when it is its good one, is
+        recorded as last-known-good (what a safe start runs)."""
+        with self.content_store.lock:
+            for item in self.contents.values():
+                if item.slot == item.good_slot:
+                    self.content_store.record_good(item)
+
+    def restore_blocking(self, ext_id: str) -> str:
+        enabled = {proxy.spec.id for proxy in self.supervisor.proxies()}
+        if ext_id not in enabled and ext_id not in self.deny_rate.advisory():
+            shown = ", ".join(sorted(enabled)) or "none"
+            raise BreakerError(f"no extension {ext_id!r} runs here (enabled: {shown})")
+        message = self.deny_rate.restore(ext_id)
+        self._broker.invalidate_auth_cache()
+        item = self.contents.get(ext_id)
+        slot, version = (item.slot, item.package_version) if item is not None else (0, "")
+        self.history.append(ext_id, "blocking-restored", slot, version, "by the operator")
+        return message
+
+    def rollback(self, ext_id: str, to_version: str | None) -> str:
+        item = self.contents.get(ext_id)
+        if item is None:
+            known = ", ".join(sorted(self.contents)) or "none"
+            raise BreakerError(f"no content for extension {ext_id!r} (extensions with content: {known})")
+        staged = staged_versions(self._state_dir, ext_id)
+        try:
+            return self.content_store.rollback(item, to_version, newer_than=lambda v: _newer(staged, v))
+        except OSError as e:
+            raise ContentError(f"{ext_id}: rollback failed, the active slot stays: {e}") from e
+
+    def content_status(self) -> dict[str, ExtensionContentStatus]:
+        advisory = self.deny_rate.advisory()
+        out = {}
+        for ext_id, item in sorted(self.contents.items()):
+            kept = self.content_store.kept(item)
+            record = advisory.get(ext_id)
+            would_be, last_would_be = self.deny_rate.would_be(ext_id)
+            out[ext_id] = ExtensionContentStatus(
+                active_slot=item.slot,
+                active=item.package_version,
+                good_slot=item.good_slot,
+                good=next((v for n, v in kept if n == item.good_slot), ""),
+                kept=[f"{n} {v}" if v else str(n) for n, v in kept],
+                trial=item.slot != item.good_slot,
+                rejected={v: item.rejected_why.get(v, "") for v in sorted(item.rejected)},
+                blocking=record is None,
+                advisory_since_ns=record.since_ns if record is not None else 0,
+                advisory_reason=record.reason if record is not None else "",
+                advisory_version=record.version if record is not None else "",
+                would_be_denies=would_be,
+                last_would_be_deny=last_would_be,
+                crash_loop_reverts=item.crash_loop_reverts,
+                reverts=item.reverts,
+                last_revert=item.last_revert,
+            )
+        for name, record in advisory.items():  # an AUTH extension without content can trip it too
+            if name not in out:
+                would_be, last_would_be = self.deny_rate.would_be(name)
+                out[name] = ExtensionContentStatus(
+                    blocking=False,
+                    advisory_since_ns=record.since_ns,
+                    advisory_reason=record.reason,
+                    would_be_denies=would_be,
+                    last_would_be_deny=last_would_be,
+                )
+        return out
+
+    def content_problems(self) -> list[str]:
+        """What makes the agent degraded here: an extension that lost its power to block."""
+        return [
+            f"extension {name} cannot block (deny-rate breaker: {record.reason}); `ringfence content "
+            f"restore-blocking {name}` restores it"
+            for name, record in sorted(self.deny_rate.advisory().items())
+        ]
 
     def _extension_pids(self) -> frozenset[int]:
         """Never killed on an extension's request: every extension's process, as they restart."""
@@ -205,6 +386,7 @@ class _Extensions:
             )
         self._refuse_failed_content()
         self.content.start()
+        self._breakers.start()
         if self.updates is not None:
             self.updates.start()
 
@@ -218,6 +400,9 @@ class _Extensions:
         if self.updates is not None:
             self.updates.stop()
         self.content.stop()
+        self._stop_breakers.set()
+        if self._breakers.is_alive():
+            self._breakers.join(timeout=5)
         self.supervisor.stop()
 
     def statistics(self) -> list[ExtensionStatistics]:
@@ -232,6 +417,14 @@ class _Extensions:
                 st.content_version = f"slot {item.slot}{package}"
                 st.last_error = st.last_error or item.last_error
         return stats
+
+
+def _newer(staged: list[str], version: str) -> list[str]:
+    """The staged versions above `version` (all of them when it is "": operator files only)."""
+    if not version:
+        return list(staged)
+    key = version_key(version)
+    return [v for v in staged if version_key(v) > key]
 
 
 def make_supervisor(agent: Agent) -> _Extensions:

@@ -3,6 +3,12 @@
 The agent's side (`StatusServer`) answers each connection with one JSON document and closes it; the
 CLI's side (`read_status`) connects, reads to EOF with a deadline, and decodes.
 
+A client may send a request first: one JSON object (at most MAX_REQUEST_BYTES), then shut its writing
+side down. An empty request (EOF at once, as `read_status` sends) or none within REQUEST_WAIT_S (a
+client that only reads, such as `socat - UNIX:status.sock`) is a health request; any other is handed to
+the server's `handle` (`{"command": ...}`: `ringfence content rollback`, `restore-blocking`), whose
+answer is the JSON document sent back. Only root may connect, for either.
+
 Errors (an AgentError, see agent/_errors.py):
     StatusUnavailable   no agent answers at that socket (not running, wrong state dir, not root)
 """
@@ -18,6 +24,9 @@ import struct
 import tempfile
 import threading
 from collections.abc import Callable
+from typing import Any
+
+import msgspec
 
 from ringfence.agent._errors import AgentError
 
@@ -25,6 +34,9 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "status.sock"
 MAX_STATUS_BYTES = 4 << 20
+MAX_REQUEST_BYTES = 64 << 10
+REQUEST_WAIT_S = 0.5
+Handle = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class StatusUnavailable(AgentError):
@@ -32,9 +44,10 @@ class StatusUnavailable(AgentError):
 
 
 class StatusServer:
-    def __init__(self, state_dir: str, render: Callable[[], bytes]) -> None:
+    def __init__(self, state_dir: str, render: Callable[[], bytes], handle: Handle | None = None) -> None:
         self.path = os.path.join(state_dir, SOCKET_NAME)
         self._render = render
+        self._handle = handle
         self._sock: socket.socket | None = None
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="ringfence-status", daemon=True)
@@ -93,16 +106,57 @@ class StatusServer:
             return
         conn.settimeout(2.0)
         try:
-            conn.sendall(self._render())
+            request = _read_request(conn)
+            conn.sendall(self._render() if request is None else self._answer(request))
             self.served += 1
         except OSError as e:
             log.debug("status client went away: %s", e)
         except Exception:  # supervision boundary: a failed render must not end the status thread
             log.exception("rendering status failed")
 
+    def _answer(self, request: bytes) -> bytes:
+        try:
+            body = msgspec.json.decode(request)
+        except msgspec.DecodeError as e:
+            return msgspec.json.encode({"ok": False, "error": f"request is not JSON: {e}"})
+        if not isinstance(body, dict) or not isinstance(body.get("command"), str):
+            return msgspec.json.encode({"ok": False, "error": 'request must be {"command": ...}'})
+        if self._handle is None:
+            return msgspec.json.encode({"ok": False, "error": "this agent takes no commands"})
+        return msgspec.json.encode(self._handle(body))
 
-def read_status(state_dir: str, timeout_s: float = 5.0) -> bytes:
-    """The running agent's health document (JSON bytes)."""
+
+def _read_request(conn: socket.socket) -> bytes | None:
+    """The client's request, None for a health request (nothing sent, within REQUEST_WAIT_S)."""
+    ready, _, _ = select.select([conn], [], [], REQUEST_WAIT_S)
+    if not ready:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise OSError(f"request larger than {MAX_REQUEST_BYTES} bytes")
+    return b"".join(chunks) or None
+
+
+def send_command(state_dir: str, request: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+    """Send one command to the running agent; its answer ({"ok": bool, "message" | "error": str})."""
+    raw = read_status(state_dir, timeout_s, request=msgspec.json.encode(request))
+    try:
+        answer = msgspec.json.decode(raw)
+    except msgspec.DecodeError as e:
+        raise StatusUnavailable(f"the agent's answer does not decode: {e}") from e
+    if not isinstance(answer, dict) or "ok" not in answer:
+        raise StatusUnavailable(
+            "the agent did not understand the command (an older agent? restart it with this version)"
+        )
+    return answer
+
+
+def read_status(state_dir: str, timeout_s: float = 5.0, *, request: bytes = b"") -> bytes:
+    """The running agent's health document (JSON bytes), or its answer to `request`."""
     path = os.path.join(state_dir, SOCKET_NAME)
     if not os.path.exists(path):
         raise StatusUnavailable(f"no agent is running with state dir {state_dir} (no {path})")
@@ -110,6 +164,9 @@ def read_status(state_dir: str, timeout_s: float = 5.0) -> bytes:
     sock.settimeout(timeout_s)
     try:
         sock.connect(path)
+        if request:
+            sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)  # the request is complete (empty: health)
         chunks: list[bytes] = []
         size = 0
         while chunk := sock.recv(65536):

@@ -1,5 +1,9 @@
 """AUTH arbitration: DENY if any subscriber denies in time, else ALLOW; the broker answers at the deadline.
 
+A subscriber made advisory (`set_advisory`: the agent's deny-rate breaker) still answers, but its DENY
+counts as an ALLOW that is not cached, recorded (`advisory_denied`, and `on_advisory_deny`, called
+outside the lock): the exec goes on. Nothing else changes, deadlines included.
+
 Linux gives permission events no deadline of its own, so this is the only thing between a hung engine
 and a hung machine. Nothing here waits: answers arrive as calls from any thread, and `expire` (called by
 the deadline runner, or by a test with a fake clock) settles whatever is overdue. `respond` is called
@@ -59,6 +63,21 @@ class Arbiter:
         self._next_id = 0
         self._stats = AuthStatistics()
         self._wakeup: Callable[[], None] = lambda: None
+        self._advisory: frozenset[str] = frozenset()  # swapped whole; read without the lock
+        self.on_advisory_deny: Callable[[str, AuthRequest, str], None] | None = None
+
+    def set_advisory(self, name: str, advisory: bool) -> None:
+        """Make `name`'s DENYs advice only (True), or binding again (False)."""
+        with self._lock:
+            self._advisory = self._advisory | {name} if advisory else self._advisory - {name}
+
+    def advisory(self) -> frozenset[str]:
+        return self._advisory
+
+    def record_present(self, name: str) -> None:
+        """`name` is back in the AUTH set (released from quarantine): no longer shown as absent."""
+        with self._lock:
+            self._stats.absent.pop(name, None)
 
     def set_wakeup(self, wakeup: Callable[[], None]) -> None:
         """Called after a new deadline is armed, so the deadline runner can re-check its sleep."""
@@ -126,6 +145,7 @@ class Arbiter:
 
     def _on_answer(self, tid: int, name: str, answer: AuthAnswer) -> None:
         final: AuthAnswer | None = None
+        advised = False
         with self._lock:
             pending = self._pending.get(tid)
             st = self._sub_stats(name)
@@ -133,7 +153,13 @@ class Arbiter:
                 st.late_answers += 1
                 return
             del pending.waiting[name]
-            if answer.verdict is Verdict.DENY:
+            if answer.verdict is Verdict.DENY and name in self._advisory:
+                st.advisory_denied += 1
+                advised = True
+                pending.cacheable = False  # blocking may be restored: the file is asked about again
+                if not pending.waiting:
+                    final = AuthAnswer(Verdict.ALLOW, cacheable=False)
+            elif answer.verdict is Verdict.DENY:
                 st.denied += 1
                 final = AuthAnswer(Verdict.DENY, cacheable=False, reason=answer.reason or name)
             else:
@@ -145,6 +171,12 @@ class Arbiter:
                 del self._pending[tid]
         if final is not None:
             self._finish_unlocked(tid, pending, final, pending.respond, pending.started_ns)
+        hook = self.on_advisory_deny
+        if advised and hook is not None:
+            try:
+                hook(name, pending.ticket.request, answer.reason or "")
+            except Exception:  # supervision boundary: the exec is answered already; the record is lost
+                log.exception("recording an advisory DENY of %s failed", name)
 
     def _fail(self, tid: int, name: str, *, refused: bool) -> None:
         """`name` did not answer `tid` in time (or could not be asked): apply its failure policy."""

@@ -74,11 +74,19 @@ class Broker:
     # -- subscribers -------------------------------------------------------------------------------------
 
     def subscribe(self, sub: Subscriber) -> None:
+        """Add `sub`; one withdrawn before (an extension released from quarantine) is back in full."""
         with self._lock:
             if sub.name in self._subscribers:
                 raise DuplicateSubscriber(sub.name)
             self._subscribers[sub.name] = sub
+            if any(sub.name in names for names in self._closed_by.values()):
+                self._closed_by = {
+                    kind: kept
+                    for kind, names in self._closed_by.items()
+                    if (kept := tuple(n for n in names if n != sub.name))
+                }
             self._rebuild_routes()
+        self.arbiter.record_present(sub.name)
         if sub.auth_policy is not None:
             self.invalidate_auth_cache()
 

@@ -23,19 +23,22 @@ if TYPE_CHECKING:
 DEFAULT_STATE_DIR = "/var/lib/ringfence"  # the agent's default too (a test holds them equal)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Commands:
     content = sub.add_parser(
         "content",
-        help="content packages: build, validate, schema; signed releases: keys, publish, serve, update",
+        help="content packages: build, validate, schema; signed releases: keys, publish, serve, update; on "
+        "this host: status, history, rollback, restore-blocking",
         description="Build content packages and put them through the validation gauntlet, then publish "
         "them as a TUF repository of static files, and fetch them on hosts with signature, version and "
-        "expiry checks (python-tuf).",
+        "expiry checks (python-tuf). On a host: status, history, rollback and restore-blocking show and "
+        "steer its content (last-known-good, the breakers).",
     )
     cmds = content.add_subparsers(dest="content_cmd", metavar="COMMAND", required=True)
     _add_packages(cmds)
     _add_keys(cmds)
     _add_publisher(cmds)
     _add_host(cmds)
+    return cmds  # cli.py adds the host's own (status, history, rollback, restore-blocking: agent side)
 
 
 def _add_packages(cmds: Commands) -> None:

@@ -52,6 +52,7 @@ class SubscriberAuthStatistics(msgspec.Struct):
     deadline_misses: int = 0
     refused: int = 0  # could not be queued (full): the failure policy applied at once
     late_answers: int = 0
+    advisory_denied: int = 0  # DENYs taken as advice only (deny-rate breaker): the exec was allowed
 
 
 class AbsentAuthStatistics(msgspec.Struct):
@@ -161,6 +162,36 @@ class EngineContentStatus(msgspec.Struct):
     problem: str = ""  # why the version the policy wants is not active
 
 
+class ExtensionContentStatus(msgspec.Struct):
+    """One extension's content on the host (agent/_content.py, agent/_breakers.py): the slot in force, the
+    last-known-good, what was given up and why, and the breakers."""
+
+    active_slot: int = 0
+    active: str = ""  # the package version in the active slot; "" for none (operator files only)
+    good_slot: int = 0  # the last-known-good slot (what a revert swaps back to)
+    good: str = ""  # the package version in it
+    kept: list[str] = msgspec.field(default_factory=list)  # kept slots, "N" or "N VERSION", lowest first
+    trial: bool = False  # the active content is new and not yet proven
+    rejected: dict[str, str] = msgspec.field(default_factory=dict)  # package version -> why, never again
+    blocking: bool = True  # False: the deny-rate breaker tripped; its DENYs are advice, execs are allowed
+    advisory_since_ns: int = 0  # wall clock
+    advisory_reason: str = ""
+    advisory_version: str = ""  # the package active when it tripped
+    would_be_denies: int = 0  # DENYs taken as advice since then (this run)
+    last_would_be_deny: str = ""  # "PATH: REASON"
+    crash_loop_reverts: int = 0  # this run
+    reverts: int = 0  # every revert to last-known-good this run (crash loop, rejection, failed start)
+    last_revert: str = ""  # what the last one said, one line
+
+
+class ContentHostStatus(msgspec.Struct):
+    """Content on the host, for `ringfence content status` and the fleet's heartbeat."""
+
+    safe_mode: str = ""  # why this run started on last-known-good content without updates; "" normally
+    unclean_starts: int = 0  # starts since the last clean run or stop (the start-loop breaker counts them)
+    extensions: dict[str, ExtensionContentStatus] = msgspec.field(default_factory=dict)
+
+
 class ContentUpdateStatus(msgspec.Struct):
     """The agent's following of a signed content repository (`[content] url`)."""
 
@@ -223,6 +254,7 @@ class Health(msgspec.Struct, kw_only=True):
     threads: int
     content_updates: ContentUpdateStatus | None = None  # None: no [content] url
     syslog: SyslogStatistics | None = None  # None: no [output] syslog
+    content: ContentHostStatus | None = None  # None: no extension has content (or an older agent)
     fleet: FleetStatistics | None = None  # None: no [fleet] url
 
 

@@ -82,6 +82,17 @@ class Lifecycle:
         self.restart_at_ns = None
         self.quarantine_reason = reason
 
+    def release(self, now_ns: int) -> None:
+        """Out of quarantine (the agent reverted the content that crash-looped it): restart now, with a
+        clean crash-loop window and the initial backoff."""
+        if self.state is not ExtensionState.QUARANTINED:
+            return
+        self.state = ExtensionState.BACKOFF
+        self.restart_at_ns = now_ns
+        self.quarantine_reason = None
+        self._failures.clear()
+        self._delay_s = self.policy.backoff_initial_s
+
     def stopped(self) -> None:
         if self.state is not ExtensionState.QUARANTINED:
             self.state = ExtensionState.STOPPED

@@ -128,6 +128,7 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
         self._quarantine_reported: set[str] = set()
+        self._rejoin: set[str] = set()  # released from quarantine: subscribe again once ready
         self._monitor = threading.Thread(target=self._run, name="ringfence-supervisor", daemon=True)
         self._action_worker = threading.Thread(
             target=self._run_actions, name="ringfence-actions", daemon=True
@@ -164,6 +165,22 @@ class Supervisor:
     def statistics(self) -> list[ExtensionStatistics]:
         """Per extension (for the status socket, metrics and heartbeats)."""
         return [p.statistics() for p in self._proxies.values()]
+
+    def release(self, extension_id: str, reason: str) -> bool:
+        """Take a quarantined extension out of quarantine and restart it (the agent put its last-known-good
+        content back). It rejoins the broker when it is ready. False: unknown, or not quarantined."""
+        proxy = self._proxies.get(extension_id)
+        if proxy is None or self._stopping:
+            return False
+        with proxy.lock:
+            if proxy.lifecycle.state is not ExtensionState.QUARANTINED:
+                return False
+            proxy.lifecycle.release(self._clock.monotonic_ns())
+        self._quarantine_reported.discard(extension_id)
+        self._rejoin.add(extension_id)
+        log.warning("extension %s out of quarantine, restarting: %s", extension_id, reason)
+        self._wake()
+        return True
 
     def stop(self) -> None:
         """Shutdown to each, `stop_grace_s` to exit, then SIGKILL; reap, release sandboxes. Idempotent."""
@@ -381,6 +398,9 @@ class Supervisor:
             self._changed.notify_all()
 
     def _ready(self, proxy: ExtensionProxy, first: bool) -> None:
+        if proxy.spec.id in self._rejoin:
+            self._rejoin.discard(proxy.spec.id)
+            first = True  # withdrawn from the broker at its quarantine: subscribed again, as at first
         if first and self._on_first_ready is not None:
             self._guard(f"on_first_ready({proxy.name})", self._on_first_ready, proxy)
         if proxy.auth_policy is not None and self._on_auth_ready is not None:
