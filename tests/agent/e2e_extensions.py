@@ -12,6 +12,7 @@ from ringfence.sdk import (
     AuthFile,
     AuthParticipation,
     AuthRequest,
+    ContentSchema,
     Event,
     EventKind,
     Extension,
@@ -105,7 +106,16 @@ class ContentProbe(Extension):
         vendor="ringfence-tests",
         version="0",
         auth=AuthParticipation(kinds=frozenset({EventKind.AUTH_EXEC}), deadline_ms=250),
+        content_interface="probe@1",
     )
+
+    @classmethod
+    def content_schema(cls) -> ContentSchema:
+        """Its contract: one file, `mode`, read as a word; no event fields (the host checks packages
+        against it before they load, as it does for every engine)."""
+        return ContentSchema(
+            interface="probe@1", kinds=("auth.exec",), notes="a file `mode`: allow, deny, crash"
+        )
 
     def setup(self, ctx: Any) -> None:
         super().setup(ctx)

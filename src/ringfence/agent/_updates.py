@@ -227,8 +227,9 @@ class ContentUpdateLoop:
         if not problem:
             return ""
         item = self._contents.get(engine)
-        if item is not None:
-            item.rejected.add(version)  # for status and `choose`; not kept: a restart checks it again
+        if item is not None:  # for status and `choose`; not kept: a restart checks it again
+            item.rejected.add(version)
+            item.rejected_why.setdefault(version, f"refused by the contract check: {problem}")
         return f"package {version} {problem}"
 
     def _refusal(self, engine: str) -> str:
