@@ -6,8 +6,8 @@ Each sample is given to the innermost frame that belongs to a stage (table below
 stage is its share of the GIL samples times the agent's CPU per exec. Samples outside every stage are
 "other" (thread start-up frames, waits counted as running).
 
-`--src DIR` (via bench/run.py --profile-src) runs the agent from another checkout's src/ beside this one,
-alternating, for a before/after in one run.
+`bench/run.py --profile-src DIR` (repeatable) runs the agent from another checkout's src/ beside this
+one, alternating, for a before/after in one run.
 
 sudo flock /run/ringfence-e2e.lock .venv/bin/python bench/run.py --only profile [--quick]
 """
@@ -81,11 +81,11 @@ def profile_once(execs: int, src: str | None, spy: str | None) -> tuple[float, c
     return us, stages
 
 
-def run(quick: bool, before_src: str | None = None) -> str:
+def run(quick: bool, before_srcs: list[str] | None = None) -> str:
     execs, rounds = (1000, 1) if quick else (3000, 2)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     spy = spy if os.access(spy, os.X_OK) else None
-    cases = [("this checkout", None)] + ([(f"before ({before_src})", before_src)] if before_src else [])
+    cases = [("this checkout", None)] + [(f"from {src}", src) for src in before_srcs or []]
     cpu: dict[str, float] = {}
     stages: collections.Counter[str] = collections.Counter()
     for _ in range(rounds):

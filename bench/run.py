@@ -25,7 +25,9 @@ def main() -> None:
     p.add_argument(
         "--profile-src",
         metavar="DIR",
-        help="profile: also run the agent from another checkout's src/ (before/after in one run)",
+        action="append",
+        default=[],
+        help="profile: also run the agent from another checkout's src/ (before/after in one run; repeatable)",
     )
     args = p.parse_args()
     require_root()
