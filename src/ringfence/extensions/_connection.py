@@ -149,11 +149,7 @@ class Connection:
 
     def put_event(self, event: Event) -> bool:
         ok = self.events.put(event)
-        # Rung only if not rung yet: Event.set takes its lock and notifies every time, and this runs for
-        # each event of every sensor. Race-free because the writer clears the doorbell before it drains:
-        # a set flag means a drain that will see this event is still to come.
-        if not self.doorbell.is_set():
-            self.doorbell.set()
+        self.doorbell.set()
         return ok
 
     def write_loop(self) -> None:
