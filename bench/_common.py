@@ -37,16 +37,20 @@ def status(state: Path) -> dict:
 
 @contextmanager
 def running_agent(
-    extra_config: str = "", args: tuple[str, ...] = ()
+    extra_config: str = "", args: tuple[str, ...] = (), src: str | None = None
 ) -> Iterator[tuple[psutil.Process, Path]]:
-    """The agent as `ringfence run`, ready (status answers), stopped with SIGINT afterwards."""
+    """The agent as `ringfence run`, ready (status answers), stopped with SIGINT afterwards. `src`: run
+    the Ringfence of another checkout's src/ (a before/after comparison in one run)."""
+    env = os.environ | {"PYTHONPATH": src} if src else None
     with tempfile.TemporaryDirectory(prefix="rf-bench-") as tmp:
+        os.chmod(tmp, 0o711)  # sandboxed extensions reach their content under the state dir (o+x)
         state = Path(tmp) / "state"
         config = write_config(state, extra_config)
         proc = subprocess.Popen(
             [*RINGFENCE, "run", "--config", str(config), *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=env,
         )
         try:
             deadline = time.monotonic() + 60

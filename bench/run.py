@@ -1,6 +1,8 @@
 """Run every benchmark and print one table per measurement, each against a baseline from the same run.
 
-sudo .venv/bin/python bench/run.py [--quick] [--only agent|extensions|content|sigma|yara|dns|audit|fleet]
+sudo .venv/bin/python bench/run.py [--quick] [--only GROUP] (groups: see --help)
+
+Hold the e2e lock on a shared machine: sudo flock /run/ringfence-e2e.lock .venv/bin/python bench/run.py ...
 """
 
 from __future__ import annotations
@@ -18,12 +20,27 @@ from bench._common import require_root
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run, not a measurement")
-    groups = ("agent", "extensions", "content", "sigma", "yara", "dns", "audit", "fleet")
+    groups = ("agent", "cost", "profile", "extensions", "content", "sigma", "yara", "dns", "audit", "fleet")
     p.add_argument("--only", choices=groups, help="run one group")
+    p.add_argument(
+        "--profile-src",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="profile: also run the agent from another checkout's src/ (before/after in one run; repeatable)",
+    )
     args = p.parse_args()
     require_root()
     if args.only in (None, "agent"):
         print(agent_bench.run(args.quick), flush=True)
+    if args.only in (None, "cost"):
+        from bench import cost_bench
+
+        print("\n" + cost_bench.run(args.quick), flush=True)
+    if args.only in (None, "profile"):
+        from bench import profile_bench
+
+        print("\n" + profile_bench.run(args.quick, args.profile_src), flush=True)
     if args.only in (None, "extensions"):
         from bench import extensions_bench
 

@@ -18,6 +18,7 @@ type becomes which activity:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from ringfence.events import (
     AccountChange,
@@ -29,6 +30,7 @@ from ringfence.events import (
     Header,
     ProcessRef,
 )
+from ringfence.sensors.audit._names import record_type_name
 
 _AUTH = AuthenticationActivityId
 _ACCOUNT = AccountChangeActivityId
@@ -65,6 +67,11 @@ _UNSET = frozenset({"", "?", "(null)", "(none)", "(unknown)", "4294967295", "-1"
 
 def is_identity(record: AuditRecord) -> bool:
     return record.type in AUTHENTICATION or record.type in ACCOUNT
+
+
+def has_identity(record_types: Iterable[int]) -> bool:
+    """Whether any of these record types (numbers, before any decoding) is one `to_identity` reads."""
+    return any((name := record_type_name(t)) in AUTHENTICATION or name in ACCOUNT for t in record_types)
 
 
 def sender_pid(record: AuditRecord) -> int | None:
