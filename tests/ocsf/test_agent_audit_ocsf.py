@@ -36,6 +36,7 @@ def agent(tmpfs: Path) -> Iterator[Agent]:
         audit_events=True,
         audit_identity=True,
         audit_baseline=True,
+        audit_baseline_off=(),  # the write watches too (off by default)
         file=False,
         exec_auth=False,
     )

@@ -32,7 +32,7 @@ from ringfence.outputs import (
     parse_facility,
 )
 from ringfence.response import ActionScope, parse_networks
-from ringfence.sensors.audit import DEFAULT_BASELINE
+from ringfence.sensors.audit import DEFAULT_BASELINE, DEFAULT_OFF
 from ringfence.sensors.logs import DEFAULT_LOG_FILES
 
 DEFAULT_CONFIG_PATH = "/etc/ringfence/ringfence.toml"
@@ -67,7 +67,8 @@ class SensorsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     audit_events_all: bool = False  # ... and those already turned into process and network events too
     audit_identity: bool = True  # PAM and shadow records: Authentication and Account Change events
     audit_baseline: bool = True  # the documented audit rules (README): credentials, cron, modules, ...
-    audit_baseline_off: tuple[str, ...] = ()  # baseline categories left out, e.g. ("xattr", "memfd")
+    # baseline categories left out; by default the write watches (costly: see sensors/audit/_baseline.py)
+    audit_baseline_off: tuple[str, ...] = DEFAULT_OFF
     logs: bool = True  # log lines (the journal, or auth.log, syslog, ...) as LogEvents
     log_files: tuple[str, ...] = DEFAULT_LOG_FILES  # those that do not exist are waited for
     log_source: Literal["auto", "files", "journal"] = "auto"  # auto: the journal where journald runs

@@ -280,7 +280,9 @@ def test_sigmahq_auditd_rule_fires_on_a_unit_file_created_under_the_audit_baseli
     agents, tmpfs, shared_dir
 ) -> None:
     rule_id, path = SYSTEMD_UNIT
-    config = detection_config(tmpfs, shared_dir, [path], logs=False, audit_events=True, audit_baseline=True)
+    config = detection_config(
+        tmpfs, shared_dir, [path], logs=False, audit_events=True, audit_baseline=True, audit_baseline_off=()
+    )  # the write watches too: off by default
     agent = start(agents, config)
     marker = f"rf-sigma-e2e-{uuid.uuid4().hex[:12]}"
     unit = Path("/etc/systemd/system") / f"{marker}.not-a-unit"

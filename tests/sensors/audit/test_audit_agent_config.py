@@ -9,7 +9,7 @@ import pytest
 from ringfence.agent import Agent, Console
 from ringfence.agent._config import parse_config
 from ringfence.agent._errors import ConfigError
-from ringfence.sensors.audit import DEFAULT_BASELINE, AuditFeed
+from ringfence.sensors.audit import DEFAULT_BASELINE, DEFAULT_OFF, AuditFeed
 
 
 def _feed(text: bytes) -> AuditFeed:
@@ -18,7 +18,11 @@ def _feed(text: bytes) -> AuditFeed:
 
 def test_the_feed_and_the_baseline_are_on_by_default() -> None:
     feed = _feed(b"")
-    assert (feed.audit_events, feed.identity, feed.baseline) == (True, True, DEFAULT_BASELINE)
+    assert (feed.audit_events, feed.identity) == (True, True)
+    # the syscall rules and the credentials-read watch; the write watches only when asked for (their cost)
+    assert feed.baseline == DEFAULT_BASELINE.without(DEFAULT_OFF)
+    assert {"credentials-read", "module", "ptrace", "memfd"} <= feed.baseline.categories
+    assert _feed(b"[sensors]\naudit_baseline_off = []\n").baseline == DEFAULT_BASELINE
 
 
 def test_the_feed_turns_off() -> None:

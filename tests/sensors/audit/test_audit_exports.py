@@ -14,6 +14,7 @@ def test_exported_names_are_pinned() -> None:
         "AuditTuning",
         "Baseline",
         "DEFAULT_BASELINE",
+        "DEFAULT_OFF",
         "Mode",
         "SavedSettings",
         "SyscallGroup",

@@ -8,7 +8,7 @@ rules by key, and the settings recorded before its first take-over. Errors (the 
       AuditRequestError              one audit request refused, with `.operation` and `.errno`
 """
 
-from ringfence.sensors.audit._baseline import DEFAULT_BASELINE, Baseline, SyscallGroup, Watch
+from ringfence.sensors.audit._baseline import DEFAULT_BASELINE, DEFAULT_OFF, Baseline, SyscallGroup, Watch
 from ringfence.sensors.audit._client import AuditRequestError
 from ringfence.sensors.audit._feed import AuditFeed
 from ringfence.sensors.audit._rules import list_rule_keys
@@ -18,6 +18,7 @@ from ringfence.sensors.audit._sensor import AuditSensor, AuditTuning, Mode
 
 __all__ = [
     "DEFAULT_BASELINE",
+    "DEFAULT_OFF",
     "AuditFeed",
     "AuditRequestError",
     "AuditSensor",
