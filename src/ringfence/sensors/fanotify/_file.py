@@ -25,7 +25,7 @@ from ringfence.events import Clock, FileActivity, FileActivityId, HeaderStamper,
 from ringfence.sensors._base import EventSink, ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
 from ringfence.sensors.fanotify._handles import HandleResolver
-from ringfence.sensors.fanotify._scope import as_prefix, notification_statistics, wanted
+from ringfence.sensors.fanotify._scope import as_prefix, notification_statistics, stop_reader, wanted
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,7 @@ class FileSensor:
         reader, self._reader = self._reader, None
         if reader is None:
             return
-        os.write(self._stop_w, b"x")
-        reader.join(timeout=10)
-        if reader.is_alive():
-            log.error("file sensor reader did not stop; closing its group anyway")
-        for fd in (self._fd, self._stop_r, self._stop_w):
-            os.close(fd)
+        stop_reader(reader, (self._fd, self._stop_r, self._stop_w), "file sensor")
         self._fd = self._stop_r = self._stop_w = -1
         if self._handles is not None:
             self._handles.close()

@@ -3,10 +3,27 @@ they report, and how their counters become `SensorStatistics`."""
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Iterable
 
 from ringfence.events import HeaderStamper
 from ringfence.sensors._base import SensorStatistics
+
+log = logging.getLogger(__name__)
+
+
+def stop_reader(reader: threading.Thread, fds: tuple[int, int, int], what: str) -> None:
+    """Wake `reader` through the stop pipe (`fds` = group, stop read end, stop write end), wait for it,
+    then close all three: the group's marks go with it, even if the reader would not stop."""
+    group, stop_r, stop_w = fds
+    os.write(stop_w, b"x")
+    reader.join(timeout=10)
+    if reader.is_alive():
+        log.error("%s reader did not stop; closing its group anyway", what)
+    for fd in (group, stop_r, stop_w):
+        os.close(fd)
 
 
 def as_prefix(path: str) -> str:

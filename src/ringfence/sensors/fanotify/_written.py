@@ -34,7 +34,7 @@ from ringfence._counters import Counters
 from ringfence.events import Clock, FileWritten, HeaderStamper, ProcessRef
 from ringfence.sensors._base import ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
-from ringfence.sensors.fanotify._scope import as_prefix, notification_statistics, wanted
+from ringfence.sensors.fanotify._scope import as_prefix, notification_statistics, stop_reader, wanted
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,7 @@ class WrittenFileSensor:
         reader, self._reader = self._reader, None
         if reader is None:
             return
-        os.write(self._stop_w, b"x")
-        reader.join(timeout=10)
-        if reader.is_alive():
-            log.error("close-write reader did not stop; closing its group anyway")
-        for fd in (self._fd, self._stop_r, self._stop_w):
-            os.close(fd)
+        stop_reader(reader, (self._fd, self._stop_r, self._stop_w), "close-write")
         self._fd = self._stop_r = self._stop_w = -1
 
     def _read_loop(self) -> None:
