@@ -31,8 +31,12 @@ class RecordingSubscriber:
         *,
         capacity: int = 1000,
         accept_auth: bool = True,
+        shadow: bool = False,
+        order: list[str] | None = None,
     ) -> None:
         self.name = name
+        self.shadow = shadow
+        self.order = order  # shared between subscribers: the order in which they were asked
         self.kinds = kinds
         self.auth_policy = auth_policy
         self.capacity = capacity
@@ -48,6 +52,8 @@ class RecordingSubscriber:
         return True
 
     def request_auth(self, ticket: AuthTicket, reply: Reply) -> bool:
+        if self.order is not None:
+            self.order.append(self.name)
         if not self.accept_auth:
             return False
         self.tickets.append((ticket, reply))

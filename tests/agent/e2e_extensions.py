@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from ringfence.sdk import (
@@ -98,8 +99,10 @@ class FindingsOnExec(Extension):
 
 class ContentProbe(Extension):
     """Takes part in AUTH on exec (fail-open). Its content file `mode` says what to do with an exec of a
-    file named `probe-target`: "allow", "deny" (every one), or "crash" (the process exits: an engine that
-    crashes on every event of its new content). It reads `mode` again whenever the active slot changes."""
+    file named `probe-target`: "allow", "deny" (every one), "crash" (the process exits: an engine that
+    crashes on every event of its new content), or "hang" (it answers after 2 s, far past its deadline);
+    "deny-all" denies every exec it is asked about, whatever the file.
+    It reads `mode` again whenever the active slot changes."""
 
     manifest = Manifest(
         id="e2e.probe",
@@ -136,10 +139,14 @@ class ContentProbe(Extension):
 
     def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
         self._load()
+        if self._mode == "deny-all":
+            return AuthAnswer(Verdict.DENY, cacheable=False, reason="probe: deny-all mode")
         if not request.path.endswith("/probe-target"):
             return AuthAnswer(Verdict.ALLOW, cacheable=False)
         if self._mode == "crash":
             os._exit(3)
         if self._mode == "deny":
             return AuthAnswer(Verdict.DENY, cacheable=False, reason="probe: deny mode")
+        if self._mode == "hang":
+            time.sleep(2)
         return AuthAnswer(Verdict.ALLOW, cacheable=False)

@@ -7,8 +7,10 @@ engine crashed each host. Here, with a real agent and a signed repository:
 2. the same rule forced onto the host past validation (as an operator file: the host checks signed
    packages against the contract, operator files go straight to the engine) does not crash the engine:
    the field is absent, the rule never matches, the engine runs on;
-3. a signed package built to crash its engine on every event is taken, crashes it, and is reverted to
-   the last-known-good version by the host itself within seconds (the crash-loop breaker), rejected;
+3. a signed package built to crash its engine on every event is taken, baked in a shadow instance of
+   the engine beside the active one, crashes there, and is rejected: it never reaches the active
+   instance, which never crashes (the same release forced active without a shadow run is reverted by
+   the crash-loop breaker: tests/agent/test_content_breakers_e2e.py);
 4. throughout, every exec on the host completes: `runs` fails the test on an exec that hangs, and none is
    denied (both engines fail open).
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -27,7 +28,7 @@ from ringfence.agent import Agent, Config, Console
 from ringfence.agent._config import ContentSection
 from ringfence.agent._extensions import make_supervisor
 from ringfence.cli import main
-from tests.agent.helpers import eventually, scoped_config
+from tests.agent.helpers import scoped_config
 from tests.agent.test_content_breakers_e2e import ENTRY, PROBE, REPO, Execs, _publish, health, probe_content
 from tests.agent.test_updates_e2e import Served
 
@@ -48,22 +49,6 @@ detection:
     condition: selection
 level: high
 """
-
-
-@pytest.fixture
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        agent.stop()
-
-
-@pytest.fixture
-def target(tmpfs: Path) -> Path:
-    path = tmpfs / "probe-target"
-    path.write_bytes(Path("/bin/true").read_bytes())
-    path.chmod(0o755)
-    return path
 
 
 def test_the_21st_field_is_refused_harmless_when_forced_and_a_crashing_release_reverts_itself(
@@ -98,7 +83,11 @@ def test_the_21st_field_is_refused_harmless_when_forced_and_a_crashing_release_r
                 config.extensions, content={SIGMA: {"field21.yml": str(operator_rule)}}, default_pack=False
             ),
             content=ContentSection(
-                url=server.url, update_interval_s=1, root=str(keys / "root.json"), failure_grace_s=3600
+                url=server.url,
+                update_interval_s=1,
+                root=str(keys / "root.json"),
+                failure_grace_s=3600,
+                shadow_bake_s=2,
             ),
         )
         agent = start(agents, config)
@@ -120,13 +109,15 @@ def test_the_21st_field_is_refused_harmless_when_forced_and_a_crashing_release_r
 
         _publish(tmp_path, repo, keys, "2.0", "crash")  # the bad release, signed and served
 
-        def reverted() -> bool:
-            return probe_content(state).crash_loop_reverts >= 1  # type: ignore[attr-defined]
+        def rejected() -> bool:
+            return "2.0" in probe_content(state).rejected  # type: ignore[attr-defined]
 
-        assert execs.until(reverted, timeout_s=60), probe_content(state)
+        assert execs.until(rejected, timeout_s=60), probe_content(state)
         p = probe_content(state)
-        assert p.active == "1.0" and "2.0" in p.rejected  # type: ignore[attr-defined]
-        assert eventually(lambda: {e.id: e for e in health(state).extensions}[PROBE].state == "running", 30)
+        assert "rejected in shadow: its shadow instance failed" in p.rejected["2.0"], p  # type: ignore[attr-defined]
+        assert p.active == "1.0" and p.reverts == 0 and p.crash_loop_reverts == 0, p  # type: ignore[attr-defined]
+        probe = {e.id: e for e in health(state).extensions}[PROBE]
+        assert probe.state == "running" and probe.crashes == 0 and probe.failures == 0, probe  # never hurt
         for _ in range(5):
             assert execs.once()
         assert execs.denied == 0  # every exec completed, none was blocked by a crashing or blind engine

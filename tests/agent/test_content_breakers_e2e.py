@@ -5,26 +5,23 @@ answers by the AUTH deadline whatever the extension does."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from ringfence.agent import Agent, Config, Console, read_status
+from ringfence.agent import Agent, Config, read_status
 from ringfence.agent._config import ContentSection
-from ringfence.agent._extensions import make_supervisor
 from ringfence.cli import _render_status, main
 from ringfence.events import Health
 from tests.agent.helpers import eventually, runs, scoped_config
@@ -54,32 +51,6 @@ def config_with(tmpfs: Path, state: Path, mode_file: Path | None, **content: obj
         extensions=msgspec.structs.replace(config.extensions, content=files),
         content=msgspec.structs.replace(config.content, **content),
     )
-
-
-@pytest.fixture
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        agent.stop()
-
-
-@pytest.fixture
-def start_agent(agents: list[Agent]) -> Callable[[Config], Agent]:
-    def start(config: Config) -> Agent:
-        agent = Agent(config, console=Console(io.StringIO()), extensions=make_supervisor)
-        agents.append(agent)
-        agent.start()
-        return agent
-
-    return start
-
-
-@pytest.fixture
-def target(tmpfs: Path) -> Path:
-    path = tmpfs / "probe-target"
-    shutil.copy2("/bin/true", path)
-    return path
 
 
 class Execs:
@@ -124,9 +95,10 @@ def test_update_that_crashes_the_engine_on_every_exec_is_reverted_and_rejected_w
         config = msgspec.structs.replace(
             config,
             content=ContentSection(
-                url=server.url, update_interval_s=1, root=str(keys / "root.json"), failure_grace_s=3600
+                url=server.url, update_interval_s=1, root=str(keys / "root.json"), failure_grace_s=3600,
+                shadow_bake_s=0,  # no shadow run: the crash-loop breaker is the line behind it
             ),
-        )
+        )  # fmt: skip
         start_agent(config)
         execs = Execs(target)
 

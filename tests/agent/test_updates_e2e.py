@@ -84,8 +84,8 @@ def test_published_blocklist_denies_after_the_update_and_an_unreachable_repo_kee
     evil_sha = hashlib.sha256(evil.read_bytes()).hexdigest()
 
     config = scoped_config(tmpfs, state, extensions=(ENGINE,), import_paths=(REPO,))
-    content = ContentSection(
-        url=server.url, update_interval_s=1, root=str(keys / "root.json"), failure_grace_s=0
+    content = ContentSection(  # every version bakes in shadow for 2 s first (agent/_shadow.py)
+        url=server.url, update_interval_s=1, root=str(keys / "root.json"), failure_grace_s=0, shadow_bake_s=2
     )
     config = msgspec.structs.replace(config, content=content)
     agent = Agent(config, console=Console(io.StringIO()), extensions=make_supervisor)
@@ -155,7 +155,9 @@ def test_a_package_that_breaks_the_schema_contract_is_refused_on_the_host_and_th
     server = Served(repo)
     served.append(server)
     config = scoped_config(tmpfs, state, extensions=(ENGINE,), import_paths=(REPO,))
-    content = ContentSection(url=server.url, update_interval_s=1, root=str(keys / "root.json"))
+    content = ContentSection(
+        url=server.url, update_interval_s=1, root=str(keys / "root.json"), shadow_bake_s=2
+    )
     agent = Agent(msgspec.structs.replace(config, content=content), console=Console(io.StringIO()),
                   extensions=make_supervisor)  # fmt: skip
     agent.start()

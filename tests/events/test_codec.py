@@ -21,6 +21,7 @@ from ringfence.events import (
     ProcessActivityId,
     ProcessRef,
     Severity,
+    from_ocsf,
     to_ocsf,
 )
 from ringfence.events import _codec as codec
@@ -99,6 +100,7 @@ HAND_BUILT: list[Event] = [
     _finding(None, techniques=("T1059.004", "T1105"), tactics=("execution", "command-and-control")),
     _finding(None, tactics=("persistence", "made-up-tactic")),
     *(_finding(a) for a in ("allowed", "quarantined", "isolated", "deleted", "observed", "")),
+    _finding(None, shadow=True),
     AuthRequest(header=STAMP.stamp(), kind=AuthKind.EXEC, path="/tmp/m", process=PROC),
     AuthRequest(header=STAMP.stamp(), kind=AuthKind.OPEN, path="/etc/shadow", process=BARE),
 ]
@@ -134,6 +136,17 @@ def test_finding_carries_attack_techniques_sub_techniques_and_tactics_with_their
         {"tactic": {"name": "made-up-tactic"}},
     ]
     assert "attacks" not in to_ocsf(_finding(None))["finding_info"]
+
+
+def test_a_shadow_instance_finding_is_labelled_shadow_and_decodes_back() -> None:
+    """Candidate content on trial: a SIEM must be able to tell its findings from the real ones."""
+    shadow = _finding(None, shadow=True)
+    d = to_ocsf(shadow)
+    assert d["metadata"]["labels"] == ["shadow"] and "labels" not in to_ocsf(_finding(None))["metadata"]
+    back = from_ocsf(json.loads(json.dumps(d)))
+    assert isinstance(back, DetectionFinding) and back.shadow and back.header.id == shadow.header.id
+    assert not from_ocsf(json.loads(json.dumps(to_ocsf(_finding(None))))).shadow  # type: ignore[union-attr]
+    assert "labels" not in to_ocsf(HAND_BUILT[0])["metadata"]  # the shared metadata was not changed
 
 
 def test_process_launch_has_its_parent_as_actor_and_no_argv_list() -> None:

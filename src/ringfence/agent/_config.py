@@ -157,6 +157,14 @@ class ContentSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     deny_rate_min_requests: int = 50
     deny_rate_window_s: float = 300.0
     deny_rate_watch_s: float = 3600.0
+    # Shadow (agent/_shadow.py): a new signed version first runs in a second instance of its engine for
+    # shadow_bake_s (0: no shadow, it goes active at once, on trial), and is promoted only if that
+    # instance never failed or missed a deadline and its cost, findings and would-be denies stayed
+    # within these bounds of the active instance's over the same events.
+    shadow_bake_s: float = 300.0
+    shadow_cost_factor: float = 3.0  # CPU per event, and mean AUTH answer time: at most this many times
+    shadow_finding_factor: float = 3.0  # findings: at most this many times the active's (+ a slack of 20)
+    shadow_deny_rate_delta: float = 0.01  # would-be denies of AUTH requests: at most this much above
 
 
 class FleetSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -419,6 +427,10 @@ _BREAKER_RANGES: tuple[tuple[str, float, float, str], ...] = (
     ("deny_rate_min_requests", 1, 1e9, "at least 1 request"),
     ("deny_rate_window_s", 1, 86400, "1..86400 s"),
     ("deny_rate_watch_s", 1, 30 * 86400, "1..2592000 s"),
+    ("shadow_bake_s", 0, 7 * 86400, "0..604800 s (0: no shadow run)"),
+    ("shadow_cost_factor", 1, 1000, "1..1000 (times the active instance's)"),
+    ("shadow_finding_factor", 1, 1000, "1..1000 (times the active instance's)"),
+    ("shadow_deny_rate_delta", 0, 1, "a fraction of the AUTH requests, 0..1"),
 )
 
 

@@ -130,10 +130,18 @@ class StagedContent:
     recorded_good_slot: int = 0  # the slot good.json named at the start (kept on disk; the safe start's)
     crash_loop_reverts: int = 0
     last_revert: str = ""
+    candidate_slot: int = 0  # a slot written for a shadow instance, not active; 0 for none
+    candidate_signatures: dict[str, _Signature] = field(default_factory=dict)  # its operator files
 
     def kept_slots(self) -> set[int]:
-        """Slots pruning must leave: every one a revert may swap back to."""
-        return {self.good_slot, self.prior_good_slot, self.recorded_good_slot, self.slot} - {0}
+        """Slots pruning must leave: every one a revert may swap back to, and a shadow's."""
+        return {
+            self.good_slot,
+            self.prior_good_slot,
+            self.recorded_good_slot,
+            self.slot,
+            self.candidate_slot,
+        } - {0}
 
     @property
     def content_dir(self) -> str:
@@ -292,6 +300,41 @@ class ContentStore:
             self.changed(item, seen)
             self.emit(item, "activated", f"package {version}")
 
+    def stage_candidate(self, item: StagedContent, version: str, path: str) -> str:
+        """A new slot with the staged package at `path` and the operator's files, NOT made active: a
+        shadow instance's content. Returns its directory; `item.candidate_slot` names it (kept from
+        pruning) until `activate_candidate` or `drop_candidate`. Raises ContentError or OSError."""
+        with self.lock:
+            before = item.package_version, item.package_dir
+            item.package_version, item.package_dir = version, path
+            try:
+                number, signatures = self._write_slot(item)
+            finally:
+                item.package_version, item.package_dir = before
+            item.candidate_slot, item.candidate_signatures = number, signatures
+            return self._slot_dir(item, number)
+
+    def activate_candidate(
+        self, item: StagedContent, version: str, path: str, seen: ExtensionView | None = None
+    ) -> None:
+        """The shadow's slot (the very bytes that baked) made active, on trial like any new package.
+        Raises OSError (nothing changes) when it is not on disk."""
+        with self.lock:
+            number = item.candidate_slot
+            self._swap_to(item, number)
+            item.slot, item.signatures = number, item.candidate_signatures
+            item.package_version, item.package_dir = version, path
+            item.candidate_slot, item.candidate_signatures = 0, {}
+            item.stages += 1
+            item.package_on_trial, item.trial_checks = True, 0
+            self.changed(item, seen)
+            self.emit(item, "activated", f"package {version} (after its shadow run)")
+
+    def drop_candidate(self, item: StagedContent) -> None:
+        """The shadow's slot is no longer wanted: left to pruning (it is never made active)."""
+        with self.lock:
+            item.candidate_slot, item.candidate_signatures = 0, {}
+
     def changed(self, item: StagedContent, seen: ExtensionView | None) -> None:
         """A new slot went active at run time: arm the crash-loop breaker. Caller holds the lock."""
         item.seen_at_stage = seen
@@ -299,6 +342,14 @@ class ContentStore:
         item.changed_at = self.clock()
 
     def _stage(self, item: StagedContent) -> None:
+        number, signatures = self._write_slot(item)
+        _swap_active(item.root, number)
+        item.slot, item.signatures = number, signatures
+        item.stages += 1
+        _prune(os.path.join(item.root, SLOTS), keep=KEEP_SLOTS, also=item.kept_slots())
+
+    def _write_slot(self, item: StagedContent) -> tuple[int, dict[str, _Signature]]:
+        """A complete new slot (written under a temp name, then renamed), not active yet."""
         _mkdir(item.root, 0o755)
         slots = os.path.join(item.root, SLOTS)
         _mkdir(slots, 0o755)
@@ -315,10 +366,7 @@ class ContentStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _swap_active(item.root, number)
-        item.slot, item.signatures = number, signatures
-        item.stages += 1
-        _prune(slots, keep=KEEP_SLOTS, also=item.kept_slots())
+        return number, signatures
 
     def revert(self, item: StagedContent, why: str = "") -> None:
         """Make the last-known-good slot active again (and its package the one in force: a package that

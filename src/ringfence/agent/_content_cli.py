@@ -140,9 +140,10 @@ def render_summary(content: ContentHostStatus) -> list[str]:
     for ext_id, e in sorted(content.extensions.items()):
         state = "blocking" if e.blocking else "ADVISORY (deny-rate breaker)"
         rejected = f" rejected={','.join(e.rejected)}" if e.rejected else ""
+        shadow = f" shadow={e.shadow.split(' ', 1)[0]}" if e.shadow else ""
         lines.append(
             f"{ext_id:<24} slot={e.active_slot}{'(' + e.active + ')' if e.active else ''} good={e.good_slot} "
-            f"{state} crash-loop-reverts={e.crash_loop_reverts}{rejected}"
+            f"{state} crash-loop-reverts={e.crash_loop_reverts}{rejected}{shadow}"
         )
     return lines
 
@@ -168,6 +169,11 @@ def _render_one(e: ExtensionContentStatus) -> list[str]:
     lines.append(f"reverts     {e.reverts} this run, {e.crash_loop_reverts} by the crash-loop breaker")
     if e.last_revert:
         lines.append(f"            the last: {e.last_revert}")
+    lines.append(
+        f"shadow      {e.shadow or 'none baking'}; {e.shadow_promoted} promoted, {e.shadow_rejected} "
+        "rejected this run"
+    )
+    lines += [f"            {line}" for line in e.shadow_results]
     return lines
 
 
@@ -179,7 +185,7 @@ def _when(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ns / 1e9)) if ns else "-"
 
 
-_NOTES = ("blocking-removed", "blocking-restored")
+_NOTES = ("blocking-removed", "blocking-restored", "shadow-started", "shadow-promoted", "shadow-rejected")
 
 
 def _history(state_dir: str, extension: str | None, *, as_json: bool) -> int:

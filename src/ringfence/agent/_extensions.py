@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -28,6 +29,7 @@ from ringfence.agent._content import (
     migrate_settings,
 )
 from ringfence.agent._errors import AgentError
+from ringfence.agent._shadow import BUSY, ShadowPolicy, ShadowRuns, shadow_id
 from ringfence.agent._updates import make_update_loop
 from ringfence.agent._validate import package_problem
 from ringfence.content import staged_versions, version_key
@@ -41,6 +43,7 @@ from ringfence.events import (
     ExtensionStatistics,
     HeaderStamper,
     Severity,
+    SubscriberAuthStatistics,
 )
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
 from ringfence.response import ResponseConfig, ResponseExecutor
@@ -200,6 +203,7 @@ class _Extensions:
             version_of=lambda name: item.package_version if (item := self.contents.get(name)) else "",
         )
         agent.broker.arbiter.on_advisory_deny = self._would_be_deny
+        agent.broker.arbiter.on_shadow_deny = self._shadow_would_deny
         self._stamper = HeaderStamper(CONTENT_SOURCE, config.host, agent.clock)
         self.content_store, self.contents = stage_content(
             config, safe=bool(self.safe_mode), on_event=self._content_event
@@ -211,6 +215,17 @@ class _Extensions:
             crash_loop=CrashLoopPolicy(section.crash_loop_crashes, section.crash_loop_window_s),
         )
         extensions = config.extensions
+        self._config = config
+        self.shadow = ShadowRuns(
+            ShadowPolicy(
+                bake_s=section.shadow_bake_s,
+                cost_factor=section.shadow_cost_factor,
+                finding_factor=section.shadow_finding_factor,
+                deny_rate_delta=section.shadow_deny_rate_delta,
+            ),
+            self,
+            self.content_store,
+        )
         self.updates = (
             None
             if self.safe_mode  # safe start: no network, the last-known-good content only
@@ -221,6 +236,7 @@ class _Extensions:
                 self.contents,
                 self._extension_state,
                 check=lambda engine, path: package_problem(path, engine, extensions),
+                shadow=self.shadow,
             )
         )
         self._stop_breakers = threading.Event()
@@ -250,6 +266,44 @@ class _Extensions:
                 handshakes = st.restart_reasons.get("handshake", 0)
                 return ExtensionView(st.state, st.restarts, handshakes, problem, st.failures)
         return None
+
+    # -- shadow instances (agent/_shadow.py's ShadowHost) -------------------------------------------------
+
+    def start_shadow(self, ext_id: str, content_dir: str) -> str:
+        sid = shadow_id(ext_id)
+        active = self.supervisor.spec(ext_id)
+        if active is None:
+            return f"{ext_id} is not configured here"
+        if self.supervisor.spec(sid) is not None:
+            return BUSY  # the last one is still going away
+        state_dir = _scratch_dir(self._config, sid)
+        if state_dir:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)  # the sandbox gives it to the user
+        spec = dataclasses.replace(
+            active,
+            instance=sid,
+            shadow=True,
+            content_dir=content_dir,
+            content_origins={},
+            state_dir=state_dir,
+        )
+        try:
+            self.supervisor.add(spec)
+        except ValueError as e:
+            return str(e)
+        return ""
+
+    def _shadow_would_deny(self, name: str, request: AuthRequest, _reason: str) -> None:
+        self.shadow.would_deny(name, request.path)
+
+    def retire_shadow(self, ext_id: str, reason: str) -> None:
+        self.supervisor.retire(shadow_id(ext_id), reason)
+
+    def extension(self, instance_id: str) -> ExtensionStatistics | None:
+        return next((st for st in self.supervisor.statistics() if st.id == instance_id), None)
+
+    def auth(self, instance_id: str) -> SubscriberAuthStatistics | None:
+        return self._broker.arbiter.statistics().subscribers.get(instance_id)
 
     # -- the breakers ------------------------------------------------------------------------------------
 
@@ -348,6 +402,10 @@ class _Extensions:
                 crash_loop_reverts=item.crash_loop_reverts,
                 reverts=item.reverts,
                 last_revert=item.last_revert,
+                shadow=self.shadow.status(ext_id),
+                shadow_results=list(self.shadow.results.get(ext_id, ())),
+                shadow_promoted=self.shadow.promoted.get(ext_id, 0),
+                shadow_rejected=self.shadow.rejected.get(ext_id, 0),
             )
         for name, record in advisory.items():  # an AUTH extension without content can trip it too
             if name not in out:
@@ -412,7 +470,10 @@ class _Extensions:
         stats = self.supervisor.statistics()
         for st in stats:
             item = self.contents.get(st.id)
-            if item is not None:
+            if st.shadow:
+                baking = self.shadow.status(st.id.removesuffix("@shadow"))
+                st.content_version = f"shadow: {baking}" if baking else "shadow"
+            elif item is not None:
                 package = f" (package {item.package_version})" if item.package_version else ""
                 st.content_version = f"slot {item.slot}{package}"
                 st.last_error = st.last_error or item.last_error

@@ -13,7 +13,9 @@ content directory as it does after an operator's file change. The package is the
 watcher's last-known-good rule, agent/_content.py): a Problem from the running engine (it refused the
 reload) or a failed start puts the last good slot back and the version is never tried again
 (`StagedContent.rejected`, kept across runs); about 10 s without either proves it good (`good.json`,
-what a restart runs). No shadow run yet (issue 8): a version goes active directly, for real.
+what a restart runs). Before that, with `[content] shadow_bake_s` above 0, the version bakes in a
+shadow instance beside the active one (agent/_shadow.py) and goes active only if promoted there; a
+version rejected in shadow never reaches the active instance.
 
 Before a version goes active it is checked against the engine's schema contract (`check`, which is
 agent/_validate.py's `package_problem` in the agent: a sandboxed child, as `content validate` runs it):
@@ -38,6 +40,8 @@ from collections.abc import Callable, Mapping
 
 from ringfence.agent._config import ContentSection
 from ringfence.agent._content import ContentError, ContentStore, ExtensionState, StagedContent
+from ringfence.agent._shadow import ShadowRuns
+from ringfence.agent._validate import CHECK_DID_NOT_RUN
 from ringfence.content import (
     ContentUpdates,
     TufContentUpdater,
@@ -104,8 +108,10 @@ class ContentUpdateLoop:
         wall_ns: Callable[[], int] = time.time_ns,
         setup_problem: str = "",
         check: PackageCheck | None = None,
+        shadow: ShadowRuns | None = None,
     ) -> None:
         self._updates, self._schedule, self._store = updates, schedule, store
+        self.shadow = shadow if shadow is not None and shadow.policy.bake_s > 0 else None
         self._check = check
         self._refused: dict[tuple[str, str], str] = {}  # (engine, version) -> why, once checked
         self._contents = contents
@@ -153,6 +159,8 @@ class ContentUpdateLoop:
         now = self._clock()
         report = self._schedule.run_if_due(self._updates, now)
         if report is None:
+            if self.shadow is not None and self.shadow.baking() and not self._stop.is_set():
+                self.activate()  # a bake is judged every look, not only after an update
             return None
         previous = self._report
         if report.warnings and (previous is None or previous.warnings != report.warnings):
@@ -198,9 +206,16 @@ class ContentUpdateLoop:
         refused = self._contract(engine, version)
         if refused:
             return refused
+        path = staged_dir(self._state_dir, engine, version)
+        held, promoted = self._through_shadow(item, engine, version, path)
+        if held is not None:
+            return held
         seen = self._extension_state(engine) if self._extension_state is not None else None
         try:
-            self._store.activate_package(item, version, staged_dir(self._state_dir, engine, version), seen)
+            if promoted:
+                self._store.activate_candidate(item, version, path, seen)
+            else:
+                self._store.activate_package(item, version, path, seen)
         except (ContentError, OSError) as e:
             failure = f"package {version} not activated, slot {item.slot} stays: {e}"
         else:
@@ -211,6 +226,27 @@ class ContentUpdateLoop:
         self._activations += 1
         log.info("content of %s: package %s active as slot %d", engine, version, item.slot)
         return ""
+
+    def _through_shadow(
+        self, item: StagedContent, engine: str, version: str, path: str
+    ) -> tuple[str | None, bool]:
+        """(what to report while the version is held back, or None to activate it; whether it was
+        promoted by its shadow run, its baked slot then being the one to activate)."""
+        if self.shadow is None:
+            return None, False
+        verdict = self.shadow.look(item, version, path)
+        if verdict.action == "baking":
+            return "", False
+        if verdict.action == "reject":
+            return f"package {version} {verdict.reason}", False
+        if verdict.action == "skip":
+            log.warning(
+                "content of %s: package %s goes active without a shadow run: %s",
+                engine,
+                version,
+                verdict.reason,
+            )
+        return None, verdict.action == "promote"
 
     def _contract(self, engine: str, version: str) -> str:
         """Why `version` must not go active ("" if it may): checked once per version (the check runs a
@@ -227,9 +263,11 @@ class ContentUpdateLoop:
         if not problem:
             return ""
         item = self._contents.get(engine)
-        if item is not None:  # for status and `choose`; not kept: a restart checks it again
+        if item is not None and problem.startswith(CHECK_DID_NOT_RUN):  # not kept: tried again next run
             item.rejected.add(version)
-            item.rejected_why.setdefault(version, f"refused by the contract check: {problem}")
+            item.rejected_why.setdefault(version, f"refused: {problem}")
+        elif item is not None and version not in item.rejected:  # the contract's verdict: for good
+            self._store.reject(item, [version], f"refused by the contract check: {problem}")
         return f"package {version} {problem}"
 
     def _refusal(self, engine: str) -> str:
@@ -299,6 +337,7 @@ def make_update_loop(
     extension_state: ExtensionState | None,
     *,
     check: PackageCheck | None = None,
+    shadow: ShadowRuns | None = None,
 ) -> ContentUpdateLoop | None:
     """The loop for `[content]` (a ContentSection), None when no `url` is set. A trust anchor named by
     `root` is installed when none is; one that cannot be is a problem in status, never a failed start."""
@@ -330,4 +369,5 @@ def make_update_loop(
         extension_state=extension_state,
         setup_problem=setup_problem,
         check=check,
+        shadow=shadow,
     )

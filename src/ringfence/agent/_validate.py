@@ -476,6 +476,9 @@ def engine_schema(
     raise ValidateError(f"content schema of {engine}: {why}")
 
 
+CHECK_DID_NOT_RUN = "the contract check could not run"  # a refusal for now, not the contract's verdict
+
+
 def package_problem(
     staged: str, engine: str, extensions: ExtensionsSection, *, timeout_s: float = LOAD_S
 ) -> str | None:
@@ -486,7 +489,7 @@ def package_problem(
     try:
         return _package_problem(staged, engine, extensions, timeout_s)
     except (OSError, AgentError) as e:
-        return f"the contract check could not run: {e}"
+        return f"{CHECK_DID_NOT_RUN}: {e}"
 
 
 def _package_problem(staged: str, engine: str, extensions: ExtensionsSection, timeout_s: float) -> str | None:
@@ -510,7 +513,7 @@ def _package_problem(staged: str, engine: str, extensions: ExtensionsSection, ti
             try:
                 run = _run_child(spec, work, extensions, ValidateOptions(load_s=timeout_s), "contract check")
             except ValidateError as e:
-                return f"the contract check could not run: {e}"
+                return f"{CHECK_DID_NOT_RUN}: {e}"
         finally:
             shutil.rmtree(work, ignore_errors=True)
         problems = [i for i in run.issues if i.severity == "error"]

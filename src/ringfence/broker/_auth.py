@@ -4,6 +4,11 @@ A subscriber made advisory (`set_advisory`: the agent's deny-rate breaker) still
 counts as an ALLOW that is not cached, recorded (`advisory_denied`, and `on_advisory_deny`, called
 outside the lock): the exec goes on. Nothing else changes, deadlines included.
 
+Shadow subscribers (an extension instance on candidate content) are asked too, first (they dup the
+descriptor before any answer can close it), on a ticket of their own that the answer never waits for:
+their verdicts, latencies and deadline misses are counted under their name (`denied` there is a
+would-be deny) and change nothing about the request.
+
 Linux gives permission events no deadline of its own, so this is the only thing between a hung engine
 and a hung machine. Nothing here waits: answers arrive as calls from any thread, and `expire` (called by
 the deadline runner, or by a test with a fake clock) settles whatever is overdue. `respond` is called
@@ -60,11 +65,14 @@ class Arbiter:
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._heap: list[tuple[int, int, str]] = []  # (deadline_ns, ticket id, subscriber name)
+        # shadow ticket -> (subscriber, asked at, the request)
+        self._shadow_waiting: dict[int, tuple[Subscriber, int, AuthRequest]] = {}
         self._next_id = 0
         self._stats = AuthStatistics()
         self._wakeup: Callable[[], None] = lambda: None
         self._advisory: frozenset[str] = frozenset()  # swapped whole; read without the lock
         self.on_advisory_deny: Callable[[str, AuthRequest, str], None] | None = None
+        self.on_shadow_deny: Callable[[str, AuthRequest, str], None] | None = None  # outside the lock
 
     def set_advisory(self, name: str, advisory: bool) -> None:
         """Make `name`'s DENYs advice only (True), or binding again (False)."""
@@ -84,10 +92,19 @@ class Arbiter:
         self._wakeup = wakeup
 
     def submit(
-        self, request: AuthRequest, fd: int, subscribers: Sequence[Subscriber], respond: Respond
+        self,
+        request: AuthRequest,
+        fd: int,
+        subscribers: Sequence[Subscriber],
+        respond: Respond,
+        *,
+        shadows: Sequence[Subscriber] = (),
     ) -> None:
-        """Ask `subscribers` about `request`; `respond` gets the combined answer, by the deadline at most."""
+        """Ask `subscribers` about `request`; `respond` gets the combined answer, by the deadline at most.
+        `shadows` are asked as well, and never waited for."""
         now = self._clock.monotonic_ns()
+        for sub in shadows:
+            self._ask_shadow(sub, request, fd, now)
         with self._lock:
             self._next_id += 1
             tid = self._next_id
@@ -110,6 +127,48 @@ class Arbiter:
         for sub in subscribers:
             if not sub.request_auth(ticket, self._reply_for(tid, sub.name)):
                 self._fail(tid, sub.name, refused=True)
+
+    def _ask_shadow(self, sub: Subscriber, request: AuthRequest, fd: int, now: int) -> None:
+        policy = sub.auth_policy
+        assert policy is not None
+        deadline_ms = min(policy.deadline_ms, self.max_deadline_ms)
+        with self._lock:
+            self._next_id += 1
+            tid = self._next_id
+            st = self._sub_stats(sub.name)
+            st.shadow = True
+            st.asked += 1
+            self._shadow_waiting[tid] = (sub, now, request)
+            heapq.heappush(self._heap, (now + deadline_ms * 1_000_000, tid, sub.name))
+        self._wakeup()
+
+        def reply(answer: AuthAnswer) -> None:
+            self._on_shadow_answer(tid, sub.name, answer)
+
+        if not sub.request_auth(AuthTicket(id=tid, request=request, fd=fd), reply):
+            with self._lock:
+                if self._shadow_waiting.pop(tid, None) is not None:
+                    self._sub_stats(sub.name).refused += 1
+
+    def _on_shadow_answer(self, tid: int, name: str, answer: AuthAnswer) -> None:
+        now = self._clock.monotonic_ns()
+        with self._lock:
+            st = self._sub_stats(name)
+            waiting = self._shadow_waiting.pop(tid, None)
+            if waiting is None:
+                st.late_answers += 1
+                return
+            st.answer_us_total += (now - waiting[1]) // 1000
+            if answer.verdict is not Verdict.DENY:
+                st.allowed += 1
+                return
+            st.denied += 1
+        hook = self.on_shadow_deny
+        if hook is not None:
+            try:
+                hook(name, waiting[2], answer.reason or "")
+            except Exception:  # supervision boundary: the record of a would-be deny is lost, logged
+                log.exception("recording a would-be DENY of %s failed", name)
 
     def record_absent(self, name: str, failure: FailurePolicy, reason: str) -> None:
         """`name` left the AUTH set (the broker withdrew it); shown in statistics from now on."""
@@ -153,6 +212,7 @@ class Arbiter:
                 st.late_answers += 1
                 return
             del pending.waiting[name]
+            st.answer_us_total += (self._clock.monotonic_ns() - pending.started_ns) // 1000
             if answer.verdict is Verdict.DENY and name in self._advisory:
                 st.advisory_denied += 1
                 advised = True
@@ -233,19 +293,29 @@ class Arbiter:
         """Settle every subscriber whose deadline has passed. Returns how many were settled."""
         now = self._clock.monotonic_ns() if now_ns is None else now_ns
         due: list[tuple[int, str]] = []
+        shadow_due: list[tuple[int, Subscriber]] = []
         with self._lock:
             while self._heap and self._heap[0][0] <= now:
                 _, tid, name = heapq.heappop(self._heap)
                 if tid in self._pending:
                     due.append((tid, name))
+                elif (waiting := self._shadow_waiting.pop(tid, None)) is not None:
+                    self._sub_stats(name).deadline_misses += 1
+                    shadow_due.append((tid, waiting[0]))
         for tid, name in due:
             self._fail(tid, name, refused=False)
-        return len(due)
+        for tid, sub in shadow_due:  # its own miss count: a hung shadow is restarted, nothing else waits
+            sub.auth_missed(tid)
+        return len(due) + len(shadow_due)
 
     def next_deadline_ns(self) -> int | None:
         """The earliest armed deadline, or None. Stale entries (already answered) are dropped on the way."""
         with self._lock:
-            while self._heap and self._heap[0][1] not in self._pending:
+            while (
+                self._heap
+                and self._heap[0][1] not in self._pending
+                and self._heap[0][1] not in self._shadow_waiting
+            ):
                 heapq.heappop(self._heap)
             return self._heap[0][0] if self._heap else None
 

@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 _AUTH_KINDS = frozenset({EventKind.AUTH_EXEC, EventKind.AUTH_OPEN})
 
 
+def is_shadow(sub: Subscriber) -> bool:
+    """A shadow subscriber (an extension instance on candidate content): it gets every event of its kinds
+    and is asked about AUTH requests, but nobody waits for its answer and its verdict binds nothing."""
+    return bool(getattr(sub, "shadow", False))
+
+
 class Mutes(msgspec.Struct, frozen=True):
     """Events the operator does not want: by path prefix, by executable, by kind.
 
@@ -65,6 +71,7 @@ class Broker:
         self.mutes = mutes or Mutes()
         self._lock = threading.Lock()
         self._routes: dict[EventKind, tuple[Subscriber, ...]] = dict.fromkeys(EventKind, ())
+        self._shadow_routes: dict[EventKind, tuple[Subscriber, ...]] = dict.fromkeys(_AUTH_KINDS, ())
         self._subscribers: dict[str, Subscriber] = {}
         self._kind_stats = {k: KindStatistics() for k in EventKind}
         self._stats_lock = threading.Lock()
@@ -98,7 +105,7 @@ class Broker:
             sub = self._subscribers.pop(name, None)
             if sub is None:
                 return
-            policy = sub.auth_policy
+            policy = None if is_shadow(sub) else sub.auth_policy  # a shadow's absence changes no verdict
             if policy is not None and policy.failure is FailurePolicy.FAIL_CLOSED:
                 closed = dict(self._closed_by)
                 for kind in sub.kinds & _AUTH_KINDS:
@@ -121,14 +128,17 @@ class Broker:
     def _rebuild_routes(self) -> None:
         subs = list(self._subscribers.values())
         routes: dict[EventKind, tuple[Subscriber, ...]] = {}
+        shadows: dict[EventKind, tuple[Subscriber, ...]] = {}
         for kind in EventKind:
             chosen = [s for s in subs if kind in s.kinds]
             if kind in _AUTH_KINDS:
                 chosen = [s for s in chosen if s.auth_policy is not None]
+                shadows[kind] = tuple(s for s in chosen if is_shadow(s))
+                chosen = [s for s in chosen if not is_shadow(s)]
             elif kind is EventKind.FILE_WRITTEN:
                 chosen = [s for s in chosen if isinstance(s, FileSubscriber)]
             routes[kind] = tuple(chosen)
-        self._routes = routes  # swapped whole: readers never take the lock
+        self._routes, self._shadow_routes = routes, shadows  # swapped whole: readers never take the lock
 
     # -- the verdict cache -------------------------------------------------------------------------------
 
@@ -192,13 +202,13 @@ class Broker:
             respond(ALLOW_CACHEABLE)
             return
         closed = self._closed_by.get(kind)
-        if closed:
+        if closed:  # shadows are not asked: the request never reaches the active instances either
             self._count(kind, False, 0, 0)
             self.arbiter.deny_for_absent(closed, respond)
             return
         subs = self._routes[kind]
         self._count(kind, False, len(subs), 0)
-        self.arbiter.submit(request, fd, subs, respond)
+        self.arbiter.submit(request, fd, subs, respond, shadows=self._shadow_routes[kind])
 
     def _kind_snapshot(self) -> dict[str, KindStatistics]:
         with self._stats_lock:

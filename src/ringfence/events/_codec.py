@@ -264,6 +264,8 @@ def _finding(e: DetectionFinding) -> dict[str, Any]:
     out["severity"] = _SEVERITY[int(e.severity)]
     out["finding_info"] = _finding_info(e)
     out["is_alert"] = True
+    if e.shadow:  # candidate content on trial: a SIEM filters these by the label
+        out["metadata"] = {**out["metadata"], "labels": ["shadow"]}
     profiles.add("security_control")
     if evidence := _evidence(e, profiles):
         out["evidences"] = [evidence]

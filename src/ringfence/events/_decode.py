@@ -364,6 +364,7 @@ def _finding_doc(d: doc.FindingDoc) -> DetectionFinding:
         related_event=info.related_events[0].uid if info.related_events else None,
         techniques=techniques,
         tactics=tactics,
+        shadow="shadow" in (d.metadata.labels or ()),
     )
 
 

@@ -79,6 +79,7 @@ class Metadata(_Doc, frozen=True):
     uid: str
     log_name: str = ""
     sequence: Int | None = None
+    labels: list[str] | None = None
 
 
 class Device(_Doc, frozen=True):

@@ -53,6 +53,8 @@ class SubscriberAuthStatistics(msgspec.Struct):
     refused: int = 0  # could not be queued (full): the failure policy applied at once
     late_answers: int = 0
     advisory_denied: int = 0  # DENYs taken as advice only (deny-rate breaker): the exec was allowed
+    answer_us_total: int = 0  # the time to each of its answers in time, summed (its mean latency)
+    shadow: bool = False  # a shadow instance: asked, never waited for; `denied` are would-be denies
 
 
 class AbsentAuthStatistics(msgspec.Struct):
@@ -108,8 +110,9 @@ class SyslogStatistics(msgspec.Struct, frozen=True):
 
 
 class ExtensionStatistics(msgspec.Struct):
-    id: str
+    id: str  # the instance id: the extension id, or "<id>@shadow" for a shadow instance
     state: str
+    shadow: bool = False  # runs candidate content beside the active instance; never enforces
     pid: int | None = None
     engine_version: str | None = None  # the manifest's version, once it has been seen
     content_version: str | None = None  # the active content's version (filled by the content pipeline)
@@ -140,6 +143,7 @@ class ExtensionStatistics(msgspec.Struct):
     frames_unsent: int = 0  # frames the writer dropped after io_timeout_s
     rss_bytes: int | None = None
     cpu_percent: float | None = None
+    cpu_seconds: float | None = None  # of the running process, since it started
     extension: dict[str, int] = msgspec.field(default_factory=dict)  # its own counters (StatsReport)
 
 
@@ -182,6 +186,10 @@ class ExtensionContentStatus(msgspec.Struct):
     crash_loop_reverts: int = 0  # this run
     reverts: int = 0  # every revert to last-known-good this run (crash loop, rejection, failed start)
     last_revert: str = ""  # what the last one said, one line
+    shadow: str = ""  # the version baking in a shadow instance now, and for how long more; "" for none
+    shadow_results: list[str] = msgspec.field(default_factory=list)  # this run's bakes, newest last
+    shadow_promoted: int = 0  # this run
+    shadow_rejected: int = 0  # this run
 
 
 class ContentHostStatus(msgspec.Struct):

@@ -191,6 +191,7 @@ class DetectionFinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     related_event: str | None = None  # header.id of the event that triggered it
     techniques: tuple[str, ...] = ()  # MITRE ATT&CK technique ids: "T1059", "T1059.004"
     tactics: tuple[str, ...] = ()  # ATT&CK tactic short names: "execution", "defense-evasion"
+    shadow: bool = False  # raised by a shadow instance (candidate content on trial): nothing acted on it
 
 
 Event = (

@@ -107,7 +107,7 @@ def sandbox_policy(spec: ExtensionSpec) -> SandboxPolicy:
     from ringfence.extensions._sandbox import SandboxPolicy
 
     return SandboxPolicy(
-        extension_id=spec.id,
+        extension_id=spec.instance_id,  # the cgroup's name: a shadow instance has its own
         user=spec.user,
         readable_paths=readable_paths(spec),
         writable_paths=(spec.state_dir,) if spec.state_dir else (),

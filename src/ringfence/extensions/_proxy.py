@@ -30,7 +30,7 @@ from ringfence.events import (
 )
 from ringfence.extensions._connection import AuthItem, Connection, FileItem
 from ringfence.extensions._policy import ExtensionState, Lifecycle
-from ringfence.extensions._process import HandshakeFailed, host_handshake, kill, rss_bytes
+from ringfence.extensions._process import HandshakeFailed, cpu_seconds, host_handshake, kill, rss_bytes
 from ringfence.extensions._proxy_frames import ActionSubmit, FrameHandling
 from ringfence.extensions._proxy_stats import ProxyStats
 from ringfence.extensions._spec import ExtensionSpec, SupervisorConfig
@@ -75,7 +75,7 @@ class ExtensionProxy(FrameHandling):
         self._kinds: frozenset[EventKind] = frozenset()
         self._auth_policy: AuthPolicy | None = None
         self.conn: Connection | None = None
-        self.stats = ProxyStats(spec.id, str(ExtensionState.STOPPED))
+        self.stats = ProxyStats(spec.instance_id, str(ExtensionState.STOPPED), shadow=spec.shadow)
         self._stamper = HeaderStamper(f"ext:{spec.id}", config.host, clock)
         self._generation = 0
 
@@ -88,6 +88,11 @@ class ExtensionProxy(FrameHandling):
     @property
     def auth_policy(self) -> AuthPolicy | None:
         return self._auth_policy
+
+    @property
+    def shadow(self) -> bool:
+        """A shadow instance: the broker asks it about AUTH requests but never waits for its answer."""
+        return self.spec.shadow
 
     def deliver(self, event: Event) -> bool:
         conn = self.conn
@@ -155,7 +160,7 @@ class ExtensionProxy(FrameHandling):
                 return
             conn.kill_reason = (category, reason)
             kill(conn.spawned)
-        log.debug("extension %s (pid %d): ending it: %s", self.spec.id, conn.pid, reason)
+        log.debug("extension %s (pid %d): ending it: %s", self.name, conn.pid, reason)
 
     def _read_loop(self, conn: Connection) -> None:
         if not self._handshake(conn):
@@ -242,7 +247,7 @@ class ExtensionProxy(FrameHandling):
                 return
             conn.ready = True
         conn.start_thread(conn.write_loop, "writer")
-        log.info("extension %s %s ready (pid %d)", manifest.id, manifest.version, conn.pid)
+        log.info("extension %s %s ready (pid %d)", self.name, manifest.version, conn.pid)
         self._on_ready(self, first)
 
     def mark_running(self) -> None:
@@ -278,6 +283,7 @@ class ExtensionProxy(FrameHandling):
             st.files_dropped += conn.files_unsent
             st.files_delivered -= min(st.files_delivered, conn.files_unsent)
             st.rss_bytes = rss_bytes(conn.pid)
+            st.cpu_seconds = cpu_seconds(conn.pid)
         else:
             st.pid = None
         return st

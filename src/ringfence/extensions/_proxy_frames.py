@@ -66,7 +66,7 @@ class FrameHandling:
 
     @property
     def name(self) -> str:
-        return self.spec.id
+        return self.spec.instance_id
 
     def _handle(self, conn: Connection, frame: ExtensionFrame) -> None:
         if isinstance(frame, AuthReply):
@@ -126,19 +126,22 @@ class FrameHandling:
         finding = DetectionFinding(
             header=self._stamper.stamp(),
             source=self.spec.id,
+            shadow=self.spec.shadow,
             **{f: getattr(frame, f) for f in frame.__struct_fields__},
         )
         self.stats.add(findings_emitted=1)
         try:
             self._sink(finding)
         except Exception:  # supervision boundary: a failing sink loses this finding, logged
-            log.exception("findings sink failed on a finding from %s", self.spec.id)
+            log.exception("findings sink failed on a finding from %s", self.name)
 
     def _action(self, conn: Connection, frame: ActionCall) -> None:
         self.stats.add(actions_requested=1)
         manifest = self.manifest
         request = msgspec.structs.replace(frame.request, requested_by=self.spec.id)
-        if manifest is None or Permission.RESPONSE not in manifest.permissions:
+        if self.spec.shadow:
+            refused = f"{self.name} is a shadow instance (candidate content): it never acts"
+        elif manifest is None or Permission.RESPONSE not in manifest.permissions:
             refused = f"{self.spec.id} lacks the response permission"
         else:
             if self._submit_action(self, conn.generation, msgspec.structs.replace(frame, request=request)):  # type: ignore[arg-type]
@@ -163,6 +166,6 @@ class FrameHandling:
     def _log_line(self, conn: Connection, frame: LogLine) -> None:
         if conn.logs.take(self._clock.monotonic_ns()):
             level = max(logging.DEBUG, min(frame.level, logging.CRITICAL))
-            ext_log.log(level, "[%s] %s", self.spec.id, frame.message)
+            ext_log.log(level, "[%s] %s", self.name, frame.message)
             return
         self.stats.add(logs_rate_limited=1)

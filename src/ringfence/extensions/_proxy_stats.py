@@ -16,9 +16,9 @@ from ringfence.events import ExtensionStatistics
 
 
 class ProxyStats:
-    def __init__(self, extension_id: str, state: str) -> None:
+    def __init__(self, extension_id: str, state: str, *, shadow: bool = False) -> None:
         self._lock = threading.Lock()
-        self._st = ExtensionStatistics(id=extension_id, state=state)
+        self._st = ExtensionStatistics(id=extension_id, state=state, shadow=shadow)
         self._own_error: str | None = None
         self._problem: str | None = None  # the last Problem frame's message
 

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 ADDRESS_SPACE_HEADROOM_MB = 512  # RLIMIT_AS covers virtual memory: thread stacks, malloc arenas, mmaps
 USER_TASKS_BACKSTOP = 4096  # RLIMIT_NPROC counts every task of the (shared) user; pids.max is per extension
-_EXTENSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_EXTENSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@shadow)?")  # an instance id: cgroup names
 _RUNTIME_FILES = ("/etc/localtime", "/etc/ld.so.cache")
 _RUNTIME_DIRS = ("/usr/lib", "/lib", "/lib64", "/usr/lib64")
 _NETWORK_FILES = (

@@ -30,10 +30,16 @@ class ExtensionSpec:
 
     `id` is the manifest id the extension must present at the handshake (a different one is refused);
     `entry` an entry-point name in the `ringfence.extensions` group or a `module:attr` class path.
+    `instance` names this running copy where there can be two of one extension (a shadow beside the
+    active one): the supervisor, the broker subscription, the cgroup, the scratch dir and the statistics
+    are keyed by it; "" is the extension id. A `shadow` instance never enforces: its AUTH verdicts are
+    advice that nobody waits for, its findings are tagged shadow, its response actions are refused.
     """
 
     id: str
     entry: str
+    instance: str = ""
+    shadow: bool = False
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     content_dir: str | None = None  # readable in the sandbox (the agent's read-only copy of its content)
     content_origins: Mapping[str, str] = dataclasses.field(default_factory=dict)  # staged path -> operator's
@@ -49,6 +55,10 @@ class ExtensionSpec:
     max_processes: int = 64  # threads count: RLIMIT_NPROC is per user
     handshake_timeout_s: float = 30.0
     auth_deadline_cap_ms: int | None = None  # lower the manifest's AUTH deadline
+
+    @property
+    def instance_id(self) -> str:
+        return self.instance or self.id
 
     def name_origins(self, text: str) -> str:
         """`text` (an extension's error) with each staged content path replaced by the operator's file it

@@ -105,20 +105,18 @@ class Supervisor:
         self._on_auth_ready = on_auth_ready
         self._on_first_ready = on_first_ready
         self._on_gone = on_gone
+        self._on_verdicts_stale = on_auth_ready
+        self._on_action_refused = on_action_refused
+        # Keyed by instance id. Replaced whole on add and retire (never changed in place), so that every
+        # thread iterating it sees one consistent set.
         self._proxies: dict[str, ExtensionProxy] = {}
         for spec in specs:
-            if spec.id in self._proxies:
-                raise ValueError(f"extension {spec.id} is configured twice")
-            self._proxies[spec.id] = ExtensionProxy(
-                spec,
-                config=self.config,
-                clock=self._clock,
-                findings_sink=findings_sink,
-                submit_action=self._submit_action,
-                on_ready=self._ready,
-                on_verdicts_stale=on_auth_ready,
-                on_action_refused=on_action_refused,
-            )
+            if spec.instance_id in self._proxies:
+                raise ValueError(f"extension {spec.instance_id} is configured twice")
+            self._proxies[spec.instance_id] = self._proxy(spec)
+        self._ops_lock = threading.Lock()
+        self._adding: list[ExtensionProxy] = []  # added at run time: launched by the monitor thread
+        self._retiring: dict[str, int] = {}  # instance id -> when it is SIGKILLed if still there (ns)
         self._stamper = HeaderStamper(SUPERVISOR_SOURCE, self.config.host, self._clock)
         self._actions: BoundedChannel[tuple[ExtensionProxy, int, ActionCall]] = BoundedChannel(
             self.config.action_queue
@@ -135,7 +133,50 @@ class Supervisor:
         )
         self._next_check_ns = 0
 
+    def _proxy(self, spec: ExtensionSpec) -> ExtensionProxy:
+        return ExtensionProxy(
+            spec,
+            config=self.config,
+            clock=self._clock,
+            findings_sink=self._sink,
+            submit_action=self._submit_action,
+            on_ready=self._ready,
+            on_verdicts_stale=self._on_verdicts_stale,
+            on_action_refused=self._on_action_refused,
+        )
+
     # -- public ------------------------------------------------------------------------------------------
+
+    def add(self, spec: ExtensionSpec) -> None:
+        """Run one more instance (a shadow on candidate content) from now on; it joins the broker when it is
+        ready, like the others. Raises ValueError if that instance id runs already."""
+        with self._ops_lock:
+            if self._stopping:
+                raise ValueError(f"extension {spec.instance_id}: the supervisor is stopping")
+            if spec.instance_id in self._proxies:
+                raise ValueError(f"extension {spec.instance_id} runs already")
+            proxy = self._proxy(spec)
+            self._proxies = {**self._proxies, spec.instance_id: proxy}
+            self._adding.append(proxy)
+        self._wake()
+
+    def retire(self, instance_id: str, reason: str) -> bool:
+        """Stop one instance for good (a shadow whose bake is over): it leaves the broker now, gets
+        Shutdown, and SIGKILL after `stop_grace_s`; the monitor reaps it and forgets it. False: unknown."""
+        with self._ops_lock:
+            proxy = self._proxies.get(instance_id)
+            if proxy is None or instance_id in self._retiring or self._stopping:
+                return False
+            self._retiring[instance_id] = self._clock.monotonic_ns() + int(self.config.stop_grace_s * 1e9)
+        with proxy.lock:
+            proxy.lifecycle.stopped()
+            conn = proxy.conn
+        self._gone(proxy.name, reason)
+        if conn is not None and not conn.reaped:
+            conn.put_control(Shutdown(reason))
+        log.info("extension %s retiring: %s", instance_id, reason)
+        self._wake()
+        return True
 
     def proxies(self) -> list[ExtensionProxy]:
         return list(self._proxies.values())
@@ -166,11 +207,19 @@ class Supervisor:
         """Per extension (for the status socket, metrics and heartbeats)."""
         return [p.statistics() for p in self._proxies.values()]
 
+    def running(self, instance_id: str) -> bool:
+        """Whether that instance is known and not retiring."""
+        return instance_id in self._proxies and instance_id not in self._retiring
+
+    def spec(self, instance_id: str) -> ExtensionSpec | None:
+        proxy = self._proxies.get(instance_id)
+        return proxy.spec if proxy is not None else None
+
     def release(self, extension_id: str, reason: str) -> bool:
         """Take a quarantined extension out of quarantine and restart it (the agent put its last-known-good
         content back). It rejoins the broker when it is ready. False: unknown, or not quarantined."""
         proxy = self._proxies.get(extension_id)
-        if proxy is None or self._stopping:
+        if proxy is None or self._stopping or extension_id in self._retiring:
             return False
         with proxy.lock:
             if proxy.lifecycle.state is not ExtensionState.QUARANTINED:
@@ -186,7 +235,8 @@ class Supervisor:
         """Shutdown to each, `stop_grace_s` to exit, then SIGKILL; reap, release sandboxes. Idempotent."""
         if self._stopping:
             return
-        self._stopping = True
+        with self._ops_lock:
+            self._stopping = True
         self._wake()
         if self._monitor.is_alive():
             self._monitor.join(timeout=10)
@@ -194,7 +244,7 @@ class Supervisor:
         for proxy in self._proxies.values():
             with proxy.lock:
                 proxy.lifecycle.stopped()
-            if proxy.spec.id not in self._quarantine_reported:
+            if proxy.name not in self._quarantine_reported and proxy.name not in self._retiring:
                 self._gone(proxy.name, "stopped")
         for proxy in live:
             assert proxy.conn is not None
@@ -244,8 +294,15 @@ class Supervisor:
                 self._reap(key.data)
         if self._stopping:
             return
+        with self._ops_lock:
+            adding, self._adding = self._adding, []
+        for proxy in adding:
+            self._launch(proxy, first=True)
         now = self._clock.monotonic_ns()
+        self._retire_due(now)
         for proxy in self._proxies.values():
+            if proxy.name in self._retiring:
+                continue
             with proxy.lock:
                 due = proxy.lifecycle.restart_due(now)
             if due:
@@ -254,9 +311,26 @@ class Supervisor:
             self._next_check_ns = now + int(self.config.resource_check_interval_s * 1e9)
             self._check_resources(now)
 
+    def _retire_due(self, now_ns: int) -> None:
+        """Retiring instances: SIGKILL past their grace; forgotten once reaped (or never started)."""
+        for instance_id, kill_at in list(self._retiring.items()):
+            proxy = self._proxies[instance_id]
+            conn = proxy.conn
+            if conn is not None and not conn.reaped:
+                if now_ns >= kill_at:
+                    with proxy.lock:
+                        kill(conn.spawned)
+                continue
+            with self._ops_lock:
+                self._proxies = {k: v for k, v in self._proxies.items() if k != instance_id}
+                del self._retiring[instance_id]
+                self._adding = [p for p in self._adding if p is not proxy]
+            self._quarantine_reported.discard(instance_id)
+            log.info("extension %s retired", instance_id)
+
     def _timeout_s(self) -> float:
         now = self._clock.monotonic_ns()
-        due = [self._next_check_ns]
+        due = [self._next_check_ns, *self._retiring.values()]
         due += [
             p.lifecycle.restart_at_ns for p in self._proxies.values() if p.lifecycle.restart_at_ns is not None
         ]
@@ -279,7 +353,7 @@ class Supervisor:
         try:
             spawned = spawn(proxy.spec, self.config, capture_stderr=True)
         except LaunchError as e:
-            log.exception("launching %s failed", proxy.spec.id)
+            log.exception("launching %s failed", proxy.name)
             self._failed(proxy, "launch", str(e), crashed=False)
             return
         conn = Connection(proxy.spec, self.config, spawned, generation, now)
@@ -303,9 +377,12 @@ class Supervisor:
         tail = stderr.text() if stderr is not None else ""
         oom = oom_killed(conn.spawned.prepared)
         self._finish(proxy, conn)
+        if proxy.name in self._retiring:  # it was asked to go: forgotten at the next turn
+            self._retire_due(self._clock.monotonic_ns())
+            return
         category, reason, crashed = self._why_it_ended(proxy, conn, returncode, oom=oom, stderr=tail)
         detail = {"detail": tail} if tail.strip() else None
-        log.warning("extension %s (pid %d) ended: %s", proxy.spec.id, conn.pid, reason, extra=detail)
+        log.warning("extension %s (pid %d) ended: %s", proxy.name, conn.pid, reason, extra=detail)
         self._failed(proxy, category, reason, crashed=crashed)
 
     @staticmethod
@@ -348,10 +425,10 @@ class Supervisor:
         with proxy.lock:
             state = proxy.lifecycle.failed(self._clock.monotonic_ns(), reason)
             why = proxy.lifecycle.quarantine_reason
-        if state is ExtensionState.QUARANTINED and proxy.spec.id not in self._quarantine_reported:
-            self._quarantine_reported.add(proxy.spec.id)
+        if state is ExtensionState.QUARANTINED and proxy.name not in self._quarantine_reported:
+            self._quarantine_reported.add(proxy.name)
             self._gone(proxy.name, "quarantined")
-            self._report_quarantine(proxy.spec.id, why or reason)
+            self._report_quarantine(proxy.name, why or reason)
         self._notify()
 
     def _gone(self, extension_id: str, reason: str) -> None:
@@ -398,8 +475,10 @@ class Supervisor:
             self._changed.notify_all()
 
     def _ready(self, proxy: ExtensionProxy, first: bool) -> None:
-        if proxy.spec.id in self._rejoin:
-            self._rejoin.discard(proxy.spec.id)
+        if proxy.name in self._retiring:
+            return  # it left the broker when it was retired, and stays out
+        if proxy.name in self._rejoin:
+            self._rejoin.discard(proxy.name)
             first = True  # withdrawn from the broker at its quarantine: subscribed again, as at first
         if first and self._on_first_ready is not None:
             self._guard(f"on_first_ready({proxy.name})", self._on_first_ready, proxy)
