@@ -32,7 +32,7 @@ from ringfence.agent._errors import AgentError
 from ringfence.agent._shadow import BUSY, ShadowPolicy, ShadowRuns, shadow_id
 from ringfence.agent._updates import make_update_loop
 from ringfence.agent._validate import package_problem
-from ringfence.content import staged_versions, version_key
+from ringfence.content import PackageError, staged_versions, version_key
 from ringfence.content._default import default_pack
 from ringfence.events import (
     ActionRequest,
@@ -127,7 +127,11 @@ def with_default_pack(
     """`content` with the default pack's files (content/default/) added for each enabled engine, under
     names `default-<file>` that an operator's own files cannot take (theirs win if they do)."""
     out = {ext_id: dict(files) for ext_id, files in content.items()}
-    for engine, paths in default_pack().items():
+    try:
+        pack = default_pack()
+    except PackageError as e:  # a pack that is not the one built and validated is not run
+        raise ContentError(f"the default content pack: {e}") from e
+    for engine, paths in pack.items():
         ext_id = DEFAULT_PACK_ENGINES.get(engine)
         if ext_id is None or ext_id not in enabled:
             continue

@@ -61,6 +61,7 @@ from ringfence.agent._replay_child import (
 )
 from ringfence.agent._rules import ENGINE_IDS, find_files, printable, rules_content_name
 from ringfence.broker import Mutes
+from ringfence.content import PackageError
 from ringfence.content._default import default_pack
 from ringfence.events import DetectionFinding, Header, OcsfEncoder
 from ringfence.extensions import SupervisorConfig
@@ -127,9 +128,11 @@ class _Content(msgspec.Struct):
 def _content(rules: Sequence[str], with_default: bool, note: Note) -> list[_Content]:
     out = []
     if with_default:
-        out += [
-            _Content(e, f"default-{os.path.basename(p)}", p) for e, ps in default_pack().items() for p in ps
-        ]
+        try:
+            pack = default_pack()
+        except PackageError as e:
+            raise ReplayError(f"the default content pack: {e}") from e
+        out += [_Content(e, f"default-{os.path.basename(p)}", p) for e, ps in pack.items() for p in ps]
     found, issues = find_files(rules)
     errors = [str(i) for i in issues if i.severity == "error"]
     if errors:
