@@ -35,8 +35,9 @@ def add_parsers(cmds: Any) -> None:
         description="Ask the running agent (status socket, root only) for each extension's content: the "
         "active slot and package version, the last-known-good one, the kept slots, whether the active "
         "one is still on trial, the rejected versions with why, the deny-rate breaker (blocking, or "
-        "advisory since when and why, with the would-be denies), the crash-loop reverts, and a safe "
-        "start (the start-loop breaker).",
+        "advisory since when and why, with the would-be denies), the crash-loop reverts, the version "
+        "baking in a shadow instance and this run's shadow outcomes (promoted, or rejected with why), "
+        "and a safe start (the start-loop breaker).",
         epilog="Exit status: 0 nothing tripped; 1 a breaker is tripped (an extension cannot block, or the "
         "agent runs a safe start), or no agent answers; 2 bad usage.",
     )
@@ -48,7 +49,7 @@ def add_parsers(cmds: Any) -> None:
         "stopped): per extension, each slot and package version that was active, since when, when it "
         "was proven good, and how it ended: replaced by newer content, agent restarted, rejected, "
         "reverted by the crash-loop breaker, rolled back by an operator. Then the deny-rate breaker's "
-        "events (blocking removed, restored).",
+        "events (blocking removed, restored) and the shadow runs (started, promoted, rejected).",
         epilog=_EXITS,
     )
     history.add_argument("extension", nargs="?", metavar="EXTENSION", help="only this extension")
