@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,6 +11,31 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import mounted_tmpfs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_audit_rules_left() -> Iterator[None]:
+    """Every test module leaves the kernel's audit rules as it found them. A rule left behind is removed
+    here, so it cannot shadow a later module's rules (the first matching rule's key wins: CI once failed
+    two audit tests for a rule an agent test had left), and the module that left it fails."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from ringfence.sensors.audit._client import AuditClient, open_audit_socket
+    from ringfence.sensors.audit._rules import remove_keyed_rules
+
+    def keys() -> set[str]:
+        with open_audit_socket() as sock:
+            return {key.partition(":")[0] for rule in AuditClient(sock).list_rules() for key in rule.keys}
+
+    before = keys()
+    yield
+    left = keys() - before
+    if left:
+        with open_audit_socket() as sock:
+            for key in left:
+                remove_keyed_rules(AuditClient(sock), key)
+        pytest.fail(f"audit rules left behind by this module (removed now), keys {sorted(left)}")
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ class ExtensionProxy(FrameHandling):
         self._auth_policy: AuthPolicy | None = None
         self.conn: Connection | None = None
         self.stats = ProxyStats(spec.instance_id, str(ExtensionState.STOPPED), shadow=spec.shadow)
-        self._stamper = HeaderStamper(f"ext:{spec.id}", config.host, clock)
+        self._stamper = HeaderStamper(f"ext:{spec.instance_id}", config.host, clock)  # its findings' stamp
         self._generation = 0
 
     # -- Subscriber --------------------------------------------------------------------------------------

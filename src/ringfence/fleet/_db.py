@@ -12,6 +12,9 @@ SQLite and PostgreSQL, and what the agent's records carry.
 from __future__ import annotations
 
 import os
+import random
+import sqlite3
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -193,9 +196,30 @@ def _sqlite_pragmas(conn: Any, _record: Any) -> None:
     # file migrate one after the other, and a read-then-write never fails on upgrading its lock.
     conn.isolation_level = None
     cur = conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
+    _journal_wal(cur)  # readers do not wait for the writer
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+WAL_WAIT_S = 30.0  # as long as BEGIN IMMEDIATE waits (the connect timeout)
+
+
+def _journal_wal(cur: sqlite3.Cursor) -> None:
+    # Switching a file to WAL needs it to itself, and SQLite answers "database is locked" at once, without
+    # its busy handler, when another connection holds a lock meanwhile: four nodes opening a new file
+    # together failed 1 run in 15. The mode is kept in the file, so only the first opener switches it; the
+    # others retry until the switch is done (or the connect timeout has passed, and the error stands).
+    deadline = time.monotonic() + WAL_WAIT_S
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        else:
+            return
+        time.sleep(random.uniform(0.01, 0.05))  # noqa: S311 (jitter, not a secret)
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:

@@ -42,12 +42,19 @@ from ringfence.sensors.audit._feed import AuditFeed, FeedPublisher
 from ringfence.sensors.audit._parse import AuditEvent, EventAssembler, SyscallInfo
 from ringfence.sensors.audit._peek import socket_names
 from ringfence.sensors.audit._reader import BATCH, DatagramReader
-from ringfence.sensors.audit._rules import EXEC_SYSCALLS, NETWORK_SYSCALLS, build_rules, remove_keyed_rules
+from ringfence.sensors.audit._rules import (
+    EXEC_SYSCALLS,
+    NETWORK_SYSCALLS,
+    build_rules,
+    keyed_rules,
+    remove_keyed_rules,
+)
 from ringfence.sensors.audit._saved import SETTINGS_MASK, SavedSettings, forget, live_daemon, record_once
 
 log = logging.getLogger(__name__)
 
 _AUDIT_LOCKED = 2
+REMOVE_ATTEMPTS = 3  # removing our rules at stop: list, delete, list again
 
 
 class Mode(enum.StrEnum):
@@ -344,10 +351,23 @@ class _Running:
         return counters
 
     def _remove_rules(self) -> None:
+        """Remove every rule with our key, and list again until none is left: a request that timed out on a
+        loaded host must not leave rules that outlive the agent (and shadow any later run's: the first
+        matching rule's key wins). The last failure is raised."""
+
         def expect(rule: nl.AuditRule) -> None:
             self.feed.expect_own_change("remove_rule", "\x01".join(rule.keys))
 
-        remove_keyed_rules(self.control, self.wiring.key, before=expect)
+        for attempt in range(REMOVE_ATTEMPTS):
+            try:
+                remove_keyed_rules(self.control, self.wiring.key, before=expect)
+                if not keyed_rules(self.control, self.wiring.key):
+                    return
+            except (SensorError, OSError):
+                if attempt == REMOVE_ATTEMPTS - 1:
+                    raise
+            log.warning("audit sensor stop: rules with key %r still there; removing again", self.wiring.key)
+        raise SensorError(f"audit rules with key {self.wiring.key!r} remain (ringfence cleanup removes them)")
 
     def _unregister(self) -> None:
         self.daemon.set_status(nl.AuditStatus(mask=nl.AUDIT_STATUS_PID, pid=0))
