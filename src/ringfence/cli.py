@@ -586,6 +586,10 @@ def _render_fleet(f: FleetStatistics) -> list[str]:
         f"in {f.batches_sent} batches, waiting={f.pending_bytes} bytes, dropped={f.findings_dropped}, "
         f"rotated away unsent={f.spool_lost}",
     ]
+    if f.assignments:
+        lines.append("  assigned " + ", ".join(f"{e} {v}" for e, v in sorted(f.assignments.items())))
+    if f.assignments_problem:
+        lines.append(f"  {f.assignments_problem}")
     return lines + ([f"  last error: {f.last_error}"] if f.last_error else [])
 
 

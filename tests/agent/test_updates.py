@@ -211,7 +211,7 @@ def test_pinned_version_runs_and_a_missing_pin_is_reported(host: Host) -> None:
     pinned = host.loop(Fake(OK), follow={ENGINE: "9.9"})
     pinned.step()
     assert host.item.package_version == "1.1"  # the pin that cannot be met changes nothing
-    assert "pinned 9.9 is not staged" in pinned.status().engines[ENGINE].problem
+    assert "9.9 is not staged" in pinned.status().engines[ENGINE].problem
 
 
 def test_package_for_an_engine_not_enabled_is_reported_not_activated(host: Host) -> None:
@@ -537,3 +537,52 @@ def test_a_version_the_contract_check_refuses_never_goes_active_and_is_checked_o
     engine = loop.status().engines[ENGINE]
     assert engine.rejected == ["1.1"] and engine.problem.startswith("package 1.1 refused before loading")
     assert asked == [(ENGINE, "1.0"), (ENGINE, "1.1")]  # once per version, not once per round
+
+
+def test_with_a_fleet_an_engine_runs_the_assigned_version_and_goes_back_when_told(
+    host: Host, tmp_path: Path
+) -> None:
+    from ringfence.fleet import FleetAssignments
+
+    for version in ("1.0", "2.0", "3.0"):
+        stage_package(host.state, version, {"blocklist.txt": version + "\n"})
+    assignments = FleetAssignments(str(tmp_path / "fleet-assignments.json"))
+    loop = host.loop(Fake(OK, OK, OK), assignments=assignments)
+    assignments.on_change = loop.nudge
+    loop.step()
+    assert host.item.package_version == "", "nothing assigned: nothing new, not even the newest staged"
+    assert "assigned no version" in loop.status().engines[ENGINE].problem
+    assert loop.status().engines[ENGINE].follow == "fleet: none assigned yet"
+
+    assert assignments.offer({ENGINE: "2.0"})
+    loop.step()  # the change nudged the schedule: this look updates and activates, not an hour later
+    assert host.item.package_version == "2.0" and loop.status().engines[ENGINE].follow == "fleet: 2.0"
+    host.prove()
+    assignments.offer({ENGINE: "1.0"})  # the rollout halted: back to last-known-good, older than active
+    loop.step()
+    assert host.item.package_version == "1.0"
+    assert (host.active / "blocklist.txt").read_text() == "1.0\n"
+
+
+def test_fleet_assignments_are_parsed_as_hostile_and_kept_across_a_restart(tmp_path: Path) -> None:
+    from ringfence.fleet import FleetAssignments
+
+    path = tmp_path / "fleet-assignments.json"
+    a = FleetAssignments(str(path))
+    assert a.offer({ENGINE: "2026.12.3"}) and not a.offer({ENGINE: "2026.12.3"}), "unchanged: no change"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for bad, message in (
+        ([ENGINE], "an object of engine -> version"),
+        ({ENGINE: "../../etc"}, "is not a package version"),
+        ({ENGINE: 3}, "is not a package version"),
+        ({"../x": "1.0"}, "is not an engine id"),
+        ({f"e{i}": "1" for i in range(65)}, "at most 64"),
+    ):
+        assert not a.offer(bad)
+        assert message in a.problem and a.current() == {ENGINE: "2026.12.3"}, "the last good ones kept"
+    assert a.offer({}) and a.problem == "" and a.current() == {}
+    a.offer({ENGINE: "4.1"})
+    assert FleetAssignments(str(path)).current() == {ENGINE: "4.1"}, "what a restart follows"
+    path.write_text("{not json")
+    broken = FleetAssignments(str(path))
+    assert broken.current() == {} and "ignored, the server's next answer replaces it" in broken.problem

@@ -233,6 +233,6 @@ def test_nodes_starting_together_migrate_one_at_a_time(tmp_path: Path, db_url: s
     with ThreadPoolExecutor(4) as pool:
         engines = list(pool.map(lambda _: database(options), range(4)))
     with engines[0].connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
     for engine in engines:
         engine.dispose()

@@ -283,3 +283,32 @@ def test_config_token_enrolls_once_then_the_credential_is_used(server: Server, t
     assert link.requests == ["/api/v1/enroll", "/api/v1/heartbeat"]
     assert uplink().step() and link.requests[-1] == "/api/v1/heartbeat", "the spent token is not sent again"
     assert link.requests.count("/api/v1/enroll") == 1
+
+
+def test_the_heartbeat_answer_sets_the_hosts_assignments_and_a_bad_one_changes_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    from ringfence.fleet import FleetAssignments
+    from ringfence.fleet._evaluator import create_rollout, evaluate
+    from ringfence.fleet._rollout import Ring, RolloutPlan
+
+    state = tmp_path / "agent"
+    server.enroll(state)
+    mono, link = Mono(), Link(server)
+    up = _uplink(server, state, link, mono)
+    up.assignments = FleetAssignments(str(state / "fleet-assignments.json"))
+    up.step()
+    assert up.statistics().assignments == {}
+    plan = RolloutPlan(rings=(Ring(fraction=1.0, bake_s=0.0),))
+    create_rollout(server.sessions, server.clock.now_ns, "ringfence.sigma", "2.0", last_known_good="1.0",
+                   plan=plan, by="alice")  # fmt: skip
+    evaluate(server.sessions, server.clock.now_ns, "node-a")
+    mono.now += 30
+    up.step()
+    assert up.statistics().assignments == {"ringfence.sigma": "2.0"}
+    link.answer = httpx.Response(200, json={"stored": 1, "assignments": {"ringfence.sigma": "$(reboot)"}})
+    mono.now += 30
+    up.step()
+    stats = up.statistics()
+    assert stats.assignments == {"ringfence.sigma": "2.0"}, "the last good ones kept"
+    assert "fleet server sent bad assignments" in stats.assignments_problem and stats.connected

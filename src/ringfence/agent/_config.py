@@ -177,6 +177,9 @@ class FleetSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     findings_batch: int = 500  # findings per upload at most
     request_timeout_s: float = 10.0
     max_backoff_s: float = 300.0  # the longest wait between tries while the server is away
+    # With [content] url too: each engine runs the signed version the server assigns it (its rollouts),
+    # and nothing new until it assigns one; false: [content] follow decides, the server only watches.
+    follow_assignments: bool = True
 
 
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -451,6 +451,7 @@ class Agent:
             config,
             enroll_token=fleet.token,
             hostname=self.config.host,
+            assignments=getattr(getattr(self.supervisor, "updates", None), "assignments", None),
         )
         self.uplink.start()
 

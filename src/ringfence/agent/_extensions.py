@@ -46,6 +46,7 @@ from ringfence.events import (
     SubscriberAuthStatistics,
 )
 from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
+from ringfence.fleet import ASSIGNMENTS_FILE, FleetAssignments
 from ringfence.response import ResponseConfig, ResponseExecutor
 
 if TYPE_CHECKING:
@@ -241,8 +242,15 @@ class _Extensions:
                 self._extension_state,
                 check=lambda engine, path: package_problem(path, engine, extensions),
                 shadow=self.shadow,
+                assignments=(
+                    FleetAssignments(os.path.join(state_dir, ASSIGNMENTS_FILE))
+                    if config.fleet.url and config.fleet.follow_assignments
+                    else None
+                ),
             )
         )
+        if self.updates is not None and self.updates.assignments is not None:
+            self.updates.assignments.on_change = self.updates.nudge
         self._stop_breakers = threading.Event()
         self._breakers = threading.Thread(target=self._run_breakers, name="ringfence-breakers", daemon=True)
         specs = extension_specs(config, self.contents)

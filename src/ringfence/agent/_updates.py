@@ -55,6 +55,7 @@ from ringfence.content import (
     version_key,
 )
 from ringfence.events import ContentUpdateStatus, EngineContentStatus
+from ringfence.fleet import FleetAssignments
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def choose(versions: list[str], policy: str, rejected: set[str]) -> tuple[str | 
         return None, f"pinned {policy} was rejected by the engine"
     if policy in versions:
         return policy, ""
-    return None, f"pinned {policy} is not staged (the client fetches the newest only)"
+    return None, f"{policy} is not staged (yet)"
 
 
 class ContentUpdateLoop:
@@ -109,8 +110,10 @@ class ContentUpdateLoop:
         setup_problem: str = "",
         check: PackageCheck | None = None,
         shadow: ShadowRuns | None = None,
+        assignments: FleetAssignments | None = None,
     ) -> None:
         self._updates, self._schedule, self._store = updates, schedule, store
+        self.assignments = assignments  # a fleet chooses each engine's version (else `follow` does)
         self.shadow = shadow if shadow is not None and shadow.policy.bake_s > 0 else None
         self._check = check
         self._refused: dict[tuple[str, str], str] = {}  # (engine, version) -> why, once checked
@@ -198,8 +201,11 @@ class ContentUpdateLoop:
         item = self._contents.get(engine)
         if item is None:
             return f"staged for {engine}, which is not an enabled extension: not activated"
-        version, why = choose(
-            staged_versions(self._state_dir, engine), follow_of(self._follow, engine), item.rejected
+        policy = self._policy(engine)
+        version, why = (
+            (None, "the fleet assigned no version of this engine yet: the active content stays")
+            if policy is None
+            else choose(staged_versions(self._state_dir, engine), policy, item.rejected)
         )
         if version is None or version == item.package_version:
             return why or self._refusal(engine)
@@ -207,7 +213,16 @@ class ContentUpdateLoop:
         if refused:
             return refused
         path = staged_dir(self._state_dir, engine, version)
-        held, promoted = self._through_shadow(item, engine, version, path)
+        back = (
+            self.assignments is not None
+            and bool(item.package_version)
+            and version_key(version) < version_key(item.package_version)
+        )
+        if back:  # the fleet rolls this host back: the older version ran here before, no bake delays it
+            log.warning(
+                "content of %s: the fleet assigned %s, back from %s", engine, version, item.package_version
+            )
+        held, promoted = (None, False) if back else self._through_shadow(item, engine, version, path)
         if held is not None:
             return held
         seen = self._extension_state(engine) if self._extension_state is not None else None
@@ -226,6 +241,13 @@ class ContentUpdateLoop:
         self._activations += 1
         log.info("content of %s: package %s active as slot %d", engine, version, item.slot)
         return ""
+
+    def _policy(self, engine: str) -> str | None:
+        """The version `choose` is to pick for `engine`: the fleet's assignment (None: it assigned none),
+        or the `follow` policy."""
+        if self.assignments is None:
+            return follow_of(self._follow, engine)
+        return self.assignments.current().get(engine)
 
     def _through_shadow(
         self, item: StagedContent, engine: str, version: str, path: str
@@ -292,7 +314,7 @@ class ContentUpdateLoop:
             engines[engine] = EngineContentStatus(
                 staged=staged_versions(self._state_dir, engine),
                 active=item.package_version if item is not None else "",
-                follow=follow_of(self._follow, engine),
+                follow=self._follow_line(engine),
                 rejected=sorted(item.rejected) if item is not None else [],
                 trial=item.package_on_trial if item is not None else False,
                 problem=problems.get(engine, ""),
@@ -312,6 +334,16 @@ class ContentUpdateLoop:
             activations=self._activations,
             failure_grace_s=self._grace_s,
         )
+
+    def _follow_line(self, engine: str) -> str:
+        if self.assignments is None:
+            return follow_of(self._follow, engine)
+        assigned = self.assignments.current().get(engine)
+        return f"fleet: {assigned}" if assigned else "fleet: none assigned yet"
+
+    def nudge(self) -> None:
+        """Update at the next look (the fleet changed an assignment): not at the schedule's next time."""
+        self._schedule.next_due_s = 0.0
 
     def problems(self) -> list[str]:
         """One line if updates have kept failing for longer than the grace period, else none."""
@@ -338,6 +370,7 @@ def make_update_loop(
     *,
     check: PackageCheck | None = None,
     shadow: ShadowRuns | None = None,
+    assignments: FleetAssignments | None = None,
 ) -> ContentUpdateLoop | None:
     """The loop for `[content]` (a ContentSection), None when no `url` is set. A trust anchor named by
     `root` is installed when none is; one that cannot be is a problem in status, never a failed start."""
@@ -353,8 +386,9 @@ def make_update_loop(
     if setup_problem:
         log.error("%s", setup_problem)
     retry_min = min(60.0, content.update_interval_s)
+    assigned = assignments.current if assignments is not None else None
     return ContentUpdateLoop(
-        TufContentUpdater(config),
+        TufContentUpdater(config, assigned=assigned),
         UpdateSchedule(
             interval_s=content.update_interval_s,
             retry_min_s=retry_min,
@@ -370,4 +404,5 @@ def make_update_loop(
         setup_problem=setup_problem,
         check=check,
         shadow=shadow,
+        assignments=assignments,
     )

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -108,10 +108,12 @@ class TufContentUpdater:
         config: UpdateConfig,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utc_now,
+        assigned: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
         self._now = now
+        self._assigned = assigned  # a fleet's choice per engine: fetch that version, and only that
 
     def update(self) -> UpdateReport:
         try:
@@ -131,9 +133,11 @@ class TufContentUpdater:
             updater = self._refresh()
         except ContentError as e:
             return UpdateReport(ok=False, problems=[str(e)])
-        for engine, signed in sorted(self._newest().items()):
+        wanted, refused = self._wanted()
+        problems.extend(refused)
+        for engine, signed in sorted(wanted.items()):
             try:
-                done = self._fetch_one(updater, signed)
+                done = self._fetch_one(updater, signed, assigned=self._assigned is not None)
             except ContentError as e:
                 problems.append(f"{engine}: {e}")
                 continue
@@ -202,32 +206,51 @@ class TufContentUpdater:
             raise UpdateError(why if where in why else f"{where}: {why}") from None
         return updater
 
-    def _newest(self) -> dict[str, Manifest]:
-        """The newest signed version of each engine. The names come from the verified targets.json that
-        refresh() just wrote; each is looked up again through the updater before it is trusted."""
+    def _wanted(self) -> tuple[dict[str, Manifest], list[str]]:
+        """Per engine, the signed version to fetch: the newest, or with a fleet the one it assigned (an
+        engine it assigned nothing gets nothing); and the assignments the repository does not sign."""
+        listed = self._listed()
+        if self._assigned is None:
+            newest: dict[str, Manifest] = {}
+            for m in listed:
+                best = newest.get(m.engine)
+                if best is None or version_key(m.version) > version_key(best.version):
+                    newest[m.engine] = m
+            return newest, []
+        chosen: dict[str, Manifest] = {}
+        refused: list[str] = []
+        by_version = {(m.engine, m.version): m for m in listed}
+        for engine, version in sorted(self._assigned().items()):
+            found = by_version.get((engine, version))
+            if found is None:
+                refused.append(
+                    f"{engine}: the fleet assigned {version}, which the signed repository does not list: "
+                    "refused (a control plane chooses among signed versions only)"
+                )
+            else:
+                chosen[engine] = found
+        return chosen, refused
+
+    def _listed(self) -> list[Manifest]:
+        """Every signed package. The names come from the verified targets.json that refresh() just wrote;
+        each is looked up again through the updater before it is trusted."""
         try:
             path = os.path.join(self.config.tuf_dir, "metadata", "targets.json")
             targets: Metadata[Targets] = Metadata.from_file(path)
         except (OSError, DeserializationError) as e:
             log.warning("content update: cannot list targets: %s", e)
-            return {}
-        newest: dict[str, Manifest] = {}
-        for target in targets.signed.targets.values():
-            m = manifest_of(target)
-            if m is None:
-                continue
-            best = newest.get(m.engine)
-            if best is None or version_key(m.version) > version_key(best.version):
-                newest[m.engine] = m
-        return newest
+            return []
+        return [m for target in targets.signed.targets.values() if (m := manifest_of(target)) is not None]
 
-    def _fetch_one(self, updater: Updater, signed: Manifest) -> Staged | None:
+    def _fetch_one(self, updater: Updater, signed: Manifest, *, assigned: bool = False) -> Staged | None:
+        """Stage `signed` (None when it is already). A version below the staged newest is refused unless
+        a fleet assigned it (a rollback to last-known-good is the control plane's call; still signed)."""
         c = self.config
         path = f"content/{signed.engine}/{signed.name}-{signed.version}.tar"
         staged = staged_versions(c.state_dir, signed.engine)
         if os.path.isdir(staged_dir(c.state_dir, signed.engine, signed.version)):
             return None
-        if staged and version_key(staged[-1]) > version_key(signed.version):
+        if not assigned and staged and version_key(staged[-1]) > version_key(signed.version):
             raise UpdateError(
                 f"the repository's newest version {signed.version} is below the staged {staged[-1]}: "
                 "refused (a version never goes down)"

@@ -235,6 +235,8 @@ class FleetStatistics(msgspec.Struct):
     retry_in_s: float = 0.0  # the backoff before the next try
     last_error: str = ""
     problem: str = ""  # not enrolled, or the credential refused: makes the agent degraded
+    assignments: dict[str, str] = msgspec.field(default_factory=dict)  # engine -> version the server chose
+    assignments_problem: str = ""  # the server's last answer had bad assignments (the last good ones kept)
 
 
 class Health(msgspec.Struct, kw_only=True):

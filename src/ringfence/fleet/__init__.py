@@ -4,7 +4,10 @@ Never imports the host side: what it knows of a host's health is in `ringfence.e
 
     ringfence server ...            fleet/_cli.py -> _server.py (uvicorn) -> _api.py (FastAPI) -> _store.py
     ringfence enroll URL --token    fleet/_client.py: the credential (an Ed25519 key, see _auth.py)
-    the agent's [fleet] section     fleet/_uplink.py (heartbeats, findings from the _spool.py offset)
+    the agent's [fleet] section     fleet/_uplink.py (heartbeats, findings from the _spool.py offset);
+                                    the server's answer: FleetAssignments (_assignments.py), which the
+                                    agent's content updates follow
+    rollouts on the server          fleet/_evaluator.py: placements, windows from heartbeats, the lease
 
 Rollouts (pure logic on an injected clock, no I/O; _rollout.py, _gates.py, _hosts.py, _simulate.py):
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ringfence.fleet._assignments import ASSIGNMENTS_FILE, FleetAssignments
 from ringfence.fleet._client import credential_path
 from ringfence.fleet._errors import CredentialError, EnrollError, FleetError, RolloutError, ServerError
 from ringfence.fleet._spool import FindingsSpool
@@ -86,6 +90,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ASSIGNMENTS_FILE",
     "DEFAULT_METRICS",
     "DEFAULT_RINGS",
     "SCENARIOS",
@@ -95,6 +100,7 @@ __all__ = [
     "Decision",
     "EnrollError",
     "FindingsSpool",
+    "FleetAssignments",
     "FleetError",
     "GateConfig",
     "GateResult",

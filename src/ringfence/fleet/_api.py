@@ -5,7 +5,7 @@ heartbeat is `ringfence.events.Heartbeat`, the agent's own type): the first bad 
 one line naming what is wrong. Their schemas are published in /openapi.json all the same.
 
     POST /api/v1/enroll       {token, hostname, public_key} -> {host_id}       (the token is the proof)
-    POST /api/v1/heartbeat    a Heartbeat                   -> {stored}        (signed by the host)
+    POST /api/v1/heartbeat    a Heartbeat                   -> {stored, assignments}   (signed by the host)
     POST /api/v1/findings     {batch_id, findings: [...]}   -> {stored, duplicate}  (signed)
     GET  /api/v1/ping         -> {ok, heartbeat_schema_version}                (no auth; for probes)
 
@@ -15,10 +15,11 @@ answer is 503 with Retry-After; the uplink backs off (and honours Retry-After on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from ringfence.events import HEARTBEAT_SCHEMA_VERSION, Heartbeat, decode_heartbe
 from ringfence.fleet import _store
 from ringfence.fleet._auth import DATE_HEADER, HOST_HEADER, NONCE_HEADER, SIGNATURE_HEADER
 from ringfence.fleet._console import add_console
+from ringfence.fleet._evaluator import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class ServerSettings:
     max_findings_bytes: int = 8 << 20
     max_findings_per_batch: int = 1000
     max_inflight: int = 64  # requests at once on this node; more get 503 + Retry-After
+    rollout_interval_s: float = 0.0  # how often this node looks at the rollouts (0: never; the server: 60)
     retry_after_s: int = 5
     now_ns: Callable[[], int] = field(default=time.time_ns)
 
@@ -76,6 +79,11 @@ class Stored(msgspec.Struct):
     duplicate: bool = False
 
 
+class HeartbeatReply(msgspec.Struct):
+    stored: int
+    assignments: dict[str, str]  # engine -> the signed content version this host is to run
+
+
 class Error(msgspec.Struct):
     detail: str
 
@@ -87,8 +95,14 @@ class _Refused(Exception):
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    app = FastAPI(title="Ringfence fleet", version=__version__, openapi_url="/openapi.json", docs_url=None)
     sessions = sessionmaker(settings.engine, expire_on_commit=False)
+    app = FastAPI(
+        title="Ringfence fleet",
+        version=__version__,
+        openapi_url="/openapi.json",
+        docs_url=None,
+        lifespan=_rollout_looks(settings, sessions),
+    )
     inflight = [0]  # this node's own load, not state another node needs
 
     @app.exception_handler(_Refused)
@@ -158,8 +172,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             beat = decode_heartbeat(body)
         except ValueError as e:
             raise _Refused(422, str(e)) from e
-        await call(_store.store_heartbeat, host_id, beat, body, history=settings.heartbeat_history)
-        return _json(Stored(stored=1))
+        assigned = await call(_store.store_heartbeat, host_id, beat, body, history=settings.heartbeat_history)
+        return _json(HeartbeatReply(stored=1, assignments=assigned))
 
     @app.post(f"{API}/findings", summary="a batch of findings (signed)", openapi_extra=_body(FindingsBatch))
     async def findings(request: Request) -> Response:
@@ -179,6 +193,26 @@ def create_app(settings: ServerSettings) -> FastAPI:
     add_console(app, sessions, settings.now_ns)
     _with_components(app)
     return app
+
+
+def _rollout_looks(
+    settings: ServerSettings, sessions: sessionmaker[Any]
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: this node's rollout evaluator runs while it serves (when the interval is set)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        evaluator = None
+        if settings.rollout_interval_s > 0:
+            evaluator = Evaluator(sessions, interval_s=settings.rollout_interval_s, now_ns=settings.now_ns)
+            evaluator.start()
+        try:
+            yield
+        finally:
+            if evaluator is not None:
+                evaluator.stop()
+
+    return lifespan
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -223,7 +257,7 @@ def _with_components(app: FastAPI) -> None:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
             _, components = msgspec.json.schema_components(
-                [EnrollRequest, EnrollResponse, Heartbeat, FindingsBatch, Stored, Error],
+                [EnrollRequest, EnrollResponse, Heartbeat, HeartbeatReply, FindingsBatch, Stored, Error],
                 ref_template="#/components/schemas/{name}",
             )
             doc.setdefault("components", {}).setdefault("schemas", {}).update(components)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ringfence.fleet._defaults import AGENT_STATE_DIR, DEFAULT_LISTEN, DEFAULT_SERVER_STATE_DIR
 from ringfence.fleet._errors import FleetError
+from ringfence.fleet._rollout_cli import add_rollout_parsers, run_rollout
 
 if TYPE_CHECKING:
     from ringfence.fleet._server import ServerOptions
@@ -33,6 +34,12 @@ def add_parsers(sub: Commands) -> None:
     )
     _db_options(server)
     server.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    server.add_argument(
+        "--rollout-interval",
+        default="60s",
+        help="how often this node looks at the rollouts: N followed by s, m or h (default 60s; "
+        "each rollout is looked at by one node at a time)",
+    )
     server.add_argument(
         "--heartbeat-history",
         type=int,
@@ -76,6 +83,8 @@ def add_parsers(sub: Commands) -> None:
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     _db_options(add)
 
+    add_rollout_parsers(cmds, _db_options)
+
     host = sub.add_parser(
         "enroll",
         help="enroll this host with a fleet server (root)",
@@ -106,10 +115,10 @@ def _db_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, flag: str = "--expires") -> float:
     m = _DURATION.fullmatch(text.strip())
     if not m or int(m.group(1)) == 0:
-        raise FleetError(f"--expires {text!r}: N followed by s, m, h or d, like 30m or 24h")
+        raise FleetError(f"{flag} {text!r}: N followed by s, m, h or d, like 30m or 24h")
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -121,6 +130,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         db=getattr(args, "db", ""),
         state_dir=getattr(args, "state_dir", DEFAULT_SERVER_STATE_DIR),
         heartbeat_history=getattr(args, "heartbeat_history", 100),
+        rollout_interval_s=parse_duration(getattr(args, "rollout_interval", "60s"), "--rollout-interval"),
     )
 
 
@@ -145,6 +155,8 @@ def run_server(args: argparse.Namespace) -> int:
         return 0
     if args.server_cmd == "operator":
         return _add_operator(args, sessions, now)
+    if args.server_cmd in ("rollout", "place"):
+        return run_rollout(args, sessions)
     if args.server_cmd == "revoke":
         if not _store.revoke(sessions, now, args.host_id):
             raise FleetError(f"revoke: no host {args.host_id!r} (ringfence server hosts lists them)")

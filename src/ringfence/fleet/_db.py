@@ -128,6 +128,37 @@ class Assignment(Base):
     assigned_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
 
 
+class RolloutRecord(Base):
+    """One rollout of a release of one engine: the controller's whole state (`Rollout`, as JSON) and the
+    lease that lets one API node at a time evaluate it."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    engine: Mapped[str] = mapped_column(sa.String(128), index=True)
+    release: Mapped[str] = mapped_column(sa.String(64))
+    last_known_good: Mapped[str] = mapped_column(sa.String(64))
+    phase: Mapped[str] = mapped_column(sa.String(16), index=True)  # Rollout.phase, for queries
+    state: Mapped[str] = mapped_column(sa.Text)  # encode_rollout(...)
+    created_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    created_by: Mapped[str] = mapped_column(sa.String(64))
+    updated_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    started_at_ns: Mapped[int] = mapped_column(sa.BigInteger)  # the controller's clock zero (wall clock)
+    lease_owner: Mapped[str] = mapped_column(sa.String(64), default="")
+    lease_until_ns: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class Placement(Base):
+    """An operator's choice for a host (`host:ID`) or a group (`group:NAME`): a fixed ring, a pin to the
+    release before the newest (`n-1`), and a host's group. A host's own choice beats its group's."""
+
+    __tablename__ = "placements"
+    subject: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    ring: Mapped[int | None] = mapped_column(sa.Integer)
+    pin: Mapped[str] = mapped_column(sa.String(8), default="")  # "" (follow the rings), "n", "n-1"
+    group_name: Mapped[str] = mapped_column(sa.String(128), default="")  # hosts only
+    updated_at_ns: Mapped[int] = mapped_column(sa.BigInteger)
+
+
 class Operator(Base):
     """A console account: admin (may change things) or viewer (may look)."""
 

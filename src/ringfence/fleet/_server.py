@@ -28,6 +28,7 @@ class ServerOptions:
     db: str = ""  # "": SQLite in the state dir
     state_dir: str = DEFAULT_SERVER_STATE_DIR
     heartbeat_history: int = 100
+    rollout_interval_s: float = 60.0  # each node looks at the rollouts this often (under a lease each)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -81,7 +82,13 @@ def serve(options: ServerOptions, announce: Callable[[str], None] = log.info) ->
 
     engine = database(options)
     sock = bind(options.listen)
-    app = create_app(ServerSettings(engine=engine, heartbeat_history=options.heartbeat_history))
+    app = create_app(
+        ServerSettings(
+            engine=engine,
+            heartbeat_history=options.heartbeat_history,
+            rollout_interval_s=options.rollout_interval_s,
+        )
+    )
     config = uvicorn.Config(app, log_level="info", access_log=False, proxy_headers=False)
     log.info(
         "ringfence server on %s, database %s", options.listen, engine.url.render_as_string(hide_password=True)

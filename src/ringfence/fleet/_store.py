@@ -27,6 +27,7 @@ from ringfence.fleet._db import (
     HostStatus,
     RequestNonce,
 )
+from ringfence.fleet._evaluator import assignments_of
 from ringfence.fleet._operators import audit
 
 Sessions = sessionmaker[Session]
@@ -150,8 +151,9 @@ def authenticate(sessions: Sessions, now_ns: int, request: SignedRequest) -> str
 
 def store_heartbeat(
     sessions: Sessions, now_ns: int, host_id: str, beat: Heartbeat, document: bytes, *, history: int
-) -> None:
-    """The latest per host (replaced) and the history (the oldest past `history` deleted)."""
+) -> dict[str, str]:
+    """The latest per host (replaced) and the history (the oldest past `history` deleted). Returns the
+    host's assignments (engine -> version), the heartbeat's answer."""
     text = document.decode()
     with sessions.begin() as s:
         s.add(
@@ -182,6 +184,7 @@ def store_heartbeat(
             s.add(status)
         status.received_at_ns, status.sequence, status.healthy = now_ns, beat.sequence, beat.health.healthy
         status.agent_version, status.document = beat.health.version, text
+        return assignments_of(s, host_id)
 
 
 def store_findings(

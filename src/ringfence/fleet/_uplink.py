@@ -25,6 +25,7 @@ import httpx
 import msgspec
 
 from ringfence.events import FleetStatistics, Heartbeat
+from ringfence.fleet._assignments import FleetAssignments
 from ringfence.fleet._client import (
     CREDENTIAL_FILE,
     Credential,
@@ -74,8 +75,10 @@ class Uplink:
         hostname: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
+        assignments: FleetAssignments | None = None,
     ) -> None:
         self.url, self._credential_path = url, credential_path
+        self.assignments = assignments  # None: the host does not take content choices from the server
         self._heartbeat, self._spool = heartbeat, spool
         self.config = config or UplinkConfig()
         self._http, self._clock, self._wall_ns = http, clock, wall_ns
@@ -179,6 +182,12 @@ class Uplink:
         with self._lock:
             self._stats.heartbeats_sent += 1
             self._stats.last_heartbeat_ns = self._wall_ns()
+        if self.assignments is not None:
+            try:
+                answer = msgspec.json.decode(r.content)
+            except msgspec.DecodeError:
+                answer = None
+            self.assignments.offer(answer.get("assignments", {}) if isinstance(answer, dict) else answer)
 
     def _send_findings(self, client: FleetClient) -> bool:
         """One batch; False when the spool had nothing."""
@@ -231,6 +240,9 @@ class Uplink:
         with self._lock:
             stats = msgspec.structs.replace(self._stats)
         stats.retry_in_s = max(0.0, self._next_try - self._clock())
+        if self.assignments is not None:
+            stats.assignments = dict(self.assignments.current())
+            stats.assignments_problem = self.assignments.problem
         return stats
 
 
