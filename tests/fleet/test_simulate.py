@@ -125,7 +125,7 @@ def test_exported_names_are_pinned():
         "window_from_hosts",
         # the server's and the uplink's
         "CredentialError", "EnrollError", "FindingsSpool", "FleetError", "ServerError", "Uplink",
-        "UplinkConfig", "credential_path",
+        "UplinkConfig", "credential_path", "ASSIGNMENTS_FILE", "FleetAssignments",
     ])  # fmt: skip
     for name in ringfence.fleet.__all__:
         assert hasattr(ringfence.fleet, name)
