@@ -195,6 +195,8 @@ def overview(sessions: Sessions, now_ns: int) -> Overview:
 
 
 def host_page(sessions: Sessions, now_ns: int, f: HostFilter) -> HostPage:
+    """The page's ids come from `hosts` alone unless the filter reads the latest heartbeat: a row of
+    `host_status` carries the whole document, so joining it for every host costs a scan of them all."""
     where: list[sa.ColumnElement[bool]] = []
     if f.status:
         where.append(_status_where(f.status, now_ns))
@@ -205,25 +207,26 @@ def host_page(sessions: Sessions, now_ns: int, f: HostFilter) -> HostPage:
         )
     if f.version:
         where.append(HostStatus.agent_version == f.version)
-    base = sa.select(Host.id).outerjoin(HostStatus, HostStatus.host_id == Host.id).where(*where)
+    ids = sa.select(Host.id, Host.name).where(*where)
+    if f.status in ("never", "offline", "degraded", "healthy") or f.version:
+        ids = ids.outerjoin(HostStatus, HostStatus.host_id == Host.id)
     with sessions() as s:
-        total = int(s.scalar(sa.select(sa.func.count()).select_from(base.subquery())) or 0)
-        page = sa.select(
-            Host.id,
-            Host.name,
-            Host.revoked_at_ns,
-            Host.enrolled_at_ns,
-            HostStatus.received_at_ns,
-            HostStatus.healthy,
-            HostStatus.agent_version,
-        ).outerjoin(HostStatus, HostStatus.host_id == Host.id)
-        page = page.where(*where)
+        total = int(s.scalar(sa.select(sa.func.count()).select_from(ids.subquery())) or 0)
         if f.after:
             last = s.execute(sa.select(Host.name, Host.id).where(Host.id == f.after)).first()
             if last is None:
                 raise BadFilter(f"after: no host {f.after} (it was removed? start from the first page)")
-            page = page.where(sa.tuple_(Host.name, Host.id) > sa.tuple_(last.name, last.id))
-        rows = s.execute(page.order_by(Host.name, Host.id).limit(PAGE_SIZE + 1)).all()
+            ids = ids.where(sa.tuple_(Host.name, Host.id) > sa.tuple_(last.name, last.id))
+        chosen = ids.order_by(Host.name, Host.id).limit(PAGE_SIZE + 1).subquery()
+        rows = s.execute(
+            sa.select(
+                Host.id, Host.name, Host.revoked_at_ns, Host.enrolled_at_ns,
+                HostStatus.received_at_ns, HostStatus.healthy, HostStatus.agent_version,
+            )
+            .join(chosen, chosen.c.id == Host.id)
+            .outerjoin(HostStatus, HostStatus.host_id == Host.id)
+            .order_by(Host.name, Host.id)
+        ).all()  # fmt: skip
     hosts = [
         HostRow(
             id=r.id,
@@ -236,11 +239,6 @@ def host_page(sessions: Sessions, now_ns: int, f: HostFilter) -> HostPage:
         for r in rows[:PAGE_SIZE]
     ]
     return HostPage(hosts=hosts, total=total, next_after=hosts[-1].id if len(rows) > PAGE_SIZE else "")
-
-
-def host_known(sessions: Sessions, host_id: str) -> bool:
-    with sessions() as s:
-        return s.get(Host, host_id) is not None
 
 
 def host_detail(sessions: Sessions, now_ns: int, host_id: str) -> HostDetail | None:
