@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.console_seed import seed
+from tests.fleet.console_seed import seed
 
 FULL_HOSTS = 100_000
 RUNS = 20

@@ -54,7 +54,7 @@ class SeededFleet:
 
 
 def status_for(i: int) -> str:
-    slot = i % 100
+    slot = i * 37 % 100  # every hundred hosts has the mix, spread out (37 is prime to 100)
     for status, share in MIX:
         if slot < share:
             return status
