@@ -1,0 +1,201 @@
+"""A fleet in the server's database, written directly (bulk INSERTs, not the API): for the console's
+bench, its screenshots and its tests.
+
+    seed(engine, now_ns, hosts=N, findings_per_host=F, history_hosts=H, history=K) -> SeededFleet
+
+Hosts get names like `web-eu-0042`; their status cycles through a realistic mix (most healthy; some
+degraded with a problem and drops, offline for 10 minutes, never seen, revoked). Each host with a
+heartbeat has one latest document, a real `Heartbeat` with three extensions; the first
+`history_hosts` hosts also get `history` older heartbeats. Findings are OCSF findings like the
+engines write (title, rule, severity, action).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+import sqlalchemy as sa
+
+from ringfence.events import (
+    AuthStatistics,
+    BrokerStatistics,
+    ExtensionStatistics,
+    Health,
+    Heartbeat,
+    StageDrops,
+)
+from ringfence.fleet._db import Finding, FindingBatch, HeartbeatRecord, Host, HostStatus
+
+ROLES = ("web", "db", "cache", "build", "batch", "edge")
+REGIONS = ("eu", "us", "ap")
+# (status, out of 100 hosts)
+MIX = (("healthy", 86), ("degraded", 5), ("offline", 4), ("never", 3), ("revoked", 2))
+RULES = (
+    ("Blocked execution of a known-bad binary", "ioc.sha256", "ringfence.reputation", 4, "Blocked"),
+    ("Reverse shell: interactive shell with its stdio on a socket", "sigma.reverse_shell", "ringfence.sigma",
+     5, "Detected"),
+    ("Cron file written by a non-package process", "sigma.cron_persistence", "ringfence.sigma", 3,
+     "Detected"),
+    ("Connection to a known C2 address", "ioc.ip", "ringfence.ioc", 4, "Detected"),
+    ("YARA: Linux cryptominer (XMRig strings)", "yara.xmrig", "ringfence.yara", 4, "Blocked"),
+    ("Kernel module loaded from /tmp", "sigma.insmod_tmp", "ringfence.sigma", 5, "Detected"),
+    ("New SUID binary outside the package database", "sigma.suid_new", "ringfence.sigma", 2, "Detected"),
+)  # fmt: skip
+SEVERITY = {1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
+
+
+@dataclass(frozen=True)
+class SeededFleet:
+    host_ids: list[str]  # in seeding order
+    statuses: dict[str, str]  # host id -> what it was seeded as
+    history_host: str  # a host with `history` heartbeats ("" when none)
+
+
+def status_for(i: int) -> str:
+    slot = i * 37 % 100  # every hundred hosts has the mix, spread out (37 is prime to 100)
+    for status, share in MIX:
+        if slot < share:
+            return status
+        slot -= share
+    return "healthy"
+
+
+def name_for(i: int) -> str:
+    return f"{ROLES[i % len(ROLES)]}-{REGIONS[(i // len(ROLES)) % len(REGIONS)]}-{i:05d}"
+
+
+def health(name: str, healthy: bool, started_ns: int, uptime_s: float, sequence: int) -> Health:
+    problems = [] if healthy else ["stage output events dropped 412 events in the last 300 s"]
+    return Health(
+        version="0.9.2" if sequence % 7 else "0.9.1",
+        pid=812,
+        host=name,
+        state_dir="/var/lib/ringfence",
+        started_at_ns=started_ns,
+        uptime_s=uptime_s,
+        healthy=healthy,
+        problems=problems,
+        warnings=["the audit sensor's write watches are off ([audit] watch_writes)"] if sequence % 5 else [],
+        sensors=[],
+        unavailable={},
+        broker=BrokerStatistics(
+            kinds={},
+            auth=AuthStatistics(requests=1200 + sequence * 40, unanswered_at_deadline=0 if healthy else 3),
+            subscribers=[],
+        ),
+        outputs=[],
+        extensions=[
+            ExtensionStatistics(id="ringfence.reputation", state="running", pid=901, engine_version="0.9.2",
+                                content_version="2026.12.01", rss_bytes=31 << 20, cpu_percent=0.4),
+            ExtensionStatistics(id="ringfence.sigma", state="running", pid=902, engine_version="0.9.2",
+                                content_version="2026.11.28", restarts=0 if healthy else 2,
+                                crashes=0 if healthy else 1, auth_misses=0 if healthy else 3,
+                                rss_bytes=58 << 20, cpu_percent=1.7),
+            ExtensionStatistics(id="ringfence.yara", state="running", pid=903, engine_version="0.9.2",
+                                content_version="2026.11.30", rss_bytes=44 << 20, cpu_percent=0.9),
+        ],
+        drops=[] if healthy else [StageDrops(stage="output events", total=412, last_s=42.0)],
+        memory_rss_bytes=(61 << 20) + sequence * 4096,
+        cpu_user_s=3.0 + sequence * 0.21,
+        cpu_system_s=1.0 + sequence * 0.07,
+        threads=14,
+    )  # fmt: skip
+
+
+def heartbeat_document(name: str, healthy: bool, at_ns: int, sequence: int) -> str:
+    started = at_ns - sequence * 30 * 10**9
+    beat = Heartbeat(
+        host_id=name, sequence=sequence, sent_at_ns=at_ns,
+        health=health(name, healthy, started, sequence * 30.0, sequence),
+    )  # fmt: skip
+    return msgspec.json.encode(beat).decode()
+
+
+def finding_document(host: str, n: int, at_ns: int) -> str:
+    title, rule, product, severity, disposition = RULES[n % len(RULES)]
+    return msgspec.json.encode(
+        {
+            "class_uid": 2004, "activity_id": 1, "type_uid": 200401, "time": at_ns // 10**6,
+            "severity_id": severity, "severity": SEVERITY[severity],
+            "metadata": {"version": "1.8.0", "profiles": ["host", "security_control"]},
+            "finding_info": {"uid": f"{host}-{n}", "title": title, "product": {"name": product},
+                             "analytic": {"name": rule, "type_id": 1, "type": "Rule"}},
+            "device": {"hostname": host},
+            "disposition": disposition, "disposition_id": 2 if disposition == "Blocked" else 15,
+        }
+    ).decode()  # fmt: skip
+
+
+def seed(
+    engine: sa.Engine,
+    now_ns: int,
+    *,
+    hosts: int,
+    findings_per_host: int = 2,
+    history_hosts: int = 1,
+    history: int = 100,
+    chunk: int = 5000,
+) -> SeededFleet:
+    ids = [str(uuid.UUID(int=(0x5EED << 96) + i)) for i in range(hosts)]
+    statuses = {ids[i]: status_for(i) for i in range(hosts)}
+    for start in range(0, hosts, chunk):
+        with engine.begin() as conn:
+            _chunk(conn, now_ns, ids, statuses, range(start, min(hosts, start + chunk)), findings_per_host)
+    with engine.begin() as conn:
+        for i in range(min(history_hosts, hosts)):
+            _history(conn, now_ns, ids[i], name_for(i), statuses[ids[i]], history)
+    first = next((ids[i] for i in range(min(history_hosts, hosts)) if statuses[ids[i]] != "never"), "")
+    return SeededFleet(host_ids=ids, statuses=statuses, history_host=first if history else "")
+
+
+def _chunk(
+    conn: sa.Connection, now_ns: int, ids: list[str], statuses: dict[str, str], span: range, per_host: int
+) -> None:
+    host_rows, status_rows, batch_rows, finding_rows = [], [], [], []
+    for i in span:
+        host_id, name, status = ids[i], name_for(i), statuses[ids[i]]
+        seen = {"offline": now_ns - 600 * 10**9, "never": None}.get(status, now_ns - (i % 30) * 10**9)
+        host_rows.append(
+            {"id": host_id, "name": name, "public_key": "A" * 44,
+             "enrolled_at_ns": now_ns - 30 * 86_400 * 10**9, "last_seen_at_ns": seen,
+             "revoked_at_ns": now_ns - 3600 * 10**9 if status == "revoked" else None}
+        )  # fmt: skip
+        if seen is not None:
+            healthy = status != "degraded"
+            status_rows.append(
+                {"host_id": host_id, "received_at_ns": seen, "sequence": 1000 + i % 50, "healthy": healthy,
+                 "agent_version": "0.9.2" if i % 10 else "0.9.1",
+                 "document": heartbeat_document(name, healthy, seen, 1000 + i % 50)}
+            )  # fmt: skip
+        if per_host and status != "never":
+            at = now_ns - (i % 48) * 1800 * 10**9  # spread over the last 24 h
+            batch_rows.append(
+                {"host_id": host_id, "batch_id": f"seed-{i}", "received_at_ns": at, "count": per_host}
+            )
+            finding_rows += [
+                {"host_id": host_id, "batch_id": f"seed-{i}", "received_at_ns": at,
+                 "document": finding_document(name, i * per_host + n, at)}
+                for n in range(per_host)
+            ]  # fmt: skip
+    conn.execute(sa.insert(Host), host_rows)
+    if status_rows:
+        conn.execute(sa.insert(HostStatus), status_rows)
+    if batch_rows:
+        conn.execute(sa.insert(FindingBatch), batch_rows)
+        conn.execute(sa.insert(Finding), finding_rows)
+
+
+def _history(conn: sa.Connection, now_ns: int, host_id: str, name: str, status: str, count: int) -> None:
+    if status == "never" or not count:
+        return
+    rows = []
+    for k in range(count):
+        at = now_ns - (count - k) * 30 * 10**9
+        healthy = status != "degraded" or k < count - 6  # degraded for its last few heartbeats
+        rows.append(
+            {"host_id": host_id, "received_at_ns": at, "sequence": k + 1, "sent_at_ns": at,
+             "healthy": healthy, "document": heartbeat_document(name, healthy, at, k + 1)}
+        )  # fmt: skip
+    conn.execute(sa.insert(HeartbeatRecord), rows)
