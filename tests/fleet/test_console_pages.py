@@ -285,11 +285,11 @@ def test_static_files_and_a_csp_with_nothing_inline(viewer: Server) -> None:
 def test_nav_offers_the_audit_log_to_admins_only(server: Server) -> None:
     assert _login(server.client, "victor") == 303
     nav = server.client.get("/").text.split("</header>")[0]
-    assert [*re.findall(r'<a href="([^"]+)"', nav)] == ["/", "/hosts", "/findings"]
+    assert [*re.findall(r'<a href="([^"]+)"', nav)] == ["/", "/hosts", "/findings", "/rollouts"]
     assert 'href="/" aria-current="page"' in nav
     assert _login(server.client, "alice") == 303
     nav = server.client.get("/findings").text.split("</header>")[0]
-    assert re.findall(r'<a href="([^"]+)"', nav) == ["/", "/hosts", "/findings", "/audit"]
+    assert re.findall(r'<a href="([^"]+)"', nav) == ["/", "/hosts", "/findings", "/rollouts", "/audit"]
 
 
 def test_revoked_host_shows_as_revoked_everywhere(server: Server, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@
     GET  /hosts/{host_id}            the latest heartbeat, the health history, recent findings (viewer, admin)
     POST /hosts/{host_id}/revoke     admin; the host's credential is refused from then on
     GET  /findings                   findings, newest first, filtered (host, severity, q, since, until)
+    GET  /rollouts, /rollouts/{id}   rollouts; one with its ring chart and gate evidence (_console_rollouts)
+    POST /rollouts/{id}/{action}     admin: pause, resume, abort, rollback
     GET  /audit                      the audit log (admin)
     GET  /static/NAME                htmx and the style sheet (no login)
 
@@ -37,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ringfence.fleet import _console_data as data
 from ringfence.fleet import _operators, _store
+from ringfence.fleet._console_rollouts import add_rollout_pages
 from ringfence.fleet._db import AuditEntry
 
 SESSION_COOKIE = "rf_session"
@@ -52,7 +55,7 @@ HEADERS = {
 }
 # The pages a signed-in operator is offered, in order: (label, path, role needed).
 NAV = (("Overview", "/", "viewer"), ("Hosts", "/hosts", "viewer"), ("Findings", "/findings", "viewer"),
-       ("Audit log", "/audit", "admin"))  # fmt: skip
+       ("Rollouts", "/rollouts", "viewer"), ("Audit log", "/audit", "admin"))  # fmt: skip
 STATIC = {"htmx.min.js": "text/javascript", "htmx.LICENSE": "text/plain; charset=utf-8",
           "console.css": "text/css", "favicon.svg": "image/svg+xml"}  # fmt: skip
 STATUS_LABELS = {"healthy": "healthy", "degraded": "degraded", "offline": "offline", "never": "never seen",
@@ -158,6 +161,14 @@ def add_console(app: FastAPI, sessions: sessionmaker[Session], now_ns: Callable[
         return _page("audit.html", me, title="Audit log", here="/audit", entries=entries)
 
     _add_views(app, sessions, now_ns, who)
+
+    async def viewer(request: Request) -> _operators.SignedIn:
+        me = await who(request)
+        if me is None:
+            raise _LoggedOut
+        return me
+
+    add_rollout_pages(app, sessions, now_ns, viewer=viewer, changing=changing, page=_page, denied=_Denied)
 
 
 def _add_views(

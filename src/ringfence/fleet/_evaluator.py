@@ -359,7 +359,7 @@ def _look(s: Session, record: RolloutRecord, rollout: Rollout, now_ns: int) -> N
     if rollout.phase is Phase.PENDING:
         controller.start()
     elif controller.watching:
-        placed = _placed(s, rollout)
+        placed = placed_hosts(s, rollout)
         controller.observe(_window(s, record, rollout, placed, now_ns))
     if (rollout.phase, rollout.through_ring, len(rollout.log)) != before:
         for decision in rollout.log[before[2] :]:
@@ -375,7 +375,7 @@ class _Placed:
     pin: str
 
 
-def _placed(s: Session, rollout: Rollout) -> list[_Placed]:
+def placed_hosts(s: Session, rollout: Rollout) -> list[_Placed]:
     """Every non-revoked host with its ring (by rank, or as placed) and pin."""
 
     hosts = sorted(
@@ -407,7 +407,7 @@ def _version_for(rollout: Rollout, placed: _Placed) -> str:
 
 def _assign(s: Session, record: RolloutRecord, rollout: Rollout, now_ns: int) -> None:
     """Write each host's version of this engine where it changed."""
-    placed = _placed(s, rollout)
+    placed = placed_hosts(s, rollout)
     ids = {v: _release_id(s, record.engine, v, now_ns) for v in {record.release, record.last_known_good}}
     have = dict(
         s.execute(
