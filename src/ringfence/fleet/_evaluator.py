@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from ringfence.fleet._assignments import ENGINE, VERSION
 from ringfence.fleet._db import (
     Assignment,
     HeartbeatRecord,
@@ -61,9 +61,7 @@ from ringfence.fleet._rollout import (
 log = logging.getLogger(__name__)
 
 Sessions = sessionmaker[Session]
-ENGINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-VERSION = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12}){0,5}")
-GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+GROUP = ENGINE  # the same grammar: a name of 1..128 of [A-Za-z0-9._-]
 PINS = ("", "n", "n-1")
 ACTIONS = ("pause", "resume", "abort", "rollback")
 SILENT_S = 120.0  # no heartbeat for this long: the host went silent
