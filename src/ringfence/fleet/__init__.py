@@ -28,7 +28,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ringfence.fleet._client import credential_path
-from ringfence.fleet._errors import CredentialError, EnrollError, FleetError, RolloutError, ServerError
+from ringfence.fleet._errors import (
+    CredentialError,
+    EnrollError,
+    FleetError,
+    RolloutError,
+    ServerError,
+    TrustError,
+)
 from ringfence.fleet._spool import FindingsSpool
 from ringfence.fleet._uplink import Uplink, UplinkConfig
 
@@ -113,6 +120,7 @@ __all__ = [
     "ServerError",
     "SimConfig",
     "SimResult",
+    "TrustError",
     "Uplink",
     "UplinkConfig",
     "Verdict",
