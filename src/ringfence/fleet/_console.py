@@ -12,6 +12,7 @@ hand (urlencoded, 16 KiB at most): no multipart parser is needed for three field
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from ringfence.fleet import _operators, _store
+from ringfence.fleet import _operators, _ratelimit, _store
 from ringfence.fleet._db import AuditEntry
 
 SESSION_COOKIE = "rf_session"
@@ -89,9 +90,15 @@ def add_console(app: FastAPI, sessions: sessionmaker[Session], now_ns: Callable[
         cookie = request.cookies.get(LOGIN_COOKIE, "")
         if not cookie or not secrets.compare_digest(cookie, form.get("csrf", "")):
             return _login_page("The form expired: try again", status=403)
-        token = await run_in_threadpool(
-            _operators.login, sessions, now_ns(), form.get("username", ""), form.get("password", "")
-        )
+        address = request.client.host if request.client else ""
+        username, password = form.get("username", ""), form.get("password", "")
+        token = await run_in_threadpool(_ratelimit.login, sessions, now_ns(), username, password, address)
+        if isinstance(token, _ratelimit.Blocked):
+            return _login_page(
+                f"Too many failed logins: try again in {math.ceil(token.retry_after_s / 60)} min",
+                status=429,
+                headers={"Retry-After": str(token.retry_after_s)},
+            )
         if token is None:
             return _login_page("Wrong username or password", status=401)
         r = RedirectResponse("/hosts", status_code=303)
@@ -194,9 +201,10 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in fields.items()}
 
 
-def _login_page(error: str, status: int = 200) -> Response:
+def _login_page(error: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     csrf = secrets.token_urlsafe(32)
     r = _page("login.html", None, status=status, title="Log in", error=error, csrf=csrf)
+    r.headers.update(headers or {})
     r.set_cookie(LOGIN_COOKIE, csrf, max_age=3600, httponly=True, samesite="strict")
     return r
 
