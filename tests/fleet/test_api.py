@@ -236,3 +236,18 @@ def test_nodes_starting_together_migrate_one_at_a_time(tmp_path: Path, db_url: s
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
     for engine in engines:
         engine.dispose()
+
+
+@pytest.mark.parametrize("field", ["sequence", "sent_at_ns"])
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**30])
+def test_heartbeat_number_past_bigint_refused_not_a_500(
+    server, tmp_path: Path, field: str, value: int
+) -> None:
+    cred = server.enroll(tmp_path)
+    beat = json.loads(heartbeat())
+    beat[field] = value
+    r = server.host_client(cred).post("/heartbeat", json.dumps(beat).encode())
+    assert r.status_code == 422 and f"{field}: out of the 64-bit range" in r.json()["detail"], r.text
+    assert server.scalar(sa.select(sa.func.count()).select_from(HeartbeatRecord)) == 0
+    beat[field] = 2**63 - 1
+    assert server.host_client(cred).post("/heartbeat", json.dumps(beat).encode()).status_code == 200

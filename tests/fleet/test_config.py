@@ -13,6 +13,9 @@ def test_fleet_section_defaults_and_values() -> None:
     )
     assert config.fleet.url == "https://fleet.example:8477" and config.fleet.heartbeat_interval_s == 5
     assert parse_config(b"", "rf.toml").fleet.url == "", "no url: no uplink"
+    assert parse_config(b"", "rf.toml").fleet.ca_file == "", "the system's CAs"
+    with_ca = parse_config(b'[fleet]\nca_file = "/etc/ringfence/fleet-ca.pem"\n', "rf.toml")
+    assert with_ca.fleet.ca_file == "/etc/ringfence/fleet-ca.pem"
 
 
 def test_bad_fleet_values_all_reported_with_key_and_line() -> None:
@@ -25,6 +28,7 @@ def test_bad_fleet_values_all_reported_with_key_and_line() -> None:
         b"heartbeat_interval_s = 0\n"
         b"findings_batch = 5000\n"
         b"max_backoff_s = 0\n"
+        b'ca_file = "ca.pem"\n'
     )
     with pytest.raises(ConfigError) as e:
         parse_config(text, "rf.toml")
@@ -35,6 +39,7 @@ def test_bad_fleet_values_all_reported_with_key_and_line() -> None:
         ("fleet.heartbeat_interval_s", 6),
         ("fleet.findings_batch", 7),
         ("fleet.max_backoff_s", 8),
+        ("fleet.ca_file", 9),
     }
     assert "an http:// or https:// URL, got 'fleet.example'" in str(e.value)
 

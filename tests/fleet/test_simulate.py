@@ -124,8 +124,8 @@ def test_exported_names_are_pinned():
         "decode_rollout", "encode_rollout", "evaluate", "rate_test", "simulate", "HostWindow",
         "window_from_hosts",
         # the server's and the uplink's
-        "CredentialError", "EnrollError", "FindingsSpool", "FleetError", "ServerError", "Uplink",
-        "UplinkConfig", "credential_path", "ASSIGNMENTS_FILE", "FleetAssignments",
+        "CredentialError", "EnrollError", "FindingsSpool", "FleetError", "ServerError", "TrustError",
+        "Uplink", "UplinkConfig", "credential_path", "ASSIGNMENTS_FILE", "FleetAssignments",
     ])  # fmt: skip
     for name in ringfence.fleet.__all__:
         assert hasattr(ringfence.fleet, name)

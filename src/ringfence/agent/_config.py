@@ -173,6 +173,7 @@ class FleetSection(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     url: str = ""  # the server's base URL (http:// or https://); empty: no uplink
     credential: str = ""  # the credential `ringfence enroll` wrote; empty: STATE_DIR/fleet-credential.json
     token: str = ""  # an enrollment token: the agent enrolls itself when it has no credential yet
+    ca_file: str = ""  # PEM CAs that an https:// server's certificate is verified with; empty: the system's
     heartbeat_interval_s: float = 30.0
     findings_batch: int = 500  # findings per upload at most
     request_timeout_s: float = 10.0
@@ -457,6 +458,8 @@ def _fleet_problems(fleet: FleetSection) -> list[str]:
         problems.append(f"fleet.url: an http:// or https:// URL, got {fleet.url!r}")
     if fleet.credential and not os.path.isabs(fleet.credential):
         problems.append(f"fleet.credential: must be an absolute path, got {fleet.credential!r}")
+    if fleet.ca_file and not os.path.isabs(fleet.ca_file):
+        problems.append(f"fleet.ca_file: must be an absolute path, got {fleet.ca_file!r}")
     if not 1 <= fleet.heartbeat_interval_s <= 3600:
         problems.append(f"fleet.heartbeat_interval_s: 1..3600, got {fleet.heartbeat_interval_s:g}")
     if not 1 <= fleet.findings_batch <= 1000:

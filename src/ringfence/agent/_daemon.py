@@ -441,6 +441,7 @@ class Agent:
             batch_lines=fleet.findings_batch,
             timeout_s=fleet.request_timeout_s,
             max_backoff_s=fleet.max_backoff_s,
+            ca_file=fleet.ca_file,
         )
         credential = fleet.credential or credential_path(self.state_dir)
         self.uplink = Uplink(

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING
 
 from ringfence.fleet._assignments import ASSIGNMENTS_FILE, FleetAssignments
 from ringfence.fleet._client import credential_path
-from ringfence.fleet._errors import CredentialError, EnrollError, FleetError, RolloutError, ServerError
+from ringfence.fleet._errors import (
+    CredentialError,
+    EnrollError,
+    FleetError,
+    RolloutError,
+    ServerError,
+    TrustError,
+)
 from ringfence.fleet._spool import FindingsSpool
 from ringfence.fleet._uplink import Uplink, UplinkConfig
 
@@ -119,6 +126,7 @@ __all__ = [
     "ServerError",
     "SimConfig",
     "SimResult",
+    "TrustError",
     "Uplink",
     "UplinkConfig",
     "Verdict",

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 API = "/api/v1"
 BATCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+INT64 = 1 << 63
+STORED_INTEGERS = ("sequence", "sent_at_ns")  # of a Heartbeat: columns of their own, BIGINT
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,22 @@ class HeartbeatReply(msgspec.Struct):
 
 class Error(msgspec.Struct):
     detail: str
+
+
+class Ping(msgspec.Struct):
+    ok: bool
+    heartbeat_schema_version: int
+    version: str
+
+
+_WHY = {
+    400: "a Content-Length that is not a number",
+    401: "not signed, a bad signature, a replay, a clock outside the window, an unknown host or token",
+    403: "the host is revoked",
+    413: "the body (or the batch) is too large",
+    422: "the body does not decode: the detail names the field",
+    503: "the node is busy or its database away: retry after Retry-After seconds",
+}
 
 
 class _Refused(Exception):
@@ -150,12 +168,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         host_id = await call(_store.authenticate, signed_request)
         return host_id, body
 
-    @app.get(f"{API}/ping", summary="liveness; no authentication")
-    async def ping() -> dict[str, Any]:
-        return {"ok": True, "heartbeat_schema_version": HEARTBEAT_SCHEMA_VERSION, "version": __version__}
+    @app.get(f"{API}/ping", summary="liveness; no authentication", openapi_extra=_doc(None, 200, Ping))
+    async def ping() -> Response:
+        return _json(Ping(ok=True, heartbeat_schema_version=HEARTBEAT_SCHEMA_VERSION, version=__version__))
 
     @app.post(
-        f"{API}/enroll", summary="trade a one-time token for a host id", openapi_extra=_body(EnrollRequest)
+        f"{API}/enroll",
+        summary="trade a one-time token for a host id",
+        status_code=201,
+        openapi_extra=_doc(EnrollRequest, 201, EnrollResponse, 400, 401, 413, 422, 503),
     )
     async def enroll(request: Request) -> Response:
         req = _decode(await _read_body(request, 16 << 10), EnrollRequest, "enroll request")
@@ -165,17 +186,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
         log.info("enrolled host %s as %s", req.hostname, host_id)
         return _json(EnrollResponse(host_id=host_id, server_version=__version__), 201)
 
-    @app.post(f"{API}/heartbeat", summary="a host's health (signed)", openapi_extra=_body(Heartbeat))
+    @app.post(
+        f"{API}/heartbeat",
+        summary="a host's health (signed)",
+        openapi_extra=_doc(Heartbeat, 200, HeartbeatReply, 400, 401, 403, 413, 422, 503),
+    )
     async def heartbeat(request: Request) -> Response:
         host_id, body = await signed(request, settings.max_heartbeat_bytes)
-        try:
-            beat = decode_heartbeat(body)
-        except ValueError as e:
-            raise _Refused(422, str(e)) from e
+        beat = _heartbeat_of(body)
         assigned = await call(_store.store_heartbeat, host_id, beat, body, history=settings.heartbeat_history)
         return _json(HeartbeatReply(stored=1, assignments=assigned))
 
-    @app.post(f"{API}/findings", summary="a batch of findings (signed)", openapi_extra=_body(FindingsBatch))
+    @app.post(
+        f"{API}/findings",
+        summary="a batch of findings (signed)",
+        openapi_extra=_doc(FindingsBatch, 200, Stored, 400, 401, 403, 413, 422, 503),
+    )
     async def findings(request: Request) -> Response:
         host_id, body = await signed(request, settings.max_findings_bytes)
         batch = _decode(body, FindingsBatch, "findings batch")
@@ -191,7 +217,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return _json(Stored(stored=len(raws) if new else 0, duplicate=not new))
 
     add_console(app, sessions, settings.now_ns)
-    _with_components(app)
+    _with_components(app, settings)
     return app
 
 
@@ -213,6 +239,19 @@ def _rollout_looks(
                 evaluator.stop()
 
     return lifespan
+
+
+def _heartbeat_of(body: bytes) -> Heartbeat:
+    """The decoded heartbeat; a 422 for what does not decode, and for a number past BIGINT in a column
+    of its own (the database raised: a 500, found by schemathesis)."""
+    try:
+        beat = decode_heartbeat(body)
+    except ValueError as e:
+        raise _Refused(422, str(e)) from e
+    for name in STORED_INTEGERS:
+        if not -INT64 <= getattr(beat, name) < INT64:
+            raise _Refused(422, f"heartbeat: {name}: out of the 64-bit range")
+    return beat
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -242,14 +281,42 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
 
 
-def _body(tp: type) -> dict[str, Any]:
-    """The request body's schema for /openapi.json, from the msgspec type that decodes it (its
-    components are merged into the document's by `_with_components`)."""
+def _doc(body: type | None, ok: int, answer: type, *errors: int) -> dict[str, Any]:
+    """An operation's request body and answers for /openapi.json, from the msgspec types that decode and
+    encode them (their components are merged into the document's by `_with_components`): every status
+    the handler can answer, each error an `Error`, 503 with its Retry-After."""
+    responses: dict[str, Any] = {str(ok): {"description": "done", "content": _content(answer)}}
+    for status in errors:
+        responses[str(status)] = {"description": _WHY[status], "content": _content(Error)}
+    if 503 in errors:
+        responses["503"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "required": True}}
+    doc: dict[str, Any] = {"responses": responses}
+    if body is not None:
+        doc["requestBody"] = {"required": True, "content": _content(body)}
+    return doc
+
+
+def _content(tp: type) -> dict[str, Any]:
     (schema,), _ = msgspec.json.schema_components([tp], ref_template="#/components/schemas/{name}")
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {"application/json": {"schema": schema}}
 
 
-def _with_components(app: FastAPI) -> None:
+def _constraints(components: dict[str, Any], max_findings: int) -> None:
+    """What the handlers check beyond the types, said in the schema too (found by schemathesis: the
+    types alone published bodies the server refuses)."""
+    beat = components["Heartbeat"]
+    # decode_heartbeat reads the version first and knows one; the struct's default made it optional
+    beat["properties"]["schema_version"] = {"type": "integer", "enum": [HEARTBEAT_SCHEMA_VERSION]}
+    beat["required"] = sorted({*beat.get("required", ()), "schema_version"})
+    for name in STORED_INTEGERS:  # stored in BIGINT columns
+        beat["properties"][name] = {"type": "integer", "minimum": -INT64, "maximum": INT64 - 1}
+    batch = components["FindingsBatch"]["properties"]
+    batch["batch_id"] = {"type": "string", "pattern": f"^{BATCH_ID.pattern}$"}
+    batch["findings"]["maxItems"] = max_findings
+    components["EnrollRequest"]["properties"]["hostname"].update(minLength=1, maxLength=255)
+
+
+def _with_components(app: FastAPI, settings: ServerSettings) -> None:
     """/openapi.json with the msgspec types' components beside FastAPI's own."""
     from fastapi.openapi.utils import get_openapi
 
@@ -257,9 +324,19 @@ def _with_components(app: FastAPI) -> None:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
             _, components = msgspec.json.schema_components(
-                [EnrollRequest, EnrollResponse, Heartbeat, HeartbeatReply, FindingsBatch, Stored, Error],
+                [
+                    EnrollRequest,
+                    EnrollResponse,
+                    Heartbeat,
+                    HeartbeatReply,
+                    FindingsBatch,
+                    Stored,
+                    Error,
+                    Ping,
+                ],
                 ref_template="#/components/schemas/{name}",
             )
+            _constraints(components, settings.max_findings_per_batch)
             doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
             app.openapi_schema = doc
         return app.openapi_schema

@@ -46,6 +46,13 @@ def add_parsers(sub: Commands) -> None:
         default=100,
         help="recent heartbeats kept per host (default 100; the latest is kept apart too)",
     )
+    server.add_argument(
+        "--tls-cert",
+        default="",
+        metavar="FILE",
+        help="PEM certificate (chain) to serve HTTPS with; needs --tls-key (default: plain HTTP)",
+    )
+    server.add_argument("--tls-key", default="", metavar="FILE", help="PEM private key of --tls-cert")
     cmds = server.add_subparsers(dest="server_cmd", metavar="COMMAND")
     token = cmds.add_parser("token", help="enrollment tokens").add_subparsers(
         dest="token_cmd", metavar="COMMAND", required=True
@@ -98,6 +105,13 @@ def add_parsers(sub: Commands) -> None:
         "--state-dir", default=AGENT_STATE_DIR, help=f"agent state dir (default {AGENT_STATE_DIR})"
     )
     host.add_argument("--hostname", default=None, help="the name to enroll under (default: this host's name)")
+    host.add_argument(
+        "--ca-file",
+        default="",
+        metavar="FILE",
+        help="PEM CA certificates to verify an https:// server with (default: the system's CAs); "
+        "set the same as `[fleet] ca_file`",
+    )
 
 
 def _db_options(p: argparse.ArgumentParser) -> None:
@@ -131,6 +145,8 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         state_dir=getattr(args, "state_dir", DEFAULT_SERVER_STATE_DIR),
         heartbeat_history=getattr(args, "heartbeat_history", 100),
         rollout_interval_s=parse_duration(getattr(args, "rollout_interval", "60s"), "--rollout-interval"),
+        tls_cert=getattr(args, "tls_cert", ""),
+        tls_key=getattr(args, "tls_key", ""),
     )
 
 
@@ -197,7 +213,8 @@ def _add_operator(args: argparse.Namespace, sessions: Any, now: int) -> int:
 def run_enroll(args: argparse.Namespace) -> int:
     from ringfence.fleet._client import credential_path, enroll
 
-    credential = enroll(args.url, args.token, args.state_dir, hostname=args.hostname)
+    credential = enroll(args.url, args.token, args.state_dir, hostname=args.hostname, ca_file=args.ca_file)
     print(f"enrolled as {credential.host_id}; credential in {credential_path(args.state_dir)}")
-    print(f'set in the agent config:  [fleet]  url = "{credential.url}"')
+    ca = f'  ca_file = "{args.ca_file}"' if args.ca_file else ""
+    print(f'set in the agent config:  [fleet]  url = "{credential.url}"{ca}')
     return 0

@@ -3,6 +3,10 @@
     enroll(url, token, state_dir)     -> Credential, written to STATE_DIR/fleet-credential.json
     load_credential(path)             -> Credential; raises CredentialError
     FleetClient(credential).post(...) -> httpx.Response; raises Unreachable when no answer came
+                                         (Untrusted: the server's certificate failed verification)
+
+An https:// server is verified against `ca_file` (`[fleet] ca_file`, `enroll --ca-file`), or the
+system's CAs when it is empty (_tls.py).
 
 The credential file holds the host's Ed25519 private key: written root-only (0600) to a temp file in
 the same directory, fsynced, then renamed over the old one, so it is never seen half-written.
@@ -21,7 +25,8 @@ import httpx
 import msgspec
 
 from ringfence.fleet._auth import load_private, new_key, private_bytes, public_text, sign_headers
-from ringfence.fleet._errors import CredentialError, EnrollError, FleetError
+from ringfence.fleet._errors import CredentialError, EnrollError, FleetError, TrustError
+from ringfence.fleet._tls import client_context, untrusted
 
 CREDENTIAL_FILE = "fleet-credential.json"
 API = "/api/v1"
@@ -36,6 +41,30 @@ class Credential(msgspec.Struct, forbid_unknown_fields=True):
 
 class Unreachable(FleetError):
     """No HTTP answer: connection refused or reset, DNS, timeout."""
+
+
+class Untrusted(Unreachable):
+    """The TLS handshake failed on the server's certificate: a wrong CA file, or the wrong server."""
+
+
+def http_client(ca_file: str, timeout_s: float) -> httpx.Client:
+    """The host's HTTP client: verifies an https:// server against `ca_file` (empty: the system's CAs).
+    Raises TrustError for a CA file that is missing, unreadable or not PEM."""
+    return httpx.Client(timeout=timeout_s, verify=client_context(ca_file))
+
+
+def no_answer(url: str, e: httpx.HTTPError) -> str:
+    """Why a request to `url` got no answer, in a line, with what to do for the two TLS mistakes."""
+    bad = untrusted(e)
+    if bad is not None:
+        return (
+            f"{url}: the server's TLS certificate is not trusted ({bad.verify_message}): "
+            "check [fleet] ca_file (enroll --ca-file) and the URL's host name"
+        )
+    text = f"{url}: {type(e).__name__}: {e}"
+    if url.startswith("http://") and isinstance(e, httpx.RemoteProtocolError | httpx.ReadError):
+        text += " (a server that speaks TLS answers only https://)"
+    return text
 
 
 def check_url(url: str) -> str:
@@ -93,6 +122,7 @@ def enroll(
     hostname: str | None = None,
     http: httpx.Client | None = None,
     timeout_s: float = 30.0,
+    ca_file: str = "",
 ) -> Credential:
     """Make a key pair, trade `token` for a host id, store the credential. Raises EnrollError."""
     try:
@@ -101,11 +131,14 @@ def enroll(
         raise EnrollError(f"enroll: URL: {e}") from e
     key = new_key()
     body = {"token": token, "hostname": hostname or socket.gethostname(), "public_key": public_text(key)}
-    client = http or httpx.Client(timeout=timeout_s)
+    try:
+        client = http or http_client(ca_file, timeout_s)
+    except TrustError as e:
+        raise EnrollError(f"enroll: {e}") from e
     try:
         r = client.post(f"{base}{API}/enroll", json=body)
     except httpx.HTTPError as e:
-        raise EnrollError(f"enroll: {base}: no answer: {e}") from e
+        raise EnrollError(f"enroll: no answer: {no_answer(base, e)}") from e
     finally:
         if http is None:
             client.close()
@@ -134,7 +167,8 @@ def _detail(r: httpx.Response) -> str:
 
 
 class FleetClient:
-    """Signed requests to `url` for the enrolled host. `http` is injectable (tests hand a TestClient)."""
+    """Signed requests to `url` for the enrolled host. `http` is injectable (tests hand a TestClient);
+    without it the client verifies https:// against `ca_file` (raises TrustError for a bad one)."""
 
     def __init__(
         self,
@@ -144,11 +178,12 @@ class FleetClient:
         http: httpx.Client | None = None,
         timeout_s: float = 10.0,
         wall_ns: Callable[[], int] = time.time_ns,
+        ca_file: str = "",
     ) -> None:
         self.url = check_url(url)
         self.credential = credential
         self._key = load_private(credential.private_key)
-        self._http = http or httpx.Client(timeout=timeout_s)
+        self._http = http or http_client(ca_file, timeout_s)
         self._own = http is None
         self._wall_ns = wall_ns
 
@@ -167,7 +202,8 @@ class FleetClient:
         try:
             return self._http.post(f"{self.url}{api_path}", content=body, headers=headers)
         except httpx.HTTPError as e:
-            raise Unreachable(f"{self.url}: {type(e).__name__}: {e}") from e
+            why = no_answer(self.url, e)
+            raise (Untrusted(why) if untrusted(e) else Unreachable(why)) from e
 
     def close(self) -> None:
         if self._own:

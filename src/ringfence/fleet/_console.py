@@ -25,6 +25,7 @@ from __future__ import annotations
 import calendar
 import functools
 import importlib.resources
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from ringfence.fleet import _console_data as data
-from ringfence.fleet import _operators, _store
+from ringfence.fleet import _operators, _ratelimit, _store
 from ringfence.fleet._console_rollouts import add_rollout_pages
 from ringfence.fleet._db import AuditEntry
 
@@ -116,9 +117,15 @@ def add_console(app: FastAPI, sessions: sessionmaker[Session], now_ns: Callable[
         cookie = request.cookies.get(LOGIN_COOKIE, "")
         if not cookie or not secrets.compare_digest(cookie, form.get("csrf", "")):
             return _login_page("The form expired: try again", status=403)
-        token = await run_in_threadpool(
-            _operators.login, sessions, now_ns(), form.get("username", ""), form.get("password", "")
-        )
+        address = request.client.host if request.client else ""
+        username, password = form.get("username", ""), form.get("password", "")
+        token = await run_in_threadpool(_ratelimit.login, sessions, now_ns(), username, password, address)
+        if isinstance(token, _ratelimit.Blocked):
+            return _login_page(
+                f"Too many failed logins: try again in {math.ceil(token.retry_after_s / 60)} min",
+                status=429,
+                headers={"Retry-After": str(token.retry_after_s)},
+            )
         if token is None:
             return _login_page("Wrong username or password", status=401)
         r = RedirectResponse("/hosts", status_code=303)
@@ -161,14 +168,9 @@ def add_console(app: FastAPI, sessions: sessionmaker[Session], now_ns: Callable[
         return _page("audit.html", me, title="Audit log", here="/audit", entries=entries)
 
     _add_views(app, sessions, now_ns, who)
-
-    async def viewer(request: Request) -> _operators.SignedIn:
-        me = await who(request)
-        if me is None:
-            raise _LoggedOut
-        return me
-
-    add_rollout_pages(app, sessions, now_ns, viewer=viewer, changing=changing, page=_page, denied=_Denied)
+    add_rollout_pages(
+        app, sessions, now_ns, viewer=_viewer(who), changing=changing, page=_page, denied=_Denied
+    )
 
 
 def _add_views(
@@ -179,12 +181,7 @@ def _add_views(
 ) -> None:
     """The pages any operator signed in may see (and the static files, which need no login)."""
 
-    async def viewer(request: Request) -> _operators.SignedIn:
-        """The operator of a page anyone signed in may see; not signed in: to the login page."""
-        me = await who(request)
-        if me is None:
-            raise _LoggedOut
-        return me
+    viewer = _viewer(who)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
@@ -242,6 +239,19 @@ def _add_views(
         if _htmx(request):
             return _page("_findings_table.html", me, **values)
         return _page("findings.html", me, title="Findings", here="/findings", **values)
+
+
+def _viewer(
+    who: Callable[[Request], Awaitable[_operators.SignedIn | None]],
+) -> Callable[[Request], Awaitable[_operators.SignedIn]]:
+    async def viewer(request: Request) -> _operators.SignedIn:
+        """The operator of a page anyone signed in may see; not signed in: to the login page."""
+        me = await who(request)
+        if me is None:
+            raise _LoggedOut
+        return me
+
+    return viewer
 
 
 def _audit_entries(sessions: sessionmaker[Session]) -> list[dict[str, str]]:
@@ -377,9 +387,10 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in fields.items()}
 
 
-def _login_page(error: str, status: int = 200) -> Response:
+def _login_page(error: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     csrf = secrets.token_urlsafe(32)
     r = _page("login.html", None, status=status, title="Log in", error=error, csrf=csrf)
+    r.headers.update(headers or {})
     r.set_cookie(LOGIN_COOKIE, csrf, max_age=3600, httponly=True, samesite="strict")
     return r
 

@@ -83,7 +83,7 @@ def add_operator(
 ) -> None:
     if role not in ROLES:
         raise OperatorError(f"role: admin or viewer, got {role!r}")
-    if not 1 <= len(username) <= 64 or not username.isprintable() or " " in username:
+    if not _name_ok(username):
         raise OperatorError("username: 1..64 printable characters, no spaces")
     if len(password) < MIN_PASSWORD:
         raise OperatorError(f"password: at least {MIN_PASSWORD} characters")
@@ -98,15 +98,27 @@ def add_operator(
         audit(s, now_ns, by, "operator.add", username, detail=f"role={role}")
 
 
-def login(sessions: sessionmaker[Session], now_ns: int, username: str, password: str) -> str | None:
-    """A new session token, or None for a wrong name or password (the same answer for both)."""
+def _name_ok(username: str) -> bool:
+    return 1 <= len(username) <= 64 and username.isprintable() and " " not in username
+
+
+def login(
+    sessions: sessionmaker[Session], now_ns: int, username: str, password: str, *, attempt_id: int = 0
+) -> str | None:
+    """A new session token, or None for a wrong name or password (the same answer for both).
+
+    `attempt_id`: the `login.failed` row the rate limiter wrote for this try (_ratelimit.py); a success
+    turns it into `login`, a failure leaves it. Without it a failure of a known name is audited here."""
     with sessions.begin() as s:
-        op = s.scalar(sa.select(Operator).where(Operator.username == username))
+        op = (  # a name add_operator would refuse is no one's (and PostgreSQL refuses NUL in text)
+            s.scalar(sa.select(Operator).where(Operator.username == username)) if _name_ok(username) else None
+        )
         if op is None:
             check_password(password, _dummy_hash())
             return None
         if not check_password(password, op.password_hash):
-            audit(s, now_ns, username, "login.failed", username)
+            if not attempt_id:
+                audit(s, now_ns, username, "login.failed", username)
             return None
         token = secrets.token_urlsafe(32)
         s.execute(sa.delete(OperatorSession).where(OperatorSession.expires_at_ns < now_ns))
@@ -119,7 +131,10 @@ def login(sessions: sessionmaker[Session], now_ns: int, username: str, password:
                 expires_at_ns=now_ns + SESSION_S * 1_000_000_000,
             )
         )
-        audit(s, now_ns, username, "login", username)
+        if attempt_id:
+            s.execute(sa.update(AuditEntry).where(AuditEntry.id == attempt_id).values(action="login"))
+        else:
+            audit(s, now_ns, username, "login", username)
     return token
 
 

@@ -18,6 +18,7 @@ from ringfence.fleet._api import ServerSettings, create_app
 from ringfence.fleet._db import default_url, open_database
 from ringfence.fleet._defaults import DEFAULT_LISTEN, DEFAULT_SERVER_STATE_DIR
 from ringfence.fleet._errors import ServerError
+from ringfence.fleet._tls import check_server_files
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class ServerOptions:
     state_dir: str = DEFAULT_SERVER_STATE_DIR
     heartbeat_history: int = 100
     rollout_interval_s: float = 60.0  # each node looks at the rollouts this often (under a lease each)
+    tls_cert: str = ""  # PEM certificate chain; with tls_key the server speaks HTTPS, else plain HTTP
+    tls_key: str = ""  # PEM private key, unencrypted
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -80,6 +83,9 @@ def serve(options: ServerOptions, announce: Callable[[str], None] = log.info) ->
     """Runs until SIGINT or SIGTERM. Raises ServerError before serving anything."""
     import uvicorn
 
+    tls = bool(options.tls_cert or options.tls_key)
+    if tls:
+        check_server_files(options.tls_cert, options.tls_key)
     engine = database(options)
     sock = bind(options.listen)
     app = create_app(
@@ -89,9 +95,19 @@ def serve(options: ServerOptions, announce: Callable[[str], None] = log.info) ->
             rollout_interval_s=options.rollout_interval_s,
         )
     )
-    config = uvicorn.Config(app, log_level="info", access_log=False, proxy_headers=False)
+    config = uvicorn.Config(
+        app,
+        log_level="info",
+        access_log=False,
+        proxy_headers=False,
+        ssl_certfile=options.tls_cert or None,
+        ssl_keyfile=options.tls_key or None,
+    )
     log.info(
-        "ringfence server on %s, database %s", options.listen, engine.url.render_as_string(hide_password=True)
+        "ringfence server on %s://%s, database %s",
+        "https" if tls else "http",
+        options.listen,
+        engine.url.render_as_string(hide_password=True),
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])

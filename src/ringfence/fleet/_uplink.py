@@ -31,11 +31,12 @@ from ringfence.fleet._client import (
     Credential,
     FleetClient,
     Unreachable,
+    Untrusted,
     detail_of,
     enroll,
     load_credential,
 )
-from ringfence.fleet._errors import CredentialError, EnrollError
+from ringfence.fleet._errors import CredentialError, EnrollError, TrustError
 from ringfence.fleet._spool import FindingsSpool
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class UplinkConfig:
     min_backoff_s: float = 1.0
     max_backoff_s: float = 300.0
     batches_per_round: int = 20  # then the heartbeat gets its turn again
+    ca_file: str = ""  # PEM CAs an https:// server is verified with; "": the system's
 
 
 class _Failed(Exception):
@@ -138,11 +140,17 @@ class Uplink:
         if self._client is None:
             try:
                 credential = self._credential()
-            except (CredentialError, EnrollError) as e:
+                client = FleetClient(
+                    self.url,
+                    credential,
+                    http=self._http,
+                    timeout_s=self.config.timeout_s,
+                    wall_ns=self._wall_ns,
+                    ca_file=self.config.ca_file,
+                )
+            except (CredentialError, EnrollError, TrustError) as e:
                 raise _Failed(str(e), problem=f"fleet: {e}") from e
-            self._client = FleetClient(
-                self.url, credential, http=self._http, timeout_s=self.config.timeout_s, wall_ns=self._wall_ns
-            )
+            self._client = client
             with self._lock:
                 self._stats.host_id = credential.host_id
         return self._client
@@ -156,7 +164,14 @@ class Uplink:
                 raise
         directory = os.path.dirname(self._credential_path)
         log.info("fleet: enrolling with %s ([fleet] token)", self.url)
-        credential = enroll(self.url, self._token, directory, hostname=self._hostname, http=self._http)
+        credential = enroll(
+            self.url,
+            self._token,
+            directory,
+            hostname=self._hostname,
+            http=self._http,
+            ca_file=self.config.ca_file,
+        )
         if os.path.join(directory, CREDENTIAL_FILE) != self._credential_path:
             os.replace(os.path.join(directory, CREDENTIAL_FILE), self._credential_path)
         return credential
@@ -164,6 +179,8 @@ class Uplink:
     def _post(self, client: FleetClient, path: str, body: bytes) -> httpx.Response:
         try:
             r = client.post(path, body)
+        except Untrusted as e:  # not the server being away: this host's trust is wrong, say so
+            raise _Failed(f"no answer: {e}", problem=f"fleet: {e}") from e
         except Unreachable as e:
             raise _Failed(f"no answer: {e}") from e
         if r.status_code in (429, 503) or r.status_code >= 500:
