@@ -15,7 +15,8 @@ dropped. Then, with the defaults in the selection: the agent left idle for 60 s,
 CPU (% of one core) and RSS, its extension processes apart.
 
 sudo flock /run/ringfence-e2e.lock .venv/bin/python bench/run.py --only cost [--quick]
-sudo flock /run/ringfence-e2e.lock .venv/bin/python -m bench.cost_bench --only nothing,auditd,defaults
+sudo flock /run/ringfence-e2e.lock .venv/bin/python -m bench.cost_bench --only nothing,auditd,defaults \
+    [--src OTHER/src]  (--src: also the defaults run from another checkout, for a before/after in one run)
     (keys: nothing auditd connector audit file gate feed defaults; "nothing" is always run)
 """
 
@@ -222,14 +223,18 @@ def _bare(loops: dict[str, Callable[[], float]], fresh: Callable[[], Fresh]) -> 
 
 
 def _measure(
-    loops: dict[str, Callable[[], float]], fresh: Callable[[], Fresh], execs: int, extra: str | None
+    loops: dict[str, Callable[[], float]],
+    fresh: Callable[[], Fresh],
+    execs: int,
+    extra: str | None,
+    src: str | None = None,
 ) -> Sample:
     if extra is None:
         return _bare(loops, fresh)
     if extra == "auditd":
         with auditd_peer.running_auditd():
             return _bare(loops, fresh)
-    with running_agent(extra) as (agent, state):
+    with running_agent(extra, src=src) as (agent, state):
         sample = Sample()
         t0, c0 = _ticks(agent.pid), _children_ticks(agent)
         sample.seconds["exec"] = loops["exec"]()
@@ -276,9 +281,9 @@ class Idle:
     ext_rss_mb: float
 
 
-def idle(seconds: float) -> Idle:
+def idle(seconds: float, src: str | None = None) -> Idle:
     """The agent on its defaults, engines running, left alone: CPU over `seconds`, RSS at the end."""
-    with running_agent("") as (agent, _state):
+    with running_agent("", src=src) as (agent, _state):
         t0, c0, w0 = _ticks(agent.pid), _children_ticks(agent), time.monotonic()
         time.sleep(seconds)
         t1, c1, wall = _ticks(agent.pid), _children_ticks(agent), time.monotonic() - w0
@@ -297,8 +302,12 @@ def idle(seconds: float) -> Idle:
         )
 
 
-def run(quick: bool, only: str | None = None) -> str:
+def run(quick: bool, only: str | None = None, before_src: str | None = None) -> str:
+    """`before_src`: also the defaults run from another checkout's src/ (a before/after in one run)."""
     configs = select(only)
+    srcs = {"before": before_src} if before_src else {}
+    if before_src:
+        configs += (("before", f"  defaults, from {before_src}", ""),)
     execs, storm_n, dd_count, rounds = (1000, 500, 200_000, 1) if quick else (3000, 2000, 2 << 20, 2)
     fresh_n, idle_s = (300, 10.0) if quick else (1500, 60.0)
     version = auditd_peer.install() if any(extra == "auditd" for _, _, extra in configs) else "?"
@@ -310,14 +319,16 @@ def run(quick: bool, only: str | None = None) -> str:
     best: dict[str, Sample] = {}
     for _ in range(rounds):
         for key, _name, extra in configs:
-            s = _measure(loops, lambda: fresh_storm(fresh_n), execs, extra)
+            s = _measure(loops, lambda: fresh_storm(fresh_n), execs, extra, srcs.get(key))
             old = best.setdefault(key, s)
             if old is not s:
                 _merge(old, s)
     out = _render(configs, best, execs, storm_n, dd_count, rounds, version)
     out += "\n\n" + _render_fresh(configs, best, fresh_n, rounds)
     if any(key == "defaults" for key, _, _ in configs):
-        out += "\n\n" + _render_idle(idle(idle_s))
+        idles = [("this checkout", idle(idle_s))]
+        idles += [(f"from {src}", idle(idle_s, src)) for src in srcs.values()]
+        out += "\n\n" + _render_idle(idles)
     return out
 
 
@@ -382,14 +393,15 @@ def _render_fresh(
     )
 
 
-def _render_idle(i: Idle) -> str:
+def _render_idle(idles: list[tuple[str, Idle]]) -> str:
+    rows: list[tuple[object, ...]] = []
+    for name, i in idles:
+        rows.append((f"agent, {name}", f"{i.agent_pct:.2f} %", f"{i.agent_rss_mb:.1f} MB"))
+        rows.append((f"extensions (all), {name}", f"{i.ext_pct:.2f} %", f"{i.ext_rss_mb:.1f} MB"))
     return table(
-        f"idle: the agent on its defaults, engines running, alone for {i.seconds:.0f} s",
+        f"idle: the agent on its defaults, engines running, alone for {idles[0][1].seconds:.0f} s",
         ("process", "CPU (% of a core)", "RSS"),
-        [
-            ("agent", f"{i.agent_pct:.2f} %", f"{i.agent_rss_mb:.1f} MB"),
-            ("extension processes (all)", f"{i.ext_pct:.2f} %", f"{i.ext_rss_mb:.1f} MB"),
-        ],
+        rows,
     )
 
 
@@ -398,12 +410,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run, not a measurement")
     keys = ",".join(key for key, _, _ in CONFIGS)
     p.add_argument("--only", metavar="KEYS", help=f"comma-separated, of {keys} (nothing always)")
+    p.add_argument("--src", metavar="DIR", help="also the defaults from another src/ (before/after)")
     args = p.parse_args()
     try:
         select(args.only)
     except ValueError as e:
         p.error(str(e))
-    print(run(args.quick, args.only), flush=True)
+    print(run(args.quick, args.only, args.src), flush=True)
 
 
 if __name__ == "__main__":
