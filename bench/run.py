@@ -29,6 +29,12 @@ def main() -> None:
         default=[],
         help="profile: also run the agent from another checkout's src/ (before/after in one run; repeatable)",
     )
+    p.add_argument(
+        "--configs",
+        metavar="KEYS",
+        help="cost: only these configurations, comma-separated (nothing,auditd,connector,audit,file,gate,"
+        "feed,defaults; nothing always)",
+    )
     args = p.parse_args()
     require_root()
     if args.only in (None, "agent"):
@@ -36,7 +42,7 @@ def main() -> None:
     if args.only in (None, "cost"):
         from bench import cost_bench
 
-        print("\n" + cost_bench.run(args.quick), flush=True)
+        print("\n" + cost_bench.run(args.quick, args.configs), flush=True)
     if args.only in (None, "profile"):
         from bench import profile_bench
 

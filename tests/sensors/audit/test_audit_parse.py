@@ -13,6 +13,8 @@ from ringfence.sensors.audit import _netlink as nl
 from ringfence.sensors.audit._parse import (
     EOE,
     EXECVE,
+    PATH,
+    PROCTITLE,
     SOCKADDR,
     SYSCALL,
     EventAssembler,
@@ -181,3 +183,43 @@ def test_rule_roundtrips_with_its_key() -> None:
     assert rule.syscalls == frozenset({42, 59, 322})
     assert rule.keys == ("rf",)
     assert rule.fields[0].value == nl.AUDIT_ARCH_X86_64
+
+
+def _exec_with(*extra: tuple[int, str]) -> list[list[object]]:
+    syscall = SYSCALL_CONNECT.replace("syscall=42", "syscall=59")
+    return [[SYSCALL, syscall], *[[t, f"audit(1700000000.123:456): {body}"] for t, body in extra],
+            [EOE, "audit(1700000000.123:456): "]]  # fmt: skip
+
+
+def test_undecodable_path_name_reads_empty_and_does_not_cost_the_event() -> None:
+    (event,) = feed_all(_exec_with((PATH, "item=0 name=zz inode=1"), (PATH, 'item=1 name="/bin/true"')))
+    assert event.paths == ("", "/bin/true")
+    assert event.syscall.name == "execve"
+    assert event.errors == 0  # PATH is decoded when read, not when the event completes
+
+
+def test_path_without_name_or_null_name_reads_empty() -> None:
+    (event,) = feed_all(_exec_with((PATH, "item=0 inode=1"), (PATH, "item=1 name=(null)")))
+    assert event.paths == ("", "")
+
+
+def test_undecodable_or_missing_proctitle_reads_as_no_command_line() -> None:
+    (bad,) = feed_all(_exec_with((PROCTITLE, "proctitle=6g6f")))
+    assert bad.proctitle == ()
+    (odd,) = feed_all(_exec_with((PROCTITLE, "proctitle=616")))
+    assert odd.proctitle == ()
+    (none,) = feed_all(_exec_with())
+    assert none.proctitle == ()
+    assert none.paths == ()
+
+
+def test_quoted_proctitle_is_the_command_line_as_written() -> None:
+    (event,) = feed_all(_exec_with((PROCTITLE, 'proctitle="bash"')))
+    assert event.proctitle == ("bash",)
+
+
+def test_records_beyond_the_eager_ones_are_kept_verbatim_for_the_feed() -> None:
+    fcaps = "fver=0 fp=0 fi=0 fe=0 old_pp=000001fffeffffff"
+    (event,) = feed_all(_exec_with((1321, fcaps), (PATH, 'item=0 name="/bin/true"')))
+    assert event.types == (SYSCALL, 1321, PATH)
+    assert event.records[1] == (1321, fcaps)

@@ -6,6 +6,12 @@ The kernel sends one record per datagram: its type in the netlink header and tex
 `max_age_ns`, or (counted as an eviction) when more than `max_open` events are open at once. A record
 from user space (PAM, shadow, sudo: types 1100-1299 and 2100-2999) is an event of its own, with no EOE
 after it, unless it joins an event already open under its serial.
+
+Only the records an exec or a socket event reads (SYSCALL, EXECVE, CWD, SOCKADDR) are decoded when an
+event completes. PATH, PROCTITLE and every other record stay text in `records` and are decoded when read
+(`AuditEvent.paths`, `.proctitle`), which few events ever are: splitting the four of them per exec into
+fields was most of the assembler's work (bench/RESULTS.md). So `errors` counts the records decoded at
+completion; a PATH or PROCTITLE that does not decode reads as empty.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ _HEADER = re.compile(r"audit\((\d+)\.(\d+):(\d+)\):\s*")
 _FIELD = re.compile(r"([\w\[\]]+)=(\"[^\"]*\"|\S*)")
 _ABSENT = frozenset({"(null)", "(none)", "?", ""})
 _FAMILY = struct.Struct("=H")
+_EAGER = frozenset({SYSCALL, EXECVE, CWD, SOCKADDR})  # decoded at completion; the rest when read
 
 
 class SyscallInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,12 +86,23 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
     syscall: SyscallInfo | None = None
     argv: tuple[str, ...] | None = None
     cwd: str | None = None
-    paths: tuple[str, ...] = ()
-    proctitle: tuple[str, ...] = ()
     sockaddr: Endpoint | None = None
     complete: bool = True
-    errors: int = 0  # records of this event that did not decode
+    errors: int = 0  # records of this event that did not decode (of those decoded at completion)
     records: tuple[tuple[int, str], ...] = ()  # (type, text after the header) of each record, in order
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The name of each PATH record, in order, decoded now; "" for a name that does not decode."""
+        return tuple(_path_name(body) for record_type, body in self.records if record_type == PATH)
+
+    @property
+    def proctitle(self) -> tuple[str, ...]:
+        """The PROCTITLE record's command line, decoded now; () when there is none or it does not decode."""
+        for record_type, body in self.records:
+            if record_type == PROCTITLE:
+                return _proctitle(body)
+        return ()
 
 
 class AssemblerStatistics(msgspec.Struct, kw_only=True):
@@ -174,12 +192,11 @@ def is_standalone(record_type: int) -> bool:
 class _Parts:
     """The single-record parts of one event, filled as its records decode."""
 
-    __slots__ = ("cwd", "proctitle", "sockaddr", "syscall")
+    __slots__ = ("cwd", "sockaddr", "syscall")
 
     def __init__(self) -> None:
         self.syscall: SyscallInfo | None = None
         self.cwd: str | None = None
-        self.proctitle: tuple[str, ...] = ()
         self.sockaddr: Endpoint | None = None
 
     def add(self, record_type: int, fields: dict[str, str]) -> None:
@@ -187,8 +204,6 @@ class _Parts:
             self.syscall = decode_syscall(fields)
         elif record_type == CWD:
             self.cwd = decode_text(fields["cwd"])
-        elif record_type == PROCTITLE:
-            self.proctitle = decode_proctitle(fields["proctitle"])
         elif record_type == SOCKADDR:
             self.sockaddr = decode_sockaddr(bytes.fromhex(fields["saddr"]))
 
@@ -197,20 +212,17 @@ def decode_event(
     serial: int, time_ns: int, records: Iterable[tuple[int, str]], *, complete: bool = True
 ) -> AuditEvent:
     """Decode the records (type, text after the `audit(...):` header) of one event."""
-    records = list(records)
+    records = tuple(records)
     parts = _Parts()
     execve: list[dict[str, str]] = []
-    paths: list[str] = []
-    types: list[int] = []
     errors = 0
     for record_type, body in records:
-        types.append(record_type)
+        if record_type not in _EAGER:
+            continue  # PATH, PROCTITLE and the rest: decoded when read, if ever
         fields = parse_fields(body)
         try:
             if record_type == EXECVE:
                 execve.append(fields)
-            elif record_type == PATH:
-                paths.append(decode_text(fields.get("name", "(null)")) or "")
             else:
                 parts.add(record_type, fields)
         except (ValueError, KeyError, struct.error):
@@ -225,17 +237,30 @@ def decode_event(
     return AuditEvent(
         serial=serial,
         time_ns=time_ns,
-        types=tuple(types),
+        types=tuple(record_type for record_type, _ in records),
         syscall=parts.syscall,
         argv=argv,
         cwd=parts.cwd,
-        paths=tuple(paths),
-        proctitle=parts.proctitle,
         sockaddr=parts.sockaddr,
         complete=complete,
         errors=errors,
-        records=tuple(records),
+        records=records,
     )
+
+
+def _path_name(body: str) -> str:
+    try:
+        return decode_text(parse_fields(body).get("name", "(null)")) or ""
+    except ValueError:
+        return ""
+
+
+def _proctitle(body: str) -> tuple[str, ...]:
+    value = parse_fields(body).get("proctitle")
+    try:
+        return () if value is None else decode_proctitle(value)
+    except ValueError:
+        return ()
 
 
 def parse_fields(body: str) -> dict[str, str]:
