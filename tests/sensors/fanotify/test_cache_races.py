@@ -12,6 +12,7 @@ metadata alone decides).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import pytest
 
@@ -33,6 +35,7 @@ from .support import PidResolver, wait_until
 pytestmark = pytest.mark.kernel
 
 TRIES = 200
+T = TypeVar("T")
 _TRAILER = 64  # bytes after the ELF image: B and M differ only there, so they have one size
 
 
@@ -92,6 +95,24 @@ def fs(request: pytest.FixtureRequest, tmpfs: Path, tmp_path: Path) -> Iterator[
         mp.undo()
 
 
+def while_busy(call: Callable[[], T]) -> T:
+    """`call()`, retried while the kernel says ETXTBSY, as an attacker would. A program that has exited
+    can keep its file busy for a moment after its parent reaped it: whoever still holds its mm (a reader
+    of /proc/PID) lifts the executable's write denial only when it lets go."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return call()
+        except OSError as e:
+            if e.errno != errno.ETXTBSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
+def open_writable(path: Path) -> BinaryIO:
+    return while_busy(lambda: path.open("r+b"))
+
+
 class Race:
     """B (allowed) and M (denied) of one size, the sensor on `fs`, and the attack loop."""
 
@@ -106,7 +127,7 @@ class Race:
         self.sensor = ExecAuthSensor(self.policy, PidResolver(), "test-host", mounts=[str(fs)])
 
     def write_good(self) -> None:
-        with self.target.open("r+b" if self.target.exists() else "wb") as f:
+        with open_writable(self.target) if self.target.exists() else self.target.open("wb") as f:
             f.write(self.good)
             f.truncate()
 
@@ -153,19 +174,19 @@ def race(fs: Path) -> Iterator[Race]:
 
 
 def overwrite_in_place(r: Race) -> None:
-    with r.target.open("r+b") as f:
+    with open_writable(r.target) as f:
         f.write(r.bad)
         f.truncate()
 
 
 def truncate_then_write(r: Race) -> None:
-    os.truncate(r.target, 0)
+    while_busy(lambda: os.truncate(r.target, 0))
     with r.target.open("ab") as f:
         f.write(r.bad)
 
 
 def write_through_shared_mapping(r: Race) -> None:
-    with r.target.open("r+b") as f, mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED) as m:
+    with open_writable(r.target) as f, mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED) as m:
         _ = m[len(r.bad) - 1]  # read first: on tmpfs the page is then mapped writable, the write never
         m[len(r.bad) - _TRAILER :] = r.bad[-_TRAILER:]  # faults, and the file's times stay as they were
 
@@ -174,7 +195,7 @@ def write_through_hard_link(r: Race) -> None:
     link = r.target.with_name("link")
     if not link.exists():
         os.link(r.target, link)
-    with link.open("r+b") as f:
+    with open_writable(link) as f:
         f.write(r.bad)
         f.truncate()
 
