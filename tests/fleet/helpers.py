@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ from ringfence.fleet._server import ServerOptions, database
 
 URL = "http://testserver"
 NOW_NS = 1_800_000_000 * 10**9
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago, for a server process to bind."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class FakeClock:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,17 +21,12 @@ import pytest
 import sqlalchemy as sa
 
 from tests.agent.helpers import eventually
+from tests.fleet.helpers import free_port
 
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 REPO = str(Path(__file__).resolve().parents[2])
 EXTENSION = "e2e.findings=tests.agent.e2e_extensions:FindingsOnExec"
 SERVER_EXIT = (0, -signal.SIGTERM)  # uvicorn shuts down cleanly, then dies of the signal it caught
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Processes:
@@ -82,7 +76,7 @@ def _status(state: Path) -> dict:
 def test_enrolled_agent_reports_and_spools_through_a_server_restart(
     tmpfs: Path, shared_dir: Path, tmp_path: Path, procs: Processes
 ) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server_dir = tmp_path / "server"
     state = shared_dir / "state"

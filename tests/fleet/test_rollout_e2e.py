@@ -27,7 +27,8 @@ from tests.agent import test_updates_e2e
 from tests.agent.helpers import eventually, runs, scoped_config
 from tests.agent.test_updates_e2e import ENGINE, REPO, Served, publish, status_of
 from tests.fleet import test_fleet_e2e
-from tests.fleet.test_fleet_e2e import RINGFENCE, SERVER_EXIT, Processes, _free_port
+from tests.fleet.helpers import free_port
+from tests.fleet.test_fleet_e2e import RINGFENCE, SERVER_EXIT, Processes
 
 served = test_updates_e2e.served  # the fixtures: content servers and server processes the test started
 procs = test_fleet_e2e.procs
@@ -54,7 +55,7 @@ def test_the_host_runs_what_the_rollout_assigns_and_only_signed_versions(
     content_server = Served(repo)
     served.append(content_server)
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     db = ["--state-dir", str(server_dir)]
     fleet = procs.start("server", *db, "--listen", f"127.0.0.1:{port}", "--rollout-interval", "1s")

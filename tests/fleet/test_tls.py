@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from ringfence.fleet import EnrollError, FindingsSpool, TrustError, Uplink, Upli
 from ringfence.fleet._client import FleetClient, credential_path, enroll, load_credential
 from ringfence.fleet._tls import client_context
 from tests.agent.helpers import eventually
-from tests.fleet.helpers import health
+from tests.fleet.helpers import free_port, health
 
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 
@@ -125,17 +124,11 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*RINGFENCE, *args], capture_output=True, text=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     top = tmp_path_factory.mktemp("tls")
     pki = _make_pki(top)
-    server = TlsServer(_free_port(), top / "server", pki)
+    server = TlsServer(free_port(), top / "server", pki)
     proc = subprocess.Popen(
         [*RINGFENCE, "server", "--state-dir", str(server.state), "--listen", f"127.0.0.1:{server.port}",
          "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)],
@@ -276,7 +269,7 @@ def test_bad_tls_files_are_one_line_and_exit_1(tls_server: TlsServer, tmp_path: 
         (("--tls-key", str(pki.key)), "give both"),
     ]  # fmt: skip
     for args, message in cases:
-        r = _run("server", "--state-dir", str(tmp_path / "s"), "--listen", f"127.0.0.1:{_free_port()}", *args)
+        r = _run("server", "--state-dir", str(tmp_path / "s"), "--listen", f"127.0.0.1:{free_port()}", *args)
         assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "secret" not in r.stderr

@@ -53,6 +53,15 @@ def add_parsers(sub: Commands) -> None:
         help="PEM certificate (chain) to serve HTTPS with; needs --tls-key (default: plain HTTP)",
     )
     server.add_argument("--tls-key", default="", metavar="FILE", help="PEM private key of --tls-cert")
+    server.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR[/BITS]",
+        help="a load balancer or proxy in front of the server (repeatable): from it, X-Forwarded-For "
+        "names the client, whose address the console's login limit counts (default: none; the header "
+        "is ignored and the peer is the client)",
+    )
     cmds = server.add_subparsers(dest="server_cmd", metavar="COMMAND")
     token = cmds.add_parser("token", help="enrollment tokens").add_subparsers(
         dest="token_cmd", metavar="COMMAND", required=True
@@ -137,7 +146,7 @@ def parse_duration(text: str, flag: str = "--expires") -> float:
 
 
 def _options(args: argparse.Namespace) -> ServerOptions:
-    from ringfence.fleet._server import ServerOptions
+    from ringfence.fleet._server import ServerOptions, parse_trusted_proxy
 
     return ServerOptions(
         listen=getattr(args, "listen", DEFAULT_LISTEN),
@@ -147,6 +156,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         rollout_interval_s=parse_duration(getattr(args, "rollout_interval", "60s"), "--rollout-interval"),
         tls_cert=getattr(args, "tls_cert", ""),
         tls_key=getattr(args, "tls_key", ""),
+        trusted_proxies=tuple(parse_trusted_proxy(p) for p in getattr(args, "trusted_proxy", [])),
     )
 
 

@@ -183,6 +183,18 @@ class AuditEntry(Base):
     """Every change an operator made (and every login), oldest first."""
 
     __tablename__ = "audit_log"
+    # The login limits' counts (fleet/_ratelimit.py) are lookups, not scans of the whole log: by name, and
+    # by client address among the failures only (their detail is short; other rows' detail is not bounded).
+    __table_args__ = (
+        sa.Index("ix_audit_log_action_target_at_ns", "action", "target", "at_ns"),
+        sa.Index(
+            "ix_audit_log_failed_login_detail_at_ns",
+            "detail",
+            "at_ns",
+            postgresql_where=sa.text("action = 'login.failed'"),
+            sqlite_where=sa.text("action = 'login.failed'"),
+        ),
+    )
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     at_ns: Mapped[int] = mapped_column(sa.BigInteger)
     operator: Mapped[str] = mapped_column(sa.String(64))  # a username, or "cli" for the server's commands

@@ -35,6 +35,9 @@ from ringfence.fleet import _operators
 from ringfence.fleet._db import AuditEntry
 
 FAILED, SUCCEEDED = "login.failed", "login"
+# In the SQL text, not a parameter: PostgreSQL's generic plan of a prepared statement can use the partial
+# index of failed logins (fleet/_db.py) only for a condition it can see.
+_FAILED_LITERAL: sa.ColumnClause[str] = sa.literal_column(f"'{FAILED}'")
 LOGIN_LOCK = 0x52_46_4C_47  # "RFLG": PostgreSQL advisory lock held while a try is admitted
 
 
@@ -109,7 +112,7 @@ def _wait(s: Session, which: sa.ColumnElement[bool], after_ns: int, limit: int) 
     """The time of the `limit`-th newest failure after `after_ns`, when there are that many."""
     return s.scalar(
         sa.select(AuditEntry.at_ns)
-        .where(AuditEntry.action == FAILED, which, AuditEntry.at_ns > after_ns)
+        .where(AuditEntry.action == _FAILED_LITERAL, which, AuditEntry.at_ns > after_ns)
         .order_by(AuditEntry.at_ns.desc())
         .offset(limit - 1)
         .limit(1)

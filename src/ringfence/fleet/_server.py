@@ -6,6 +6,7 @@ not have is one clear ServerError rather than a log line and an exit from inside
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -32,6 +33,7 @@ class ServerOptions:
     rollout_interval_s: float = 60.0  # each node looks at the rollouts this often (under a lease each)
     tls_cert: str = ""  # PEM certificate chain; with tls_key the server speaks HTTPS, else plain HTTP
     tls_key: str = ""  # PEM private key, unencrypted
+    trusted_proxies: tuple[str, ...] = ()  # networks whose X-Forwarded-For names the client
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -58,6 +60,16 @@ def _sqlite_in(state_dir: str) -> str:
     except OSError as e:
         raise ServerError(f"--state-dir {state_dir}: {e.strerror}") from e
     return url
+
+
+def parse_trusted_proxy(text: str) -> str:
+    """An address or network of a proxy in front of the server, as a network. Raises ServerError."""
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ServerError(
+            f"--trusted-proxy {text!r}: an IP address or network, like 10.0.0.5 or 10.0.0.0/24"
+        ) from None
 
 
 def bind(listen: str) -> socket.socket:
@@ -99,7 +111,11 @@ def serve(options: ServerOptions, announce: Callable[[str], None] = log.info) ->
         app,
         log_level="info",
         access_log=False,
-        proxy_headers=False,
+        # Behind a trusted proxy the client is the address it puts in X-Forwarded-For (the right-most one
+        # not itself trusted): the console's per-address login limit counts that. From anyone else the
+        # header is ignored, so a client cannot choose its own address.
+        proxy_headers=bool(options.trusted_proxies),
+        forwarded_allow_ips=list(options.trusted_proxies),
         ssl_certfile=options.tls_cert or None,
         ssl_keyfile=options.tls_key or None,
     )
