@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -17,9 +24,43 @@ from ringfence.fleet import _store
 from ringfence.fleet._api import ServerSettings, create_app
 from ringfence.fleet._client import Credential, FleetClient, enroll
 from ringfence.fleet._server import ServerOptions, database
+from tests.agent.helpers import eventually
 
 URL = "http://testserver"
 NOW_NS = 1_800_000_000 * 10**9
+PASSWORD = "correct horse battery"  # the test operators' (alice, admin; victor, viewer: conftest.py)
+
+
+RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
+SERVER_EXIT = (0, -signal.SIGTERM)  # uvicorn shuts down cleanly, then dies of the signal it caught
+
+
+@contextmanager
+def server_process(state: Path, *args: str, verify: ssl.SSLContext | bool = True) -> Iterator[str]:
+    """A real `ringfence server` on a free loopback port (its URL, https:// with --tls-cert), up and
+    answering; stopped with SIGTERM afterwards, which must end it cleanly."""
+    port = free_port()
+    url = f"{'https' if '--tls-cert' in args else 'http'}://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [*RINGFENCE, "server", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def up() -> bool:
+        try:
+            with httpx.Client(verify=verify, timeout=2) as c:
+                return c.get(f"{url}/api/v1/ping").status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None  # died: stop waiting, the assert says why
+
+    try:
+        assert eventually(up, 30) and proc.poll() is None, proc.communicate(timeout=5)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in SERVER_EXIT and b"Traceback" not in err, err
 
 
 def free_port() -> int:

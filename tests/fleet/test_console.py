@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,7 @@ from fastapi.testclient import TestClient
 
 from ringfence.fleet._db import AuditEntry, Host, Operator
 from ringfence.fleet._operators import OperatorError, add_operator, check_password, hash_password
-from tests.fleet.helpers import Server, heartbeat, make_server
-
-PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def server(tmp_path: Path, db_url: str) -> Iterator[Server]:
-    s = make_server(tmp_path / "server", db_url)
-    add_operator(s.sessions, s.clock.now_ns, "alice", PASSWORD, "admin", by="cli")
-    add_operator(s.sessions, s.clock.now_ns, "victor", PASSWORD, "viewer", by="cli")
-    yield s
-    s.engine.dispose()
+from tests.fleet.helpers import PASSWORD, Server, heartbeat
 
 
 def _login(client: TestClient, username: str, password: str = PASSWORD) -> int:

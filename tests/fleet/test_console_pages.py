@@ -4,7 +4,6 @@ hostile input (bad filters, huge cursors, markup in names) on SQLite and Postgre
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -12,22 +11,12 @@ import pytest
 import sqlalchemy as sa
 
 from ringfence.fleet._db import Finding, Host, HostStatus
-from ringfence.fleet._operators import add_operator
 from tests.fleet.console_seed import heartbeat_document, name_for, seed
-from tests.fleet.helpers import Server, make_server
-from tests.fleet.test_console import PASSWORD, _login
+from tests.fleet.helpers import Server
+from tests.fleet.test_console import _login
 
 HX = {"HX-Request": "true"}
 EVIL = "<script>alert(1)</script>"
-
-
-@pytest.fixture
-def server(tmp_path: Path, db_url: str) -> Iterator[Server]:
-    s = make_server(tmp_path / "server", db_url)
-    add_operator(s.sessions, s.clock.now_ns, "alice", PASSWORD, "admin", by="cli")
-    add_operator(s.sessions, s.clock.now_ns, "victor", PASSWORD, "viewer", by="cli")
-    yield s
-    s.engine.dispose()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ a viewer can look but not act; hostile names are escaped; an unknown rollout or 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,24 +12,22 @@ from fastapi.testclient import TestClient
 from ringfence.fleet import _store
 from ringfence.fleet._auth import new_key, public_text
 from ringfence.fleet._evaluator import create_rollout, evaluate, load_rollout, place
-from ringfence.fleet._operators import add_operator
 from ringfence.fleet._rollout import Ring, RolloutPlan
-from tests.fleet.helpers import Server, make_server
-from tests.fleet.test_console import PASSWORD, _csrf, _login
+from tests.fleet.helpers import Server
+from tests.fleet.test_console import _csrf, _login
 
 PLAN = RolloutPlan(rings=(Ring(fraction=0.25, bake_s=3600.0), Ring(fraction=1.0, bake_s=0.0)))
 
 
 @pytest.fixture
-def server(tmp_path: Path, db_url: str) -> Iterator[Server]:
-    s = make_server(tmp_path / "server", db_url)
-    add_operator(s.sessions, s.clock.now_ns, "alice", PASSWORD, "admin", by="cli")
-    add_operator(s.sessions, s.clock.now_ns, "victor", PASSWORD, "viewer", by="cli")
+def server(server: Server) -> Server:
+    """The operators' server (conftest.py) with eight hosts, the first placed in ring 0."""
     key = public_text(new_key())
-    hosts = [_store.enroll(s.sessions, s.clock.now_ns, s.token(), f"web-{i}", key) for i in range(8)]
-    place(s.sessions, s.clock.now_ns, f"host:{hosts[0]}", ring=0, by="cli")
-    yield s
-    s.engine.dispose()
+    hosts = [
+        _store.enroll(server.sessions, server.clock.now_ns, server.token(), f"web-{i}", key) for i in range(8)
+    ]
+    place(server.sessions, server.clock.now_ns, f"host:{hosts[0]}", ring=0, by="cli")
+    return server
 
 
 def _rollout(server: Server) -> str:

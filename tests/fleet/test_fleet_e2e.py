@@ -11,7 +11,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +20,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.agent.helpers import eventually
-from tests.fleet.helpers import free_port
+from tests.fleet.helpers import RINGFENCE, SERVER_EXIT, free_port
 
-RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 REPO = str(Path(__file__).resolve().parents[2])
 EXTENSION = "e2e.findings=tests.agent.e2e_extensions:FindingsOnExec"
-SERVER_EXIT = (0, -signal.SIGTERM)  # uvicorn shuts down cleanly, then dies of the signal it caught
 
 
 class Processes:

@@ -5,31 +5,18 @@ and PostgreSQL, on a fake clock."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from ringfence.fleet import _ratelimit
 from ringfence.fleet._db import AuditEntry
-from ringfence.fleet._operators import add_operator
-from tests.fleet.helpers import Server, make_server
+from tests.fleet.helpers import PASSWORD, Server, make_server
 
-PASSWORD = "correct horse battery"
 WINDOW_NS = 15 * 60 * 10**9
-
-
-@pytest.fixture
-def server(tmp_path: Path, db_url: str) -> Iterator[Server]:
-    s = make_server(tmp_path / "server", db_url)
-    add_operator(s.sessions, s.clock.now_ns, "alice", PASSWORD, "admin", by="cli")
-    add_operator(s.sessions, s.clock.now_ns, "victor", PASSWORD, "viewer", by="cli")
-    yield s
-    s.engine.dispose()
 
 
 def _from(server: Server, address: str) -> TestClient:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from ringfence.agent._config import DEFAULT_STATE_DIR
 from ringfence.fleet._defaults import AGENT_STATE_DIR
-
-RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
+from tests.fleet.helpers import RINGFENCE
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
 from cryptography import x509
@@ -26,10 +23,7 @@ from ringfence.events import AuthStatistics, BrokerStatistics, Heartbeat
 from ringfence.fleet import EnrollError, FindingsSpool, TrustError, Uplink, UplinkConfig
 from ringfence.fleet._client import FleetClient, credential_path, enroll, load_credential
 from ringfence.fleet._tls import client_context
-from tests.agent.helpers import eventually
-from tests.fleet.helpers import free_port, health
-
-RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
+from tests.fleet.helpers import RINGFENCE, free_port, health, server_process
 
 
 def _name(cn: str) -> x509.Name:
@@ -106,13 +100,9 @@ def _make_pki(d: Path) -> Pki:
 
 @dataclass(frozen=True)
 class TlsServer:
-    port: int
+    url: str
     state: Path
     pki: Pki
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
 
     def token(self) -> str:
         r = _run("server", "token", "create", "--state-dir", str(self.state))
@@ -128,28 +118,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     top = tmp_path_factory.mktemp("tls")
     pki = _make_pki(top)
-    server = TlsServer(free_port(), top / "server", pki)
-    proc = subprocess.Popen(
-        [*RINGFENCE, "server", "--state-dir", str(server.state), "--listen", f"127.0.0.1:{server.port}",
-         "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-
-    def up() -> bool:
-        try:
-            with httpx.Client(verify=client_context(str(pki.ca)), timeout=2) as c:
-                return c.get(f"{server.url}/api/v1/ping").status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None  # died: stop waiting, the assert below says why
-
-    try:
-        assert eventually(up, 30) and proc.poll() is None, proc.communicate(timeout=5)
-        yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert b"Traceback" not in err, err
+    state = top / "server"
+    args = ("--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
+    with server_process(state, *args, verify=client_context(str(pki.ca))) as url:
+        yield TlsServer(url, state, pki)
 
 
 def _beat() -> bytes:
@@ -246,7 +218,7 @@ def test_missing_or_bad_ca_file_is_the_fleet_problem(tls_server: TlsServer, tmp_
 
 
 def test_plain_http_to_the_tls_port_fails_clearly(tls_server: TlsServer, tmp_path: Path) -> None:
-    plain = f"http://127.0.0.1:{tls_server.port}"
+    plain = tls_server.url.replace("https://", "http://")
     r = _run("enroll", plain, "--token", tls_server.token(), "--state-dir", str(tmp_path))
     assert r.returncode == 1 and "no answer" in r.stderr and "only https://" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

@@ -5,43 +5,13 @@ A real `ringfence server` on loopback, real HTTP."""
 from __future__ import annotations
 
 import re
-import signal
 import sqlite3
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.agent.helpers import eventually
-from tests.fleet.helpers import free_port
-from tests.fleet.test_fleet_e2e import RINGFENCE, SERVER_EXIT
-
-
-@contextmanager
-def _server(state: Path, *args: str) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [*RINGFENCE, "server", "--state-dir", str(state), "--listen", f"127.0.0.1:{port}", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/api/v1/ping", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None  # died: the assert says why
-
-    try:
-        assert eventually(up, 30) and proc.poll() is None, proc.communicate(timeout=5)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode in SERVER_EXIT and b"Traceback" not in err, err
+from tests.fleet.helpers import RINGFENCE, free_port, server_process
 
 
 def _login(url: str, username: str, forwarded_for: str | None = None) -> int:
@@ -61,7 +31,7 @@ def _counted_addresses(state: Path) -> list[str]:
 
 def test_behind_a_trusted_proxy_each_client_has_its_own_limit(tmp_path: Path) -> None:
     state = tmp_path / "server"
-    with _server(state, "--trusted-proxy", "127.0.0.1") as url:
+    with server_process(state, "--trusted-proxy", "127.0.0.1") as url:
         codes = [_login(url, f"user{n}", "203.0.113.5") for n in range(20)]
         assert codes == [401] * 20
         assert _login(url, "one-more", "203.0.113.5") == 429  # that client's 20 failures lock it out
@@ -75,7 +45,7 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_limit(tmp_path: Path) ->
 def test_the_header_from_a_peer_not_trusted_is_ignored(tmp_path: Path) -> None:
     for args in ((), ("--trusted-proxy", "10.9.9.0/24")):
         state = tmp_path / f"server{len(args)}"
-        with _server(state, *args) as url:
+        with server_process(state, *args) as url:
             assert _login(url, "mallory", "203.0.113.5") == 401
         assert _counted_addresses(state) == ["127.0.0.1"], args
 
