@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -66,3 +67,24 @@ def root_only_dir() -> Iterator[Path]:
     d.chmod(0o700)
     yield d
     shutil.rmtree(d)
+
+
+@pytest.fixture
+def descriptors_past_1024() -> Iterator[int]:
+    """This process holding 1,100 more descriptors (as an agent does with a full verdict cache, one per
+    cached file), so that every descriptor opened meanwhile is numbered past select(2)'s 1024. Yields
+    the number the next one gets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    held: list[int] = []
+    try:
+        while len(held) < 1100 or held[-1] < 1100:
+            held.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        probe = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        os.close(probe)
+        assert probe > 1024, "descriptors below 1024 are still free: this fixture could not fail a test"
+        yield probe
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from ringfence._linux import PF_KTHREAD, force_rcvbuf, parse_proc_stat, read_proc_stat
+from ringfence._linux import PF_KTHREAD, force_rcvbuf, parse_proc_stat, read_proc_stat, readable
 
 
 def test_comm_with_spaces_and_parentheses_does_not_shift_the_fields() -> None:
@@ -68,3 +68,20 @@ def test_atomic_write_that_fails_keeps_the_old_file(tmp_path) -> None:
     with pytest.raises(OSError):
         write_atomic(target, b"new")
     assert target.read_bytes() == b"old"
+
+
+def test_readable_waits_on_descriptors_past_1024(descriptors_past_1024: int) -> None:
+    r, w = os.pipe()
+    try:
+        assert r > 1024
+        assert readable([r], 0) == []
+        assert readable([r], 0.05) == [], "waited and nothing came"
+        os.write(w, b"x")
+        assert readable([r], None) == [r]
+        os.close(w)
+        w = -1
+        assert readable([r], 0) == [r], "a hung-up pipe is readable (EOF)"
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)

@@ -8,6 +8,7 @@ receive buffer, and /proc/<pid>/stat. Imports nothing of Ringfence's, so any lay
     ProcStat, read_proc_stat(pid), parse_proc_stat(text)
     write_atomic(path, data)    a file replaced whole or not at all (temp, fsync, rename, fsync dir)
     fsync_dir(path)             make a rename or creation in a directory durable
+    readable(fds, timeout_s)    which of the descriptors are ready to read: poll(2), never select(2)
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import contextlib
 import ctypes
 import functools
 import os
+import select
 import socket
 import struct
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple, Protocol
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>
 NLMSG_HEADER = struct.Struct("=IHHII")
@@ -120,3 +123,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
             os.unlink(tmp)
         raise
     fsync_dir(os.path.dirname(path) or ".")
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+def readable(fds: Iterable[int | _HasFileno], timeout_s: float | None) -> list[int]:
+    """The descriptors of `fds` ready to read, or hung up, within `timeout_s` (None: no limit), as ints.
+
+    poll(2), never select(2): select raises ValueError for a descriptor numbered 1024 or more, and the
+    agent holds one per cached file (the verdict cache's leases), so a few thousand freshly written
+    programs run once push every later descriptor past it (the status socket stopped answering so)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000 + 0.999))
+    return [fd for fd, _ in poller.poll(timeout_ms)]

@@ -56,3 +56,21 @@ def test_another_user_cannot_connect(server: StatusServer, shared_dir: Path) -> 
         capture_output=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 3, done.stderr
+
+
+def test_status_answers_when_the_agent_holds_more_than_1024_descriptors(
+    shared_dir: Path, descriptors_past_1024: int
+) -> None:
+    """A few thousand freshly written programs, each run once, fill the verdict cache with a descriptor
+    each: the status socket's connections are then numbered past 1024, where select(2) raised and every
+    status request was closed unanswered (found by the fresh-binary storm of bench/cost_bench.py)."""
+    shared_dir.chmod(0o711)
+    srv = StatusServer(str(shared_dir), lambda: b'{"ok": true}')
+    srv.start()
+    try:
+        assert read_status(str(shared_dir)) == b'{"ok": true}'
+        assert read_status(str(shared_dir), request=b'{"command": "x"}') == (
+            b'{"ok":false,"error":"this agent takes no commands"}'
+        )
+    finally:
+        srv.stop()

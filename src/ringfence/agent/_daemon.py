@@ -13,7 +13,6 @@ import fcntl
 import itertools
 import logging
 import os
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import msgspec
 import psutil
 
 from ringfence import __version__
+from ringfence._linux import readable
 from ringfence.agent._breakers import StartLoopBreaker
 from ringfence.agent._cleanup import AUDIT_SETTINGS, record_run
 from ringfence.agent._cleanup import sweep as sweep_leftovers
@@ -464,7 +464,7 @@ class Agent:
     def run_until_stopped(self, interval_s: float) -> None:
         """Block until `request_stop`; print a summary line every `interval_s` seconds (0: never)."""
         while not self._stopping and self._stop_r >= 0:
-            ready, _, _ = select.select([self._stop_r], [], [], interval_s if interval_s > 0 else None)
+            ready = readable([self._stop_r], interval_s if interval_s > 0 else None)
             if ready:
                 return
             self.console.line(summary_line(self.health()))

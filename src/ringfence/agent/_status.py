@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import shutil
 import socket
 import struct
@@ -28,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from ringfence._linux import readable
 from ringfence.agent._errors import AgentError
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class StatusServer:
     def _run(self) -> None:
         assert self._sock is not None
         while True:
-            ready, _, _ = select.select([self._sock.fileno(), self._stop_r], [], [])
+            ready = readable([self._sock.fileno(), self._stop_r], None)
             if self._stop_r in ready:
                 return
             conn, _ = self._sock.accept()
@@ -128,7 +128,7 @@ class StatusServer:
 
 def _read_request(conn: socket.socket) -> bytes | None:
     """The client's request, None for a health request (nothing sent, within REQUEST_WAIT_S)."""
-    ready, _, _ = select.select([conn], [], [], REQUEST_WAIT_S)
+    ready = readable([conn], REQUEST_WAIT_S)
     if not ready:
         return None
     chunks: list[bytes] = []

@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import threading
 from collections.abc import Callable
 
+from ringfence._linux import readable
 from ringfence.broker import AuthPolicy, AuthTicket, Reply
 from ringfence.events import (
     ActionRequest,
@@ -217,7 +217,7 @@ class ExtensionProxy(FrameHandling):
             self.stats.record_error(self.spec.name_origins(e.own_error))
         if e.exited:  # it is going away by itself: let it finish (its stderr, its exit status) first
             with contextlib.suppress(OSError):  # reaped and closed meanwhile: end() sees that
-                select.select([conn.spawned.pidfd], [], [], self.config.stop_grace_s)
+                readable([conn.spawned.pidfd], self.config.stop_grace_s)
         self.end(conn, HANDSHAKE_EXIT if e.exited else "handshake", str(e))
 
     def _check_manifest(self, manifest: Manifest) -> None:

@@ -21,7 +21,6 @@ import ipaddress
 import logging
 import os
 import re
-import select
 import socket
 import threading
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from ringfence._linux import readable
 from ringfence.broker import (
     AuthTicket,
     BoundedChannel,
@@ -137,8 +137,10 @@ class _Link:
         if not self.framed:
             return False
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            return bool(readable) and self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            return (
+                bool(readable([self.sock], 0))
+                and self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            )
         except (BlockingIOError, TimeoutError):  # nothing to read after all
             return False
         except OSError:  # reset by the peer
