@@ -20,7 +20,19 @@ from bench._common import require_root
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run, not a measurement")
-    groups = ("agent", "cost", "profile", "extensions", "content", "sigma", "yara", "dns", "audit", "fleet")
+    groups = (
+        "agent",
+        "cost",
+        "profile",
+        "extensions",
+        "content",
+        "pipeline",
+        "sigma",
+        "yara",
+        "dns",
+        "audit",
+        "fleet",
+    )
     p.add_argument("--only", choices=groups, help="run one group")
     p.add_argument(
         "--profile-src",
@@ -55,6 +67,10 @@ def main() -> None:
         from bench import content_bench
 
         print("\n" + content_bench.run(args.quick), flush=True)
+    if args.only in (None, "pipeline"):
+        from bench import content_pipeline_bench
+
+        print("\n" + content_pipeline_bench.run(args.quick), flush=True)
     if args.only in (None, "sigma"):
         from bench import sigma_bench
 
