@@ -482,3 +482,31 @@ def test_heartbeat_carries_the_content_section_and_an_older_one_without_it_decod
     assert isinstance(back, Heartbeat) and back.health.content == content
     older = {**beat, "health": _health_doc()}
     assert decode_heartbeat(msgspec.json.encode(older)).health.content is None
+
+
+def test_while_a_slot_is_written_the_item_names_only_the_package_in_force(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status reads the item without the store's lock: a shadow's candidate slot, or a package still
+    being copied in, must not show as active (the content bench saw a baking 2.0 named active)."""
+    from ringfence.agent import _content
+
+    seen: list[tuple[str, int]] = []
+    copy = _content._copy
+
+    def watched(origin: str, dest: str) -> None:
+        seen.append((host.item.package_version, host.item.slot))
+        copy(origin, dest)
+
+    monkeypatch.setattr(_content, "_copy", watched)
+    host.store.stage_candidate(host.item, "2.0", str(host.package("2.0", "candidate")))
+    assert seen and set(seen) == {("1.0", 1)}, "the candidate's copy showed it as the package in force"
+    assert (host.item.package_version, host.item.slot) == ("1.0", 1)
+    seen.clear()
+    host.activate("3.0", "next")
+    assert seen and set(seen) == {("1.0", 1)}, "a package showed as active before its slot was"
+    assert host.item.package_version == "3.0" and host.active_text == "next"
+    monkeypatch.setattr(_content, "_copy", lambda *_: (_ for _ in ()).throw(ContentError("disk full")))
+    with pytest.raises(ContentError):
+        host.activate("4.0", "never")
+    assert host.item.package_version == "3.0" and host.active_text == "next"

@@ -289,13 +289,7 @@ class ContentStore:
         trial; `seen` is the extension now. Raises ContentError or OSError; the slot in force and
         `item`'s package stay then."""
         with self.lock:
-            before = item.package_version, item.package_dir
-            item.package_version, item.package_dir = version, path
-            try:
-                self._stage(item)
-            except BaseException:
-                item.package_version, item.package_dir = before
-                raise
+            self._stage(item, (version, path))
             item.package_on_trial, item.trial_checks = True, 0
             self.changed(item, seen)
             self.emit(item, "activated", f"package {version}")
@@ -305,12 +299,7 @@ class ContentStore:
         shadow instance's content. Returns its directory; `item.candidate_slot` names it (kept from
         pruning) until `activate_candidate` or `drop_candidate`. Raises ContentError or OSError."""
         with self.lock:
-            before = item.package_version, item.package_dir
-            item.package_version, item.package_dir = version, path
-            try:
-                number, signatures = self._write_slot(item)
-            finally:
-                item.package_version, item.package_dir = before
+            number, signatures = self._write_slot(item, (version, path))
             item.candidate_slot, item.candidate_signatures = number, signatures
             return self._slot_dir(item, number)
 
@@ -341,15 +330,23 @@ class ContentStore:
         item.prior_good_slot = item.good_slot  # a change on an unproven change: the good one before both
         item.changed_at = self.clock()
 
-    def _stage(self, item: StagedContent) -> None:
-        number, signatures = self._write_slot(item)
+    def _stage(self, item: StagedContent, package: tuple[str, str | None] | None = None) -> None:
+        """A new slot made active; with `package` (version, directory), that package in it, which `item`
+        then names. The item changes only once the slot is in force: status, read without the lock,
+        never names a package that is not (or not yet) active."""
+        package = package or (item.package_version, item.package_dir)
+        number, signatures = self._write_slot(item, package)
         _swap_active(item.root, number)
         item.slot, item.signatures = number, signatures
+        item.package_version, item.package_dir = package
         item.stages += 1
         _prune(os.path.join(item.root, SLOTS), keep=KEEP_SLOTS, also=item.kept_slots())
 
-    def _write_slot(self, item: StagedContent) -> tuple[int, dict[str, _Signature]]:
-        """A complete new slot (written under a temp name, then renamed), not active yet."""
+    def _write_slot(
+        self, item: StagedContent, package: tuple[str, str | None]
+    ) -> tuple[int, dict[str, _Signature]]:
+        """A complete new slot (written under a temp name, then renamed), not active yet: the operator's
+        files of `item` and the package (version, directory; directory None for none)."""
         _mkdir(item.root, 0o755)
         slots = os.path.join(item.root, SLOTS)
         _mkdir(slots, 0o755)
@@ -359,8 +356,9 @@ class ContentStore:
         _mkdir(tmp, 0o755)
         try:
             signatures = self._copy_all(item, tmp)
-            if item.package_dir is not None:
-                _copy_package(item, tmp)
+            version, package_dir = package
+            if package_dir is not None:
+                _copy_package(item.ext_id, version, package_dir, tmp)
             fsync_dir(tmp)
             os.rename(tmp, os.path.join(slots, str(number)))
         except BaseException:
@@ -479,10 +477,8 @@ class ContentStore:
         return signatures
 
 
-def _copy_package(item: StagedContent, slot_dir: str) -> None:
+def _copy_package(ext_id: str, version: str, root: str, slot_dir: str) -> None:
     """The package's files (not its manifest) into the slot, beside the operator's; then `.package`."""
-    assert item.package_dir is not None
-    root = item.package_dir
     problems: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -493,9 +489,7 @@ def _copy_package(item: StagedContent, slot_dir: str) -> None:
                 continue
             dest = os.path.join(slot_dir, rel)
             if os.path.lexists(dest):
-                log.warning(
-                    "content of %s: %s of the operator's is kept over the package's", item.ext_id, rel
-                )
+                log.warning("content of %s: %s of the operator's is kept over the package's", ext_id, rel)
                 continue
             _readable_dirs(slot_dir, os.path.dirname(rel))
             try:
@@ -503,10 +497,8 @@ def _copy_package(item: StagedContent, slot_dir: str) -> None:
             except ContentError as e:
                 problems.append(str(e))
     if problems:
-        raise ContentError(
-            f"package {item.package_version} of extension {item.ext_id}: " + "; ".join(problems)
-        )
-    mark = json.dumps({"version": item.package_version, "path": root}).encode()
+        raise ContentError(f"package {version} of extension {ext_id}: " + "; ".join(problems))
+    mark = json.dumps({"version": version, "path": root}).encode()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     fd = os.open(os.path.join(slot_dir, PACKAGE_MARK), flags, 0o644)
     try:
