@@ -32,6 +32,7 @@ def main() -> None:
         "dns",
         "audit",
         "fleet",
+        "console",
     )
     p.add_argument("--only", choices=groups, help="run one group")
     p.add_argument(
@@ -91,6 +92,10 @@ def main() -> None:
         from bench import fleet_bench
 
         print("\n" + fleet_bench.run(args.quick), flush=True)
+    if args.only in (None, "console"):
+        from bench import console_bench
+
+        print("\n" + console_bench.run(args.quick), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 fleet: what a browser needs. For the console's browser tests and `scripts/console-screenshots`.
 
     with live_console(state_dir, hosts=40) as live:   live.url, live.fleet, live.username/.password
+                                                      live.clock, live.sessions (to seed more)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ringfence.fleet._api import ServerSettings, create_app
 from ringfence.fleet._db import HostStatus, open_database
@@ -30,7 +31,8 @@ USERNAME, PASSWORD = "alice", "correct horse battery"
 class LiveConsole:
     url: str
     fleet: SeededFleet
-    clock: FakeClock
+    clock: FakeClock  # the server's: advance it to move the console's time
+    sessions: sessionmaker[Session]  # on the server's database, to add to it while it runs
     username: str = USERNAME
     password: str = PASSWORD
 
@@ -60,7 +62,8 @@ def live_console(state_dir: Path, *, hosts: int = 40, findings_per_host: int = 3
             thread.join(0.05)
         if not server.started:
             raise RuntimeError("the console's server did not start")
-        yield LiveConsole(url=f"http://127.0.0.1:{sock.getsockname()[1]}", fleet=fleet, clock=clock)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield LiveConsole(url=url, fleet=fleet, clock=clock, sessions=sessionmaker(engine))
     finally:
         server.should_exit = True
         thread.join(10)

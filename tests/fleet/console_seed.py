@@ -2,6 +2,7 @@
 bench, its screenshots and its tests.
 
     seed(engine, now_ns, hosts=N, findings_per_host=F, history_hosts=H, history=K) -> SeededFleet
+    seed_rollouts(sessions, clock, fleet) -> (halted id, baking id)    heartbeats and looks, as a server
 
 Hosts get names like `web-eu-0042`; their status cycles through a realistic mix (most healthy; some
 degraded with a problem and drops, offline for 10 minutes, never seen, revoked). Each host with a
@@ -14,19 +15,27 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
 
 from ringfence.events import (
     AuthStatistics,
     BrokerStatistics,
+    ContentUpdateStatus,
+    EngineContentStatus,
     ExtensionStatistics,
     Health,
     Heartbeat,
     StageDrops,
 )
+from ringfence.fleet import _store
 from ringfence.fleet._db import Finding, FindingBatch, HeartbeatRecord, Host, HostStatus
+from ringfence.fleet._evaluator import create_rollout, evaluate
+from ringfence.fleet._rollout import Ring, RolloutPlan
+from tests.fleet.helpers import FakeClock
 
 ROLES = ("web", "db", "cache", "build", "batch", "edge")
 REGIONS = ("eu", "us", "ap")
@@ -199,3 +208,71 @@ def _history(conn: sa.Connection, now_ns: int, host_id: str, name: str, status: 
              "healthy": healthy, "document": heartbeat_document(name, healthy, at, k + 1)}
         )  # fmt: skip
     conn.execute(sa.insert(HeartbeatRecord), rows)
+
+
+ROLLOUT_ENGINE, ROLLOUT_LKG = "ringfence.sigma", "2026.11.28"
+ROLLOUT_PLAN_RINGS = ((0.3, 600.0, 20), (0.6, 600.0, 20), (1.0, 0.0, 0))  # (fraction, bake s, reporting)
+
+
+@dataclass
+class _Beating:
+    id: str
+    name: str
+    healthy: bool
+    running: str = ROLLOUT_LKG
+    sequence: int = 1000
+    crashes: int = 0
+    findings: int = 0
+
+
+def seed_rollouts(sessions: sessionmaker[Session], clock: FakeClock, fleet: SeededFleet) -> tuple[str, str]:
+    """Two rollouts of ringfence.sigma over a seeded fleet, through the store and the evaluator as a
+    server runs them: the hosts that were seeded reporting heartbeat every 30 s (advancing `clock`), the
+    evaluator looks every minute. The first release crashes its engine and halts in ring 0; the second
+    passes ring 0's gate and is left baking in ring 1. Returns (halted id, baking id)."""
+
+    plan = RolloutPlan(
+        rings=tuple(Ring(fraction=f, bake_s=b, min_reporting_hosts=n) for f, b, n in ROLLOUT_PLAN_RINGS),
+        max_wait_s=600.0,
+    )
+    hosts = [
+        _Beating(host_id, name_for(i), status == "healthy")
+        for i, (host_id, status) in enumerate(fleet.statuses.items())
+        if status in ("healthy", "degraded")
+    ]
+    start: dict[str, Any] = {"last_known_good": ROLLOUT_LKG, "plan": plan, "by": "alice"}
+    _beat_for(sessions, clock, hosts, 60, crash_on="")
+    halted = create_rollout(sessions, clock.now_ns, ROLLOUT_ENGINE, "2026.12.01", **start)
+    _beat_for(sessions, clock, hosts, 240, crash_on="2026.12.01")
+    baking = create_rollout(sessions, clock.now_ns, ROLLOUT_ENGINE, "2026.12.02", **start)
+    _beat_for(sessions, clock, hosts, 900, crash_on="2026.12.01")
+    return halted, baking
+
+
+def _beat_for(
+    sessions: sessionmaker[Session], clock: FakeClock, hosts: list[_Beating], seconds: int, crash_on: str
+) -> None:
+    for tick in range(seconds // 30):
+        clock.now_ns += 30 * 10**9
+        for h in hosts:
+            h.sequence += 1
+            h.findings += h.sequence % 3 == 0
+            h.crashes += h.running == crash_on
+            beat = _rollout_beat(h, clock.now_ns)
+            assigned = _store.store_heartbeat(
+                sessions, clock.now_ns, h.id, beat, msgspec.json.encode(beat), history=100
+            )
+            h.running = assigned.get(ROLLOUT_ENGINE, h.running)
+        if tick % 2 == 1:
+            evaluate(sessions, clock.now_ns, "node-a")
+
+
+def _rollout_beat(h: _Beating, now_ns: int) -> Heartbeat:
+    doc = health(h.name, h.healthy, now_ns - h.sequence * 30 * 10**9, h.sequence * 30.0, h.sequence)
+    for e in doc.extensions:
+        if e.id == ROLLOUT_ENGINE:
+            e.crashes, e.content_version, e.findings_emitted = h.crashes, h.running, h.findings
+    doc.content_updates = ContentUpdateStatus(
+        url="https://content.example", engines={ROLLOUT_ENGINE: EngineContentStatus(active=h.running)}
+    )
+    return Heartbeat(host_id=h.id, sequence=h.sequence, sent_at_ns=now_ns, health=doc)
