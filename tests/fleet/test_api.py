@@ -233,7 +233,7 @@ def test_nodes_starting_together_migrate_one_at_a_time(tmp_path: Path, db_url: s
     with ThreadPoolExecutor(4) as pool:
         engines = list(pool.map(lambda _: database(options), range(4)))
     with engines[0].connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == _heads()
     for engine in engines:
         engine.dispose()
 
@@ -251,3 +251,12 @@ def test_heartbeat_number_past_bigint_refused_not_a_500(
     assert server.scalar(sa.select(sa.func.count()).select_from(HeartbeatRecord)) == 0
     beat[field] = 2**63 - 1
     assert server.host_client(cred).post("/heartbeat", json.dumps(beat).encode()).status_code == 200
+
+
+def _heads() -> list[str]:
+    """The newest migration (alembic's head of the migrations the server ships)."""
+    from alembic.script import ScriptDirectory
+
+    from ringfence.fleet import _db
+
+    return list(ScriptDirectory(os.path.join(os.path.dirname(_db.__file__), "migrations")).get_heads())

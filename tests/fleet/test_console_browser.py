@@ -10,13 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from playwright import sync_api  # ./scripts/setup installs it (the test extra) and Debian's chromium
 
 from tests.fleet.console_live import LiveConsole, live_console
 
 CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +25,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveConsole]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    assert os.path.exists(CHROMIUM), f"no {CHROMIUM}: ./scripts/setup installs Debian's chromium"
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM)
         yield b

@@ -59,6 +59,7 @@ class HostFilter:
 @dataclass(frozen=True)
 class FindingFilter:
     host: str = ""  # a host id, exactly, or a substring of the host's name
+    host_id: str = ""  # this host's only (a host's own page): the (host_id, id) index, no name search
     severity: int = 0  # at least this severity_id
     q: str = ""  # a substring of the title or the rule (analytic) name
     since_ns: int = 0
@@ -254,7 +255,7 @@ def host_detail(sessions: Sessions, now_ns: int, host_id: str) -> HostDetail | N
             .order_by(HeartbeatRecord.id.desc())
             .limit(HISTORY)
         ).all()  # fmt: skip
-        findings = _findings(s, FindingFilter(host=host_id), HOST_FINDINGS)
+        findings = _findings(s, FindingFilter(host_id=host_id), HOST_FINDINGS)
         row = HostRow(
             id=host.id,
             name=host.name,
@@ -341,6 +342,8 @@ def _findings(s: Session, f: FindingFilter, limit: int) -> list[FindingRow]:
     q = sa.select(Finding.id, Finding.host_id, Finding.received_at_ns, Finding.document, Host.name).join(
         Host, Host.id == Finding.host_id
     )
+    if f.host_id:
+        q = q.where(Finding.host_id == f.host_id)
     if f.host:
         q = q.where(sa.or_(Finding.host_id == f.host, Host.name.ilike(_like(f.host), escape="\\")))
     if f.severity:
