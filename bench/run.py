@@ -20,7 +20,19 @@ from bench._common import require_root
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller counts: a smoke run, not a measurement")
-    groups = ("agent", "cost", "profile", "extensions", "content", "sigma", "yara", "dns", "audit", "fleet")
+    groups = (
+        "agent",
+        "cost",
+        "profile",
+        "extensions",
+        "content",
+        "sigma",
+        "yara",
+        "dns",
+        "audit",
+        "fleet",
+        "fleet-load",
+    )
     p.add_argument("--only", choices=groups, help="run one group")
     p.add_argument(
         "--profile-src",
@@ -75,6 +87,10 @@ def main() -> None:
         from bench import fleet_bench
 
         print("\n" + fleet_bench.run(args.quick), flush=True)
+    if args.only in (None, "fleet-load"):
+        from bench import fleet_load_bench
+
+        print("\n" + fleet_load_bench.run(args.quick), flush=True)
 
 
 if __name__ == "__main__":
