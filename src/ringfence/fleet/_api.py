@@ -154,19 +154,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise _Refused(503, "database unavailable: retry later", settings.retry_after_s) from e
 
     async def signed(request: Request, limit: int) -> tuple[str, bytes]:
-        body = await _read_body(request, limit)
-        h = request.headers
-        signed_request = _store.SignedRequest(
-            method=request.method,
-            path=request.url.path,
-            host_id=h.get(HOST_HEADER, ""),
-            date=h.get(DATE_HEADER, ""),
-            nonce=h.get(NONCE_HEADER, ""),
-            signature=h.get(SIGNATURE_HEADER, ""),
-            body=body,
-        )
+        signed_request = await _signed_request(request, limit)
         host_id = await call(_store.authenticate, signed_request)
-        return host_id, body
+        return host_id, signed_request.body
 
     @app.get(f"{API}/ping", summary="liveness; no authentication", openapi_extra=_doc(None, 200, Ping))
     async def ping() -> Response:
@@ -192,9 +182,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         openapi_extra=_doc(Heartbeat, 200, HeartbeatReply, 400, 401, 403, 413, 422, 503),
     )
     async def heartbeat(request: Request) -> Response:
-        host_id, body = await signed(request, settings.max_heartbeat_bytes)
-        beat = _heartbeat_of(body)
-        assigned = await call(_store.store_heartbeat, host_id, beat, body, history=settings.heartbeat_history)
+        signed_request = await _signed_request(request, settings.max_heartbeat_bytes)
+        _, assigned = await call(
+            _store.store_signed_heartbeat, signed_request, _heartbeat_of, history=settings.heartbeat_history
+        )
         return _json(HeartbeatReply(stored=1, assignments=assigned))
 
     @app.post(
@@ -241,16 +232,31 @@ def _rollout_looks(
     return lifespan
 
 
+async def _signed_request(request: Request, limit: int) -> _store.SignedRequest:
+    body = await _read_body(request, limit)
+    h = request.headers
+    return _store.SignedRequest(
+        method=request.method,
+        path=request.url.path,
+        host_id=h.get(HOST_HEADER, ""),
+        date=h.get(DATE_HEADER, ""),
+        nonce=h.get(NONCE_HEADER, ""),
+        signature=h.get(SIGNATURE_HEADER, ""),
+        body=body,
+    )
+
+
 def _heartbeat_of(body: bytes) -> Heartbeat:
     """The decoded heartbeat; a 422 for what does not decode, and for a number past BIGINT in a column
-    of its own (the database raised: a 500, found by schemathesis)."""
+    of its own (the database raised: a 500, found by schemathesis). Runs inside the transaction that
+    authenticated the request, so it raises the store's Refused."""
     try:
         beat = decode_heartbeat(body)
     except ValueError as e:
-        raise _Refused(422, str(e)) from e
+        raise _store.Refused(422, str(e)) from e
     for name in STORED_INTEGERS:
         if not -INT64 <= getattr(beat, name) < INT64:
-            raise _Refused(422, f"heartbeat: {name}: out of the 64-bit range")
+            raise _store.Refused(422, f"heartbeat: {name}: out of the 64-bit range")
     return beat
 
 
