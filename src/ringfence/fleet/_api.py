@@ -19,7 +19,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ringfence import __version__
 from ringfence.events import HEARTBEAT_SCHEMA_VERSION, Heartbeat, decode_heartbeat
@@ -121,28 +122,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         docs_url=None,
         lifespan=_rollout_looks(settings, sessions),
     )
-    inflight = [0]  # this node's own load, not state another node needs
 
     @app.exception_handler(_Refused)
     async def refused(_request: Request, e: _Refused) -> Response:
         headers = {"Retry-After": str(e.retry_after_s)} if e.retry_after_s is not None else None
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
 
-    @app.middleware("http")
-    async def limit_inflight(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if inflight[0] >= settings.max_inflight:
-            return JSONResponse(
-                {"detail": "server busy: retry later"},
-                status_code=503,
-                headers={"Retry-After": str(settings.retry_after_s)},
-            )
-        inflight[0] += 1
-        try:
-            return await call_next(request)
-        finally:
-            inflight[0] -= 1
+    app.add_middleware(
+        _InflightLimit, max_inflight=settings.max_inflight, retry_after_s=settings.retry_after_s
+    )
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -210,6 +198,34 @@ def create_app(settings: ServerSettings) -> FastAPI:
     add_console(app, sessions, settings.now_ns)
     _with_components(app, settings)
     return app
+
+
+class _InflightLimit:
+    """Past `max_inflight` requests at once on this node, a 503 with Retry-After. A plain ASGI middleware:
+    Starlette's BaseHTTPMiddleware (`@app.middleware`) runs each request in a task group of its own and
+    wraps every receive; it was half the node's CPU per ping (bench/fleet_load_bench.py)."""
+
+    def __init__(self, app: ASGIApp, *, max_inflight: int, retry_after_s: int) -> None:
+        self.app, self.max_inflight, self.retry_after_s = app, max_inflight, retry_after_s
+        self.inflight = 0  # this node's own load, not state another node needs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            busy = JSONResponse(
+                {"detail": "server busy: retry later"},
+                status_code=503,
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+            await busy(scope, receive, send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
 
 def _rollout_looks(
