@@ -140,6 +140,13 @@ def _postgres(data_dir: str) -> psutil.Process:
         return psutil.Process(int(f.readline()))
 
 
+def _postgres_cpu(postmaster: psutil.Process) -> float:
+    """The cluster's CPU so far: its live processes', and the backends' that ended (the pool of a node
+    closes connections past its size when they come back, so backends come and go under load)."""
+    t = postmaster.cpu_times()
+    return cpu_seconds(postmaster) + t.children_user + t.children_system
+
+
 def measure(
     label: str, kind: str, nodes: list[tuple[int, psutil.Process]], postgres: psutil.Process,
     hosts: list[tuple[str, str, str]], size: Size, profile: str = "",
@@ -157,10 +164,10 @@ def measure(
     with multiprocessing.get_context("spawn").Pool(GENERATORS) as pool:
         pending = pool.map_async(_loadgen.run, jobs)
         time.sleep(max(0.0, start_at - time.monotonic()))
-        cpu0 = [cpu_seconds(p) for _, p in nodes], cpu_seconds(postgres)
+        cpu0 = [cpu_seconds(p) for _, p in nodes], _postgres_cpu(postgres)
         spy = _py_spy(nodes[0][1].pid, size.duration_s, profile) if profile else None
         time.sleep(max(0.0, end_at - time.monotonic()))
-        cpu1 = [cpu_seconds(p) for _, p in nodes], cpu_seconds(postgres)
+        cpu1 = [cpu_seconds(p) for _, p in nodes], _postgres_cpu(postgres)
         if spy is not None:
             spy.wait(timeout=60)
         outcomes = pending.get(timeout=size.duration_s + 120)
