@@ -137,7 +137,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return await run_in_threadpool(fn, sessions, settings.now_ns(), *args, **kwargs)
         except _store.Refused as e:
             raise _Refused(e.status, str(e)) from e
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
+        # TimeoutError: no pooled connection came free in 30 s (a node holds PG_POOL_SIZE at most)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as e:
             log.warning("database unavailable: %s", e)
             raise _Refused(503, "database unavailable: retry later", settings.retry_after_s) from e
 
