@@ -33,6 +33,7 @@ def main() -> None:
         "audit",
         "fleet",
         "console",
+        "fleet-load",
     )
     p.add_argument("--only", choices=groups, help="run one group")
     p.add_argument(
@@ -96,6 +97,10 @@ def main() -> None:
         from bench import console_bench
 
         print("\n" + console_bench.run(args.quick), flush=True)
+    if args.only in (None, "fleet-load"):
+        from bench import fleet_load_bench
+
+        print("\n" + fleet_load_bench.run(args.quick), flush=True)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,25 @@ def test_bad_findings_batches_refused_clearly(
     assert server.scalar(sa.select(sa.func.count()).select_from(Finding)) == 0
 
 
+def test_undecodable_signed_heartbeat_spends_its_nonce_and_stores_nothing(server, tmp_path: Path) -> None:
+    """Authentication and storage share one transaction: a 422 must not roll the nonce back (a replay of
+    the request is refused as one) nor leave a heartbeat behind."""
+    from ringfence.fleet._auth import load_private
+
+    cred = server.enroll(tmp_path)
+    body = b'{"schema_version": 1, "host_id": "web-1"}'
+    headers = sign_headers(
+        load_private(cred.private_key), cred.host_id, method="POST", path="/api/v1/heartbeat", body=body,
+        now_s=NOW_NS // 10**9,
+    )  # fmt: skip
+    r = server.client.post("/api/v1/heartbeat", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    r = server.client.post("/api/v1/heartbeat", content=body, headers=headers)
+    assert r.status_code == 401 and "replayed" in r.json()["detail"]
+    assert server.scalar(sa.select(sa.func.count()).select_from(HeartbeatRecord)) == 0
+    assert server.scalar(sa.select(sa.func.count()).select_from(HostStatus)) == 0
+
+
 def test_busy_node_answers_503_with_retry_after(tmp_path: Path) -> None:
     server = make_server(tmp_path, max_inflight=0, retry_after_s=7)
     r = server.client.post("/api/v1/heartbeat", content=b"{}")

@@ -20,3 +20,12 @@ def test_the_migrated_database_is_what_the_models_declare(tmp_path: Path, db_url
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_postgresql_pool_keeps_its_connections_instead_of_reconnecting_per_request() -> None:
+    """SQLAlchemy's default pool closed every connection past 5 as it came back: under load PostgreSQL
+    forked a backend for most heartbeats (bench/fleet_load_bench.py)."""
+    from ringfence.fleet._db import PG_POOL_SIZE, make_engine
+
+    engine = make_engine("postgresql://fleet@127.0.0.1:1/fleet")  # not connected
+    assert engine.pool.size() == PG_POOL_SIZE and engine.pool._max_overflow == 0  # type: ignore[attr-defined]

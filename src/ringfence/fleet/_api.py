@@ -19,7 +19,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ringfence import __version__
 from ringfence.events import HEARTBEAT_SCHEMA_VERSION, Heartbeat, decode_heartbeat
@@ -121,52 +122,30 @@ def create_app(settings: ServerSettings) -> FastAPI:
         docs_url=None,
         lifespan=_rollout_looks(settings, sessions),
     )
-    inflight = [0]  # this node's own load, not state another node needs
 
     @app.exception_handler(_Refused)
     async def refused(_request: Request, e: _Refused) -> Response:
         headers = {"Retry-After": str(e.retry_after_s)} if e.retry_after_s is not None else None
         return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
 
-    @app.middleware("http")
-    async def limit_inflight(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if inflight[0] >= settings.max_inflight:
-            return JSONResponse(
-                {"detail": "server busy: retry later"},
-                status_code=503,
-                headers={"Retry-After": str(settings.retry_after_s)},
-            )
-        inflight[0] += 1
-        try:
-            return await call_next(request)
-        finally:
-            inflight[0] -= 1
+    app.add_middleware(
+        _InflightLimit, max_inflight=settings.max_inflight, retry_after_s=settings.retry_after_s
+    )
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return await run_in_threadpool(fn, sessions, settings.now_ns(), *args, **kwargs)
         except _store.Refused as e:
             raise _Refused(e.status, str(e)) from e
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
+        # TimeoutError: no pooled connection came free in 30 s (a node holds PG_POOL_SIZE at most)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as e:
             log.warning("database unavailable: %s", e)
             raise _Refused(503, "database unavailable: retry later", settings.retry_after_s) from e
 
     async def signed(request: Request, limit: int) -> tuple[str, bytes]:
-        body = await _read_body(request, limit)
-        h = request.headers
-        signed_request = _store.SignedRequest(
-            method=request.method,
-            path=request.url.path,
-            host_id=h.get(HOST_HEADER, ""),
-            date=h.get(DATE_HEADER, ""),
-            nonce=h.get(NONCE_HEADER, ""),
-            signature=h.get(SIGNATURE_HEADER, ""),
-            body=body,
-        )
+        signed_request = await _signed_request(request, limit)
         host_id = await call(_store.authenticate, signed_request)
-        return host_id, body
+        return host_id, signed_request.body
 
     @app.get(f"{API}/ping", summary="liveness; no authentication", openapi_extra=_doc(None, 200, Ping))
     async def ping() -> Response:
@@ -192,9 +171,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         openapi_extra=_doc(Heartbeat, 200, HeartbeatReply, 400, 401, 403, 413, 422, 503),
     )
     async def heartbeat(request: Request) -> Response:
-        host_id, body = await signed(request, settings.max_heartbeat_bytes)
-        beat = _heartbeat_of(body)
-        assigned = await call(_store.store_heartbeat, host_id, beat, body, history=settings.heartbeat_history)
+        signed_request = await _signed_request(request, settings.max_heartbeat_bytes)
+        _, assigned = await call(
+            _store.store_signed_heartbeat, signed_request, _heartbeat_of, history=settings.heartbeat_history
+        )
         return _json(HeartbeatReply(stored=1, assignments=assigned))
 
     @app.post(
@@ -221,6 +201,34 @@ def create_app(settings: ServerSettings) -> FastAPI:
     return app
 
 
+class _InflightLimit:
+    """Past `max_inflight` requests at once on this node, a 503 with Retry-After. A plain ASGI middleware:
+    Starlette's BaseHTTPMiddleware (`@app.middleware`) runs each request in a task group of its own and
+    wraps every receive; it was half the node's CPU per ping (bench/fleet_load_bench.py)."""
+
+    def __init__(self, app: ASGIApp, *, max_inflight: int, retry_after_s: int) -> None:
+        self.app, self.max_inflight, self.retry_after_s = app, max_inflight, retry_after_s
+        self.inflight = 0  # this node's own load, not state another node needs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            busy = JSONResponse(
+                {"detail": "server busy: retry later"},
+                status_code=503,
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+            await busy(scope, receive, send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
 def _rollout_looks(
     settings: ServerSettings, sessions: sessionmaker[Any]
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
@@ -241,16 +249,31 @@ def _rollout_looks(
     return lifespan
 
 
+async def _signed_request(request: Request, limit: int) -> _store.SignedRequest:
+    body = await _read_body(request, limit)
+    h = request.headers
+    return _store.SignedRequest(
+        method=request.method,
+        path=request.url.path,
+        host_id=h.get(HOST_HEADER, ""),
+        date=h.get(DATE_HEADER, ""),
+        nonce=h.get(NONCE_HEADER, ""),
+        signature=h.get(SIGNATURE_HEADER, ""),
+        body=body,
+    )
+
+
 def _heartbeat_of(body: bytes) -> Heartbeat:
     """The decoded heartbeat; a 422 for what does not decode, and for a number past BIGINT in a column
-    of its own (the database raised: a 500, found by schemathesis)."""
+    of its own (the database raised: a 500, found by schemathesis). Runs inside the transaction that
+    authenticated the request, so it raises the store's Refused."""
     try:
         beat = decode_heartbeat(body)
     except ValueError as e:
-        raise _Refused(422, str(e)) from e
+        raise _store.Refused(422, str(e)) from e
     for name in STORED_INTEGERS:
         if not -INT64 <= getattr(beat, name) < INT64:
-            raise _Refused(422, f"heartbeat: {name}: out of the 64-bit range")
+            raise _store.Refused(422, f"heartbeat: {name}: out of the 64-bit range")
     return beat
 
 

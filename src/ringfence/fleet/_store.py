@@ -9,6 +9,7 @@ Errors: Refused (a client's request that is wrong: its message is safe to send b
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -113,6 +114,12 @@ def _why_token_refused(s: Session, token: str, now_ns: int) -> str:
 def authenticate(sessions: Sessions, now_ns: int, request: SignedRequest) -> str:
     """The host id of a signed request, its nonce recorded. Raises Refused(401) for a missing, bad or
     replayed signature, a clock outside the window, an unknown host; Refused(403) for a revoked one."""
+    with sessions.begin() as s:
+        return _authenticate_in(s, now_ns, request)
+
+
+def _authenticate_in(s: Session, now_ns: int, request: SignedRequest) -> str:
+    """`authenticate` in the caller's transaction."""
     method, path, body = request.method, request.path, request.body
     host_id, date, nonce, signature = request.host_id, request.date, request.nonce, request.signature
     if not (host_id and date and nonce and signature):
@@ -125,28 +132,47 @@ def authenticate(sessions: Sessions, now_ns: int, request: SignedRequest) -> str
         raise Refused(401, "Ringfence-Date: not an integer of seconds") from e
     if abs(when_s - now_ns // 1_000_000_000) > MAX_SKEW_S:
         raise Refused(401, f"Ringfence-Date: more than {MAX_SKEW_S} s from the server's clock")
-    with sessions.begin() as s:
-        host = s.get(Host, host_id)
-        if host is None:
-            raise Refused(401, "unknown host (enroll it again)")
-        if not verify(
-            load_public(host.public_key),
-            signature,
-            signed_message(method=method, path=path, host_id=host_id, date=date, nonce=nonce, body=body),
-        ):
-            raise Refused(401, "bad signature")
-        if host.revoked_at_ns is not None:
-            raise Refused(403, "host revoked: its credential is refused (enroll it again with a new token)")
-        s.execute(sa.delete(RequestNonce).where(RequestNonce.expires_at_ns < now_ns))
-        s.add(
-            RequestNonce(host_id=host_id, nonce=nonce, expires_at_ns=now_ns + 2 * MAX_SKEW_S * 1_000_000_000)
-        )
-        host.last_seen_at_ns = now_ns
-        try:
-            s.flush()
-        except sa_exc.IntegrityError as e:
-            raise Refused(401, "replayed request (nonce seen before)") from e
+    host = s.get(Host, host_id)
+    if host is None:
+        raise Refused(401, "unknown host (enroll it again)")
+    if not verify(
+        load_public(host.public_key),
+        signature,
+        signed_message(method=method, path=path, host_id=host_id, date=date, nonce=nonce, body=body),
+    ):
+        raise Refused(401, "bad signature")
+    if host.revoked_at_ns is not None:
+        raise Refused(403, "host revoked: its credential is refused (enroll it again with a new token)")
+    s.execute(sa.delete(RequestNonce).where(RequestNonce.expires_at_ns < now_ns))
+    s.add(RequestNonce(host_id=host_id, nonce=nonce, expires_at_ns=now_ns + 2 * MAX_SKEW_S * 1_000_000_000))
+    host.last_seen_at_ns = now_ns
+    try:
+        s.flush()
+    except sa_exc.IntegrityError as e:
+        raise Refused(401, "replayed request (nonce seen before)") from e
     return host_id
+
+
+def store_signed_heartbeat(
+    sessions: Sessions,
+    now_ns: int,
+    request: SignedRequest,
+    decode: Callable[[bytes], Heartbeat],
+    *,
+    history: int,
+) -> tuple[str, dict[str, str]]:
+    """`authenticate` then `store_heartbeat` in one transaction (one pool checkout and one commit, not
+    two: bench/fleet_load_bench.py). (host id, assignments). A body that `decode` refuses (it raises
+    Refused) is refused after the nonce is committed, as when the two were apart."""
+    with sessions.begin() as s:
+        host_id = _authenticate_in(s, now_ns, request)
+        try:
+            beat = decode(request.body)
+        except Refused as e:
+            undecodable = e
+        else:
+            return host_id, _store_heartbeat_in(s, now_ns, host_id, beat, request.body, history=history)
+    raise undecodable
 
 
 def store_heartbeat(
@@ -154,37 +180,43 @@ def store_heartbeat(
 ) -> dict[str, str]:
     """The latest per host (replaced) and the history (the oldest past `history` deleted). Returns the
     host's assignments (engine -> version), the heartbeat's answer."""
-    text = document.decode()
     with sessions.begin() as s:
-        s.add(
-            HeartbeatRecord(
-                host_id=host_id,
-                received_at_ns=now_ns,
-                sequence=beat.sequence,
-                sent_at_ns=beat.sent_at_ns,
-                healthy=beat.health.healthy,
-                document=text,
-            )
+        return _store_heartbeat_in(s, now_ns, host_id, beat, document, history=history)
+
+
+def _store_heartbeat_in(
+    s: Session, now_ns: int, host_id: str, beat: Heartbeat, document: bytes, *, history: int
+) -> dict[str, str]:
+    text = document.decode()
+    s.add(
+        HeartbeatRecord(
+            host_id=host_id,
+            received_at_ns=now_ns,
+            sequence=beat.sequence,
+            sent_at_ns=beat.sent_at_ns,
+            healthy=beat.health.healthy,
+            document=text,
         )
-        s.flush()
-        cutoff = (
-            sa.select(HeartbeatRecord.id)
-            .where(HeartbeatRecord.host_id == host_id)
-            .order_by(HeartbeatRecord.id.desc())
-            .offset(history)
-            .limit(1)
-            .scalar_subquery()
-        )
-        s.execute(
-            sa.delete(HeartbeatRecord).where(HeartbeatRecord.host_id == host_id, HeartbeatRecord.id <= cutoff)
-        )
-        status = s.get(HostStatus, host_id)
-        if status is None:
-            status = HostStatus(host_id=host_id)
-            s.add(status)
-        status.received_at_ns, status.sequence, status.healthy = now_ns, beat.sequence, beat.health.healthy
-        status.agent_version, status.document = beat.health.version, text
-        return assignments_of(s, host_id)
+    )
+    s.flush()
+    cutoff = (
+        sa.select(HeartbeatRecord.id)
+        .where(HeartbeatRecord.host_id == host_id)
+        .order_by(HeartbeatRecord.id.desc())
+        .offset(history)
+        .limit(1)
+        .scalar_subquery()
+    )
+    s.execute(
+        sa.delete(HeartbeatRecord).where(HeartbeatRecord.host_id == host_id, HeartbeatRecord.id <= cutoff)
+    )
+    status = s.get(HostStatus, host_id)
+    if status is None:
+        status = HostStatus(host_id=host_id)
+        s.add(status)
+    status.received_at_ns, status.sequence, status.healthy = now_ns, beat.sequence, beat.health.healthy
+    status.agent_version, status.document = beat.health.version, text
+    return assignments_of(s, host_id)
 
 
 def store_findings(
