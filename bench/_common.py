@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -33,6 +34,18 @@ def status(state: Path) -> dict:
     if not r.stdout:
         raise RuntimeError(f"status: {r.stderr.decode().strip()}")
     return json.loads(r.stdout)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """End a process this bench started: SIGINT (the agent's clean stop), SIGKILL after 60 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextmanager
@@ -69,12 +82,7 @@ def running_agent(
             time.sleep(1.0)  # let start-up work (seeding, first execs) settle before measuring
             yield psutil.Process(proc.pid), state
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def table(title: str, header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from bench._common import RINGFENCE, table
+from bench._common import RINGFENCE, stop, table
 from ringfence.agent import read_status
 from ringfence.agent._config import ExtensionsSection
 from ringfence.agent._validate import ValidateOptions, check_structure, read_package, validate_package
@@ -156,13 +155,7 @@ def _proc(args: list[str], **kw: object) -> Iterator[subprocess.Popen[str]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 def _cli(*args: str) -> None:

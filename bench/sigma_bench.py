@@ -19,7 +19,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from tests.engines.sigma.corpus import (
     ordinary_events,
 )
 
-from bench._common import RINGFENCE, status, write_config
+from bench._common import RINGFENCE, status, stop, write_config
 from ringfence.engines.sigma import SigmaEngine, load_files, rule_files
 from ringfence.events import HeaderStamper
 from ringfence.sdk import Event, Severity
@@ -185,12 +184,7 @@ def _running_agent(tmp: Path, extra: str) -> Iterator[Path]:
             time.sleep(0.2)
         yield state
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _ready(state: Path) -> bool:
