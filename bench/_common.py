@@ -36,13 +36,14 @@ def status(state: Path) -> dict:
     return json.loads(r.stdout)
 
 
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """End a process this bench started: SIGINT (the agent's clean stop), SIGKILL after 60 s."""
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout_s: float = 60) -> None:
+    """End a process this bench started: `sig` (SIGINT: the agent's clean stop), SIGKILL after
+    `timeout_s`."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

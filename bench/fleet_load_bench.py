@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fleet.postgres import cluster, new_database
 
 from bench import _loadgen
-from bench._common import RINGFENCE, cpu_seconds, table
+from bench._common import RINGFENCE, cpu_seconds, stop, table
 from ringfence.fleet import _store
 from ringfence.fleet._auth import new_key, private_bytes, public_text
 from ringfence.fleet._db import HeartbeatRecord, open_database
@@ -113,12 +113,7 @@ def server_node(db_url: str, workdir: Path) -> Iterator[tuple[int, psutil.Proces
         _wait_ready(proc, port, state / "server.log")
         yield port, psutil.Process(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGTERM, timeout_s=30)  # uvicorn's clean stop
         log.close()
 
 
