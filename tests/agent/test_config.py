@@ -121,6 +121,11 @@ def test_metrics_listener_on_loopback_or_explicitly_remote_is_accepted() -> None
         (b'[extensions]\nconfig = "x"\n', "extensions.config", "Expected `object`, got `str`"),
         (b'[extensions.config."a"]\nk = 1\n[extensions]\nenabled = "a"\n', "extensions.enabled", "Expected"),
         (b"[agent]\ndrop_window_s = 0\n", "agent.drop_window_s", "must be > 0"),
+        (b"[extensions]\nready_timeout_s = 0\n", "extensions.ready_timeout_s", "must be > 0"),
+        (b"[extensions]\nready_timeout_s = -1\n", "extensions.ready_timeout_s", "got -1"),
+        (b"[extensions]\nready_timeout_s = 1e9\n", "extensions.ready_timeout_s", "<= 3600 s"),
+        (b"[extensions]\nready_timeout_s = nan\n", "extensions.ready_timeout_s", "got nan"),
+        (b'[extensions]\nready_timeout_s = "5"\n', "extensions.ready_timeout_s", "Expected `float`"),
     ],
 )
 def test_wrong_shapes_are_problems_of_their_key(text: bytes, key: str, message: str) -> None:

@@ -26,14 +26,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(tmp_path: Path, tmpfs: Path, key: str, *, extensions: list[str], agent: str = "") -> Path:
+def _config(
+    tmp_path: Path, tmpfs: Path, key: str, *, extensions: list[str], agent: str = "", more: str = ""
+) -> Path:
     path = tmp_path / "rf.toml"
     enabled = ", ".join(f'"{e}"' for e in extensions)
     path.write_text(
         f'[agent]\nstate_dir = "{tmp_path / "state"}"\n{agent}'
         f'[sensors]\nfile_paths = ["{tmpfs}"]\nexec_mounts = ["{tmpfs}"]\naudit_key = "{key}"\n'
         "[output]\nconsole_interval_s = 0.5\n"
-        f'[extensions]\nenabled = [{enabled}]\nimport_paths = ["{REPO}"]\n'
+        f'[extensions]\nenabled = [{enabled}]\nimport_paths = ["{REPO}"]\n{more}'
     )
     return path
 
@@ -198,6 +200,7 @@ def test_extension_not_started_after_the_ready_timeout_degrades_status(
         tmpfs,
         "rf-t-truth3",
         extensions=["fault.hangs=tests.extensions.fault_extensions:SetupHangs"],
+        more="ready_timeout_s = 2\n",  # the operator's: the default 20 s would only make this test slower
     )
     state = tmp_path / "state"
     proc = run_agent(config)
@@ -206,7 +209,8 @@ def test_extension_not_started_after_the_ready_timeout_degrades_status(
     assert rc == 1
     line = next(p for p in doc["problems"] if p.startswith("extension fault.hangs "))
     assert "no handshake" in line, line  # still starting, or just timed out at the handshake deadline
-    _stop(proc)
+    _, err = _stop(proc)
+    assert "not every extension was ready within 2 s (extensions.ready_timeout_s)" in err, err
 
 
 def test_metrics_port_in_use_is_a_one_line_error_and_the_agent_leaves_nothing_behind(

@@ -113,6 +113,9 @@ class ExtensionsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
     user: str = "ringfence-ext"
     memory_mb: int = 256
     cpu_percent: int = 50
+    # how long `ringfence run` waits at start for every extension's setup (content loaded) before it goes
+    # on without the late ones, which status names degraded until they are running
+    ready_timeout_s: float = 20.0
     config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)  # [extensions.config."<id>"]
     # [extensions.content."<id>"]: content file name -> the operator's file; the agent (root) reads it and
     # hands the extension a read-only copy in STATE_DIR/content/<id>/active/ (see agent/_content.py)
@@ -321,6 +324,9 @@ def _agent_problems(config: Config) -> list[str]:
     problems = (
         [] if agent.drop_window_s > 0 else [f"agent.drop_window_s: must be > 0, got {agent.drop_window_s}"]
     )
+    ready = config.extensions.ready_timeout_s
+    if not 0 < ready <= 3600:
+        problems.append(f"extensions.ready_timeout_s: must be > 0 and <= 3600 s, got {ready:g}")
     if agent.metrics_listen:
         try:
             parse_listen(agent.metrics_listen, allow_remote=agent.metrics_allow_remote)

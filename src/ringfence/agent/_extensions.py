@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 20.0
+MANIFEST_TIMEOUT_S = 20.0  # `extensions list --manifests`: how long one extension may take to say who it is
 
 
 def reachable_by_others(path: str) -> bool:
@@ -450,9 +450,12 @@ class _Extensions:
         """Start every extension and wait (bounded) for its setup. Raises AgentError if one that was
         given content failed: its content did not load, and the agent must not run as if it had."""
         self.supervisor.start()
-        if not self.supervisor.wait_ready(READY_TIMEOUT_S):
+        ready_s = self._config.extensions.ready_timeout_s
+        if not self.supervisor.wait_ready(ready_s):
             log.warning(
-                "not every extension was ready within %.0f s; see `ringfence status`", READY_TIMEOUT_S
+                "not every extension was ready within %g s (extensions.ready_timeout_s); see `ringfence "
+                "status`",
+                ready_s,
             )
         self._refuse_failed_content()
         self.content.start()
@@ -521,7 +524,7 @@ def list_extensions(config: Config, *, manifests: bool = False) -> list[str]:
 
 def _describe_manifest(entry: str, sandbox: bool) -> str:
     try:
-        m = probe_manifest(entry, sandbox=sandbox, timeout_s=READY_TIMEOUT_S)
+        m = probe_manifest(entry, sandbox=sandbox, timeout_s=MANIFEST_TIMEOUT_S)
     except ExtensionError as e:
         return f"manifest unavailable: {e}"
     auth = (
