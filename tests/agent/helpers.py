@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import queue
+import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ringfence.agent import Config
 from ringfence.agent._config import (
@@ -94,3 +96,19 @@ def eventually(check: Callable[[], bool], timeout_s: float = 15) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def end_agent(
+    proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout_s: float = 60, *, drain: bool = False
+) -> None:
+    """Stop an agent this test started, by its own handle: `sig` (its clean shutdown), then SIGKILL if it
+    has not exited within `timeout_s`. `drain`: read its output pipes meanwhile (when no thread of the
+    test reads them, a chatty agent would block on a full pipe and never exit)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    wait = proc.communicate if drain else proc.wait
+    try:
+        wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        wait()

@@ -34,6 +34,7 @@ import yaml
 
 from ringfence.content._default import default_pack
 from ringfence.sensors.audit import list_rule_keys
+from tests.agent.helpers import end_agent
 from tests.kernel import mounted_tmpfs
 
 pytestmark = pytest.mark.kernel
@@ -121,13 +122,7 @@ def agent() -> Iterator[Agent]:
             assert any("Sigma rules in force" in line for line in lines), "".join(lines)
             yield Agent(proc, base / "state", work, key)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end_agent(proc, signal.SIGTERM)
             reader.join(timeout=10)
     shutil.rmtree(base, ignore_errors=True)
     assert proc.returncode == 0, "".join(lines)

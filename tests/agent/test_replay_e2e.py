@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.helpers import eventually
+from tests.agent.helpers import end_agent, eventually
 from tests.kernel import mounted_tmpfs
 
 pytestmark = pytest.mark.kernel
@@ -67,12 +67,7 @@ def recorded() -> Iterator[tuple[Path, str, list[dict]]]:
             subprocess.run(["/bin/bash", "-c", f"true 'exec 3<>/dev/tcp/127.0.0.1/9' {marker}"], check=True)
             assert eventually(lambda: bool(live()), 30), "".join(lines)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end_agent(proc, signal.SIGTERM)
         try:
             yield base / "state", marker, live()
         finally:

@@ -16,6 +16,8 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.agent.helpers import end_agent
+
 RINGFENCE = [sys.executable, "-m", "ringfence.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,13 +73,7 @@ def run_agent(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[str]
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        end_agent(proc, drain=True)
 
 
 def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from tests.agent.helpers import eventually, runs, scoped_config
+from tests.agent.helpers import end_agent, eventually, runs, scoped_config
 from tests.kernel import fanotify_fds
 
 from ringfence.agent import Agent, AgentError, Config, Console
@@ -321,9 +321,4 @@ def test_cli_blocklist_flag_with_a_root_only_list_blocks_the_binary(
         ext = {e["id"]: e for e in json.loads(status.stdout)["extensions"]}[REPUTATION]
         assert (ext["id"], ext["state"]) == (REPUTATION, "running")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_agent(proc)
