@@ -67,6 +67,14 @@ class Agent:
         complete = data[: data.rfind(b"\n") + 1]
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
+    def losses(self) -> object:
+        """What status says was dropped (a missed finding is then an event lost on the way, not a rule
+        that did not match): for the message of a failed assertion."""
+        r = subprocess.run(
+            [*RINGFENCE, "status", "--json", "--state-dir", str(self.state)], capture_output=True, timeout=30
+        )
+        return json.loads(r.stdout).get("drops") if r.stdout else r.stderr
+
 
 def techniques_of(finding: dict[str, object]) -> set[str]:
     info = finding.get("finding_info")
@@ -586,5 +594,5 @@ def test_attack_raises_its_technique(agent: Agent, ports: tuple[int, str], attac
         if wanted <= seen:
             break
         time.sleep(0.2)
-    assert wanted <= seen, f"{attack.name}: wanted {sorted(wanted)}, found {sorted(seen)}"
+    assert wanted <= seen, f"{attack.name}: wanted {sorted(wanted)}, found {sorted(seen)}; {agent.losses()}"
     assert agent.proc.poll() is None
