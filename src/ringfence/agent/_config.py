@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from ringfence.agent._errors import ConfigError, ConfigProblem
-from ringfence.agent._metrics import MetricsAddressError, parse_listen
+from ringfence.agent._metrics_address import MetricsAddressError, parse_listen
 from ringfence.content import version_key
 from ringfence.events import EventKind
 from ringfence.outputs import (

@@ -30,7 +30,7 @@ from ringfence.agent._config import Config
 from ringfence.agent._console import Console
 from ringfence.agent._errors import AgentError as AgentError  # noqa: PLC0414 - where callers import it
 from ringfence.agent._health import DropTracker, drop_totals, exposure_warnings, problems_of, summary_line
-from ringfence.agent._metrics import MetricsAddressError, MetricsServer, parse_listen
+from ringfence.agent._metrics_address import MetricsAddressError, parse_listen
 from ringfence.agent._status import StatusServer
 from ringfence.agent._updates import ContentUpdateLoop
 from ringfence.broker import Broker, DeadlineRunner, Mutes
@@ -43,12 +43,14 @@ from ringfence.events import (
     SensorStatistics,
     SystemClock,
 )
-from ringfence.fleet import FindingsSpool, Uplink, UplinkConfig, credential_path
+from ringfence.fleet import FindingsSpool
 from ringfence.outputs import JsonlSink, Rfc5424Formatter, SyslogAddressError, SyslogSink, parse_address
 from ringfence.outputs import parse_facility as syslog_facility
 from ringfence.sensors import EventSink, ProcessResolver, Sensor, SensorUnavailable
 
 if TYPE_CHECKING:
+    from ringfence.agent._metrics import MetricsServer
+    from ringfence.fleet import Uplink
     from ringfence.sensors.audit import AuditFeed
 
 log = logging.getLogger(__name__)
@@ -384,6 +386,8 @@ class Agent:
             address, port = parse_listen(listen, allow_remote=self.config.agent.metrics_allow_remote)
         except MetricsAddressError as e:
             raise AgentError(f"agent.metrics_listen: {e}") from e
+        from ringfence.agent._metrics import MetricsServer  # prometheus_client: only when metrics are on
+
         server = MetricsServer(self.health, address, port)
         try:
             server.start()
@@ -431,6 +435,8 @@ class Agent:
         fleet = self.config.fleet
         if not fleet.url:
             return
+        from ringfence.fleet import Uplink, UplinkConfig, credential_path  # httpx: only with a fleet
+
         spool = FindingsSpool(
             os.path.join(self.state_dir, "findings.jsonl"),
             os.path.join(self.state_dir, FLEET_OFFSET),

@@ -4,13 +4,14 @@ Every scrape assesses health afresh (the same `Health` that `ringfence status` p
 the status never disagree. The listener binds loopback only unless `metrics_allow_remote` says otherwise:
 the metrics name paths, extensions and rates an attacker would like to know.
 
-Errors: `parse_listen` raises MetricsAddressError (a ValueError; the config reports it as a problem of
-`agent.metrics_listen`); `MetricsServer.start` raises OSError (the agent translates both to AgentError).
+Errors: `parse_listen` (agent/_metrics_address.py) raises MetricsAddressError (a ValueError; the config
+reports it as a problem of `agent.metrics_listen`); `MetricsServer.start` raises OSError (the agent
+translates both to AgentError). This module loads prometheus_client: the agent imports it only when
+`metrics_listen` is set.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -26,29 +27,6 @@ from ringfence.events import ExtensionStatistics, Health
 log = logging.getLogger(__name__)
 
 EXTENSION_STATES = ("starting", "running", "backoff", "quarantined", "stopped")
-
-
-class MetricsAddressError(ValueError):
-    """`metrics_listen` is not HOST:PORT, or names a non-loopback host without the explicit grant."""
-
-
-def parse_listen(text: str, *, allow_remote: bool) -> tuple[str, int]:
-    """`127.0.0.1:9477`, `[::1]:9477` or `localhost:9477` -> (address, port). Raises MetricsAddressError."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise MetricsAddressError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:9477)")
-    host = host.removeprefix("[").removesuffix("]")
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError as e:
-        raise MetricsAddressError(f"{text!r}: the host must be an IP address or localhost") from e
-    if not address.is_loopback and not allow_remote:
-        raise MetricsAddressError(
-            f"{text!r} is not a loopback address; set agent.metrics_allow_remote = true to serve it there"
-        )
-    return str(address), int(port_text)
 
 
 class HealthCollector(Collector):

@@ -37,25 +37,18 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ringfence.agent._config import ContentSection
 from ringfence.agent._content import ContentError, ContentStore, ExtensionState, StagedContent
 from ringfence.agent._shadow import ShadowRuns
 from ringfence.agent._validate import CHECK_DID_NOT_RUN
-from ringfence.content import (
-    ContentUpdates,
-    TufContentUpdater,
-    UpdateConfig,
-    UpdateError,
-    UpdateReport,
-    UpdateSchedule,
-    install_trusted_root,
-    staged_dir,
-    staged_versions,
-    version_key,
-)
+from ringfence.content import UpdateError, UpdateSchedule, staged_dir, staged_versions, version_key
 from ringfence.events import ContentUpdateStatus, EngineContentStatus
 from ringfence.fleet import FleetAssignments
+
+if TYPE_CHECKING:
+    from ringfence.content import ContentUpdates, UpdateReport
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +369,8 @@ def make_update_loop(
     `root` is installed when none is; one that cannot be is a problem in status, never a failed start."""
     if not content.url:
         return None
+    from ringfence.content import TufContentUpdater, UpdateConfig, install_trusted_root  # python-tuf, httpx
+
     config = UpdateConfig(url=content.url, state_dir=state_dir)
     setup_problem = ""
     if content.root and not os.path.exists(config.trusted_root):

@@ -18,22 +18,43 @@ Errors (the tree):
       UpdateError            the client could not refresh, verify or stage (update() reports it instead)
 """
 
-from ringfence.content._client import (
-    ContentUpdates,
-    FakeContentUpdates,
-    Staged,
-    TufContentUpdater,
-    UpdateConfig,
-    UpdateReport,
-    install_trusted_root,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ringfence._lazy import lazy_names
 from ringfence.content._errors import ContentError, KeyStoreError, PackageError, PublishError, UpdateError
-from ringfence.content._keys import ExpiryPolicy, KeyStore
 from ringfence.content._package import Manifest, Package, load_package, version_key
-from ringfence.content._repository import Published, Repository
 from ringfence.content._schedule import UpdateSchedule
-from ringfence.content._serve import make_server
 from ringfence.content._stage import staged_dir, staged_versions
+
+if TYPE_CHECKING:
+    from ringfence.content._client import (
+        ContentUpdates,
+        FakeContentUpdates,
+        Staged,
+        TufContentUpdater,
+        UpdateConfig,
+        UpdateReport,
+        install_trusted_root,
+    )
+    from ringfence.content._keys import ExpiryPolicy, KeyStore
+    from ringfence.content._repository import Published, Repository
+    from ringfence.content._serve import make_server
+
+# python-tuf, securesystemslib and the HTTP client load on first use of these names, not on import: the
+# agent imports this package for package versions and staged content, and follows a content URL only
+# where one is configured
+_LAZY = {
+    "ringfence.content._client": (
+        "ContentUpdates", "FakeContentUpdates", "Staged", "TufContentUpdater", "UpdateConfig", "UpdateReport",
+        "install_trusted_root",
+    ),
+    "ringfence.content._keys": ("ExpiryPolicy", "KeyStore"),
+    "ringfence.content._repository": ("Published", "Repository"),
+    "ringfence.content._serve": ("make_server",),
+}  # fmt: skip
+__getattr__ = lazy_names(__name__, _LAZY, globals())
 
 __all__ = [
     "ContentError",

@@ -10,14 +10,16 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
 from ringfence.content._build import BuildOptions, InterfaceOf, build_package
-from ringfence.content._client import TufContentUpdater, UpdateConfig, install_trusted_root
 from ringfence.content._errors import ContentError
-from ringfence.content._keys import ROLES, ExpiryPolicy, KeyStore, utc_now
-from ringfence.content._package import load_package
-from ringfence.content._repository import Repository
-from ringfence.content._serve import make_server
+from ringfence.content._package import ROLES, load_package
 
+# python-tuf, securesystemslib and the HTTP client load in the commands that use them, not here: every
+# `ringfence` command builds this parser, `ringfence run` too, and the agent must not carry them when it
+# follows no content URL (bench/RESULTS.md, the agent's memory)
 if TYPE_CHECKING:
+    from ringfence.content._keys import ExpiryPolicy
+    from ringfence.content._repository import Repository
+
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 DEFAULT_STATE_DIR = "/var/lib/ringfence"  # the agent's default too (a test holds them equal)
@@ -203,6 +205,8 @@ def _expire(p: argparse.ArgumentParser) -> None:
 
 
 def _policy(args: argparse.Namespace) -> ExpiryPolicy:
+    from ringfence.content._keys import ExpiryPolicy
+
     overrides = {}
     for item in args.expire:
         role, _, days = item.partition("=")
@@ -259,6 +263,8 @@ def _build(args: argparse.Namespace, interface_of: InterfaceOf | None) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    from ringfence.content._keys import KeyStore, utc_now
+
     if args.keys_cmd == "init":
         store = KeyStore(args.dir)
         root = store.init(_policy(args), utc_now())
@@ -275,6 +281,9 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _repository(args: argparse.Namespace) -> Repository:
+    from ringfence.content._keys import KeyStore, utc_now
+    from ringfence.content._repository import Repository
+
     return Repository(args.repo, KeyStore(args.keys), _policy(args), utc_now())
 
 
@@ -297,6 +306,8 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ringfence.content._serve import make_server
+
     server = make_server(args.dir, args.listen)
     host, port = str(server.server_address[0]), server.server_address[1]
     print(f"serving {args.dir} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
@@ -308,6 +319,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
+    from ringfence.content._client import TufContentUpdater, UpdateConfig, install_trusted_root
+
     config = UpdateConfig(url=args.url, state_dir=args.state_dir)
     if args.root:
         install_trusted_root(config, args.root)

@@ -23,8 +23,8 @@ from tuf.api.serialization.json import JSONSerializer
 
 from ringfence._linux import write_atomic
 from ringfence.content._errors import KeyStoreError
+from ringfence.content._package import ROLES
 
-ROLES = ("root", "targets", "snapshot", "timestamp")
 OFFLINE_ROLES = ("root", "targets")
 ONLINE_ROLES = ("snapshot", "timestamp")
 ROOT_FILE = "root.json"

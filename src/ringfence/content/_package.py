@@ -35,6 +35,7 @@ import msgspec
 from ringfence.content._errors import PackageError
 
 MANIFEST = "manifest.toml"
+ROLES = ("root", "targets", "snapshot", "timestamp")  # the TUF roles a publisher keeps keys for
 MAX_PACKAGE_BYTES = 64 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,12}){0,5}$")

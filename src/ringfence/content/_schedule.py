@@ -5,8 +5,10 @@ the monotonic time, so tests run on a fake clock and the agent keeps its own loo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ringfence.content._client import ContentUpdates, UpdateReport
+if TYPE_CHECKING:
+    from ringfence.content._client import ContentUpdates, UpdateReport
 
 
 @dataclass

@@ -21,17 +21,17 @@ Rollouts (pure logic on an injected clock, no I/O; _rollout.py, _gates.py, _host
     evaluate(window, GateConfig()) -> GateResult  the gate on its own: per metric test, statistic, p
     simulate(SimConfig(hosts=..., scenario=...)) -> SimResult   `ringfence fleet simulate`
 
-The rollout names load numpy and scipy on first use, not on import: the agent imports this package
-for its uplink and must not pay for them. The errors are drawn in _errors.py.
+The rollout names load numpy and scipy on first use, not on import, and the uplink's names httpx: the
+agent imports this package for its assignments and spool, and must not pay for them. The errors are
+drawn in _errors.py.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from ringfence._lazy import lazy_names
 from ringfence.fleet._assignments import ASSIGNMENTS_FILE, FleetAssignments
-from ringfence.fleet._client import credential_path
 from ringfence.fleet._errors import (
     CredentialError,
     EnrollError,
@@ -41,9 +41,9 @@ from ringfence.fleet._errors import (
     TrustError,
 )
 from ringfence.fleet._spool import FindingsSpool
-from ringfence.fleet._uplink import Uplink, UplinkConfig
 
 if TYPE_CHECKING:
+    from ringfence.fleet._client import credential_path
     from ringfence.fleet._gates import (
         DEFAULT_METRICS,
         Counts,
@@ -71,8 +71,11 @@ if TYPE_CHECKING:
         encode_rollout,
     )
     from ringfence.fleet._simulate import SCENARIOS, Outcome, SimConfig, SimResult, simulate
+    from ringfence.fleet._uplink import Uplink, UplinkConfig
 
 _LAZY = {
+    "ringfence.fleet._client": ("credential_path",),  # httpx, as the uplink: only where a fleet is configured
+    "ringfence.fleet._uplink": ("Uplink", "UplinkConfig"),
     "ringfence.fleet._gates": (
         "DEFAULT_METRICS", "Counts", "GateConfig", "GateResult", "HealthWindow", "Metric", "MetricResult",
         "Samples", "Verdict", "evaluate", "rate_test",
@@ -84,17 +87,7 @@ _LAZY = {
     ),
     "ringfence.fleet._simulate": ("SCENARIOS", "Outcome", "SimConfig", "SimResult", "simulate"),
 }  # fmt: skip
-_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str) -> object:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ringfence.fleet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_names(__name__, _LAZY, globals())
 
 __all__ = [
     "ASSIGNMENTS_FILE",
