@@ -20,8 +20,9 @@ def no_audit_rules_left() -> Iterator[None]:
     here, so it cannot shadow a later module's rules (the first matching rule's key wins: CI once failed
     two audit tests for a rule an agent test had left), and the module that left it fails.
 
-    Only when the run has the machine to itself (scripts/test, which CI runs, sets RINGFENCE_TESTS_ALONE=1):
-    beside another run, that run's agents' rules would look left behind, and be removed under them."""
+    Only when the run has the machine to itself (scripts/test with no arguments, which CI runs, sets
+    RINGFENCE_TESTS_ALONE=1 for its kernel run; with tests named it does not, another run may be beside
+    it): beside another run, that run's agents' rules would look left behind, and be removed under them."""
     if os.geteuid() != 0 or os.environ.get("RINGFENCE_TESTS_ALONE") != "1":
         yield
         return
