@@ -287,6 +287,17 @@ def test_past_its_queue_the_writer_refuses_with_503(server: Server, tmp_path: Pa
 
     assert asyncio.run(three()) == [{}, {}, 503]
     w.close()
-    with pytest.raises(_store.Refused, match="server stopping"):
-        asyncio.run(w.submit(arrival(a, beat("a", 4))))
     assert [q for _, q in stored(server)] == [1, 2]
+
+
+def test_a_closed_writer_starts_again_for_the_next_heartbeat(server: Server, tmp_path: Path) -> None:
+    """An app's lifespan may run again (schemathesis runs it around its calls): it closes the writer."""
+    (a,) = hosts(server, tmp_path, 1)
+    w = writer(server)
+    w.close()  # never started
+    assert asyncio.run(w.submit(arrival(a, beat("a", 1)))) == {}
+    w.close()  # started: drained and ended
+    w.close()  # twice
+    assert asyncio.run(w.submit(arrival(a, beat("a", 2)))) == {}
+    w.close()
+    assert [q for _, q in stored(server)] == [1, 2] and w.statistics().batches == 2

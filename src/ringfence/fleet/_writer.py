@@ -15,7 +15,9 @@ written again alone, so only the request at fault fails.
 
 The queue is bounded (`max_queued`); past it a request is refused at once (Refused 503), as past the
 node's in-flight limit. The thread is started by the first heartbeat and ends after `idle_s` without
-one (a node that takes no heartbeats keeps no thread), or at `close()`, after what was queued.
+one (a node that takes no heartbeats keeps no thread), or at `close()`, after what was queued: while
+it closes heartbeats are refused (503), and the next one after starts it again (an app's lifespan can
+run more than once: schemathesis runs it around its calls).
 """
 
 from __future__ import annotations
@@ -131,13 +133,22 @@ class HeartbeatWriter:
             )  # fmt: skip
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Writes what is queued, then ends the thread; later heartbeats are refused (503)."""
+        """Writes what is queued, then ends the thread; heartbeats meanwhile are refused (503). A thread
+        still writing after `timeout_s` leaves the writer closed."""
         with self._lock:
             self._closed = True
             thread = self._thread
         if thread is not None:
             self._queue.put(_STOP)
             thread.join(timeout_s)
+            if thread.is_alive():
+                log.error("heartbeat writer still busy after %g s: closed with it", timeout_s)
+                return
+        with self._lock:
+            while not self._queue.empty():  # a _STOP the thread did not take (it had ended, idle)
+                self._queue.get_nowait()  # nothing else: submit refused everything while closed
+            self._thread = None
+            self._closed = False
 
     def _transaction(self, arrivals: Sequence[Arrival]) -> list[Outcome]:
         now_ns = self._now_ns()
