@@ -46,6 +46,7 @@ class Outcome:
     other: Counter[int] = field(default_factory=Counter)  # any other non-2xx status inside the window
     latencies_s: list[float] = field(default_factory=list)  # of every answer inside the window
     cpu_s: float = 0.0  # this process's CPU inside the window
+    late_s: float = 0.0  # how long after the window opened this process had its connections ready
 
 
 def run(job: Job) -> Outcome:
@@ -60,6 +61,8 @@ async def _run(job: Job) -> Outcome:
         asyncio.create_task(_connection(job.ports[i % len(job.ports)], makers[i], job, out))
         for i in range(job.connections)
     ]
+    await asyncio.sleep(0)  # the connections open
+    out.late_s = max(0.0, time.monotonic() - job.start_at)
     await asyncio.sleep(max(0.0, job.start_at - time.monotonic()))
     cpu0 = time.process_time()
     await asyncio.sleep(max(0.0, job.end_at - time.monotonic()))

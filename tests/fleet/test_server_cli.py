@@ -6,9 +6,13 @@ import socket
 import subprocess
 from pathlib import Path
 
+import httpx
+import psutil
+
 from ringfence.agent._config import DEFAULT_STATE_DIR
+from ringfence.fleet._client import FleetClient, enroll
 from ringfence.fleet._defaults import AGENT_STATE_DIR
-from tests.fleet.helpers import RINGFENCE
+from tests.fleet.helpers import RINGFENCE, heartbeat, server_process
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,3 +72,26 @@ def test_enroll_errors_are_one_line_and_leave_no_credential(tmp_path: Path) -> N
         r = _run("enroll", f"http://127.0.0.1:{port}", "--token", "t", "--state-dir", str(state))
     assert r.returncode == 1 and "no answer" in r.stderr and "Traceback" not in r.stderr
     assert not state.exists()
+
+
+def test_workers_share_the_socket_and_stop_together(tmp_path: Path) -> None:
+    """--workers 2: a supervisor and two workers on one port; a host's heartbeats are stored whichever
+    answers, and SIGTERM to the supervisor ends them all cleanly (server_process asserts its exit)."""
+    state = tmp_path / "server"
+    with server_process(state, "--workers", "2") as url:
+        listen = f"127.0.0.1:{url.rsplit(':', 1)[1]}"
+        node = [p for p in psutil.process_iter(["cmdline"]) if listen in (p.info["cmdline"] or [])]
+        assert len(node) == 3, node  # the supervisor and its two forks
+        token = _run("server", "token", "create", "--state-dir", str(state)).stdout.strip()
+        with httpx.Client() as http:
+            cred = enroll(url, token, str(tmp_path / "agent"), hostname="h", http=http)
+            host = FleetClient(url, cred, http=http)
+            answers = [host.post("/heartbeat", heartbeat(n)).status_code for n in range(1, 21)]
+        assert answers == [200] * 20
+        assert "healthy" in _run("server", "hosts", "--state-dir", str(state)).stdout
+    assert not [p for p in node if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_workers_must_be_one_or_more(tmp_path: Path) -> None:
+    r = _run("server", "--state-dir", str(tmp_path), "--listen", "127.0.0.1:1", "--workers", "0")
+    assert r.returncode == 1 and "--workers: 1 or more" in r.stderr, r.stderr

@@ -3,6 +3,7 @@ uplink to it, and the rollout controller with its health gates and a simulated f
 Never imports the host side: what it knows of a host's health is in `ringfence.events`.
 
     ringfence server ...            fleet/_cli.py -> _server.py (uvicorn) -> _api.py (FastAPI) -> _store.py
+                                    heartbeats: _api.py -> _writer.py (one thread a process) -> _ingest.py
     ringfence enroll URL --token    fleet/_client.py: the credential (an Ed25519 key, see _auth.py)
     the agent's [fleet] section     fleet/_uplink.py (heartbeats, findings from the _spool.py offset);
                                     the server's answer: FleetAssignments (_assignments.py), which the

@@ -11,6 +11,11 @@ one line naming what is wrong. Their schemas are published in /openapi.json all 
 
 Backpressure: past `max_inflight` requests at once on this node, or while the database is away, the
 answer is 503 with Retry-After; the uplink backs off (and honours Retry-After on 429 too).
+
+Heartbeats, the bulk of the load, take a shorter way: a plain Starlette route (not FastAPI's dependency
+machinery; its OpenAPI operation is written by hand, the same as FastAPI's) that checks what it can
+without the database, decodes the body, and hands it to the node's one writer thread (_writer.py),
+which stores every heartbeat waiting in one transaction and answers each after the commit.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from typing import Any, TypeVar
 import msgspec
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -38,6 +42,8 @@ from ringfence.fleet import _store
 from ringfence.fleet._auth import DATE_HEADER, HOST_HEADER, NONCE_HEADER, SIGNATURE_HEADER
 from ringfence.fleet._console import add_console
 from ringfence.fleet._evaluator import Evaluator
+from ringfence.fleet._ingest import Arrival
+from ringfence.fleet._writer import UNAVAILABLE, HeartbeatWriter, WriterConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ T = TypeVar("T")
 API = "/api/v1"
 BATCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 INT64 = 1 << 63
+AGENT_VERSION_CHARS = 64  # host_status.agent_version's column
 STORED_INTEGERS = ("sequence", "sent_at_ns")  # of a Heartbeat: columns of their own, BIGINT
 
 
@@ -58,6 +65,8 @@ class ServerSettings:
     max_inflight: int = 64  # requests at once on this node; more get 503 + Retry-After
     rollout_interval_s: float = 0.0  # how often this node looks at the rollouts (0: never; the server: 60)
     retry_after_s: int = 5
+    heartbeat_batch: int = 256  # heartbeats written in one transaction at most
+    heartbeat_linger_s: float = 0.002  # how long a heartbeat waits for others to share its transaction
     now_ns: Callable[[], int] = field(default=time.time_ns)
 
 
@@ -115,12 +124,21 @@ class _Refused(Exception):
 
 def create_app(settings: ServerSettings) -> FastAPI:
     sessions = sessionmaker(settings.engine, expire_on_commit=False)
+    writer = HeartbeatWriter(
+        settings.engine,
+        WriterConfig(
+            history=settings.heartbeat_history,
+            max_batch=settings.heartbeat_batch,
+            linger_s=settings.heartbeat_linger_s,
+        ),
+        now_ns=settings.now_ns,
+    )
     app = FastAPI(
         title="Ringfence fleet",
         version=__version__,
         openapi_url="/openapi.json",
         docs_url=None,
-        lifespan=_rollout_looks(settings, sessions),
+        lifespan=_lifespan(settings, sessions, writer),
     )
 
     @app.exception_handler(_Refused)
@@ -138,7 +156,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         except _store.Refused as e:
             raise _Refused(e.status, str(e)) from e
         # TimeoutError: no pooled connection came free in 30 s (a node holds PG_POOL_SIZE at most)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as e:
+        except UNAVAILABLE as e:
             log.warning("database unavailable: %s", e)
             raise _Refused(503, "database unavailable: retry later", settings.retry_after_s) from e
 
@@ -165,17 +183,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
         log.info("enrolled host %s as %s", req.hostname, host_id)
         return _json(EnrollResponse(host_id=host_id, server_version=__version__), 201)
 
-    @app.post(
-        f"{API}/heartbeat",
-        summary="a host's health (signed)",
-        openapi_extra=_doc(Heartbeat, 200, HeartbeatReply, 400, 401, 403, 413, 422, 503),
-    )
     async def heartbeat(request: Request) -> Response:
+        now_ns = settings.now_ns()
         signed_request = await _signed_request(request, settings.max_heartbeat_bytes)
-        _, assigned = await call(
-            _store.store_signed_heartbeat, signed_request, _heartbeat_of, history=settings.heartbeat_history
-        )
+        try:
+            _store.check_headers(signed_request, now_ns)
+            assigned = await writer.submit(
+                Arrival(signed_request, now_ns, _heartbeat_of(signed_request.body))
+            )
+        except _store.Refused as e:
+            retry_after = settings.retry_after_s if e.status == 503 else None
+            raise _Refused(e.status, str(e), retry_after) from e
+        except UNAVAILABLE as e:
+            raise _Refused(503, "database unavailable: retry later", settings.retry_after_s) from e
         return _json(HeartbeatReply(stored=1, assignments=assigned))
+
+    app.add_route(f"{API}/heartbeat", heartbeat, methods=["POST"], include_in_schema=False)
 
     @app.post(
         f"{API}/findings",
@@ -229,10 +252,11 @@ class _InflightLimit:
             self.inflight -= 1
 
 
-def _rollout_looks(
-    settings: ServerSettings, sessions: sessionmaker[Any]
+def _lifespan(
+    settings: ServerSettings, sessions: sessionmaker[Any], writer: HeartbeatWriter
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """The app's lifespan: this node's rollout evaluator runs while it serves (when the interval is set)."""
+    """The app's lifespan: this node's rollout evaluator runs while it serves (when the interval is set);
+    at the end the heartbeat writer writes what it holds."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -245,6 +269,8 @@ def _rollout_looks(
         finally:
             if evaluator is not None:
                 evaluator.stop()
+            writer.close()
+            log.info("heartbeats: %s", writer.statistics())
 
     return lifespan
 
@@ -263,17 +289,20 @@ async def _signed_request(request: Request, limit: int) -> _store.SignedRequest:
     )
 
 
-def _heartbeat_of(body: bytes) -> Heartbeat:
-    """The decoded heartbeat; a 422 for what does not decode, and for a number past BIGINT in a column
-    of its own (the database raised: a 500, found by schemathesis). Runs inside the transaction that
-    authenticated the request, so it raises the store's Refused."""
+def _heartbeat_of(body: bytes) -> Heartbeat | _store.Refused:
+    """The decoded heartbeat, or the 422 to answer once the request is authenticated (not before: an
+    unsigned request is a 401 whatever its body): for what does not decode, and for what a column of
+    its own cannot hold (a number past BIGINT; schemathesis found the 500; an agent version past its
+    column, which PostgreSQL refuses and would fail the heartbeat's whole batch)."""
     try:
         beat = decode_heartbeat(body)
     except ValueError as e:
-        raise _store.Refused(422, str(e)) from e
+        return _store.Refused(422, str(e))
     for name in STORED_INTEGERS:
         if not -INT64 <= getattr(beat, name) < INT64:
-            raise _store.Refused(422, f"heartbeat: {name}: out of the 64-bit range")
+            return _store.Refused(422, f"heartbeat: {name}: out of the 64-bit range")
+    if len(beat.health.version) > AGENT_VERSION_CHARS:
+        return _store.Refused(422, f"heartbeat: health.version: more than {AGENT_VERSION_CHARS} characters")
     return beat
 
 
@@ -333,6 +362,7 @@ def _constraints(components: dict[str, Any], max_findings: int) -> None:
     beat["required"] = sorted({*beat.get("required", ()), "schema_version"})
     for name in STORED_INTEGERS:  # stored in BIGINT columns
         beat["properties"][name] = {"type": "integer", "minimum": -INT64, "maximum": INT64 - 1}
+    components["Health"]["properties"]["version"]["maxLength"] = AGENT_VERSION_CHARS
     batch = components["FindingsBatch"]["properties"]
     batch["batch_id"] = {"type": "string", "pattern": f"^{BATCH_ID.pattern}$"}
     batch["findings"]["maxItems"] = max_findings
@@ -346,6 +376,7 @@ def _with_components(app: FastAPI, settings: ServerSettings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            doc["paths"] = _with_heartbeat(doc["paths"])
             _, components = msgspec.json.schema_components(
                 [
                     EnrollRequest,
@@ -365,3 +396,19 @@ def _with_components(app: FastAPI, settings: ServerSettings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _with_heartbeat(paths: dict[str, Any]) -> dict[str, Any]:
+    """The paths with the heartbeat's operation after enroll's, as FastAPI would have written it (the
+    route is Starlette's, which FastAPI does not document)."""
+    operation = {
+        "summary": "a host's health (signed)",
+        "operationId": "heartbeat_api_v1_heartbeat_post",
+        **_doc(Heartbeat, 200, HeartbeatReply, 400, 401, 403, 413, 422, 503),
+    }
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        out[path] = item
+        if path == f"{API}/enroll":
+            out[f"{API}/heartbeat"] = {"post": operation}
+    return out

@@ -47,6 +47,13 @@ def add_parsers(sub: Commands) -> None:
         help="recent heartbeats kept per host (default 100; the latest is kept apart too)",
     )
     server.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the API on the one --listen socket (default 1; each has its own event "
+        "loop, heartbeat writer and database connections: PostgreSQL pools 20 per process)",
+    )
+    server.add_argument(
         "--tls-cert",
         default="",
         metavar="FILE",
@@ -157,6 +164,7 @@ def _options(args: argparse.Namespace) -> ServerOptions:
         tls_cert=getattr(args, "tls_cert", ""),
         tls_key=getattr(args, "tls_key", ""),
         trusted_proxies=tuple(parse_trusted_proxy(p) for p in getattr(args, "trusted_proxy", [])),
+        workers=getattr(args, "workers", 1),
     )
 
 

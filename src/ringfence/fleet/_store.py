@@ -9,7 +9,6 @@ Errors: Refused (a client's request that is wrong: its message is safe to send b
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -118,9 +117,9 @@ def authenticate(sessions: Sessions, now_ns: int, request: SignedRequest) -> str
         return _authenticate_in(s, now_ns, request)
 
 
-def _authenticate_in(s: Session, now_ns: int, request: SignedRequest) -> str:
-    """`authenticate` in the caller's transaction."""
-    method, path, body = request.method, request.path, request.body
+def check_headers(request: SignedRequest, now_ns: int) -> None:
+    """What of a signed request can be refused without the database: missing or oversized headers, a
+    date outside the clock window. Raises Refused(401)."""
     host_id, date, nonce, signature = request.host_id, request.date, request.nonce, request.signature
     if not (host_id and date and nonce and signature):
         raise Refused(401, "not signed: Ringfence-Host, -Date, -Nonce and -Signature headers are needed")
@@ -132,6 +131,13 @@ def _authenticate_in(s: Session, now_ns: int, request: SignedRequest) -> str:
         raise Refused(401, "Ringfence-Date: not an integer of seconds") from e
     if abs(when_s - now_ns // 1_000_000_000) > MAX_SKEW_S:
         raise Refused(401, f"Ringfence-Date: more than {MAX_SKEW_S} s from the server's clock")
+
+
+def _authenticate_in(s: Session, now_ns: int, request: SignedRequest) -> str:
+    """`authenticate` in the caller's transaction."""
+    check_headers(request, now_ns)
+    method, path, body = request.method, request.path, request.body
+    host_id, date, nonce, signature = request.host_id, request.date, request.nonce, request.signature
     host = s.get(Host, host_id)
     if host is None:
         raise Refused(401, "unknown host (enroll it again)")
@@ -151,28 +157,6 @@ def _authenticate_in(s: Session, now_ns: int, request: SignedRequest) -> str:
     except sa_exc.IntegrityError as e:
         raise Refused(401, "replayed request (nonce seen before)") from e
     return host_id
-
-
-def store_signed_heartbeat(
-    sessions: Sessions,
-    now_ns: int,
-    request: SignedRequest,
-    decode: Callable[[bytes], Heartbeat],
-    *,
-    history: int,
-) -> tuple[str, dict[str, str]]:
-    """`authenticate` then `store_heartbeat` in one transaction (one pool checkout and one commit, not
-    two: bench/fleet_load_bench.py). (host id, assignments). A body that `decode` refuses (it raises
-    Refused) is refused after the nonce is committed, as when the two were apart."""
-    with sessions.begin() as s:
-        host_id = _authenticate_in(s, now_ns, request)
-        try:
-            beat = decode(request.body)
-        except Refused as e:
-            undecodable = e
-        else:
-            return host_id, _store_heartbeat_in(s, now_ns, host_id, beat, request.body, history=history)
-    raise undecodable
 
 
 def store_heartbeat(

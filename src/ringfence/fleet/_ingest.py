@@ -1,0 +1,212 @@
+"""Heartbeats stored in batches: one transaction, and a handful of statements, for every heartbeat that
+reached the node while the last batch was being written (the writer thread is _writer.py).
+
+A transaction and a worker thread per heartbeat cost a node 10 ms of CPU each, most of it the ORM, the
+GIL hand-offs between the event loop and 40 threads, and a round trip per statement
+(bench/fleet_load_bench.py); a batch pays for the statements once.
+
+Each heartbeat of a batch is judged as it would be alone, in the same order as before:
+
+    unknown host (401), bad signature (401), revoked host (403)     one SELECT of the batch's hosts
+    replayed nonce (401)                                            one INSERT .. ON CONFLICT DO NOTHING
+                                                                    RETURNING; a nonce twice in one batch:
+                                                                    the first is stored, the second refused
+    a body that does not decode (422, its nonce spent all the same) decoded before, answered here
+    stored: the history row, the trim to `history`, the status row   one statement each for the batch
+    answered with the host's assignments                            one SELECT
+
+Nothing here commits: the caller's transaction holds it all, so a batch is stored whole or not at all.
+Rows are locked in the order of their host ids in every statement, so batches of two nodes that share
+hosts wait for each other rather than deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ringfence.events import Heartbeat
+from ringfence.fleet._auth import MAX_SKEW_S, load_public, signed_message, verify
+from ringfence.fleet._db import Assignment, HeartbeatRecord, Host, HostStatus, Release, RequestNonce
+from ringfence.fleet._store import Refused, SignedRequest
+
+NONCE_KEEP_NS = 2 * MAX_SKEW_S * 1_000_000_000  # a nonce is kept past any date the clock check lets in
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A heartbeat as it reached the node: its headers checked (`_store.check_headers`), its body decoded
+    or the reason it does not, answered only once the request is authenticated."""
+
+    request: SignedRequest
+    now_ns: int  # when it arrived: its nonce's expiry and its received_at_ns
+    beat: Heartbeat | Refused
+
+
+Outcome: TypeAlias = dict[str, str] | Refused  # the host's assignments, or why it was refused
+
+
+@dataclass(frozen=True)
+class _Key:
+    public_key: str
+    revoked: bool
+
+
+def store_batch(conn: sa.Connection, arrivals: Sequence[Arrival], *, history: int) -> list[Outcome]:
+    """Each arrival's outcome, in order, in `conn`'s transaction (the caller commits or rolls back)."""
+    outcomes: dict[int, Outcome] = {}
+    keys = _host_keys(conn, {a.request.host_id for a in arrivals})
+    for i, a in enumerate(arrivals):
+        why = _refusal(a.request, keys.get(a.request.host_id))
+        if why is not None:
+            outcomes[i] = why
+    signed = [i for i in range(len(arrivals)) if i not in outcomes]
+    authentic = _spend_nonces(conn, arrivals, signed)
+    new = set(authentic)
+    for i in signed:
+        if i not in new:
+            outcomes[i] = Refused(401, "replayed request (nonce seen before)")
+    _touch_hosts(conn, [arrivals[i] for i in authentic])
+    beats: list[tuple[Arrival, Heartbeat]] = []
+    for i in authentic:
+        beat = arrivals[i].beat
+        if isinstance(beat, Refused):
+            outcomes[i] = beat  # the nonce is spent all the same: a replay is refused as one
+        else:
+            beats.append((arrivals[i], beat))
+    _store_beats(conn, beats, history=history)
+    assigned = _assignments(conn, {a.request.host_id for a, _ in beats})
+    for i in authentic:
+        outcomes.setdefault(i, assigned.get(arrivals[i].request.host_id, {}))
+    return [outcomes[i] for i in range(len(arrivals))]
+
+
+def purge_nonces(conn: sa.Connection, now_ns: int) -> int:
+    """Deletes the nonces whose window has passed; how many. Done every so often, not per request: a
+    nonce kept longer than needed refuses only what the clock check refuses anyway."""
+    done = conn.execute(sa.delete(RequestNonce).where(RequestNonce.expires_at_ns < now_ns))
+    return int(done.rowcount)
+
+
+def _host_keys(conn: sa.Connection, host_ids: set[str]) -> dict[str, _Key]:
+    """Read in the batch's transaction, every time: a host revoked a moment ago is refused (its key
+    could be kept, it never changes; whether it is revoked could not)."""
+    rows = conn.execute(
+        sa.select(Host.id, Host.public_key, Host.revoked_at_ns).where(Host.id.in_(sorted(host_ids)))
+    )
+    return {hid: _Key(key, revoked is not None) for hid, key, revoked in rows}
+
+
+def _refusal(request: SignedRequest, key: _Key | None) -> Refused | None:
+    if key is None:
+        return Refused(401, "unknown host (enroll it again)")
+    message = signed_message(
+        method=request.method, path=request.path, host_id=request.host_id, date=request.date,
+        nonce=request.nonce, body=request.body,
+    )  # fmt: skip
+    if not verify(load_public(key.public_key), request.signature, message):
+        return Refused(401, "bad signature")
+    if key.revoked:
+        return Refused(403, "host revoked: its credential is refused (enroll it again with a new token)")
+    return None
+
+
+def _spend_nonces(conn: sa.Connection, arrivals: Sequence[Arrival], signed: list[int]) -> list[int]:
+    """Of the `signed` requests, those whose nonce was new (now stored), in order. Of a nonce sent twice
+    in one batch the first is new and the second a replay. A nonce that another node's transaction
+    holds uncommitted is waited for (the unique key), then counts as seen."""
+    first: dict[tuple[str, str], int] = {}
+    for i in signed:
+        first.setdefault((arrivals[i].request.host_id, arrivals[i].request.nonce), i)
+    if not first:
+        return []
+    rows = [
+        {"host_id": h, "nonce": n, "expires_at_ns": arrivals[i].now_ns + NONCE_KEEP_NS}
+        for (h, n), i in sorted(first.items())
+    ]
+    insert = _insert(conn, RequestNonce).on_conflict_do_nothing()
+    new = conn.execute(insert.returning(RequestNonce.host_id, RequestNonce.nonce), rows).all()
+    return sorted(first[h, n] for h, n in new)
+
+
+def _touch_hosts(conn: sa.Connection, arrivals: Sequence[Arrival]) -> None:
+    seen: dict[str, int] = {}
+    for a in arrivals:
+        seen[a.request.host_id] = max(a.now_ns, seen.get(a.request.host_id, a.now_ns))
+    if seen:
+        conn.execute(
+            sa.update(Host).where(Host.id == sa.bindparam("hid")).values(last_seen_at_ns=sa.bindparam("at")),
+            [{"hid": h, "at": at} for h, at in sorted(seen.items())],
+        )
+
+
+def _store_beats(conn: sa.Connection, beats: Sequence[tuple[Arrival, Heartbeat]], *, history: int) -> None:
+    """The history rows, each host's history trimmed to `history`, and each host's status row (its last
+    heartbeat of the batch)."""
+    if not beats:
+        return
+    documents = [a.request.body.decode() for a, _ in beats]
+    conn.execute(
+        sa.insert(HeartbeatRecord),
+        [
+            {
+                "host_id": a.request.host_id, "received_at_ns": a.now_ns, "sequence": b.sequence,
+                "sent_at_ns": b.sent_at_ns, "healthy": b.health.healthy, "document": doc,
+            }
+            for (a, b), doc in zip(beats, documents, strict=True)
+        ],
+    )  # fmt: skip
+    latest = {a.request.host_id: (a, b, doc) for (a, b), doc in zip(beats, documents, strict=True)}
+    _trim(conn, sorted(latest), history)
+    status = [
+        {
+            "host_id": hid, "received_at_ns": a.now_ns, "sequence": b.sequence, "healthy": b.health.healthy,
+            "agent_version": b.health.version, "document": doc,
+        }
+        for hid, (a, b, doc) in sorted(latest.items())
+    ]  # fmt: skip
+    upsert = _insert(conn, HostStatus)
+    changed = {c: getattr(upsert.excluded, c) for c in status[0] if c != "host_id"}
+    conn.execute(upsert.on_conflict_do_update(index_elements=[HostStatus.host_id], set_=changed), status)
+
+
+def _trim(conn: sa.Connection, host_ids: list[str], history: int) -> None:
+    """Each host's rows past its newest `history` deleted: the cutoff is an index-only walk of the host's
+    newest rows, the delete a range of the same index."""
+    cutoff = (
+        sa.select(HeartbeatRecord.id)
+        .where(HeartbeatRecord.host_id == sa.bindparam("hid"))
+        .order_by(HeartbeatRecord.id.desc())
+        .offset(history)
+        .limit(1)
+        .scalar_subquery()
+    )
+    conn.execute(
+        sa.delete(HeartbeatRecord).where(
+            HeartbeatRecord.host_id == sa.bindparam("hid"), HeartbeatRecord.id <= cutoff
+        ),
+        [{"hid": h} for h in host_ids],
+    )
+
+
+def _assignments(conn: sa.Connection, host_ids: set[str]) -> dict[str, dict[str, str]]:
+    if not host_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(Assignment.host_id, Assignment.engine, Release.version)
+        .join(Release, Release.id == Assignment.release_id)
+        .where(Assignment.host_id.in_(sorted(host_ids)))
+    )
+    out: dict[str, dict[str, str]] = {}
+    for hid, engine, version in rows:
+        out.setdefault(hid, {})[engine] = version
+    return out
+
+
+def _insert(conn: sa.Connection, table: Any) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (SQLite 3.24 and PostgreSQL alike)."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
