@@ -233,6 +233,7 @@ class _Inbox:
         with self._cond:
             room = max(0, INBOX_EVENTS - len(self._events))
             self._events.extend(events[:room])
+            self._counters.add("event_batches")  # frames: events_received / event_batches is the batching
             self._counters.add("events_received", len(events))
             if len(events) > room:
                 self._counters.add("events_dropped", len(events) - room)
