@@ -54,14 +54,18 @@ def running_agent(
     extra_config: str = "", args: tuple[str, ...] = (), src: str | None = None
 ) -> Iterator[tuple[psutil.Process, Path]]:
     """The agent as `ringfence run`, ready (status answers), stopped with SIGINT afterwards. `src`: run
-    the Ringfence of another checkout's src/ (a before/after comparison in one run)."""
+    the Ringfence of another checkout's src/ (a before/after comparison in one run), with that
+    checkout's own .venv where it has one: extension processes run the interpreter the agent runs (`-I`,
+    no PYTHONPATH), so only then do they run that checkout's SDK too."""
     env = os.environ | {"PYTHONPATH": src} if src else None
+    other = Path(src).parent / ".venv" / "bin" / "python" if src else None
+    ringfence = [str(other), *RINGFENCE[1:]] if other is not None and other.exists() else RINGFENCE
     with tempfile.TemporaryDirectory(prefix="rf-bench-") as tmp:
         os.chmod(tmp, 0o711)  # sandboxed extensions reach their content under the state dir (o+x)
         state = Path(tmp) / "state"
         config = write_config(state, extra_config)
         proc = subprocess.Popen(
-            [*RINGFENCE, "run", "--config", str(config), *args],
+            [*ringfence, "run", "--config", str(config), *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,

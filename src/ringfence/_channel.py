@@ -26,19 +26,37 @@ class ChannelClosed(Exception):
 
 
 class BoundedChannel(Generic[T]):
-    """Many producers, one consumer. `put` never blocks; `get` blocks up to a timeout."""
+    """Many producers, one consumer. `put` never blocks; `get` blocks up to a timeout.
 
-    def __init__(self, capacity: int, overflow: Overflow = Overflow.DROP_NEWEST) -> None:
-        if capacity < 1:
-            raise ValueError(f"channel capacity must be at least 1, got {capacity}")
+    `put` wakes the consumer when the channel was empty and again once `wake_at` items are queued: a
+    consumer that gathers batches sets `wake_at` to its batch size, so a burst costs it one wake-up per
+    batch, not one per item. Channels that one consumer drains together may share its `cond`: a put on
+    any of them wakes it, and it can wait for all of them at once (their lengths are consistent while
+    it holds `cond`).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        overflow: Overflow = Overflow.DROP_NEWEST,
+        *,
+        wake_at: int = 1,
+        cond: threading.Condition | None = None,
+    ) -> None:
+        if capacity < 1 or wake_at < 1:
+            raise ValueError(f"channel capacity and wake_at must be at least 1, got {capacity}, {wake_at}")
         self.capacity = capacity
         self.overflow = overflow
         self._items: collections.deque[T] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = cond if cond is not None else threading.Condition(threading.Lock())
         self._put = 0
         self._dropped = 0
         self._closed = False
-        self._wake_at = 1  # queued items at which `put` wakes the consumer (raised while it lingers)
+        self._wake_at = wake_at  # queued items at which `put` wakes the consumer (raised while it lingers)
+
+    def __len__(self) -> int:
+        """Items queued now: exact while the caller holds the channel's condition, a snapshot otherwise."""
+        return len(self._items)
 
     def put(self, item: T) -> bool:
         """Queue an item. Returns False when the item (or, for DROP_OLDEST, an older one) was dropped."""
@@ -66,6 +84,8 @@ class BoundedChannel(Generic[T]):
             if not self._items:
                 if self._closed:
                     raise ChannelClosed
+                if timeout is not None and timeout <= 0:
+                    return None  # a poll: no waiter to set up (a Condition.wait(0) allocates a lock)
                 self._cond.wait(timeout)
                 if not self._items:
                     if self._closed:
@@ -83,9 +103,9 @@ class BoundedChannel(Generic[T]):
         batch = [first]
         with self._cond:
             if linger > 0 and len(self._items) < limit - 1 and not self._closed:
-                self._wake_at = limit - 1
+                wake_at, self._wake_at = self._wake_at, limit - 1
                 self._cond.wait(linger)
-                self._wake_at = 1
+                self._wake_at = wake_at
             while self._items and len(batch) < limit:
                 batch.append(self._items.popleft())
         return batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -150,3 +151,37 @@ class ContentProbe(Extension):
         if self._mode == "hang":
             time.sleep(2)
         return AuthAnswer(Verdict.ALLOW, cacheable=False)
+
+
+class BurstWatch(Extension):
+    """Counts the launches of programs named `burst-probe` and checks that the process sensor's events
+    arrive in the order of their sequence numbers; an exec of `burst-report` reports both as a finding
+    (description: JSON)."""
+
+    manifest = Manifest(
+        id="e2e.burst",
+        vendor="ringfence-tests",
+        version="0",
+        subscribes=frozenset({EventKind.PROCESS}),
+    )
+
+    def setup(self, ctx: Any) -> None:
+        super().setup(ctx)
+        self.launches = 0
+        self.reordered = 0
+        self.last_seq = -1
+
+    def on_event(self, event: Event) -> None:
+        if not isinstance(event, ProcessActivity):
+            return
+        if event.header.sensor == "process":
+            self.reordered += event.header.seq <= self.last_seq
+            self.last_seq = max(self.last_seq, event.header.seq)
+        if event.activity is not ProcessActivityId.LAUNCH:
+            return
+        exe = event.process.exe or ""
+        if exe.endswith("/burst-probe"):
+            self.launches += 1
+        elif exe.endswith("/burst-report"):
+            report = json.dumps({"launches": self.launches, "reordered": self.reordered})
+            self.ctx.emit_finding("burst report", Severity.INFORMATIONAL, description=report)

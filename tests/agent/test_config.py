@@ -194,3 +194,9 @@ def test_every_bad_syslog_value_is_reported_at_once() -> None:
         "output.syslog_facility",
         "output.syslog_queue",
     }
+
+
+@pytest.mark.parametrize("linger", ["-1", "1001", "nan"])
+def test_event_linger_out_of_range_is_refused_with_its_key(linger: str) -> None:
+    with pytest.raises(ConfigError, match=r"extensions.event_linger_ms: 0..1000 ms"):
+        parse_config(f"[extensions]\nevent_linger_ms = {linger}\n".encode(), "r.toml")

@@ -113,6 +113,47 @@ def test_channel_batch_linger_ends_on_close() -> None:
     assert ch.get_batch(10, timeout=5, linger=30) == [1]
 
 
+class _CountingCondition(threading.Condition):
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())
+        self.notified = 0
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        super().notify(n)
+
+
+def test_channel_wakes_its_consumer_for_the_first_item_and_a_full_batch_only() -> None:
+    cond = _CountingCondition()
+    ch: BoundedChannel[int] = BoundedChannel(100, wake_at=8, cond=cond)
+    for i in range(7):
+        ch.put(i)
+    assert cond.notified == 1  # the first: a burst of seven costs the consumer one wake-up
+    ch.put(7)
+    assert cond.notified == 2 and len(ch) == 8
+    assert ch.get_batch(8, 0, linger=30) == list(range(8))  # full: no linger, and wake_at is kept
+    ch.put(8)
+    ch.put(9)
+    assert cond.notified == 3
+
+
+def test_channels_sharing_a_condition_wake_one_consumer_waiting_for_all() -> None:
+    cond = threading.Condition(threading.Lock())
+    lanes: list[BoundedChannel[int]] = [BoundedChannel(4, cond=cond) for _ in range(3)]
+    threading.Timer(0.05, lambda: lanes[2].put(42)).start()
+    with cond:
+        assert cond.wait_for(lambda: any(len(lane) for lane in lanes), timeout=30)
+    assert [lane.get(0) for lane in lanes] == [None, None, 42]
+
+
+def test_channel_poll_of_an_empty_channel_returns_at_once_and_raises_once_closed() -> None:
+    ch: BoundedChannel[int] = BoundedChannel(4)
+    assert ch.get(0) is None and ch.get_batch(4, 0) == []
+    ch.close()
+    with pytest.raises(ChannelClosed):
+        ch.get(0)
+
+
 def test_broker_misuse_raises_under_one_root() -> None:
     from ringfence.broker import Arbiter, BrokerConfigError, BrokerError, DuplicateSubscriber
 

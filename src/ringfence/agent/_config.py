@@ -116,6 +116,7 @@ class ExtensionsSection(_Section, frozen=True, kw_only=True, forbid_unknown_fiel
     # how long `ringfence run` waits at start for every extension's setup (content loaded) before it goes
     # on without the late ones, which status names degraded until they are running
     ready_timeout_s: float = 20.0
+    event_linger_ms: float = 5.0  # events gathered this long into one frame per extension; AUTH never waits
     config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)  # [extensions.config."<id>"]
     # [extensions.content."<id>"]: content file name -> the operator's file; the agent (root) reads it and
     # hands the extension a read-only copy in STATE_DIR/content/<id>/active/ (see agent/_content.py)
@@ -526,6 +527,8 @@ def _range_problems(config: Config) -> list[str]:
         problems.append(f"extensions.memory_mb: 16..65536, got {config.extensions.memory_mb}")
     if not 1 <= config.extensions.cpu_percent <= 100 * (os.cpu_count() or 1):
         problems.append(f"extensions.cpu_percent: 1..{100 * (os.cpu_count() or 1)}")
+    if not 0 <= config.extensions.event_linger_ms <= 1000:
+        problems.append(f"extensions.event_linger_ms: 0..1000 ms, got {config.extensions.event_linger_ms:g}")
     known = ", ".join(sorted(DEFAULT_BASELINE.categories))
     for i, name in enumerate(config.sensors.audit_baseline_off):
         if name not in DEFAULT_BASELINE.categories:

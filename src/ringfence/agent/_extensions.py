@@ -45,7 +45,14 @@ from ringfence.events import (
     Severity,
     SubscriberAuthStatistics,
 )
-from ringfence.extensions import ExtensionError, ExtensionSpec, Supervisor, discover, probe_manifest
+from ringfence.extensions import (
+    ExtensionError,
+    ExtensionSpec,
+    Supervisor,
+    SupervisorConfig,
+    discover,
+    probe_manifest,
+)
 from ringfence.fleet import ASSIGNMENTS_FILE, FleetAssignments
 from ringfence.response import ResponseConfig, ResponseExecutor
 
@@ -262,6 +269,7 @@ class _Extensions:
         broker = agent.broker
         self.supervisor = Supervisor(
             specs,
+            config=SupervisorConfig(event_linger_ms=config.extensions.event_linger_ms),
             findings_sink=broker.publish,
             action_handler=self._act,
             on_auth_ready=lambda _id: broker.invalidate_auth_cache(),

@@ -16,6 +16,7 @@ from ringfence.extensions._policy import RestartPolicy
 from ringfence.sdk._manifest import PROTOCOL_VERSION
 
 ENTRY_POINT_GROUP = "ringfence.extensions"
+MAX_EVENT_LINGER_MS = 60_000  # events held longer than this would be of no use to a detection engine
 _MODULE_ATTR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -84,6 +85,10 @@ class SupervisorConfig:
     auth_queue: int = 256  # per extension; full: the broker applies the failure policy at once
     file_queue: int = 64  # file.written notices per extension, each holding a descriptor; drop-newest
     event_batch: int = 256  # events per EventBatch frame at most
+    # How long the writer gathers events after the first of a batch before sending them in one frame
+    # (a full batch goes at once). One wake-up and one send per batch instead of per event; AUTH calls,
+    # file notices and control frames never wait for it. 0: each event is sent as soon as the writer can.
+    event_linger_ms: float = 5.0
     io_timeout_s: float = 1.0  # one socket send; a frame that cannot go in this time is dropped, counted
     auth_miss_limit: int = 3  # consecutive AUTH deadline misses before a restart
     findings_per_s: float = 100.0
@@ -111,3 +116,8 @@ class SupervisorConfig:
             raise ValueError("supervisor config: max_frame_bytes >= 4096 and queues/batch >= 1")
         if self.auth_miss_limit < 1 or self.io_timeout_s <= 0 or self.resource_check_interval_s <= 0:
             raise ValueError("supervisor config: auth_miss_limit >= 1, io_timeout_s > 0, check interval > 0")
+        if not 0 <= self.event_linger_ms <= MAX_EVENT_LINGER_MS:
+            raise ValueError(
+                f"supervisor config: event_linger_ms must be 0..{MAX_EVENT_LINGER_MS}, "
+                f"got {self.event_linger_ms}"
+            )
