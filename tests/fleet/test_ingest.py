@@ -128,6 +128,23 @@ def test_revoked_unknown_and_badly_signed_hosts_refused_while_the_others_are_sto
     assert seen is None
 
 
+def test_a_host_cannot_write_another_hosts_health_in_the_same_batch(server: Server, tmp_path: Path) -> None:
+    """An enrolled attacker signs with its own key but names its victim's host id, beside the victim's
+    own heartbeat in one batch: refused, and the victim's status and history are its own."""
+    victim, attacker = hosts(server, tmp_path, 2)
+    impersonated = msgspec.structs.replace(attacker, host_id=victim.host_id)
+    lie = beat("victim", 7, version="9.9.9")
+    outcomes = writer(server).write(
+        [arrival(victim, beat("victim", 1)), arrival(impersonated, lie, signed(impersonated, lie))]
+    )
+    assert not isinstance(outcomes[0], _store.Refused)
+    assert isinstance(outcomes[1], _store.Refused) and outcomes[1].status == 401
+    assert "bad signature" in str(outcomes[1])
+    assert stored(server) == [(victim.host_id, 1)]
+    version = server.scalar(sa.select(HostStatus.agent_version).where(HostStatus.host_id == victim.host_id))
+    assert version == "0.1.0"
+
+
 def test_an_undecodable_body_in_a_batch_is_a_422_that_spends_its_nonce(
     server: Server, tmp_path: Path
 ) -> None:
