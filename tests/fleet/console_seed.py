@@ -31,7 +31,7 @@ from ringfence.events import (
     Heartbeat,
     StageDrops,
 )
-from ringfence.fleet import _store
+from ringfence.fleet import _ingest
 from ringfence.fleet._db import Finding, FindingBatch, HeartbeatRecord, Host, HostStatus
 from ringfence.fleet._evaluator import create_rollout, evaluate
 from ringfence.fleet._rollout import Ring, RolloutPlan
@@ -259,7 +259,7 @@ def _beat_for(
             h.findings += h.sequence % 3 == 0
             h.crashes += h.running == crash_on
             beat = _rollout_beat(h, clock.now_ns)
-            assigned = _store.store_heartbeat(
+            assigned = _ingest.store_heartbeat(
                 sessions, clock.now_ns, h.id, beat, msgspec.json.encode(beat), history=100
             )
             h.running = assigned.get(ROLLOUT_ENGINE, h.running)

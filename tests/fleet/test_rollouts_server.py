@@ -23,7 +23,7 @@ from ringfence.events import (
     ExtensionStatistics,
     Heartbeat,
 )
-from ringfence.fleet import _store
+from ringfence.fleet import _ingest, _store
 from ringfence.fleet._auth import new_key, public_text
 from ringfence.fleet._db import AuditEntry, Host
 from ringfence.fleet._errors import FleetError
@@ -85,7 +85,7 @@ class Fleet:
             h.cpu_s += 0.3 + h.rng.random() * 0.1
             if h.running == self.crash_on:
                 h.crashes += 1  # the engine crashed on this content since the last beat
-            assigned = _store.store_heartbeat(
+            assigned = _ingest.store_heartbeat(
                 self.server.sessions, self.server.clock.now_ns, h.id, self._beat(h), self._doc(h), history=100
             )
             h.running = assigned.get(ENGINE, h.running)

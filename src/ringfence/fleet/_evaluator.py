@@ -542,12 +542,22 @@ def _check_placement(subject: str, ring: int | None, pin: str | None, group: str
 
 
 def assignments_of(session: Session, host_id: str) -> dict[str, str]:
-    rows = session.execute(
-        sa.select(Assignment.engine, Release.version)
+    return assignments_of_hosts(session, {host_id}).get(host_id, {})
+
+
+def assignments_of_hosts(db: Session | sa.Connection, host_ids: set[str]) -> dict[str, dict[str, str]]:
+    """host id -> {engine: version} of each of `host_ids` that has assignments (one query)."""
+    if not host_ids:
+        return {}
+    rows = db.execute(
+        sa.select(Assignment.host_id, Assignment.engine, Release.version)
         .join(Release, Release.id == Assignment.release_id)
-        .where(Assignment.host_id == host_id)
+        .where(Assignment.host_id.in_(sorted(host_ids)))
     )
-    return {str(engine): str(version) for engine, version in rows}
+    out: dict[str, dict[str, str]] = {}
+    for hid, engine, version in rows:
+        out.setdefault(str(hid), {})[str(engine)] = str(version)
+    return out
 
 
 class Evaluator:

@@ -30,11 +30,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ringfence.events import Heartbeat
-from ringfence.fleet._auth import MAX_SKEW_S, load_public, signed_message, verify
-from ringfence.fleet._db import Assignment, HeartbeatRecord, Host, HostStatus, Release, RequestNonce
-from ringfence.fleet._store import Refused, SignedRequest
-
-NONCE_KEEP_NS = 2 * MAX_SKEW_S * 1_000_000_000  # a nonce is kept past any date the clock check lets in
+from ringfence.fleet._db import HeartbeatRecord, Host, HostStatus, RequestNonce
+from ringfence.fleet._evaluator import assignments_of_hosts
+from ringfence.fleet._store import NONCE_KEEP_NS, UNKNOWN_HOST, Refused, Sessions, SignedRequest, refusal
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,16 @@ Outcome: TypeAlias = dict[str, str] | Refused  # the host's assignments, or why 
 
 
 @dataclass(frozen=True)
+class Beat:
+    """An authentic heartbeat to store: its host, when it arrived, and its document as received."""
+
+    host_id: str
+    received_at_ns: int
+    beat: Heartbeat
+    document: str
+
+
+@dataclass(frozen=True)
 class _Key:
     public_key: str
     revoked: bool
@@ -61,7 +69,8 @@ def store_batch(conn: sa.Connection, arrivals: Sequence[Arrival], *, history: in
     outcomes: dict[int, Outcome] = {}
     keys = _host_keys(conn, {a.request.host_id for a in arrivals})
     for i, a in enumerate(arrivals):
-        why = _refusal(a.request, keys.get(a.request.host_id))
+        key = keys.get(a.request.host_id)
+        why = Refused(401, UNKNOWN_HOST) if key is None else refusal(a.request, key.public_key, key.revoked)
         if why is not None:
             outcomes[i] = why
     signed = [i for i in range(len(arrivals)) if i not in outcomes]
@@ -71,18 +80,28 @@ def store_batch(conn: sa.Connection, arrivals: Sequence[Arrival], *, history: in
         if i not in new:
             outcomes[i] = Refused(401, "replayed request (nonce seen before)")
     _touch_hosts(conn, [arrivals[i] for i in authentic])
-    beats: list[tuple[Arrival, Heartbeat]] = []
+    beats: list[Beat] = []
     for i in authentic:
-        beat = arrivals[i].beat
-        if isinstance(beat, Refused):
-            outcomes[i] = beat  # the nonce is spent all the same: a replay is refused as one
+        a = arrivals[i]
+        if isinstance(a.beat, Refused):
+            outcomes[i] = a.beat  # the nonce is spent all the same: a replay is refused as one
         else:
-            beats.append((arrivals[i], beat))
-    _store_beats(conn, beats, history=history)
-    assigned = _assignments(conn, {a.request.host_id for a, _ in beats})
+            beats.append(Beat(a.request.host_id, a.now_ns, a.beat, a.request.body.decode()))
+    store_beats(conn, beats, history=history)
+    assigned = assignments_of_hosts(conn, {b.host_id for b in beats})
     for i in authentic:
         outcomes.setdefault(i, assigned.get(arrivals[i].request.host_id, {}))
     return [outcomes[i] for i in range(len(arrivals))]
+
+
+def store_heartbeat(
+    sessions: Sessions, now_ns: int, host_id: str, beat: Heartbeat, document: bytes, *, history: int
+) -> dict[str, str]:
+    """One heartbeat stored as a batch's are, without authentication (seeding, simulations). Returns the
+    host's assignments (engine -> version)."""
+    with sessions.begin() as s:
+        store_beats(s.connection(), [Beat(host_id, now_ns, beat, document.decode())], history=history)
+        return assignments_of_hosts(s, {host_id}).get(host_id, {})
 
 
 def purge_nonces(conn: sa.Connection, now_ns: int) -> int:
@@ -99,20 +118,6 @@ def _host_keys(conn: sa.Connection, host_ids: set[str]) -> dict[str, _Key]:
         sa.select(Host.id, Host.public_key, Host.revoked_at_ns).where(Host.id.in_(sorted(host_ids)))
     )
     return {hid: _Key(key, revoked is not None) for hid, key, revoked in rows}
-
-
-def _refusal(request: SignedRequest, key: _Key | None) -> Refused | None:
-    if key is None:
-        return Refused(401, "unknown host (enroll it again)")
-    message = signed_message(
-        method=request.method, path=request.path, host_id=request.host_id, date=request.date,
-        nonce=request.nonce, body=request.body,
-    )  # fmt: skip
-    if not verify(load_public(key.public_key), request.signature, message):
-        return Refused(401, "bad signature")
-    if key.revoked:
-        return Refused(403, "host revoked: its credential is refused (enroll it again with a new token)")
-    return None
 
 
 def _spend_nonces(conn: sa.Connection, arrivals: Sequence[Arrival], signed: list[int]) -> list[int]:
@@ -144,30 +149,29 @@ def _touch_hosts(conn: sa.Connection, arrivals: Sequence[Arrival]) -> None:
         )
 
 
-def _store_beats(conn: sa.Connection, beats: Sequence[tuple[Arrival, Heartbeat]], *, history: int) -> None:
+def store_beats(conn: sa.Connection, beats: Sequence[Beat], *, history: int) -> None:
     """The history rows, each host's history trimmed to `history`, and each host's status row (its last
-    heartbeat of the batch)."""
+    heartbeat of `beats`), in `conn`'s transaction. The one way heartbeats are stored (tests seed with it)."""
     if not beats:
         return
-    documents = [a.request.body.decode() for a, _ in beats]
     conn.execute(
         sa.insert(HeartbeatRecord),
         [
             {
-                "host_id": a.request.host_id, "received_at_ns": a.now_ns, "sequence": b.sequence,
-                "sent_at_ns": b.sent_at_ns, "healthy": b.health.healthy, "document": doc,
+                "host_id": b.host_id, "received_at_ns": b.received_at_ns, "sequence": b.beat.sequence,
+                "sent_at_ns": b.beat.sent_at_ns, "healthy": b.beat.health.healthy, "document": b.document,
             }
-            for (a, b), doc in zip(beats, documents, strict=True)
+            for b in beats
         ],
     )  # fmt: skip
-    latest = {a.request.host_id: (a, b, doc) for (a, b), doc in zip(beats, documents, strict=True)}
+    latest = {b.host_id: b for b in beats}
     _trim(conn, sorted(latest), history)
     status = [
         {
-            "host_id": hid, "received_at_ns": a.now_ns, "sequence": b.sequence, "healthy": b.health.healthy,
-            "agent_version": b.health.version, "document": doc,
+            "host_id": hid, "received_at_ns": b.received_at_ns, "sequence": b.beat.sequence,
+            "healthy": b.beat.health.healthy, "agent_version": b.beat.health.version, "document": b.document,
         }
-        for hid, (a, b, doc) in sorted(latest.items())
+        for hid, b in sorted(latest.items())
     ]  # fmt: skip
     upsert = _insert(conn, HostStatus)
     changed = {c: getattr(upsert.excluded, c) for c in status[0] if c != "host_id"}
@@ -191,20 +195,6 @@ def _trim(conn: sa.Connection, host_ids: list[str], history: int) -> None:
         ),
         [{"hid": h} for h in host_ids],
     )
-
-
-def _assignments(conn: sa.Connection, host_ids: set[str]) -> dict[str, dict[str, str]]:
-    if not host_ids:
-        return {}
-    rows = conn.execute(
-        sa.select(Assignment.host_id, Assignment.engine, Release.version)
-        .join(Release, Release.id == Assignment.release_id)
-        .where(Assignment.host_id.in_(sorted(host_ids)))
-    )
-    out: dict[str, dict[str, str]] = {}
-    for hid, engine, version in rows:
-        out.setdefault(hid, {})[engine] = version
-    return out
 
 
 def _insert(conn: sa.Connection, table: Any) -> Any:

@@ -16,21 +16,21 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from ringfence.events import Heartbeat
 from ringfence.fleet._auth import MAX_SKEW_S, load_public, new_token, signed_message, token_hash, verify
 from ringfence.fleet._db import (
     EnrollmentToken,
     Finding,
     FindingBatch,
-    HeartbeatRecord,
     Host,
     HostStatus,
     RequestNonce,
 )
-from ringfence.fleet._evaluator import assignments_of
 from ringfence.fleet._operators import audit
 
 Sessions = sessionmaker[Session]
+
+
+NONCE_KEEP_NS = 2 * MAX_SKEW_S * 1_000_000_000  # a nonce is kept past any date the clock check lets in
 
 
 class Refused(Exception):
@@ -133,74 +133,41 @@ def check_headers(request: SignedRequest, now_ns: int) -> None:
         raise Refused(401, f"Ringfence-Date: more than {MAX_SKEW_S} s from the server's clock")
 
 
+UNKNOWN_HOST = "unknown host (enroll it again)"
+
+
+def refusal(request: SignedRequest, public_key: str, revoked: bool) -> Refused | None:
+    """Why a request whose headers passed `check_headers` is refused, given its host's key and whether
+    the host is revoked; None when it is authentic. The nonce is checked apart."""
+    message = signed_message(
+        method=request.method, path=request.path, host_id=request.host_id, date=request.date,
+        nonce=request.nonce, body=request.body,
+    )  # fmt: skip
+    if not verify(load_public(public_key), request.signature, message):
+        return Refused(401, "bad signature")
+    if revoked:
+        return Refused(403, "host revoked: its credential is refused (enroll it again with a new token)")
+    return None
+
+
 def _authenticate_in(s: Session, now_ns: int, request: SignedRequest) -> str:
     """`authenticate` in the caller's transaction."""
     check_headers(request, now_ns)
-    method, path, body = request.method, request.path, request.body
-    host_id, date, nonce, signature = request.host_id, request.date, request.nonce, request.signature
+    host_id = request.host_id
     host = s.get(Host, host_id)
     if host is None:
-        raise Refused(401, "unknown host (enroll it again)")
-    if not verify(
-        load_public(host.public_key),
-        signature,
-        signed_message(method=method, path=path, host_id=host_id, date=date, nonce=nonce, body=body),
-    ):
-        raise Refused(401, "bad signature")
-    if host.revoked_at_ns is not None:
-        raise Refused(403, "host revoked: its credential is refused (enroll it again with a new token)")
+        raise Refused(401, UNKNOWN_HOST)
+    why = refusal(request, host.public_key, host.revoked_at_ns is not None)
+    if why is not None:
+        raise why
     s.execute(sa.delete(RequestNonce).where(RequestNonce.expires_at_ns < now_ns))
-    s.add(RequestNonce(host_id=host_id, nonce=nonce, expires_at_ns=now_ns + 2 * MAX_SKEW_S * 1_000_000_000))
+    s.add(RequestNonce(host_id=host_id, nonce=request.nonce, expires_at_ns=now_ns + NONCE_KEEP_NS))
     host.last_seen_at_ns = now_ns
     try:
         s.flush()
     except sa_exc.IntegrityError as e:
         raise Refused(401, "replayed request (nonce seen before)") from e
     return host_id
-
-
-def store_heartbeat(
-    sessions: Sessions, now_ns: int, host_id: str, beat: Heartbeat, document: bytes, *, history: int
-) -> dict[str, str]:
-    """The latest per host (replaced) and the history (the oldest past `history` deleted). Returns the
-    host's assignments (engine -> version), the heartbeat's answer."""
-    with sessions.begin() as s:
-        return _store_heartbeat_in(s, now_ns, host_id, beat, document, history=history)
-
-
-def _store_heartbeat_in(
-    s: Session, now_ns: int, host_id: str, beat: Heartbeat, document: bytes, *, history: int
-) -> dict[str, str]:
-    text = document.decode()
-    s.add(
-        HeartbeatRecord(
-            host_id=host_id,
-            received_at_ns=now_ns,
-            sequence=beat.sequence,
-            sent_at_ns=beat.sent_at_ns,
-            healthy=beat.health.healthy,
-            document=text,
-        )
-    )
-    s.flush()
-    cutoff = (
-        sa.select(HeartbeatRecord.id)
-        .where(HeartbeatRecord.host_id == host_id)
-        .order_by(HeartbeatRecord.id.desc())
-        .offset(history)
-        .limit(1)
-        .scalar_subquery()
-    )
-    s.execute(
-        sa.delete(HeartbeatRecord).where(HeartbeatRecord.host_id == host_id, HeartbeatRecord.id <= cutoff)
-    )
-    status = s.get(HostStatus, host_id)
-    if status is None:
-        status = HostStatus(host_id=host_id)
-        s.add(status)
-    status.received_at_ns, status.sequence, status.healthy = now_ns, beat.sequence, beat.health.healthy
-    status.agent_version, status.document = beat.health.version, text
-    return assignments_of(s, host_id)
 
 
 def store_findings(
