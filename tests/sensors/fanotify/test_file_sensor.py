@@ -107,6 +107,37 @@ def test_delete_reports_full_path(watch: Any, tmpfs: Path) -> None:
     events.wait(A.DELETE, target)
 
 
+def test_unlinks_are_reported_and_their_link_count_notes_are_not_losses(watch: Any, tmpfs: Path) -> None:
+    """Each unlink of a closed file also brings the kernel's link-count note, which names no directory and
+    whose inode is gone by the time it is read. It was counted as an unresolved event, a drop: every
+    unlink on a watched filesystem, anyone's, raised the sensor's drops."""
+    targets = [tmpfs / f"gone-{i}" for i in range(30)]
+    for t in targets:
+        t.write_text("x")
+    events, sensor = watch()
+    for t in targets:
+        t.unlink()
+    for t in targets:
+        events.wait(A.DELETE, t)
+    wait_until(lambda: sensor.statistics().detail["attrib_of_deleted"] >= len(targets), what="the notes")
+    stats = sensor.statistics()
+    assert stats.detail["unresolved"] == 0
+    assert stats.dropped == 0
+
+
+def test_a_link_count_change_of_a_file_that_still_has_a_name_is_reported(watch: Any, tmpfs: Path) -> None:
+    """An attacker cannot pass a change off as a note of a deleted file: while the inode has a name (a
+    hard link survives the unlink) the note resolves and is reported as an attribute change."""
+    kept, removed = tmpfs / "kept", tmpfs / "removed"
+    kept.write_text("x")
+    os.link(kept, removed)
+    events, sensor = watch()
+    removed.unlink()
+    events.wait(A.DELETE, removed)
+    events.wait(A.SET_ATTRIBUTES, kept)
+    assert sensor.statistics().detail["attrib_of_deleted"] == 0
+
+
 def test_mkdir_reports_a_directory_create(watch: Any, tmpfs: Path) -> None:
     events, _ = watch()
     (tmpfs / "newdir").mkdir()

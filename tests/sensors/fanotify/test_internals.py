@@ -151,3 +151,25 @@ def test_idle_cache_worker_sweeps_and_stops() -> None:
     finally:
         worker.stop()
     assert not worker._thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("mask", "types", "note"),
+    [
+        (lc.FAN_ATTRIB, (lc.FAN_EVENT_INFO_TYPE_FID,), True),  # the link-count note: the inode alone
+        (lc.FAN_ATTRIB, (lc.FAN_EVENT_INFO_TYPE_FID, lc.FAN_EVENT_INFO_TYPE_PIDFD), True),
+        (lc.FAN_ATTRIB, (lc.FAN_EVENT_INFO_TYPE_DFID_NAME, lc.FAN_EVENT_INFO_TYPE_FID), False),  # a chmod
+        (lc.FAN_ATTRIB | lc.FAN_MODIFY, (lc.FAN_EVENT_INFO_TYPE_FID,), False),  # a write is never a note
+        (lc.FAN_CLOSE_WRITE, (lc.FAN_EVENT_INFO_TYPE_FID,), False),
+        (lc.FAN_ATTRIB, (), False),
+    ],
+)
+def test_only_a_nameless_attribute_change_is_taken_for_a_deleted_files_note(
+    mask: int, types: tuple[int, ...], note: bool
+) -> None:
+    """What the file sensor does not count as a loss when its inode is gone: anything else still is."""
+    from ringfence.sensors.fanotify._file import _attrib_of_deleted
+
+    fid = lc.FileId(fsid=1, handle=b"\x08\x00\x00\x00\x01\x00\x00\x00" + bytes(8))
+    records = tuple(lc.InfoRecord(t, fid=fid if t != lc.FAN_EVENT_INFO_TYPE_PIDFD else None) for t in types)
+    assert _attrib_of_deleted(lc.RawEvent(mask=mask, fd=-1, pid=1, vers=3, records=records)) is note
