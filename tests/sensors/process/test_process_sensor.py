@@ -8,13 +8,25 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ringfence.events import ProcessActivity, ProcessActivityId
 from ringfence.sensors.process import ProcessSensor, ProcessTable
+from ringfence.sensors.process._connector import (
+    PROC_EVENT_ALL,
+    Comm,
+    Exec,
+    Exit,
+    Fork,
+    ProcConnector,
+    kernel_filters,
+)
+from ringfence.sensors.process._sensor import USED_KINDS
 
 from .conftest import Running
 
@@ -194,3 +206,49 @@ def test_listener_outside_initial_user_namespace_is_unavailable() -> None:
         timeout=60,
     )
     assert out.stdout.strip() == "UNAVAILABLE netlink process connector", out.stdout + out.stderr
+
+
+def _kinds_seen_for(kinds: int, pid_of: Callable[[], int]) -> tuple[ProcConnector, set[type]]:
+    """Opens a connector asking for `kinds`, runs `pid_of` (which starts and reaps a child, returning
+    its pid) and returns the kinds of event that arrived for that child."""
+    conn = ProcConnector(kinds=kinds)
+    conn.open()
+    try:
+        pid = pid_of()
+        seen: list[object] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(isinstance(e, Exit) and e.tgid == pid for e in seen):
+            time.sleep(0.02)
+            seen.extend(conn.read())
+        ours = [e for e in seen if getattr(e, "tgid", None) == pid or getattr(e, "child_tgid", None) == pid]
+        return conn, {type(e) for e in ours}
+    finally:
+        conn.close()
+
+
+def _child_that_renames_itself() -> int:
+    """exec changes the comm (one COMM event), and so does prctl(PR_SET_NAME) in the child."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import ctypes; ctypes.CDLL(None).prctl(15, b'rf-renamed')"]
+    )
+    child.wait(timeout=30)
+    return child.pid
+
+
+def test_the_kernel_sends_only_the_kinds_asked_for() -> None:
+    """On 6.6 and later (this machine's kernel) the kernel filters; before, everything still arrives."""
+    conn, kinds = _kinds_seen_for(USED_KINDS, _child_that_renames_itself)
+    assert conn.filtered is kernel_filters()
+    assert {Fork, Exec, Exit} <= kinds
+    assert (Comm in kinds) is not conn.filtered  # two comm changes: sent only where nothing filters
+
+
+def test_without_a_filter_the_comm_changes_arrive() -> None:
+    """The check above can fail: asked for everything, the same child's comm changes are received."""
+    conn, kinds = _kinds_seen_for(PROC_EVENT_ALL, _child_that_renames_itself)
+    assert not conn.filtered
+    assert {Fork, Exec, Exit, Comm} <= kinds
+
+
+def test_the_sensor_says_whether_the_kernel_filters(running_sensor: Running) -> None:
+    assert running_sensor.sensor.statistics().detail["kernel_filter"] == int(kernel_filters())

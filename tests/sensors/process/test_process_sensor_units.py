@@ -6,6 +6,7 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
 from tests.fakes import FakeClock
 
 import ringfence.sensors.process as process_pkg
@@ -13,7 +14,18 @@ from ringfence.events import Event, ProcessActivity, ProcessActivityId, ProcessR
 from ringfence.sensors import AuditExec
 from ringfence.sensors._proctable import ProcReader
 from ringfence.sensors.process import ProcessSensor, ProcessTable, exit_code_of
-from ringfence.sensors.process._connector import Ack, Exec, Exit, Fork, IdChange, parse
+from ringfence.sensors.process._connector import (
+    PROC_CN_MCAST_LISTEN,
+    Ack,
+    Exec,
+    Exit,
+    Fork,
+    IdChange,
+    _control_message,
+    kernel_filters,
+    parse,
+)
+from ringfence.sensors.process._sensor import USED_KINDS
 
 
 def _audit_exec(**changes: object) -> AuditExec:
@@ -153,3 +165,21 @@ def test_exec_described_by_audit_is_never_read_from_proc_whichever_comes_first()
     clock.advance_ms(300)
     sensor._sweep_awaiting_audit()
     assert sensor.statistics().detail["exec_from_proc"] == 0
+
+
+@pytest.mark.parametrize(
+    ("release", "filters"),
+    [("6.18.44-fc-v1045", True), ("6.6.0", True), ("6.5.13-1-amd64", False), ("5.15.0", False),
+     ("7.0", True), ("garbage", False), ("6", False)],
+)  # fmt: skip
+def test_kernel_filters_from_the_release(release: str, filters: bool) -> None:
+    assert kernel_filters(release) is filters
+
+
+def test_a_filtered_listen_is_the_kernels_struct_proc_input() -> None:
+    plain = _control_message(PROC_CN_MCAST_LISTEN, 7)
+    filtered = _control_message(PROC_CN_MCAST_LISTEN, 7, USED_KINDS)
+    assert len(filtered) == len(plain) + 4
+    assert struct.unpack_from("=H", plain, 16 + 16)[0] == 4  # cn_msg.len
+    assert struct.unpack_from("=H", filtered, 16 + 16)[0] == 8
+    assert struct.unpack_from("=II", filtered, 16 + 20) == (PROC_CN_MCAST_LISTEN, USED_KINDS)

@@ -44,7 +44,14 @@ PROC_EVENT_GID = 0x00000040
 PROC_EVENT_SID = 0x00000080
 PROC_EVENT_PTRACE = 0x00000100
 PROC_EVENT_COMM = 0x00000200
+PROC_EVENT_NONZERO_EXIT = 0x20000000
+PROC_EVENT_COREDUMP = 0x40000000
 PROC_EVENT_EXIT = 0x80000000
+PROC_EVENT_ALL = (
+    PROC_EVENT_FORK | PROC_EVENT_EXEC | PROC_EVENT_UID | PROC_EVENT_GID | PROC_EVENT_SID | PROC_EVENT_PTRACE
+    | PROC_EVENT_COMM | PROC_EVENT_NONZERO_EXIT | PROC_EVENT_COREDUMP | PROC_EVENT_EXIT
+)  # fmt: skip
+FILTER_SINCE = (6, 6)  # struct proc_input: a LISTEN that names the kinds the socket is sent
 
 _CN_MSG = struct.Struct("=IIIIHH")
 _EVENT_HEAD = struct.Struct("=IIQ")
@@ -188,18 +195,34 @@ def _parse_union(data: bytes, what: int, ts: int, ack: int) -> ProcEvent | Ack:
     return Other(ts, what) if parser is None else parser(data, ts)
 
 
-def _control_message(op: int, cookie: int) -> bytes:
-    payload = struct.pack("=I", op)
+def _control_message(op: int, cookie: int, kinds: int | None = None) -> bytes:
+    """LISTEN or IGNORE; with `kinds`, the 6.6 form (struct proc_input) that has the kernel send this
+    socket only those kinds. An older kernel ignores a message of that size."""
+    payload = struct.pack("=I", op) if kinds is None else struct.pack("=II", op, kinds)
     cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, cookie, len(payload), 0)
     total = NLMSG_HEADER.size + len(cn) + len(payload)
     return NLMSG_HEADER.pack(total, NLMSG_DONE, 0, 0, 0) + cn + payload
 
 
-class ProcConnector:
-    """One listener socket on the process connector. Not thread-safe: one reader thread owns it."""
+def kernel_filters(release: str | None = None) -> bool:
+    """Whether this kernel (`uname -r`) filters connector events by kind per socket (6.6 and later)."""
+    numbers = (release or os.uname().release).split("-", 1)[0].split(".")
+    try:
+        return (int(numbers[0]), int(numbers[1])) >= FILTER_SINCE
+    except (IndexError, ValueError):
+        return False
 
-    def __init__(self, rcvbuf_bytes: int = 8 << 20) -> None:
+
+class ProcConnector:
+    """One listener socket on the process connector. Not thread-safe: one reader thread owns it.
+
+    `kinds`: the PROC_EVENT_* bits wanted. Where the kernel filters (6.6+) it sends the socket nothing
+    else (`filtered`); elsewhere every kind arrives and the reader skips what it does not use."""
+
+    def __init__(self, rcvbuf_bytes: int = 8 << 20, kinds: int = PROC_EVENT_ALL) -> None:
         self._rcvbuf_bytes = rcvbuf_bytes
+        self._kinds = kinds
+        self.filtered = False
         self._sock: socket.socket | None = None
         self._listening = False
         self._pending: list[ProcEvent] = []
@@ -216,10 +239,22 @@ class ProcConnector:
             sock.sendto(_control_message(PROC_CN_MCAST_LISTEN, cookie), (0, 0))
             self._sock, self._listening = sock, True
             self._await_ack(cookie + 1, ack_timeout_s)
+            if self._kinds != PROC_EVENT_ALL and kernel_filters():
+                self._filter(sock, cookie + 2)
         except OSError:
             self.close()
             sock.close()
             raise
+
+    def _filter(self, sock: socket.socket, cookie: int) -> None:
+        """A second LISTEN, naming the kinds: the kernel then sends this socket only those. It is not
+        acked: the kernel's ack (kind NONE) passes through the socket's new filter, which drops it. So
+        the first LISTEN is the plain one, whose ack says the kernel took the listener; this one is
+        handled before sendto returns (the connector's input runs in the sender's context). Were it
+        ignored (a kernel that says 6.6 and has no filter), every kind would keep coming: the reader
+        skips those it does not use, so the cost is CPU, never a lost event."""
+        sock.sendto(_control_message(PROC_CN_MCAST_LISTEN, cookie, self._kinds), (0, 0))
+        self.filtered = True
 
     def fileno(self) -> int:
         if self._sock is None:

@@ -37,6 +37,7 @@ from ringfence.events import (
 )
 from ringfence.sensors._base import AuditExec, EventSink, SensorStatistics, SensorUnavailable
 from ringfence.sensors._proctable import ExecImage, ProcessTable
+from ringfence.sensors.process import _connector as cn
 from ringfence.sensors.process._connector import Exec, Exit, Fork, IdChange, ProcConnector, ProcEvent
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ _JOIN_TIMEOUT_S = 10.0
 _AWAIT_GRACE_NS = 250_000_000  # how long an exec waits for its audit record before /proc is read
 _AWAIT_SWEEP_MS = 100
 _AWAIT_MAX = 4096  # execs awaiting audit, and audit records awaiting their connector event
+# The kinds `_handle` reads. The kernel sends no others (6.6+): an exec's comm change, for one, was a
+# fourth datagram per exec, received, parsed and dropped.
+USED_KINDS = (
+    cn.PROC_EVENT_FORK | cn.PROC_EVENT_EXEC | cn.PROC_EVENT_UID | cn.PROC_EVENT_GID | cn.PROC_EVENT_EXIT
+)
 
 
 def exit_code_of(wait_status: int) -> int:
@@ -78,7 +84,7 @@ class ProcessSensor:
         self._stamper = HeaderStamper(self.name, host, self._clock)
         self._own_pid = os.getpid() if skip_own_process else None
         self._seed_table = seed_table
-        self._conn = ProcConnector(rcvbuf_bytes)
+        self._conn = ProcConnector(rcvbuf_bytes, kinds=USED_KINDS)
         self._thread: threading.Thread | None = None
         self._stop_fd: int | None = None
         self._lock = threading.Lock()
@@ -146,6 +152,7 @@ class ProcessSensor:
                 "table_size": table.size,
                 "table_exited": table.exited,
                 "table_evictions": table.evictions,
+                "kernel_filter": int(self._conn.filtered),
             },
         )
 
