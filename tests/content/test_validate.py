@@ -192,6 +192,23 @@ def test_an_engine_that_dies_or_overruns_on_the_package_in_the_sandbox_is_blocki
     assert validate_package(ok, TEST_ENGINES, QUICK).blocking == []  # the same engine, harmless content
 
 
+def test_an_event_that_spins_is_killed_at_the_deadline_of_cpu(tmp_path) -> None:
+    pkg = package(tmp_path, {"rule.txt": "x"}, engine="t.sleeper", interface="t@1")
+    d = corpus(tmp_path, "", [event("/spin", n=1)], [])
+    report = validate_package(pkg, TEST_ENGINES, ValidateOptions(corpus=d, fuzz_s=0, event_deadline_s=1.0))
+    (spin,) = report.blocking
+    assert spin.stage == "corpus" and "over 1 s of CPU (the per-event deadline)" in spin.message
+
+
+def test_a_slow_event_that_uses_no_cpu_is_not_taken_for_a_hang(tmp_path) -> None:
+    """2.5 s of wall time against a 1 s deadline, as a child starved of a core on a loaded host spends it:
+    judged by wall time the validator refused a good pack as hung (CI, under load)."""
+    pkg = package(tmp_path, {"rule.txt": "x"}, engine="t.sleeper", interface="t@1")
+    d = corpus(tmp_path, "benign_budget = 1\n", [], [event("/nap", n=1), event("/bin/ok", n=2)])
+    report = validate_package(pkg, TEST_ENGINES, ValidateOptions(corpus=d, fuzz_s=0, event_deadline_s=1.0))
+    assert report.blocking == []
+
+
 def test_a_corpus_whose_expected_finding_no_longer_fires_is_blocking(tmp_path) -> None:
     pkg = package(tmp_path, {"curl.yml": GOOD.replace("evil.example", "other.example")})
     expect = f'must_fire = ["{IDS["r-curl"]}", "{IDS["r-gone"]}"]\n'

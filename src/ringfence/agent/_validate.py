@@ -12,8 +12,10 @@ content and the recorded events are parsed only in a child in the extension sand
 (`_validate_child.py`), as `rules check` and `replay` do (`_child.py`), held to budgets by this side:
     memory   the sandbox's cgroup, `extensions.memory_mb` (an OOM kill is named as such)
     time     `load_s` for the static checks and the engine's setup; once events flow, `event_deadline_s`
-             for each event (the child says its progress at least every 0.2 s while events pass), and
-             the fuzz stage as a whole `fuzz_s` plus `load_s`
+             of the child's CPU for each event (the child says its progress at least every 0.2 s while
+             events pass), or `BLOCKED_AFTER` deadlines of wall time for one that does not run at all
+             (a wait that never ends), and the fuzz stage as a whole `fuzz_s` plus `load_s`. CPU, not
+             wall time: on a loaded host a child starved of a core for 2 s was killed as hung (CI)
 A child that dies (a crash, an abort, an OOM kill) or overruns is killed (its cgroup with it) and is a
 blocking issue of the stage it was in, with the tail of what it printed.
 
@@ -77,6 +79,9 @@ from ringfence.sdk import ContentSchema
 MODULE = "ringfence.agent._validate_child"
 LOAD_S = 60.0
 EVENT_DEADLINE_S = 2.0
+BLOCKED_AFTER = 10  # event deadlines of wall time without an event finished: blocked, not just slow
+_CHECK_S = 0.25  # how often the child's CPU is read while an event runs
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 FUZZ_S = 10.0
 SCHEMA_S = 60.0
 MAX_MESSAGE_BYTES = 1 << 20
@@ -282,6 +287,67 @@ def _tail(err: bytes, lines: int = 12) -> str:
     return printable(" | ".join(line.strip() for line in text if line.strip()))[-3000:]
 
 
+class _Budget:
+    """The child's time budgets as its messages arrive: the load budget until events flow, then each
+    event's deadline of CPU (read every _CHECK_S), wall time for a child that does not run at all, and
+    the fuzz stage's budget as a whole."""
+
+    def __init__(self, pid: int, options: ValidateOptions, fuzz_s: float) -> None:
+        self.pid, self.options, self.fuzz_s = pid, options, fuzz_s
+        self.stage: str | None = "static"
+        self.progressed = False  # an event has started in this stage: from then on, each has its deadline
+        self.started = self.last = time.monotonic()
+        self.last_cpu = 0.0  # the child's CPU when its last event finished
+
+    @property
+    def per_event(self) -> bool:
+        return self.progressed and self.stage not in ("static", "load")
+
+    def heard(self, message: object) -> None:
+        if isinstance(message, Stage):
+            self.stage, self.progressed = message.stage, False
+            self.started = time.monotonic()
+        self.progressed |= isinstance(message, Progress)
+        self.last, self.last_cpu = time.monotonic(), _cpu_s(self.pid)
+
+    def _deadline(self) -> tuple[float, str]:
+        o = self.options
+        if not self.per_event:  # (hypothesis sets up in the load budget)
+            return self.started + o.load_s, "load"
+        blocked, stage_end = (
+            self.last + o.event_deadline_s * BLOCKED_AFTER,
+            self.started + self.fuzz_s + o.load_s,
+        )
+        if self.stage == "fuzz" and stage_end < blocked:
+            return stage_end, "stage"
+        return blocked, "blocked"
+
+    def wait_s(self) -> float:
+        """How long to wait for the child's next words (<= 0: the budget is spent)."""
+        left = self._deadline()[0] - time.monotonic()
+        return min(left, _CHECK_S) if self.per_event and left > 0 else left
+
+    def overrun(self) -> str | None:
+        """Why the child is out of time now, or None while it is within every budget."""
+        o = self.options
+        deadline, bound = self._deadline()
+        if time.monotonic() < deadline:
+            if not self.per_event or _cpu_s(self.pid) - self.last_cpu <= o.event_deadline_s:
+                return None
+            return (
+                f"an event used over {o.event_deadline_s:g} s of CPU (the per-event deadline): a loop "
+                "that does not end, or an event far too slow"
+            )
+        if bound == "blocked":
+            return (
+                f"no event finished within {o.event_deadline_s * BLOCKED_AFTER:g} s ({BLOCKED_AFTER} "
+                "per-event deadlines) while it used no CPU: a hang, a wait that does not end"
+            )
+        if bound == "stage":
+            return f"did not finish within {self.fuzz_s + o.load_s:g} s (the fuzz stage's budget)"
+        return f"did not finish within {o.load_s:g} s (the load budget)"
+
+
 def _read(proc: object, run: _Run, options: ValidateOptions, fuzz_s: float) -> tuple[str | None, bytes]:
     """Read the child's messages until it ends, holding it to the budgets. Returns the stage it was in
     ("overran:<stage> <why>" when it was killed for time) and the tail of its stderr."""
@@ -291,24 +357,17 @@ def _read(proc: object, run: _Run, options: ValidateOptions, fuzz_s: float) -> t
     assert proc.stdout is not None and proc.stderr is not None
     decoder = msgspec.json.Decoder(Message)
     buf, err = bytearray(), bytearray()
-    stage: str | None = "static"
-    progressed = False  # an event has started in this stage: from then on, each has its deadline
-    started = last = time.monotonic()
-    deadline = started + options.load_s
+    budget = _Budget(proc.pid, options, fuzz_s)
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ, "out")
         sel.register(proc.stderr, selectors.EVENT_READ, "err")
         while sel.get_map():
-            left = deadline - time.monotonic()
-            ready = sel.select(left) if left > 0 else []
+            wait = budget.wait_s()
+            ready = sel.select(wait) if wait > 0 else []
             if not ready:
-                why = (
-                    f"did not finish within {options.load_s:g} s (the load budget)"
-                    if stage in ("static", "load")
-                    else f"no event finished within {options.event_deadline_s:g} s (the per-event deadline): "
-                    "a hang, or an event far too slow"
-                )
-                return f"overran:{stage} {why}", bytes(err)
+                if (why := budget.overrun()) is not None:
+                    return f"overran:{budget.stage} {why}", bytes(err)
+                continue
             for key, _ in ready:
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
@@ -325,20 +384,20 @@ def _read(proc: object, run: _Run, options: ValidateOptions, fuzz_s: float) -> t
                     run.messages.append(message) if not isinstance(message, Progress) else None
                     if isinstance(message, Issue):
                         run.issues.append(message)
-                    if isinstance(message, Stage):
-                        stage, progressed = message.stage, False
-                        started = time.monotonic()
-                    progressed |= isinstance(message, Progress)
-                    last = time.monotonic()
+                    budget.heard(message)
                 if len(buf) > MAX_MESSAGE_BYTES:
-                    return f"overran:{stage} said a message over {MAX_MESSAGE_BYTES} bytes", bytes(err)
-            if stage in ("static", "load") or not progressed:  # (hypothesis sets up in the load budget)
-                deadline = started + options.load_s
-            else:
-                deadline = last + options.event_deadline_s
-                if stage == "fuzz":
-                    deadline = min(deadline, started + fuzz_s + options.load_s)
-    return stage, bytes(err)
+                    return f"overran:{budget.stage} said a message over {MAX_MESSAGE_BYTES} bytes", bytes(err)
+    return budget.stage, bytes(err)
+
+
+def _cpu_s(pid: int) -> float:
+    """The CPU seconds `pid` has used, all its threads (0 once it is gone: its end is read next)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
 # --- the commands ------------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ def _add_packages(cmds: Commands) -> None:
     )  # fmt: skip
     validate.add_argument(
         "--event-deadline", type=float, default=2.0, metavar="S",
-        help="the longest one event may take in the corpus and fuzz stages (default 2 s)",
+        help="the most CPU one event may take in the corpus and fuzz stages (default 2 s); an event "
+        "that uses no CPU for 10 times this is a hang",
     )  # fmt: skip
     validate.add_argument("--seed", type=int, default=0, help="the fuzz stage's first seed (default 0)")
     validate.add_argument(

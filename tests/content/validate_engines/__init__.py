@@ -70,7 +70,7 @@ class Brittle(_Base):
 
 class Sleeper(_Base):
     """Hangs in setup when its content says `sleep`; on an exec of /hang (a recorded event of the
-    corpus); raises a finding on /bin/ok."""
+    corpus); spins on /spin; naps 2.5 s on /nap; raises a finding on /bin/ok."""
 
     def setup(self, ctx: Context) -> None:
         super().setup(ctx)
@@ -80,5 +80,10 @@ class Sleeper(_Base):
     def on_event(self, event: Event) -> None:
         if isinstance(event, ProcessActivity) and event.process.exe == "/hang":
             time.sleep(600)
+        if isinstance(event, ProcessActivity) and event.process.exe == "/nap":
+            time.sleep(2.5)  # as a child starved of a core on a loaded host looks: slow, using no CPU
+        if isinstance(event, ProcessActivity) and event.process.exe == "/spin":
+            while True:  # a loop that never ends, on the CPU
+                pass
         if isinstance(event, ProcessActivity) and event.process.exe == "/bin/ok":
             self.ctx.emit_finding("ok seen", Severity.LOW, rule="t.ok")
