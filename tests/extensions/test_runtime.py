@@ -49,10 +49,13 @@ class Brittle(Extension):
         auth=AuthParticipation(),
     )
     torn_down = False
+    release = threading.Event()
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, FileActivity) and event.path == "/raise":
             raise RuntimeError("handler bug")
+        if isinstance(event, FileActivity) and event.path == "/stuck":
+            Brittle.release.wait(30)
 
     def on_auth(self, request: AuthRequest, file: AuthFile | None) -> AuthAnswer:
         if request.path == "/raise":
@@ -124,6 +127,23 @@ def test_handler_exceptions_are_counted_and_the_failed_auth_gets_no_verdict(runn
     running.thread.join(10)
     assert running.status == [0]
     assert Brittle.torn_down
+
+
+def test_a_handler_that_never_returns_does_not_silence_the_drops_it_causes(running: Running) -> None:
+    """The statistics come from a thread of their own: sent by the loop that ran the handlers, a stuck
+    handler stopped them too, and the events its full inbox dropped were never seen by the agent."""
+    running.until(HelloAck)
+    running.host.send(EventBatch([_file("/stuck")]))
+    for _ in range(10):  # past the inbox's 8,192 events
+        running.host.send(EventBatch([_file("/more")] * 1000))
+    try:
+        stats = running.until(StatsReport, lambda f: f.counters.get("events_dropped", 0) > 0)
+        assert isinstance(stats, StatsReport) and stats.counters.get("events_handled", 0) == 0
+    finally:
+        Brittle.release.set()
+    running.host.send(Shutdown())
+    running.thread.join(10)
+    assert running.status == [0]
 
 
 def test_extension_refuses_an_agent_without_its_protocol_version() -> None:

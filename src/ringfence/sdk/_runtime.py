@@ -2,8 +2,9 @@
 
 Threads: a reader thread fills a bounded inbox (AUTH and action results ahead of events); the main
 thread runs every handler, one at a time, as `_extension.py` promises; a writer thread drains a bounded
-outbox of findings, action requests, stats and log lines. Verdicts skip the outbox: the main thread sends
-them at once.
+outbox of findings, action requests, stats and log lines; a stats thread puts the counters there on their
+interval, so a handler that never returns cannot hide the drops it causes. Verdicts skip the outbox: the
+main thread sends them at once.
 
 Failure policy, per handler (each counted in the stats the agent receives):
 - `setup` raises: the exception's one-line message goes to the agent in a `SetupFailed` frame (in place
@@ -357,17 +358,29 @@ class _Runner:
         reader = threading.Thread(target=_read_loop, args=(self.wire, self.inbox), name="ringfence-reader")
         reader.daemon = True
         reader.start()
-        next_stats = time.monotonic() + self.stats_interval_s
-        while True:
-            item = self.inbox.next(max(0.0, next_stats - time.monotonic()))
-            if item is not None:
-                self._dispatch(item)
-            if time.monotonic() >= next_stats:
-                self._guarded("tick_errors", lambda _: self.ext.on_tick(), None)
-                self._send_stats()
-                next_stats = time.monotonic() + self.stats_interval_s
-            if self.inbox.stop_reason is not None:
-                return self._stop()
+        stopped = threading.Event()
+        reporter = threading.Thread(target=self._report, args=(stopped,), name="ringfence-stats", daemon=True)
+        reporter.start()
+        next_tick = time.monotonic() + self.stats_interval_s
+        try:
+            while True:
+                item = self.inbox.next(max(0.0, next_tick - time.monotonic()))
+                if item is not None:
+                    self._dispatch(item)
+                if time.monotonic() >= next_tick:
+                    self._guarded("tick_errors", lambda _: self.ext.on_tick(), None)
+                    next_tick = time.monotonic() + self.stats_interval_s
+                if self.inbox.stop_reason is not None:
+                    return self._stop()
+        finally:
+            stopped.set()
+
+    def _report(self, stopped: threading.Event) -> None:
+        """The statistics, on their interval, from a thread of their own: sent from the loop, a handler
+        that never returned also silenced them, and the events its full inbox dropped were counted
+        where nobody could read them (the agent showed no drop at all)."""
+        while not stopped.wait(self.stats_interval_s):
+            self._send_stats()
 
     def _dispatch(self, item: Item) -> None:
         if isinstance(item, tuple) and isinstance(item[0], FileCall):
