@@ -168,8 +168,9 @@ def _like(text: str) -> str:
 def _contains(s: Session, column: InstrumentedAttribute[str], text: str) -> sa.ColumnElement[bool]:
     """`column` holds `text`, in any case. SQLite's LIKE already ignores the case of ASCII letters, and
     only of those, as its lower() does: the lower() that ILIKE is made of there doubled the cost of a
-    scan of 100,000 names (58 -> 30 ms). PostgreSQL's ILIKE folds each row's case slower than lower()
-    does (148 -> 88 ms for 100,000 names, C.UTF-8)."""
+    scan of 100,000 names (58 -> 30 ms). On PostgreSQL `lower(name)` is exactly the expression of the
+    trigram index `ix_hosts_name_lower_trgm` (migration 0007), which serves LIKE '%text%': keep the two
+    the same, or every search scans the names again (ILIKE, which that index would not serve either)."""
     if s.get_bind().dialect.name == "sqlite":
         return column.like(_like(text), escape="\\")
     return sa.func.lower(column).like(sa.func.lower(_like(text)), escape="\\")
@@ -220,8 +221,8 @@ def _status_counts(s: Session, now_ns: int) -> dict[str, int]:
 
 
 def host_page(sessions: Sessions, now_ns: int, f: HostFilter) -> HostPage:
-    """The page's ids come from `hosts` alone unless the filter reads the latest heartbeat: a row of
-    `host_status` carries the whole document, so joining it for every host costs a scan of them all."""
+    """The page's ids come from `hosts` alone unless the filter reads the latest heartbeat: joining
+    `host_status` for every host costs a scan of it all."""
     with sessions() as s:
         ids = _host_ids(s, now_ns, f)
         total = _host_total(s, now_ns, f, ids)
@@ -279,6 +280,8 @@ def _host_total(s: Session, now_ns: int, f: HostFilter, ids: sa.Select[str, str]
 
 
 def host_detail(sessions: Sessions, now_ns: int, host_id: str) -> HostDetail | None:
+    """The latest heartbeat's document is the host's newest row of `heartbeats` (the ingest keeps at
+    least that one); `host_status` carries the summary the list shows, so both agree on the status."""
     with sessions() as s:
         host = s.get(Host, host_id)
         if host is None:
@@ -302,7 +305,7 @@ def host_detail(sessions: Sessions, now_ns: int, host_id: str) -> HostDetail | N
             last_heartbeat_ns=st.received_at_ns if st else None,
             enrolled_at_ns=host.enrolled_at_ns,
         )
-        document = st.document if st else ""
+        document = beats[0].document if beats else ""
     beat, unreadable = _decode(document) if document else (None, "")
     return HostDetail(
         host=row,
