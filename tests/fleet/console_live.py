@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ringfence.fleet._api import ServerSettings, create_app
 from ringfence.fleet._db import HostStatus, open_database
 from ringfence.fleet._operators import add_operator
-from tests.fleet.console_seed import SeededFleet, heartbeat_document, seed
+from tests.fleet.console_seed import SeededFleet, heartbeat_document, seed, set_latest_document
 from tests.fleet.helpers import NOW_NS, FakeClock
 
 USERNAME, PASSWORD = "alice", "correct horse battery"
@@ -84,8 +84,4 @@ def _one_with_a_story(engine: sa.Engine, fleet: SeededFleet) -> None:
             state="backoff", restarts=5, crashes=4, last_error="rule pack 2026.11.28: SIGSEGV in re2"
         )
         doc["health"]["problems"].append("extension ringfence.sigma crashed 4 times in 10 min (backoff)")
-        conn.execute(
-            sa.update(HostStatus)
-            .where(HostStatus.host_id == degraded)
-            .values(document=msgspec.json.encode(doc).decode())
-        )
+        set_latest_document(conn, degraded, msgspec.json.encode(doc).decode())

@@ -6,8 +6,9 @@ bench, its screenshots and its tests.
 
 Hosts get names like `web-eu-0042`; their status cycles through a realistic mix (most healthy; some
 degraded with a problem and drops, offline for 10 minutes, never seen, revoked). Each host with a
-heartbeat has one latest document, a real `Heartbeat` with three extensions; the first
-`history_hosts` hosts also get `history` older heartbeats. Findings are OCSF findings like the
+heartbeat has one latest document, a real `Heartbeat` with three extensions, stored as the server
+stores it (the summary in `host_status`, the document as the host's newest `heartbeats` row); the first
+`history_hosts` hosts get `history` heartbeats in all, 30 s apart. Findings are OCSF findings like the
 engines write (title, rule, severity, action).
 """
 
@@ -150,19 +151,25 @@ def seed(
     ids = [str(uuid.UUID(int=(0x5EED << 96) + i)) for i in range(hosts)]
     statuses = {ids[i]: status_for(i) for i in range(hosts)}
     for start in range(0, hosts, chunk):
+        span = range(start, min(hosts, start + chunk))
         with engine.begin() as conn:
-            _chunk(conn, now_ns, ids, statuses, range(start, min(hosts, start + chunk)), findings_per_host)
-    with engine.begin() as conn:
-        for i in range(min(history_hosts, hosts)):
-            _history(conn, now_ns, ids[i], name_for(i), statuses[ids[i]], history)
+            _chunk(conn, now_ns, ids, statuses, span, findings_per_host, (history_hosts, history))
     first = next((ids[i] for i in range(min(history_hosts, hosts)) if statuses[ids[i]] != "never"), "")
     return SeededFleet(host_ids=ids, statuses=statuses, history_host=first if history else "")
 
 
 def _chunk(
-    conn: sa.Connection, now_ns: int, ids: list[str], statuses: dict[str, str], span: range, per_host: int
+    conn: sa.Connection,
+    now_ns: int,
+    ids: list[str],
+    statuses: dict[str, str],
+    span: range,
+    per_host: int,
+    history: tuple[int, int],
 ) -> None:
-    host_rows, status_rows, batch_rows, finding_rows = [], [], [], []
+    """The hosts of `span`; each seen host's latest heartbeat is its status row and its newest row of
+    `heartbeats` (as the server stores them), after the older ones of the first history[0] hosts."""
+    host_rows, status_rows, beat_rows, batch_rows, finding_rows = [], [], [], [], []
     for i in span:
         host_id, name, status = ids[i], name_for(i), statuses[ids[i]]
         seen = {"offline": now_ns - 600 * 10**9, "never": None}.get(status, now_ns - (i % 30) * 10**9)
@@ -173,11 +180,16 @@ def _chunk(
         )  # fmt: skip
         if seen is not None:
             healthy = status != "degraded"
+            beats = _history(seen, host_id, name, status, history[1]) if i < history[0] else []
+            beats = beats or [
+                {"host_id": host_id, "received_at_ns": seen, "sequence": 1000 + i % 50, "sent_at_ns": seen,
+                 "healthy": healthy, "document": heartbeat_document(name, healthy, seen, 1000 + i % 50)}
+            ]  # fmt: skip
             status_rows.append(
-                {"host_id": host_id, "received_at_ns": seen, "sequence": 1000 + i % 50, "healthy": healthy,
-                 "agent_version": "0.9.2" if i % 10 else "0.9.1",
-                 "document": heartbeat_document(name, healthy, seen, 1000 + i % 50)}
+                {"host_id": host_id, "received_at_ns": seen, "sequence": beats[-1]["sequence"],
+                 "healthy": healthy, "agent_version": "0.9.2" if i % 10 else "0.9.1"}
             )  # fmt: skip
+            beat_rows += beats
         if per_host and status != "never":
             at = now_ns - (i % 48) * 1800 * 10**9  # spread over the last 24 h
             batch_rows.append(
@@ -191,23 +203,33 @@ def _chunk(
     conn.execute(sa.insert(Host), host_rows)
     if status_rows:
         conn.execute(sa.insert(HostStatus), status_rows)
+        conn.execute(sa.insert(HeartbeatRecord), beat_rows)
     if batch_rows:
         conn.execute(sa.insert(FindingBatch), batch_rows)
         conn.execute(sa.insert(Finding), finding_rows)
 
 
-def _history(conn: sa.Connection, now_ns: int, host_id: str, name: str, status: str, count: int) -> None:
-    if status == "never" or not count:
-        return
-    rows = []
+def _history(last_ns: int, host_id: str, name: str, status: str, count: int) -> list[dict[str, Any]]:
+    """`count` heartbeats 30 s apart, oldest first, the last (the latest) at `last_ns`."""
+    rows: list[dict[str, Any]] = []
     for k in range(count):
-        at = now_ns - (count - k) * 30 * 10**9
+        at = last_ns - (count - 1 - k) * 30 * 10**9
         healthy = status != "degraded" or k < count - 6  # degraded for its last few heartbeats
         rows.append(
             {"host_id": host_id, "received_at_ns": at, "sequence": k + 1, "sent_at_ns": at,
              "healthy": healthy, "document": heartbeat_document(name, healthy, at, k + 1)}
         )  # fmt: skip
-    conn.execute(sa.insert(HeartbeatRecord), rows)
+    return rows
+
+
+def set_latest_document(conn: sa.Connection, host_id: str, document: str) -> None:
+    """Replace the document of the host's latest heartbeat (its newest `heartbeats` row)."""
+    newest = sa.select(sa.func.max(HeartbeatRecord.id)).where(HeartbeatRecord.host_id == host_id)
+    conn.execute(
+        sa.update(HeartbeatRecord)
+        .where(HeartbeatRecord.id == newest.scalar_subquery())
+        .values(document=document)
+    )
 
 
 ROLLOUT_ENGINE, ROLLOUT_LKG = "ringfence.sigma", "2026.11.28"

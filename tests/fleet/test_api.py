@@ -79,10 +79,12 @@ def test_heartbeat_stored_latest_and_bounded_history(server, tmp_path: Path) -> 
         assert r.status_code == 200, r.text
     status = server.scalar(sa.select(HostStatus).where(HostStatus.host_id == cred.host_id))
     assert status.sequence == 5 and status.healthy is False and status.agent_version == "0.1.0"
-    assert json.loads(status.document)["health"]["problems"] == ["sensor file stopped"]
     with server.sessions() as s:
-        kept = s.scalars(sa.select(HeartbeatRecord.sequence).order_by(HeartbeatRecord.id)).all()
-    assert kept == [3, 4, 5]  # a history of 3: the newest 3 (the latest is in host_status too)
+        kept = s.execute(
+            sa.select(HeartbeatRecord.sequence, HeartbeatRecord.document).order_by(HeartbeatRecord.id)
+        ).all()
+    assert [k.sequence for k in kept] == [3, 4, 5]  # a history of 3: the newest 3, the latest last
+    assert json.loads(kept[-1].document)["health"]["problems"] == ["sensor file stopped"]
 
 
 def test_unsigned_tampered_replayed_and_skewed_requests_refused(server, tmp_path: Path) -> None:

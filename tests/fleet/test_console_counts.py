@@ -1,20 +1,33 @@
 """The console's host counts (overview, the host list's totals per status) and its findings' host filter,
 read by the cheap plans of fleet/_console_data.py, against a plain reading of the same rows: every host
-joined to its latest heartbeat, and every finding tested on its host's id and name. On SQLite and
+joined to its latest heartbeat, and every finding tested on its host's id and name. Migration 0007 (the
+latest heartbeat's document read from `heartbeats`; trigram indexes for the name searches). On SQLite and
 PostgreSQL."""
 
 from __future__ import annotations
 
 import collections
 import re
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import sessionmaker
 
 from ringfence.fleet import _console_data as data
 from ringfence.fleet import _store
-from ringfence.fleet._db import Finding, Host, HostStatus
+from ringfence.fleet._db import (
+    Finding,
+    HeartbeatRecord,
+    Host,
+    HostStatus,
+    make_engine,
+    migrate,
+    open_database,
+)
+from ringfence.fleet._errors import ServerError
 from tests.fleet.console_seed import heartbeat_document, name_for, seed
 from tests.fleet.helpers import Server
 from tests.fleet.test_console import _login
@@ -160,3 +173,157 @@ def test_findings_host_filter_keeps_the_other_filters(
 def viewer(server: Server) -> Server:
     assert _login(server.client, "victor") == 303
     return server
+
+
+# -- migration 0007: the document out of host_status; trigram name searches on PostgreSQL ------------------
+
+
+def _database_at_0006(tmp_path: Path, db_url: str) -> str:
+    """A database migrated to 0006 (the document still in `host_status`); its URL."""
+    url = db_url or f"sqlite:///{tmp_path}/fleet.db"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        migrate(conn, "0006")
+    engine.dispose()
+    return url
+
+
+def _write_at_0006(url: str, now_ns: int) -> dict[str, str]:
+    """Hosts as a server before 0007 left them: `a` with its latest heartbeat also its newest history row,
+    `b` with no history (`--heartbeat-history 0`), `c` whose history is behind its status, `d` never seen,
+    `e` whose latest document cannot be read. Host name -> id."""
+    ids = {name: f"00000000-0000-0000-0000-00000000000{i}" for i, name in enumerate("abcde")}
+    engine = make_engine(url)
+    hosts = [{"id": i, "name": n, "public_key": "A" * 44, "enrolled_at_ns": now_ns} for n, i in ids.items()]
+    history = [("a", 1), ("a", 2), ("c", 1)]
+    status = {"a": 2, "b": 7, "c": 2, "e": 3}
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO hosts (id, name, public_key, enrolled_at_ns) "
+                    "VALUES (:id, :name, :public_key, :enrolled_at_ns)"), hosts,
+        )  # fmt: skip
+        for name, seq in history:
+            conn.execute(
+                sa.text("INSERT INTO heartbeats (host_id, received_at_ns, sequence, sent_at_ns, healthy, "
+                        "document) VALUES (:h, :at, :seq, :at, true, :doc)"),
+                {"h": ids[name], "at": now_ns + seq * SECOND, "seq": seq,
+                 "doc": heartbeat_document(name, True, now_ns + seq * SECOND, seq)},
+            )  # fmt: skip
+        for name, seq in status.items():
+            doc = '{"schema_version": 99}' if name == "e" else heartbeat_document(name, False, now_ns, seq)
+            conn.execute(
+                sa.text("INSERT INTO host_status (host_id, received_at_ns, sequence, healthy, agent_version, "
+                        "document) VALUES (:h, :at, :seq, false, '0.9.2', :doc)"),
+                {"h": ids[name], "at": now_ns + seq * SECOND, "seq": seq, "doc": doc},
+            )  # fmt: skip
+    engine.dispose()
+    return ids
+
+
+def test_migration_0007_keeps_each_hosts_latest_heartbeat_for_host_detail(
+    tmp_path: Path, db_url: str
+) -> None:
+    url = _database_at_0006(tmp_path, db_url)
+    now = 1_800_000_000 * SECOND
+    ids = _write_at_0006(url, now)
+    engine = open_database(url)  # upgrades to the newest revision
+    try:
+        sessions = sessionmaker(engine)
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("host_status")}
+        assert "document" not in columns and "healthy" in columns
+        for name, seq in (("a", 2), ("b", 7), ("c", 2)):
+            detail = data.host_detail(sessions, now, ids[name])
+            assert detail is not None and detail.heartbeat is not None, name
+            assert detail.heartbeat.sequence == seq and detail.heartbeat.health.host == name, name
+        e = data.host_detail(sessions, now, ids["e"])
+        assert e is not None and e.heartbeat is None and "schema version 99" in e.unreadable
+        d = data.host_detail(sessions, now, ids["d"])
+        assert d is not None and d.heartbeat is None and d.unreadable == "" and d.history == []
+        with sessions() as s:
+            rows = s.execute(sa.select(HeartbeatRecord.host_id, HeartbeatRecord.sent_at_ns)).all()
+        per_host = collections.Counter(r.host_id for r in rows)
+        assert per_host == {ids["a"]: 2, ids["b"]: 1, ids["c"]: 2, ids["e"]: 1}, "copied only where missing"
+        sent = {r.host_id: r.sent_at_ns for r in rows}
+        assert sent[ids["b"]] == now and sent[ids["e"]] == now + 3 * SECOND, "the document's, else received"
+    finally:
+        engine.dispose()
+
+
+def test_migration_0007_fails_whole_and_names_pg_trgm_when_it_cannot_create_it(postgres_server: str) -> None:
+    """A role that may create tables but not extensions: the upgrade fails, says what to do, and leaves
+    nothing behind (every revision runs in one transaction)."""
+    role, db = f"rf_weak_{uuid.uuid4().hex[:8]}", f"rf_weak_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres")
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(sa.text(f"CREATE DATABASE {db}"))
+    owner = sa.create_engine(postgres_server.replace("postgresql://", "postgresql+psycopg://") + f"/{db}")
+    with owner.begin() as conn:
+        conn.execute(sa.text(f"ALTER SCHEMA public OWNER TO {role}"))
+    weak_url = postgres_server.replace("postgres@", f"{role}@") + f"/{db}"
+    with pytest.raises(ServerError, match=r"pg_trgm.*CREATE EXTENSION pg_trgm.*nothing was changed"):
+        open_database(weak_url)
+    assert sa.inspect(owner).get_table_names() == [], "no revision half-applied"
+    owner.dispose()
+    admin.dispose()
+
+
+def _names(server: Server, now_ns: int, *names: str) -> dict[str, str]:
+    """Hosts with these names (no heartbeat), written straight in; name -> id."""
+    ids = {n: str(uuid.uuid4()) for n in names}
+    with server.sessions.begin() as s:
+        s.execute(
+            sa.insert(Host),
+            [{"id": i, "name": n, "public_key": "A" * 44, "enrolled_at_ns": now_ns} for n, i in ids.items()],
+        )
+    return ids
+
+
+def test_name_search_ignores_case_and_takes_percent_and_underscore_literally(viewer: Server) -> None:
+    now = viewer.clock.now_ns
+    ids = _names(viewer, now, "Web_EU-01", "webXeu-02", "DB%Prod", "dbxprod", "Ärger-01", "plain")
+
+    def found(q: str) -> set[str]:
+        page = data.host_page(viewer.sessions, now, data.HostFilter(q=q))
+        assert page.total == len(page.hosts), q
+        return {h.name for h in page.hosts}
+
+    assert found("web_eu") == {"Web_EU-01"}, "_ is an underscore, not any character"
+    assert found("WEB") == {"Web_EU-01", "webXeu-02"}
+    assert found("%") == {"DB%Prod"} and found("b%p") == {"DB%Prod"}, "% is a percent sign"
+    assert found("DBXPROD") == {"dbxprod"}
+    assert found("U-0") == {"Web_EU-01", "webXeu-02"}, "letters no id holds (ids are hex)"
+    assert found("ä") == ({"Ärger-01"} if viewer.engine.dialect.name == "postgresql" else set()), (
+        "PostgreSQL folds every letter; SQLite's LIKE ASCII letters only"
+    )
+    assert found(ids["plain"][-12:].upper()) == {"plain"}, "a part of the id"
+    assert found("\\") == set() and found("nobody") == set()
+    rows = data.finding_page(viewer.sessions, data.FindingFilter(host="web_eu")).findings
+    assert rows == []  # no findings, but the query ran with the same expression
+
+
+def _plan(s: Any, query: sa.Select[Any]) -> str:
+    s.execute(sa.text("SET LOCAL enable_seqscan = off"))  # a small table: the planner would rather scan
+    compiled = query.compile(dialect=s.get_bind().dialect)
+    return "\n".join(r[0] for r in s.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params))
+
+
+def test_postgresql_name_searches_use_the_trigram_indexes(viewer: Server) -> None:
+    """The query's expressions are the indexes' exactly (`lower(name)`, `id`): otherwise each search
+    scans every name again, which no timing-free test would see but this plan."""
+    if viewer.engine.dialect.name != "postgresql":
+        pytest.skip("the trigram indexes are PostgreSQL's (SQLite scans its names: bench/RESULTS.md)")
+    seed(viewer.engine, viewer.clock.now_ns, hosts=3000, findings_per_host=0, history_hosts=0)
+    _names(viewer, viewer.clock.now_ns, "Zqxjkv-Wyvern")  # rare trigrams: the index is worth reading
+    with viewer.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # as autovacuum does after many inserts: a GIN index's new entries wait in its pending list, and
+        # the planner prices the index by its pages until a VACUUM has moved them into the tree
+        conn.exec_driver_sql("VACUUM ANALYZE hosts")
+    with viewer.sessions() as s:
+        plan = _plan(s, data._host_ids(s, viewer.clock.now_ns, data.HostFilter(q="QXJKV-WY")))
+        assert "ix_hosts_name_lower_trgm" in plan and "ix_hosts_id_trgm" in plan, plan
+    with viewer.sessions() as s:  # the findings' host filter finds its hosts with the same expression
+        named = sa.select(Host.id).where(sa.or_(Host.id == "zqxjkv", data._contains(s, Host.name, "zqxJKV")))
+        assert "ix_hosts_name_lower_trgm" in _plan(s, named)
+    page = data.host_page(viewer.sessions, viewer.clock.now_ns, data.HostFilter(q="QXJKV-WY"))
+    assert [h.name for h in page.hosts] == ["Zqxjkv-Wyvern"]

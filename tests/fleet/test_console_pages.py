@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from ringfence.fleet._db import Finding, Host, HostStatus
-from tests.fleet.console_seed import heartbeat_document, name_for, seed
+from tests.fleet.console_seed import heartbeat_document, name_for, seed, set_latest_document
 from tests.fleet.helpers import Server
 from tests.fleet.test_console import _login
 
@@ -187,7 +187,9 @@ def test_host_detail_shows_the_latest_heartbeat_its_history_and_findings(viewer:
     degraded = next(h for h, st in fleet.statuses.items() if st == "healthy")
     with viewer.sessions.begin() as s:  # make one host degraded in its latest heartbeat
         st = s.get(HostStatus, degraded)
-        st.healthy, st.document = False, heartbeat_document("web-eu-00000", False, st.received_at_ns, 30)
+        st.healthy = False
+        doc = heartbeat_document("web-eu-00000", False, st.received_at_ns, 30)
+        set_latest_document(s.connection(), degraded, doc)
     page = viewer.client.get(f"/hosts/{degraded}").text
     assert '<span class="degraded">degraded</span>' in page
     assert "stage output events dropped 412 events" in page, "the problem"
@@ -212,7 +214,7 @@ def test_host_detail_shows_the_latest_heartbeat_its_history_and_findings(viewer:
 def test_host_detail_survives_an_unreadable_heartbeat(viewer: Server) -> None:
     fleet = seed(viewer.engine, viewer.clock.now_ns, hosts=1, findings_per_host=0, history_hosts=0)
     with viewer.sessions.begin() as s:
-        s.execute(sa.update(HostStatus).values(document='{"schema_version": 99}'))
+        set_latest_document(s.connection(), fleet.host_ids[0], '{"schema_version": 99}')
     page = viewer.client.get(f"/hosts/{fleet.host_ids[0]}")
     assert (
         page.status_code == 200

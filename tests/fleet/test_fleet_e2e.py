@@ -114,7 +114,9 @@ def test_enrolled_agent_reports_and_spools_through_a_server_restart(
     agent = procs.start("run", "--config", str(config))
     assert eventually(lambda: count("host_status") == 1, 60), "no heartbeat stored"
     with db.connect() as conn:
-        doc = json.loads(conn.execute(sa.text("SELECT document FROM host_status")).scalar_one())
+        doc = json.loads(
+            conn.execute(sa.text("SELECT document FROM heartbeats ORDER BY id DESC LIMIT 1")).scalar_one()
+        )
     assert doc["schema_version"] == 1 and doc["health"]["state_dir"] == str(state)
     assert doc["health"]["fleet"]["host_id"] == host_id
     raise_finding()

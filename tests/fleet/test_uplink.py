@@ -16,7 +16,7 @@ from ringfence.agent._health import drop_totals, problems_of
 from ringfence.events import AuthStatistics, BrokerStatistics, Heartbeat
 from ringfence.fleet import FindingsSpool, Uplink, UplinkConfig, _store
 from ringfence.fleet._client import credential_path
-from ringfence.fleet._db import Finding, HostStatus
+from ringfence.fleet._db import Finding, HeartbeatRecord, HostStatus
 from ringfence.outputs._jsonl import RotatingFile
 from tests.fleet.helpers import NOW_NS, URL, Server, finding, health, make_server
 
@@ -250,7 +250,7 @@ def test_heartbeat_body_is_the_agents_typed_record(server: Server, tmp_path: Pat
     state = tmp_path / "agent"
     cred = server.enroll(state)
     _uplink(server, state, Link(server), Mono()).step()
-    doc = server.scalar(sa.select(HostStatus.document).where(HostStatus.host_id == cred.host_id))
+    doc = server.scalar(sa.select(HeartbeatRecord.document).where(HeartbeatRecord.host_id == cred.host_id))
     beat = msgspec.json.decode(doc, type=Heartbeat)
     assert beat.schema_version == 1 and beat.health.host == "web-1"
 

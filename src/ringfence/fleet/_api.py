@@ -58,7 +58,7 @@ STORED_INTEGERS = ("sequence", "sent_at_ns")  # of a Heartbeat: columns of their
 @dataclass(frozen=True)
 class ServerSettings:
     engine: Engine
-    heartbeat_history: int = 100  # recent heartbeats kept per host (the latest is also in host_status)
+    heartbeat_history: int = 100  # recent heartbeats kept per host (at least 1: the latest document)
     max_heartbeat_bytes: int = 1 << 20
     max_findings_bytes: int = 8 << 20
     max_findings_per_batch: int = 1000

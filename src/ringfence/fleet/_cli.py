@@ -44,7 +44,7 @@ def add_parsers(sub: Commands) -> None:
         "--heartbeat-history",
         type=int,
         default=100,
-        help="recent heartbeats kept per host (default 100; the latest is kept apart too)",
+        help="recent heartbeats kept per host (default 100; at least the latest is always kept)",
     )
     server.add_argument(
         "--workers",

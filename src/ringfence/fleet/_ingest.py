@@ -165,11 +165,11 @@ def store_beats(conn: sa.Connection, beats: Sequence[Beat], *, history: int) -> 
         ],
     )  # fmt: skip
     latest = {b.host_id: b for b in beats}
-    _trim(conn, sorted(latest), history)
+    _trim(conn, sorted(latest), max(history, 1))  # the newest row is the latest document (host detail)
     status = [
         {
             "host_id": hid, "received_at_ns": b.received_at_ns, "sequence": b.beat.sequence,
-            "healthy": b.beat.health.healthy, "agent_version": b.beat.health.version, "document": b.document,
+            "healthy": b.beat.health.healthy, "agent_version": b.beat.health.version,
         }
         for hid, b in sorted(latest.items())
     ]  # fmt: skip
