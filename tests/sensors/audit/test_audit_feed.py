@@ -26,6 +26,7 @@ from ringfence.events import (
     Event,
 )
 from ringfence.sensors.audit import DEFAULT_BASELINE, AuditFeed, Baseline, SyscallGroup, Watch
+from ringfence.sensors.audit._baseline import PERM_ATTR, PERM_EXEC, PERM_READ, PERM_WRITE
 from ringfence.sensors.audit._client import AuditClient
 from ringfence.sensors.audit._rules import keyed_rules
 
@@ -320,3 +321,93 @@ def test_the_sensors_own_rule_changes_are_not_published_but_an_intruders_are(
     run.sensor.stop()  # the processor has handed over everything it will
     changes = [f for e in list(run.events.queue) for f in records_of(e, "CONFIG_CHANGE")]
     assert [f for f in changes if f.get("key", "").startswith(key)] == []
+
+
+# Every way a child writes, changes or reads under the watches: each op by its own syscall, openat2 too
+# (the opens are classified apart from the kernel's syscall classes, by their flags). Not utimensat: no
+# perm watch sees it, with every syscall in its mask either (measured); the file sensor reports it.
+WRITE_PATHS = """
+import ctypes, os, struct, sys
+d, secret = sys.argv[1], sys.argv[2]
+f = os.path.join(d, "f")
+def openat2(path, flags):
+    how = struct.pack("=QQQ", flags, 0, 0)
+    fd = ctypes.CDLL(None, use_errno=True).syscall(437, -100, path.encode(), how, len(how))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "openat2")
+    os.close(fd)
+os.close(os.open(f, os.O_WRONLY | os.O_APPEND))
+openat2(f, os.O_WRONLY)
+os.truncate(f, 0)
+os.chmod(f, 0o600)
+os.chown(f, 1, 1)
+os.setxattr(f, "user.rf", b"1")
+os.link(f, os.path.join(d, "hard"))
+os.symlink("f", os.path.join(d, "soft"))
+os.mkdir(os.path.join(d, "sub"))
+os.mkfifo(os.path.join(d, "fifo"))
+os.rename(os.path.join(d, "hard"), os.path.join(d, "moved"))
+os.unlink(os.path.join(d, "moved"))
+os.close(os.open(secret, os.O_RDONLY))
+openat2(secret, os.O_RDONLY)
+"""
+EXPECTED = {  # op: the syscall names it may be made of
+    "open for writing": {"open", "openat"},
+    "openat2": {"openat2"},
+    "truncate": {"truncate"},
+    "chmod": {"chmod", "fchmodat", "fchmodat2"},
+    "chown": {"chown", "fchownat", "lchown"},
+    "setxattr": {"setxattr"},
+    "link": {"link", "linkat"},
+    "symlink": {"symlink", "symlinkat"},
+    "mkdir": {"mkdir", "mkdirat"},
+    "mkfifo": {"mknod", "mknodat"},
+    "rename": {"rename", "renameat", "renameat2"},
+    "unlink": {"unlink", "unlinkat"},
+}
+
+
+def test_a_watch_sees_every_write_path_and_every_read_though_it_is_not_on_every_syscall(
+    make_sensor: Callable[..., Running], key: str, tmpfs: Path
+) -> None:
+    """The watches' syscall masks name only what their permissions can match (not every syscall, which
+    cost every process on the machine): each way to write, change or read a watched file must still be
+    recorded, by its own syscall."""
+    watched, secret = tmpfs / "watched", tmpfs / "secret"
+    watched.mkdir()
+    (watched / "f").write_text("x")
+    secret.write_text("hash")
+    baseline = Baseline(watches=(Watch("cron", (str(watched),)), Watch("creds", (str(secret),), perms="r")))
+    run = start(make_sensor, baseline)
+    subprocess.run([sys.executable, "-c", WRITE_PATHS, str(watched), str(secret)], check=True, timeout=60)
+    seen: dict[str, set[str]] = {f"{key}:cron": set(), f"{key}:creds": set()}
+
+    def record(event: Event) -> bool:
+        for f in records_of(event, "SYSCALL"):
+            if f.get("key") in seen:
+                seen[f["key"]].add(f["SYSCALL"])
+        writes = all(seen[f"{key}:cron"] & names for names in EXPECTED.values())
+        return writes and {"openat", "openat2"} <= seen[f"{key}:creds"]
+
+    try:
+        run.wait_event(record, "a record of every write path and of both reads")
+    except BaseException:
+        missing = [op for op, names in EXPECTED.items() if not seen[f"{key}:cron"] & names]
+        pytest.fail(f"not recorded: {missing}; seen {seen}")
+    assert {"openat", "openat2"} <= seen[f"{key}:creds"]
+
+
+def test_a_watch_names_the_syscalls_its_permissions_can_match() -> None:
+    """Not all 2,048 bits: the read, write and attribute classes as the kernel's class bits, the opens,
+    execve and i386 socketcall (bind) by number."""
+    from ringfence.sensors.audit._baseline import perm_syscalls
+
+    wa = perm_syscalls(PERM_WRITE | PERM_ATTR)
+    assert {2047 - 6, 2047 - 7, 2047 - 2, 2047 - 3} <= set(wa)  # write and chattr, both ABIs
+    assert {2, 257, 437, 5, 295, 102} <= set(wa)  # open, openat, openat2 (x86_64, i386), socketcall
+    assert 0 not in wa and 1 not in wa  # read(2) and write(2) of x86_64: not a watch's business
+    assert 59 not in wa  # execve only for x
+    assert {59, 322, 11, 358} <= set(perm_syscalls(PERM_EXEC))
+    r = perm_syscalls(PERM_READ)
+    assert {2047 - 4, 2047 - 5, 2, 257, 437} <= set(r) and 102 not in r
+    assert len(wa) < 20

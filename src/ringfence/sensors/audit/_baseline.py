@@ -19,7 +19,20 @@ from ringfence.sensors.audit._names import SYSCALLS_I386, SYSCALLS_X86_64
 
 PERM_EXEC, PERM_WRITE, PERM_READ, PERM_ATTR = 1, 2, 4, 8
 _PERMS = {"x": PERM_EXEC, "w": PERM_WRITE, "r": PERM_READ, "a": PERM_ATTR}
-_ALL_SYSCALLS = range(nl.AUDIT_BITMASK_SIZE * 32)  # a watch applies to every syscall, as auditctl -w
+# A watch's syscalls: those its `perm` field can match, never all of them (as `auditctl -w` asks). The
+# kernel checks a rule's syscall mask before its fields, so a watch with every bit set is evaluated on
+# every syscall of every process: every baseline watch on made `dd bs=512` 2.72x slower than no agent,
+# against 1.78x with this mask (bench/RESULTS.md). The mask is what the kernel's perm check
+# (audit_match_perm) reads: a bit near the top of the mask stands for a class of syscalls
+# (AUDIT_CLASS_*; the kernel expands it into the same tables the check consults, both ABIs), and the
+# syscalls it classifies apart by their flags (the opens, execve, i386 socketcall for bind) are named.
+_CLASS_BIT = nl.AUDIT_BITMASK_SIZE * 32 - 1  # class N is bit _CLASS_BIT - N
+_CLASSES = {PERM_WRITE: (6, 7), PERM_READ: (4, 5), PERM_ATTR: (2, 3)}  # native and 32-bit
+_APART = {
+    PERM_READ: ("open", "openat", "openat2"),
+    PERM_WRITE: ("open", "openat", "openat2", "socketcall"),
+    PERM_EXEC: ("execve", "execveat"),
+}
 SYSCALLS_BY_ARCH = {nl.AUDIT_ARCH_X86_64: SYSCALLS_X86_64, nl.AUDIT_ARCH_I386: SYSCALLS_I386}
 
 
@@ -148,10 +161,11 @@ DEFAULT_OFF: tuple[str, ...] = (
     "audit-config",
 )  # fmt: skip
 """The categories left out unless the operator asks for them (`sensors.audit_baseline_off = []`): the
-write watches, for SigmaHQ's auditd PATH rules. A watch is checked on every syscall of every process, and
-these 24-odd directory trees made a syscall-bound loop (dd bs=512) 1.8x slower on this machine, where the
-syscall rules and the three file watches of `credentials-read` cost nothing measurable. The default pack
-reads those writes from the file sensor (fanotify) instead."""
+write watches, for SigmaHQ's auditd PATH rules. A watch is checked on every syscall its mask names (the
+classes its permissions can match, see _CLASS_BIT), and these 24-odd directory trees still make a
+syscall-bound loop (dd bs=512) 1.78x slower than nothing against 1.33x for the defaults (2.72x when
+their masks named every syscall; bench/RESULTS.md). The default pack reads those writes from the file
+sensor (fanotify) instead."""
 
 
 def rule_key(key: str, category: str) -> str:
@@ -185,7 +199,17 @@ def watch_rule(path: str, perms: str, key: str, exclude_pid: int | None) -> byte
     if exclude_pid is not None:
         fields.append(nl.RuleField(nl.AUDIT_PID, nl.AUDIT_NOT_EQUAL, exclude_pid))
     fields.append(nl.RuleField(nl.AUDIT_FILTERKEY, nl.AUDIT_EQUAL, text=key))
-    return nl.pack_rule(nl.AUDIT_FILTER_EXIT, nl.AUDIT_ALWAYS, _ALL_SYSCALLS, fields)
+    return nl.pack_rule(nl.AUDIT_FILTER_EXIT, nl.AUDIT_ALWAYS, perm_syscalls(_perm_bits(perms)), fields)
+
+
+def perm_syscalls(perm: int) -> list[int]:
+    """The syscall mask bits of a watch with these `perm` bits (see _CLASS_BIT). No arch field: a bit
+    stands for that number in either ABI, and the perm check refuses the other ABI's syscall."""
+    bits = {_CLASS_BIT - c for p, classes in _CLASSES.items() if perm & p for c in classes}
+    names = {name for p, apart in _APART.items() if perm & p for name in apart}
+    for table in SYSCALLS_BY_ARCH.values():
+        bits |= {nr for nr, name in table.items() if name in names}
+    return sorted(bits)
 
 
 def _perm_bits(perms: str) -> int:
