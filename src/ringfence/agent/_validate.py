@@ -289,15 +289,16 @@ def _tail(err: bytes, lines: int = 12) -> str:
 
 class _Budget:
     """The child's time budgets as its messages arrive: the load budget until events flow, then each
-    event's deadline of CPU (read every _CHECK_S), wall time for a child that does not run at all, and
-    the fuzz stage's budget as a whole."""
+    event's deadline of CPU (read every _CHECK_S of silence, so it may run up to that much late), wall
+    time for a child that does not run at all, and the fuzz stage's budget as a whole."""
 
     def __init__(self, pid: int, options: ValidateOptions, fuzz_s: float) -> None:
         self.pid, self.options, self.fuzz_s = pid, options, fuzz_s
         self.stage: str | None = "static"
         self.progressed = False  # an event has started in this stage: from then on, each has its deadline
         self.started = self.last = time.monotonic()
-        self.last_cpu = 0.0  # the child's CPU when its last event finished
+        self.last_cpu = 0.0  # the child's CPU at the first check after its last message
+        self.heard_since_check = True  # /proc is read at the checks only, never per message
 
     @property
     def per_event(self) -> bool:
@@ -308,7 +309,7 @@ class _Budget:
             self.stage, self.progressed = message.stage, False
             self.started = time.monotonic()
         self.progressed |= isinstance(message, Progress)
-        self.last, self.last_cpu = time.monotonic(), _cpu_s(self.pid)
+        self.last, self.heard_since_check = time.monotonic(), True
 
     def _deadline(self) -> tuple[float, str]:
         o = self.options
@@ -332,7 +333,12 @@ class _Budget:
         o = self.options
         deadline, bound = self._deadline()
         if time.monotonic() < deadline:
-            if not self.per_event or _cpu_s(self.pid) - self.last_cpu <= o.event_deadline_s:
+            if not self.per_event:
+                return None
+            cpu = _cpu_s(self.pid)
+            if self.heard_since_check:  # the event now running started at most _CHECK_S ago
+                self.last_cpu, self.heard_since_check = cpu, False
+            if cpu - self.last_cpu <= o.event_deadline_s:
                 return None
             return (
                 f"an event used over {o.event_deadline_s:g} s of CPU (the per-event deadline): a loop "
