@@ -371,6 +371,8 @@ class _Runner:
                     self._guarded("tick_errors", lambda _: self.ext.on_tick(), None)
                     next_tick = time.monotonic() + self.stats_interval_s
                 if self.inbox.stop_reason is not None:
+                    stopped.set()
+                    reporter.join(1)  # its last report goes before the final one, never after
                     return self._stop()
         finally:
             stopped.set()
