@@ -120,6 +120,21 @@ class ProcReader:
             cgroup=cgroup,
         )
 
+    def read_kept_by_exec(self, pid: int) -> ProcessRef | None:
+        """What an exec keeps and audit does not report: the start time and the cgroup (two reads where
+        `read` makes six). None when the process is gone."""
+        stat = read_proc_stat(pid, self._proc)
+        if stat is None:
+            return None
+        cgroup = pick_cgroup(_read_text(f"{self._proc}/{pid}/cgroup") or "")
+        return ProcessRef(
+            pid=pid,
+            ppid=stat.ppid,
+            start_time_ns=start_time_from_ticks(stat.start_ticks),
+            container_id=parse_container_id(cgroup) if cgroup else None,
+            cgroup=cgroup,
+        )
+
     def cmdline(self, pid: int) -> tuple[str, ...]:
         try:
             with open(f"{self._proc}/{pid}/cmdline", "rb") as f:
@@ -284,9 +299,13 @@ class ProcessTable:
             return ref
 
     def apply_exec(self, pid: int, image: ExecImage) -> ProcessRef:
-        """Record an exec seen by audit. An unknown pid is read from /proc first for what exec keeps
-        (start time, cgroup); then the audit fields replace the image, cwd, ids and parent."""
-        base = self.get(pid) or self._reader.read(pid) or ProcessRef(pid=pid)
+        """Record an exec seen by audit. An unknown pid (audit came before the connector's fork) is read
+        from /proc first for what exec keeps (start time, cgroup; the cwd too when audit has none); then
+        the audit fields replace the image, cwd, ids and parent."""
+        base = self.get(pid)
+        if base is None:
+            read = self._reader.read if image.cwd is None else self._reader.read_kept_by_exec
+            base = read(pid) or ProcessRef(pid=pid)
         ref = msgspec.structs.replace(
             base,
             ppid=image.ppid,

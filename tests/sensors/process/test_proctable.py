@@ -181,6 +181,48 @@ def test_audit_exec_replaces_image_keeps_cgroup(tmp_path: Path) -> None:
     assert (ref.exe, ref.cmdline, ref.cwd, ref.container_id) == ("/usr/bin/id", ("id", "-u"), "/tmp", ID)
 
 
+@pytest.mark.parametrize("audit_cwd", ["/from-audit", None])
+def test_audit_exec_before_the_fork_event_reads_what_exec_keeps(
+    tmp_path: Path, audit_cwd: str | None
+) -> None:
+    """Audit can report an exec before the connector's fork reaches the table: the start time and cgroup
+    come from /proc (exec keeps them), the image from audit, and the cwd from /proc only when audit has
+    none."""
+    child = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
+    try:
+        table = ProcessTable()
+        assert table.get(child.pid) is None
+        image = ExecImage(ppid=os.getpid(), exe="/audit/exe", cmdline=("a", "b"), cwd=audit_cwd, uid=0, gid=0)
+        ref = table.apply_exec(child.pid, image)
+        seen = ProcReader().read(child.pid)
+        assert seen is not None and seen.start_time_ns is not None
+        assert (ref.start_time_ns, ref.cgroup, ref.container_id) == (
+            seen.start_time_ns,
+            seen.cgroup,
+            seen.container_id,
+        )
+        assert (ref.exe, ref.cmdline, ref.ppid) == ("/audit/exe", ("a", "b"), os.getpid())
+        assert ref.cwd == (audit_cwd or str(tmp_path))
+        assert table.get(child.pid) == ref
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_audit_exec_of_a_process_already_gone_keeps_what_audit_saw(tmp_path: Path) -> None:
+    table = _offline_table(tmp_path, FakeClock())  # an empty /proc: the process is gone
+    image = ExecImage(ppid=1, exe="/usr/bin/id", cmdline=("id",), cwd="/", uid=5, gid=6)
+    ref = table.apply_exec(80, image)
+    assert (ref.pid, ref.exe, ref.cwd, ref.uid, ref.start_time_ns, ref.cgroup) == (
+        80,
+        "/usr/bin/id",
+        "/",
+        5,
+        None,
+        None,
+    )
+
+
 def test_late_fork_event_keeps_image_audit_already_recorded(tmp_path: Path) -> None:
     table = _offline_table(tmp_path, FakeClock())
     table.put(ProcessRef(pid=70, exe="/bin/bash", cmdline=("bash",)))
