@@ -15,6 +15,13 @@ import msgspec
 from ringfence.events import AuthAnswer, AuthRequest, Event, ProcessRef
 from ringfence.events import SensorStatistics as SensorStatistics  # noqa: PLC0414 - re-exported to the sensors
 
+READ_LINGER_S = 0.005
+"""How long a sensor thread that reads a kernel socket (audit, the process connector) waits, once woken,
+before it drains the socket: what arrives meanwhile costs no wake-up of its own. One exec brings eight
+audit records and three connector messages, each a datagram, and the wake-ups (two threads, a queue, the
+interpreter lock) cost more than the decoding (bench/RESULTS.md). It delays these events by as much; no
+AUTH answer waits on them, and the sockets' buffers hold many times what 5 ms brings."""
+
 EventSink = Callable[[Event], None]
 """Takes one event. Never blocks (the broker's `publish`)."""
 

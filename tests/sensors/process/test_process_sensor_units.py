@@ -21,6 +21,7 @@ from ringfence.sensors.process._connector import (
     Exit,
     Fork,
     IdChange,
+    ProcConnector,
     _control_message,
     kernel_filters,
     parse,
@@ -183,3 +184,29 @@ def test_a_filtered_listen_is_the_kernels_struct_proc_input() -> None:
     assert struct.unpack_from("=H", plain, 16 + 16)[0] == 4  # cn_msg.len
     assert struct.unpack_from("=H", filtered, 16 + 16)[0] == 8
     assert struct.unpack_from("=II", filtered, 16 + 20) == (PROC_CN_MCAST_LISTEN, USED_KINDS)
+
+
+class _QueuedSocket:
+    """A socket with `n` datagrams queued (junk: each counts as undecodable)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def recv(self, _size: int, _flags: int) -> bytes:
+        if not self.left:
+            raise BlockingIOError
+        self.left -= 1
+        return b"junk"
+
+
+def test_a_read_stopped_by_its_bound_says_datagrams_are_left() -> None:
+    """The sensor lingers before a drain only when the last one emptied the socket: a backlog is read at
+    once, so lingering never slows a burst the bound split."""
+    conn = ProcConnector()
+    sock = _QueuedSocket(300)
+    conn._sock = sock  # type: ignore[assignment]
+    conn.read()
+    assert (conn.backlog, sock.left, conn.undecodable) == (True, 300 - 256, 256)
+    conn.read()
+    assert (conn.backlog, sock.left, conn.undecodable) == (False, 0, 300)
+    conn._sock = None

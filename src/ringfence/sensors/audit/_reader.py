@@ -4,7 +4,10 @@ When we are the audit daemon, a slow reader stalls kauditd and then every audite
 machine (KERNEL-FACTS.md). So this thread never parses, never resolves, never takes a lock held by
 anyone else: it copies datagrams into a queue that drops the newest (counted) when full. Datagrams go
 in batches (all that one wake-up reads, up to BATCH): one exec makes eight records, and a queue hand-off
-per record cost more CPU than decoding them.
+per record cost more CPU than decoding them. The queue is a `queue.SimpleQueue` (its put and get are C,
+where `queue.Queue`'s are Python code around a Condition: about half of this thread's interpreter time,
+bench/RESULTS.md), bounded here by its length. Once woken it lingers `READ_LINGER_S` before it drains, so
+that a burst of records is one wake-up here and one in the processor.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import queue
 import select
 import socket
 import threading
+import time
+
+from ringfence.sensors._base import READ_LINGER_S
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +32,11 @@ BATCH = 64  # datagrams per queue item at most
 class DatagramReader:
     """Reads `sock` on its own thread until `stop()`. Counters are written by that thread only."""
 
-    def __init__(self, sock: socket.socket, out: queue.Queue[list[bytes]]) -> None:
+    def __init__(self, sock: socket.socket, out: queue.SimpleQueue[list[bytes]], capacity: int) -> None:
+        """`capacity`: the batches `out` may hold; a batch past it is dropped (the newest)."""
         self._sock = sock
         self._out = out
+        self._capacity = capacity
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="ringfence-audit-reader", daemon=True)
         self.received = 0
@@ -44,10 +52,10 @@ class DatagramReader:
 
     def offer_batch(self, datagrams: list[bytes]) -> None:
         self.received += len(datagrams)
-        try:
-            self._out.put_nowait(datagrams)
-        except queue.Full:
+        if self._out.qsize() >= self._capacity:  # one consumer only takes: the bound holds
             self.queue_drops += len(datagrams)
+        else:
+            self._out.put(datagrams)
 
     def stop(self, timeout_s: float = 2.0) -> None:
         if self._thread.is_alive():
@@ -65,6 +73,8 @@ class DatagramReader:
         buf = bytearray(_RECV_BYTES)
         while True:
             ready = {fd for fd, _ in poller.poll()}
+            if self._wake_r not in ready:
+                time.sleep(READ_LINGER_S)
             if self._wake_r in ready or not self._drain(buf):
                 return
 

@@ -225,8 +225,10 @@ class _Running:
             rcvbuf_bytes=self.tuning.rcvbuf_bytes, multicast=mode is Mode.MULTICAST
         )
         # Items are batches of up to BATCH datagrams: the bound stays about queue_datagrams datagrams.
-        self.queue: queue.Queue[list[bytes]] = queue.Queue(max(1, self.tuning.queue_datagrams // BATCH))
-        self.reader = DatagramReader(self.events_socket, self.queue)
+        self.queue: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
+        self.reader = DatagramReader(
+            self.events_socket, self.queue, max(1, self.tuning.queue_datagrams // BATCH)
+        )
         self.daemon = AuditClient(
             self.events_socket, timeout_s=self.tuning.request_timeout_s, records=self.reader.offer
         )

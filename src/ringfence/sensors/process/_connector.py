@@ -221,6 +221,7 @@ class ProcConnector:
 
     def __init__(self, rcvbuf_bytes: int = 8 << 20, kinds: int = PROC_EVENT_ALL) -> None:
         self._rcvbuf_bytes = rcvbuf_bytes
+        self.backlog = False  # the last read() stopped at its bound with datagrams left
         self._kinds = kinds
         self.filtered = False
         self._sock: socket.socket | None = None
@@ -268,9 +269,11 @@ class ProcConnector:
     def read(self) -> list[ProcEvent]:
         """Drain what is queued now, without blocking (up to a bound). ENOBUFS is counted, not raised."""
         events, self._pending = self._pending, []
+        self.backlog = True  # until the socket is found empty
         for _ in range(_DRAIN_MAX):
             data = self._recv()
             if data is None:
+                self.backlog = False
                 break
             parsed = parse(data)
             if parsed is None:

@@ -25,6 +25,7 @@ import logging
 import os
 import select
 import threading
+import time
 
 from ringfence.events import (
     Clock,
@@ -35,7 +36,7 @@ from ringfence.events import (
     SystemClock,
     start_time_from_kernel_ns,
 )
-from ringfence.sensors._base import AuditExec, EventSink, SensorStatistics, SensorUnavailable
+from ringfence.sensors._base import READ_LINGER_S, AuditExec, EventSink, SensorStatistics, SensorUnavailable
 from ringfence.sensors._proctable import ExecImage, ProcessTable
 from ringfence.sensors.process import _connector as cn
 from ringfence.sensors.process._connector import Exec, Exit, Fork, IdChange, ProcConnector, ProcEvent
@@ -190,6 +191,8 @@ class ProcessSensor:
             self._sweep_awaiting_audit()
             if not ready:
                 continue
+            if not self._conn.backlog:
+                time.sleep(READ_LINGER_S)  # what arrives meanwhile comes in this drain
             before = self._conn.overruns
             for event in self._conn.read():
                 self._handle_guarded(event)
