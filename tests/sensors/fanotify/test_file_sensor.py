@@ -14,6 +14,7 @@ import pytest
 from ringfence.events import Event, FileActivity, FileActivityId
 from ringfence.sensors import SensorUnavailable
 from ringfence.sensors.fanotify import FileSensor
+from ringfence.sensors.fanotify import _libc as lc
 
 from .support import PidResolver, fanotify_fds, wait_until
 
@@ -105,6 +106,43 @@ def test_delete_reports_full_path(watch: Any, tmpfs: Path) -> None:
     events, _ = watch()
     target.unlink()
     events.wait(A.DELETE, target)
+
+
+def _creates_and_deletes(events: Events, path: Path) -> list[FileActivityId]:
+    wanted = {A.CREATE, A.DELETE}
+    return [e.activity for e in list(events.seen) if e.path == str(path) and e.activity in wanted]
+
+
+@pytest.mark.parametrize("target_fid", [True, False], ids=["target-fid", "before-5.17"])
+def test_a_name_deleted_and_created_again_is_reported_in_that_order(
+    watch: Any, tmpfs: Path, monkeypatch: pytest.MonkeyPatch, target_fid: bool
+) -> None:
+    """Without the target's FID in events (kernels before 5.17), the kernel merges a name's unread delete
+    and create into one event that does not say which came first; reported create-then-delete, a file that
+    is there would read as gone. The sensor lingers before it reads, so a replace done in one go merges."""
+    if not target_fid:
+        monkeypatch.setattr(lc, "FAN_REPORT_TARGET_FID", 0)  # the group such a kernel gives
+    targets = [tmpfs / f"replaced-{i}" for i in range(20)]
+    for t in targets:
+        t.write_text("old")
+    events, _ = watch()
+    for t in targets:
+        t.unlink()
+        t.write_text("new")
+    for t in targets:
+        events.wait(A.CLOSE_WRITE, t)
+        assert _creates_and_deletes(events, t) == [A.DELETE, A.CREATE], t
+
+
+def test_a_name_created_then_deleted_is_reported_in_that_order(watch: Any, tmpfs: Path) -> None:
+    events, _ = watch()
+    targets = [tmpfs / f"temp-{i}" for i in range(20)]
+    for t in targets:
+        t.write_text("x")
+        t.unlink()
+    for t in targets:
+        events.wait(A.DELETE, t)
+        assert _creates_and_deletes(events, t) == [A.CREATE, A.DELETE], t
 
 
 def test_unlinks_are_reported_and_their_link_count_notes_are_not_losses(watch: Any, tmpfs: Path) -> None:

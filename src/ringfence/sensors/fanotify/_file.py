@@ -4,7 +4,9 @@ A filesystem mark per configured path (FID mode refuses mount marks) reports cre
 (old and new name in one event), modify, close-write and attribute changes with the acting pid and
 directory handles. Handles become paths through `HandleResolver`; only paths under a configured path,
 and not under an excluded prefix, are emitted. One kernel event may carry several change bits (unread
-events for the same name merge): it becomes one FileActivity per bit, in the order they happen.
+events for the same name merge): it becomes one FileActivity per bit, in the order they happen. The
+reader lingers `READ_LINGER_S` once woken, so that the kernel merges more (a new file's create, writes
+and close are one event to resolve, not three).
 
 Losses are counted, never silent: kernel queue overflow, undecodable events, handles that no longer
 resolve and were never seen (those that were seen are emitted with their last known path, and counted).
@@ -20,11 +22,12 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Sequence
 
 from ringfence._counters import Counters
 from ringfence.events import Clock, FileActivity, FileActivityId, HeaderStamper, ProcessRef
-from ringfence.sensors._base import EventSink, ProcessResolver, SensorStatistics
+from ringfence.sensors._base import READ_LINGER_S, EventSink, ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
 from ringfence.sensors.fanotify._handles import HandleResolver
 from ringfence.sensors.fanotify._scope import as_prefix, notification_statistics, stop_reader, wanted
@@ -42,13 +45,21 @@ _MASK = (
     | lc.FAN_ATTRIB
     | lc.FAN_ONDIR
 )
-_ACTIVITIES = (  # the order in which merged bits of one event happened
+_Order = tuple[tuple[int, FileActivityId], ...]
+# The order in which the merged bits of one event happened.
+_ACTIVITIES: _Order = (
     (lc.FAN_CREATE, FileActivityId.CREATE),
     (lc.FAN_MODIFY, FileActivityId.UPDATE),
     (lc.FAN_ATTRIB, FileActivityId.SET_ATTRIBUTES),
     (lc.FAN_CLOSE_WRITE, FileActivityId.CLOSE_WRITE),
     (lc.FAN_RENAME, FileActivityId.RENAME),
     (lc.FAN_DELETE, FileActivityId.DELETE),
+)
+# One event for a name both deleted and created (the kernel merges them) says nothing of their order;
+# when the name exists as the event is read, the delete came first.
+_REPLACED: _Order = (
+    (lc.FAN_DELETE, FileActivityId.DELETE),
+    *(a for a in _ACTIVITIES if a[0] != lc.FAN_DELETE),
 )
 _COUNTERS = (
     "overflows",
@@ -179,14 +190,19 @@ class FileSensor:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
+        backlog = False
         while True:
             ready = {rfd for rfd, _ in poller.poll()}
             if self._stop_r in ready:
                 return
+            if not backlog:
+                time.sleep(READ_LINGER_S)  # a file's create, writes and close then merge into one event
             try:
                 buf = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
+                backlog = False
                 continue
+            backlog = len(buf) > _READ_SIZE // 2  # more may wait: read it without lingering
             self._handle_batch(buf)
 
     def _handle_batch(self, buf: bytes) -> None:
@@ -252,7 +268,10 @@ class FileSensor:
         if path is None and _attrib_of_deleted(event):
             self._counters.add("attrib_of_deleted")
             return out
-        for bit, activity in _ACTIVITIES:
+        order = _ACTIVITIES
+        if event.mask & lc.FAN_CREATE and event.mask & lc.FAN_DELETE and path and os.path.lexists(path):
+            order = _REPLACED  # a name deleted, then created again: it is there now
+        for bit, activity in order:
             if not event.mask & bit:
                 continue
             is_rename = bit == lc.FAN_RENAME
