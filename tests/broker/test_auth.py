@@ -195,6 +195,45 @@ def test_deadline_runner_answers_for_a_hung_threaded_subscriber() -> None:
         sub.stop()
 
 
+def test_the_deadline_runner_is_woken_only_by_a_deadline_earlier_than_every_other() -> None:
+    """Woken at every request, the runner cost the exec gate a third of its time in a storm. It sleeps
+    until the earliest deadline and reads the heap again then, so only a new earliest needs it."""
+    slow = RecordingSubscriber("slow", AUTH, AuthPolicy(deadline_ms=200))
+    clock, broker = _setup(slow)
+    wakes: list[int | None] = []
+    broker.arbiter.set_wakeup(lambda: wakes.append(broker.arbiter.next_deadline_ns()))
+    for _ in range(3):
+        broker.authorize(_request(clock), -1, Answers())
+        clock.advance_ms(1)
+    assert wakes == [1_000_000_000 + 200_000_000]  # the first only: the others are later
+    fast = RecordingSubscriber("fast", AUTH, AuthPolicy(deadline_ms=20))
+    broker.subscribe(fast)
+    broker.authorize(_request(clock), -1, Answers())
+    assert wakes[1:] == [clock.now_ns + 20_000_000]  # earlier than every other: woken
+
+
+def test_the_deadline_runner_settles_requests_armed_while_it_slept() -> None:
+    """Real threads and the real clock: requests armed after the first (no wake-up) are settled too."""
+    broker = Broker(auth_deadline_ms=30)
+    broker.subscribe(RecordingSubscriber("silent", AUTH, AuthPolicy(deadline_ms=30)))
+    runner = DeadlineRunner(broker.arbiter)
+    runner.start()
+    answers = Answers()
+    try:
+        for _ in range(5):
+            broker.authorize(_request(FakeClock()), -1, answers)
+            threading.Event().wait(0.01)
+        deadline = threading.Event()
+        for _ in range(200):
+            if len(answers.got) == 5:
+                break
+            deadline.wait(0.05)
+        assert [a.verdict for a in answers.got] == [Verdict.ALLOW] * 5
+        assert broker.statistics().auth.subscribers["silent"].deadline_misses == 5
+    finally:
+        runner.stop()
+
+
 def test_withdrawn_fail_open_subscriber_is_not_asked_and_the_rest_stay_cacheable() -> None:
     gone = RecordingSubscriber("gone", AUTH, AuthPolicy(failure=FailurePolicy.FAIL_OPEN))
     stays = RecordingSubscriber("stays", AUTH, AuthPolicy())

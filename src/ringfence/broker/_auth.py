@@ -88,8 +88,17 @@ class Arbiter:
             self._stats.absent.pop(name, None)
 
     def set_wakeup(self, wakeup: Callable[[], None]) -> None:
-        """Called after a new deadline is armed, so the deadline runner can re-check its sleep."""
+        """Called after a deadline is armed that is earlier than every other, so that the deadline runner
+        re-checks its sleep. Not after one that is not: the runner already sleeps until an earlier one,
+        and then reads the heap again. (Woken at every request, it cost the exec gate's thread a third of
+        its interpreter time in a storm of first-time execs, bench/RESULTS.md.)"""
         self._wakeup = wakeup
+
+    def _arm(self, deadline_ns: int, tid: int, name: str) -> bool:
+        """Push a deadline (the lock held); whether it is now the earliest."""
+        entry = (deadline_ns, tid, name)
+        heapq.heappush(self._heap, entry)
+        return self._heap[0] is entry
 
     def submit(
         self,
@@ -114,16 +123,18 @@ class Arbiter:
             return
         ticket = AuthTicket(id=tid, request=request, fd=fd)
         pending = _Pending(ticket, respond, now)
+        earliest = False
         with self._lock:
             for sub in subscribers:
                 policy = sub.auth_policy
                 assert policy is not None
                 deadline_ms = min(policy.deadline_ms, self.max_deadline_ms)
                 pending.waiting[sub.name] = sub
-                heapq.heappush(self._heap, (now + deadline_ms * 1_000_000, tid, sub.name))
+                earliest |= self._arm(now + deadline_ms * 1_000_000, tid, sub.name)
                 self._sub_stats(sub.name).asked += 1
             self._pending[tid] = pending
-        self._wakeup()
+        if earliest:
+            self._wakeup()
         for sub in subscribers:
             if not sub.request_auth(ticket, self._reply_for(tid, sub.name)):
                 self._fail(tid, sub.name, refused=True)
@@ -139,8 +150,9 @@ class Arbiter:
             st.shadow = True
             st.asked += 1
             self._shadow_waiting[tid] = (sub, now, request)
-            heapq.heappush(self._heap, (now + deadline_ms * 1_000_000, tid, sub.name))
-        self._wakeup()
+            earliest = self._arm(now + deadline_ms * 1_000_000, tid, sub.name)
+        if earliest:
+            self._wakeup()
 
         def reply(answer: AuthAnswer) -> None:
             self._on_shadow_answer(tid, sub.name, answer)
