@@ -2,6 +2,11 @@
 sampling the thread that holds the interpreter lock (`--gil`: the agent's Python work, which is what one
 core can do at most) while /proc/<pid>/stat gives the agent's CPU per exec (all threads, GIL or not).
 
+A second table gives each thread's own CPU per exec (/proc/<pid>/task/<tid>/stat, user and system,
+whether or not it holds the lock: wake-ups and system calls count here, and py-spy --gil cannot see them),
+its name read by `py-spy dump`. In the profile of 2026-12-04 less than half of the agent's CPU was time
+holding the lock.
+
 Each sample is given to the innermost frame that belongs to a stage (table below); the CPU per exec of a
 stage is its share of the GIL samples times the agent's CPU per exec. Samples outside every stage are
 "other" (thread start-up frames, waits counted as running).
@@ -56,8 +61,37 @@ def _ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def profile_once(execs: int, src: str | None, spy: str | None) -> tuple[float, collections.Counter[str]]:
-    """Agent CPU per exec (us) and GIL samples per stage (empty without py-spy)."""
+def _thread_ticks(pid: int) -> dict[int, int]:
+    """utime + stime of each thread of pid."""
+    out: dict[int, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
+        out[int(task.name)] = int(fields[11]) + int(fields[12])
+    return out
+
+
+def _thread_names(pid: int, spy: str | None) -> dict[int, str]:
+    """Python thread names by native thread id, from `py-spy dump` ({} without py-spy)."""
+    if spy is None:
+        return {}
+    cmd = [spy, "dump", "--pid", str(pid), "--nonblocking"]
+    dump = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    names: dict[int, str] = {}
+    for line in dump.stdout.splitlines():  # Thread 12214 (idle): "ringfence-audit-events"
+        head, _, rest = line.partition(" (")
+        if head.startswith("Thread ") and head[7:].isdigit() and '"' in rest:
+            names[int(head[7:])] = rest.split('"')[1]
+    return names
+
+
+def profile_once(
+    execs: int, src: str | None, spy: str | None, threads: collections.Counter[str] | None = None
+) -> tuple[float, collections.Counter[str]]:
+    """Agent CPU per exec (us) and GIL samples per stage (empty without py-spy). `threads` gains each
+    thread's CPU per exec (us) by name, when given."""
     stages: collections.Counter[str] = collections.Counter()
     with running_agent(src=src) as (agent, _state), tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "samples.txt")
@@ -67,10 +101,16 @@ def profile_once(execs: int, src: str | None, spy: str | None) -> tuple[float, c
             cmd += ["--format", "raw", "--rate", "250", "-o", raw, "-d", "600"]
             sampler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.5)
-        t0 = _ticks(agent.pid)
+        names = _thread_names(agent.pid, shutil.which("py-spy") or _venv_spy())
+        t0, per_thread0 = _ticks(agent.pid), _thread_ticks(agent.pid)
         subprocess.run(["/bin/sh", "-c", EXEC_LOOP.format(n=execs)], check=True)
         time.sleep(0.5)
-        us = (_ticks(agent.pid) - t0) / os.sysconf("SC_CLK_TCK") / execs * 1e6
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK") / execs
+        us = (_ticks(agent.pid) - t0) * tick_us
+        if threads is not None:
+            for tid, ticks in _thread_ticks(agent.pid).items():
+                if tid in per_thread0 and ticks > per_thread0[tid]:
+                    threads[names.get(tid, "(unnamed)")] += (ticks - per_thread0[tid]) * tick_us
         if sampler is not None:
             sampler.send_signal(signal.SIGINT)
             sampler.wait(30)
@@ -81,17 +121,24 @@ def profile_once(execs: int, src: str | None, spy: str | None) -> tuple[float, c
     return us, stages
 
 
+def _venv_spy() -> str | None:
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return spy if os.access(spy, os.X_OK) else None
+
+
 def run(quick: bool, before_srcs: list[str] | None = None) -> str:
     execs, rounds = (1000, 1) if quick else (3000, 2)
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    spy = spy if os.access(spy, os.X_OK) else None
+    spy = shutil.which("py-spy") or _venv_spy()
     cases = [("this checkout", None)] + [(f"from {src}", src) for src in before_srcs or []]
     cpu: dict[str, float] = {}
     stages: collections.Counter[str] = collections.Counter()
+    threads: dict[str, dict[str, float]] = {}  # case -> thread -> CPU per exec, of its best round
     for _ in range(rounds):
         for name, src in reversed(cases):
-            us, st = profile_once(execs, src, spy if src is None else None)
-            cpu[name] = min(cpu.get(name, us), us)
+            per_thread: collections.Counter[str] = collections.Counter()
+            us, st = profile_once(execs, src, spy if src is None else None, per_thread)
+            if us < cpu.get(name, float("inf")):
+                cpu[name], threads[name] = us, dict(per_thread)
             stages += st
     total = sum(stages.values()) or 1
     per_exec = cpu["this checkout"]
@@ -104,6 +151,18 @@ def run(quick: bool, before_srcs: list[str] | None = None) -> str:
         f"agent CPU per exec by stage (py-spy --gil, {total} samples; defaults; load average {load})",
         ("stage", "GIL samples", "CPU per exec"),
         rows or [("py-spy not installed: pip install py-spy", "", "")],
+    )
+    names = [name for name, _ in cases]
+    seen = {t for case in threads.values() for t in case}
+    busiest = sorted(seen, key=lambda t: -threads[names[0]].get(t, 0))
+    out += "\n" + table(
+        "agent CPU per exec by thread (/proc/<pid>/task/*/stat, user + system; the round with the least CPU)",
+        ("thread", *names),
+        [
+            (t, *(f"{threads[n].get(t, 0):.0f} us" for n in names))
+            for t in busiest
+            if max(threads[n].get(t, 0) for n in names) >= 1
+        ],
     )
     lines = [
         f"agent CPU per exec of {execs} execs, {name}: {us:.0f} us (best of {rounds})"
