@@ -119,7 +119,7 @@ def test_a_name_deleted_and_created_again_is_reported_in_that_order(
 ) -> None:
     """Without the target's FID in events (kernels before 5.17), the kernel merges a name's unread delete
     and create into one event that does not say which came first; reported create-then-delete, a file that
-    is there would read as gone. The sensor lingers before it reads, so a replace done in one go merges."""
+    is there would read as gone. A replace done in one go merges while the sensor is behind."""
     if not target_fid:
         monkeypatch.setattr(lc, "FAN_REPORT_TARGET_FID", 0)  # the group such a kernel gives
     targets = [tmpfs / f"replaced-{i}" for i in range(20)]

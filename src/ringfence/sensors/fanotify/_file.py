@@ -4,9 +4,12 @@ A filesystem mark per configured path (FID mode refuses mount marks) reports cre
 (old and new name in one event), modify, close-write and attribute changes with the acting pid and
 directory handles. Handles become paths through `HandleResolver`; only paths under a configured path,
 and not under an excluded prefix, are emitted. One kernel event may carry several change bits (unread
-events for the same name merge): it becomes one FileActivity per bit, in the order they happen. The
-reader lingers `READ_LINGER_S` once woken, so that the kernel merges more (a new file's create, writes
-and close are one event to resolve, not three).
+events for the same name merge): it becomes one FileActivity per bit, in the order they happen.
+
+It reads as soon as it is woken, unlike the audit and connector readers (`READ_LINGER_S`): an event
+read later is more often one whose directory is gone by then, unresolved and counted as a drop. A
+lingering reader lost two events of its own status socket's staging directory at each start, made and
+removed inside the agent's state dir, whose ignore mark covers its children only.
 
 Losses are counted, never silent: kernel queue overflow, undecodable events, handles that no longer
 resolve and were never seen (those that were seen are emitted with their last known path, and counted).
@@ -22,12 +25,11 @@ import logging
 import os
 import select
 import threading
-import time
 from collections.abc import Sequence
 
 from ringfence._counters import Counters
 from ringfence.events import Clock, FileActivity, FileActivityId, HeaderStamper, ProcessRef
-from ringfence.sensors._base import READ_LINGER_S, EventSink, ProcessResolver, SensorStatistics
+from ringfence.sensors._base import EventSink, ProcessResolver, SensorStatistics
 from ringfence.sensors.fanotify import _libc as lc
 from ringfence.sensors.fanotify._handles import HandleResolver
 from ringfence.sensors.fanotify._scope import as_prefix, notification_statistics, stop_reader, wanted
@@ -190,19 +192,14 @@ class FileSensor:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
-        backlog = False
         while True:
             ready = {rfd for rfd, _ in poller.poll()}
             if self._stop_r in ready:
                 return
-            if not backlog:
-                time.sleep(READ_LINGER_S)  # a file's create, writes and close then merge into one event
             try:
                 buf = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
-                backlog = False
                 continue
-            backlog = len(buf) > _READ_SIZE // 2  # more may wait: read it without lingering
             self._handle_batch(buf)
 
     def _handle_batch(self, buf: bytes) -> None:
