@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,17 @@ def test_a_read_stopped_by_its_bound_says_datagrams_are_left() -> None:
     conn.read()
     assert (conn.backlog, sock.left, conn.undecodable) == (False, 0, 300)
     conn._sock = None
+
+
+def test_status_counts_the_pids_read_from_proc_and_those_already_gone() -> None:
+    """How often an event names a process the table did not know yet (each one a /proc read on the
+    thread that asked, the exec gate's among them) is in the sensor's status."""
+    table = ProcessTable()
+    sensor = ProcessSensor(lambda e: None, table, "h", audit_exec=True, clock=FakeClock())
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    table.resolve(os.getpid())
+    table.resolve(os.getpid())  # known now: not read again
+    table.resolve(gone.pid)
+    detail = sensor.statistics().detail
+    assert (detail["table_proc_reads"], detail["table_proc_misses"]) == (2, 1)

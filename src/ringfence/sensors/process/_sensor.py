@@ -153,6 +153,8 @@ class ProcessSensor:
                 "table_size": table.size,
                 "table_exited": table.exited,
                 "table_evictions": table.evictions,
+                "table_proc_reads": table.proc_reads,  # pids read from /proc: unknown when asked for
+                "table_proc_misses": table.proc_misses,  # of those, gone before they could be read
                 "kernel_filter": int(self._conn.filtered),
             },
         )
