@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ringfence.agent._status import SOCKET_NAME, StatusServer, read_status
+from ringfence.agent._status import SOCKET_NAME, STAGING_DIR, StatusServer, read_status
+from ringfence.events import Event, FileActivity
+from ringfence.sensors.fanotify import FileSensor
+from tests.sensors.fanotify.support import PidResolver, wait_until
 
 
 @pytest.fixture
@@ -36,7 +40,9 @@ def test_socket_is_0600_and_the_umask_is_left_alone(tmp_path: Path, umask: int) 
             assert stat.S_ISSOCK(sock.lstat().st_mode)
             assert stat.S_IMODE(sock.lstat().st_mode) == 0o600
             assert read_status(str(tmp_path)) == b'{"ok": true}'
-            assert sorted(p.name for p in tmp_path.iterdir()) == [SOCKET_NAME], "a staging dir was left"
+            assert sorted(p.name for p in tmp_path.iterdir()) == [STAGING_DIR, SOCKET_NAME]
+            staging = tmp_path / STAGING_DIR
+            assert stat.S_IMODE(staging.lstat().st_mode) == 0o700 and not list(staging.iterdir())
         finally:
             srv.stop()
     finally:
@@ -74,3 +80,59 @@ def test_status_answers_when_the_agent_holds_more_than_1024_descriptors(
         )
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("planted", ["symlink", "open dir"])
+def test_a_staging_path_not_private_refuses_start(tmp_path: Path, planted: str) -> None:
+    staging = tmp_path / STAGING_DIR
+    if planted == "symlink":
+        staging.symlink_to(tmp_path)
+    else:
+        staging.mkdir(mode=0o755)
+        staging.chmod(0o755)
+    srv = StatusServer(str(tmp_path), lambda: b"{}")
+    try:
+        with pytest.raises(OSError, match=r"not a private directory.*\.status-staging"):
+            srv.start()
+        assert not (tmp_path / SOCKET_NAME).exists()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.kernel
+def test_the_file_sensor_resolves_the_sockets_staging_even_when_it_reads_late(tmpfs: Path) -> None:
+    """The socket is bound in a staging directory inside the state dir and renamed into place. The state
+    dir's ignore mark covers its children only, so the bind comes through: when it was read after a
+    staging directory made and removed per start had gone, its path could not be found, and every start
+    counted a drop (which makes status degraded). The file sensor is made to read late here: its sink
+    holds the first event until the server has started and stopped."""
+    state = tmpfs / "state"
+    state.mkdir(mode=0o711)
+    held, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def sink(event: Event) -> None:
+        assert isinstance(event, FileActivity)
+        seen.append(event.path)
+        if not held.is_set():
+            held.set()
+            release.wait(10)
+
+    sensor = FileSensor(sink, PidResolver(), "h", [str(tmpfs)], exclude_prefixes=(str(state),))
+    sensor.start()
+    try:
+        (tmpfs / "first").write_text("x")
+        assert held.wait(10), "the file sensor saw nothing"
+        for _ in range(3):  # a restart finds the staging of the run before
+            srv = StatusServer(str(state), lambda: b'{"ok": true}')
+            srv.start()
+            srv.stop()
+        release.set()
+        (tmpfs / "last").write_text("x")
+        wait_until(lambda: str(tmpfs / "last") in seen, what="the event after the server's")
+        detail = sensor.statistics().detail
+        assert (detail["unresolved"], sensor.statistics().dropped) == (0, 0)
+        assert not any(p.startswith(str(state)) for p in seen), "the agent's own files were reported"
+    finally:
+        release.set()
+        sensor.stop()

@@ -15,12 +15,13 @@ Errors (an AgentError, see agent/_errors.py):
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
-import shutil
 import socket
+import stat
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ from ringfence.agent._errors import AgentError
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "status.sock"
+STAGING_DIR = ".status-staging"  # where the socket is bound before it is renamed into place
 MAX_STATUS_BYTES = 4 << 20
 MAX_REQUEST_BYTES = 64 << 10
 REQUEST_WAIT_S = 0.5
@@ -61,17 +63,16 @@ class StatusServer:
         # Bound in a private directory, made 0600 there, then renamed into place: so no umask (not
         # os.umask, which is the whole process's and would make a content thread's files unreadable
         # to the sandbox) ever exposes it. connect() finds a socket by its inode, which rename keeps.
-        private = tempfile.mkdtemp(prefix=".status-", dir=os.path.dirname(self.path))  # 0700
         try:
-            staged = os.path.join(private, SOCKET_NAME)
+            staged = os.path.join(_staging_dir(os.path.dirname(self.path)), SOCKET_NAME)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)  # a crash between the bind and the rename
             sock.bind(staged)
             os.chmod(staged, 0o600)
             os.rename(staged, self.path)
         except BaseException:
             sock.close()
             raise
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
         sock.listen(16)
         self._sock = sock
         self._thread.start()
@@ -153,6 +154,19 @@ def send_command(state_dir: str, request: dict[str, Any], timeout_s: float = 30.
             "the agent did not understand the command (an older agent? restart it with this version)"
         )
     return answer
+
+
+def _staging_dir(state_dir: str) -> str:
+    """STATE_DIR/.status-staging: root's, 0700, and kept. Not one made and removed per start: the file
+    sensor may read the bind's event after such a directory is gone, and then it cannot find its path
+    (the state dir's ignore mark covers its children only), which counts as a drop."""
+    path = os.path.join(state_dir, STAGING_DIR)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise OSError(errno.EEXIST, "not a private directory of this user (0700): remove it", path)
+    return path
 
 
 def read_status(state_dir: str, timeout_s: float = 5.0, *, request: bytes = b"") -> bytes:
