@@ -25,7 +25,8 @@ from ringfence.events import AuditEvent as AuditEventRecord
 from ringfence.sensors.audit import DEFAULT_BASELINE, Baseline, SyscallGroup, Watch
 from ringfence.sensors.audit import _baseline as bl
 from ringfence.sensors.audit import _netlink as nl
-from ringfence.sensors.audit._identity import to_identity
+from ringfence.sensors.audit._identity import ACCOUNT, AUTHENTICATION, has_identity, to_identity
+from ringfence.sensors.audit._names import RECORD_TYPES
 from ringfence.sensors.audit._parse import EventAssembler
 from ringfence.sensors.audit._records import decode_record
 
@@ -269,3 +270,12 @@ def test_home_patterns_expand_to_what_exists(tmp_path: Path) -> None:
 def test_baseline_of_nothing_has_no_categories() -> None:
     assert Baseline().categories == frozenset()
     assert Baseline(watches=(Watch("x", ("/x",)),)).categories == {"x"}
+
+
+def test_has_identity_is_true_exactly_for_the_record_types_to_identity_reads() -> None:
+    """Decided on type numbers alone, before decoding; unknown numbers never count."""
+    for number, name in RECORD_TYPES.items():
+        assert has_identity([1300, number, 1320]) is (name in AUTHENTICATION or name in ACCOUNT), name
+    assert not has_identity([99999, 1300])
+    assert not has_identity([])
+    assert has_identity(iter([1300, 1112]))  # USER_LOGIN, from a generator too

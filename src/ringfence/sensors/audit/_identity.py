@@ -30,7 +30,7 @@ from ringfence.events import (
     Header,
     ProcessRef,
 )
-from ringfence.sensors.audit._names import record_type_name
+from ringfence.sensors.audit._names import RECORD_TYPES
 
 _AUTH = AuthenticationActivityId
 _ACCOUNT = AccountChangeActivityId
@@ -69,9 +69,15 @@ def is_identity(record: AuditRecord) -> bool:
     return record.type in AUTHENTICATION or record.type in ACCOUNT
 
 
+# The record type numbers `to_identity` reads. A number missing from the table is named UNKNOWN[n],
+# which neither map holds.
+_IDENTITY_TYPES = frozenset(n for n, name in RECORD_TYPES.items() if name in AUTHENTICATION.keys() | ACCOUNT)
+
+
 def has_identity(record_types: Iterable[int]) -> bool:
-    """Whether any of these record types (numbers, before any decoding) is one `to_identity` reads."""
-    return any((name := record_type_name(t)) in AUTHENTICATION or name in ACCOUNT for t in record_types)
+    """Whether any of these record types (numbers, before any decoding) is one `to_identity` reads. Asked of
+    every audit event: a set test, where naming each type was a tenth of the audit thread's time."""
+    return not _IDENTITY_TYPES.isdisjoint(record_types)
 
 
 def sender_pid(record: AuditRecord) -> int | None:
