@@ -138,8 +138,9 @@ def test_scan_that_times_out_is_counted_and_not_remembered(
 ) -> None:
     engine, ctx = setup({"slow.yar": SLOW_RULE}, scan_timeout_s=1)
     path = tmp_path / "victim"
-    written(engine, path, bytes(range(256)) * 40, open_ro)
-    written(engine, path, bytes(range(256)) * 40, open_ro)
+    slow = bytes(range(100)) * 1000  # 100 KB: 10^10 steps, far past the limit (10 KB, 10^8, once finished)
+    written(engine, path, slow, open_ro)
+    written(engine, path, slow, open_ro)
     stats = engine.statistics()
     assert (stats.written_failed, stats.written_scans, stats.written_unchanged) == (2, 2, 0)
     assert ctx.findings == []
