@@ -10,9 +10,10 @@ stage dropped during the storm (every drop counter of `status --json` that grew)
 The fresh-binary storm: 4 drivers at once, each writing a new copy of /bin/true under /var/tmp (a name
 never used before) and exec'ing it, a fixed count each (bench/_fresh_driver.py): every exec is a
 first-time AUTH with a hash. Median and p99 of the exec latency (spawn to exit) against nothing, the
-broker's AUTH latency (mean over the storm from `status --json`, and the agent's max) and what was
-dropped. Then, with the defaults in the selection: the agent left idle for 60 s, engines running: its
-CPU (% of one core) and RSS, its extension processes apart.
+broker's AUTH latency (mean over the storm from `status --json`, and the agent's max), the agent's and
+its extensions' CPU per fresh binary, and what was dropped. Then, with the defaults in the selection: the
+agent left idle for 60 s, engines running: its CPU (% of one core) and RSS, its extension processes
+apart.
 
 sudo flock /run/ringfence-e2e.lock .venv/bin/python bench/run.py --only cost [--quick]
 sudo flock /run/ringfence-e2e.lock .venv/bin/python -m bench.cost_bench --only nothing,auditd,defaults \
@@ -113,6 +114,7 @@ class Sample:
     fresh: Fresh | None = None
     auth: str = ""  # the broker's AUTH latency over the fresh storm: mean and the run's max
     fresh_drops: str = ""
+    fresh_cpu: str = ""  # the agent's and its extensions' CPU per fresh binary
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -247,8 +249,12 @@ def _measure(
         time.sleep(0.5)
         middle = status(state)
         sample.drops = _grew(drop_counters(before), drop_counters(middle))
+        t0, c0 = _ticks(agent.pid), _children_ticks(agent)
         sample.fresh = fresh()
         time.sleep(0.5)
+        n = max(1, len(sample.fresh.latencies_us))
+        agent_us = (_ticks(agent.pid) - t0) / _HZ / n * 1e6
+        sample.fresh_cpu = f"{agent_us:.0f} + {(_children_ticks(agent) - c0) / _HZ / n * 1e6:.0f} us"
         after = status(state)
         sample.fresh_drops = _grew(drop_counters(middle), drop_counters(after))
         sample.auth = _auth(middle, after)
@@ -265,7 +271,7 @@ def _merge(old: Sample, s: Sample) -> None:
     old.drops = _both(old.drops, s.drops)
     old.fresh_drops = _both(old.fresh_drops, s.fresh_drops)
     if old.fresh is None or (s.fresh is not None and s.fresh.median_us < old.fresh.median_us):
-        old.fresh, old.auth = s.fresh, s.auth
+        old.fresh, old.auth, old.fresh_cpu = s.fresh, s.auth, s.fresh_cpu
 
 
 def _both(a: str, b: str) -> str:
@@ -365,6 +371,18 @@ def _render(
     )
 
 
+_FRESH_COLUMNS = (
+    "configuration",
+    "wall",
+    "exec median",
+    "exec p99",
+    "failed",
+    "CPU/binary (agent + ext)",
+    "broker AUTH",
+    "drops",
+)
+
+
 def _render_fresh(
     configs: tuple[tuple[str, str, str | None], ...], best: dict[str, Sample], fresh_n: int, rounds: int
 ) -> str:
@@ -381,6 +399,7 @@ def _render_fresh(
                 f"{f.median_us:.0f} us ({f.median_us / base.median_us:.2f})",
                 f"{f.p99_us:.0f} us ({f.p99_us / base.p99_us:.2f})",
                 f.failures,
+                best[key].fresh_cpu,
                 best[key].auth,
                 best[key].fresh_drops,
             )
@@ -388,7 +407,7 @@ def _render_fresh(
     return table(
         f"fresh-binary storm: {FRESH_DRIVERS} drivers x {fresh_n} new copies of /bin/true under /var/tmp "
         f"(round with the lower median of {rounds}; ratio to nothing)",
-        ("configuration", "wall", "exec median", "exec p99", "failed", "broker AUTH", "drops"),
+        _FRESH_COLUMNS,
         rows,
     )
 
