@@ -99,25 +99,19 @@ class ProcReader:
 
     def read(self, pid: int) -> ProcessRef | None:
         """The process as /proc shows it now, or None when it is gone (or a thread id, not a process)."""
-        base = f"{self._proc}/{pid}"
-        stat = read_proc_stat(pid, self._proc)
-        status = _read_text(f"{base}/status")
-        if stat is None or status is None:
+        kept = self.read_kept_by_exec(pid)
+        status = None if kept is None else _read_text(f"{self._proc}/{pid}/status")
+        if kept is None or status is None:
             return None
         uid, gid = _status_ids(status, "Uid:"), _status_ids(status, "Gid:")
-        cgroup = pick_cgroup(_read_text(f"{base}/cgroup") or "")
-        return ProcessRef(
-            pid=pid,
-            ppid=stat.ppid,
-            exe=_readlink(f"{base}/exe"),
+        return msgspec.structs.replace(
+            kept,
+            exe=_readlink(f"{self._proc}/{pid}/exe"),
             cmdline=self.cmdline(pid),
-            cwd=_readlink(f"{base}/cwd"),
+            cwd=_readlink(f"{self._proc}/{pid}/cwd"),
             uid=uid,
             user=self.user_name(uid),
             gid=gid,
-            start_time_ns=start_time_from_ticks(stat.start_ticks),
-            container_id=parse_container_id(cgroup) if cgroup else None,
-            cgroup=cgroup,
         )
 
     def read_kept_by_exec(self, pid: int) -> ProcessRef | None:
