@@ -71,7 +71,8 @@ def is_identity(record: AuditRecord) -> bool:
 
 # The record type numbers `to_identity` reads. A number missing from the table is named UNKNOWN[n],
 # which neither map holds.
-_IDENTITY_TYPES = frozenset(n for n, name in RECORD_TYPES.items() if name in AUTHENTICATION.keys() | ACCOUNT)
+_IDENTITY_NAMES = AUTHENTICATION.keys() | ACCOUNT.keys()
+_IDENTITY_TYPES = frozenset(n for n, name in RECORD_TYPES.items() if name in _IDENTITY_NAMES)
 
 
 def has_identity(record_types: Iterable[int]) -> bool:

@@ -52,7 +52,8 @@ class DatagramReader:
 
     def offer_batch(self, datagrams: list[bytes]) -> None:
         self.received += len(datagrams)
-        if self._out.qsize() >= self._capacity:  # one consumer only takes: the bound holds
+        # Put by this thread, and by the control client while a request waits: at most one batch past.
+        if self._out.qsize() >= self._capacity:
             self.queue_drops += len(datagrams)
         else:
             self._out.put(datagrams)

@@ -153,8 +153,10 @@ class ProcessSensor:
                 "table_size": table.size,
                 "table_exited": table.exited,
                 "table_evictions": table.evictions,
-                "table_proc_reads": table.proc_reads,  # pids read from /proc: unknown when asked for
-                "table_proc_misses": table.proc_misses,  # of those, gone before they could be read
+                # Full /proc reads of pids the table did not know when asked to resolve them (the exec
+                # gate's requests among them), and of those the processes already gone.
+                "table_proc_reads": table.proc_reads,
+                "table_proc_misses": table.proc_misses,
                 "kernel_filter": int(self._conn.filtered),
             },
         )
