@@ -88,10 +88,14 @@ def _thread_names(pid: int, spy: str | None) -> dict[int, str]:
 
 
 def profile_once(
-    execs: int, src: str | None, spy: str | None, threads: collections.Counter[str] | None = None
+    execs: int,
+    src: str | None,
+    spy: str | None,
+    threads: collections.Counter[str] | None = None,
+    namer: str | None = None,
 ) -> tuple[float, collections.Counter[str]]:
-    """Agent CPU per exec (us) and GIL samples per stage (empty without py-spy). `threads` gains each
-    thread's CPU per exec (us) by name, when given."""
+    """Agent CPU per exec (us) and GIL samples per stage (`spy`: py-spy samples; empty without). `threads`
+    gains each thread's CPU per exec (us), named by `py-spy dump` when `namer` (py-spy) is given."""
     stages: collections.Counter[str] = collections.Counter()
     with running_agent(src=src) as (agent, _state), tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "samples.txt")
@@ -101,7 +105,7 @@ def profile_once(
             cmd += ["--format", "raw", "--rate", "250", "-o", raw, "-d", "600"]
             sampler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.5)
-        names = _thread_names(agent.pid, shutil.which("py-spy") or _venv_spy())
+        names = _thread_names(agent.pid, namer)
         t0, per_thread0 = _ticks(agent.pid), _thread_ticks(agent.pid)
         subprocess.run(["/bin/sh", "-c", EXEC_LOOP.format(n=execs)], check=True)
         time.sleep(0.5)
@@ -136,7 +140,7 @@ def run(quick: bool, before_srcs: list[str] | None = None) -> str:
     for _ in range(rounds):
         for name, src in reversed(cases):
             per_thread: collections.Counter[str] = collections.Counter()
-            us, st = profile_once(execs, src, spy if src is None else None, per_thread)
+            us, st = profile_once(execs, src, spy if src is None else None, per_thread, spy)
             if us < cpu.get(name, float("inf")):
                 cpu[name], threads[name] = us, dict(per_thread)
             stages += st
